@@ -1,0 +1,25 @@
+"""cnn_core: the compiled kernels of nnscratch (Cython over typed memoryviews, compiled to C).
+
+Every public function here has a NumPy twin of the same name and signature in
+`cnn_core.reference`; the tests hold the two against each other. All arrays are float32
+or float64 (one dtype per call); `out=`/`grad=` buffers are optional and, when given, are
+written in place and returned. See DESIGN.md, "Kernel contract".
+"""
+from cnn_core._parallel import set_num_threads, get_num_threads, openmp_enabled, cpu_features
+from cnn_core._gemm import gemm, gemm_naive, linear_forward, linear_backward, gemm_kernel_name
+from cnn_core._activations import (
+    relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward,
+    sigmoid_forward, sigmoid_backward, tanh_forward, tanh_backward,
+    softmax_forward, softmax_backward, dropout_forward, dropout_backward,
+)
+from cnn_core._losses import softmax_cross_entropy, mse, bce_with_logits
+from cnn_core._optim import sgd_update, adam_update
+
+__all__ = [
+    "gemm", "gemm_naive", "linear_forward", "linear_backward",
+    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+    "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
+    "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
+    "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update",
+    "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features", "gemm_kernel_name",
+]

@@ -1,0 +1,314 @@
+"""Activation functions, forward and backward side by side, and dropout's mask multiply.
+
+Elementwise ops run over the flattened arrays: one loop per op (so the compiler vectorises
+it), cut into contiguous spans across threads when the array is large enough to pay for them.
+Softmax works on rows of a 2-D array, threads over rows.
+
+    relu        y = max(x, 0)                  dx = dy * (x > 0)
+    leaky_relu  y = x > 0 ? x : s*x            dx = dy * (x > 0 ? 1 : s)
+    sigmoid     y = 1 / (1 + exp(-x))          dx = dy * y * (1 - y)      (y: forward output)
+    tanh        y = tanh(x)                    dx = dy * (1 - y*y)
+    softmax     y_i = exp(x_i - max) / sum_j exp(x_j - max)
+                dx_i = y_i * (dy_i - sum_j dy_j * y_j)
+    dropout     y = x * mask * scale           dx = dy * mask * scale
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, tanh as c_tanh, expf, tanhf
+
+from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, output, check_scalar
+from cnn_core._parallel cimport num_threads
+
+cdef enum Op:
+    RELU_FWD, RELU_BWD, LEAKY_FWD, LEAKY_BWD, SIGMOID_FWD, SIGMOID_BWD, TANH_FWD, TANH_BWD
+    DROPOUT
+
+cdef enum:
+    SPAN_MIN = 1 << 15       # elements per thread below which one thread does it all
+    MAX_PARTS = 64
+
+
+cdef inline floating _sigmoid(floating x) noexcept nogil:
+    # never overflows: exp of a non-positive number only
+    cdef floating e
+    if floating is float:
+        if x >= 0:
+            return 1.0 / (1.0 + expf(-x))
+        e = expf(x)
+        return e / (1.0 + e)
+    else:
+        if x >= 0:
+            return 1.0 / (1.0 + exp(-x))
+        e = exp(x)
+        return e / (1.0 + e)
+
+
+cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned char *mask,
+                     floating *y, long n, floating s) noexcept nogil:
+    # y[i] = f(x[i]) (forward) or g[i] * f'(...) (backward), for i < n; s: the op's scalar
+    cdef long i
+    if op == RELU_FWD:
+        for i in range(n):
+            y[i] = x[i] if x[i] > 0 else 0
+    elif op == RELU_BWD:
+        for i in range(n):
+            y[i] = g[i] if x[i] > 0 else 0
+    elif op == LEAKY_FWD:
+        for i in range(n):
+            y[i] = x[i] if x[i] > 0 else s * x[i]
+    elif op == LEAKY_BWD:
+        for i in range(n):
+            y[i] = g[i] if x[i] > 0 else s * g[i]
+    elif op == SIGMOID_FWD:
+        for i in range(n):
+            y[i] = _sigmoid(x[i])
+    elif op == SIGMOID_BWD:           # x holds the forward output here
+        for i in range(n):
+            y[i] = g[i] * x[i] * (1 - x[i])
+    elif op == TANH_FWD:
+        for i in range(n):
+            if floating is float:
+                y[i] = tanhf(x[i])
+            else:
+                y[i] = c_tanh(x[i])
+    elif op == TANH_BWD:              # x holds the forward output here
+        for i in range(n):
+            y[i] = g[i] * (1 - x[i] * x[i])
+    elif op == DROPOUT:
+        for i in range(n):
+            y[i] = x[i] * s if mask[i] else 0
+
+
+cdef void unary(Op op, const floating *x, const floating *g, const unsigned char *mask,
+                floating *y, long n, floating s, int threads) noexcept nogil:
+    # unary_span over [0, n), in `parts` contiguous spans, one per thread
+    cdef long parts = n // SPAN_MIN
+    if parts > threads:
+        parts = threads
+    if parts > MAX_PARTS:
+        parts = MAX_PARTS
+    if parts <= 1:
+        unary_span(op, x, g, mask, y, n, s)
+        return
+    cdef long step = (n + parts - 1) // parts, t, start
+    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
+        start = t * step
+        if start < n:
+            unary_span(op, x + start, g + start if g != NULL else NULL,
+                       mask + start if mask != NULL else NULL, y + start,
+                       n - start if n - start < step else step, s)
+
+
+cdef _apply(Op op, x, g, mask, y, double s):
+    # typed dispatch: views over the flattened arrays
+    cdef long n = x.size
+    if n == 0:
+        return y
+    cdef int threads = num_threads()
+    cdef float[::1] xf, gf, yf
+    cdef double[::1] xd, gd, yd
+    cdef const unsigned char[::1] m
+    cdef const unsigned char *mp = NULL
+    if mask is not None:
+        m = mask.reshape(-1)
+        mp = &m[0]
+    if x.dtype == np.float32:
+        xf = x.reshape(-1)
+        yf = y.reshape(-1)
+        gf = g.reshape(-1) if g is not None else None
+        with nogil:
+            unary(op, &xf[0], &gf[0] if gf is not None else NULL, mp, &yf[0], n, <float> s,
+                  threads)
+    else:
+        xd = x.reshape(-1)
+        yd = y.reshape(-1)
+        gd = g.reshape(-1) if g is not None else None
+        with nogil:
+            unary(op, &xd[0], &gd[0] if gd is not None else NULL, mp, &yd[0], n, s, threads)
+    return y
+
+
+cdef _forward(Op op, x, out, double s=0):
+    x = as_float_array("x", x)
+    out = output("out", out, x.shape, x.dtype)
+    return _apply(op, x, None, None, out, s)
+
+
+cdef _backward(Op op, grad_out, str name, saved, out, double s=0):
+    grad_out = as_float_array("grad_out", grad_out)
+    saved = as_float_array(name, saved)
+    check_same_dtype(name, saved, grad_out.dtype)
+    check_same_shape(name, saved, grad_out.shape)
+    out = output("out", out, grad_out.shape, grad_out.dtype)
+    return _apply(op, saved, grad_out, None, out, s)
+
+
+def relu_forward(x, out=None):
+    """ReLU: out = max(x, 0), elementwise. x any shape -> out same shape."""
+    return _forward(RELU_FWD, x, out)
+
+
+def relu_backward(grad_out, x, out=None):
+    """ReLU backward: out = grad_out * (x > 0); x is the forward input."""
+    return _backward(RELU_BWD, grad_out, "x", x, out)
+
+
+def leaky_relu_forward(x, negative_slope=0.01, out=None):
+    """Leaky ReLU: out = x if x > 0 else negative_slope * x."""
+    s = check_scalar("negative_slope", negative_slope)
+    return _forward(LEAKY_FWD, x, out, s)
+
+
+def leaky_relu_backward(grad_out, x, negative_slope=0.01, out=None):
+    """Leaky ReLU backward: out = grad_out * (1 if x > 0 else negative_slope)."""
+    s = check_scalar("negative_slope", negative_slope)
+    return _backward(LEAKY_BWD, grad_out, "x", x, out, s)
+
+
+def sigmoid_forward(x, out=None):
+    """Logistic sigmoid: out = 1 / (1 + exp(-x)), computed without overflow for any x."""
+    return _forward(SIGMOID_FWD, x, out)
+
+
+def sigmoid_backward(grad_out, y, out=None):
+    """Sigmoid backward from its output y: out = grad_out * y * (1 - y)."""
+    return _backward(SIGMOID_BWD, grad_out, "y", y, out)
+
+
+def tanh_forward(x, out=None):
+    """Hyperbolic tangent, elementwise."""
+    return _forward(TANH_FWD, x, out)
+
+
+def tanh_backward(grad_out, y, out=None):
+    """Tanh backward from its output y: out = grad_out * (1 - y**2)."""
+    return _backward(TANH_BWD, grad_out, "y", y, out)
+
+
+def dropout_forward(x, mask, scale, out=None):
+    """Dropout with a given keep-mask: out = x * mask * scale (inverted dropout: scale = 1/(1-p)).
+
+    mask: uint8 or bool array of x's shape (1 keeps, 0 drops)."""
+    x = as_float_array("x", x)
+    return _dropout(x, "x", mask, scale, out)
+
+
+def dropout_backward(grad_out, mask, scale, out=None):
+    """Dropout backward: out = grad_out * mask * scale."""
+    grad_out = as_float_array("grad_out", grad_out)
+    return _dropout(grad_out, "grad_out", mask, scale, out)
+
+
+cdef _dropout(x, str name, mask, scale, out):
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a numpy.ndarray, got {type(mask).__name__}")
+    if mask.dtype != np.uint8 and mask.dtype != np.bool_:
+        raise TypeError(f"mask must be uint8 or bool, got {mask.dtype}")
+    check_same_shape("mask", mask, x.shape)
+    s = check_scalar("scale", scale, 0.0)
+    mask = np.ascontiguousarray(mask).view(np.uint8)
+    out = output("out", out, x.shape, x.dtype)
+    return _apply(DROPOUT, x, None, mask, out, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax over rows
+
+cdef void softmax_rows(const floating *x, floating *y, long n, long c) noexcept nogil:
+    # y[i, :] = exp(x[i, :] - max_i) / sum(exp(x[i, :] - max_i)) for each row i < n
+    cdef long i, j
+    cdef floating mx, v
+    cdef double total
+    for i in range(n):
+        mx = x[i * c]
+        for j in range(1, c):
+            if x[i * c + j] > mx:
+                mx = x[i * c + j]
+        total = 0
+        for j in range(c):
+            if floating is float:
+                v = expf(x[i * c + j] - mx)
+            else:
+                v = exp(x[i * c + j] - mx)
+            y[i * c + j] = v
+            total += v
+        for j in range(c):
+            y[i * c + j] = <floating> (y[i * c + j] / total)
+
+
+cdef void softmax_backward_rows(const floating *g, const floating *y, floating *dx, long n,
+                                long c) noexcept nogil:
+    # dx[i, j] = y[i, j] * (g[i, j] - sum_k g[i, k] * y[i, k])
+    cdef long i, j
+    cdef double dot
+    for i in range(n):
+        dot = 0
+        for j in range(c):
+            dot += g[i * c + j] * y[i * c + j]
+        for j in range(c):
+            dx[i * c + j] = <floating> (y[i * c + j] * (g[i * c + j] - dot))
+
+
+cdef void rows_parallel(bint backward, const floating *a, const floating *b, floating *y, long n,
+                        long c, int threads) noexcept nogil:
+    cdef long parts = (n * c) // SPAN_MIN
+    if parts > threads:
+        parts = threads
+    if parts > n:
+        parts = n
+    if parts <= 1:
+        if backward:
+            softmax_backward_rows(a, b, y, n, c)
+        else:
+            softmax_rows(a, y, n, c)
+        return
+    cdef long step = (n + parts - 1) // parts, t, start, rows
+    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
+        start = t * step
+        rows = n - start if n - start < step else step
+        if rows > 0:
+            if backward:
+                softmax_backward_rows(a + start * c, b + start * c, y + start * c, rows, c)
+            else:
+                softmax_rows(a + start * c, y + start * c, rows, c)
+
+
+cdef _rows(bint backward, floating[:, ::1] a, floating[:, ::1] b, floating[:, ::1] y):
+    cdef long n = y.shape[0], c = y.shape[1]
+    if n == 0 or c == 0:
+        return
+    cdef int threads = num_threads()
+    with nogil:
+        rows_parallel(backward, &a[0, 0], &b[0, 0] if backward else NULL, &y[0, 0], n, c,
+                      threads)
+
+
+def softmax_forward(x, out=None):
+    """Softmax of each row: out[i] = exp(x[i] - max(x[i])) / sum(exp(x[i] - max(x[i]))).
+
+    x (N, C) -> out (N, C); stable for any finite x."""
+    x = as_float_array("x", x, 2)
+    out = output("out", out, x.shape, x.dtype)
+    if x.dtype == np.float32:
+        _rows[float](False, x, None, out)
+    else:
+        _rows[double](False, x, None, out)
+    return out
+
+
+def softmax_backward(grad_out, y, out=None):
+    """Softmax backward from its output y: out = y * (grad_out - sum(grad_out * y, axis=1)).
+
+    grad_out (N, C), y (N, C) -> out (N, C)."""
+    grad_out = as_float_array("grad_out", grad_out, 2)
+    y = as_float_array("y", y, 2)
+    check_same_dtype("y", y, grad_out.dtype)
+    check_same_shape("y", y, grad_out.shape)
+    out = output("out", out, grad_out.shape, grad_out.dtype)
+    if grad_out.dtype == np.float32:
+        _rows[float](True, grad_out, y, out)
+    else:
+        _rows[double](True, grad_out, y, out)
+    return out

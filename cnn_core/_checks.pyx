@@ -1,0 +1,91 @@
+"""Validation shared by every public kernel: each check names the argument it rejects.
+
+Rules (DESIGN.md, "Kernel contract"): arrays are numpy.ndarray of float32 or float64, one
+dtype per call; inputs that are not C-contiguous are copied; `out=`/`grad=` buffers and
+arrays updated in place must already be C-contiguous, writeable, of the exact shape and
+dtype, because a copy would silently not be the caller's array.
+"""
+import math
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+cdef object as_float_array(str name, object x, int ndim=-1):
+    """x as a C-contiguous float32/float64 ndarray (copied only if not contiguous)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} has dtype {x.dtype}; the kernels take float32 or float64")
+    if ndim >= 0 and x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+cdef object check_same_dtype(str name, object x, object dtype):
+    if x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but the other inputs are {np.dtype(dtype)}")
+    return x
+
+
+cdef object check_same_shape(str name, object x, tuple shape):
+    if x.shape != shape:
+        raise ValueError(f"{name} has shape {x.shape}, expected {shape}")
+    return x
+
+
+cdef object check_buffer(str name, object buf, tuple shape, object dtype):
+    """An array written in place: exact shape and dtype, C-contiguous, writeable."""
+    if not isinstance(buf, np.ndarray):
+        raise ValueError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+    if buf.shape != shape:
+        raise ValueError(f"{name} has shape {buf.shape}, expected {shape}")
+    if buf.dtype != dtype:
+        raise ValueError(f"{name} has dtype {buf.dtype}, expected {np.dtype(dtype)}")
+    if not buf.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (it is written in place)")
+    if not buf.flags.writeable:
+        raise ValueError(f"{name} is read-only (it is written in place)")
+    return buf
+
+
+cdef object output(str name, object buf, tuple shape, object dtype):
+    """The caller's buffer, checked, or a new empty array."""
+    if buf is None:
+        return np.empty(shape, dtype=dtype)
+    return check_buffer(name, buf, shape, dtype)
+
+
+cdef object as_labels(str name, object labels, Py_ssize_t n, Py_ssize_t n_classes):
+    """Integer class labels, shape (n,), values in [0, n_classes), as a contiguous int64 array."""
+    if not isinstance(labels, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(labels).__name__}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
+    if n > 0:
+        lo = labels.min()
+        hi = labels.max()
+        if lo < 0 or hi >= n_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} must be in [0, {n_classes}), found {bad}")
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+cdef double check_scalar(str name, object value, double low=-math.inf, bint low_inclusive=True,
+                         double high=math.inf, bint high_inclusive=True) except? -1.0:
+    """A finite real number within [low, high] (or open ends), as a double."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    cdef double v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if v < low or (v == low and not low_inclusive) or v > high or (v == high and not high_inclusive):
+        lb = "[" if low_inclusive else "("
+        rb = "]" if high_inclusive else ")"
+        raise ValueError(f"Invalid {name}: {value} (must be in {lb}{low}, {high}{rb})")
+    return v

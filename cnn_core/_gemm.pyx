@@ -1,0 +1,456 @@
+"""GEMM and the linear layer's kernels: C = alpha * op(A) @ op(B) + beta * C.
+
+Design (BLIS's five loops, turned to row-major C)
+-------------------------------------------------
+The work of C (m x n) += A (m x k) @ B (k x n) is cut into blocks that fit the caches and
+handed, one MR x NR tile at a time, to a register-tile micro-kernel written in C
+(src/nn_gemm_ukernel.h, chosen at run time: AVX-512, AVX2+FMA or portable)::
+
+    loop 5  for ic in m, step M_BLOCK          rows of C
+    loop 4    for pc in k, step kc               pack A[ic:, pc:] -> a_packed   (M_BLOCK x kc)
+    loop 3      for jc in n, step n_block          pack B[pc:, jc:] -> b_packed (kc x n_block, L2)
+    loop 2        for ir in mc, step MR              A micro-panel (kc x MR, L1)
+    loop 1          for jr in n_block, step NR         B micro-panel (kc x NR, from L2)
+                      micro-kernel: C[ir:ir+MR, jr:jr+NR] = alpha*acc + beta*C (+bias, ReLU)
+
+Packing copies a block into the order the micro-kernel reads it, contiguous and 64-byte
+aligned, zero-padding the edges so that one micro-kernel serves every tile. The transposes
+are free: packing reads A and B through (row stride, column stride) pairs.
+
+Threads: the output is cut into as many slabs as threads, along n when n >= m and along m
+otherwise (at tile boundaries); each thread runs the five loops on its slab with its own
+packing buffers (thread-local, reused across calls: src/nn_scratch.h). Every element of C
+is summed by one thread in the same k order, so results do not depend on the thread count.
+
+`gemm_naive` is the textbook triple loop, kept as reference and fallback.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+
+from cnn_core._checks cimport as_float_array, check_same_dtype, check_buffer, output
+from cnn_core._parallel cimport num_threads
+
+cdef extern from "nn_gemm_ukernel.h" nogil:
+    ctypedef void (*nn_sgemm_ukr_t)(long, const float *, const float *, float *, long, float,
+                                    float, const float *, int, int, int)
+    ctypedef void (*nn_dgemm_ukr_t)(long, const double *, const double *, double *, long,
+                                    double, double, const double *, int, int, int)
+    ctypedef struct nn_sgemm_kernel_t:
+        nn_sgemm_ukr_t ukr
+        int mr
+        int nr
+        const char *name
+    ctypedef struct nn_dgemm_kernel_t:
+        nn_dgemm_ukr_t ukr
+        int mr
+        int nr
+        const char *name
+    nn_sgemm_kernel_t nn_sgemm_kernel_for(int isa)
+    nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa)
+    int nn_cpu_best_isa()
+    int NN_ISA_GENERIC, NN_ISA_AVX2, NN_ISA_AVX512
+
+cdef extern from "nn_scratch.h" nogil:
+    void *nn_scratch(int slot, size_t nbytes)
+
+# Cache blocking (elements). kc x n_block of B stays in L2 (float: 384 x 480 x 4 B = 720 KiB
+# of this machine's 2 MiB), a kc x MR micro-panel of A in L1 (12 x 384 x 4 B = 18 KiB of 48).
+cdef enum:
+    KC_FLOAT = 384
+    KC_DOUBLE = 256
+    NBLOCK_FLOAT = 480
+    NBLOCK_DOUBLE = 240
+    M_BLOCK = 3072
+    # below this many multiply-adds a second thread costs more than it saves
+    PARALLEL_MIN_FMAS = 1 << 18
+    MAX_PARTS = 64
+
+cdef nn_sgemm_kernel_t _skernel = nn_sgemm_kernel_for(nn_cpu_best_isa())
+cdef nn_dgemm_kernel_t _dkernel = nn_dgemm_kernel_for(nn_cpu_best_isa())
+
+
+cdef inline long _ceil_div(long a, long b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline long _round_up(long a, long b) noexcept nogil:
+    return _ceil_div(a, b) * b
+
+
+cdef inline long _min(long a, long b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef void pack_a_mcxkc(const floating *a, long rsa, long csa, long mc, long kc, int mr,
+                       floating *dst) noexcept nogil:
+    # A block (mc x kc), element (i, p) at a[i*rsa + p*csa] -> ceil(mc/MR) micro-panels,
+    # each kc x MR: dst[panel*kc*MR + p*MR + i]; rows past mc are zeros.
+    cdef long ir_index, ir, i, p, rows
+    cdef floating *panel
+    cdef const floating *src
+    for ir_index in range(_ceil_div(mc, mr)):
+        ir = ir_index * mr
+        rows = _min(mr, mc - ir)
+        panel = dst + ir * kc
+        if csa == 1:
+            for i in range(rows):
+                src = a + (ir + i) * rsa
+                for p in range(kc):
+                    panel[p * mr + i] = src[p]
+        else:
+            for p in range(kc):
+                src = a + p * csa + ir * rsa
+                for i in range(rows):
+                    panel[p * mr + i] = src[i * rsa]
+        for i in range(rows, mr):
+            for p in range(kc):
+                panel[p * mr + i] = 0
+
+
+cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, int nr,
+                       floating *dst) noexcept nogil:
+    # B block (kc x nc), element (p, j) at b[p*rsb + j*csb] -> ceil(nc/NR) micro-panels,
+    # each kc x NR: dst[panel*kc*NR + p*NR + j]; columns past nc are zeros.
+    cdef long jr_index, jr, j, p, cols
+    cdef floating *panel
+    cdef const floating *src
+    for jr_index in range(_ceil_div(nc, nr)):
+        jr = jr_index * nr
+        cols = _min(nr, nc - jr)
+        panel = dst + jr * kc
+        if csb == 1:
+            for p in range(kc):
+                src = b + p * rsb + jr
+                for j in range(cols):
+                    panel[p * nr + j] = src[j]
+                for j in range(cols, nr):
+                    panel[p * nr + j] = 0
+        else:
+            for j in range(cols):
+                src = b + (jr + j) * csb
+                for p in range(kc):
+                    panel[p * nr + j] = src[p * rsb]
+            for j in range(cols, nr):
+                for p in range(kc):
+                    panel[p * nr + j] = 0
+
+
+cdef inline void _ukernel(long kc, const floating *a, const floating *b, floating *c, long ldc,
+                          floating alpha, floating beta, const floating *bias, int relu,
+                          int mr, int nr) noexcept nogil:
+    if floating is float:
+        _skernel.ukr(kc, a, b, c, ldc, alpha, beta, bias, relu, mr, nr)
+    else:
+        _dkernel.ukr(kc, a, b, c, ldc, alpha, beta, bias, relu, mr, nr)
+
+
+cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
+                   floating *c, long ldc, long m, long n, long k, floating alpha, floating beta,
+                   const floating *bias, int relu) noexcept nogil:
+    # One thread's share: C (m x n) = alpha * A (m x k) @ B (k x n) + beta * C (+ bias, ReLU).
+    # Needs k >= 1. Returns -1 when the packing buffers cannot be allocated.
+    cdef int mr, nr
+    cdef long kc_max, nb_max
+    if floating is float:
+        mr = _skernel.mr
+        nr = _skernel.nr
+        kc_max = KC_FLOAT
+        nb_max = NBLOCK_FLOAT
+    else:
+        mr = _dkernel.mr
+        nr = _dkernel.nr
+        kc_max = KC_DOUBLE
+        nb_max = NBLOCK_DOUBLE
+    # balanced blocks: 784 = 3 x 262 rather than 384 + 384 + 16
+    cdef long kc = _ceil_div(k, _ceil_div(k, kc_max))
+    cdef long nb = _round_up(_ceil_div(n, _ceil_div(n, nb_max)), nr)
+    cdef long mb = _round_up(_ceil_div(m, _ceil_div(m, M_BLOCK)), mr)
+    cdef floating *a_packed = <floating *> nn_scratch(0, mb * kc * sizeof(floating))
+    cdef floating *b_packed = <floating *> nn_scratch(1, nb * kc * sizeof(floating))
+    if a_packed == NULL or b_packed == NULL:
+        return -1
+    cdef long ic_index, pc_index, jc_index, ir_index, jr_index
+    cdef long ic, pc, jc, ir, jr, mc, kcur, nc
+    cdef floating beta_k
+    cdef const floating *bias_k
+    cdef int relu_k
+    for ic_index in range(_ceil_div(m, mb)):  # loop 5: rows of C
+        ic = ic_index * mb
+        mc = _min(mb, m - ic)
+        for pc_index in range(_ceil_div(k, kc)):  # loop 4: the k dimension
+            pc = pc_index * kc
+            kcur = _min(kc, k - pc)
+            pack_a_mcxkc(a + ic * rsa + pc * csa, rsa, csa, mc, kcur, mr, a_packed)
+            beta_k = beta if pc == 0 else 1                      # later blocks accumulate
+            relu_k = relu if pc + kcur >= k else 0               # ReLU once the sum is whole
+            for jc_index in range(_ceil_div(n, nb)):  # loop 3: columns of C
+                jc = jc_index * nb
+                nc = _min(nb, n - jc)
+                pack_b_kcxnc(b + pc * rsb + jc * csb, rsb, csb, kcur, nc, nr, b_packed)
+                for ir_index in range(_ceil_div(mc, mr)):  # loop 2: A micro-panels
+                    ir = ir_index * mr
+                    for jr_index in range(_ceil_div(nc, nr)):  # loop 1: B micro-panels
+                        jr = jr_index * nr
+                        bias_k = bias + jc + jr if (bias != NULL and pc == 0) else NULL
+                        _ukernel(kcur, a_packed + ir * kcur, b_packed + jr * kcur,
+                                 c + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_k, bias_k,
+                                 relu_k, <int> _min(mr, mc - ir), <int> _min(nr, nc - jr))
+    return 0
+
+
+cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                       long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
+                       floating beta, const floating *bias, int relu, int threads) noexcept nogil:
+    # Cut C into `parts` slabs (along n if n >= m, else along m, at tile boundaries) and
+    # run gemm_slab on each in its own thread. Returns -1 if any slab ran out of memory.
+    cdef int mr, nr
+    if floating is float:
+        mr = _skernel.mr
+        nr = _skernel.nr
+    else:
+        mr = _dkernel.mr
+        nr = _dkernel.nr
+    cdef bint split_n = n >= m
+    cdef long tile = nr if split_n else mr
+    cdef long extent = n if split_n else m
+    cdef long parts = threads
+    if parts > MAX_PARTS:
+        parts = MAX_PARTS
+    if parts > _ceil_div(extent, tile):
+        parts = _ceil_div(extent, tile)
+    if m * n * k < PARALLEL_MIN_FMAS:
+        parts = 1
+    if parts <= 1:
+        return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
+    cdef long step = _round_up(_ceil_div(extent, parts), tile)
+    cdef int status[MAX_PARTS]
+    cdef long t, start, size
+    cdef int failed = 0
+    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
+        start = t * step
+        size = _min(step, extent - start)
+        status[t] = 0
+        if size > 0:
+            if split_n:
+                status[t] = gemm_slab(a, rsa, csa, b + start * csb, rsb, csb, c + start, ldc,
+                                      m, size, k, alpha, beta,
+                                      bias + start if bias != NULL else NULL, relu)
+            else:
+                status[t] = gemm_slab(a + start * rsa, rsa, csa, b, rsb, csb, c + start * ldc,
+                                      ldc, size, n, k, alpha, beta, bias, relu)
+    for t in range(parts):
+        if status[t] != 0:
+            failed = 1
+    return -1 if failed else 0
+
+
+cdef void gemm_naive_kernel(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                            long csb, floating *c, long ldc, long m, long n, long k,
+                            floating alpha, floating beta) noexcept nogil:
+    # c[i, j] = alpha * sum_p a[i, p] * b[p, j] + beta * c[i, j]; the textbook loop order
+    cdef long i, j, p
+    cdef floating acc
+    for i in range(m):
+        for j in range(n):
+            acc = 0
+            for p in range(k):
+                acc = acc + a[i * rsa + p * csa] * b[p * rsb + j * csb]
+            if beta == 0:
+                c[i * ldc + j] = alpha * acc
+            else:
+                c[i * ldc + j] = alpha * acc + beta * c[i * ldc + j]
+
+
+# ---------------------------------------------------------------------------------------------
+# Python wrappers: validate once, then run without the GIL.
+
+cdef _check_pair(str name_a, object a, str name_b, object b):
+    a = as_float_array(name_a, a, 2)
+    b = as_float_array(name_b, b, 2)
+    check_same_dtype(name_b, b, a.dtype)
+    return a, b
+
+
+cdef int _run(floating[:, ::1] a, bint trans_a, floating[:, ::1] b, bint trans_b,
+              floating[:, ::1] c, long k, double alpha, double beta, floating[::1] bias,
+              int relu, bint naive) except -1:
+    # C (m x n) from op(A) (m x k) and op(B) (k x n); the strides encode the transposes
+    cdef long m = c.shape[0], n = c.shape[1]
+    cdef long rsa = 1 if trans_a else a.shape[1], csa = a.shape[1] if trans_a else 1
+    cdef long rsb = 1 if trans_b else b.shape[1], csb = b.shape[1] if trans_b else 1
+    cdef const floating *bias_ptr = &bias[0] if bias is not None and bias.shape[0] > 0 else NULL
+    cdef int status = 0
+    if m == 0 or n == 0 or k == 0:
+        return 0
+    cdef int threads = num_threads()
+    with nogil:
+        if naive:
+            gemm_naive_kernel(&a[0, 0], rsa, csa, &b[0, 0], rsb, csb, &c[0, 0], n, m, n, k,
+                              <floating> alpha, <floating> beta)
+        else:
+            status = gemm_parallel(&a[0, 0], rsa, csa, &b[0, 0], rsb, csb, &c[0, 0], n, m, n,
+                                   k, <floating> alpha, <floating> beta, bias_ptr, relu,
+                                   threads)
+    if status != 0:
+        raise MemoryError("gemm: cannot allocate the packing buffers")
+    return 0
+
+
+cdef _gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta, bint naive):
+    a, b = _check_pair("a", a, "b", b)
+    cdef long m = a.shape[1] if trans_a else a.shape[0]
+    cdef long k = a.shape[0] if trans_a else a.shape[1]
+    cdef long kb = b.shape[1] if trans_b else b.shape[0]
+    cdef long n = b.shape[0] if trans_b else b.shape[1]
+    if k != kb:
+        raise ValueError(f"b: op(a) is {m}x{k} but op(b) is {kb}x{n}; inner dimensions differ")
+    alpha = float(alpha)
+    beta = float(beta)
+    if beta != 0 and out is None:
+        raise ValueError("out is required when beta != 0 (it is read)")
+    out = output("out", out, (m, n), a.dtype)
+    if k == 0 or m == 0 or n == 0:
+        # no products to sum: NumPy's answer for an empty inner dimension
+        if beta == 0:
+            out[...] = 0
+        else:
+            out *= beta
+        return out
+    if a.dtype == np.float32:
+        _run[float](a, trans_a, b, trans_b, out, k, alpha, beta, None, 0, naive)
+    else:
+        _run[double](a, trans_a, b, trans_b, out, k, alpha, beta, None, 0, naive)
+    return out
+
+
+def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """General matrix multiply: out = alpha * op(a) @ op(b) + beta * out.
+
+    Parameters
+    ----------
+    a : ndarray (m, k), or (k, m) with trans_a
+    b : ndarray (k, n), or (n, k) with trans_b
+    out : ndarray (m, n), optional. Required when beta != 0. With beta == 0 its old contents
+        are never read (they may be NaN).
+    trans_a, trans_b : bool. op(x) = x.T when set (no copy: packing reads the transpose).
+    alpha, beta : float.
+
+    Returns
+    -------
+    out : ndarray (m, n), the given buffer or a new array.
+    """
+    return _gemm(a, b, out, trans_a, trans_b, alpha, beta, False)
+
+
+def gemm_naive(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """`gemm` by the textbook triple loop: the reference and fallback. Same contract."""
+    return _gemm(a, b, out, trans_a, trans_b, alpha, beta, True)
+
+
+def linear_forward(x, w, b, out=None, *, activation=None):
+    """Fully connected layer: out = act(x @ w + b), bias and activation fused into the
+    GEMM's write-back (one pass over out).
+
+    x (N, D) @ w (D, M) + b (M,) -> out (N, M); b may be None; activation None or "relu".
+    """
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    x, w = _check_pair("x", x, "w", w)
+    cdef long n = x.shape[0], d = x.shape[1], m = w.shape[1]
+    if w.shape[0] != d:
+        raise ValueError(f"w has shape {w.shape}; x has {d} features, so w must be ({d}, M)")
+    if b is not None:
+        b = as_float_array("b", b, 1)
+        check_same_dtype("b", b, x.dtype)
+        if b.shape[0] != m:
+            raise ValueError(f"b has shape {b.shape}, expected ({m},)")
+    out = output("out", out, (n, m), x.dtype)
+    cdef int relu = activation == "relu"
+    if d == 0 or n == 0 or m == 0:
+        out[...] = 0
+        if b is not None:
+            out += b
+        if relu:
+            np.maximum(out, 0, out=out)
+        return out
+    if x.dtype == np.float32:
+        _run[float](x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
+    else:
+        _run[double](x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
+    return out
+
+
+cdef void _column_sums(const floating *g, long n, long m, floating *acc) noexcept nogil:
+    # acc (M,) += g (N, M).sum(axis=0), rows in order (a fixed summation order)
+    cdef long i, j
+    for i in range(n):
+        for j in range(m):
+            acc[j] += g[i * m + j]
+
+
+cdef _add_column_sums(floating[:, ::1] g, floating[::1] acc):
+    if g.shape[0] == 0 or g.shape[1] == 0:
+        return
+    with nogil:
+        _column_sums(&g[0, 0], g.shape[0], g.shape[1], &acc[0])
+
+
+def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad_x=True):
+    """Backward of out = x @ w + b, accumulating the parameter gradients (as PyTorch's .grad):
+
+        grad_w (D, M) += x.T @ grad_out       grad_b (M,) += grad_out.sum(axis=0)
+        grad_x (N, D)  = grad_out @ w.T       (returned; None when compute_grad_x is False)
+
+    grad_out (N, M), x (N, D), w (D, M). grad_b may be None (no bias).
+    """
+    grad_out, x = _check_pair("grad_out", grad_out, "x", x)
+    w = as_float_array("w", w, 2)
+    check_same_dtype("w", w, grad_out.dtype)
+    dtype = grad_out.dtype
+    cdef long n = grad_out.shape[0], m = grad_out.shape[1], d = w.shape[0]
+    if w.shape[1] != m:
+        raise ValueError(f"w has shape {w.shape}, expected (D, {m}) to match grad_out")
+    if x.shape != (n, d):
+        raise ValueError(f"x has shape {x.shape}, expected ({n}, {d})")
+    check_buffer("grad_w", grad_w, (d, m), dtype)
+    if grad_b is not None:
+        check_buffer("grad_b", grad_b, (m,), dtype)
+    if compute_grad_x:
+        grad_x = output("grad_x", grad_x, (n, d), dtype)
+    _gemm(x, grad_out, grad_w, True, False, 1.0, 1.0, False)
+    if grad_b is not None:
+        if dtype == np.float32:
+            _add_column_sums[float](grad_out, grad_b)
+        else:
+            _add_column_sums[double](grad_out, grad_b)
+    if not compute_grad_x:
+        return None
+    return _gemm(grad_out, w, grad_x, False, True, 1.0, 0.0, False)
+
+
+def gemm_kernel_name(dtype=np.float32):
+    """The micro-kernel this CPU runs for `dtype`, e.g. 'avx512 12x32'."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return _skernel.name.decode()
+    if dtype == np.float64:
+        return _dkernel.name.decode()
+    raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+
+
+def _set_isa(level):
+    """Testing hook: run the 'generic', 'avx2' or 'avx512' micro-kernels (if the CPU has them);
+    None restores the best. Not thread-safe: for tests only."""
+    global _skernel, _dkernel
+    levels = {"generic": NN_ISA_GENERIC, "avx2": NN_ISA_AVX2, "avx512": NN_ISA_AVX512}
+    cdef int isa = nn_cpu_best_isa()
+    if level is not None:
+        if level not in levels:
+            raise ValueError(f"level must be one of {sorted(levels)} or None, got {level!r}")
+        if levels[level] > isa:
+            raise ValueError(f"level {level!r}: this CPU does not support it")
+        isa = levels[level]
+    _skernel = nn_sgemm_kernel_for(isa)
+    _dkernel = nn_dgemm_kernel_for(isa)

@@ -1,0 +1,194 @@
+"""Losses, each returning (mean loss, gradient w.r.t. its input) from one pass.
+
+    softmax_cross_entropy   loss = mean_i (logsumexp(z_i) - z_i[y_i])
+                            grad = (softmax(z) - onehot(y)) / N
+    mse                     loss = mean((p - t)^2)          grad = 2 (p - t) / size
+    bce_with_logits         loss = mean(max(z, 0) - z t + log(1 + exp(-|z|)))
+                            grad = (sigmoid(z) - t) / size
+
+Sums are accumulated in double, in a fixed order (contiguous spans per thread, partial sums
+added in span order), so the loss is reproducible for a given thread count.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, log, log1p, fabs
+from libc.stdint cimport int64_t
+
+from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, output, as_labels
+from cnn_core._parallel cimport num_threads
+
+cdef enum:
+    SPAN_MIN = 1 << 15
+    MAX_PARTS = 64
+
+
+cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, long n, long c,
+                     double inv_batch) noexcept nogil:
+    # rows n of logits z (n x c): returns sum_i (lse_i - z[i, y_i]) and writes
+    # grad[i, j] = (exp(z[i, j] - lse_i) - [j == y_i]) * inv_batch
+    cdef long i, j
+    cdef double mx, total, lse, loss = 0
+    for i in range(n):
+        mx = z[i * c]
+        for j in range(1, c):
+            if z[i * c + j] > mx:
+                mx = z[i * c + j]
+        total = 0
+        for j in range(c):
+            total += exp(z[i * c + j] - mx)
+        lse = mx + log(total)
+        loss += lse - z[i * c + labels[i]]
+        for j in range(c):
+            grad[i * c + j] = <floating> (exp(z[i * c + j] - lse) * inv_batch)
+        grad[i * c + labels[i]] -= <floating> inv_batch
+    return loss
+
+
+cdef double sce_parallel(const floating *z, const int64_t *labels, floating *grad, long n,
+                         long c, int threads) noexcept nogil:
+    cdef long parts = (n * c) // SPAN_MIN
+    cdef double inv_batch = 1.0 / n
+    if parts > threads:
+        parts = threads
+    if parts > MAX_PARTS:
+        parts = MAX_PARTS
+    if parts <= 1:
+        return sce_rows(z, labels, grad, n, c, inv_batch)
+    cdef double partial[MAX_PARTS]
+    cdef long step = (n + parts - 1) // parts, t, start, rows
+    cdef double loss = 0
+    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
+        start = t * step
+        rows = n - start if n - start < step else step
+        partial[t] = 0
+        if rows > 0:
+            partial[t] = sce_rows(z + start * c, labels + start, grad + start * c, rows, c,
+                                  inv_batch)
+    for t in range(parts):
+        loss += partial[t]
+    return loss
+
+
+cdef double _sce(floating[:, ::1] z, const int64_t[::1] labels, floating[:, ::1] grad):
+    cdef long n = z.shape[0], c = z.shape[1]
+    cdef int threads = num_threads()
+    cdef double loss
+    with nogil:
+        loss = sce_parallel(&z[0, 0], &labels[0], &grad[0, 0], n, c, threads)
+    return loss / n
+
+
+def softmax_cross_entropy(logits, labels, grad=None):
+    """Softmax followed by cross-entropy, fused: (mean loss, d loss / d logits).
+
+    logits (N, C) float, labels (N,) integer in [0, C) -> (float, grad (N, C)).
+    loss = mean_i (log sum_j exp(z_ij) - z_i,y_i); grad = (softmax(z) - onehot(y)) / N.
+    Stable for any finite logits (the row maximum is subtracted before exp).
+    """
+    logits = as_float_array("logits", logits, 2)
+    cdef long n = logits.shape[0], c = logits.shape[1]
+    if n == 0:
+        raise ValueError("logits: empty batch (N = 0); the mean loss is undefined")
+    if c == 0:
+        raise ValueError("logits: no classes (C = 0)")
+    labels = as_labels("labels", labels, n, c)
+    grad = output("grad", grad, logits.shape, logits.dtype)
+    if logits.dtype == np.float32:
+        loss = _sce[float](logits, labels, grad)
+    else:
+        loss = _sce[double](logits, labels, grad)
+    return loss, grad
+
+
+cdef double mse_span(const floating *p, const floating *t, floating *g, long n,
+                     double scale) noexcept nogil:
+    # returns sum (p - t)^2 and writes g = scale * (p - t), scale = 2 / size
+    cdef long i
+    cdef double d, total = 0
+    for i in range(n):
+        d = <double> p[i] - <double> t[i]
+        total += d * d
+        g[i] = <floating> (scale * d)
+    return total
+
+
+cdef double bce_span(const floating *z, const floating *t, floating *g, long n,
+                     double scale) noexcept nogil:
+    # returns sum max(z,0) - z t + log1p(exp(-|z|)) and writes g = scale * (sigmoid(z) - t)
+    cdef long i
+    cdef double zi, e, s, total = 0
+    for i in range(n):
+        zi = z[i]
+        e = exp(-fabs(zi))                      # in (0, 1]: never overflows
+        total += (zi if zi > 0 else 0) - zi * t[i] + log1p(e)
+        s = 1 / (1 + e) if zi >= 0 else e / (1 + e)
+        g[i] = <floating> (scale * (s - t[i]))
+    return total
+
+
+cdef double pointwise_parallel(bint bce, const floating *a, const floating *b, floating *g,
+                               long n, int threads) noexcept nogil:
+    cdef long parts = n // SPAN_MIN
+    cdef double scale = (1.0 if bce else 2.0) / n
+    if parts > threads:
+        parts = threads
+    if parts > MAX_PARTS:
+        parts = MAX_PARTS
+    if parts <= 1:
+        return bce_span(a, b, g, n, scale) if bce else mse_span(a, b, g, n, scale)
+    cdef double partial[MAX_PARTS]
+    cdef long step = (n + parts - 1) // parts, t, start, size
+    cdef double total = 0
+    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
+        start = t * step
+        size = n - start if n - start < step else step
+        partial[t] = 0
+        if size > 0:
+            if bce:
+                partial[t] = bce_span(a + start, b + start, g + start, size, scale)
+            else:
+                partial[t] = mse_span(a + start, b + start, g + start, size, scale)
+    for t in range(parts):
+        total += partial[t]
+    return total
+
+
+cdef double _pointwise(bint bce, floating[::1] a, floating[::1] b, floating[::1] g):
+    cdef long n = a.shape[0]
+    cdef int threads = num_threads()
+    cdef double total
+    with nogil:
+        total = pointwise_parallel(bce, &a[0], &b[0], &g[0], n, threads)
+    return total / n
+
+
+cdef _pointwise_loss(bint bce, str name_a, a, str name_b, b, grad):
+    a = as_float_array(name_a, a)
+    b = as_float_array(name_b, b)
+    check_same_dtype(name_b, b, a.dtype)
+    check_same_shape(name_b, b, a.shape)
+    if a.size == 0:
+        raise ValueError(f"{name_a}: empty input; the mean loss is undefined")
+    grad = output("grad", grad, a.shape, a.dtype)
+    if a.dtype == np.float32:
+        loss = _pointwise[float](bce, a.reshape(-1), b.reshape(-1), grad.reshape(-1))
+    else:
+        loss = _pointwise[double](bce, a.reshape(-1), b.reshape(-1), grad.reshape(-1))
+    return loss, grad
+
+
+def mse(pred, target, grad=None):
+    """Mean squared error: (mean((pred - target)^2), 2 (pred - target) / pred.size).
+
+    pred and target: the same shape and dtype."""
+    return _pointwise_loss(False, "pred", pred, "target", target, grad)
+
+
+def bce_with_logits(logits, target, grad=None):
+    """Binary cross-entropy on logits, fused with the sigmoid and stable for any finite z:
+    (mean(max(z, 0) - z t + log(1 + exp(-|z|))), (sigmoid(z) - t) / size).
+
+    logits and target (probabilities in [0, 1]): the same shape and dtype."""
+    return _pointwise_loss(True, "logits", logits, "target", target, grad)

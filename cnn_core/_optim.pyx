@@ -1,0 +1,184 @@
+"""Optimizer updates, in place, one pass over the parameter: torch.optim's SGD and Adam(W).
+
+    SGD    d = g + wd * p
+           v = mu * v + d                               (momentum mu > 0)
+           d = d + mu * v (Nesterov)  or  d = v
+           p = p - lr * d
+    Adam   g = g + wd * p                               (AdamW instead: p = p * (1 - lr * wd))
+           m = b1 * m + (1 - b1) * g
+           v = b2 * v + (1 - b2) * g^2
+           p = p - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+The arithmetic is done in the parameter's dtype, in the order torch.optim does it, so a
+float64 step equals PyTorch's to rounding.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt, sqrtf
+
+from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, check_scalar
+from cnn_core._parallel cimport num_threads
+
+cdef enum:
+    SPAN_MIN = 1 << 15
+    MAX_PARTS = 64
+
+
+cdef void sgd_span(floating *p, const floating *g, floating *vel, long n, floating lr,
+                   floating mu, floating wd, bint nesterov) noexcept nogil:
+    cdef long i
+    cdef floating d
+    if mu == 0:
+        for i in range(n):
+            d = g[i] + wd * p[i]
+            p[i] = p[i] - lr * d
+    elif nesterov:
+        for i in range(n):
+            d = g[i] + wd * p[i]
+            vel[i] = mu * vel[i] + d
+            p[i] = p[i] - lr * (d + mu * vel[i])
+    else:
+        for i in range(n):
+            d = g[i] + wd * p[i]
+            vel[i] = mu * vel[i] + d
+            p[i] = p[i] - lr * vel[i]
+
+
+cdef void adam_span(floating *p, const floating *g, floating *m, floating *v, long n,
+                    floating step_size, floating bc2_sqrt, floating b1, floating b2,
+                    floating eps, floating wd, floating decay) noexcept nogil:
+    # decay = 1 - lr * wd for AdamW (wd = 0 then), 1 for Adam
+    cdef long i
+    cdef floating gi, denom
+    for i in range(n):
+        if decay != 1:
+            p[i] = p[i] * decay
+        gi = g[i] + wd * p[i]
+        m[i] = b1 * m[i] + (1 - b1) * gi
+        v[i] = b2 * v[i] + (1 - b2) * gi * gi
+        if floating is float:
+            denom = sqrtf(v[i]) / bc2_sqrt + eps
+        else:
+            denom = sqrt(v[i]) / bc2_sqrt + eps
+        p[i] = p[i] - step_size * (m[i] / denom)
+
+
+cdef long _parts(long n, int threads) noexcept nogil:
+    cdef long parts = n // SPAN_MIN
+    if parts > threads:
+        parts = threads
+    if parts > MAX_PARTS:
+        parts = MAX_PARTS
+    return parts if parts > 1 else 1
+
+
+cdef _sgd(floating[::1] p, floating[::1] g, floating[::1] vel, double lr, double mu, double wd,
+          bint nesterov):
+    cdef long n = p.shape[0], parts = _parts(n, num_threads()), step, t, start
+    cdef floating *vp = &vel[0] if vel is not None else NULL
+    if n == 0:
+        return
+    step = (n + parts - 1) // parts
+    with nogil:
+        if parts == 1:
+            sgd_span(&p[0], &g[0], vp, n, <floating> lr, <floating> mu, <floating> wd, nesterov)
+        else:
+            for t in prange(parts, num_threads=parts, schedule="static"):
+                start = t * step
+                if start < n:
+                    sgd_span(&p[start], &g[start], vp + start if vp != NULL else NULL,
+                             n - start if n - start < step else step,
+                             <floating> lr, <floating> mu, <floating> wd, nesterov)
+
+
+cdef _adam(floating[::1] p, floating[::1] g, floating[::1] m, floating[::1] v, double step_size,
+           double bc2_sqrt, double b1, double b2, double eps, double wd, double decay):
+    cdef long n = p.shape[0], parts = _parts(n, num_threads()), step, t, start
+    if n == 0:
+        return
+    step = (n + parts - 1) // parts
+    with nogil:
+        if parts == 1:
+            adam_span(&p[0], &g[0], &m[0], &v[0], n, <floating> step_size, <floating> bc2_sqrt,
+                      <floating> b1, <floating> b2, <floating> eps, <floating> wd,
+                      <floating> decay)
+        else:
+            for t in prange(parts, num_threads=parts, schedule="static"):
+                start = t * step
+                if start < n:
+                    adam_span(&p[start], &g[start], &m[start], &v[start],
+                              n - start if n - start < step else step,
+                              <floating> step_size, <floating> bc2_sqrt, <floating> b1,
+                              <floating> b2, <floating> eps, <floating> wd, <floating> decay)
+
+
+cdef _param_and_grad(param, grad):
+    if not isinstance(param, np.ndarray):
+        raise TypeError(f"param must be a numpy.ndarray, got {type(param).__name__}")
+    if param.dtype != np.float32 and param.dtype != np.float64:
+        raise TypeError(f"param has dtype {param.dtype}; the kernels take float32 or float64")
+    check_buffer("param", param, param.shape, param.dtype)
+    grad = as_float_array("grad", grad)
+    check_same_dtype("grad", grad, param.dtype)
+    check_same_shape("grad", grad, param.shape)
+    return grad
+
+
+def sgd_update(param, grad, lr, *, momentum=0.0, velocity=None, weight_decay=0.0,
+               nesterov=False):
+    """One step of SGD (torch.optim.SGD, dampening 0), in place on `param` (and `velocity`).
+
+    d = grad + weight_decay * param; with momentum: velocity = momentum * velocity + d and
+    d = d + momentum * velocity (Nesterov) or d = velocity; param -= lr * d.
+    `velocity` (zeros at the start, owned by the caller) is required when momentum != 0.
+    """
+    grad = _param_and_grad(param, grad)
+    lr = check_scalar("lr", lr, 0.0)
+    mu = check_scalar("momentum", momentum, 0.0)
+    wd = check_scalar("weight_decay", weight_decay, 0.0)
+    if nesterov and mu == 0:
+        raise ValueError("nesterov requires momentum > 0")
+    if mu != 0:
+        if velocity is None:
+            raise ValueError("velocity is required when momentum != 0")
+        check_buffer("velocity", velocity, param.shape, param.dtype)
+        velocity = velocity.reshape(-1)
+    else:
+        velocity = None
+    if param.dtype == np.float32:
+        _sgd[float](param.reshape(-1), grad.reshape(-1), velocity, lr, mu, wd, bool(nesterov))
+    else:
+        _sgd[double](param.reshape(-1), grad.reshape(-1), velocity, lr, mu, wd, bool(nesterov))
+
+
+def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0, *,
+                decoupled=False):
+    """One step of Adam (torch.optim.Adam), or AdamW with decoupled=True, in place on
+    `param`, `m` and `v` (first and second moments, zeros at the start, owned by the caller).
+
+    `step` counts from 1 and includes this update (bias corrections 1 - beta**step).
+    """
+    grad = _param_and_grad(param, grad)
+    check_buffer("m", m, param.shape, param.dtype)
+    check_buffer("v", v, param.shape, param.dtype)
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be an int, got {type(step).__name__}")
+    if step < 1:
+        raise ValueError(f"step counts from 1, got {step}")
+    lr = check_scalar("lr", lr, 0.0)
+    b1 = check_scalar("beta1", beta1, 0.0, True, 1.0, False)
+    b2 = check_scalar("beta2", beta2, 0.0, True, 1.0, False)
+    eps = check_scalar("eps", eps, 0.0)
+    wd = check_scalar("weight_decay", weight_decay, 0.0)
+    bc1 = 1 - b1 ** step
+    bc2 = 1 - b2 ** step
+    decay = 1 - lr * wd if decoupled else 1.0
+    wd_l2 = 0.0 if decoupled else wd
+    args = (param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), lr / bc1,
+            bc2 ** 0.5, b1, b2, eps, wd_l2, decay)
+    if param.dtype == np.float32:
+        _adam[float](*args)
+    else:
+        _adam[double](*args)

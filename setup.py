@@ -1,0 +1,116 @@
+"""Build the compiled core `cnn_core` (Cython -> C) and install it beside `nnscratch`.
+
+Every extension is built from the one table EXTENSIONS below, with the same flags.
+
+Environment switches
+--------------------
+NNSCRATCH_DEBUG=1     bounds checks, wraparound and initialised-memoryview checks back on,
+                      -O0 -g, no OpenMP: for a debugging or sanitizer build.
+NNSCRATCH_NO_OPENMP=1 build without OpenMP even where the compiler has it.
+NNSCRATCH_CFLAGS      extra compiler flags (e.g. "-fsanitize=address,undefined").
+NNSCRATCH_LDFLAGS     extra linker flags.
+
+No -march=native and no -ffast-math: one build runs on any x86-64, and the GEMM picks its
+AVX-512 / AVX2 / portable micro-kernel at run time (src/nn_cpu.h).
+"""
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("NNSCRATCH_DEBUG", "") not in ("", "0")
+
+# module name -> its .pyx; one kernel family per file (STYLE.md, rule 5)
+EXTENSIONS = {
+    "cnn_core._parallel": "cnn_core/_parallel.pyx",
+    "cnn_core._checks": "cnn_core/_checks.pyx",
+    "cnn_core._gemm": "cnn_core/_gemm.pyx",
+    "cnn_core._activations": "cnn_core/_activations.pyx",
+    "cnn_core._losses": "cnn_core/_losses.pyx",
+    "cnn_core._optim": "cnn_core/_optim.pyx",
+}
+
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "nonecheck": DEBUG,
+    "embedsignature": True,
+}
+
+
+def _compiler_command():
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return cc.split()
+
+
+def openmp_flags():
+    """Probe-compile a tiny OpenMP program; return the flags that work, or None."""
+    if DEBUG or os.environ.get("NNSCRATCH_NO_OPENMP", "") not in ("", "0"):
+        return None
+    source = (
+        "#include <omp.h>\n"
+        "int main(void) { int n = 0;\n"
+        "#pragma omp parallel reduction(+:n)\n"
+        "n += 1; return n > 0 ? 0 : 1; }\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "probe.c")
+        with open(path, "w") as f:
+            f.write(source)
+        for flag in ("-fopenmp", "-Xpreprocessor -fopenmp"):
+            cmd = _compiler_command() + flag.split() + [path, "-o", os.path.join(tmp, "probe")]
+            try:
+                ok = subprocess.run(cmd, capture_output=True).returncode == 0
+            except OSError:
+                ok = False
+            if ok:
+                return flag.split()
+    return None
+
+
+OPENMP = openmp_flags()
+if OPENMP is None:
+    print("nnscratch: building WITHOUT OpenMP (kernels run on one thread)", file=sys.stderr)
+
+compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+compile_args += ["-std=gnu11", "-Wno-unused-function", "-Wno-unreachable-code"]
+compile_args += os.environ.get("NNSCRATCH_CFLAGS", "").split()
+link_args = os.environ.get("NNSCRATCH_LDFLAGS", "").split()
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+if OPENMP:
+    compile_args += OPENMP
+    link_args += OPENMP
+    macros.append(("NN_OPENMP", "1"))
+
+extensions = [
+    Extension(
+        name,
+        [source],
+        include_dirs=["src", np.get_include()],
+        depends=[os.path.join("src", f) for f in os.listdir("src") if f.endswith(".h")],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=macros,
+    )
+    for name, source in EXTENSIONS.items()
+]
+
+setup(
+    packages=["cnn_core", "nnscratch", "nnscratch.data"],
+    package_dir={"cnn_core": "cnn_core", "nnscratch": "python/nnscratch"},
+    package_data={"cnn_core": ["*.pxd", "*.pyx"], "nnscratch.data": ["*.npz", "*.md"]},
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        quiet=True,
+    ),
+    zip_safe=False,
+)

@@ -1,0 +1,157 @@
+/* nn_gemm_ukernel.h -- GEMM register-tile micro-kernels, one per (dtype, instruction set).
+ *
+ * A micro-kernel computes one MR x NR tile of row-major C from packed panels:
+ *
+ *     a : packed A micro-panel, k x MR   (a[p*MR + i] = A[i, p]; zero-padded rows)
+ *     b : packed B micro-panel, k x NR   (b[p*NR + j] = B[p, j]; zero-padded columns)
+ *     acc[i, j] = sum_p a[p*MR + i] * b[p*NR + j]                   (MR x NR, in registers)
+ *
+ * and writes back, for i < mr, j < nr (mr <= MR, nr <= NR: the tile at the matrix edge):
+ *
+ *     c[i*ldc + j] = alpha * acc[i, j] + beta * c[i*ldc + j]   (beta == 0: c is never read)
+ *                    (+ bias[j]   when bias != NULL)
+ *                    (max(., 0)   when relu != 0)
+ *
+ * The bias and ReLU are the fused epilogue of linear_forward: the caller passes the bias
+ * with the first k-block only and asks for the ReLU on the last one.
+ *
+ * Per step p the kernel loads NR/VL vectors of B and broadcasts MR scalars of A: MR*NR/VL
+ * fused multiply-adds on MR*NR/VL accumulator registers (the register tile), no loads of C.
+ * Tile sizes follow BLIS's Skylake-X choice turned to row-major C (24 zmm accumulators):
+ *
+ *     ISA        float   (MR x NR)   double (MR x NR)
+ *     AVX-512    12 x 32             12 x 16
+ *     AVX2+FMA    6 x 16              6 x  8
+ *     generic     4 x 16              4 x  8   (whatever the compiler vectorises)
+ *
+ * The kernels are written once, with GCC vector extensions, and stamped out per target
+ * by NN_DEFINE_UKERNEL; the loops over MR and NR are fully unrolled by the compiler
+ * (`GCC unroll`), so the accumulators live in registers.
+ */
+#ifndef NN_GEMM_UKERNEL_H
+#define NN_GEMM_UKERNEL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "nn_cpu.h"
+
+#if NN_X86
+#define NN_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
+#define NN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+#define NN_PRAGMA(x) _Pragma(#x)
+
+/* NAME: function name; T, IT: element type and the integer type of its width;
+ * MR, NR: tile; VL: elements per vector; TARGET: function attribute. */
+#define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET)                                   \
+    typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
+    typedef IT NAME##_iv __attribute__((vector_size((VL) * sizeof(T))));                    \
+    TARGET static void NAME(long k, const T *restrict a, const T *restrict b,               \
+                            T *restrict c, long ldc, T alpha, T beta,                       \
+                            const T *restrict bias, int relu, int mr, int nr) {             \
+        enum { NV = (NR) / (VL) };                                                          \
+        NAME##_v acc[MR][NV];                                                               \
+        NN_PRAGMA(GCC unroll 16)                                                            \
+        for (int i = 0; i < (MR); ++i)                                                      \
+            NN_PRAGMA(GCC unroll 4)                                                         \
+            for (int v = 0; v < NV; ++v) acc[i][v] = (NAME##_v){0};                         \
+        for (long p = 0; p < k; ++p) {                                                      \
+            NAME##_v bv[NV];                                                                \
+            NN_PRAGMA(GCC unroll 4)                                                         \
+            for (int v = 0; v < NV; ++v)                                                    \
+                memcpy(&bv[v], b + p * (NR) + v * (VL), sizeof(NAME##_v));                  \
+            NN_PRAGMA(GCC unroll 16)                                                        \
+            for (int i = 0; i < (MR); ++i) {                                                \
+                const T ai = a[p * (MR) + i];                                               \
+                NN_PRAGMA(GCC unroll 4)                                                     \
+                for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];                       \
+            }                                                                               \
+        }                                                                                   \
+        if (mr == (MR) && nr == (NR)) {                                                     \
+            /* a whole tile: the epilogue on vectors */                                     \
+            NAME##_v bias_v[NV];                                                            \
+            NN_PRAGMA(GCC unroll 4)                                                         \
+            for (int v = 0; v < NV; ++v) {                                                  \
+                bias_v[v] = (NAME##_v){0};                                                  \
+                if (bias) memcpy(&bias_v[v], bias + v * (VL), sizeof(NAME##_v));            \
+            }                                                                               \
+            NN_PRAGMA(GCC unroll 16)                                                        \
+            for (int i = 0; i < (MR); ++i) {                                                \
+                NN_PRAGMA(GCC unroll 4)                                                     \
+                for (int v = 0; v < NV; ++v) {                                              \
+                    T *cp = c + i * ldc + v * (VL);                                         \
+                    NAME##_v r = alpha * acc[i][v];                                         \
+                    if (beta != 0) {                                                        \
+                        NAME##_v old;                                                       \
+                        memcpy(&old, cp, sizeof(NAME##_v));                                 \
+                        r += beta * old;                                                    \
+                    }                                                                       \
+                    r += bias_v[v];                                                         \
+                    if (relu) r = (NAME##_v)((NAME##_iv)r & (r > (NAME##_v){0}));           \
+                    memcpy(cp, &r, sizeof(NAME##_v));                                       \
+                }                                                                           \
+            }                                                                               \
+        } else {                                                                            \
+            /* an edge tile: spill the accumulators, write the mr x nr corner */            \
+            T tile[(MR) * (NR)];                                                            \
+            memcpy(tile, acc, sizeof(tile));                                                \
+            for (int i = 0; i < mr; ++i) {                                                  \
+                for (int j = 0; j < nr; ++j) {                                              \
+                    T r = alpha * tile[i * (NR) + j];                                       \
+                    if (beta != 0) r += beta * c[i * ldc + j];                              \
+                    if (bias) r += bias[j];                                                 \
+                    if (relu) r = r > 0 ? r : 0;                                            \
+                    c[i * ldc + j] = r;                                                     \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+NN_DEFINE_UKERNEL(nn_sgemm_ukr_generic_4x16, float, int32_t, 4, 16, 4, )
+NN_DEFINE_UKERNEL(nn_dgemm_ukr_generic_4x8, double, int64_t, 4, 8, 2, )
+#if NN_X86
+NN_DEFINE_UKERNEL(nn_sgemm_ukr_avx2_6x16, float, int32_t, 6, 16, 8, NN_TARGET_AVX2)
+NN_DEFINE_UKERNEL(nn_dgemm_ukr_avx2_6x8, double, int64_t, 6, 8, 4, NN_TARGET_AVX2)
+NN_DEFINE_UKERNEL(nn_sgemm_ukr_avx512_12x32, float, int32_t, 12, 32, 16, NN_TARGET_AVX512)
+NN_DEFINE_UKERNEL(nn_dgemm_ukr_avx512_12x16, double, int64_t, 12, 16, 8, NN_TARGET_AVX512)
+#endif
+
+typedef void (*nn_sgemm_ukr_t)(long, const float *, const float *, float *, long, float, float,
+                               const float *, int, int, int);
+typedef void (*nn_dgemm_ukr_t)(long, const double *, const double *, double *, long, double,
+                               double, const double *, int, int, int);
+
+/* The micro-kernel chosen for this CPU, its tile and the cache blocking around it. */
+typedef struct {
+    nn_sgemm_ukr_t ukr;
+    int mr, nr;
+    const char *name;
+} nn_sgemm_kernel_t;
+
+typedef struct {
+    nn_dgemm_ukr_t ukr;
+    int mr, nr;
+    const char *name;
+} nn_dgemm_kernel_t;
+
+static nn_sgemm_kernel_t nn_sgemm_kernel_for(int isa) {
+#if NN_X86
+    if (isa >= NN_ISA_AVX512) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx512_12x32, 12, 32, "avx512 12x32"};
+    if (isa >= NN_ISA_AVX2) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx2_6x16, 6, 16, "avx2 6x16"};
+#endif
+    (void)isa;
+    return (nn_sgemm_kernel_t){nn_sgemm_ukr_generic_4x16, 4, 16, "generic 4x16"};
+}
+
+static nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa) {
+#if NN_X86
+    if (isa >= NN_ISA_AVX512) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx512_12x16, 12, 16, "avx512 12x16"};
+    if (isa >= NN_ISA_AVX2) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx2_6x8, 6, 8, "avx2 6x8"};
+#endif
+    (void)isa;
+    return (nn_dgemm_kernel_t){nn_dgemm_ukr_generic_4x8, 4, 8, "generic 4x8"};
+}
+
+#endif /* NN_GEMM_UKERNEL_H */
