@@ -33,6 +33,7 @@ EXTENSIONS = {
     "cnn_core._activations": "cnn_core/_activations.pyx",
     "cnn_core._losses": "cnn_core/_losses.pyx",
     "cnn_core._optim": "cnn_core/_optim.pyx",
+    "cnn_core._conv": "cnn_core/_conv.pyx",
 }
 
 DIRECTIVES = {

@@ -14,6 +14,7 @@ from cnn_core._activations import (
 )
 from cnn_core._losses import softmax_cross_entropy, mse, bce_with_logits
 from cnn_core._optim import sgd_update, adam_update
+from cnn_core._conv import conv2d_forward, conv2d_backward, maxpool2d_forward, maxpool2d_backward
 
 __all__ = [
     "gemm", "gemm_naive", "linear_forward", "linear_backward",
@@ -21,5 +22,6 @@ __all__ = [
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update",
+    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features", "gemm_kernel_name",
 ]

@@ -454,3 +454,39 @@ def _set_isa(level):
         isa = levels[level]
     _skernel = nn_sgemm_kernel_for(isa)
     _dkernel = nn_dgemm_kernel_for(isa)
+
+
+cdef int sgemm_serial(const float *a, long rsa, long csa, const float *b, long rsb, long csb,
+                      float *c, long ldc, long m, long n, long k, float alpha, float beta,
+                      const float *bias, int relu) noexcept nogil:
+    if m == 0 or n == 0:
+        return 0
+    if k == 0:
+        return _no_products(c, ldc, m, n, beta, bias, relu)
+    return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
+
+
+cdef int dgemm_serial(const double *a, long rsa, long csa, const double *b, long rsb, long csb,
+                      double *c, long ldc, long m, long n, long k, double alpha, double beta,
+                      const double *bias, int relu) noexcept nogil:
+    if m == 0 or n == 0:
+        return 0
+    if k == 0:
+        return _no_products(c, ldc, m, n, beta, bias, relu)
+    return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
+
+
+cdef int _no_products(floating *c, long ldc, long m, long n, floating beta,
+                      const floating *bias, int relu) noexcept nogil:
+    # k == 0: C = beta * C (+ bias, ReLU)
+    cdef long i, j
+    cdef floating v
+    for i in range(m):
+        for j in range(n):
+            v = beta * c[i * ldc + j] if beta != 0 else 0
+            if bias != NULL:
+                v = v + bias[j]
+            if relu and not v > 0:
+                v = 0
+            c[i * ldc + j] = v
+    return 0

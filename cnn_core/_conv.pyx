@@ -1,0 +1,533 @@
+"""2-D convolution and max pooling, NCHW, forward and backward.
+
+Convolution by im2col + GEMM, one sample at a time, samples spread over threads:
+
+    col (C*KH*KW, OH*OW)    col[(c, kh, kw), (i, j)] = xpad[c, i*sh + kh, j*sw + kw]
+    out[n] (O, OH*OW)       = w (O, C*KH*KW) @ col + b[:, None]
+
+and backward, from the same col (recomputed: cheaper than keeping N of them):
+
+    grad_w (O, C*KH*KW)     += sum_n grad_out[n] (O, OH*OW) @ col[n].T
+    grad_b (O,)             += sum_{n, i, j} grad_out[n, :, i, j]
+    dcol (C*KH*KW, OH*OW)    = w.T @ grad_out[n];   grad_x[n] = col2im(dcol)  (adds overlaps)
+
+The GEMMs are the project's own (cnn_core._gemm, single-thread inside each sample's
+thread). Each thread sums its samples' grad_w into its own partial buffer; the partials
+are added in thread order, so the result is reproducible for a given thread count. The
+column buffers are per-thread scratch reused across calls: no allocation in steady state.
+
+Max pooling keeps, for every output, the flat index (ih * W + iw) of its maximum within
+its (H, W) plane, as torch's return_indices; backward routes the gradient there.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memset
+from libc.stdint cimport int64_t
+
+from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output
+from cnn_core._gemm cimport sgemm_serial, dgemm_serial
+from cnn_core._parallel cimport num_threads
+
+cdef extern from "nn_scratch.h" nogil:
+    void *nn_scratch(int slot, size_t nbytes)
+
+cdef enum:
+    MAX_PARTS = 64
+    POOL_PLANES_PER_THREAD = 16
+
+
+cdef inline long _floor_div(long a, long b) noexcept nogil:
+    # floor(a / b) for b > 0 and any sign of a (C division truncates toward zero)
+    return a // b if a >= 0 else -((-a + b - 1) // b)
+
+
+cdef inline long _clamp(long v, long lo, long hi) noexcept nogil:
+    return lo if v < lo else (hi if v > hi else v)
+
+
+cdef inline int _gemm(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                      long csb, floating *c, long ldc, long m, long n, long k,
+                      floating beta) noexcept nogil:
+    if floating is float:
+        return sgemm_serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0)
+    else:
+        return dgemm_serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0)
+
+
+cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, long sh, long sw,
+                 long ph, long pw, long OH, long OW, floating *col) noexcept nogil:
+    # x (C, H, W) -> col (C*KH*KW, OH*OW); positions in the zero padding read as 0
+    cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
+    cdef floating *dst
+    cdef const floating *src
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                dst = col + ((c * KH + kh) * KW + kw) * OH * OW
+                # the ow whose input column iw = ow*sw - pw + kw is inside [0, W)
+                ow_lo = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
+                ow_hi = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, ow_lo, OW)
+                for oh in range(OH):
+                    ih = oh * sh - ph + kh
+                    if ih < 0 or ih >= H:
+                        memset(dst + oh * OW, 0, OW * sizeof(floating))
+                        continue
+                    src = x + (c * H + ih) * W - pw + kw
+                    for ow in range(ow_lo):
+                        dst[oh * OW + ow] = 0
+                    if sw == 1:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[oh * OW + ow] = src[ow]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[oh * OW + ow] = src[ow * sw]
+                    for ow in range(ow_hi, OW):
+                        dst[oh * OW + ow] = 0
+
+
+cdef void col2im(const floating *col, long C, long H, long W, long KH, long KW, long sh,
+                 long sw, long ph, long pw, long OH, long OW, floating *x) noexcept nogil:
+    # adds col (C*KH*KW, OH*OW) back into x (C, H, W), which the caller zeroed: the adjoint of im2col
+    cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
+    cdef const floating *src
+    cdef floating *dst
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                src = col + ((c * KH + kh) * KW + kw) * OH * OW
+                ow_lo = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
+                ow_hi = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, ow_lo, OW)
+                for oh in range(OH):
+                    ih = oh * sh - ph + kh
+                    if ih < 0 or ih >= H:
+                        continue
+                    dst = x + (c * H + ih) * W - pw + kw
+                    if sw == 1:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[ow] += src[oh * OW + ow]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[ow * sw] += src[oh * OW + ow]
+
+
+cdef struct ConvShape:
+    long N, C, H, W, O, KH, KW, sh, sw, ph, pw, OH, OW
+
+
+cdef inline bint _is_pointwise(ConvShape s) noexcept nogil:
+    # a 1x1 convolution with stride 1 and no padding: col is x itself
+    return s.KH == 1 and s.KW == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
+
+
+cdef int conv_forward_samples(const floating *x, const floating *w, const floating *b,
+                              floating *out, ConvShape s, long n0, long n1) noexcept nogil:
+    # samples [n0, n1): out[n] = w @ im2col(x[n]) + b
+    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, n, o, p
+    cdef const floating *col
+    cdef floating *buf = NULL
+    cdef floating *dst
+    if not _is_pointwise(s):
+        buf = <floating *> nn_scratch(0, ckk * P * sizeof(floating))
+        if buf == NULL:
+            return -1
+    for n in range(n0, n1):
+        if buf != NULL:
+            im2col(x + n * s.C * s.H * s.W, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
+                   s.OH, s.OW, buf)
+            col = buf
+        else:
+            col = x + n * s.C * s.H * s.W
+        dst = out + n * s.O * P
+        if _gemm(w, ckk, 1, col, P, 1, dst, P, s.O, P, ckk, 0) != 0:
+            return -1
+        if b != NULL:
+            for o in range(s.O):
+                for p in range(P):
+                    dst[o * P + p] += b[o]
+    return 0
+
+
+cdef int conv_backward_samples(const floating *g, const floating *x, const floating *w,
+                               floating *gw_partial, floating *gx, ConvShape s, long n0,
+                               long n1) noexcept nogil:
+    # samples [n0, n1): gw_partial (O, CKK) = sum_n g[n] @ col[n].T; gx[n] = col2im(w.T @ g[n])
+    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, n
+    cdef bint pointwise = _is_pointwise(s)
+    cdef floating *col = <floating *> nn_scratch(0, ckk * P * sizeof(floating))
+    cdef const floating *xcol
+    if col == NULL:
+        return -1
+    for n in range(n0, n1):
+        if pointwise:
+            xcol = x + n * s.C * s.H * s.W
+        else:
+            im2col(x + n * s.C * s.H * s.W, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
+                   s.OH, s.OW, col)
+            xcol = col
+        # gw_partial (O x CKK) (+)= g[n] (O x P) @ xcol.T (P x CKK)
+        if _gemm(g + n * s.O * P, P, 1, xcol, 1, P, gw_partial, ckk, s.O, ckk, P,
+                 0 if n == n0 else 1) != 0:
+            return -1
+        if gx != NULL:
+            # dcol (CKK x P) = w.T (CKK x O) @ g[n] (O x P), into the col buffer (x's col is used)
+            if pointwise:
+                if _gemm(w, 1, ckk, g + n * s.O * P, P, 1, gx + n * s.C * s.H * s.W, P, ckk,
+                         P, s.O, 0) != 0:
+                    return -1
+            else:
+                if _gemm(w, 1, ckk, g + n * s.O * P, P, 1, col, P, ckk, P, s.O, 0) != 0:
+                    return -1
+                memset(gx + n * s.C * s.H * s.W, 0, s.C * s.H * s.W * sizeof(floating))
+                col2im(col, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw, s.OH, s.OW,
+                       gx + n * s.C * s.H * s.W)
+    return 0
+
+
+cdef long _parts(long work, int threads) noexcept nogil:
+    cdef long parts = threads
+    if parts > work:
+        parts = work
+    if parts > MAX_PARTS:
+        parts = MAX_PARTS
+    return parts if parts > 1 else 1
+
+
+cdef int conv_forward(const floating *x, const floating *w, const floating *b, floating *out,
+                      ConvShape s, int threads) noexcept nogil:
+    cdef long parts = _parts(s.N, threads)
+    cdef long step = (s.N + parts - 1) // parts, t, n0
+    cdef int status[MAX_PARTS]
+    cdef int failed = 0
+    if parts == 1:
+        return conv_forward_samples(x, w, b, out, s, 0, s.N)
+    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
+        n0 = t * step
+        status[t] = 0
+        if n0 < s.N:
+            status[t] = conv_forward_samples(x, w, b, out, s, n0,
+                                             n0 + step if n0 + step < s.N else s.N)
+    for t in range(parts):
+        failed = failed | status[t]
+    return failed
+
+
+cdef int conv_backward(const floating *g, const floating *x, const floating *w, floating *gw,
+                       floating *gb, floating *gx, floating *partials, ConvShape s,
+                       long parts) noexcept nogil:
+    # partials: (parts, O, CKK) scratch; gw (+)= their sum in part order; gb += sum of g
+    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW
+    cdef long step = (s.N + parts - 1) // parts, t, n0, i, n, o, p
+    cdef int status[MAX_PARTS]
+    cdef int failed = 0
+    cdef floating acc
+    if parts == 1:
+        failed = conv_backward_samples(g, x, w, partials, gx, s, 0, s.N)
+    else:
+        for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
+            n0 = t * step
+            status[t] = 0
+            if n0 < s.N:
+                status[t] = conv_backward_samples(g, x, w, partials + t * s.O * ckk, gx, s, n0,
+                                                  n0 + step if n0 + step < s.N else s.N)
+            else:
+                memset(partials + t * s.O * ckk, 0, s.O * ckk * sizeof(floating))
+        for t in range(parts):
+            failed = failed | status[t]
+    if failed:
+        return -1
+    for t in range(parts):
+        for i in range(s.O * ckk):
+            gw[i] += partials[t * s.O * ckk + i]
+    if gb != NULL:
+        for o in range(s.O):
+            acc = 0
+            for n in range(s.N):
+                for p in range(P):
+                    acc = acc + g[(n * s.O + o) * P + p]
+            gb[o] += acc
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Python wrappers
+
+cdef tuple _pair(str name, object v, long minimum):
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        v = (int(v), int(v))
+    if (not isinstance(v, (tuple, list)) or len(v) != 2
+            or not all(isinstance(e, (int, np.integer)) and not isinstance(e, (bool, np.bool_))
+                       for e in v)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if v[0] < minimum or v[1] < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {tuple(v)}")
+    return int(v[0]), int(v[1])
+
+
+cdef ConvShape _conv_shape(x, w, stride, padding):
+    cdef ConvShape s
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
+    if w.ndim != 4:
+        raise ValueError(f"w must be 4-D (O, C, KH, KW), got shape {w.shape}")
+    s.N, s.C, s.H, s.W = x.shape
+    s.O, wc, s.KH, s.KW = w.shape
+    if wc != s.C:
+        raise ValueError(f"w has {wc} input channels (shape {w.shape}) but x has {s.C}")
+    if s.KH < 1 or s.KW < 1:
+        raise ValueError(f"w: kernel size must be >= 1, got {(s.KH, s.KW)}")
+    s.sh, s.sw = _pair("stride", stride, 1)
+    s.ph, s.pw = _pair("padding", padding, 0)
+    s.OH = (s.H + 2 * s.ph - s.KH) // s.sh + 1 if s.H + 2 * s.ph >= s.KH else 0
+    s.OW = (s.W + 2 * s.pw - s.KW) // s.sw + 1 if s.W + 2 * s.pw >= s.KW else 0
+    if s.OH < 1 or s.OW < 1:
+        raise ValueError(f"x: input {s.H}x{s.W} with padding {(s.ph, s.pw)} is smaller than "
+                         f"the kernel {s.KH}x{s.KW}")
+    return s
+
+
+cdef _check_bias(str name, b, long o, dtype):
+    if b is None:
+        return None
+    b = as_float_array(name, b, 1)
+    check_same_dtype(name, b, dtype)
+    if b.shape[0] != o:
+        raise ValueError(f"{name} has shape {b.shape}, expected ({o},)")
+    return b
+
+
+cdef _forward_typed(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] b,
+                    floating[:, :, :, ::1] out, ConvShape s):
+    cdef int threads = num_threads(), status
+    if s.N == 0 or s.O == 0:
+        return
+    if s.C == 0:
+        out[...] = 0
+        if b is not None:
+            for o in range(s.O):
+                out[:, o, :, :] = b[o]
+        return
+    with nogil:
+        status = conv_forward(&x[0, 0, 0, 0], &w[0, 0, 0, 0],
+                              &b[0] if b is not None else NULL, &out[0, 0, 0, 0], s, threads)
+    if status != 0:
+        raise MemoryError("conv2d_forward: cannot allocate the column buffer")
+
+
+def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
+    """2-D convolution (cross-correlation, as torch.nn.functional.conv2d), NCHW.
+
+    x (N, C, H, W), w (O, C, KH, KW), b (O,) or None -> out (N, O, OH, OW),
+    OH = (H + 2 ph - KH) // sh + 1 (OW likewise);
+    out[n, o, i, j] = b[o] + sum_{c, kh, kw} w[o, c, kh, kw] * xpad[n, c, i sh + kh, j sw + kw].
+    stride, padding: an int or a pair (h, w).
+    """
+    x = as_float_array("x", x)
+    w = as_float_array("w", w)
+    check_same_dtype("w", w, x.dtype)
+    cdef ConvShape s = _conv_shape(x, w, stride, padding)
+    b = _check_bias("b", b, s.O, x.dtype)
+    out = output("out", out, (s.N, s.O, s.OH, s.OW), x.dtype)
+    if x.dtype == np.float32:
+        _forward_typed[float](x, w, b, out, s)
+    else:
+        _forward_typed[double](x, w, b, out, s)
+    return out
+
+
+cdef _backward_typed(floating[:, :, :, ::1] g, floating[:, :, :, ::1] x,
+                     floating[:, :, :, ::1] w, floating[:, :, :, ::1] gw, floating[::1] gb,
+                     floating[:, :, :, ::1] gx, ConvShape s):
+    cdef int threads = num_threads(), status
+    cdef long parts = _parts(s.N, threads)
+    cdef long ckk = s.C * s.KH * s.KW
+    cdef floating *partials
+    if s.N == 0 or s.O == 0 or s.C == 0:
+        if gx is not None:
+            gx[...] = 0
+        if gb is not None and s.N > 0 and s.C == 0:
+            np.add(gb, np.asarray(g).sum(axis=(0, 2, 3)), out=np.asarray(gb))
+        return
+    with nogil:
+        partials = <floating *> nn_scratch(1, parts * s.O * ckk * sizeof(floating))
+        if partials == NULL:
+            status = -1
+        else:
+            status = conv_backward(&g[0, 0, 0, 0], &x[0, 0, 0, 0], &w[0, 0, 0, 0],
+                                   &gw[0, 0, 0, 0], &gb[0] if gb is not None else NULL,
+                                   &gx[0, 0, 0, 0] if gx is not None else NULL, partials, s,
+                                   parts)
+    if status != 0:
+        raise MemoryError("conv2d_backward: cannot allocate the column buffers")
+
+
+def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, padding=0,
+                    compute_grad_x=True):
+    """Backward of conv2d_forward, accumulating the parameter gradients (as PyTorch's .grad).
+
+    grad_out (N, O, OH, OW), x (N, C, H, W), w (O, C, KH, KW):
+        grad_w (O, C, KH, KW) += dL/dw        grad_b (O,) += grad_out.sum((0, 2, 3))
+        grad_x (N, C, H, W)    = dL/dx        (returned; None when compute_grad_x is False)
+    grad_b may be None (no bias).
+    """
+    x = as_float_array("x", x)
+    w = as_float_array("w", w)
+    check_same_dtype("w", w, x.dtype)
+    grad_out = as_float_array("grad_out", grad_out)
+    check_same_dtype("grad_out", grad_out, x.dtype)
+    cdef ConvShape s = _conv_shape(x, w, stride, padding)
+    check_same_shape("grad_out", grad_out, (s.N, s.O, s.OH, s.OW))
+    check_buffer("grad_w", grad_w, w.shape, x.dtype)
+    if grad_b is not None:
+        check_buffer("grad_b", grad_b, (s.O,), x.dtype)
+    if compute_grad_x:
+        grad_x = output("grad_x", grad_x, x.shape, x.dtype)
+    else:
+        grad_x = None
+    if x.dtype == np.float32:
+        _backward_typed[float](grad_out, x, w, grad_w, grad_b, grad_x, s)
+    else:
+        _backward_typed[double](grad_out, x, w, grad_w, grad_b, grad_x, s)
+    return grad_x
+
+
+# ---------------------------------------------------------------------------------------------
+# max pooling
+
+cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, long planes, long H,
+                         long W, long KH, long KW, long sh, long sw, long OH,
+                         long OW) noexcept nogil:
+    # for each (H, W) plane: out[i, j] = max of the KH x KW window at (i sh, j sw), idx its
+    # flat position; the first maximum wins ties, a NaN wins over numbers (as PyTorch)
+    cdef long q, oh, ow, kh, kw, pos, best_pos
+    cdef floating v, best
+    cdef const floating *plane
+    for q in range(planes):
+        plane = x + q * H * W
+        for oh in range(OH):
+            for ow in range(OW):
+                best_pos = (oh * sh) * W + ow * sw
+                best = plane[best_pos]
+                for kh in range(KH):
+                    for kw in range(KW):
+                        pos = (oh * sh + kh) * W + ow * sw + kw
+                        v = plane[pos]
+                        if v > best or (v != v and best == best):
+                            best = v
+                            best_pos = pos
+                out[(q * OH + oh) * OW + ow] = best
+                idx[(q * OH + oh) * OW + ow] = best_pos
+
+
+cdef void maxpool_backward_planes(const floating *g, const int64_t *idx, floating *gx,
+                                  long planes, long HW, long OHW) noexcept nogil:
+    # gx plane = zeros, plus g routed to the recorded argmax positions
+    cdef long q, i
+    for q in range(planes):
+        memset(gx + q * HW, 0, HW * sizeof(floating))
+        for i in range(OHW):
+            gx[q * HW + idx[q * OHW + i]] += g[q * OHW + i]
+
+
+cdef _pool_typed(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] idx,
+                 long KH, long KW, long sh, long sw):
+    cdef long N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef long OH = out.shape[2], OW = out.shape[3], planes = N * C
+    cdef long parts = _parts(planes // POOL_PLANES_PER_THREAD, num_threads())
+    cdef long step = (planes + parts - 1) // parts, t, q0
+    if planes == 0:
+        return
+    with nogil:
+        if parts == 1:
+            maxpool_planes(&x[0, 0, 0, 0], &out[0, 0, 0, 0], &idx[0, 0, 0, 0], planes, H, W,
+                           KH, KW, sh, sw, OH, OW)
+        else:
+            for t in prange(parts, num_threads=parts, schedule="static"):
+                q0 = t * step
+                if q0 < planes:
+                    maxpool_planes(&x[0, 0, 0, 0] + q0 * H * W, &out[0, 0, 0, 0] + q0 * OH * OW,
+                                   &idx[0, 0, 0, 0] + q0 * OH * OW,
+                                   step if q0 + step <= planes else planes - q0,
+                                   H, W, KH, KW, sh, sw, OH, OW)
+
+
+def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
+    """2-D max pooling, NCHW, no padding, floor mode (PyTorch's defaults).
+
+    x (N, C, H, W) -> (out (N, C, OH, OW), indices int64 (N, C, OH, OW)),
+    OH = (H - KH) // sh + 1; stride defaults to kernel_size. indices holds the flat
+    position ih * W + iw of each maximum within its plane (torch's return_indices).
+    """
+    x = as_float_array("x", x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
+    kh, kw = _pair("kernel_size", kernel_size, 1)
+    sh, sw = _pair("stride", kernel_size if stride is None else stride, 1)
+    N, C, H, W = x.shape
+    if H < kh or W < kw:
+        raise ValueError(f"x: input {H}x{W} is smaller than the pooling window {kh}x{kw}")
+    shape = (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1)
+    out = output("out", out, shape, x.dtype)
+    indices = output("indices", indices, shape, np.dtype(np.int64))
+    if x.dtype == np.float32:
+        _pool_typed[float](x, out, indices, kh, kw, sh, sw)
+    else:
+        _pool_typed[double](x, out, indices, kh, kw, sh, sw)
+    return out, indices
+
+
+cdef _pool_backward_typed(floating[:, :, :, ::1] g, int64_t[:, :, :, ::1] idx,
+                          floating[:, :, :, ::1] gx):
+    cdef long planes = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
+    cdef long OHW = g.shape[2] * g.shape[3]
+    cdef long parts = _parts(planes // POOL_PLANES_PER_THREAD, num_threads())
+    cdef long step = (planes + parts - 1) // parts, t, q0
+    if planes == 0:
+        return
+    with nogil:
+        if parts == 1:
+            maxpool_backward_planes(&g[0, 0, 0, 0], &idx[0, 0, 0, 0], &gx[0, 0, 0, 0], planes,
+                                    HW, OHW)
+        else:
+            for t in prange(parts, num_threads=parts, schedule="static"):
+                q0 = t * step
+                if q0 < planes:
+                    maxpool_backward_planes(&g[0, 0, 0, 0] + q0 * OHW, &idx[0, 0, 0, 0] + q0 * OHW,
+                                            &gx[0, 0, 0, 0] + q0 * HW,
+                                            step if q0 + step <= planes else planes - q0,
+                                            HW, OHW)
+
+
+def maxpool2d_backward(grad_out, indices, x_shape, out=None):
+    """Backward of max pooling: zeros of x_shape, plus grad_out added at each window's argmax.
+
+    grad_out (N, C, OH, OW), indices int64 (N, C, OH, OW) from maxpool2d_forward,
+    x_shape (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    grad_out = as_float_array("grad_out", grad_out)
+    if grad_out.ndim != 4:
+        raise ValueError(f"grad_out must be 4-D (N, C, OH, OW), got shape {grad_out.shape}")
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
+    if indices.dtype != np.int64:
+        raise TypeError(f"indices must be int64 (from maxpool2d_forward), got {indices.dtype}")
+    check_same_shape("indices", indices, grad_out.shape)
+    try:
+        x_shape = tuple(int(d) for d in x_shape)
+    except TypeError:
+        raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}") from None
+    if len(x_shape) != 4 or x_shape[:2] != grad_out.shape[:2]:
+        raise ValueError(f"x_shape {x_shape} does not match grad_out's {grad_out.shape}")
+    indices = np.ascontiguousarray(indices)
+    hw = x_shape[2] * x_shape[3]
+    if indices.size and (indices.min() < 0 or indices.max() >= hw):
+        raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}")
+    out = output("out", out, x_shape, grad_out.dtype)
+    if out.size == 0:
+        return out
+    if grad_out.dtype == np.float32:
+        _pool_backward_typed[float](grad_out, indices, out)
+    else:
+        _pool_backward_typed[double](grad_out, indices, out)
+    return out
