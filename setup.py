@@ -34,6 +34,7 @@ EXTENSIONS = {
     "cnn_core._losses": "cnn_core/_losses.pyx",
     "cnn_core._optim": "cnn_core/_optim.pyx",
     "cnn_core._conv": "cnn_core/_conv.pyx",
+    "cnn_core._norm": "cnn_core/_norm.pyx",
 }
 
 DIRECTIVES = {

@@ -15,6 +15,7 @@ from cnn_core._activations import (
 from cnn_core._losses import softmax_cross_entropy, mse, bce_with_logits
 from cnn_core._optim import sgd_update, adam_update
 from cnn_core._conv import conv2d_forward, conv2d_backward, maxpool2d_forward, maxpool2d_backward
+from cnn_core._norm import batchnorm_forward, batchnorm_backward
 
 __all__ = [
     "gemm", "gemm_naive", "linear_forward", "linear_backward",
@@ -23,5 +24,6 @@ __all__ = [
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "batchnorm_forward", "batchnorm_backward",
     "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features", "gemm_kernel_name",
 ]
