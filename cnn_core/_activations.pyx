@@ -107,8 +107,10 @@ cdef _apply(Op op, x, g, mask, y, double s):
     if n == 0:
         return y
     cdef int threads = num_threads()
-    cdef float[::1] xf, gf, yf
-    cdef double[::1] xd, gd, yd
+    cdef const float[::1] xf, gf
+    cdef const double[::1] xd, gd
+    cdef float[::1] yf
+    cdef double[::1] yd
     cdef const unsigned char[::1] m
     cdef const unsigned char *mp = NULL
     if mask is not None:
@@ -275,7 +277,7 @@ cdef void rows_parallel(bint backward, const floating *a, const floating *b, flo
                 softmax_rows(a + start * c, y + start * c, rows, c)
 
 
-cdef _rows(bint backward, floating[:, ::1] a, floating[:, ::1] b, floating[:, ::1] y):
+cdef _rows(bint backward, const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] y):
     cdef long n = y.shape[0], c = y.shape[1]
     if n == 0 or c == 0:
         return

@@ -297,16 +297,13 @@ cdef _check_bias(str name, b, long o, dtype):
     return b
 
 
-cdef _forward_typed(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] b,
+cdef _forward_typed(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, const floating[::1] b,
                     floating[:, :, :, ::1] out, ConvShape s):
     cdef int threads = num_threads(), status
     if s.N == 0 or s.O == 0:
         return
     if s.C == 0:
-        out[...] = 0
-        if b is not None:
-            for o in range(s.O):
-                out[:, o, :, :] = b[o]
+        # no input channels: every output is its bias (handled by the wrapper)
         return
     with nogil:
         status = conv_forward(&x[0, 0, 0, 0], &w[0, 0, 0, 0],
@@ -329,6 +326,10 @@ def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
     cdef ConvShape s = _conv_shape(x, w, stride, padding)
     b = _check_bias("b", b, s.O, x.dtype)
     out = output("out", out, (s.N, s.O, s.OH, s.OW), x.dtype)
+    if s.C == 0:
+        # no input channels: no products, each output plane is its bias
+        out[...] = 0 if b is None else b[:, None, None]
+        return out
     if x.dtype == np.float32:
         _forward_typed[float](x, w, b, out, s)
     else:
@@ -336,8 +337,8 @@ def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
     return out
 
 
-cdef _backward_typed(floating[:, :, :, ::1] g, floating[:, :, :, ::1] x,
-                     floating[:, :, :, ::1] w, floating[:, :, :, ::1] gw, floating[::1] gb,
+cdef _backward_typed(const floating[:, :, :, ::1] g, const floating[:, :, :, ::1] x,
+                     const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gw, floating[::1] gb,
                      floating[:, :, :, ::1] gx, ConvShape s):
     cdef int threads = num_threads(), status
     cdef long parts = _parts(s.N, threads)
@@ -430,7 +431,7 @@ cdef void maxpool_backward_planes(const floating *g, const int64_t *idx, floatin
             gx[q * HW + idx[q * OHW + i]] += g[q * OHW + i]
 
 
-cdef _pool_typed(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] idx,
+cdef _pool_typed(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] idx,
                  long KH, long KW, long sh, long sw):
     cdef long N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef long OH = out.shape[2], OW = out.shape[3], planes = N * C
@@ -477,7 +478,7 @@ def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
     return out, indices
 
 
-cdef _pool_backward_typed(floating[:, :, :, ::1] g, int64_t[:, :, :, ::1] idx,
+cdef _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :, ::1] idx,
                           floating[:, :, :, ::1] gx):
     cdef long planes = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
     cdef long OHW = g.shape[2] * g.shape[3]

@@ -29,7 +29,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
-from cnn_core._checks cimport as_float_array, check_same_dtype, check_buffer, output
+from cnn_core._checks cimport as_float_array, check_same_dtype, check_buffer, output, check_scalar
 from cnn_core._parallel cimport num_threads
 
 cdef extern from "nn_gemm_ukernel.h" nogil:
@@ -273,8 +273,8 @@ cdef _check_pair(str name_a, object a, str name_b, object b):
     return a, b
 
 
-cdef int _run(floating[:, ::1] a, bint trans_a, floating[:, ::1] b, bint trans_b,
-              floating[:, ::1] c, long k, double alpha, double beta, floating[::1] bias,
+cdef int _run(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
+              floating[:, ::1] c, long k, double alpha, double beta, const floating[::1] bias,
               int relu, bint naive) except -1:
     # C (m x n) from op(A) (m x k) and op(B) (k x n); the strides encode the transposes
     cdef long m = c.shape[0], n = c.shape[1]
@@ -306,8 +306,8 @@ cdef _gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta, bint naive):
     cdef long n = b.shape[0] if trans_b else b.shape[1]
     if k != kb:
         raise ValueError(f"b: op(a) is {m}x{k} but op(b) is {kb}x{n}; inner dimensions differ")
-    alpha = float(alpha)
-    beta = float(beta)
+    alpha = check_scalar("alpha", alpha)
+    beta = check_scalar("beta", beta)
     if beta != 0 and out is None:
         raise ValueError("out is required when beta != 0 (it is read)")
     out = output("out", out, (m, n), a.dtype)
@@ -390,7 +390,7 @@ cdef void _column_sums(const floating *g, long n, long m, floating *acc) noexcep
             acc[j] += g[i * m + j]
 
 
-cdef _add_column_sums(floating[:, ::1] g, floating[::1] acc):
+cdef _add_column_sums(const floating[:, ::1] g, floating[::1] acc):
     if g.shape[0] == 0 or g.shape[1] == 0:
         return
     with nogil:

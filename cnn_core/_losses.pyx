@@ -27,9 +27,10 @@ cdef enum:
 cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, long n, long c,
                      double inv_batch) noexcept nogil:
     # rows n of logits z (n x c): returns sum_i (lse_i - z[i, y_i]) and writes
-    # grad[i, j] = (exp(z[i, j] - lse_i) - [j == y_i]) * inv_batch
+    # grad[i, j] = (softmax(z_i)_j - [j == y_i]) * inv_batch, softmax as exp(z - max) / total
+    # (exact to rounding even for huge logits, where exp(z - lse) would lose digits)
     cdef long i, j
-    cdef double mx, total, lse, loss = 0
+    cdef double mx, e, total, lse, scale, loss = 0
     for i in range(n):
         mx = z[i * c]
         for j in range(1, c):
@@ -37,11 +38,14 @@ cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, l
                 mx = z[i * c + j]
         total = 0
         for j in range(c):
-            total += exp(z[i * c + j] - mx)
+            e = exp(z[i * c + j] - mx)
+            total += e
+            grad[i * c + j] = <floating> e
         lse = mx + log(total)
         loss += lse - z[i * c + labels[i]]
+        scale = inv_batch / total
         for j in range(c):
-            grad[i * c + j] = <floating> (exp(z[i * c + j] - lse) * inv_batch)
+            grad[i * c + j] = <floating> (grad[i * c + j] * scale)
         grad[i * c + labels[i]] -= <floating> inv_batch
     return loss
 
@@ -71,7 +75,7 @@ cdef double sce_parallel(const floating *z, const int64_t *labels, floating *gra
     return loss
 
 
-cdef double _sce(floating[:, ::1] z, const int64_t[::1] labels, floating[:, ::1] grad):
+cdef double _sce(const floating[:, ::1] z, const int64_t[::1] labels, floating[:, ::1] grad):
     cdef long n = z.shape[0], c = z.shape[1]
     cdef int threads = num_threads()
     cdef double loss
@@ -155,7 +159,7 @@ cdef double pointwise_parallel(bint bce, const floating *a, const floating *b, f
     return total
 
 
-cdef double _pointwise(bint bce, floating[::1] a, floating[::1] b, floating[::1] g):
+cdef double _pointwise(bint bce, const floating[::1] a, const floating[::1] b, floating[::1] g):
     cdef long n = a.shape[0]
     cdef int threads = num_threads()
     cdef double total

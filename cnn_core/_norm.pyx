@@ -101,8 +101,8 @@ cdef void bn_backward_channel(const floating *g, const floating *x, floating *dx
                 dp[s] = <floating> (k * gp[s])
 
 
-cdef _forward_typed(floating[::1] x, floating[::1] y, long N, long C, long S,
-                    floating[::1] gamma, floating[::1] beta, floating[::1] rmean,
+cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long S,
+                    const floating[::1] gamma, const floating[::1] beta, floating[::1] rmean,
                     floating[::1] rvar, floating[::1] smean, floating[::1] sinvstd,
                     bint training, double momentum, double eps):
     cdef long c
@@ -115,8 +115,8 @@ cdef _forward_typed(floating[::1] x, floating[::1] y, long N, long C, long S,
                                &rvar[0], &smean[0], &sinvstd[0], training, momentum, eps)
 
 
-cdef _backward_typed(floating[::1] g, floating[::1] x, floating[::1] dx, long N, long C, long S,
-                     floating[::1] gamma, floating[::1] smean, floating[::1] sinvstd,
+cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1] dx, long N, long C, long S,
+                     const floating[::1] gamma, const floating[::1] smean, const floating[::1] sinvstd,
                      floating[::1] dgamma, floating[::1] dbeta, bint training):
     cdef long c
     cdef int threads = num_threads()

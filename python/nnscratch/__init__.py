@@ -1,0 +1,47 @@
+"""nnscratch: a neural-network library written from scratch.
+
+Every number a model computes passes through the kernels of ``cnn_core`` (Cython,
+compiled to C) or their NumPy twins in ``cnn_core.reference``; this package is the thin
+Python layer on top, with the names PyTorch and Keras users know::
+
+    import nnscratch as nn
+    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    history = model.fit(X, y, loss=nn.CrossEntropyLoss(),
+                        optimizer=nn.SGD(model.parameters(), lr=0.1),
+                        epochs=5, batch_size=64)
+"""
+import importlib
+
+from ._random import seed
+from .backend import get_backend, get_num_threads, set_backend, set_num_threads
+from .callbacks import Callback, EarlyStopping, History
+from .gradcheck import gradcheck
+from .layers import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from .model import Sequential
+from .module import Module, Parameter
+from .optim import SGD, Adam, AdamW, Optimizer
+from .schedules import CosineAnnealingLR, LRScheduler, StepLR
+from .serialization import load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Parameter", "Module", "Sequential",
+    "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
+    "Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
+    "Optimizer", "SGD", "Adam", "AdamW",
+    "LRScheduler", "StepLR", "CosineAnnealingLR",
+    "Callback", "EarlyStopping", "History",
+    "seed", "set_backend", "get_backend", "set_num_threads", "get_num_threads",
+    "gradcheck", "load", "datasets", "__version__",
+]
+
+_LAZY_SUBMODULES = ("datasets",)
+
+
+def __getattr__(name):
+    # `nnscratch.datasets` is imported on first use
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,47 @@
+"""The library's random generator: weight initialisation and dropout masks draw from it.
+
+One ``numpy.random.Generator`` (PCG64) for the whole library. ``nnscratch.seed(n)``
+replaces it with a freshly seeded one, so that building a model and training it with the
+same seeds (and the same backend and thread count) gives the same weights bit for bit.
+Shuffling in ``fit`` uses its own generator when ``fit(seed=...)`` is given, and this one
+otherwise.
+
+Layers read the generator through `generator()` at call time, never keep a reference.
+"""
+import numbers
+
+import numpy as np
+
+__all__ = ["seed", "generator", "get_state", "set_state"]
+
+_generator = np.random.Generator(np.random.PCG64())
+
+
+def seed(n):
+    """Seed the library's generator (initialisation and dropout masks).
+
+    Parameters
+    ----------
+    n : int >= 0
+    """
+    global _generator
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"seed must be >= 0, got {n}")
+    _generator = np.random.Generator(np.random.PCG64(int(n)))
+
+
+def generator():
+    """The library's ``numpy.random.Generator``."""
+    return _generator
+
+
+def get_state():
+    """The generator's state (a dict), to replay the same draws with `set_state`."""
+    return _generator.bit_generator.state
+
+
+def set_state(state):
+    """Put the generator back into a state returned by `get_state`."""
+    _generator.bit_generator.state = state

@@ -1,0 +1,86 @@
+"""The one door to the kernels: which implementation the Python layer calls.
+
+This is the only module of ``nnscratch`` that imports ``cnn_core``. Two backends have
+the same functions with the same signatures (see ``cnn_core.reference``):
+
+* ``"cython"`` — ``cnn_core``, the compiled kernels (the default);
+* ``"numpy"``  — ``cnn_core.reference``, their NumPy twins: slower, but every formula
+  can be read in a few lines, and a model can be run on both and compared.
+
+Layers, losses and optimizers look the backend up at every call with `kernels()`, so
+`set_backend` switches every existing model at once::
+
+    import nnscratch
+    nnscratch.set_backend("numpy")
+    with nnscratch.backend.using("cython"):
+        ...                       # compiled kernels inside the block only
+"""
+import contextlib
+
+import cnn_core
+import cnn_core.reference as _reference
+
+__all__ = ["kernels", "set_backend", "get_backend", "using", "set_num_threads",
+           "get_num_threads", "cnn_core_module"]
+
+_BACKENDS = {"cython": cnn_core, "numpy": _reference}
+_active = "cython"
+
+
+def kernels():
+    """The kernel module of the active backend (``cnn_core`` or ``cnn_core.reference``)."""
+    return _BACKENDS[_active]
+
+
+def cnn_core_module():
+    """The compiled module ``cnn_core`` whatever the active backend: for tools that report
+    on the build (``openmp_enabled``, ``cpu_features``, ``gemm_kernel_name``) or time the
+    kernels themselves."""
+    return cnn_core
+
+
+def set_backend(name):
+    """Run every layer, loss and optimizer on ``"cython"`` or ``"numpy"`` kernels.
+
+    Raises
+    ------
+    ValueError
+        For any other name.
+    """
+    global _active
+    if name not in _BACKENDS:
+        raise ValueError(f"Unknown backend {name!r}; choose one of {sorted(_BACKENDS)}")
+    _active = name
+
+
+def get_backend():
+    """The active backend's name, ``"cython"`` or ``"numpy"``."""
+    return _active
+
+
+@contextlib.contextmanager
+def using(name):
+    """Context manager: the backend `name` inside the block, the previous one after it."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def set_num_threads(n):
+    """Number of threads the kernels use (both backends; 1 without OpenMP).
+
+    Raises
+    ------
+    ValueError
+        When ``n < 1``.
+    """
+    cnn_core.set_num_threads(n)
+    _reference.set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of threads the compiled kernels use."""
+    return cnn_core.get_num_threads()

@@ -1,0 +1,305 @@
+"""Speed of nnscratch against its NumPy reference backend and PyTorch, measured in one run.
+
+    nnscratch bench [--quick] [--threads N] [--only gemm|mlp|cnn|all]
+    python benchmarks/bench_all.py ...        (the same)
+
+Every contender is checked for correctness before it is timed, warmed up, and timed in
+turns with the others (interleaved rounds, medians), with a pause between contenders: on
+2 cores OpenBLAS's and PyTorch's worker threads keep spinning for ~0.1 s after a call, and
+without the pause the figures measure the fight between thread pools, not the kernels.
+Ratios are "how many times faster nnscratch is" (> 1: nnscratch wins).
+"""
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+PAUSE = 0.15
+
+
+def _try_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def machine_line():
+    """CPU model, cores, Python: the machine a table was measured on."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def time_call(fn, *, min_time=0.05, max_reps=100_000):
+    """Mean seconds per call of fn(), repeated for at least min_time."""
+    reps, start = 0, time.perf_counter()
+    while True:
+        fn()
+        reps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time or reps >= max_reps:
+            return elapsed / reps
+
+
+def interleaved(contenders, *, rounds=5, min_time=0.05):
+    """{name: median seconds per call}: each contender warmed, then `rounds` turns each."""
+    samples = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()
+        time.sleep(PAUSE)
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            samples[name].append(time_call(fn, min_time=min_time))
+            time.sleep(PAUSE)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def format_table(header, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(("{:<%d}" if i == 0 else "{:>%d}") % w for i, w in enumerate(widths))
+    lines = [fmt.format(*header), "  ".join("-" * w for w in widths)]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)
+
+
+def _ratio(ours, theirs):
+    return f"{theirs / ours:.2f}x" if ours > 0 else "-"
+
+
+# --- GEMM ---------------------------------------------------------------------------------
+
+GEMM_SHAPES = [  # label, m, k, n, trans_a, trans_b
+    ("GEMM 1024^3", 1024, 1024, 1024, False, False),
+    ("GEMM 128x784 @ 784x256 (fwd)", 128, 784, 256, False, False),
+    ("GEMM 784x128 @ 128x256 (dW)", 784, 128, 256, True, False),
+    ("GEMM 128x256 @ 256x784 (dX)", 128, 256, 784, False, True),
+]
+
+
+def bench_gemm(rounds, torch, dtype=np.float32):
+    """Rows: label, nnscratch, numpy, torch (seconds), flops."""
+    from .backend import cnn_core_module
+
+    core = cnn_core_module()
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, m, k, n, ta, tb in GEMM_SHAPES:
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+        b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+        A, B = (a.T if ta else a), (b.T if tb else b)
+        out = np.empty((m, n), dtype)
+        expect = A.astype(np.float64) @ B.astype(np.float64)
+        got = core.gemm(a, b, out, trans_a=ta, trans_b=tb)
+        err = np.max(np.abs(got - expect)) / max(1.0, np.max(np.abs(expect)))
+        if not err < 1e-4 * np.sqrt(k):
+            raise RuntimeError(f"{label}: nnscratch GEMM is wrong (relative error {err:.1e})")
+        contenders = {"nnscratch": lambda: core.gemm(a, b, out, trans_a=ta, trans_b=tb),
+                      "numpy": lambda: np.matmul(A, B, out=out)}
+        if torch is not None:
+            TA, TB, TO = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+            TA, TB = (TA.T if ta else TA), (TB.T if tb else TB)
+            contenders["torch"] = lambda: torch.matmul(TA, TB, out=TO)
+        secs = interleaved(contenders, rounds=rounds)
+        rows.append((label, secs, 2.0 * m * n * k))
+    return rows
+
+
+# --- MLP and CNN epochs ---------------------------------------------------------------------
+
+def _mlp(sizes, dtype=np.float32):
+    import nnscratch as nn
+
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1], dtype=dtype))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _torch_mlp(torch, model):
+    """The same network in PyTorch, with the same initial weights."""
+    layers = []
+    import nnscratch as nn
+
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            lin = torch.nn.Linear(layer.in_features, layer.out_features)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(layer.weight.data.T.copy()))
+                lin.bias.copy_(torch.from_numpy(layer.bias.data))
+            layers.append(lin)
+        elif isinstance(layer, nn.ReLU):
+            layers.append(torch.nn.ReLU())
+        elif isinstance(layer, nn.Flatten):
+            layers.append(torch.nn.Flatten())
+        elif isinstance(layer, nn.MaxPool2d):
+            layers.append(torch.nn.MaxPool2d(layer.kernel_size, layer.stride))
+        elif isinstance(layer, nn.Conv2d):
+            conv = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                   stride=layer.stride, padding=layer.padding)
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(layer.weight.data))
+                conv.bias.copy_(torch.from_numpy(layer.bias.data))
+            layers.append(conv)
+        else:
+            raise TypeError(f"no torch twin for {type(layer).__name__}")
+    return torch.nn.Sequential(*layers)
+
+
+def _epoch_runner(model, X, y, batch_size, lr, backend_name):
+    import nnscratch as nn
+
+    loss = nn.CrossEntropyLoss()
+    opt = nn.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+    def run():
+        with nn.backend.using(backend_name):
+            model.fit(X, y, loss=loss, optimizer=opt, epochs=1, batch_size=batch_size,
+                      shuffle=True, seed=0, progress=False)
+    return run
+
+
+def _torch_epoch_runner(torch, tmodel, X, y, batch_size, lr):
+    tx, ty = torch.from_numpy(X), torch.from_numpy(y)
+    opt = torch.optim.SGD(tmodel.parameters(), lr=lr, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(0)
+
+    def run():
+        perm = torch.randperm(len(tx), generator=gen)
+        for start in range(0, len(tx), batch_size):
+            idx = perm[start:start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(tmodel(tx[idx]), ty[idx])
+            loss.backward()
+            opt.step()
+    return run
+
+
+def bench_training(rounds, torch, quick, which):
+    """Rows for the MLP (and CNN) epochs and one-sample inference: label, secs, None."""
+    import nnscratch as nn
+
+    rng = np.random.default_rng(0)
+    n_full = 60_000
+    rows = []
+    configs = []
+    if which in ("mlp", "all"):
+        configs += [("MLP 784-256-128-10, batch 128, epoch", [784, 256, 128, 10], 128, True),
+                    ("MLP 784-1024-1024-10, batch 256, epoch", [784, 1024, 1024, 10], 256,
+                     False),
+                    ("MLP 784-256-128-10, batch 16, epoch", [784, 256, 128, 10], 16, True)]
+    for label, sizes, batch, use_numpy in configs:
+        n = 6_000 if quick else n_full
+        X = rng.random((n, 784), dtype=np.float32)
+        y = rng.integers(0, 10, n)
+        nn.seed(0)
+        model = _mlp(sizes)
+        contenders = {"nnscratch": _epoch_runner(model, X, y, batch, 0.01, "cython")}
+        if use_numpy:
+            nn.seed(0)
+            contenders["numpy"] = _epoch_runner(_mlp(sizes), X, y, batch, 0.01, "numpy")
+        if torch is not None:
+            contenders["torch"] = _torch_epoch_runner(torch, _torch_mlp(torch, _mlp(sizes)), X,
+                                                      y, batch, 0.01)
+        secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
+        rows.append((label + (f" (x{n_full // n} of {n})" if n != n_full else ""),
+                     {k: v * n_full / n for k, v in secs.items()}, None))
+    if which in ("mlp", "all"):
+        nn.seed(0)
+        model = _mlp([784, 256, 128, 10])
+        model.eval()
+        x1 = rng.random((1, 784), dtype=np.float32)
+        contenders = {"nnscratch": lambda: model(x1)}
+        ref_model = _mlp([784, 256, 128, 10])
+        ref_model.eval()
+
+        def numpy_infer():
+            with nn.backend.using("numpy"):
+                ref_model(x1)
+        contenders["numpy"] = numpy_infer
+        if torch is not None:
+            tmodel = _torch_mlp(torch, model)
+            tx1 = torch.from_numpy(x1)
+
+            def torch_infer():
+                with torch.no_grad():
+                    tmodel(tx1)
+            contenders["torch"] = torch_infer
+        rows.append(("MLP 784-256-128-10, one-sample inference",
+                     interleaved(contenders, rounds=rounds, min_time=0.05), None))
+    if which in ("cnn", "all") and hasattr(nn, "Conv2d"):
+        n = 1_280 if quick else 6_000
+        X = rng.random((n, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, n)
+
+        def lenet():
+            return nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                 nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+        nn.seed(0)
+        model = lenet()
+        contenders = {"nnscratch": _epoch_runner(model, X, y, 128, 0.01, "cython")}
+        if torch is not None:
+            contenders["torch"] = _torch_epoch_runner(torch, _torch_mlp(torch, lenet()), X, y,
+                                                      128, 0.01)
+        secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
+        rows.append((f"LeNet CNN (conv5x5 16, pool, conv5x5 32, pool, fc128, fc10), batch 128,"
+                     f" epoch (x{n_full // n} of {n})",
+                     {k: v * n_full / n for k, v in secs.items()}, None))
+    return rows
+
+
+def run(quick=False, threads=None, only="all", out=sys.stdout):
+    """Measure and print the table; returns its rows."""
+    import nnscratch as nn
+
+    torch = _try_torch()
+    threads = threads or os.cpu_count()
+    nn.set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+    rounds = 3 if quick else 7
+    print(f"# nnscratch {nn.__version__}, {threads} threads; {machine_line()}", file=out)
+    print(f"# NumPy {np.__version__}; PyTorch {torch.__version__ if torch else 'not installed'}"
+          f"; times are medians; 'x faster' = their time / ours", file=out)
+    rows = []
+    if only in ("gemm", "all"):
+        rows += bench_gemm(rounds, torch)
+    if only in ("mlp", "cnn", "all"):
+        rows += bench_training(rounds, torch, quick, only)
+    table = []
+    for label, secs, flops in rows:
+        def fmt(key):
+            if key not in secs:
+                return "-"
+            s = secs[key]
+            if flops:
+                return f"{flops / s / 1e9:.0f} GF/s"
+            return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s:.3f} s"
+        ours = secs["nnscratch"]
+        table.append([label, fmt("nnscratch"), fmt("numpy"),
+                      _ratio(ours, secs["numpy"]) if "numpy" in secs else "-",
+                      fmt("torch"), _ratio(ours, secs["torch"]) if "torch" in secs else "-"])
+    print(format_table(["work", "nnscratch", "numpy", "vs numpy", "torch", "vs torch"], table),
+          file=out)
+    return rows

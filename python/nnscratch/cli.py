@@ -1,0 +1,501 @@
+"""The `nnscratch` command line: train, evaluate, predict, info, bench.
+
+    nnscratch train                       a good MLP on the best data this machine has
+    nnscratch train --model cnn --epochs 10 --save cnn.npz --plot curves.png
+    nnscratch evaluate cnn.npz            accuracy, per-class accuracy, confusion matrix
+    nnscratch predict cnn.npz shoe.png    the class of an image (28x28 PNG or an IDX file)
+    nnscratch info                        version, backend, threads, CPU features, data found
+    nnscratch bench --quick               speed against NumPy and PyTorch, one table
+
+Training checkpoints after every epoch (model, optimizer state, history, arguments) to
+`--checkpoint` (default: `<save>.ckpt.npz`, or `nnscratch-checkpoint.npz`), so an interrupted
+run continues with `--resume` from the epoch after the last one saved. Each epoch shuffles
+with its own seed (seed * 1000 + epoch), so a resumed run gives the weights the
+uninterrupted run would have.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+MNIST_CLASSES = [str(i) for i in range(10)]
+
+
+class CLIError(Exception):
+    """A bad argument or input: printed as `nnscratch: error: ...`, exit status 2."""
+
+
+# --- argument parsing -------------------------------------------------------------------
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _hidden(text):
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer sizes like 256,128, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="nnscratch",
+        description="Train and use neural networks whose every kernel is written from scratch.")
+    parser.add_argument("--version", action="version", version=f"nnscratch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train an MLP or a CNN on MNIST-style data",
+                       description="Train a model, print a line per epoch and the test accuracy.")
+    t.add_argument("--data", choices=["auto", "fashion-mnist", "mnist", "sample"],
+                   default="auto", help="data set (auto: Fashion-MNIST if found, else the "
+                   "bundled sample)")
+    t.add_argument("--data-path", default=None, help="folder with the four IDX files")
+    t.add_argument("--download", action="store_true",
+                   help="download the data set if it is not found locally")
+    t.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    t.add_argument("--hidden", type=_hidden, default=[256, 128],
+                   help="MLP hidden layer sizes (default 256,128)")
+    t.add_argument("--dropout", type=_fraction, default=0.0, help="MLP dropout after each "
+                   "hidden layer (default 0)")
+    t.add_argument("--epochs", type=_non_negative_int, default=10)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adam")
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: adam 1e-3, sgd 0.05)")
+    t.add_argument("--momentum", type=_fraction, default=0.9, help="SGD momentum (default 0.9)")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--schedule", choices=["none", "cosine"], default="cosine",
+                   help="learning-rate schedule over the epochs (default cosine)")
+    t.add_argument("--validation-split", type=_fraction, default=0.0,
+                   help="hold out this fraction of the training set for validation")
+    t.add_argument("--limit", type=_positive_int, default=None,
+                   help="use only the first N training images (quick runs)")
+    t.add_argument("--seed", type=_non_negative_int, default=0)
+    t.add_argument("--threads", type=_positive_int, default=None)
+    t.add_argument("--backend", choices=["cython", "numpy"], default="cython")
+    t.add_argument("--save", default=None, help="write the trained model here (.npz)")
+    t.add_argument("--checkpoint", default=None,
+                   help="checkpoint file (default: <save>.ckpt.npz or nnscratch-checkpoint.npz)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint after the last finished epoch")
+    t.add_argument("--plot", default=None, help="save learning curves to this PNG "
+                   "(needs matplotlib)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+    e.add_argument("model", help="a model saved by `nnscratch train --save` or model.save()")
+    e.add_argument("--data", choices=["auto", "fashion-mnist", "mnist", "sample"],
+                   default="auto")
+    e.add_argument("--data-path", default=None)
+    e.add_argument("--plot", default=None, help="save the confusion matrix to this PNG")
+    e.add_argument("--backend", choices=["cython", "numpy"], default="cython")
+
+    p = sub.add_parser("predict", help="classify images: a 28x28 PNG or an IDX images file")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+", help="PNG files (28x28) or one IDX images file")
+    p.add_argument("--invert", action="store_true",
+                   help="invert PNG pixels (dark drawing on a light background)")
+    p.add_argument("--classes", choices=["fashion-mnist", "mnist"], default=None,
+                   help="class names to print (default: from the model file, else numbers)")
+    p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show")
+
+    sub.add_parser("info", help="version, backend, threads, CPU features, data found")
+
+    b = sub.add_parser("bench", help="speed against NumPy and PyTorch, in one table")
+    b.add_argument("--quick", action="store_true", help="about a minute")
+    b.add_argument("--threads", type=_positive_int, default=None)
+    b.add_argument("--only", choices=["gemm", "mlp", "cnn", "all"], default="all")
+    return parser
+
+
+# --- data and models --------------------------------------------------------------------
+
+def _load_data(name, path, download, flatten, progress=True):
+    """(source description, class names, (X_train, y_train), (X_test, y_test))."""
+    from . import datasets
+
+    if name == "sample":
+        source = datasets.find_dataset("sample")
+    elif name == "auto" and path is None:
+        try:
+            source = datasets.find_dataset("fashion-mnist")
+        except FileNotFoundError:
+            source = datasets.find_dataset("sample")
+    else:
+        wanted = "fashion-mnist" if name == "auto" else name
+        try:
+            source = datasets.find_dataset(wanted, path, download=download, progress=progress)
+        except FileNotFoundError as exc:
+            hint = "" if download else " (add --download to fetch it, or use --data sample)"
+            raise CLIError(f"{exc}{hint}") from None
+    train, test = datasets.load_dataset(source, flatten=flatten)
+    classes = MNIST_CLASSES if source.name == "mnist" else FASHION_CLASSES
+    return source, classes, train, test
+
+
+def build_model(kind, hidden=(256, 128), dropout=0.0, dtype=np.float32):
+    """The CLI's models: an MLP on flat (N, 784) images or a small CNN on (N, 1, 28, 28)."""
+    import nnscratch as nn
+
+    if kind == "mlp":
+        layers, width = [], 784
+        for size in hidden:
+            layers += [nn.Linear(width, size, dtype=dtype), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, 10, dtype=dtype, init="xavier"))
+        return nn.Sequential(*layers)
+    if kind == "cnn":
+        # two conv + batch-norm + pool blocks, then a small classifier head:
+        # (1, 28, 28) -> (32, 14, 14) -> (64, 7, 7) -> 128 -> 10
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, dtype=dtype), nn.BatchNorm2d(32, dtype=dtype),
+            nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, dtype=dtype), nn.BatchNorm2d(64, dtype=dtype),
+            nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128, dtype=dtype), nn.ReLU(),
+            nn.Dropout(0.25) if dropout == 0 else nn.Dropout(dropout),
+            nn.Linear(128, 10, dtype=dtype, init="xavier"))
+    raise CLIError(f"unknown model {kind!r}")
+
+
+def _make_optimizer(args, params):
+    import nnscratch as nn
+
+    if args.optimizer == "sgd":
+        lr = args.lr if args.lr is not None else 0.05
+        return nn.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                      nesterov=args.momentum > 0)
+    lr = args.lr if args.lr is not None else 1e-3
+    if args.optimizer == "adamw":
+        return nn.AdamW(params, lr=lr, weight_decay=args.weight_decay or 1e-2)
+    return nn.Adam(params, lr=lr, weight_decay=args.weight_decay)
+
+
+def _schedule_lr(base_lr, epoch, epochs, schedule):
+    """The learning rate of epoch `epoch` (0-based): constant, or cosine from base to 0."""
+    if schedule == "cosine" and epochs > 1:
+        return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / epochs))
+    return base_lr
+
+
+# --- train --------------------------------------------------------------------------------
+
+def cmd_train(args, out=sys.stdout):
+    import nnscratch as nn
+    from . import checkpoint
+
+    nn.set_backend(args.backend)
+    if args.threads is not None:
+        nn.set_num_threads(args.threads)
+    if args.weight_decay < 0 or not math.isfinite(args.weight_decay):
+        raise CLIError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    ckpt_path = args.checkpoint or (
+        (os.path.splitext(args.save)[0] + ".ckpt.npz") if args.save
+        else "nnscratch-checkpoint.npz")
+    if args.resume and not os.path.exists(ckpt_path):
+        raise CLIError(f"--resume: no checkpoint at {ckpt_path}")
+    if args.plot:
+        from .plotting import _pyplot
+
+        try:
+            _pyplot()
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
+
+    progress = not args.no_progress
+    source, classes, (X, y), (X_test, y_test) = _load_data(
+        args.data, args.data_path, args.download, flatten=args.model == "mlp",
+        progress=progress)
+    if args.limit is not None:
+        X, y = X[:args.limit], y[:args.limit]
+    validation = None
+    if args.validation_split > 0:
+        n_val = max(1, int(round(len(X) * args.validation_split)))
+        X, y, validation = X[:-n_val], y[:-n_val], (X[-n_val:], y[-n_val:])
+    print(f"data: {source.description}", file=out)
+    print(f"      {len(X)} training images, {len(X_test)} test images"
+          + (f", {len(validation[0])} held out for validation" if validation else ""), file=out)
+
+    if args.resume:
+        model, opt_state, meta = checkpoint.load_checkpoint(ckpt_path)
+        saved = meta["args"]
+        for key in ("model", "optimizer", "batch_size", "epochs", "seed"):
+            if saved.get(key) != getattr(args, key):
+                print(f"note: resuming with the checkpoint's --{key.replace('_', '-')} "
+                      f"{saved.get(key)} (not {getattr(args, key)})", file=out)
+                setattr(args, key, saved.get(key))
+        optimizer = _make_optimizer(argparse.Namespace(**{**vars(args), **{
+            k: saved[k] for k in ("optimizer", "lr", "momentum", "weight_decay")}}),
+            model.parameters())
+        checkpoint.set_optimizer_state(optimizer, opt_state)
+        start, history = meta["epoch"], meta["history"]
+        base_lr = meta["base_lr"]
+        print(f"resumed from {ckpt_path}: {start} of {args.epochs} epochs done", file=out)
+    else:
+        nn.seed(args.seed)
+        model = build_model(args.model, args.hidden, args.dropout)
+        optimizer = _make_optimizer(args, model.parameters())
+        start, history, base_lr = 0, {}, optimizer.lr
+    print(f"model: {args.model}, {sum(p.data.size for p in model.parameters()):,} parameters;"
+          f" {optimizer!r}; batch {args.batch_size}; backend {nn.get_backend()}, "
+          f"{nn.get_num_threads()} threads", file=out)
+
+    loss_fn = nn.CrossEntropyLoss()
+    epoch_times = list(history.get("seconds", []))
+    for epoch in range(start, args.epochs):
+        optimizer.lr = _schedule_lr(base_lr, epoch, args.epochs, args.schedule)
+        tick = time.perf_counter()
+        h = model.fit(X, y, loss=loss_fn, optimizer=optimizer, epochs=1,
+                      batch_size=args.batch_size, validation_data=validation, shuffle=True,
+                      seed=args.seed * 1000 + epoch, progress=progress)
+        seconds = time.perf_counter() - tick
+        for key, values in h.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        epoch_times.append(seconds)
+        history["seconds"] = epoch_times
+        line = (f"epoch {epoch + 1:>3}/{args.epochs}  loss {history['loss'][-1]:.4f}  "
+                f"accuracy {history['accuracy'][-1]:.4f}")
+        if "val_accuracy" in history:
+            line += (f"  val_loss {history['val_loss'][-1]:.4f}  "
+                     f"val_accuracy {history['val_accuracy'][-1]:.4f}")
+        line += f"  lr {optimizer.lr:.2e}  {seconds:.2f} s"
+        print(line, file=out, flush=True)
+        checkpoint.save_checkpoint(ckpt_path, model, optimizer, meta={
+            "epoch": epoch + 1, "history": history, "base_lr": base_lr,
+            "args": _args_record(args), "data": source.description})
+
+    result = model.evaluate(X_test, y_test, loss=loss_fn)
+    per_epoch = np.median(epoch_times) if epoch_times else float("nan")
+    print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  "
+          f"({per_epoch:.2f} s per epoch, median of {len(epoch_times)})", file=out)
+    if args.save:
+        model.save(args.save)
+        print(f"saved the model to {args.save}", file=out)
+    if args.plot:
+        from .plotting import plot_history
+
+        plot_history(history, args.plot)
+        print(f"learning curves: {args.plot}", file=out)
+    return result
+
+
+def _args_record(args):
+    keys = ("model", "hidden", "dropout", "epochs", "batch_size", "optimizer", "lr", "momentum",
+            "weight_decay", "schedule", "seed", "data", "limit", "validation_split")
+    return {k: getattr(args, k) for k in keys}
+
+
+# --- evaluate, predict --------------------------------------------------------------------
+
+def confusion_matrix(y_true, y_pred, n_classes):
+    """Counts (n_classes, n_classes): row = true class, column = predicted."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def _load_model(path):
+    import nnscratch as nn
+
+    if not os.path.exists(path):
+        raise CLIError(f"no model file at {path}")
+    try:
+        return nn.load(path)
+    except ValueError as exc:
+        raise CLIError(f"cannot load {path}: {exc}") from None
+
+
+def _model_wants_images(model):
+    import nnscratch as nn
+
+    return not isinstance(model[0], (nn.Linear,))
+
+
+def cmd_evaluate(args, out=sys.stdout):
+    import nnscratch as nn
+
+    nn.set_backend(args.backend)
+    model = _load_model(args.model)
+    source, classes, _, (X_test, y_test) = _load_data(
+        args.data, args.data_path, False, flatten=not _model_wants_images(model))
+    print(f"data: {source.description} ({len(X_test)} test images)", file=out)
+    pred = model.predict(X_test).argmax(axis=1)
+    matrix = confusion_matrix(y_test, pred, len(classes))
+    accuracy = float(np.trace(matrix) / max(1, matrix.sum()))
+    print(f"test accuracy {accuracy:.4f}", file=out)
+    print("per-class accuracy:", file=out)
+    for k, name in enumerate(classes):
+        total = matrix[k].sum()
+        print(f"  {k} {name:<12} {matrix[k, k] / total if total else float('nan'):.4f}"
+              f"  ({matrix[k, k]}/{total})", file=out)
+    print("confusion matrix (row: true class, column: predicted):", file=out)
+    print("      " + " ".join(f"{j:>5}" for j in range(len(classes))), file=out)
+    for k in range(len(classes)):
+        print(f"  {k:>2}  " + " ".join(f"{v:>5}" for v in matrix[k]), file=out)
+    if args.plot:
+        from .plotting import plot_confusion_matrix
+
+        try:
+            plot_confusion_matrix(matrix, args.plot, classes)
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
+        print(f"confusion matrix plot: {args.plot}", file=out)
+    return {"accuracy": accuracy, "confusion_matrix": matrix}
+
+
+def _read_images(paths, invert):
+    from . import datasets
+    from ._png import SIGNATURE, read_png
+
+    images, names = [], []
+    for path in paths:
+        if not os.path.exists(path):
+            raise CLIError(f"no such file: {path}")
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head == SIGNATURE:
+            try:
+                img = read_png(path)
+            except ValueError as exc:
+                raise CLIError(str(exc)) from None
+            if img.shape != (28, 28):
+                raise CLIError(f"{path}: the model takes 28x28 images, this one is "
+                               f"{img.shape[1]}x{img.shape[0]}")
+            if invert:
+                img = 255 - img
+            images.append(img)
+            names.append(path)
+        else:
+            try:
+                arr = datasets.read_idx(path)
+            except ValueError as exc:
+                raise CLIError(f"{path}: neither a PNG nor an IDX file ({exc})") from None
+            if arr.ndim != 3 or arr.shape[1:] != (28, 28):
+                raise CLIError(f"{path}: expected IDX images of shape (N, 28, 28), "
+                               f"got {arr.shape}")
+            images.extend(arr)
+            names.extend(f"{path}[{i}]" for i in range(len(arr)))
+    return np.stack(images).astype(np.float32) / 255.0, names
+
+
+def cmd_predict(args, out=sys.stdout):
+    model = _load_model(args.model)
+    X, names = _read_images(args.images, args.invert)
+    X = X.reshape(len(X), 1, 28, 28) if _model_wants_images(model) else X.reshape(len(X), -1)
+    proba = model.predict_proba(X)
+    classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(
+        args.classes, FASHION_CLASSES if args.classes is None else MNIST_CLASSES)
+    if proba.shape[1] != len(classes):
+        classes = [str(i) for i in range(proba.shape[1])]
+    shown = names if len(names) <= 20 else names[:20]
+    for i, name in enumerate(shown):
+        order = np.argsort(-proba[i])[:args.top]
+        ranked = ", ".join(f"{classes[k]} {proba[i, k]:.3f}" for k in order)
+        print(f"{name}: {classes[order[0]]}  ({ranked})", file=out)
+    if len(names) > len(shown):
+        print(f"... and {len(names) - len(shown)} more", file=out)
+    return proba
+
+
+# --- info, bench ------------------------------------------------------------------------
+
+def cmd_info(args, out=sys.stdout):
+    import nnscratch as nn
+    from . import backend, datasets
+
+    core = backend.cnn_core_module()
+    print(f"nnscratch {__version__} (numpy {np.__version__}, Python {sys.version.split()[0]})",
+          file=out)
+    print(f"backend: {nn.get_backend()}; threads: {nn.get_num_threads()} "
+          f"(OpenMP {'on' if core.openmp_enabled() else 'off: one thread'})", file=out)
+    features = core.cpu_features()
+    print("CPU features used: " + (", ".join(k for k, v in features.items() if v) or "none"),
+          file=out)
+    print(f"GEMM micro-kernels: float32 {core.gemm_kernel_name(np.float32)}, "
+          f"float64 {core.gemm_kernel_name(np.float64)}", file=out)
+    for name in ("fashion-mnist", "mnist"):
+        try:
+            print(f"data {name}: {datasets.find_dataset(name).description}", file=out)
+        except FileNotFoundError:
+            print(f"data {name}: not found locally (nnscratch train --data {name} --download)",
+                  file=out)
+    print(f"data sample: {datasets.find_dataset('sample').description}", file=out)
+
+
+def cmd_bench(args, out=sys.stdout):
+    from . import bench
+
+    return bench.run(quick=args.quick, threads=args.threads, only=args.only, out=out)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "info": cmd_info, "bench": cmd_bench}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except CLIError as exc:
+        parser.exit(2, f"nnscratch: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "\nnnscratch: interrupted (train: --resume continues from the last "
+                         "finished epoch)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

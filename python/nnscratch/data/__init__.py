@@ -1,0 +1,1 @@
+"""Data files shipped with nnscratch (see README.md here); loaded by `nnscratch.datasets`."""

@@ -1,0 +1,166 @@
+"""Losses: ``value = loss_fn(pred, target)`` (a float), then ``loss_fn.backward()`` (dL/dpred).
+
+Each loss is one fused kernel that returns the mean loss and its gradient in one pass;
+the reduction is the mean, as in PyTorch. The gradient array is kept by the loss object
+and reused by its next call with the same shape (copy it to keep it).
+
+============================  ===================================  ======================
+loss                          pred, target                         kernel
+============================  ===================================  ======================
+``CrossEntropyLoss()``        logits (N, C), integer labels (N,)    softmax_cross_entropy
+``MSELoss()``                 any shape, float target of pred's     mse
+``BCEWithLogitsLoss()``       logits, targets in [0, 1], same shape bce_with_logits
+============================  ===================================  ======================
+"""
+import math
+
+import numpy as np
+
+from .backend import kernels
+
+__all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "LOSSES"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Loss:
+    """Base class: a mean loss computed by one kernel, with its gradient."""
+
+    def __init__(self):
+        self._grad = None
+        self._grads = {}
+
+    def __call__(self, pred, target):
+        """The mean loss (a Python float); keeps dL/dpred for `backward`."""
+        pred = np.asarray(pred)
+        if pred.dtype not in _FLOATS:
+            raise TypeError(f"{self!r} expects float32 or float64 predictions, got {pred.dtype}")
+        target = self._as_target(pred, target)
+        grad = self._grads.get((pred.shape, pred.dtype))
+        if grad is None:
+            if len(self._grads) >= 8:
+                self._grads.clear()
+            grad = self._grads[(pred.shape, pred.dtype)] = np.empty(pred.shape, pred.dtype)
+        value, self._grad = self._kernel(kernels(), pred, target, grad)
+        return float(value)
+
+    def backward(self):
+        """dL/dpred of the last call (reused by the next call of the same shape)."""
+        if self._grad is None:
+            raise RuntimeError(f"{self!r}: backward() called before the loss was computed")
+        return self._grad
+
+    def prepare_targets(self, y, n, output_shape, dtype, name="y"):
+        """Check targets for ``fit`` / ``evaluate`` once, and convert them for the kernel.
+
+        Parameters
+        ----------
+        y : array_like
+        n : int, the number of samples
+        output_shape : tuple, the model's per-sample output shape
+        dtype : the model's dtype
+        name : str, the argument's name in error messages
+        """
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross-entropy of logits against integer class labels, averaged over the batch.
+
+    ``loss = mean_i( logsumexp(logits_i) - logits_i[y_i] )``; the softmax is fused into
+    the loss (stable for any finite logits), so the model should end with logits, not with
+    a `Softmax` layer. Gradient: ``(softmax(logits) - onehot(y)) / N``.
+
+    Shape: pred (N, C) float, target (N,) integers in [0, C).
+    """
+
+    def _as_target(self, pred, target):
+        target = np.asarray(target)
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"{self!r} expects integer class labels, got dtype {target.dtype}")
+        return target
+
+    def _kernel(self, K, pred, target, grad):
+        return K.softmax_cross_entropy(pred, target, grad)
+
+    def prepare_targets(self, y, n, output_shape, dtype, name="y"):
+        y = np.asarray(y)
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer class labels for {self!r}, got dtype "
+                            f"{y.dtype}")
+        if y.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) (one label per sample), got "
+                             f"{y.shape}")
+        if len(output_shape) != 1:
+            raise ValueError(f"{self!r} needs a model whose output is (N, C), got "
+                             f"(N, {', '.join(map(str, output_shape))})")
+        n_classes = output_shape[0]
+        if n and (y.min() < 0 or y.max() >= n_classes):
+            bad = y.min() if y.min() < 0 else y.max()
+            raise ValueError(f"{name} holds label {bad}, outside [0, {n_classes}) for a model "
+                             f"with {n_classes} outputs")
+        return y
+
+
+class _ElementwiseLoss(Loss):
+    """A loss whose target has the prediction's shape (a (N,) target fits a (N, 1) output)."""
+
+    def _as_target(self, pred, target):
+        target = np.asarray(target)
+        if target.dtype.kind not in "fiub":
+            raise TypeError(f"{self!r} expects a real-valued target, got dtype {target.dtype}")
+        if target.shape != pred.shape:
+            if target.size != pred.size or not _squeezable(target.shape, pred.shape):
+                raise ValueError(f"{self!r}: target has shape {target.shape}, expected the "
+                                 f"prediction's shape {pred.shape}")
+            target = target.reshape(pred.shape)
+        return target if target.dtype == pred.dtype else target.astype(pred.dtype)
+
+    def prepare_targets(self, y, n, output_shape, dtype, name="y"):
+        y = np.asarray(y)
+        shape = (n,) + tuple(output_shape)
+        if y.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must be real-valued for {self!r}, got dtype {y.dtype}")
+        if y.shape != shape:
+            if y.size != math.prod(shape) or not _squeezable(y.shape, shape):
+                raise ValueError(f"{name} has shape {y.shape}, expected {shape} (the model's "
+                                 f"output) for {self!r}")
+            y = y.reshape(shape)
+        y = np.ascontiguousarray(y, dtype=dtype)
+        if not np.isfinite(y).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+        return y
+
+
+def _squeezable(a, b):
+    """True when shapes a and b differ only by axes of length 1 (e.g. (N,) and (N, 1))."""
+    return tuple(d for d in a if d != 1) == tuple(d for d in b if d != 1)
+
+
+class MSELoss(_ElementwiseLoss):
+    """Mean squared error over all elements, ``mean((pred - target)**2)``.
+
+    Gradient ``2 * (pred - target) / pred.size``. Shape: pred and target alike.
+    """
+
+    def _kernel(self, K, pred, target, grad):
+        return K.mse(pred, target, grad)
+
+
+class BCEWithLogitsLoss(_ElementwiseLoss):
+    """Binary cross-entropy of ``sigmoid(logits)`` against targets in [0, 1], mean over all
+    elements, computed stably from the logits:
+    ``max(z, 0) - z * t + log(1 + exp(-|z|))``.
+
+    Gradient ``(sigmoid(z) - t) / size``. Shape: logits and targets alike, e.g. (N, 1)
+    logits with (N,) or (N, 1) labels 0/1.
+    """
+
+    def _kernel(self, K, pred, target, grad):
+        return K.bce_with_logits(pred, target, grad)
+
+
+LOSSES = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss, "bce_with_logits": BCEWithLogitsLoss}

@@ -1,0 +1,225 @@
+"""`Sequential`: a stack of layers, trained with ``fit`` and used with ``predict``.
+
+    model = Sequential(Linear(784, 128), ReLU(), Linear(128, 10))
+    logits = model(X)                              # forward through every layer
+    loss = loss_fn(logits, y)
+    model.zero_grad()
+    model.backward(loss_fn.backward())             # backward through them in reverse
+    optimizer.step()
+
+or, Keras style, ``model.fit(X, y, loss=..., optimizer=..., epochs=..., batch_size=...)``,
+``model.evaluate``, ``model.predict``. ``model.summary()`` prints the layer table.
+"""
+import numpy as np
+
+from . import serialization, training
+from .layers import Flatten
+from .module import Module
+
+__all__ = ["Sequential"]
+
+
+class Sequential(Module):
+    """Layers applied one after the other: ``model(x) = layers[-1](...layers[0](x))``.
+
+    A new model is in training mode (as in PyTorch); ``predict`` / ``evaluate`` always
+    compute in eval mode, without changing the mode. ``model[i]`` is the i-th layer.
+
+    Parameters
+    ----------
+    *layers : Module
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential takes Module instances; argument {i} is "
+                                f"{type(layer).__name__}")
+        self.layers = list(layers)
+        self.stop_training = False
+        self._last_loss = None     # the loss of the last fit, evaluate's default
+        self._sample_shape = None  # per-sample input shape seen last, for summary()
+
+    # --- the computation -------------------------------------------------------------
+
+    def forward(self, x):
+        """The output of the last layer for a batch ``x``.
+
+        In training mode the returned array is a kept buffer, overwritten by the next
+        forward with the same batch shape; in eval mode it is a fresh array.
+        """
+        x = self._cast(x)
+        self._sample_shape = x.shape[1:]
+        out = x
+        for layer in self.layers:
+            out = layer(out)
+        if not self.training and np.may_share_memory(out, x):
+            out = out.copy()   # e.g. Sequential(Flatten()) in eval mode: never a view of x
+        return out
+
+    def backward(self, grad_out, *, compute_grad_input=True):
+        """Back-propagate dL/d(output) through the layers in reverse; each layer adds its
+        parameters' gradients into ``.grad``. Returns dL/d(input), or None when
+        ``compute_grad_input`` is False (the first layer then skips that product)."""
+        grad = grad_out
+        for layer in reversed(self.layers[1:]):
+            grad = layer.backward(grad)
+        if not self.layers:
+            return grad if compute_grad_input else None
+        if compute_grad_input:
+            return self.layers[0].backward(grad)
+        self.layers[0].backward(grad, compute_grad_input=False)
+        return None
+
+    def infer(self, x):
+        """Eval-mode output, keeping no state and reusing no buffer: safe from any thread."""
+        x = self._cast(x)
+        out = x
+        for layer in self.layers:
+            out = layer.infer(out)
+        return out.copy() if np.may_share_memory(out, x) else out
+
+    def _cast(self, x):
+        """The input as an ndarray; non-float inputs (e.g. uint8 pixels) cast to the
+        model's dtype once, here, rather than layer by layer."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        dtype = self.dtype
+        if dtype is not None and x.dtype.kind in "iub":
+            x = x.astype(dtype)
+        if x.ndim < 1:
+            raise ValueError(f"Sequential expects a batch of shape (N, ...), got a scalar")
+        return x
+
+    # --- structure -------------------------------------------------------------------
+
+    def children(self):
+        return list(self.layers)
+
+    def named_parameters(self):
+        """``("<layer index>.<name>", Parameter)`` pairs, e.g. ``("0.weight", ...)``."""
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
+                for name, p in layer.named_parameters()]
+
+    def named_buffers(self):
+        """``("<layer index>.<name>", ndarray)`` pairs of the layers' saved state."""
+        return [(f"{i}.{name}", b) for i, layer in enumerate(self.layers)
+                for name, b in layer.named_buffers()]
+
+    @property
+    def dtype(self):
+        """The parameters' dtype (None for a model without parameters)."""
+        params = self.parameters()
+        return params[0].dtype if params else None
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
+
+    def flops(self, input_shape):
+        total, shape = 0, tuple(input_shape)
+        for layer in self.layers:
+            total += layer.flops(shape)
+            shape = layer.output_shape(shape)
+        return total
+
+    def get_config(self):
+        return {"layers": [{"type": type(layer).__name__, "config": layer.get_config()}
+                           for layer in self.layers]}
+
+    def __repr__(self):
+        if not self.layers:
+            return "Sequential()"
+        lines = [f"  ({i}): " + repr(layer).replace("\n", "\n  ")
+                 for i, layer in enumerate(self.layers)]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+    def summary(self, input_shape=None, print_fn=print):
+        """Print and return a table: layer, output shape, parameters, FLOPs per sample.
+
+        Parameters
+        ----------
+        input_shape : tuple, optional
+            Shape of one sample. By default that of the last input seen, else the
+            ``in_features`` of a first `Linear` layer.
+        print_fn : callable or None, default print
+        """
+        shape = self._summary_input_shape(input_shape)
+        rows = [("Layer", "Output shape", "Params", "FLOPs/sample")]
+        total_params = total_flops = 0
+        for i, layer in enumerate(self.layers):
+            flops = layer.flops(shape)
+            shape = layer.output_shape(shape)
+            params = sum(p.size for p in layer.parameters())
+            total_params += params
+            total_flops += flops
+            rows.append((f"{i}: {layer!r}", "(N, " + ", ".join(map(str, shape)) + ")",
+                         f"{params:,}", f"{flops:,}"))
+        widths = [max(len(row[c]) for row in rows) for c in range(4)]
+
+        def fmt(row):
+            return "  ".join([row[0].ljust(widths[0])] +
+                             [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
+
+        rule = "-" * len(fmt(rows[0]))
+        dtype = self.dtype.name if self.dtype is not None else "-"
+        text = "\n".join([fmt(rows[0]), rule] + [fmt(r) for r in rows[1:]] + [
+            rule,
+            f"Total params: {total_params:,} ({dtype})",
+            f"Forward FLOPs per sample: {total_flops:,}",
+        ])
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def _summary_input_shape(self, input_shape):
+        if input_shape is not None:
+            return tuple(int(d) for d in input_shape)
+        if self._sample_shape is not None:
+            return tuple(self._sample_shape)
+        for layer in self.layers:
+            if hasattr(layer, "in_features"):
+                return (layer.in_features,)
+            if isinstance(layer, Flatten):   # any sample shape flattens: unknowable
+                break
+        raise ValueError("summary() needs input_shape= (the shape of one sample)")
+
+    # --- Keras-style training and inference (see nnscratch.training) ------------------
+
+    def fit(self, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
+            validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None):
+        """Train with mini-batch gradient descent; see `nnscratch.training.fit`."""
+        return training.fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs,
+                            batch_size=batch_size, validation_data=validation_data,
+                            validation_split=validation_split, shuffle=shuffle, seed=seed,
+                            progress=progress, callbacks=callbacks)
+
+    def evaluate(self, X, y, loss=None, batch_size=256):
+        """``{"loss": ..., "accuracy": ...}`` in eval mode; see `nnscratch.training.evaluate`."""
+        return training.evaluate(self, X, y, loss=loss, batch_size=batch_size)
+
+    def predict(self, X, batch_size=256):
+        """The model's outputs for X, in batches, in eval mode (a fresh array)."""
+        return training.predict(self, X, batch_size=batch_size)
+
+    def predict_proba(self, X, batch_size=256):
+        """Class probabilities: softmax of the outputs (sigmoid for one output column)."""
+        return training.predict_proba(self, X, batch_size=batch_size)
+
+    def save(self, path):
+        """Write architecture and weights to exactly `path` (plain .npz, atomic, no pickle)."""
+        serialization.save(self, path)

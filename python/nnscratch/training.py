@@ -1,0 +1,399 @@
+"""The training loop and inference in batches: `fit`, `evaluate`, `predict`, `predict_proba`.
+
+These are the methods of ``Sequential`` (``model.fit(...)``); they take the model as
+their first argument here. One step of `fit` is the seed's training loop::
+
+    out = model(xb)                       # forward
+    value = loss(out, yb)                 # loss
+    model.zero_grad()
+    model.backward(loss.backward())       # backward
+    optimizer.step()                      # update
+
+Arguments are checked once, before the first epoch, with a ``ValueError`` / ``TypeError``
+naming the argument. Batches are gathered into kept arrays (``np.take(..., out=)``), so
+that on the cython backend a steady-state step allocates no new arrays.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _random
+from .backend import kernels
+from .callbacks import Callback, History
+from .layers import Sigmoid, Softmax
+from .losses import LOSSES, BCEWithLogitsLoss, CrossEntropyLoss, Loss
+
+__all__ = ["fit", "evaluate", "predict", "predict_proba"]
+
+
+# --------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _model_dtype(model):
+    return model.dtype if model.dtype is not None else np.dtype(np.float32)
+
+
+def _as_features(model, X, name, check_finite=True):
+    """X as a C-contiguous array of the model's dtype; returns (X, per-sample output shape)."""
+    X = np.asarray(X)
+    if X.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real-valued array, got dtype {X.dtype}")
+    if X.ndim < 2:
+        raise ValueError(f"{name} must have shape (N, features...), got {X.shape}")
+    try:
+        output_shape = model.output_shape(X.shape[1:])
+    except ValueError as err:
+        raise ValueError(f"{name} has samples of shape {X.shape[1:]}, which the model does "
+                         f"not accept: {err}") from None
+    X = np.ascontiguousarray(X, dtype=_model_dtype(model))
+    if check_finite and not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return X, output_shape
+
+
+def _as_data(model, loss, X, y, x_name="X", y_name="y"):
+    """Check and convert (X, y) for `loss`; returns (X, y, accuracy kind or None)."""
+    X, output_shape = _as_features(model, X, x_name)
+    y = np.asarray(y)
+    if y.ndim == 0 or len(y) != len(X):
+        raise ValueError(f"{x_name} and {y_name} have different lengths: {len(X)} samples, "
+                         f"{len(y) if y.ndim else 'a scalar'} targets")
+    if len(X) == 0:
+        raise ValueError(f"{x_name} is empty")
+    integer_labels = y.dtype.kind in "iub"
+    y = loss.prepare_targets(y, len(X), output_shape, _model_dtype(model), name=y_name)
+    if isinstance(loss, CrossEntropyLoss):
+        kind = "multiclass"
+    elif isinstance(loss, BCEWithLogitsLoss) and integer_labels:
+        kind = "binary"
+    else:
+        kind = None
+    return X, y, kind
+
+
+def _as_loss(loss):
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"Unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass a "
+                             f"Loss instance")
+        return LOSSES[loss]()
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a Loss instance such as CrossEntropyLoss(), got "
+                        f"{type(loss).__name__}")
+    return loss
+
+
+class _Accuracy:
+    """Counts correct predictions into kept arrays (no allocation per batch).
+
+    "multiclass": argmax over the classes equals the label; "binary": the logit's sign
+    agrees with the 0/1 target.
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._arrays = {}
+
+    def _array(self, name, shape, dtype):
+        key = (name, shape)
+        if key not in self._arrays:
+            if len(self._arrays) >= 8:
+                self._arrays.clear()
+            self._arrays[key] = np.empty(shape, dtype)
+        return self._arrays[key]
+
+    def correct(self, out, target):
+        """(number correct, number of predictions) for one batch."""
+        if self.kind == "multiclass":
+            n = out.shape[0]
+            predicted = np.argmax(out, axis=1, out=self._array("argmax", (n,), np.intp))
+            hits = np.equal(predicted, target, out=self._array("hits", (n,), np.bool_))
+            return int(np.count_nonzero(hits)), n
+        positive = np.greater(out, 0, out=self._array("positive", out.shape, np.bool_))
+        truth = np.greater(target, 0.5, out=self._array("truth", out.shape, np.bool_))
+        hits = np.equal(positive, truth, out=positive)
+        return int(np.count_nonzero(hits)), out.size
+
+
+# --------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------
+
+def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
+        validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None):
+    """Train `model` with mini-batch gradient descent.
+
+    Parameters
+    ----------
+    model : Sequential
+    X : array_like (N, features...)
+        Cast once to the model's dtype; NaN or infinity is an error.
+    y : array_like
+        Integer labels (N,) for CrossEntropyLoss (or 0/1 labels for BCEWithLogitsLoss),
+        else targets of the output's shape.
+    loss : Loss or str ("cross_entropy", "mse", "bce_with_logits")
+    optimizer : Optimizer over the model's parameters
+    epochs : int >= 0
+    batch_size : int >= 1
+        The last, smaller batch of an epoch is used, not dropped.
+    validation_data : (X_val, y_val), optional
+    validation_split : float in [0, 1), default 0
+        Hold out this fraction of the samples, taken from the end of X and y before any
+        shuffling (as Keras), for validation. Not together with validation_data.
+    shuffle : bool, default True
+        Shuffle the training samples every epoch.
+    seed : int, optional
+        Seeds the shuffling; by default it draws from the library generator
+        (``nnscratch.seed``).
+    progress : bool, default True
+        One tqdm progress bar per epoch, showing the running loss and accuracy.
+    callbacks : list of Callback, optional
+        E.g. ``EarlyStopping``, ``StepLR``.
+
+    Returns
+    -------
+    History
+        ``history["loss"]``: per epoch, the mean over the epoch's samples of the batch
+        losses (each batch weighted by its size, as Keras); ``"accuracy"`` for integer
+        labels (training mode outputs, during the epoch); ``"val_loss"`` and
+        ``"val_accuracy"`` computed in eval mode at the end of the epoch.
+
+    Raises
+    ------
+    FloatingPointError
+        When the loss becomes NaN or infinite, naming the epoch and the batch.
+    """
+    loss = _as_loss(loss)
+    epochs = _check_int("epochs", epochs, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+            or not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+    if not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"optimizer must be an Optimizer such as SGD(...), got "
+                        f"{type(optimizer).__name__}")
+    model_params = {id(p) for p in model.parameters()}
+    if model_params and not any(id(p) in model_params for p in getattr(optimizer, "params", [])):
+        raise ValueError("optimizer does not hold any of the model's parameters (build it "
+                         "with optimizer = SGD(model.parameters(), lr=...))")
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+
+    X, y, accuracy_kind = _as_data(model, loss, X, y)
+    if validation_data is not None:
+        if validation_split:
+            raise ValueError("give validation_data or validation_split, not both")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        X_val, y_val, _ = _as_data(model, loss, *validation_data,
+                                   x_name="validation_data[0]", y_name="validation_data[1]")
+    elif validation_split:
+        split_at = int(len(X) * (1.0 - validation_split))
+        if split_at == len(X) or split_at == 0:
+            raise ValueError(f"validation_split={validation_split} leaves an empty "
+                             f"{'validation' if split_at == len(X) else 'training'} set "
+                             f"from {len(X)} samples")
+        X, X_val, y, y_val = X[:split_at], X[split_at:], y[:split_at], y[split_at:]
+    else:
+        X_val = y_val = None
+
+    metrics = ["loss"] + (["accuracy"] if accuracy_kind else [])
+    if X_val is not None:
+        metrics += [f"val_{m}" for m in metrics]
+    rng = np.random.Generator(np.random.PCG64(seed)) if seed is not None else \
+        _random.generator()
+    history = History()
+    was_training = model.training
+    model.train()
+    model.stop_training = False
+    model._last_loss = loss
+    for cb in callbacks:
+        cb.set_model(model)
+        cb.on_train_begin({"metrics": list(metrics)})
+    loop = _EpochLoop(model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks)
+    try:
+        order = np.arange(len(X))
+        for epoch in range(epochs):
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch)
+            if shuffle:
+                rng.shuffle(order)
+            logs = loop.run(epoch, epochs, order if shuffle else None, progress, X_val, y_val)
+            history.append(epoch, logs)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+        for cb in callbacks:
+            cb.on_train_end()
+    finally:
+        model.train(was_training)
+    return history
+
+
+class _EpochLoop:
+    """One epoch of mini-batch steps, with the kept arrays the batches are gathered into."""
+
+    def __init__(self, model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks):
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.X, self.y, self.batch_size = X, y, batch_size
+        self.accuracy = _Accuracy(accuracy_kind) if accuracy_kind else None
+        self.callbacks = callbacks
+        self._batches = {}
+
+    def _gather(self, order, start, stop):
+        """Batch [start, stop) of the epoch: rows order[start:stop] (or a slice)."""
+        if order is None:
+            return self.X[start:stop], self.y[start:stop]
+        m = stop - start
+        buffers = self._batches.get(m)
+        if buffers is None:
+            buffers = self._batches[m] = (np.empty((m,) + self.X.shape[1:], self.X.dtype),
+                                          np.empty((m,) + self.y.shape[1:], self.y.dtype))
+        rows = order[start:stop]
+        # mode="clip": no hidden temporary (mode="raise" buffers `out`); rows are valid
+        np.take(self.X, rows, axis=0, out=buffers[0], mode="clip")
+        np.take(self.y, rows, axis=0, out=buffers[1], mode="clip")
+        return buffers
+
+    def run(self, epoch, epochs, order, progress, X_val, y_val):
+        model, loss = self.model, self.loss
+        n = len(self.X)
+        n_batches = -(-n // self.batch_size)
+        bar = _progress_bar(epoch, epochs, n_batches) if progress else None
+        loss_sum = 0.0
+        correct = counted = seen = 0
+        try:
+            for batch, start in enumerate(range(0, n, self.batch_size)):
+                stop = min(start + self.batch_size, n)
+                xb, yb = self._gather(order, start, stop)
+                out = model(xb)
+                value = loss(out, yb)
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"the loss became {value} at epoch {epoch + 1}/{epochs}, batch "
+                        f"{batch + 1}/{n_batches}: lower the learning rate or check the data")
+                if self.accuracy is not None:
+                    hits, total = self.accuracy.correct(out, yb)
+                    correct += hits
+                    counted += total
+                model.zero_grad()
+                model.backward(loss.backward(), compute_grad_input=False)
+                self.optimizer.step()
+                loss_sum += value * (stop - start)
+                seen += stop - start
+                for cb in self.callbacks:
+                    cb.on_batch_end(batch, {"loss": value, "size": stop - start})
+                if bar is not None:
+                    bar.update(1)
+                    postfix = {"loss": f"{loss_sum / seen:.4f}"}
+                    if counted:
+                        postfix["accuracy"] = f"{correct / counted:.4f}"
+                    bar.set_postfix(postfix, refresh=False)
+            logs = {"loss": loss_sum / seen}
+            if self.accuracy is not None:
+                logs["accuracy"] = correct / counted
+            if X_val is not None:
+                val = _evaluate_arrays(model, loss, X_val, y_val, self.accuracy,
+                                       self.batch_size)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=True)
+        finally:
+            if bar is not None:
+                bar.close()
+        return logs
+
+
+def _progress_bar(epoch, epochs, n_batches):
+    from tqdm.auto import tqdm   # imported on first use: `import nnscratch` stays light
+    return tqdm(total=n_batches, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch",
+                leave=True, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------
+# evaluate, predict, predict_proba
+# --------------------------------------------------------------------------------------
+
+def _evaluate_arrays(model, loss, X, y, accuracy, batch_size):
+    """Mean loss (and accuracy) over checked arrays, in eval mode."""
+    n = len(X)
+    loss_sum = 0.0
+    correct = counted = 0
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        out = model.infer(X[start:stop])
+        loss_sum += loss(out, y[start:stop]) * (stop - start)
+        if accuracy is not None:
+            hits, total = accuracy.correct(out, y[start:stop])
+            correct += hits
+            counted += total
+    result = {"loss": loss_sum / n}
+    if accuracy is not None:
+        result["accuracy"] = correct / counted
+    return result
+
+
+def evaluate(model, X, y, loss=None, batch_size=256):
+    """Mean loss and accuracy of `model` on (X, y), in eval mode.
+
+    Parameters
+    ----------
+    loss : Loss or str, optional
+        By default the loss of the model's last `fit`.
+    batch_size : int, default 256
+
+    Returns
+    -------
+    dict
+        ``{"loss": float, "accuracy": float}``; "accuracy" only for integer labels
+        (CrossEntropyLoss, or BCEWithLogitsLoss with 0/1 labels).
+    """
+    if loss is None:
+        loss = model._last_loss
+        if loss is None:
+            raise ValueError("evaluate() needs loss= (the model has not been fit yet)")
+    loss = _as_loss(loss)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    X, y, kind = _as_data(model, loss, X, y)
+    return _evaluate_arrays(model, loss, X, y, _Accuracy(kind) if kind else None, batch_size)
+
+
+def predict(model, X, batch_size=256):
+    """The model's outputs for X, computed in batches in eval mode.
+
+    Does not change the model's mode and keeps no state, so several threads may call it
+    at once; returns a fresh array of the model's dtype, shape (N,) + output shape.
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    X, output_shape = _as_features(model, X, "X", check_finite=False)
+    result = np.empty((len(X),) + tuple(output_shape), _model_dtype(model))
+    for start in range(0, len(X), batch_size):
+        result[start:start + batch_size] = model.infer(X[start:start + batch_size])
+    return result
+
+
+def predict_proba(model, X, batch_size=256):
+    """Class probabilities: the softmax of `predict`'s rows (N, C), or the sigmoid of a
+    single output column. A model that already ends with Softmax or Sigmoid is returned
+    as is."""
+    out = predict(model, X, batch_size)
+    if model.layers and isinstance(model.layers[-1], (Softmax, Sigmoid)):
+        return out
+    if out.ndim == 2 and out.shape[1] > 1:
+        return kernels().softmax_forward(out)
+    if out.ndim <= 2:
+        return kernels().sigmoid_forward(out)
+    raise ValueError(f"predict_proba needs outputs of shape (N, C), got {out.shape}")

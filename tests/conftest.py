@@ -1,0 +1,107 @@
+"""Shared fixtures for the kernel tests: dtypes, tolerances, random data, both backends.
+
+The compiled kernels (`cnn_core`) are held against their NumPy twins
+(`cnn_core.reference`); the twins are held against plain NumPy math and small values
+worked out by hand, so that a wrong twin fails too.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import cnn_core
+from cnn_core import reference
+
+DTYPES = (np.float32, np.float64)
+
+# Per dtype: elementwise kernels and losses. float32 carries ~7 digits, float64 ~16; the
+# compiled loops may round differently from NumPy (FMA, another summation order), so the
+# bounds leave a few units in the last place.
+TOL = {
+    np.float32: dict(rtol=2e-5, atol=1e-6),
+    np.float64: dict(rtol=1e-12, atol=1e-14),
+}
+
+# A dot product of K terms of size ~1 is ~sqrt(K) in size, and its rounding error grows
+# with it: the GEMM atol is this base times sqrt(K).
+GEMM_ATOL = {np.float32: 4e-6, np.float64: 1e-14}
+GEMM_RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+BACKENDS = (cnn_core, reference)
+BACKEND_IDS = ("cython", "numpy")
+
+
+def tol(dtype):
+    """The elementwise tolerances of `dtype` (a NumPy scalar type or a dtype)."""
+    return TOL[np.dtype(dtype).type]
+
+
+def gemm_tol(dtype, k):
+    """Tolerances of a product with inner dimension k."""
+    t = np.dtype(dtype).type
+    return dict(rtol=GEMM_RTOL[t], atol=GEMM_ATOL[t] * math.sqrt(max(k, 1)))
+
+
+def assert_close(actual, expected, dtype=None, *, k=None, **tolerances):
+    """actual == expected within the tolerances of `dtype` (of `actual` when None).
+
+    `k` switches to GEMM tolerances for a product with inner dimension k; keyword
+    arguments override rtol/atol. The dtype and shape of arrays must match exactly.
+    """
+    if isinstance(actual, np.ndarray):
+        dtype = actual.dtype if dtype is None else dtype
+        assert isinstance(expected, np.ndarray), type(expected)
+        assert actual.shape == expected.shape, (actual.shape, expected.shape)
+        assert actual.dtype == np.dtype(dtype), (actual.dtype, dtype)
+    t = gemm_tol(dtype, k) if k is not None else dict(tol(dtype))
+    t.update(tolerances)
+    np.testing.assert_allclose(actual, expected, **t)
+
+
+def sce_grad_atol(logits):
+    """Absolute tolerance of a softmax-cross-entropy gradient.
+
+    The logits themselves are only known to within eps * |z|, and the gradient moves by up
+    to that much times 1/N: an algorithm that is exact for slightly perturbed logits (such
+    as exp(z - logsumexp(z))) differs from exp(z - max) / sum by that amount, which for
+    logits near 1e4 is far above the float64 atol.
+    """
+    n = max(logits.shape[0], 1)
+    eps = np.finfo(logits.dtype).eps
+    scale = float(np.max(np.abs(logits))) if logits.size else 0.0
+    return max(tol(logits.dtype)["atol"], 4 * eps * scale / n, 1e-7 if logits.dtype == np.float32 else 0)
+
+
+def randn(rng, shape, dtype, scale=1.0):
+    """Standard normal values of `dtype` (times `scale`)."""
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def strided(rng, shape, dtype, scale=1.0):
+    """A view of `shape` that is not C-contiguous (every other row and column of a larger array)."""
+    big = randn(rng, tuple(2 * s + 1 for s in shape), dtype, scale)
+    view = big[tuple(slice(1, None, 2) for _ in shape)]
+    assert view.shape == tuple(shape)
+    if view.size > 1:
+        assert not view.flags.c_contiguous
+    return view
+
+
+def nan_array(shape, dtype):
+    """A buffer full of NaN: a kernel that reads it where it should only write fails."""
+    return np.full(shape, np.nan, dtype=dtype)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240501)
+
+
+@pytest.fixture(params=DTYPES, ids=["float32", "float64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture(params=BACKENDS, ids=BACKEND_IDS)
+def backend(request):
+    return request.param

@@ -1,0 +1,322 @@
+"""conv2d and maxpool2d (NCHW), forward and backward: compiled kernels vs the NumPy twin.
+
+The twin is checked against the definition written as plain loops (small shapes), against
+values worked out by hand and, for the backward passes, against central differences.
+"""
+import numpy as np
+import pytest
+
+import cnn_core
+from cnn_core import reference
+from conftest import assert_close, nan_array, randn, strided
+
+# (N, C, H, W), (O, KH, KW), stride, padding
+CONV_CASES = [
+    ((1, 1, 1, 1), (1, 1, 1), 1, 0),
+    ((2, 3, 5, 5), (4, 3, 3), 1, 0),
+    ((2, 3, 5, 5), (4, 3, 3), 1, 1),
+    ((3, 2, 7, 9), (5, 3, 2), 2, 1),
+    ((2, 3, 8, 7), (3, 2, 3), (2, 1), (0, 2)),
+    ((1, 4, 6, 6), (7, 1, 1), 1, 0),               # pointwise: a plain GEMM
+    ((2, 4, 7, 7), (3, 1, 1), 2, 0),               # strided 1x1
+    ((5, 1, 13, 11), (2, 5, 5), 3, 2),
+    ((1, 2, 4, 4), (3, 4, 4), 1, 0),               # the kernel covers the whole input
+    ((2, 2, 3, 3), (2, 5, 5), 1, 1),               # the kernel is larger than the input
+    ((16, 3, 9, 9), (8, 3, 3), 1, 1),              # enough samples to split over threads
+]
+CNN_CASES = [                                      # a small MNIST CNN, batch 64
+    ((64, 1, 28, 28), (8, 3, 3), 1, 1),
+    ((64, 8, 14, 14), (16, 3, 3), 1, 1),
+]
+# (N, C, H, W), kernel_size, stride
+POOL_CASES = [
+    ((1, 1, 2, 2), 2, None),
+    ((2, 3, 6, 6), 2, None),
+    ((2, 3, 7, 9), 2, None),                       # floor mode: the last row/column is dropped
+    ((2, 3, 7, 7), 3, 2),                          # overlapping windows
+    ((1, 2, 9, 8), (3, 2), (1, 2)),
+    ((3, 4, 5, 5), 1, 1),
+    ((2, 2, 5, 6), (5, 6), None),                  # one window covers the whole plane
+    ((64, 8, 28, 28), 2, None),
+]
+
+
+def conv_loops(x, w, b, stride, padding):
+    """The definition: one dot product per output element, as plain loops (float64)."""
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    n, _, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xpad = np.zeros((n, x.shape[1], h + 2 * ph, wd + 2 * pw))
+    xpad[:, :, ph:ph + h, pw:pw + wd] = x
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    out = np.zeros((n, o, oh, ow))
+    for i_n in range(n):
+        for i_o in range(o):
+            for i in range(oh):
+                for j in range(ow):
+                    patch = xpad[i_n, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    out[i_n, i_o, i, j] = np.sum(patch * w[i_o]) + (b[i_o] if b is not None else 0)
+    return out
+
+
+def _conv_inputs(rng, dtype, xshape, wdims, bias=True):
+    o, kh, kw = wdims
+    x = randn(rng, xshape, dtype)
+    w = randn(rng, (o, xshape[1], kh, kw), dtype, scale=0.5)
+    b = randn(rng, (o,), dtype) if bias else None
+    return x, w, b
+
+
+# ----------------------------------------------------------------------------------------
+# The twin by hand, by loops and by finite differences
+# ----------------------------------------------------------------------------------------
+
+def test_reference_conv_by_hand():
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    ones = np.ones((1, 1, 2, 2))
+    np.testing.assert_array_equal(reference.conv2d_forward(x, ones, None),
+                                  [[[[8.0, 12.0], [20.0, 24.0]]]])
+    np.testing.assert_array_equal(reference.conv2d_forward(x, ones, np.array([1.0]), stride=2),
+                                  [[[[9.0]]]])
+    # a 1x1 kernel of 2 with padding 1: the input doubled, framed by zeros
+    y = reference.conv2d_forward(x, np.full((1, 1, 1, 1), 2.0), None, padding=1)
+    expected = np.zeros((1, 1, 5, 5))
+    expected[0, 0, 1:4, 1:4] = 2 * x[0, 0]
+    np.testing.assert_array_equal(y, expected)
+    # cross-correlation, not convolution: the kernel is not flipped
+    w = np.array([[[[1.0, 0.0], [0.0, 0.0]]]])
+    np.testing.assert_array_equal(reference.conv2d_forward(x, w, None), x[:, :, :2, :2])
+
+
+@pytest.mark.parametrize("xshape,wdims,stride,padding", CONV_CASES[:9])
+def test_reference_conv_matches_loops(rng, xshape, wdims, stride, padding):
+    x, w, b = _conv_inputs(rng, np.float64, xshape, wdims)
+    np.testing.assert_allclose(reference.conv2d_forward(x, w, b, stride=stride, padding=padding),
+                               conv_loops(x, w, b, stride, padding), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), ((1, 2), (2, 0))])
+def test_reference_conv_backward_is_derivative(rng, stride, padding):
+    x, w, b = _conv_inputs(rng, np.float64, (2, 2, 5, 4), (3, 3, 2))
+    out = reference.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    g = rng.standard_normal(out.shape)
+
+    def loss(x_, w_, b_):
+        return np.sum(g * reference.conv2d_forward(x_, w_, b_, stride=stride, padding=padding))
+
+    grad_w, grad_b = np.zeros_like(w), np.zeros_like(b)
+    grad_x = reference.conv2d_backward(g, x, w, grad_w, grad_b, stride=stride, padding=padding)
+    h = 1e-6
+    for analytic, arr in ((grad_x, x), (grad_w, w), (grad_b, b)):
+        numeric = np.zeros_like(arr)
+        for i in np.ndindex(arr.shape):
+            saved = arr[i]
+            arr[i] = saved + h
+            up = loss(x, w, b)
+            arr[i] = saved - h
+            down = loss(x, w, b)
+            arr[i] = saved
+            numeric[i] = (up - down) / (2 * h)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7)
+
+
+def test_reference_maxpool_by_hand():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    out, idx = reference.maxpool2d_forward(x, 2)
+    np.testing.assert_array_equal(out, [[[[5.0, 7.0], [13.0, 15.0]]]])
+    np.testing.assert_array_equal(idx, [[[[5, 7], [13, 15]]]])
+    assert idx.dtype == np.int64
+    g = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    grad = reference.maxpool2d_backward(g, idx, x.shape)
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, 1, 1], expected[0, 0, 1, 3], expected[0, 0, 3, 1], expected[0, 0, 3, 3] = 1, 2, 3, 4
+    np.testing.assert_array_equal(grad, expected)
+    # overlapping windows (3x3, stride 1) sharing a maximum: its gradient adds up
+    x = np.zeros((1, 1, 3, 4))
+    x[0, 0, 1, 1] = 9.0
+    out, idx = reference.maxpool2d_forward(x, 2, 1)
+    np.testing.assert_array_equal(out, [[[[9, 9, 0], [9, 9, 0]]]])
+    grad = reference.maxpool2d_backward(np.ones(out.shape), idx, x.shape)
+    assert grad[0, 0, 1, 1] == 4.0 and grad.sum() == 6.0
+
+
+# ----------------------------------------------------------------------------------------
+# conv2d, compiled vs twin
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("xshape,wdims,stride,padding", CONV_CASES)
+def test_conv2d_forward(rng, dtype, xshape, wdims, stride, padding, bias):
+    x, w, b = _conv_inputs(rng, dtype, xshape, wdims, bias)
+    kwargs = dict(stride=stride, padding=padding)
+    expected = reference.conv2d_forward(x, w, b, **kwargs)
+    k = xshape[1] * wdims[1] * wdims[2]
+    assert_close(cnn_core.conv2d_forward(x, w, b, **kwargs), expected, k=k)
+    out = nan_array(expected.shape, dtype)
+    assert cnn_core.conv2d_forward(x, w, b, out, **kwargs) is out
+    assert_close(out, expected, k=k)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("xshape,wdims,stride,padding", CONV_CASES)
+def test_conv2d_backward(rng, dtype, xshape, wdims, stride, padding, bias):
+    x, w, _ = _conv_inputs(rng, dtype, xshape, wdims, bias)
+    kwargs = dict(stride=stride, padding=padding)
+    g = randn(rng, reference.conv2d_forward(x, w, None, **kwargs).shape, dtype)
+    gw0, gb0 = randn(rng, w.shape, dtype), randn(rng, (w.shape[0],), dtype)
+    results = []
+    for mod in (cnn_core, reference):
+        gw, gb = gw0.copy(), (gb0.copy() if bias else None)
+        gx = nan_array(x.shape, dtype)
+        assert mod.conv2d_backward(g, x, w, gw, gb, gx, **kwargs) is gx
+        results.append((gw, gb, gx))
+    (gw, gb, gx), (rgw, rgb, rgx) = results
+    k_w = g.shape[0] * g.shape[2] * g.shape[3]          # terms in each grad_w sum
+    assert_close(gw, rgw, k=k_w)
+    assert_close(gx, rgx, k=w.shape[0] * wdims[1] * wdims[2])
+    if bias:
+        assert_close(gb, rgb, k=k_w)
+
+
+@pytest.mark.parametrize("xshape,wdims,stride,padding", CNN_CASES)
+def test_conv2d_cnn_shapes(rng, dtype, xshape, wdims, stride, padding):
+    x, w, b = _conv_inputs(rng, dtype, xshape, wdims)
+    kwargs = dict(stride=stride, padding=padding)
+    k = xshape[1] * wdims[1] * wdims[2]
+    y = cnn_core.conv2d_forward(x, w, b, **kwargs)
+    assert_close(y, reference.conv2d_forward(x, w, b, **kwargs), k=k)
+    g = randn(rng, y.shape, dtype)
+    results = []
+    for mod in (cnn_core, reference):
+        gw, gb = np.zeros_like(w), np.zeros_like(b)
+        results.append((gw, gb, mod.conv2d_backward(g, x, w, gw, gb, **kwargs)))
+    k_w = g.shape[0] * g.shape[2] * g.shape[3]
+    for actual, expected, kk in zip(results[0], results[1], (k_w, k_w, wdims[0] * 9)):
+        assert_close(actual, expected, k=kk)
+
+
+def test_conv2d_backward_accumulates(rng, dtype):
+    x, w, b = _conv_inputs(rng, dtype, (2, 3, 6, 6), (4, 3, 3))
+    g = randn(rng, (2, 4, 4, 4), dtype)
+    gw, gb = np.zeros_like(w), np.zeros_like(b)
+    gx = cnn_core.conv2d_backward(g, x, w, gw, gb)
+    once = gw.copy(), gb.copy()
+    assert cnn_core.conv2d_backward(g, x, w, gw, gb, compute_grad_x=False) is None
+    assert_close(gw, 2 * once[0], k=32)
+    assert_close(gb, 2 * once[1], k=32)
+    given = nan_array(x.shape, dtype)
+    cnn_core.conv2d_backward(g, x, w, gw, None, given, compute_grad_x=False)
+    assert np.isnan(given).all()                          # not asked for: not written
+    assert_close(cnn_core.conv2d_backward(g, x, w, np.zeros_like(w), None), gx, k=36)
+
+
+def test_conv2d_non_contiguous(rng, dtype):
+    x = strided(rng, (2, 3, 7, 6), dtype)
+    w = strided(rng, (4, 3, 3, 2), dtype)
+    b = strided(rng, (4,), dtype)
+    kwargs = dict(stride=(2, 1), padding=1)
+    y = cnn_core.conv2d_forward(x, w, b, **kwargs)
+    assert_close(y, reference.conv2d_forward(x, w, b, **kwargs), k=18)
+    g = strided(rng, y.shape, dtype)
+    results = []
+    for mod in (cnn_core, reference):
+        gw, gb = np.zeros((4, 3, 3, 2), dtype), np.zeros(4, dtype)
+        results.append((gw, gb, mod.conv2d_backward(g, x, w, gw, gb, **kwargs)))
+    for actual, expected in zip(*results):
+        assert_close(actual, expected, k=64)
+
+
+@pytest.mark.parametrize("xshape,wshape", [
+    ((0, 3, 5, 5), (4, 3, 3, 3)),      # no samples
+    ((2, 3, 5, 5), (0, 3, 3, 3)),      # no output channels
+    ((2, 0, 5, 5), (4, 0, 3, 3)),      # no input channels: the output is the bias
+])
+def test_conv2d_zero_size(rng, dtype, xshape, wshape):
+    x, w = randn(rng, xshape, dtype), randn(rng, wshape, dtype)
+    b = randn(rng, (wshape[0],), dtype)
+    expected = reference.conv2d_forward(x, w, b, padding=1)
+    out = nan_array(expected.shape, dtype)
+    cnn_core.conv2d_forward(x, w, b, out, padding=1)
+    assert_close(out, expected)
+    g = randn(rng, expected.shape, dtype)
+    results = []
+    for mod in (cnn_core, reference):
+        gw, gb = np.ones(wshape, dtype), np.ones(wshape[0], dtype)
+        gx = nan_array(xshape, dtype)
+        mod.conv2d_backward(g, x, w, gw, gb, gx, padding=1)
+        results.append((gw, gb, gx))
+    for actual, expected in zip(*results):
+        assert_close(actual, expected, k=50)
+
+
+# ----------------------------------------------------------------------------------------
+# maxpool2d, compiled vs twin
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("xshape,kernel_size,stride", POOL_CASES)
+def test_maxpool2d(rng, dtype, xshape, kernel_size, stride):
+    x = randn(rng, xshape, dtype)
+    out, idx = cnn_core.maxpool2d_forward(x, kernel_size, stride)
+    ref_out, ref_idx = reference.maxpool2d_forward(x, kernel_size, stride)
+    np.testing.assert_array_equal(out, ref_out)           # a max is exact
+    np.testing.assert_array_equal(idx, ref_idx)
+    assert out.dtype == dtype and idx.dtype == np.int64
+    # given buffers, NaN / garbage at the start
+    out_buf, idx_buf = nan_array(out.shape, dtype), np.full(out.shape, -7, np.int64)
+    result = cnn_core.maxpool2d_forward(x, kernel_size, stride, out_buf, idx_buf)
+    assert result[0] is out_buf and result[1] is idx_buf
+    np.testing.assert_array_equal(out_buf, ref_out)
+    np.testing.assert_array_equal(idx_buf, ref_idx)
+
+    g = randn(rng, out.shape, dtype)
+    expected = reference.maxpool2d_backward(g, ref_idx, x.shape)
+    assert_close(cnn_core.maxpool2d_backward(g, idx, x.shape), expected)
+    buf = nan_array(x.shape, dtype)
+    assert cnn_core.maxpool2d_backward(g, idx, x.shape, buf) is buf
+    assert_close(buf, expected)
+
+
+def test_maxpool2d_ties_and_nan(backend, dtype):
+    x = np.zeros((1, 2, 4, 4), dtype)
+    # channel 0: every window constant -> the first position of each window wins
+    x[0, 0] = 1.0
+    # channel 1: one NaN per window, anywhere; the NaN is the max
+    x[0, 1] = np.arange(16).reshape(4, 4)
+    x[0, 1, 0, 1] = x[0, 1, 1, 2] = x[0, 1, 3, 0] = x[0, 1, 2, 3] = np.nan
+    out, idx = backend.maxpool2d_forward(x, 2)
+    np.testing.assert_array_equal(out[0, 0], np.ones((2, 2)))
+    np.testing.assert_array_equal(idx[0, 0], [[0, 2], [8, 10]])
+    assert np.isnan(out[0, 1]).all()
+    np.testing.assert_array_equal(idx[0, 1], [[1, 6], [12, 11]])
+
+
+def test_maxpool2d_overlap_accumulates(rng, dtype):
+    x = randn(rng, (2, 3, 9, 9), dtype)
+    x[:, :, 4, 4] = 100.0                         # the max of every window that covers it
+    out, idx = cnn_core.maxpool2d_forward(x, 3, 1)
+    g = randn(rng, out.shape, dtype)
+    grad = cnn_core.maxpool2d_backward(g, idx, x.shape)
+    assert_close(grad, reference.maxpool2d_backward(g, idx, x.shape))
+    assert_close(grad[:, :, 4, 4], g[:, :, 2:5, 2:5].sum(axis=(2, 3)))
+
+
+def test_maxpool2d_non_contiguous(rng, dtype):
+    x = strided(rng, (2, 3, 8, 6), dtype)
+    out, idx = cnn_core.maxpool2d_forward(x, (2, 3), (2, 1))
+    ref_out, ref_idx = reference.maxpool2d_forward(x, (2, 3), (2, 1))
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(idx, ref_idx)
+    g = strided(rng, out.shape, dtype)
+    assert_close(cnn_core.maxpool2d_backward(g, np.asfortranarray(idx), x.shape),
+                 reference.maxpool2d_backward(g, idx, x.shape))
+
+
+@pytest.mark.parametrize("xshape", [(0, 3, 4, 4), (2, 0, 4, 4)])
+def test_maxpool2d_zero_size(dtype, xshape):
+    x = np.zeros(xshape, dtype)
+    for mod in (cnn_core, reference):
+        out, idx = mod.maxpool2d_forward(x, 2)
+        assert out.shape == idx.shape == xshape[:2] + (2, 2)
+        grad = mod.maxpool2d_backward(out, idx, xshape)
+        assert grad.shape == xshape and grad.dtype == dtype

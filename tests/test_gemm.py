@@ -1,0 +1,367 @@
+"""gemm, gemm_naive, linear_forward and linear_backward: compiled kernels vs the NumPy twin.
+
+Shapes include 1, odd and prime sizes (they end in partial micro-tiles), sizes around the
+register tile (12 x 32 float, 12 x 16 double on AVX-512; 6 x 16 / 6 x 8 on AVX2) and around
+the cache blocks, and the MLP's own products.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+import cnn_core
+from cnn_core import reference
+from conftest import assert_close, nan_array, randn, strided
+
+# (M, K, N)
+SHAPES = [
+    (1, 1, 1), (1, 7, 1), (3, 1, 5), (7, 13, 3), (13, 31, 7), (31, 97, 13), (1, 97, 31),
+    (97, 1, 31), (97, 31, 97), (5, 3, 97),
+    (11, 17, 31), (12, 16, 32), (13, 33, 33), (6, 8, 16), (25, 9, 65), (47, 5, 15),
+]
+# K across the cache block along K, M and N across several micro-tiles
+BLOCK_SHAPES = [(37, 383, 45), (29, 385, 70), (50, 769, 33), (130, 64, 200)]
+
+# (alpha, beta); beta != 0 needs an out to add to
+SCALES = [(1.0, 0.0), (0.5, 0.0), (-1.5, 0.25), (1.0, 1.0), (0.0, 2.0), (2.0, -1.0)]
+TRANSPOSES = list(itertools.product([False, True], repeat=2))
+
+# The 2-layer MLP on MNIST, batch 128: the forward product and its two backward products.
+MLP_N, MLP_D, MLP_H = 128, 784, 256
+
+
+def operands(rng, m, k, n, dtype, trans_a, trans_b):
+    """a, b stored so that op(a) is (m, k) and op(b) is (k, n)."""
+    a = randn(rng, (k, m) if trans_a else (m, k), dtype)
+    b = randn(rng, (n, k) if trans_b else (k, n), dtype)
+    return a, b
+
+
+def numpy_gemm(a, b, c, trans_a, trans_b, alpha, beta):
+    """The definition, in float64: alpha * op(a) @ op(b) + beta * c."""
+    op_a = (a.T if trans_a else a).astype(np.float64)
+    op_b = (b.T if trans_b else b).astype(np.float64)
+    result = alpha * (op_a @ op_b)
+    if beta != 0:
+        result = result + beta * c.astype(np.float64)
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# The twin against the definition and against values worked out by hand
+# ----------------------------------------------------------------------------------------
+
+def test_reference_gemm_by_hand():
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    b = np.array([[5.0, 6.0], [7.0, 8.0]])
+    np.testing.assert_array_equal(reference.gemm(a, b), [[19, 22], [43, 50]])
+    np.testing.assert_array_equal(reference.gemm(a, b, trans_a=True), [[26, 30], [38, 44]])
+    np.testing.assert_array_equal(reference.gemm(a, b, trans_b=True), [[17, 23], [39, 53]])
+    np.testing.assert_array_equal(reference.gemm(a, b, trans_a=True, trans_b=True),
+                                  [[23, 31], [34, 46]])
+    out = np.ones((2, 2))
+    result = reference.gemm(a, b, out, alpha=2.0, beta=0.5)
+    assert result is out
+    np.testing.assert_array_equal(out, [[38.5, 44.5], [86.5, 100.5]])
+
+
+def test_reference_gemm_rectangular_by_hand():
+    a = np.array([[1.0, 0.0, -1.0]])                     # (1, 3)
+    b = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])   # (3, 2)
+    np.testing.assert_array_equal(reference.gemm(a, b), [[-4.0, -4.0]])
+    np.testing.assert_array_equal(reference.gemm(b, a, trans_a=True, trans_b=True),
+                                  [[-4.0], [-4.0]])
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("alpha,beta", SCALES)
+def test_reference_gemm_matches_definition(rng, dtype, trans_a, trans_b, alpha, beta):
+    m, k, n = 7, 13, 5
+    a, b = operands(rng, m, k, n, dtype, trans_a, trans_b)
+    c = randn(rng, (m, n), dtype)
+    expected = numpy_gemm(a, b, c, trans_a, trans_b, alpha, beta)
+    out = c.copy()
+    reference.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
+    assert_close(out, expected.astype(dtype), k=k)
+
+
+def test_reference_gemm_naive_is_gemm():
+    assert reference.gemm_naive is reference.gemm
+
+
+# ----------------------------------------------------------------------------------------
+# Compiled vs twin
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,k,n", SHAPES + BLOCK_SHAPES)
+def test_gemm_shapes(rng, dtype, m, k, n):
+    a, b = operands(rng, m, k, n, dtype, False, False)
+    out = cnn_core.gemm(a, b)
+    assert out.shape == (m, n) and out.dtype == dtype and out.flags.c_contiguous
+    assert_close(out, reference.gemm(a, b), k=k)
+    assert_close(out, (a.astype(np.float64) @ b).astype(dtype), k=k)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("alpha,beta", SCALES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (13, 31, 7), (31, 97, 45)])
+def test_gemm_transposes_and_scales(rng, dtype, m, k, n, trans_a, trans_b, alpha, beta):
+    a, b = operands(rng, m, k, n, dtype, trans_a, trans_b)
+    c = randn(rng, (m, n), dtype)
+    kwargs = dict(trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
+    out = c.copy()
+    result = cnn_core.gemm(a, b, out, **kwargs)
+    assert result is out
+    expected = reference.gemm(a, b, c.copy(), **kwargs)
+    assert_close(out, expected, k=k)
+    assert_close(out, numpy_gemm(a, b, c, trans_a, trans_b, alpha, beta).astype(dtype), k=k)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_gemm_out_none_allocates(rng, dtype, trans_a, trans_b):
+    a, b = operands(rng, 9, 10, 11, dtype, trans_a, trans_b)
+    kwargs = dict(trans_a=trans_a, trans_b=trans_b, alpha=0.75)
+    out = cnn_core.gemm(a, b, **kwargs)
+    assert isinstance(out, np.ndarray) and out.shape == (9, 11) and out.dtype == dtype
+    assert_close(out, reference.gemm(a, b, **kwargs), k=10)
+
+
+@pytest.mark.parametrize("backend_name", ["gemm", "gemm_naive"])
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (13, 31, 7), (40, 3, 37)])
+def test_gemm_beta_zero_never_reads_out(rng, dtype, backend_name, trans_a, trans_b, m, k, n):
+    a, b = operands(rng, m, k, n, dtype, trans_a, trans_b)
+    for alpha in (1.0, -2.0):
+        out = nan_array((m, n), dtype)
+        result = getattr(cnn_core, backend_name)(a, b, out, trans_a=trans_a, trans_b=trans_b,
+                                                 alpha=alpha, beta=0.0)
+        assert result is out
+        assert np.isfinite(out).all()
+        assert_close(out, reference.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha), k=k)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 13, 3), (31, 97, 13), (13, 33, 33)])
+def test_gemm_naive(rng, dtype, m, k, n, trans_a, trans_b):
+    a, b = operands(rng, m, k, n, dtype, trans_a, trans_b)
+    c = randn(rng, (m, n), dtype)
+    kwargs = dict(trans_a=trans_a, trans_b=trans_b, alpha=1.25, beta=-0.5)
+    out = c.copy()
+    assert cnn_core.gemm_naive(a, b, out, **kwargs) is out
+    assert_close(out, reference.gemm_naive(a, b, c.copy(), **kwargs), k=k)
+    assert_close(cnn_core.gemm_naive(a, b, trans_a=trans_a, trans_b=trans_b),
+                 cnn_core.gemm(a, b, trans_a=trans_a, trans_b=trans_b), k=k)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_gemm_non_contiguous_inputs(rng, dtype, trans_a, trans_b):
+    m, k, n = 13, 29, 17
+    a = strided(rng, (k, m) if trans_a else (m, k), dtype)
+    b = strided(rng, (n, k) if trans_b else (k, n), dtype)
+    kwargs = dict(trans_a=trans_a, trans_b=trans_b)
+    assert_close(cnn_core.gemm(a, b, **kwargs), reference.gemm(a, b, **kwargs), k=k)
+
+
+def test_gemm_transposed_views(rng, dtype):
+    # a.T and b.T are Fortran-ordered views: the kernel copies them, the result is the same
+    m, k, n = 19, 23, 29
+    a = randn(rng, (k, m), dtype)
+    b = randn(rng, (n, k), dtype)
+    expected = reference.gemm(a, b, trans_a=True, trans_b=True)
+    assert_close(cnn_core.gemm(a.T, b.T), expected, k=k)
+    assert_close(cnn_core.gemm(a.T, b, trans_b=True), expected, k=k)
+    assert_close(cnn_core.gemm(a, b.T, trans_a=True), expected, k=k)
+    assert not a.T.flags.c_contiguous
+
+
+def test_gemm_does_not_modify_inputs(rng, dtype):
+    a, b = operands(rng, 13, 17, 19, dtype, False, False)
+    a0, b0 = a.copy(), b.copy()
+    cnn_core.gemm(a, b)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
+
+
+@pytest.mark.parametrize("m,k,n", [(0, 3, 4), (3, 0, 4), (3, 4, 0), (0, 0, 0), (0, 5, 0), (1, 0, 1)])
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_gemm_zero_size(rng, dtype, m, k, n, trans_a, trans_b):
+    a, b = operands(rng, m, k, n, dtype, trans_a, trans_b)
+    kwargs = dict(trans_a=trans_a, trans_b=trans_b)
+    # beta == 0: out (NaN at the start) becomes alpha * op(a) @ op(b), zeros when K == 0
+    out = nan_array((m, n), dtype)
+    assert cnn_core.gemm(a, b, out, alpha=2.0, **kwargs) is out
+    expected = 2.0 * ((a.T if trans_a else a) @ (b.T if trans_b else b))
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out, reference.gemm(a, b, alpha=2.0, **kwargs))
+    # beta != 0: beta * out survives
+    c = randn(rng, (m, n), dtype)
+    out = c.copy()
+    cnn_core.gemm(a, b, out, alpha=2.0, beta=0.5, **kwargs)
+    assert_close(out, reference.gemm(a, b, c.copy(), alpha=2.0, beta=0.5, **kwargs), k=k)
+
+
+def test_gemm_deterministic(rng, dtype):
+    # the same call gives the same bits (fixed reduction order)
+    a, b = operands(rng, 67, 401, 53, dtype, False, False)
+    first = cnn_core.gemm(a, b)
+    for _ in range(3):
+        np.testing.assert_array_equal(cnn_core.gemm(a, b), first)
+
+
+def test_gemm_mlp_shapes(rng, dtype):
+    # forward x @ w, then the two products of its backward pass
+    x = randn(rng, (MLP_N, MLP_D), dtype)
+    w = randn(rng, (MLP_D, MLP_H), dtype, scale=0.05)
+    g = randn(rng, (MLP_N, MLP_H), dtype)
+    z = cnn_core.gemm(x, w)                                # (128, 784) @ (784, 256)
+    assert_close(z, reference.gemm(x, w), k=MLP_D)
+    assert_close(z, (x.astype(np.float64) @ w).astype(dtype), k=MLP_D)
+    gw = cnn_core.gemm(x, g, trans_a=True)                 # x.T (784, 128) @ g (128, 256)
+    assert_close(gw, reference.gemm(x, g, trans_a=True), k=MLP_N)
+    gx = cnn_core.gemm(g, w, trans_b=True)                 # g (128, 256) @ w.T (256, 784)
+    assert_close(gx, reference.gemm(g, w, trans_b=True), k=MLP_H)
+
+
+# ----------------------------------------------------------------------------------------
+# linear_forward / linear_backward
+# ----------------------------------------------------------------------------------------
+
+def test_reference_linear_by_hand():
+    x = np.array([[1.0, 2.0], [-3.0, 0.5]])
+    w = np.array([[1.0, -1.0, 0.0], [2.0, 1.0, -2.0]])
+    b = np.array([0.5, -4.0, 1.0])
+    z = reference.linear_forward(x, w, b)
+    np.testing.assert_array_equal(z, [[5.5, -3.0, -3.0], [-1.5, -0.5, 0.0]])
+    np.testing.assert_array_equal(reference.linear_forward(x, w, b, activation="relu"),
+                                  [[5.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(reference.linear_forward(x, w, None),
+                                  [[5.0, 1.0, -4.0], [-2.0, 3.5, -1.0]])
+    g = np.array([[1.0, 0.0, 2.0], [0.0, -1.0, 1.0]])
+    grad_w = np.ones((2, 3))
+    grad_b = np.full(3, 10.0)
+    grad_x = reference.linear_backward(g, x, w, grad_w, grad_b)
+    np.testing.assert_array_equal(grad_w, 1 + np.array([[1.0, 3.0, -1.0], [2.0, -0.5, 4.5]]))
+    np.testing.assert_array_equal(grad_b, [11.0, 9.0, 13.0])
+    np.testing.assert_array_equal(grad_x, [[1.0, -2.0], [1.0, -3.0]])
+
+
+def test_reference_linear_matches_definition(rng, dtype):
+    x, w, b = randn(rng, (6, 5), dtype), randn(rng, (5, 4), dtype), randn(rng, (4,), dtype)
+    assert_close(reference.linear_forward(x, w, b),
+                 (x.astype(np.float64) @ w + b).astype(dtype), k=5)
+    g = randn(rng, (6, 4), dtype)
+    grad_w, grad_b = np.zeros_like(w), np.zeros_like(b)
+    grad_x = reference.linear_backward(g, x, w, grad_w, grad_b)
+    assert_close(grad_w, (x.T.astype(np.float64) @ g).astype(dtype), k=6)
+    assert_close(grad_b, g.astype(np.float64).sum(0).astype(dtype), k=6)
+    assert_close(grad_x, (g.astype(np.float64) @ w.T).astype(dtype), k=4)
+
+
+LINEAR_SHAPES = [(1, 1, 1), (3, 7, 13), (13, 31, 7), (31, 1, 97), (97, 13, 3), (64, 400, 45)]
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n,d,m", LINEAR_SHAPES)
+def test_linear_forward(rng, dtype, n, d, m, bias, activation):
+    x, w = randn(rng, (n, d), dtype), randn(rng, (d, m), dtype)
+    b = randn(rng, (m,), dtype) if bias else None
+    expected = reference.linear_forward(x, w, b, activation=activation)
+    assert_close(cnn_core.linear_forward(x, w, b, activation=activation), expected, k=d)
+    out = nan_array((n, m), dtype)                     # old contents never read
+    assert cnn_core.linear_forward(x, w, b, out, activation=activation) is out
+    assert_close(out, expected, k=d)
+    if activation == "relu":
+        assert (out >= 0).all()
+
+
+def test_linear_forward_non_contiguous(rng, dtype):
+    x, w, b = strided(rng, (9, 14), dtype), strided(rng, (14, 11), dtype), strided(rng, (11,), dtype)
+    assert_close(cnn_core.linear_forward(x, w, b, activation="relu"),
+                 reference.linear_forward(x, w, b, activation="relu"), k=14)
+    wt = randn(rng, (11, 14), dtype).T                  # a transposed view as w
+    assert_close(cnn_core.linear_forward(x, wt, b), reference.linear_forward(x, wt, b), k=14)
+
+
+@pytest.mark.parametrize("n,d,m", [(0, 3, 4), (3, 0, 4), (3, 4, 0)])
+def test_linear_forward_zero_size(rng, dtype, n, d, m):
+    x, w, b = randn(rng, (n, d), dtype), randn(rng, (d, m), dtype), randn(rng, (m,), dtype)
+    out = nan_array((n, m), dtype)
+    cnn_core.linear_forward(x, w, b, out, activation="relu")
+    np.testing.assert_array_equal(out, np.maximum(x @ w + b, 0))
+    np.testing.assert_array_equal(out, reference.linear_forward(x, w, b, activation="relu"))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n,d,m", LINEAR_SHAPES)
+def test_linear_backward(rng, dtype, n, d, m, bias):
+    g, x, w = randn(rng, (n, m), dtype), randn(rng, (n, d), dtype), randn(rng, (d, m), dtype)
+    gw0 = randn(rng, (d, m), dtype)                     # gradients accumulate into these
+    gb0 = randn(rng, (m,), dtype) if bias else None
+    grads = {}
+    for mod in (cnn_core, reference):
+        gw = gw0.copy()
+        gb = gb0.copy() if bias else None
+        gx = mod.linear_backward(g, x, w, gw, gb)
+        grads[mod] = (gw, gb, gx)
+    gw, gb, gx = grads[cnn_core]
+    rgw, rgb, rgx = grads[reference]
+    assert_close(gw, rgw, k=n)
+    assert_close(gx, rgx, k=m)
+    if bias:
+        assert_close(gb, rgb, k=n)
+
+
+def test_linear_backward_buffers_and_accumulation(rng, dtype):
+    n, d, m = 13, 31, 7
+    g, x, w = randn(rng, (n, m), dtype), randn(rng, (n, d), dtype), randn(rng, (d, m), dtype)
+    gw, gb = np.zeros((d, m), dtype), np.zeros((m,), dtype)
+    gx = nan_array((n, d), dtype)
+    assert cnn_core.linear_backward(g, x, w, gw, gb, gx) is gx
+    assert_close(gx, reference.linear_backward(g, x, w, np.zeros_like(gw), None), k=m)
+    # a second call adds the same amount again
+    once_w, once_b = gw.copy(), gb.copy()
+    assert cnn_core.linear_backward(g, x, w, gw, gb, compute_grad_x=False) is None
+    assert_close(gw, 2 * once_w, k=n)
+    assert_close(gb, 2 * once_b, k=n)
+    # compute_grad_x=False leaves a given grad_x alone
+    gx_before = gx.copy()
+    cnn_core.linear_backward(g, x, w, gw, None, gx, compute_grad_x=False)
+    np.testing.assert_array_equal(gx, gx_before)
+
+
+def test_linear_backward_non_contiguous(rng, dtype):
+    n, d, m = 10, 12, 9
+    g, x, w = strided(rng, (n, m), dtype), strided(rng, (n, d), dtype), strided(rng, (d, m), dtype)
+    out = {}
+    for mod in (cnn_core, reference):
+        gw, gb = np.zeros((d, m), dtype), np.zeros((m,), dtype)
+        out[mod] = (gw, gb, mod.linear_backward(g, x, w, gw, gb))
+    for actual, expected in zip(out[cnn_core], out[reference]):
+        assert_close(actual, expected, k=max(n, m))
+
+
+@pytest.mark.parametrize("n,d,m", [(0, 3, 4), (3, 0, 4), (3, 4, 0)])
+def test_linear_backward_zero_size(rng, dtype, n, d, m):
+    g, x, w = randn(rng, (n, m), dtype), randn(rng, (n, d), dtype), randn(rng, (d, m), dtype)
+    gw, gb = np.ones((d, m), dtype), np.ones((m,), dtype)
+    gx = nan_array((n, d), dtype)
+    cnn_core.linear_backward(g, x, w, gw, gb, gx)
+    assert_close(gw, 1 + x.T @ g, k=n)
+    assert_close(gb, 1 + g.sum(0), k=n)
+    assert_close(gx, g @ w.T, k=m)
+
+
+def test_linear_mlp_shapes(rng, dtype):
+    x = randn(rng, (MLP_N, MLP_D), dtype)
+    w = randn(rng, (MLP_D, MLP_H), dtype, scale=0.05)
+    b = randn(rng, (MLP_H,), dtype)
+    z = cnn_core.linear_forward(x, w, b, activation="relu")
+    assert_close(z, reference.linear_forward(x, w, b, activation="relu"), k=MLP_D)
+    g = randn(rng, (MLP_N, MLP_H), dtype)
+    grads = {}
+    for mod in (cnn_core, reference):
+        gw, gb = np.zeros_like(w), np.zeros_like(b)
+        grads[mod] = (gw, gb, mod.linear_backward(g, x, w, gw, gb))
+    for actual, expected, k in zip(grads[cnn_core], grads[reference], (MLP_N, MLP_N, MLP_H)):
+        assert_close(actual, expected, k=k)
