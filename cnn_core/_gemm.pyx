@@ -37,13 +37,19 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
                                     float, const float *, int, int, int)
     ctypedef void (*nn_dgemm_ukr_t)(long, const double *, const double *, double *, long,
                                     double, double, const double *, int, int, int)
+    ctypedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long,
+                                    float *, float, float, const float *, int)
+    ctypedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long,
+                                    double *, double, double, const double *, int)
     ctypedef struct nn_sgemm_kernel_t:
         nn_sgemm_ukr_t ukr
+        nn_sgemm_row_t row
         int mr
         int nr
         const char *name
     ctypedef struct nn_dgemm_kernel_t:
         nn_dgemm_ukr_t ukr
+        nn_dgemm_row_t row
         int mr
         int nr
         const char *name
@@ -66,6 +72,8 @@ cdef enum:
     # below this many multiply-adds a second thread costs more than it saves
     PARALLEL_MIN_FMAS = 1 << 18
     MAX_PARTS = 64
+    # fewer rows than this (and B not transposed): no packing, the row kernel streams B
+    ROW_PATH_MAX_M = 4
 
 cdef nn_sgemm_kernel_t _skernel = nn_sgemm_kernel_for(nn_cpu_best_isa())
 cdef nn_dgemm_kernel_t _dkernel = nn_dgemm_kernel_for(nn_cpu_best_isa())
@@ -167,6 +175,14 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     cdef long kc = _ceil_div(k, _ceil_div(k, kc_max))
     cdef long nb = _round_up(_ceil_div(n, _ceil_div(n, nb_max)), nr)
     cdef long mb = _round_up(_ceil_div(m, _ceil_div(m, M_BLOCK)), mr)
+    cdef long i
+    if m < ROW_PATH_MAX_M and csb == 1:
+        for i in range(m):
+            if floating is float:
+                _skernel.row(k, n, a + i * rsa, csa, b, rsb, c + i * ldc, alpha, beta, bias, relu)
+            else:
+                _dkernel.row(k, n, a + i * rsa, csa, b, rsb, c + i * ldc, alpha, beta, bias, relu)
+        return 0
     cdef floating *a_packed = <floating *> nn_scratch(0, mb * kc * sizeof(floating))
     cdef floating *b_packed = <floating *> nn_scratch(1, nb * kc * sizeof(floating))
     if a_packed == NULL or b_packed == NULL:

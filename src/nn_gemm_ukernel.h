@@ -109,6 +109,62 @@
         }                                                                                   \
     }
 
+/* A row kernel for the few-rows case (m < 4: one-sample inference, tiny batches), where
+ * packing B would cost as much as the product itself. For one row a of A (stride csa):
+ *
+ *     c[j] = alpha * sum_p a[p*csa] * b[p*ldb + j] + beta * c[j]  (+ bias[j], ReLU)
+ *
+ * for j < n, streaming B's rows once, NRV vectors of columns at a time. */
+#define NN_DEFINE_ROWKERNEL(NAME, T, VL, TARGET)                                             \
+    typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
+    TARGET static void NAME(long k, long n, const T *restrict a, long csa,                  \
+                            const T *restrict b, long ldb, T *restrict c, T alpha, T beta,  \
+                            const T *restrict bias, int relu) {                             \
+        enum { NRV = 4, W = NRV * (VL) };                                                   \
+        long j = 0;                                                                         \
+        for (; j + W <= n; j += W) {                                                        \
+            NAME##_v acc[NRV];                                                              \
+            NN_PRAGMA(GCC unroll 4)                                                         \
+            for (int v = 0; v < NRV; ++v) acc[v] = (NAME##_v){0};                           \
+            for (long p = 0; p < k; ++p) {                                                  \
+                const T ap = a[p * csa];                                                    \
+                NN_PRAGMA(GCC unroll 4)                                                     \
+                for (int v = 0; v < NRV; ++v) {                                             \
+                    NAME##_v bv;                                                            \
+                    memcpy(&bv, b + p * ldb + j + v * (VL), sizeof(bv));                    \
+                    acc[v] += ap * bv;                                                      \
+                }                                                                           \
+            }                                                                               \
+            T tile[W];                                                                      \
+            memcpy(tile, acc, sizeof(tile));                                                \
+            for (int t = 0; t < W; ++t) {                                                   \
+                T r = alpha * tile[t];                                                      \
+                if (beta != 0) r += beta * c[j + t];                                        \
+                if (bias) r += bias[j + t];                                                 \
+                if (relu) r = r > 0 ? r : 0;                                                \
+                c[j + t] = r;                                                               \
+            }                                                                               \
+        }                                                                                   \
+        for (; j < n; ++j) {                                                                \
+            T r = 0;                                                                        \
+            for (long p = 0; p < k; ++p) r += a[p * csa] * b[p * ldb + j];                  \
+            r = alpha * r;                                                                  \
+            if (beta != 0) r += beta * c[j];                                                \
+            if (bias) r += bias[j];                                                         \
+            if (relu) r = r > 0 ? r : 0;                                                    \
+            c[j] = r;                                                                       \
+        }                                                                                   \
+    }
+
+NN_DEFINE_ROWKERNEL(nn_sgemm_row_generic, float, 4, )
+NN_DEFINE_ROWKERNEL(nn_dgemm_row_generic, double, 2, )
+#if NN_X86
+NN_DEFINE_ROWKERNEL(nn_sgemm_row_avx2, float, 8, NN_TARGET_AVX2)
+NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx2, double, 4, NN_TARGET_AVX2)
+NN_DEFINE_ROWKERNEL(nn_sgemm_row_avx512, float, 16, NN_TARGET_AVX512)
+NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512)
+#endif
+
 NN_DEFINE_UKERNEL(nn_sgemm_ukr_generic_4x16, float, int32_t, 4, 16, 4, )
 NN_DEFINE_UKERNEL(nn_dgemm_ukr_generic_4x8, double, int64_t, 4, 8, 2, )
 #if NN_X86
@@ -120,38 +176,44 @@ NN_DEFINE_UKERNEL(nn_dgemm_ukr_avx512_12x16, double, int64_t, 12, 16, 8, NN_TARG
 
 typedef void (*nn_sgemm_ukr_t)(long, const float *, const float *, float *, long, float, float,
                                const float *, int, int, int);
+typedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long, float *,
+                               float, float, const float *, int);
+typedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long, double *,
+                               double, double, const double *, int);
 typedef void (*nn_dgemm_ukr_t)(long, const double *, const double *, double *, long, double,
                                double, const double *, int, int, int);
 
 /* The micro-kernel chosen for this CPU, its tile and the cache blocking around it. */
 typedef struct {
     nn_sgemm_ukr_t ukr;
+    nn_sgemm_row_t row;
     int mr, nr;
     const char *name;
 } nn_sgemm_kernel_t;
 
 typedef struct {
     nn_dgemm_ukr_t ukr;
+    nn_dgemm_row_t row;
     int mr, nr;
     const char *name;
 } nn_dgemm_kernel_t;
 
 static nn_sgemm_kernel_t nn_sgemm_kernel_for(int isa) {
 #if NN_X86
-    if (isa >= NN_ISA_AVX512) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx512_12x32, 12, 32, "avx512 12x32"};
-    if (isa >= NN_ISA_AVX2) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx2_6x16, 6, 16, "avx2 6x16"};
+    if (isa >= NN_ISA_AVX512) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx512_12x32, nn_sgemm_row_avx512, 12, 32, "avx512 12x32"};
+    if (isa >= NN_ISA_AVX2) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx2_6x16, nn_sgemm_row_avx2, 6, 16, "avx2 6x16"};
 #endif
     (void)isa;
-    return (nn_sgemm_kernel_t){nn_sgemm_ukr_generic_4x16, 4, 16, "generic 4x16"};
+    return (nn_sgemm_kernel_t){nn_sgemm_ukr_generic_4x16, nn_sgemm_row_generic, 4, 16, "generic 4x16"};
 }
 
 static nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa) {
 #if NN_X86
-    if (isa >= NN_ISA_AVX512) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx512_12x16, 12, 16, "avx512 12x16"};
-    if (isa >= NN_ISA_AVX2) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx2_6x8, 6, 8, "avx2 6x8"};
+    if (isa >= NN_ISA_AVX512) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx512_12x16, nn_dgemm_row_avx512, 12, 16, "avx512 12x16"};
+    if (isa >= NN_ISA_AVX2) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx2_6x8, nn_dgemm_row_avx2, 6, 8, "avx2 6x8"};
 #endif
     (void)isa;
-    return (nn_dgemm_kernel_t){nn_dgemm_ukr_generic_4x8, 4, 8, "generic 4x8"};
+    return (nn_dgemm_kernel_t){nn_dgemm_ukr_generic_4x8, nn_dgemm_row_generic, 4, 8, "generic 4x8"};
 }
 
 #endif /* NN_GEMM_UKERNEL_H */

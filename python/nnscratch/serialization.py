@@ -25,10 +25,11 @@ import numpy as np
 from . import _random
 from .layers import LAYERS
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "model_arrays", "model_from_arrays", "write_npz", "read_npz"]
 
 FORMAT, VERSION = "nnscratch", 1
 ARCHITECTURE_KEY = "__architecture__"
+EXTRA_PREFIX = "checkpoint/"   # entries a checkpoint adds; `load` reads past them
 
 
 def save(model, path):
@@ -40,13 +41,23 @@ def save(model, path):
     path : str or os.PathLike
         Used as given (no ".npz" is appended).
     """
-    path = os.fspath(path)
+    write_npz(path, model_arrays(model))
+
+
+def model_arrays(model):
+    """{name: array} of everything `save` writes: the architecture, parameters, buffers."""
     document = {"format": FORMAT, "version": VERSION, **model.get_config()}
     arrays = {ARCHITECTURE_KEY: np.frombuffer(json.dumps(document).encode("utf-8"), np.uint8)}
     for name, param in model.named_parameters():
         arrays[name] = param.data
     for name, buffer in model.named_buffers():
         arrays[name] = buffer
+    return arrays
+
+
+def write_npz(path, arrays):
+    """Write {name: array} as an uncompressed .npz to exactly `path`, atomically."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp")
@@ -89,8 +100,14 @@ def load(path):
     ValueError
         When the file is not a valid nnscratch model file.
     """
-    from .model import Sequential   # model imports this module
+    path = os.fspath(path)
+    arrays = read_npz(path)
+    return model_from_arrays(path, {k: v for k, v in arrays.items()
+                                    if not k.startswith(EXTRA_PREFIX)})
 
+
+def read_npz(path):
+    """{name: array} of an .npz file, without pickle; ValueError for anything else."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file: {path!r}")
@@ -103,6 +120,12 @@ def load(path):
             AttributeError) as err:
         # (np.load of an .npy returns an ndarray: not a context manager, a TypeError)
         raise ValueError(f"{path!r} is not a valid nnscratch model file: {err}") from None
+    return arrays
+
+
+def model_from_arrays(path, arrays):
+    """The Sequential described by `model_arrays`-style {name: array} (read from `path`)."""
+    from .model import Sequential   # model imports this module
 
     model = Sequential(*_build_layers(path, arrays))
     expected = {name: p.data for name, p in model.named_parameters()}
