@@ -9,7 +9,13 @@ import math
 import numpy as np
 import pytest
 
-import cnn_core
+try:
+    import cnn_core
+except ImportError as exc:   # e.g. `python -m pytest` from the checkout: the source folder
+    raise ImportError(       # cnn_core/ (no compiled modules) shadows the installed package
+        f"cannot import the compiled cnn_core ({exc}). Install first (pip install -e '.[test]'"
+        f" or pip install '.[test]') and run `pytest` (not `python -m pytest`, which puts the "
+        f"uncompiled checkout first on sys.path).") from None
 from cnn_core import reference
 
 DTYPES = (np.float32, np.float64)
