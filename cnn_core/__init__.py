@@ -5,7 +5,14 @@ Every public function here has a NumPy twin of the same name and signature in
 or float64 (one dtype per call); `out=`/`grad=` buffers are optional and, when given, are
 written in place and returned. See DESIGN.md, "Kernel contract".
 """
-from cnn_core._parallel import set_num_threads, get_num_threads, openmp_enabled, cpu_features
+try:
+    from cnn_core._parallel import set_num_threads, get_num_threads, openmp_enabled, cpu_features
+except ImportError as _exc:  # pragma: no cover - the message is the point
+    raise ImportError(
+        f"cnn_core's compiled modules are missing ({_exc}). This is the source folder "
+        f"{__path__[0]!r}, not an installed build: install with `pip install .` (or "
+        f"`pip install -e .` to build in place), and run Python from outside the checkout "
+        f"(or with the installed package first on sys.path).") from None
 from cnn_core._gemm import gemm, gemm_naive, linear_forward, linear_backward, gemm_kernel_name
 from cnn_core._activations import (
     relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward,
