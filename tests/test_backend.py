@@ -138,11 +138,12 @@ def test_only_backend_module_imports_cnn_core():
     assert importers == ["backend.py"]
 
 
-def test_import_is_light_and_exports_the_api():
+def test_import_is_light_and_exports_the_api(tmp_path):
     code = ("import sys, nnscratch; "
             "print(sorted(m for m in ('torch', 'matplotlib', 'tqdm') if m in sys.modules))")
+    # run outside the checkout, whose uncompiled cnn_core/ would shadow the installed one
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"
     assert nn.__version__ == "0.1.0"
     for name in nn.__all__:
