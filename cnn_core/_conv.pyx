@@ -36,6 +36,8 @@ cdef extern from "nn_scratch.h" nogil:
 cdef enum:
     MAX_PARTS = 64
     POOL_PLANES_PER_THREAD = 16
+    # multiply-adds per thread below which a second thread costs more than it saves
+    CONV_MIN_FMAS_PER_THREAD = 1 << 18
 
 
 cdef inline long _floor_div(long a, long b) noexcept nogil:
@@ -194,9 +196,18 @@ cdef long _parts(long work, int threads) noexcept nogil:
     return parts if parts > 1 else 1
 
 
+cdef long _conv_parts(ConvShape s, int threads) noexcept nogil:
+    # threads over samples, but only as many as the work pays for
+    cdef long fmas = s.N * s.O * s.OH * s.OW * s.C * s.KH * s.KW
+    cdef long parts = _parts(s.N, threads)
+    while parts > 1 and fmas // parts < CONV_MIN_FMAS_PER_THREAD:
+        parts -= 1
+    return parts
+
+
 cdef int conv_forward(const floating *x, const floating *w, const floating *b, floating *out,
                       ConvShape s, int threads) noexcept nogil:
-    cdef long parts = _parts(s.N, threads)
+    cdef long parts = _conv_parts(s, threads)
     cdef long step = (s.N + parts - 1) // parts, t, n0
     cdef int status[MAX_PARTS]
     cdef int failed = 0
@@ -341,7 +352,7 @@ cdef _backward_typed(const floating[:, :, :, ::1] g, const floating[:, :, :, ::1
                      const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gw, floating[::1] gb,
                      floating[:, :, :, ::1] gx, ConvShape s):
     cdef int threads = num_threads(), status
-    cdef long parts = _parts(s.N, threads)
+    cdef long parts = _conv_parts(s, threads)
     cdef long ckk = s.C * s.KH * s.KW
     cdef floating *partials
     if s.N == 0 or s.O == 0 or s.C == 0:

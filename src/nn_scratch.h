@@ -1,9 +1,11 @@
 /* nn_scratch.h -- per-thread, 64-byte aligned scratch buffers for packing GEMM panels.
  *
  * Each thread (an OpenMP worker or a Python thread calling a kernel) keeps its own buffers in
- * thread-local storage, grown on demand and reused by every later call, so a training step
- * in steady state allocates nothing and two Python threads never share a buffer.
- * Slots: 0 = packed A block, 1 = packed B block.
+ * thread-local storage, grown on demand (never shrunk) and reused by every later call, so a
+ * training step in steady state allocates nothing and two Python threads never share a buffer.
+ * The variables are `static`: every extension module that includes this header has its own
+ * set, so the slots mean what that module says (_gemm: 0 = packed A, 1 = packed B;
+ * _conv: 0 = im2col columns, 1 = per-thread weight-gradient partials).
  */
 #ifndef NN_SCRATCH_H
 #define NN_SCRATCH_H

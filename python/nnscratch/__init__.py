@@ -16,7 +16,8 @@ from ._random import seed
 from .backend import get_backend, get_num_threads, set_backend, set_num_threads
 from .callbacks import Callback, EarlyStopping, History
 from .gradcheck import gradcheck
-from .layers import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from .layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
+                     MaxPool2d, ReLU, Sigmoid, Softmax, Tanh)
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .model import Sequential
 from .module import Module, Parameter
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Parameter", "Module", "Sequential",
     "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
+    "Conv2d", "MaxPool2d", "BatchNorm1d", "BatchNorm2d",
     "Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
     "Optimizer", "SGD", "Adam", "AdamW",
     "LRScheduler", "StepLR", "CosineAnnealingLR",
