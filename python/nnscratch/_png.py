@@ -5,8 +5,8 @@ image editors and matplotlib write); anything else is a clear ValueError. Colour
 turned to grey with the ITU-R 601 luma weights. Writes 8-bit greyscale.
 """
 import os
+import secrets
 import struct
-import tempfile
 import zlib
 
 import numpy as np
@@ -79,6 +79,8 @@ def read_png(path):
     header, idat = None, []
     for kind, body in _chunks(data, name):
         if kind == b"IHDR":
+            if len(body) != 13:
+                raise ValueError(f"{name}: PNG header chunk IHDR has {len(body)} bytes, not 13")
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
             idat.append(body)
@@ -120,14 +122,33 @@ def write_png(path, image):
 
     data = (SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
+    return write_file_atomic(path, data)
+
+
+def write_file_atomic(path, data):
+    """Write bytes to exactly `path` through a temporary file in the same folder and a
+    rename: a failure leaves the old file (or none) and no temporary file behind.
+
+    The temporary file is created with mode 0o666 minus the umask, as `open` would
+    (tempfile.mkstemp's 0o600 would survive the rename and hide the file from others).
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".png-", dir=folder)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         raise
     return path

@@ -47,8 +47,13 @@ def load_checkpoint(path):
         document = json.loads(raw.tobytes().decode("utf-8"))
         scalars = document["optimizer"]["scalars"]
         lr = float(document["optimizer"]["lr"])
+        kind = document["optimizer"].get("type")
         meta = document["meta"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        if not (isinstance(scalars, list) and all(isinstance(s, dict) for s in scalars)
+                and isinstance(meta, dict) and (kind is None or isinstance(kind, str))):
+            raise ValueError("unexpected types")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            AttributeError, RecursionError) as err:
         raise ValueError(f"{path!r}: the checkpoint's metadata is damaged ({err})") from None
     model = model_from_arrays(path, {k: v for k, v in arrays.items()
                                      if not k.startswith(EXTRA_PREFIX)})
@@ -59,7 +64,7 @@ def load_checkpoint(path):
             if not index.isdigit() or int(index) >= len(entries):
                 raise ValueError(f"{path!r}: unexpected checkpoint entry {key!r}")
             entries[int(index)][name] = value
-    state = {"lr": lr, "state": entries, "type": document["optimizer"].get("type")}
+    state = {"lr": lr, "state": entries, "type": kind}
     return model, state, meta
 
 

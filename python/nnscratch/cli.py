@@ -9,12 +9,12 @@
 
 Training checkpoints after every epoch (model, optimizer state, history, arguments) to
 `--checkpoint` (default: `<save>.ckpt.npz`, or `nnscratch-checkpoint.npz`), so an interrupted
-run continues with `--resume` from the epoch after the last one saved. Each epoch shuffles
-with its own seed (seed * 1000 + epoch), so a resumed run gives the weights the
-uninterrupted run would have.
+run continues with `--resume` from the epoch after the last one saved (a printed epoch line
+means that epoch is saved). Each epoch shuffles with its own seed (seed * 1000 + epoch) and
+the checkpoint keeps the library generator (dropout masks), so a resumed run gives the
+weights the uninterrupted run would have, bit for bit (same backend and thread count).
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _random
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
@@ -113,7 +113,8 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default: adam 1e-3, sgd 0.05)")
     t.add_argument("--momentum", type=_fraction, default=0.9, help="SGD momentum (default 0.9)")
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 weight decay (decoupled for adamw; default: adamw 0.01, else 0)")
     t.add_argument("--schedule", choices=["none", "cosine"], default="cosine",
                    help="learning-rate schedule over the epochs (default cosine)")
     t.add_argument("--validation-split", type=_fraction, default=0.0,
@@ -146,7 +147,8 @@ def build_parser():
     p.add_argument("--invert", action="store_true",
                    help="invert PNG pixels (dark drawing on a light background)")
     p.add_argument("--classes", choices=["fashion-mnist", "mnist"], default=None,
-                   help="class names to print (default: from the model file, else numbers)")
+                   help="class names to print (default: Fashion-MNIST's for a 10-class "
+                   "model, else numbers)")
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show")
 
     sub.add_parser("info", help="version, backend, threads, CPU features, data found")
@@ -178,7 +180,10 @@ def _load_data(name, path, download, flatten, progress=True):
         except FileNotFoundError as exc:
             hint = "" if download else " (add --download to fetch it, or use --data sample)"
             raise CLIError(f"{exc}{hint}") from None
-    train, test = datasets.load_dataset(source, flatten=flatten)
+    try:
+        train, test = datasets.load_dataset(source, flatten=flatten)
+    except ValueError as exc:   # a truncated or foreign IDX file
+        raise CLIError(f"cannot read {source.description}: {exc}") from None
     classes = MNIST_CLASSES if source.name == "mnist" else FASHION_CLASSES
     return source, classes, train, test
 
@@ -199,10 +204,12 @@ def build_model(kind, hidden=(256, 128), dropout=0.0, dtype=np.float32):
     if kind == "cnn":
         # two conv + batch-norm + pool blocks, then a small classifier head:
         # (1, 28, 28) -> (32, 14, 14) -> (64, 7, 7) -> 128 -> 10
+        # (no conv bias before a batch norm: the norm's beta takes its place)
         return nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1, dtype=dtype), nn.BatchNorm2d(32, dtype=dtype),
-            nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, dtype=dtype), nn.BatchNorm2d(64, dtype=dtype),
+            nn.Conv2d(1, 32, 3, padding=1, bias=False, dtype=dtype),
+            nn.BatchNorm2d(32, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False, dtype=dtype),
+            nn.BatchNorm2d(64, dtype=dtype),
             nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(64 * 7 * 7, 128, dtype=dtype), nn.ReLU(),
             nn.Dropout(0.25) if dropout == 0 else nn.Dropout(dropout),
@@ -215,12 +222,14 @@ def _make_optimizer(args, params):
 
     if args.optimizer == "sgd":
         lr = args.lr if args.lr is not None else 0.05
-        return nn.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        return nn.SGD(params, lr=lr, momentum=args.momentum,
+                      weight_decay=args.weight_decay or 0.0,
                       nesterov=args.momentum > 0)
     lr = args.lr if args.lr is not None else 1e-3
     if args.optimizer == "adamw":
-        return nn.AdamW(params, lr=lr, weight_decay=args.weight_decay or 1e-2)
-    return nn.Adam(params, lr=lr, weight_decay=args.weight_decay)
+        return nn.AdamW(params, lr=lr,
+                        weight_decay=1e-2 if args.weight_decay is None else args.weight_decay)
+    return nn.Adam(params, lr=lr, weight_decay=args.weight_decay or 0.0)
 
 
 def _schedule_lr(base_lr, epoch, epochs, schedule):
@@ -232,14 +241,16 @@ def _schedule_lr(base_lr, epoch, epochs, schedule):
 
 # --- train --------------------------------------------------------------------------------
 
-def cmd_train(args, out=sys.stdout):
+def cmd_train(args, out=None):
+    out = sys.stdout if out is None else out   # at call time, so that redirects work
     import nnscratch as nn
     from . import checkpoint
 
     nn.set_backend(args.backend)
     if args.threads is not None:
         nn.set_num_threads(args.threads)
-    if args.weight_decay < 0 or not math.isfinite(args.weight_decay):
+    if args.weight_decay is not None and not (args.weight_decay >= 0
+                                              and math.isfinite(args.weight_decay)):
         raise CLIError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
     ckpt_path = args.checkpoint or (
         (os.path.splitext(args.save)[0] + ".ckpt.npz") if args.save
@@ -247,12 +258,30 @@ def cmd_train(args, out=sys.stdout):
     if args.resume and not os.path.exists(ckpt_path):
         raise CLIError(f"--resume: no checkpoint at {ckpt_path}")
     if args.plot:
-        from .plotting import _pyplot
+        from .plotting import require_matplotlib
 
         try:
-            _pyplot()
+            require_matplotlib()
         except ImportError as exc:
             raise CLIError(str(exc)) from None
+
+    resumed = None
+    if args.resume:
+        # read before the data: the checkpoint's --model decides flat or image input,
+        # its --data, --limit and --validation-split which images are trained on
+        try:
+            model, opt_state, meta = checkpoint.load_checkpoint(ckpt_path)
+            saved = meta["args"]
+            start, history, base_lr = int(meta["epoch"]), dict(meta["history"]), meta["base_lr"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CLIError(f"--resume: {ckpt_path} is not a usable nnscratch train checkpoint"
+                           f" ({exc})") from None
+        resumed = (model, opt_state, meta)
+        for key in RESUME_KEYS:
+            if key in saved and saved[key] != getattr(args, key):
+                print(f"note: resuming with the checkpoint's --{key.replace('_', '-')} "
+                      f"{saved[key]} (not {getattr(args, key)})", file=out)
+                setattr(args, key, saved[key])
 
     progress = not args.no_progress
     source, classes, (X, y), (X_test, y_test) = _load_data(
@@ -263,25 +292,29 @@ def cmd_train(args, out=sys.stdout):
     validation = None
     if args.validation_split > 0:
         n_val = max(1, int(round(len(X) * args.validation_split)))
+        if n_val >= len(X):
+            raise CLIError(f"--validation-split {args.validation_split} of {len(X)} training "
+                           f"images leaves none to train on")
         X, y, validation = X[:-n_val], y[:-n_val], (X[-n_val:], y[-n_val:])
     print(f"data: {source.description}", file=out)
     print(f"      {len(X)} training images, {len(X_test)} test images"
           + (f", {len(validation[0])} held out for validation" if validation else ""), file=out)
 
-    if args.resume:
-        model, opt_state, meta = checkpoint.load_checkpoint(ckpt_path)
-        saved = meta["args"]
-        for key in ("model", "optimizer", "batch_size", "epochs", "seed"):
-            if saved.get(key) != getattr(args, key):
-                print(f"note: resuming with the checkpoint's --{key.replace('_', '-')} "
-                      f"{saved.get(key)} (not {getattr(args, key)})", file=out)
-                setattr(args, key, saved.get(key))
+    if resumed is not None:
+        model, opt_state, meta = resumed
         optimizer = _make_optimizer(argparse.Namespace(**{**vars(args), **{
-            k: saved[k] for k in ("optimizer", "lr", "momentum", "weight_decay")}}),
+            k: saved.get(k, getattr(args, k))
+            for k in ("optimizer", "lr", "momentum", "weight_decay")}}),
             model.parameters())
-        checkpoint.set_optimizer_state(optimizer, opt_state)
-        start, history = meta["epoch"], meta["history"]
-        base_lr = meta["base_lr"]
+        try:
+            checkpoint.set_optimizer_state(optimizer, opt_state)
+        except ValueError as exc:
+            raise CLIError(f"--resume: {ckpt_path}: {exc}") from None
+        if "rng" in meta:   # the library generator (dropout masks) where the run left it
+            try:
+                _random.set_state(meta["rng"])
+            except (TypeError, ValueError, KeyError) as exc:
+                raise CLIError(f"--resume: {ckpt_path}: bad generator state ({exc})") from None
         print(f"resumed from {ckpt_path}: {start} of {args.epochs} epochs done", file=out)
     else:
         nn.seed(args.seed)
@@ -297,9 +330,13 @@ def cmd_train(args, out=sys.stdout):
     for epoch in range(start, args.epochs):
         optimizer.lr = _schedule_lr(base_lr, epoch, args.epochs, args.schedule)
         tick = time.perf_counter()
-        h = model.fit(X, y, loss=loss_fn, optimizer=optimizer, epochs=1,
-                      batch_size=args.batch_size, validation_data=validation, shuffle=True,
-                      seed=args.seed * 1000 + epoch, progress=progress)
+        try:
+            h = model.fit(X, y, loss=loss_fn, optimizer=optimizer, epochs=1,
+                          batch_size=args.batch_size, validation_data=validation,
+                          shuffle=True, seed=args.seed * 1000 + epoch, progress=progress)
+        except FloatingPointError as exc:   # the loss became NaN: a learning rate too high
+            raise CLIError(f"training diverged in epoch {epoch + 1}/{args.epochs} "
+                           f"(--lr {optimizer.lr:g}): {exc}") from None
         seconds = time.perf_counter() - tick
         for key, values in h.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
@@ -311,10 +348,11 @@ def cmd_train(args, out=sys.stdout):
             line += (f"  val_loss {history['val_loss'][-1]:.4f}  "
                      f"val_accuracy {history['val_accuracy'][-1]:.4f}")
         line += f"  lr {optimizer.lr:.2e}  {seconds:.2f} s"
-        print(line, file=out, flush=True)
         checkpoint.save_checkpoint(ckpt_path, model, optimizer, meta={
             "epoch": epoch + 1, "history": history, "base_lr": base_lr,
-            "args": _args_record(args), "data": source.description})
+            "args": _args_record(args), "data": source.description,
+            "rng": _random.get_state()})
+        print(line, file=out, flush=True)   # after the save: a printed epoch is a saved one
 
     result = model.evaluate(X_test, y_test, loss=loss_fn)
     per_epoch = np.median(epoch_times) if epoch_times else float("nan")
@@ -331,9 +369,14 @@ def cmd_train(args, out=sys.stdout):
     return result
 
 
+# what a resumed run takes from its checkpoint (a different value prints a note)
+RESUME_KEYS = ("model", "optimizer", "batch_size", "epochs", "seed", "schedule", "data",
+               "data_path", "limit", "validation_split")
+
+
 def _args_record(args):
     keys = ("model", "hidden", "dropout", "epochs", "batch_size", "optimizer", "lr", "momentum",
-            "weight_decay", "schedule", "seed", "data", "limit", "validation_split")
+            "weight_decay", "schedule", "seed", "data", "data_path", "limit", "validation_split")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -352,9 +395,24 @@ def _load_model(path):
     if not os.path.exists(path):
         raise CLIError(f"no model file at {path}")
     try:
-        return nn.load(path)
-    except ValueError as exc:
+        model = nn.load(path)
+    except (ValueError, OSError) as exc:
         raise CLIError(f"cannot load {path}: {exc}") from None
+    if not model.layers:
+        raise CLIError(f"{path}: the model has no layers")
+    return model
+
+
+def _outputs(model, X, path, proba=False):
+    """The model's outputs (or probabilities) for the images, one row of 10 (or more) each."""
+    try:
+        result = model.predict_proba(X) if proba else model.predict(X)
+    except ValueError as exc:    # a model made for other inputs
+        raise CLIError(f"{path} does not take 28x28 images: {exc}") from None
+    if result.ndim != 2 or result.shape[1] < 2:
+        raise CLIError(f"{path} is not a classifier: it gives outputs of shape "
+                       f"{result.shape[1:]} per image")
+    return result
 
 
 def _model_wants_images(model):
@@ -363,15 +421,27 @@ def _model_wants_images(model):
     return not isinstance(model[0], (nn.Linear,))
 
 
-def cmd_evaluate(args, out=sys.stdout):
+def cmd_evaluate(args, out=None):
+    out = sys.stdout if out is None else out
     import nnscratch as nn
 
     nn.set_backend(args.backend)
+    if args.plot:
+        from .plotting import require_matplotlib
+
+        try:
+            require_matplotlib()     # before the work, not after it
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
     model = _load_model(args.model)
     source, classes, _, (X_test, y_test) = _load_data(
         args.data, args.data_path, False, flatten=not _model_wants_images(model))
     print(f"data: {source.description} ({len(X_test)} test images)", file=out)
-    pred = model.predict(X_test).argmax(axis=1)
+    scores = _outputs(model, X_test, args.model)
+    if scores.shape[1] != len(classes):
+        raise CLIError(f"{args.model} gives {scores.shape[1]} class scores, {source.name} has "
+                       f"{len(classes)} classes")
+    pred = scores.argmax(axis=1)
     matrix = confusion_matrix(y_test, pred, len(classes))
     accuracy = float(np.trace(matrix) / max(1, matrix.sum()))
     print(f"test accuracy {accuracy:.4f}", file=out)
@@ -387,10 +457,7 @@ def cmd_evaluate(args, out=sys.stdout):
     if args.plot:
         from .plotting import plot_confusion_matrix
 
-        try:
-            plot_confusion_matrix(matrix, args.plot, classes)
-        except ImportError as exc:
-            raise CLIError(str(exc)) from None
+        plot_confusion_matrix(matrix, args.plot, classes)
         print(f"confusion matrix plot: {args.plot}", file=out)
     return {"accuracy": accuracy, "confusion_matrix": matrix}
 
@@ -403,8 +470,13 @@ def _read_images(paths, invert):
     for path in paths:
         if not os.path.exists(path):
             raise CLIError(f"no such file: {path}")
-        with open(path, "rb") as f:
-            head = f.read(8)
+        if not os.path.isfile(path):
+            raise CLIError(f"{path}: not a file")
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as exc:
+            raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
         if head == SIGNATURE:
             try:
                 img = read_png(path)
@@ -430,11 +502,12 @@ def _read_images(paths, invert):
     return np.stack(images).astype(np.float32) / 255.0, names
 
 
-def cmd_predict(args, out=sys.stdout):
+def cmd_predict(args, out=None):
+    out = sys.stdout if out is None else out
     model = _load_model(args.model)
     X, names = _read_images(args.images, args.invert)
     X = X.reshape(len(X), 1, 28, 28) if _model_wants_images(model) else X.reshape(len(X), -1)
-    proba = model.predict_proba(X)
+    proba = _outputs(model, X, args.model, proba=True)
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(
         args.classes, FASHION_CLASSES if args.classes is None else MNIST_CLASSES)
     if proba.shape[1] != len(classes):
@@ -451,7 +524,8 @@ def cmd_predict(args, out=sys.stdout):
 
 # --- info, bench ------------------------------------------------------------------------
 
-def cmd_info(args, out=sys.stdout):
+def cmd_info(args, out=None):
+    out = sys.stdout if out is None else out
     import nnscratch as nn
     from . import backend, datasets
 
@@ -474,7 +548,8 @@ def cmd_info(args, out=sys.stdout):
     print(f"data sample: {datasets.find_dataset('sample').description}", file=out)
 
 
-def cmd_bench(args, out=sys.stdout):
+def cmd_bench(args, out=None):
+    out = sys.stdout if out is None else out
     from . import bench
 
     return bench.run(quick=args.quick, threads=args.threads, only=args.only, out=out)
