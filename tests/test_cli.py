@@ -850,3 +850,25 @@ def test_evaluate_and_predict_with_models_made_for_other_data(capsys, tmp_path):
     assert code == 0
     shown = [entry.split()[0] for entry in out.split("(")[1].rstrip(")\n").split(", ")]
     assert sorted(shown, key=int) == [str(k) for k in range(12)]
+
+
+def test_plot_weights_writes_the_first_layer_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from nnscratch.cli import main
+
+    target = tmp_path / "weights.png"
+    main(["train", "--data", "sample", "--limit", "500", "--epochs", "1", "--no-progress",
+          "--checkpoint", str(tmp_path / "c.npz"), "--plot-weights", str(target)])
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "first layer weights" in capsys.readouterr().out
+
+
+def test_plot_weights_needs_an_mlp(tmp_path, capsys):
+    from nnscratch.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "sample", "--model", "cnn", "--epochs", "1",
+              "--checkpoint", str(tmp_path / "c.npz"), "--plot-weights",
+              str(tmp_path / "w.png")])
+    assert exc.value.code == 2
+    assert "--plot-weights" in capsys.readouterr().err

@@ -252,3 +252,28 @@ def test_shuffle_false_visits_samples_in_order():
     _fit(b, X, y, shuffle=False, seed=2)                 # the seed only drives shuffling
     for p, q in zip(a.parameters(), b.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_initial_epoch_runs_the_remaining_epochs_with_their_numbers():
+    import numpy as np
+    import nnscratch as nn
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    nn.seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    seen = []
+
+    class Recorder(nn.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    history = model.fit(X, y, loss=nn.CrossEntropyLoss(),
+                        optimizer=nn.SGD(model.parameters(), lr=0.1), epochs=5,
+                        initial_epoch=3, batch_size=16, progress=False, callbacks=[Recorder()])
+    assert seen == [3, 4]
+    assert len(history.history["loss"]) == 2
+    with __import__("pytest").raises(ValueError, match="initial_epoch"):
+        model.fit(X, y, loss=nn.CrossEntropyLoss(), optimizer=nn.SGD(model.parameters(),
+                  lr=0.1), epochs=1, initial_epoch=-1, batch_size=16, progress=False)

@@ -267,8 +267,9 @@ def bench_training(rounds, torch, quick, which):
     return rows
 
 
-def run(quick=False, threads=None, only="all", out=sys.stdout):
-    """Measure and print the table; returns its rows."""
+def run(quick=False, threads=None, only="all", out=None):
+    """Measure and print the table (to `out`, default stdout); returns its rows."""
+    out = out if out is not None else sys.stdout
     import nnscratch as nn
 
     torch = _try_torch()
@@ -278,10 +279,17 @@ def run(quick=False, threads=None, only="all", out=sys.stdout):
         torch.set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
     except ImportError:
-        pass
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        with threadpool_limits(threads):   # OpenBLAS (NumPy) on the same thread count
+            return _run(quick, threads, only, out, torch)
+    return _run(quick, threads, only, out, torch)
+
+
+def _run(quick, threads, only, out, torch):
+    import nnscratch as nn
+
     rounds = 3 if quick else 7
     print(f"# nnscratch {nn.__version__}, {threads} threads; {machine_line()}", file=out)
     print(f"# NumPy {np.__version__}; PyTorch {torch.__version__ if torch else 'not installed'}"

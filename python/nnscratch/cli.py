@@ -129,6 +129,8 @@ def build_parser():
                    help="checkpoint file (default: <save>.ckpt.npz or nnscratch-checkpoint.npz)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint after the last finished epoch")
+    t.add_argument("--plot-weights", default=None, help="save the first layer's weights "
+                   "as 28x28 images to this PNG (MLP; needs matplotlib)")
     t.add_argument("--plot", default=None, help="save learning curves to this PNG "
                    "(needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -257,13 +259,15 @@ def cmd_train(args, out=None):
         else "nnscratch-checkpoint.npz")
     if args.resume and not os.path.exists(ckpt_path):
         raise CLIError(f"--resume: no checkpoint at {ckpt_path}")
-    if args.plot:
+    if args.plot or args.plot_weights:
         from .plotting import require_matplotlib
 
         try:
             require_matplotlib()
         except ImportError as exc:
             raise CLIError(str(exc)) from None
+    if args.plot_weights and args.model != "mlp":
+        raise CLIError("--plot-weights shows an MLP's first Linear layer; use --model mlp")
 
     resumed = None
     if args.resume:
@@ -331,8 +335,9 @@ def cmd_train(args, out=None):
         optimizer.lr = _schedule_lr(base_lr, epoch, args.epochs, args.schedule)
         tick = time.perf_counter()
         try:
-            h = model.fit(X, y, loss=loss_fn, optimizer=optimizer, epochs=1,
-                          batch_size=args.batch_size, validation_data=validation,
+            h = model.fit(X, y, loss=loss_fn, optimizer=optimizer, epochs=epoch + 1,
+                          initial_epoch=epoch, batch_size=args.batch_size,
+                          validation_data=validation,
                           shuffle=True, seed=args.seed * 1000 + epoch, progress=progress)
         except FloatingPointError as exc:   # the loss became NaN: a learning rate too high
             raise CLIError(f"training diverged in epoch {epoch + 1}/{args.epochs} "
@@ -366,6 +371,11 @@ def cmd_train(args, out=None):
 
         plot_history(history, args.plot)
         print(f"learning curves: {args.plot}", file=out)
+    if args.plot_weights:
+        from .plotting import plot_first_layer
+
+        plot_first_layer(model[0].weight.data, args.plot_weights)
+        print(f"first layer weights: {args.plot_weights}", file=out)
     return result
 
 

@@ -17,7 +17,7 @@ else — not a zip, truncated, edited, or another program's ``.npz`` — is a ``
 """
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy as np
@@ -59,8 +59,7 @@ def write_npz(path, arrays):
     """Write {name: array} as an uncompressed .npz to exactly `path`, atomically."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
+    fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)    # a file object: np.savez appends no ".npz"
@@ -74,6 +73,18 @@ def write_npz(path, arrays):
             pass
         raise
     _fsync_directory(directory)
+
+
+def _create_temp(directory, name):
+    """A new temporary file beside the target, mode 0o666 minus the umask as `open` gives
+    (tempfile.mkstemp's 0o600 would survive the rename); (fd, path)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _fsync_directory(directory):

@@ -130,7 +130,8 @@ class _Accuracy:
 # --------------------------------------------------------------------------------------
 
 def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
-        validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None):
+        validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
+        initial_epoch=0):
     """Train `model` with mini-batch gradient descent.
 
     Parameters
@@ -159,6 +160,9 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         One tqdm progress bar per epoch, showing the running loss and accuracy.
     callbacks : list of Callback, optional
         E.g. ``EarlyStopping``, ``StepLR``.
+    initial_epoch : int >= 0, default 0
+        Epoch at which to start (as Keras): runs epochs ``initial_epoch .. epochs - 1``,
+        numbered so in the progress bar and callbacks (for resuming a run).
 
     Returns
     -------
@@ -175,6 +179,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     """
     loss = _as_loss(loss)
     epochs = _check_int("epochs", epochs, 0)
+    initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
             or not 0.0 <= validation_split < 1.0:
@@ -225,7 +230,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     loop = _EpochLoop(model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks)
     try:
         order = np.arange(len(X))
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
             if shuffle:
