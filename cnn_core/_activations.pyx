@@ -51,7 +51,7 @@ cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned
     cdef long i
     if op == RELU_FWD:
         for i in range(n):
-            y[i] = x[i] if x[i] > 0 else 0
+            y[i] = 0 if x[i] <= 0 else x[i]       # NaN stays NaN (as NumPy, PyTorch)
     elif op == RELU_BWD:
         for i in range(n):
             y[i] = g[i] if x[i] > 0 else 0

@@ -70,9 +70,11 @@ cdef enum:
     NBLOCK_DOUBLE = 240
     M_BLOCK = 3072
     # below this many multiply-adds a second thread costs more than it saves
-    PARALLEL_MIN_FMAS = 1 << 18
+    PARALLEL_MIN_FMAS = 1 << 20
     MAX_PARTS = 64
-    # fewer rows than this (and B not transposed): no packing, the row kernel streams B
+    # a product with fewer rows than this (and B not transposed): no packing, the row
+    # kernel streams B. Decided on the whole product, never per thread slab, so that the
+    # summation order (and so every bit) does not depend on the thread count.
     ROW_PATH_MAX_M = 4
 
 cdef nn_sgemm_kernel_t _skernel = nn_sgemm_kernel_for(nn_cpu_best_isa())
@@ -156,9 +158,10 @@ cdef inline void _ukernel(long kc, const floating *a, const floating *b, floatin
 
 cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
                    floating *c, long ldc, long m, long n, long k, floating alpha, floating beta,
-                   const floating *bias, int relu) noexcept nogil:
+                   const floating *bias, int relu, bint row_path) noexcept nogil:
     # One thread's share: C (m x n) = alpha * A (m x k) @ B (k x n) + beta * C (+ bias, ReLU).
-    # Needs k >= 1. Returns -1 when the packing buffers cannot be allocated.
+    # Needs k >= 1. row_path: take the unpacked row kernel (the whole product is a few rows).
+    # Returns -1 when the packing buffers cannot be allocated.
     cdef int mr, nr
     cdef long kc_max, nb_max
     if floating is float:
@@ -176,7 +179,7 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     cdef long nb = _round_up(_ceil_div(n, _ceil_div(n, nb_max)), nr)
     cdef long mb = _round_up(_ceil_div(m, _ceil_div(m, M_BLOCK)), mr)
     cdef long i
-    if m < ROW_PATH_MAX_M and csb == 1:
+    if row_path:
         for i in range(m):
             if floating is float:
                 _skernel.row(k, n, a + i * rsa, csa, b, rsb, c + i * ldc, alpha, beta, bias, relu)
@@ -229,7 +232,10 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
         mr = _dkernel.mr
         nr = _dkernel.nr
     cdef bint split_n = n >= m
-    cdef long tile = nr if split_n else mr
+    cdef bint row_path = m < ROW_PATH_MAX_M and csb == 1
+    # slabs start on tile boundaries; for the row kernel on multiples of its widest column
+    # chunk (64), so every column is summed by the same code whatever the thread count
+    cdef long tile = (64 if row_path else nr) if split_n else mr
     cdef long extent = n if split_n else m
     cdef long parts = threads
     if parts > MAX_PARTS:
@@ -239,7 +245,8 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     if m * n * k < PARALLEL_MIN_FMAS:
         parts = 1
     if parts <= 1:
-        return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
+        return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
+                         row_path)
     cdef long step = _round_up(_ceil_div(extent, parts), tile)
     cdef int status[MAX_PARTS]
     cdef long t, start, size
@@ -252,10 +259,10 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
             if split_n:
                 status[t] = gemm_slab(a, rsa, csa, b + start * csb, rsb, csb, c + start, ldc,
                                       m, size, k, alpha, beta,
-                                      bias + start if bias != NULL else NULL, relu)
+                                      bias + start if bias != NULL else NULL, relu, row_path)
             else:
                 status[t] = gemm_slab(a + start * rsa, rsa, csa, b, rsb, csb, c + start * ldc,
-                                      ldc, size, n, k, alpha, beta, bias, relu)
+                                      ldc, size, n, k, alpha, beta, bias, relu, row_path)
     for t in range(parts):
         if status[t] != 0:
             failed = 1
@@ -479,7 +486,8 @@ cdef int sgemm_serial(const float *a, long rsa, long csa, const float *b, long r
         return 0
     if k == 0:
         return _no_products(c, ldc, m, n, beta, bias, relu)
-    return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
+    return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
+                     m < ROW_PATH_MAX_M and csb == 1)
 
 
 cdef int dgemm_serial(const double *a, long rsa, long csa, const double *b, long rsb, long csb,
@@ -489,7 +497,8 @@ cdef int dgemm_serial(const double *a, long rsa, long csa, const double *b, long
         return 0
     if k == 0:
         return _no_products(c, ldc, m, n, beta, bias, relu)
-    return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
+    return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
+                     m < ROW_PATH_MAX_M and csb == 1)
 
 
 cdef int _no_products(floating *c, long ldc, long m, long n, floating beta,
@@ -502,7 +511,7 @@ cdef int _no_products(floating *c, long ldc, long m, long n, floating beta,
             v = beta * c[i * ldc + j] if beta != 0 else 0
             if bias != NULL:
                 v = v + bias[j]
-            if relu and not v > 0:
+            if relu and v <= 0:
                 v = 0
             c[i * ldc + j] = v
     return 0

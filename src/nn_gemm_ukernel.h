@@ -10,7 +10,7 @@
  *
  *     c[i*ldc + j] = alpha * acc[i, j] + beta * c[i*ldc + j]   (beta == 0: c is never read)
  *                    (+ bias[j]   when bias != NULL)
- *                    (max(., 0)   when relu != 0)
+ *                    (max(., 0)   when relu != 0; NaN stays NaN, as in NumPy and PyTorch)
  *
  * The bias and ReLU are the fused epilogue of linear_forward: the caller passes the bias
  * with the first k-block only and asks for the ReLU on the last one.
@@ -89,7 +89,7 @@
                         r += beta * old;                                                    \
                     }                                                                       \
                     r += bias_v[v];                                                         \
-                    if (relu) r = (NAME##_v)((NAME##_iv)r & (r > (NAME##_v){0}));           \
+                    if (relu) r = (NAME##_v)((NAME##_iv)r & ~(r <= (NAME##_v){0}));         \
                     memcpy(cp, &r, sizeof(NAME##_v));                                       \
                 }                                                                           \
             }                                                                               \
@@ -102,7 +102,7 @@
                     T r = alpha * tile[i * (NR) + j];                                       \
                     if (beta != 0) r += beta * c[i * ldc + j];                              \
                     if (bias) r += bias[j];                                                 \
-                    if (relu) r = r > 0 ? r : 0;                                            \
+                    if (relu) r = r <= 0 ? 0 : r;                                            \
                     c[i * ldc + j] = r;                                                     \
                 }                                                                           \
             }                                                                               \
@@ -141,7 +141,7 @@
                 T r = alpha * tile[t];                                                      \
                 if (beta != 0) r += beta * c[j + t];                                        \
                 if (bias) r += bias[j + t];                                                 \
-                if (relu) r = r > 0 ? r : 0;                                                \
+                if (relu) r = r <= 0 ? 0 : r;                                                \
                 c[j + t] = r;                                                               \
             }                                                                               \
         }                                                                                   \
@@ -151,7 +151,7 @@
             r = alpha * r;                                                                  \
             if (beta != 0) r += beta * c[j];                                                \
             if (bias) r += bias[j];                                                         \
-            if (relu) r = r > 0 ? r : 0;                                                    \
+            if (relu) r = r <= 0 ? 0 : r;                                                    \
             c[j] = r;                                                                       \
         }                                                                                   \
     }

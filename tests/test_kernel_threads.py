@@ -216,3 +216,40 @@ def test_concurrent_calls_from_python_threads(dtype):
         for product, conv in results:
             assert_close(product, job[4], k=job[0].shape[1])
             assert_close(conv, job[5], k=27)
+
+
+@pytest.mark.parametrize("m,k,n", [(26, 2000, 8), (5, 1000, 3), (3, 700, 2000), (1, 513, 1000),
+                                   (130, 900, 7)])
+def test_gemm_bits_do_not_depend_on_threads_at_slab_edges(m, k, n):
+    # slabs of few rows or of row-kernel columns must sum like the whole product does
+    rng = np.random.default_rng(m * 7 + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    before = cnn_core.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 4):
+            cnn_core.set_num_threads(threads)
+            results.append(cnn_core.gemm(a, b))
+    finally:
+        cnn_core.set_num_threads(before)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_relu_keeps_nan_everywhere():
+    x = np.array([[np.nan, -1.0, 2.0, 0.0]], dtype=np.float32)
+    for backend in (cnn_core, cnn_core.reference):
+        y = backend.relu_forward(x)
+        assert np.isnan(y[0, 0]) and y[0, 1] == 0 and y[0, 2] == 2 and y[0, 3] == 0
+    # the fused ReLU of linear_forward (NaN input row, and a NaN bias in one column)
+    w = np.eye(4, dtype=np.float32)
+    b = np.array([0, np.nan, 0, 0], dtype=np.float32)
+    y = cnn_core.linear_forward(np.array([[1.0, -1.0, 2.0, -3.0]], np.float32), w, b,
+                                activation="relu")
+    assert np.isnan(y[0, 1]) and y[0, 0] == 1 and y[0, 2] == 2 and y[0, 3] == 0
+    big = np.full((20, 40), -1.0, np.float32)
+    big[3, 5] = np.nan
+    wb = np.eye(40, dtype=np.float32)
+    yb = cnn_core.linear_forward(big, wb, None, activation="relu")
+    assert np.isnan(yb[3]).sum() == 40 and np.isnan(yb).sum() == 40
