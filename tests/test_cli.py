@@ -872,3 +872,23 @@ def test_plot_weights_needs_an_mlp(tmp_path, capsys):
               str(tmp_path / "w.png")])
     assert exc.value.code == 2
     assert "--plot-weights" in capsys.readouterr().err
+
+
+def test_explain_prints_one_training_step(capsys):
+    from nnscratch.cli import main
+
+    main(["explain", "--activation", "sigmoid", "--lr", "0.5"])
+    out = capsys.readouterr().out
+    for text in ("z1 = X @ W1 + b1", "forward propagation", "loss", "dL/dW1"):
+        assert text in out, text
+
+
+def test_lr_find_prints_a_sweep_and_trains_nothing(tmp_path, capsys):
+    from nnscratch.cli import main
+
+    ckpt = tmp_path / "c.npz"
+    main(["train", "--data", "sample", "--limit", "1000", "--lr-find", "--optimizer", "sgd",
+          "--no-progress", "--checkpoint", str(ckpt)])
+    out = capsys.readouterr().out
+    assert "too high" in out and "lr" in out
+    assert "test accuracy" not in out and not ckpt.exists()

@@ -5,6 +5,8 @@
     nnscratch evaluate cnn.npz            accuracy, per-class accuracy, confusion matrix
     nnscratch predict cnn.npz shoe.png    the class of an image (28x28 PNG or an IDX file)
     nnscratch info                        version, backend, threads, CPU features, data found
+    nnscratch explain                     every number of one training step of a 2-2-2 network
+    nnscratch train --lr-find             final loss per learning rate: too low, too high
     nnscratch bench --quick               speed against NumPy and PyTorch, one table
 
 Training checkpoints after every epoch (model, optimizer state, history, arguments) to
@@ -129,6 +131,9 @@ def build_parser():
                    help="checkpoint file (default: <save>.ckpt.npz or nnscratch-checkpoint.npz)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint after the last finished epoch")
+    t.add_argument("--lr-find", action="store_true",
+                   help="instead of training: one epoch per learning rate over a range, and "
+                   "a table of the final losses (too low = slow, too high = unstable)")
     t.add_argument("--plot-weights", default=None, help="save the first layer's weights "
                    "as 28x28 images to this PNG (MLP; needs matplotlib)")
     t.add_argument("--plot", default=None, help="save learning curves to this PNG "
@@ -154,6 +159,11 @@ def build_parser():
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show")
 
     sub.add_parser("info", help="version, backend, threads, CPU features, data found")
+
+    x = sub.add_parser("explain", help="print every number of one training step of a tiny "
+                       "2-2-2 network, layer by layer, to check a hand computation")
+    x.add_argument("--activation", choices=["relu", "sigmoid", "tanh"], default="relu")
+    x.add_argument("--lr", type=_positive_float, default=0.1)
 
     b = sub.add_parser("bench", help="speed against NumPy and PyTorch, in one table")
     b.add_argument("--quick", action="store_true", help="about a minute")
@@ -303,6 +313,8 @@ def cmd_train(args, out=None):
     print(f"data: {source.description}", file=out)
     print(f"      {len(X)} training images, {len(X_test)} test images"
           + (f", {len(validation[0])} held out for validation" if validation else ""), file=out)
+    if args.lr_find:
+        return _lr_find(args, X, y, out)
 
     if resumed is not None:
         model, opt_state, meta = resumed
@@ -382,6 +394,34 @@ def cmd_train(args, out=None):
 # what a resumed run takes from its checkpoint (a different value prints a note)
 RESUME_KEYS = ("model", "optimizer", "batch_size", "epochs", "seed", "schedule", "data",
                "data_path", "limit", "validation_split")
+
+
+def _lr_find(args, X, y, out):
+    """`train --lr-find`: one epoch per learning rate, a table of the final losses."""
+    import nnscratch as nn
+    from .explain import DEFAULT_LRS, lr_find
+
+    def make_optimizer(params, lr):
+        return _make_optimizer(argparse.Namespace(**{**vars(args), "lr": lr}), params)
+    make_optimizer.__name__ = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[args.optimizer]
+
+    try:
+        return lr_find(lambda: build_model(args.model, args.hidden, args.dropout), X, y,
+                       lrs=DEFAULT_LRS[args.optimizer], batch_size=args.batch_size,
+                       seed=args.seed, optimizer=make_optimizer,
+                       print_fn=lambda text: print(text, file=out), plot=args.plot)
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        nn.seed(args.seed)
+
+
+def cmd_explain(args, out=None):
+    from .explain import explain_demo
+
+    out = out if out is not None else sys.stdout
+    return explain_demo(print_fn=lambda text: print(text, file=out),
+                        activation=args.activation, lr=args.lr)
 
 
 def _args_record(args):
@@ -566,7 +606,7 @@ def cmd_bench(args, out=None):
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "info": cmd_info, "bench": cmd_bench}
+            "info": cmd_info, "bench": cmd_bench, "explain": cmd_explain}
 
 
 def main(argv=None):
@@ -576,6 +616,9 @@ def main(argv=None):
         COMMANDS[args.command](args)
     except CLIError as exc:
         parser.exit(2, f"nnscratch: error: {exc}\n")
+    except BrokenPipeError:     # e.g. `nnscratch explain | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         parser.exit(130, "\nnnscratch: interrupted (train: --resume continues from the last "
                          "finished epoch)\n")
