@@ -210,7 +210,7 @@ cdef _dropout(x, str name, mask, scale, out):
         raise TypeError(f"mask must be uint8 or bool, got {mask.dtype}")
     check_same_shape("mask", mask, x.shape)
     s = check_scalar("scale", scale, 0.0)
-    mask = np.ascontiguousarray(mask).view(np.uint8)
+    mask = np.array(mask, order="C", copy=not mask.flags.c_contiguous).view(np.uint8)
     out = output("out", out, x.shape, x.dtype)
     return _apply(DROPOUT, x, None, mask, out, s)
 

@@ -13,15 +13,15 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 cdef object as_float_array(str name, object x, int ndim=-1):
-    """x as a C-contiguous float32/float64 ndarray (copied only if not contiguous)."""
+    """x as a C-contiguous, aligned float32/float64 ndarray (copied only if it is not)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
         raise TypeError(f"{name} has dtype {x.dtype}; the kernels take float32 or float64")
     if ndim >= 0 and x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+    if not (x.flags.c_contiguous and x.flags.aligned):
+        x = np.array(x, order="C")          # a fresh array is contiguous and aligned
     return x
 
 
@@ -47,6 +47,8 @@ cdef object check_buffer(str name, object buf, tuple shape, object dtype):
         raise ValueError(f"{name} has dtype {buf.dtype}, expected {np.dtype(dtype)}")
     if not buf.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (it is written in place)")
+    if not buf.flags.aligned:
+        raise ValueError(f"{name} is not aligned to its dtype (it is written in place)")
     if not buf.flags.writeable:
         raise ValueError(f"{name} is read-only (it is written in place)")
     return buf
@@ -73,7 +75,9 @@ cdef object as_labels(str name, object labels, Py_ssize_t n, Py_ssize_t n_classe
         if lo < 0 or hi >= n_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} must be in [0, {n_classes}), found {bad}")
-    return np.ascontiguousarray(labels, dtype=np.int64)
+    if labels.dtype == np.int64 and labels.flags.c_contiguous and labels.flags.aligned:
+        return labels
+    return np.array(labels, dtype=np.int64, order="C")
 
 
 cdef double check_scalar(str name, object value, double low=-math.inf, bint low_inclusive=True,

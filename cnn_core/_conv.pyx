@@ -36,6 +36,7 @@ cdef extern from "nn_scratch.h" nogil:
 cdef enum:
     MAX_PARTS = 64
     POOL_PLANES_PER_THREAD = 16
+    MAX_WINDOW = 1 << 24     # strides, paddings and pooling windows: far beyond any image
     # multiply-adds per thread below which a second thread costs more than it saves
     CONV_MIN_FMAS_PER_THREAD = 1 << 18
 
@@ -273,6 +274,8 @@ cdef tuple _pair(str name, object v, long minimum):
         raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
     if v[0] < minimum or v[1] < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {tuple(v)}")
+    if v[0] > MAX_WINDOW or v[1] > MAX_WINDOW:
+        raise ValueError(f"{name} must be <= {MAX_WINDOW}, got {tuple(v)}")
     return int(v[0]), int(v[1])
 
 
@@ -531,7 +534,8 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
         raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}") from None
     if len(x_shape) != 4 or x_shape[:2] != grad_out.shape[:2]:
         raise ValueError(f"x_shape {x_shape} does not match grad_out's {grad_out.shape}")
-    indices = np.ascontiguousarray(indices)
+    if not (indices.flags.c_contiguous and indices.flags.aligned):
+        indices = np.array(indices, order="C")
     hw = x_shape[2] * x_shape[3]
     if indices.size and (indices.min() < 0 or indices.max() >= hw):
         raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}")

@@ -89,9 +89,11 @@ cdef long _parts(long n, int threads) noexcept nogil:
 cdef _sgd(floating[::1] p, const floating[::1] g, floating[::1] vel, double lr, double mu, double wd,
           bint nesterov):
     cdef long n = p.shape[0], parts = _parts(n, num_threads()), step, t, start
-    cdef floating *vp = &vel[0] if vel is not None else NULL
+    cdef floating *vp = NULL
     if n == 0:
         return
+    if vel is not None:
+        vp = &vel[0]
     step = (n + parts - 1) // parts
     with nogil:
         if parts == 1:

@@ -33,8 +33,8 @@ def set_num_threads(n):
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if n < 1 or n > 4096:
+        raise ValueError(f"n must be in [1, 4096], got {n}")
     _num_threads = n if nn_openmp_enabled() else 1
 
 

@@ -54,7 +54,9 @@ def _as_float_array(name, x, ndim=None):
         raise TypeError(f"{name} has dtype {x.dtype}; the kernels take float32 or float64")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    if x.flags.c_contiguous and x.flags.aligned:
+        return x
+    return np.array(x, order="C")     # keeps a 0-d array 0-d (ascontiguousarray would not)
 
 
 def _check_same_dtype(name, x, dtype):
@@ -77,6 +79,8 @@ def _check_buffer(name, buf, shape, dtype):
         raise ValueError(f"{name} has dtype {buf.dtype}, expected {np.dtype(dtype)}")
     if not buf.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (it is written in place)")
+    if not buf.flags.aligned:
+        raise ValueError(f"{name} is not aligned to its dtype (it is written in place)")
     if not buf.flags.writeable:
         raise ValueError(f"{name} is read-only (it is written in place)")
     return buf
@@ -164,7 +168,12 @@ def _pair(name, value, minimum):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if value[0] < minimum or value[1] < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {tuple(value)}")
+    if value[0] > _MAX_WINDOW or value[1] > _MAX_WINDOW:
+        raise ValueError(f"{name} must be <= {_MAX_WINDOW}, got {tuple(value)}")
     return int(value[0]), int(value[1])
+
+
+_MAX_WINDOW = 1 << 24   # as the compiled kernels: far beyond any image
 
 
 def _conv_args(x, w, stride, padding):
@@ -1191,8 +1200,8 @@ def set_num_threads(n):
     global _num_threads
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if n < 1 or n > 4096:
+        raise ValueError(f"n must be in [1, 4096], got {n}")
     _num_threads = int(n)
 
 

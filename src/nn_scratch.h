@@ -1,8 +1,10 @@
 /* nn_scratch.h -- per-thread, 64-byte aligned scratch buffers for packing GEMM panels.
  *
- * Each thread (an OpenMP worker or a Python thread calling a kernel) keeps its own buffers in
- * thread-local storage, grown on demand (never shrunk) and reused by every later call, so a
- * training step in steady state allocates nothing and two Python threads never share a buffer.
+ * Each thread (an OpenMP worker or a Python thread calling a kernel) keeps its own buffers,
+ * grown on demand (never shrunk) and reused by every later call, so a training step in
+ * steady state allocates nothing and two Python threads never share a buffer. They hang
+ * off a pthread key whose destructor frees them when the thread ends, so short-lived
+ * threads leave nothing behind.
  * The variables are `static`: every extension module that includes this header has its own
  * set, so the slots mean what that module says (_gemm: 0 = packed A, 1 = packed B;
  * _conv: 0 = im2col columns, 1 = per-thread weight-gradient partials).
@@ -10,25 +12,53 @@
 #ifndef NN_SCRATCH_H
 #define NN_SCRATCH_H
 
+#include <pthread.h>
 #include <stdlib.h>
 
 #define NN_SCRATCH_SLOTS 2
 #define NN_ALIGN 64
 
-static __thread void *nn_scratch_buf[NN_SCRATCH_SLOTS];
-static __thread size_t nn_scratch_cap[NN_SCRATCH_SLOTS];
+typedef struct {
+    void *buf[NN_SCRATCH_SLOTS];
+    size_t cap[NN_SCRATCH_SLOTS];
+} nn_scratch_t;
+
+static pthread_key_t nn_scratch_key;
+static pthread_once_t nn_scratch_once = PTHREAD_ONCE_INIT;
+static int nn_scratch_key_ok = 0;
+
+static void nn_scratch_release(void *p) {
+    nn_scratch_t *s = (nn_scratch_t *)p;
+    for (int i = 0; i < NN_SCRATCH_SLOTS; ++i) free(s->buf[i]);
+    free(s);
+}
+
+static void nn_scratch_make_key(void) {
+    nn_scratch_key_ok = pthread_key_create(&nn_scratch_key, nn_scratch_release) == 0;
+}
 
 /* A buffer of at least nbytes for this thread, or NULL when memory runs out. */
 static void *nn_scratch(int slot, size_t nbytes) {
-    if (nbytes > nn_scratch_cap[slot]) {
+    pthread_once(&nn_scratch_once, nn_scratch_make_key);
+    if (!nn_scratch_key_ok) return NULL;
+    nn_scratch_t *s = (nn_scratch_t *)pthread_getspecific(nn_scratch_key);
+    if (s == NULL) {
+        s = (nn_scratch_t *)calloc(1, sizeof(nn_scratch_t));
+        if (s == NULL) return NULL;
+        if (pthread_setspecific(nn_scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (nbytes > s->cap[slot]) {
         size_t cap = (nbytes + NN_ALIGN - 1) / NN_ALIGN * NN_ALIGN;
         void *p = aligned_alloc(NN_ALIGN, cap);
         if (p == NULL) return NULL;
-        free(nn_scratch_buf[slot]);
-        nn_scratch_buf[slot] = p;
-        nn_scratch_cap[slot] = cap;
+        free(s->buf[slot]);
+        s->buf[slot] = p;
+        s->cap[slot] = cap;
     }
-    return nn_scratch_buf[slot];
+    return s->buf[slot];
 }
 
 #endif /* NN_SCRATCH_H */

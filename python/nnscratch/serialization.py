@@ -18,7 +18,7 @@ else — not a zip, truncated, edited, or another program's ``.npz`` — is a ``
 import json
 import os
 import secrets
-import zipfile
+import time
 
 import numpy as np
 
@@ -73,6 +73,28 @@ def write_npz(path, arrays):
             pass
         raise
     _fsync_directory(directory)
+    _remove_stale_temps(directory, os.path.basename(path))
+
+
+STALE_SECONDS = 600   # a temporary file untouched this long belongs to a save that died
+
+
+def _remove_stale_temps(directory, name):
+    """Delete what saves of `name` killed mid-write left behind (`.<name>.<hex>.tmp` older
+    than STALE_SECONDS: a live concurrent save keeps its file fresh)."""
+    prefix, now = f".{name}.", time.time()
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(prefix) and entry.endswith(".tmp"):
+            full = os.path.join(directory, entry)
+            try:
+                if now - os.stat(full).st_mtime > STALE_SECONDS:
+                    os.unlink(full)
+            except OSError:
+                pass
 
 
 def _create_temp(directory, name):
@@ -127,9 +149,12 @@ def read_npz(path):
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
             arrays = {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError,
-            AttributeError) as err:
-        # (np.load of an .npy returns an ndarray: not a context manager, a TypeError)
+    except MemoryError:
+        raise
+    except Exception as err:
+        # a damaged zip raises many kinds (BadZipFile, zlib.error, NotImplementedError for an
+        # unknown compression, RuntimeError for "encrypted", tokenize errors in a bad .npy
+        # header, TypeError for an .npy that is no archive): all mean "not a model file"
         raise ValueError(f"{path!r} is not a valid nnscratch model file: {err}") from None
     return arrays
 

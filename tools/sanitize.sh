@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Build cnn_core with AddressSanitizer + UndefinedBehaviorSanitizer and run the kernel tests
+# under it; exit non-zero on any test failure or any sanitizer report.
+#
+#   tools/sanitize.sh [PYTHON] [pytest arguments...]
+#
+# PYTHON: the interpreter to build and test with (default: $PYTHON, else python3). It needs
+# numpy, Cython >= 3, setuptools and pytest; the package may be pip-installed there, the
+# sanitized modules come first on sys.path anyway (the script prints where cnn_core comes
+# from and refuses to run if it is not the sanitized copy).
+# pytest arguments: replace the default list of kernel tests (KERNEL_TESTS below); paths
+# are relative to the checkout's root, e.g.
+#   tools/sanitize.sh /work/venv/bin/python tests/test_gemm.py -k trans
+#
+# How
+# ---
+# * The sources (setup.py, cnn_core/, src/, python/, tests/: tracked and new files as they
+#   are in the working tree, nothing ignored, so no .so, .c or build/) are copied into a
+#   temporary directory and built there with `setup.py build_ext --inplace`: the checkout
+#   never gets a .so that would shadow or replace the normal build.
+# * NNSCRATCH_DEBUG=1: Cython's bounds, wraparound, initialised-view and None checks on,
+#   -O0 -g (setup.py). NNSCRATCH_CFLAGS adds -fsanitize=address,undefined
+#   -fno-omit-frame-pointer and -O1 (the level ASan's documentation suggests; it comes
+#   after -O0 and wins). OpenMP, which the debug build leaves out, is put back with
+#   -fopenmp so that the threaded paths (prange slabs, per-thread scratch) are checked too.
+#   Note: CPython builds extensions with -fwrapv, so signed overflow wraps (no UBSan report).
+# * The tests run with the GCC ASan runtime in LD_PRELOAD (Python itself is not
+#   instrumented), ASAN_OPTIONS=detect_leaks=0 (CPython keeps objects alive at exit by
+#   design; allocations over 4 GiB return NULL, i.e. MemoryError, rather than filling the
+#   machine) and UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1: the first report ends
+#   the process with a non-zero status, which fails pytest (or the test whose child it
+#   was). The output is also searched for reports, in case a test ignored a child's status.
+#
+# Environment: PYTHON, CC (default gcc), NNSCRATCH_SANITIZE_KEEP=1 keeps the temporary
+# directory (printed) for a look at the build (build.log) or the test output (pytest.log).
+# Takes ~1-2 min on 2 cores: the build ~35-90 s, the tests ~20-30 s.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY_NAME="${1:-${PYTHON:-python3}}"
+[ $# -gt 0 ] && shift
+PY="$(command -v "$PY_NAME" || true)"
+if [ -z "$PY" ]; then
+    echo "sanitize: no python interpreter '$PY_NAME'" >&2
+    exit 2
+fi
+
+# The kernel tests: every compiled kernel against its NumPy twin, the argument checks and
+# the threaded paths with the micro-kernel fallbacks (all the code in cnn_core/*.pyx, src/).
+# The fuzz test's child processes inherit the environment, so they run sanitized as well.
+KERNEL_TESTS=(
+    tests/test_gemm.py tests/test_activations.py tests/test_losses.py tests/test_optim.py
+    tests/test_conv.py tests/test_batchnorm.py tests/test_kernel_validation.py
+    tests/test_kernel_threads.py tests/test_kernels_hypothesis.py tests/test_fuzz.py
+)
+if [ $# -gt 0 ]; then
+    TESTS=("$@")
+else
+    TESTS=()
+    for t in "${KERNEL_TESTS[@]}"; do
+        if [ -e "$ROOT/$t" ]; then TESTS+=("$t"); fi
+    done
+fi
+
+export CC="${CC:-gcc}"
+if ! "$PY" -c "import Cython, numpy, setuptools, pytest" 2>/dev/null; then
+    echo "sanitize: $PY needs numpy, Cython>=3, setuptools and pytest to build and test" \
+         "(pip install 'Cython>=3.0' setuptools pytest)" >&2
+    exit 2
+fi
+LIBASAN="$("$CC" -print-file-name=libasan.so)"
+if [ "${LIBASAN#/}" = "$LIBASAN" ] || [ ! -e "$LIBASAN" ]; then
+    echo "sanitize: $CC has no AddressSanitizer runtime (libasan.so); install it (Debian:" \
+         "apt-get install libasan8, part of gcc)" >&2
+    exit 2
+fi
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/nnscratch-sanitize.XXXXXX")"
+if [ "${NNSCRATCH_SANITIZE_KEEP:-0}" != "0" ]; then
+    echo "sanitize: keeping $WORK"
+else
+    trap 'rm -rf "$WORK"' EXIT
+fi
+TREE="$WORK/tree"
+mkdir -p "$TREE"
+
+echo "== sanitize: copy the sources into $TREE"
+if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    # tracked and new (not ignored) files of the folders the build and the tests need, as
+    # they are in the working tree; deleted ones skipped (not the whole tree: a venv inside
+    # the checkout, such as CI's .venv-ci, is not necessarily ignored)
+    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- \
+            setup.py cnn_core src python tests \
+        | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+        | xargs -0 cp --parents -t "$TREE")
+else
+    (cd "$ROOT" && tar -cf - --exclude='*.so' --exclude='cnn_core/*.c' --exclude=build \
+        --exclude='.venv*' --exclude='__pycache__' setup.py cnn_core src python tests) \
+        | tar -xf - -C "$TREE"
+fi
+# setup.py holds everything the build needs; without pyproject.toml an older setuptools
+# (a Python 3.11 venv's own) does not trip over the [project] table's newer fields
+rm -f "$TREE/pyproject.toml"
+
+echo "== sanitize: build (ASan + UBSan, Cython checks on) with $PY"
+start=$(date +%s)
+SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer"
+(
+    cd "$TREE"
+    NNSCRATCH_DEBUG=1 \
+    NNSCRATCH_CFLAGS="$SAN_FLAGS -O1 -g -fopenmp" \
+    NNSCRATCH_LDFLAGS="$SAN_FLAGS -fopenmp" \
+        "$PY" setup.py -q build_ext --inplace --parallel 2 >"$WORK/build.log" 2>&1
+) || { tail -n 60 "$WORK/build.log" >&2; echo "sanitize: build failed" >&2; exit 1; }
+echo "   built in $(( $(date +%s) - start )) s"
+for so in "$TREE"/cnn_core/*.so; do
+    if ! readelf -d "$so" | grep -q 'libasan'; then
+        echo "sanitize: $so is not linked with libasan" >&2
+        exit 1
+    fi
+done
+
+# the environment of everything the tests run, children included
+export PYTHONPATH="$TREE:$TREE/python${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:max_allocation_size_mb=4096"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+
+echo "== sanitize: which cnn_core the tests import"
+(cd "$TREE" && LD_PRELOAD="$LIBASAN" "$PY" -c "
+import sys, cnn_core, cnn_core._gemm as g
+print('   cnn_core from', cnn_core.__file__)
+print('   _gemm from   ', g.__file__)
+print('   micro-kernel', cnn_core.gemm_kernel_name(), '| openmp', cnn_core.openmp_enabled())
+sys.exit(0 if g.__file__.startswith('$TREE/') else 1)
+") || { echo "sanitize: the sanitized cnn_core is not the one imported" >&2; exit 1; }
+
+echo "== sanitize: pytest ${TESTS[*]}"
+start=$(date +%s)
+set +e
+(cd "$TREE" && LD_PRELOAD="$LIBASAN" "$PY" -m pytest -p no:cacheprovider -q -rfE \
+    "${TESTS[@]}") 2>&1 | tee "$WORK/pytest.log"
+status=${PIPESTATUS[0]}
+set -e
+echo "   tests ran in $(( $(date +%s) - start )) s (pytest exit status $status)"
+
+if grep -qE 'runtime error:|ERROR: AddressSanitizer|SUMMARY: (Address|UndefinedBehavior)Sanitizer' \
+        "$WORK/pytest.log"; then
+    echo "sanitize: the output holds sanitizer reports (above)" >&2
+    [ "$status" -ne 0 ] || status=1
+fi
+if [ "$status" -ne 0 ]; then
+    echo "sanitize: FAILED" >&2
+else
+    echo "sanitize: clean (no ASan/UBSan report, all tests passed)"
+fi
+exit "$status"
