@@ -33,7 +33,7 @@ __all__ = [
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update",
-    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "all_finite", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "batchnorm_forward", "batchnorm_backward",
     "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features",
     "gemm_kernel_name",
@@ -1193,6 +1193,15 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0
 # --------------------------------------------------------------------------------------
 
 _num_threads = 1
+
+
+def all_finite(x):
+    """True when every element of x is finite (no NaN, no +-inf): fit's NaN/inf guard.
+
+    x any shape, float32 or float64 -> bool.
+    """
+    x = _as_float_array("x", x)
+    return bool(np.isfinite(x).all())
 
 
 def set_num_threads(n):

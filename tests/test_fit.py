@@ -277,3 +277,58 @@ def test_initial_epoch_runs_the_remaining_epochs_with_their_numbers():
     with __import__("pytest").raises(ValueError, match="initial_epoch"):
         model.fit(X, y, loss=nn.CrossEntropyLoss(), optimizer=nn.SGD(model.parameters(),
                   lr=0.1), epochs=1, initial_epoch=-1, batch_size=16, progress=False)
+
+
+def _three_layers():
+    nn.seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_non_finite_weights_are_located_by_layer():
+    X, y = _blobs(n=96)
+    model = _three_layers()
+    model[2].weight.data[0, 0] = np.nan
+    with pytest.raises(FloatingPointError,
+                       match=r"epoch 1/2, batch 1/3; the weights of layer 2 \(Linear\)"):
+        _fit(model, X, y, optimizer=nn.SGD(model.parameters(), lr=0.1), epochs=2)
+
+
+def test_non_finite_output_is_located_by_layer():
+    X, y = _blobs(n=96)
+    model = _three_layers()
+    model[0].weight.data[...] = 1e30      # finite weights, but the products overflow
+    model[0].bias.data[...] = 1e38
+    with pytest.raises(FloatingPointError, match=r"first non-finite output is that of layer "):
+        _fit(model, X, y, optimizer=nn.SGD(model.parameters(), lr=0.1), epochs=1)
+
+
+class _PoisonedLinear(nn.Linear):
+    """A Linear whose backward leaves a NaN in its weight gradient."""
+
+    def backward(self, grad_out, *, compute_grad_input=True):
+        result = super().backward(grad_out, compute_grad_input=compute_grad_input)
+        self.weight.grad[0, 0] = np.nan
+        return result
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_non_finite_gradient_stops_training_naming_the_parameter(backend):
+    X, y = _blobs(n=96)
+    nn.seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), _PoisonedLinear(8, 3))
+    before = model[2].weight.data.copy()
+    with nn.backend.using(backend):
+        with pytest.raises(FloatingPointError, match=r"gradient of layer 2 \(_PoisonedLinear\), "
+                           r"parameter 2\.weight became NaN or infinite at epoch 1/1, batch 1/3"):
+            _fit(model, X, y, optimizer=nn.SGD(model.parameters(), lr=0.1), epochs=1)
+    np.testing.assert_array_equal(model[2].weight.data, before)   # no poisoned update
+
+
+def test_check_finite_false_trains_on():
+    X, y = _blobs(n=96)
+    nn.seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), _PoisonedLinear(8, 3))
+    history = _fit(model, X, y, optimizer=nn.SGD(model.parameters(), lr=0.1), epochs=2,
+                   check_finite=False)
+    assert len(history.history["loss"]) == 2
+    assert np.isnan(model[2].weight.data[0, 0])

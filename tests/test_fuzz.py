@@ -347,6 +347,7 @@ MAKERS = {
     "bce_with_logits": lambda r, d: _pointwise_loss(r, d, "logits", "target", True),
     "sgd_update": make_sgd_update,
     "adam_update": make_adam_update,
+    "all_finite": lambda r, d: dict(x=_arr(r, _elementwise_shape(r), d)),
     "conv2d_forward": make_conv2d_forward,
     "conv2d_backward": make_conv2d_backward,
     "maxpool2d_forward": make_maxpool2d_forward,

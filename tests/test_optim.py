@@ -194,3 +194,28 @@ def test_adam_large_step_count(rng, dtype):
         mod.adam_update(p, grad, m, v, 100000, 1e-3, 0.9, 0.999, 1e-8)
         out.append(p)
     assert_close(out[0], out[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 4095, 4096, 4097, 10007])
+def test_all_finite_matches_its_twin_and_isfinite(dtype, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 1e30).astype(dtype)
+    for backend in (cnn_core, reference):
+        assert backend.all_finite(x) is True
+        assert backend.all_finite(x.reshape(1, -1)[:, ::-1]) is True   # any layout
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in sorted({0, n // 2, n - 1}) if n else []:
+            y = x.copy()
+            y[pos] = bad
+            assert cnn_core.all_finite(y) is False and reference.all_finite(y) is False
+    big = np.full(3, np.finfo(dtype).max, dtype)      # the largest finite number is finite
+    assert cnn_core.all_finite(big) and reference.all_finite(big)
+
+
+def test_all_finite_rejects_non_float_arrays():
+    for backend in (cnn_core, reference):
+        with pytest.raises(TypeError, match="x"):
+            backend.all_finite(np.arange(3))
+        with pytest.raises(TypeError, match="x"):
+            backend.all_finite([1.0, 2.0])

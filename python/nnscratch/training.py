@@ -131,7 +131,7 @@ class _Accuracy:
 
 def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
-        initial_epoch=0):
+        initial_epoch=0, check_finite=True):
     """Train `model` with mini-batch gradient descent.
 
     Parameters
@@ -163,6 +163,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     initial_epoch : int >= 0, default 0
         Epoch at which to start (as Keras): runs epochs ``initial_epoch .. epochs - 1``,
         numbered so in the progress bar and callbacks (for resuming a run).
+    check_finite : bool, default True
+        Stop with FloatingPointError as soon as the loss or any parameter's gradient is NaN
+        or infinite, naming the epoch, the batch and the layer (for the loss: the first
+        layer whose output is not finite). False opts out: training goes on regardless.
 
     Returns
     -------
@@ -175,7 +179,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     Raises
     ------
     FloatingPointError
-        When the loss becomes NaN or infinite, naming the epoch and the batch.
+        When the loss or a gradient becomes NaN or infinite (unless check_finite=False),
+        naming the epoch, the batch and the layer.
     """
     loss = _as_loss(loss)
     epochs = _check_int("epochs", epochs, 0)
@@ -227,7 +232,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     for cb in callbacks:
         cb.set_model(model)
         cb.on_train_begin({"metrics": list(metrics)})
-    loop = _EpochLoop(model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks)
+    loop = _EpochLoop(model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks,
+                      bool(check_finite))
     try:
         order = np.arange(len(X))
         for epoch in range(initial_epoch, epochs):
@@ -251,12 +257,24 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
 class _EpochLoop:
     """One epoch of mini-batch steps, with the kept arrays the batches are gathered into."""
 
-    def __init__(self, model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks):
+    def __init__(self, model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks,
+                 check_finite=True):
         self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.check_finite = check_finite
+        self.named_params = list(model.named_parameters())
         self.X, self.y, self.batch_size = X, y, batch_size
         self.accuracy = _Accuracy(accuracy_kind) if accuracy_kind else None
         self.callbacks = callbacks
         self._batches = {}
+
+    def _check_gradients(self, where):
+        K = kernels()
+        for name, p in self.named_params:
+            if not K.all_finite(p.grad):
+                raise FloatingPointError(
+                    f"the gradient of {_layer_of(self.model, name)} became NaN or infinite at "
+                    f"{where}: lower the learning rate or check the data (fit(check_finite="
+                    f"False) trains on regardless)")
 
     def _gather(self, order, start, stop):
         """Batch [start, stop) of the epoch: rows order[start:stop] (or a slice)."""
@@ -286,16 +304,20 @@ class _EpochLoop:
                 xb, yb = self._gather(order, start, stop)
                 out = model(xb)
                 value = loss(out, yb)
-                if not math.isfinite(value):
+                where = f"epoch {epoch + 1}/{epochs}, batch {batch + 1}/{n_batches}"
+                if self.check_finite and not math.isfinite(value):
                     raise FloatingPointError(
-                        f"the loss became {value} at epoch {epoch + 1}/{epochs}, batch "
-                        f"{batch + 1}/{n_batches}: lower the learning rate or check the data")
+                        f"the loss became {value} at {where}; {_locate_non_finite(model, xb)}"
+                        f": lower the learning rate or check the data (fit(check_finite="
+                        f"False) trains on regardless)")
                 if self.accuracy is not None:
                     hits, total = self.accuracy.correct(out, yb)
                     correct += hits
                     counted += total
                 model.zero_grad()
                 model.backward(loss.backward(), compute_grad_input=False)
+                if self.check_finite:
+                    self._check_gradients(where)
                 self.optimizer.step()
                 loss_sum += value * (stop - start)
                 seen += stop - start
@@ -320,6 +342,34 @@ class _EpochLoop:
             if bar is not None:
                 bar.close()
         return logs
+
+
+def _layer_of(model, name):
+    """'2.weight' -> 'layer 2 (Linear)'; nested names resolve through Sequentials."""
+    node, path = model, name.split(".")[:-1]
+    try:
+        for part in path:
+            node = node[int(part)]
+    except (ValueError, IndexError, TypeError):
+        return f"parameter {name}"
+    return f"layer {'.'.join(path)} ({type(node).__name__}), parameter {name}"
+
+
+def _locate_non_finite(model, xb):
+    """Where a non-finite loss comes from: the first layer whose parameters or output are
+    NaN/inf, found by running the batch through the layers again (an error path only)."""
+    K = kernels()
+    for name, p in model.named_parameters():
+        if not K.all_finite(p.data):
+            return f"the weights of {_layer_of(model, name)} are not finite"
+    out = xb
+    layers = getattr(model, "layers", [model])
+    for i, layer in enumerate(layers):
+        out = layer.forward(out)
+        if out.dtype.kind == "f" and not K.all_finite(out):
+            return (f"the first non-finite output is that of layer {i} "
+                    f"({type(layer).__name__})")
+    return "every layer's output is finite: the loss itself overflowed"
 
 
 def _progress_bar(epoch, epochs, n_batches):
