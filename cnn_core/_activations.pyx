@@ -48,19 +48,28 @@ cdef inline floating _sigmoid(floating x) noexcept nogil:
 cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned char *mask,
                      floating *y, long n, floating s) noexcept nogil:
     # y[i] = f(x[i]) (forward) or g[i] * f'(...) (backward), for i < n; s: the op's scalar
+    # every loop body loads its operands unconditionally and selects between values (never
+    # between computations, which the compiler may not speculate), so that it becomes vector
+    # compares and masks instead of unpredictable branches
     cdef long i
+    cdef floating gi, xi
     if op == RELU_FWD:
         for i in range(n):
-            y[i] = 0 if x[i] <= 0 else x[i]       # NaN stays NaN (as NumPy, PyTorch)
+            xi = x[i]
+            y[i] = 0 if xi <= 0 else xi           # NaN stays NaN (as NumPy, PyTorch)
     elif op == RELU_BWD:
         for i in range(n):
-            y[i] = g[i] if x[i] > 0 else 0
+            gi = g[i]
+            y[i] = gi if x[i] > 0 else 0
     elif op == LEAKY_FWD:
         for i in range(n):
-            y[i] = x[i] if x[i] > 0 else s * x[i]
+            xi = x[i]
+            gi = s * xi                         # both candidates computed, then selected
+            y[i] = xi if xi > 0 else gi
     elif op == LEAKY_BWD:
         for i in range(n):
-            y[i] = g[i] if x[i] > 0 else s * g[i]
+            xi = 1 if x[i] > 0 else s
+            y[i] = g[i] * xi
     elif op == SIGMOID_FWD:
         for i in range(n):
             y[i] = _sigmoid(x[i])
@@ -78,7 +87,8 @@ cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned
             y[i] = g[i] * (1 - x[i] * x[i])
     elif op == DROPOUT:
         for i in range(n):
-            y[i] = x[i] * s if mask[i] else 0
+            xi = s if mask[i] else 0            # x * mask * scale, as the twin
+            y[i] = x[i] * xi
 
 
 cdef void unary(Op op, const floating *x, const floating *g, const unsigned char *mask,
