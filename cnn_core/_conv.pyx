@@ -417,6 +417,7 @@ cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, long pl
     # flat position; the first maximum wins ties, a NaN wins over numbers (as PyTorch)
     cdef long q, oh, ow, kh, kw, pos, best_pos
     cdef floating v, best
+    cdef bint take
     cdef const floating *plane
     for q in range(planes):
         plane = x + q * H * W
@@ -428,9 +429,10 @@ cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, long pl
                     for kw in range(KW):
                         pos = (oh * sh + kh) * W + ow * sw + kw
                         v = plane[pos]
-                        if v > best or (v != v and best == best):
-                            best = v
-                            best_pos = pos
+                        # selects, not branches (random data would mispredict half of them)
+                        take = (v > best) | ((v != v) & (best == best))
+                        best = v if take else best
+                        best_pos = pos if take else best_pos
                 out[(q * OH + oh) * OW + ow] = best
                 idx[(q * OH + oh) * OW + ow] = best_pos
 
