@@ -1,6 +1,8 @@
 """2-D convolution and max pooling, NCHW, forward and backward.
 
-Convolution by im2col + GEMM, one sample at a time, samples spread over threads:
+Convolution by im2col + GEMM, samples spread over threads. Small feature maps would give
+GEMMs too thin to run at speed, so G samples go through one GEMM together (G*OH*OW ~ 512
+columns: their cols side by side, then each sample's block copied to its place in out):
 
     col (C*KH*KW, OH*OW)    col[(c, kh, kw), (i, j)] = xpad[c, i*sh + kh, j*sw + kw]
     out[n] (O, OH*OW)       = w (O, C*KH*KW) @ col + b[:, None]
@@ -39,6 +41,8 @@ cdef enum:
     MAX_WINDOW = 1 << 24     # strides, paddings and pooling windows: far beyond any image
     # multiply-adds per thread below which a second thread costs more than it saves
     CONV_MIN_FMAS_PER_THREAD = 1 << 18
+    # columns of a convolution's GEMM to aim for, by grouping samples of small feature maps
+    GROUP_COLUMNS = 512
 
 
 cdef inline long _floor_div(long a, long b) noexcept nogil:
@@ -60,15 +64,16 @@ cdef inline int _gemm(const floating *a, long rsa, long csa, const floating *b, 
 
 
 cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, long sh, long sw,
-                 long ph, long pw, long OH, long OW, floating *col) noexcept nogil:
-    # x (C, H, W) -> col (C*KH*KW, OH*OW); positions in the zero padding read as 0
+                 long ph, long pw, long OH, long OW, floating *col, long ldc) noexcept nogil:
+    # x (C, H, W) -> col (C*KH*KW, OH*OW), row r at col + r*ldc (ldc >= OH*OW: a column
+    # block of a wider matrix); positions in the zero padding read as 0
     cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
     cdef floating *dst
     cdef const floating *src
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
-                dst = col + ((c * KH + kh) * KW + kw) * OH * OW
+                dst = col + ((c * KH + kh) * KW + kw) * ldc
                 # the ow whose input column iw = ow*sw - pw + kw is inside [0, W)
                 ow_lo = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
                 ow_hi = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, ow_lo, OW)
@@ -91,15 +96,16 @@ cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, lo
 
 
 cdef void col2im(const floating *col, long C, long H, long W, long KH, long KW, long sh,
-                 long sw, long ph, long pw, long OH, long OW, floating *x) noexcept nogil:
-    # adds col (C*KH*KW, OH*OW) back into x (C, H, W), which the caller zeroed: the adjoint of im2col
+                 long sw, long ph, long pw, long OH, long OW, floating *x, long ldc) noexcept nogil:
+    # adds col (C*KH*KW, OH*OW; row r at col + r*ldc) back into x (C, H, W), which the caller
+    # zeroed: the adjoint of im2col
     cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
     cdef const floating *src
     cdef floating *dst
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
-                src = col + ((c * KH + kh) * KW + kw) * OH * OW
+                src = col + ((c * KH + kh) * KW + kw) * ldc
                 ow_lo = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
                 ow_hi = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, ow_lo, OW)
                 for oh in range(OH):
@@ -124,67 +130,118 @@ cdef inline bint _is_pointwise(ConvShape s) noexcept nogil:
     return s.KH == 1 and s.KW == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
 
 
+cdef inline long _group(ConvShape s, long samples) noexcept nogil:
+    # samples per GEMM: enough that the product has ~GROUP_COLUMNS columns (small feature
+    # maps would otherwise give GEMMs too thin to run at speed); 1 for a 1x1 convolution
+    cdef long P = s.OH * s.OW, g
+    if _is_pointwise(s):
+        return 1
+    g = (GROUP_COLUMNS + P - 1) // P
+    return g if g < samples else samples
+
+
 cdef int conv_forward_samples(const floating *x, const floating *w, const floating *b,
                               floating *out, ConvShape s, long n0, long n1) noexcept nogil:
-    # samples [n0, n1): out[n] = w @ im2col(x[n]) + b
-    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, n, o, p
-    cdef const floating *col
-    cdef floating *buf = NULL
+    # samples [n0, n1), G at a time: col (CKK, G*P) = [im2col(x[n]) for the G samples],
+    # prod (O, G*P) = w @ col, out[n] = prod's block of sample n + b
+    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
+    cdef long G = _group(s, n1 - n0), group, n, g, j, o, p, width
+    cdef floating *col = NULL
+    cdef floating *prod = NULL
     cdef floating *dst
-    if not _is_pointwise(s):
-        buf = <floating *> nn_scratch(0, ckk * P * sizeof(floating))
-        if buf == NULL:
+    if G > 1 or not _is_pointwise(s):
+        col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
+        if col == NULL:
             return -1
-    for n in range(n0, n1):
-        if buf != NULL:
-            im2col(x + n * s.C * s.H * s.W, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
-                   s.OH, s.OW, buf)
-            col = buf
+    if G > 1:
+        prod = <floating *> nn_scratch(2, s.O * G * P * sizeof(floating))
+        if prod == NULL:
+            return -1
+    for group in range((n1 - n0 + G - 1) // G):
+        n = n0 + group * G
+        g = G if n + G <= n1 else n1 - n
+        width = g * P
+        if col == NULL:      # 1x1, stride 1, no padding: x[n] is its own column matrix
+            if _gemm(w, ckk, 1, x + n * CHW, P, 1, out + n * s.O * P, P, s.O, P, ckk, 0) != 0:
+                return -1
         else:
-            col = x + n * s.C * s.H * s.W
-        dst = out + n * s.O * P
-        if _gemm(w, ckk, 1, col, P, 1, dst, P, s.O, P, ckk, 0) != 0:
-            return -1
+            for j in range(g):
+                im2col(x + (n + j) * CHW, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
+                       s.OH, s.OW, col + j * P, width)
+            if G == 1:
+                if _gemm(w, ckk, 1, col, P, 1, out + n * s.O * P, P, s.O, P, ckk, 0) != 0:
+                    return -1
+            else:
+                if _gemm(w, ckk, 1, col, width, 1, prod, width, s.O, width, ckk, 0) != 0:
+                    return -1
+                for j in range(g):
+                    dst = out + (n + j) * s.O * P
+                    for o in range(s.O):
+                        for p in range(P):
+                            dst[o * P + p] = prod[o * width + j * P + p]
         if b != NULL:
-            for o in range(s.O):
-                for p in range(P):
-                    dst[o * P + p] += b[o]
+            for j in range(g):
+                dst = out + (n + j) * s.O * P
+                for o in range(s.O):
+                    for p in range(P):
+                        dst[o * P + p] += b[o]
     return 0
 
 
 cdef int conv_backward_samples(const floating *g, const floating *x, const floating *w,
                                floating *gw_partial, floating *gx, ConvShape s, long n0,
                                long n1) noexcept nogil:
-    # samples [n0, n1): gw_partial (O, CKK) = sum_n g[n] @ col[n].T; gx[n] = col2im(w.T @ g[n])
-    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, n
+    # samples [n0, n1), G at a time, with col (CKK, G*P) and gg (O, G*P) = their grad_out:
+    #   gw_partial (O, CKK) (+)= gg @ col.T;  dcol = w.T @ gg;  gx[n] = col2im(dcol block n)
+    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
+    cdef long G = _group(s, n1 - n0), group, n, cnt, j, o, p, width
     cdef bint pointwise = _is_pointwise(s)
-    cdef floating *col = <floating *> nn_scratch(0, ckk * P * sizeof(floating))
+    cdef floating *col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
+    cdef floating *gg = NULL
     cdef const floating *xcol
+    cdef const floating *gcol
     if col == NULL:
         return -1
-    for n in range(n0, n1):
+    if G > 1:
+        gg = <floating *> nn_scratch(2, s.O * G * P * sizeof(floating))
+        if gg == NULL:
+            return -1
+    for group in range((n1 - n0 + G - 1) // G):
+        n = n0 + group * G
+        cnt = G if n + G <= n1 else n1 - n
+        width = cnt * P
         if pointwise:
-            xcol = x + n * s.C * s.H * s.W
+            xcol = x + n * CHW                      # G == 1 here
         else:
-            im2col(x + n * s.C * s.H * s.W, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
-                   s.OH, s.OW, col)
+            for j in range(cnt):
+                im2col(x + (n + j) * CHW, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
+                       s.OH, s.OW, col + j * P, width)
             xcol = col
-        # gw_partial (O x CKK) (+)= g[n] (O x P) @ xcol.T (P x CKK)
-        if _gemm(g + n * s.O * P, P, 1, xcol, 1, P, gw_partial, ckk, s.O, ckk, P,
+        if G == 1:
+            gcol = g + n * s.O * P
+        else:
+            for j in range(cnt):
+                for o in range(s.O):
+                    for p in range(P):
+                        gg[o * width + j * P + p] = g[((n + j) * s.O + o) * P + p]
+            gcol = gg
+        # gw_partial (O x CKK) (+)= gcol (O x width) @ xcol.T (width x CKK)
+        if _gemm(gcol, width, 1, xcol, 1, width, gw_partial, ckk, s.O, ckk, width,
                  0 if n == n0 else 1) != 0:
             return -1
         if gx != NULL:
-            # dcol (CKK x P) = w.T (CKK x O) @ g[n] (O x P), into the col buffer (x's col is used)
             if pointwise:
-                if _gemm(w, 1, ckk, g + n * s.O * P, P, 1, gx + n * s.C * s.H * s.W, P, ckk,
-                         P, s.O, 0) != 0:
+                # gx[n] (C x P) = w.T (CKK=C x O) @ g[n] (O x P)
+                if _gemm(w, 1, ckk, gcol, P, 1, gx + n * CHW, P, ckk, P, s.O, 0) != 0:
                     return -1
             else:
-                if _gemm(w, 1, ckk, g + n * s.O * P, P, 1, col, P, ckk, P, s.O, 0) != 0:
+                # dcol (CKK x width) = w.T (CKK x O) @ gcol (O x width), into col (used up)
+                if _gemm(w, 1, ckk, gcol, width, 1, col, width, ckk, width, s.O, 0) != 0:
                     return -1
-                memset(gx + n * s.C * s.H * s.W, 0, s.C * s.H * s.W * sizeof(floating))
-                col2im(col, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw, s.OH, s.OW,
-                       gx + n * s.C * s.H * s.W)
+                for j in range(cnt):
+                    memset(gx + (n + j) * CHW, 0, CHW * sizeof(floating))
+                    col2im(col + j * P, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
+                           s.OH, s.OW, gx + (n + j) * CHW, width)
     return 0
 
 

@@ -7,7 +7,8 @@
  * threads leave nothing behind.
  * The variables are `static`: every extension module that includes this header has its own
  * set, so the slots mean what that module says (_gemm: 0 = packed A, 1 = packed B;
- * _conv: 0 = im2col columns, 1 = per-thread weight-gradient partials).
+ * _conv: 0 = im2col columns, 1 = weight-gradient partials, 2 = grouped GEMM output or
+ * grad_out).
  */
 #ifndef NN_SCRATCH_H
 #define NN_SCRATCH_H
@@ -15,7 +16,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#define NN_SCRATCH_SLOTS 2
+#define NN_SCRATCH_SLOTS 3
 #define NN_ALIGN 64
 
 typedef struct {

@@ -320,3 +320,31 @@ def test_maxpool2d_zero_size(dtype, xshape):
         assert out.shape == idx.shape == xshape[:2] + (2, 2)
         grad = mod.maxpool2d_backward(out, idx, xshape)
         assert grad.shape == xshape and grad.dtype == dtype
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n,hw,k,stride,padding", [(7, 14, 3, 1, 0), (13, 9, 2, 1, 1),
+                                                   (9, 12, 5, 2, 2), (30, 6, 3, 1, 1)])
+def test_conv2d_grouped_samples_match_the_twin(threads, n, hw, k, stride, padding):
+    # small feature maps are convolved several samples per GEMM (a full group and a partial
+    # last one per thread); every sample must still equal the one-at-a-time twin
+    rng = np.random.default_rng(n * 31 + hw)
+    x = rng.standard_normal((n, 3, hw, hw))
+    w = rng.standard_normal((4, 3, k, k))
+    b = rng.standard_normal(4)
+    before = cnn_core.get_num_threads()
+    try:
+        cnn_core.set_num_threads(threads)
+        out = cnn_core.conv2d_forward(x, w, b, stride=stride, padding=padding)
+        g = rng.standard_normal(out.shape)
+        gw, gb = np.zeros_like(w), np.zeros_like(b)
+        gx = cnn_core.conv2d_backward(g, x, w, gw, gb, stride=stride, padding=padding)
+    finally:
+        cnn_core.set_num_threads(before)
+    expect = reference.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    rgw, rgb = np.zeros_like(w), np.zeros_like(b)
+    rgx = reference.conv2d_backward(g, x, w, rgw, rgb, stride=stride, padding=padding)
+    np.testing.assert_allclose(out, expect, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx, rgx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, rgw, rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(gb, rgb, rtol=1e-12, atol=1e-12)
