@@ -373,8 +373,9 @@ cdef _forward_typed(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     cdef int threads = num_threads(), status
     if s.N == 0 or s.O == 0:
         return
-    if s.C == 0:
-        # no input channels: every output is its bias (handled by the wrapper)
+    if s.C == 0 or s.H == 0 or s.W == 0:
+        # no input values (every window lies in the padding): each output is its bias,
+        # set by the wrapper
         return
     with nogil:
         status = conv_forward(&x[0, 0, 0, 0], &w[0, 0, 0, 0],
@@ -397,8 +398,8 @@ def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
     cdef ConvShape s = _conv_shape(x, w, stride, padding)
     b = _check_bias("b", b, s.O, x.dtype)
     out = output("out", out, (s.N, s.O, s.OH, s.OW), x.dtype)
-    if s.C == 0:
-        # no input channels: no products, each output plane is its bias
+    if s.C == 0 or s.H == 0 or s.W == 0:
+        # no products (no channels, or windows only over padding): each output is its bias
         out[...] = 0 if b is None else b[:, None, None]
         return out
     if x.dtype == np.float32:
@@ -415,10 +416,10 @@ cdef _backward_typed(const floating[:, :, :, ::1] g, const floating[:, :, :, ::1
     cdef long parts = _conv_parts(s, threads)
     cdef long ckk = s.C * s.KH * s.KW
     cdef floating *partials
-    if s.N == 0 or s.O == 0 or s.C == 0:
+    if s.N == 0 or s.O == 0 or s.C == 0 or s.H == 0 or s.W == 0:
         if gx is not None:
             gx[...] = 0
-        if gb is not None and s.N > 0 and s.C == 0:
+        if gb is not None and s.N > 0 and s.O > 0:
             np.add(gb, np.asarray(g).sum(axis=(0, 2, 3)), out=np.asarray(gb))
         return
     with nogil:

@@ -348,3 +348,19 @@ def test_conv2d_grouped_samples_match_the_twin(threads, n, hw, k, stride, paddin
     np.testing.assert_allclose(gx, rgx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gw, rgw, rtol=1e-12, atol=1e-11)
     np.testing.assert_allclose(gb, rgb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", [cnn_core, reference], ids=["cython", "numpy"])
+def test_conv2d_empty_image_with_padding_is_all_bias(backend):
+    # W = 0 but padding makes room for windows: every window covers only zeros
+    x = np.zeros((4, 1, 8, 0), np.float32)
+    w = np.ones((2, 1, 3, 2), np.float32)
+    b = np.array([1.5, -2.0], np.float32)
+    out = backend.conv2d_forward(x, w, b, stride=2, padding=(0, 2))
+    assert out.shape == (4, 2, 3, 2)
+    np.testing.assert_array_equal(out, np.broadcast_to(b[None, :, None, None], out.shape))
+    g = np.ones(out.shape, np.float32)
+    gw, gb = np.zeros_like(w), np.zeros_like(b)
+    gx = backend.conv2d_backward(g, x, w, gw, gb, stride=2, padding=(0, 2))
+    assert gx.shape == x.shape and not gw.any()
+    np.testing.assert_array_equal(gb, [24.0, 24.0])
