@@ -892,3 +892,14 @@ def test_lr_find_prints_a_sweep_and_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "too high" in out and "lr" in out
     assert "test accuracy" not in out and not ckpt.exists()
+
+
+def test_bench_memory_row_reports_each_contenders_training_peak(capsys):
+    from nnscratch.cli import main
+
+    main(["bench", "--quick", "--only", "memory"])
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if "peak memory of training" in line]
+    assert len(row) == 1, out
+    values = re.findall(r"([\d.]+) MiB", row[0])
+    assert len(values) >= 2 and all(float(v) > 0 for v in values), row

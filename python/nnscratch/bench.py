@@ -267,6 +267,97 @@ def bench_training(rounds, torch, quick, which):
     return rows
 
 
+# A child process builds the model and trains one epoch, and reports how far its peak RSS
+# rose above what the data and the imported libraries take: each contender in a fresh
+# process, so the figure is the training run's own peak (model, optimizer state, buffers,
+# temporaries).
+_MEMORY_CHILD = r"""
+import sys
+import numpy as np
+
+def status(key):   # kB
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+
+def reset_peak():  # VmHWM := VmRSS (Linux >= 4.0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+backend, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+X = rng.random((n, 784), dtype=np.float32)
+y = rng.integers(0, 10, n)
+sizes = [784, 256, 128, 10]
+if backend == "torch":
+    import torch
+else:
+    import nnscratch as nn
+reset_peak()
+before = status("VmRSS")
+if backend == "torch":
+    torch.set_num_threads(threads)
+    layers = []
+    for i in range(3):
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(X), torch.from_numpy(y)
+    def epoch(limit):
+        perm = torch.randperm(len(tx))[:limit]
+        for start in range(0, len(perm), 128):
+            idx = perm[start:start + 128]
+            opt.zero_grad()
+            loss_fn(model(tx[idx]), ty[idx]).backward()
+            opt.step()
+else:
+    nn.set_backend(backend)
+    nn.set_num_threads(threads)
+    layers = []
+    for i in range(3):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < 2:
+            layers.append(nn.ReLU())
+    model = nn.Sequential(*layers)
+    opt = nn.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    def epoch(limit):
+        model.fit(X[:limit], y[:limit], loss=nn.CrossEntropyLoss(), optimizer=opt, epochs=1,
+                  batch_size=128, progress=False)
+epoch(n)
+print(status("VmHWM") - before)
+"""
+
+
+def bench_memory(torch, quick, threads):
+    """Peak-memory row: how far one MLP epoch raises each contender's peak RSS (MiB)."""
+    import subprocess
+    import tempfile
+
+    import nnscratch
+
+    n = 12_000 if quick else 60_000
+    env = dict(os.environ)
+    # the child imports the installed package (or this one), never the source checkout
+    roots = {os.path.dirname(os.path.dirname(os.path.abspath(nnscratch.__file__)))}
+    env["PYTHONPATH"] = os.pathsep.join(list(roots) + [env.get("PYTHONPATH", "")])
+    peaks = {}
+    for name in ("nnscratch", "numpy") + (("torch",) if torch is not None else ()):
+        backend = {"nnscratch": "cython"}.get(name, name)
+        with tempfile.TemporaryDirectory() as cwd:
+            result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, backend, str(n),
+                                     str(threads)], capture_output=True, text=True, cwd=cwd,
+                                    env=env, timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError(f"memory benchmark child ({name}) failed:\n{result.stderr}")
+        peaks[name] = int(result.stdout.split()[-1]) / 1024.0   # kB -> MiB
+    return [(f"MLP 784-256-128-10, batch 128, epoch on {n} images: peak memory of training",
+             peaks, "MiB")]
+
+
 def run(quick=False, threads=None, only="all", out=None):
     """Measure and print the table (to `out`, default stdout); returns its rows."""
     out = out if out is not None else sys.stdout
@@ -299,14 +390,18 @@ def _run(quick, threads, only, out, torch):
         rows += bench_gemm(rounds, torch)
     if only in ("mlp", "cnn", "all"):
         rows += bench_training(rounds, torch, quick, only)
+    if only in ("mlp", "memory", "all"):
+        rows += bench_memory(torch, quick, threads)
     table = []
-    for label, secs, flops in rows:
+    for label, secs, unit in rows:
         def fmt(key):
             if key not in secs:
                 return "-"
             s = secs[key]
-            if flops:
-                return f"{flops / s / 1e9:.0f} GF/s"
+            if unit == "MiB":
+                return f"{s:.1f} MiB"
+            if unit:
+                return f"{unit / s / 1e9:.0f} GF/s"
             return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s:.3f} s"
         ours = secs["nnscratch"]
         table.append([label, fmt("nnscratch"), fmt("numpy"),
@@ -314,4 +409,6 @@ def _run(quick, threads, only, out, torch):
                       fmt("torch"), _ratio(ours, secs["torch"]) if "torch" in secs else "-"])
     print(format_table(["work", "nnscratch", "numpy", "vs numpy", "torch", "vs torch"], table),
           file=out)
+    if any(unit == "MiB" for _, _, unit in rows):
+        print("# memory rows: 'vs' = their peak / ours (> 1: nnscratch needs less)", file=out)
     return rows

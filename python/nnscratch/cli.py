@@ -149,7 +149,7 @@ def build_parser():
     b = sub.add_parser("bench", help="speed against NumPy and PyTorch, in one table")
     b.add_argument("--quick", action="store_true", help="about a minute")
     b.add_argument("--threads", type=_positive_int, default=None)
-    b.add_argument("--only", choices=["gemm", "mlp", "cnn", "all"], default="all")
+    b.add_argument("--only", choices=["gemm", "mlp", "cnn", "memory", "all"], default="all")
     return parser
 
 
