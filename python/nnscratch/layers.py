@@ -104,13 +104,14 @@ class Linear(Module):
             raise ValueError(f"{self!r} expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
 
-    def forward(self, x):
-        # x (N, in) @ weight (in, out) + bias (out,) -> out (N, out)
+    def forward(self, x, *, activation=None):
+        # x (N, in) @ weight (in, out) + bias (out,) -> out (N, out); activation="relu"
+        # applies max(., 0) in the same pass (Sequential uses it for a Linear-ReLU pair)
         x = self._as_input(x, self.dtype, self._check)
         self._x = x
         out = self._scratch("out", (x.shape[0], self.out_features), self.dtype)
         bias = None if self.bias is None else self.bias.data
-        return kernels().linear_forward(x, self.weight.data, bias, out)
+        return kernels().linear_forward(x, self.weight.data, bias, out, activation=activation)
 
     def backward(self, grad_out, *, compute_grad_input=True):
         # grad_out (N, out) -> weight.grad += x.T @ grad_out, bias.grad += sum_n grad_out,
@@ -122,10 +123,10 @@ class Linear(Module):
         return kernels().linear_backward(grad_out, x, self.weight.data, self.weight.grad,
                                          grad_b, grad_x, compute_grad_x=compute_grad_input)
 
-    def infer(self, x):
+    def infer(self, x, *, activation=None):
         x = self._as_input(x, self.dtype, self._check)
         bias = None if self.bias is None else self.bias.data
-        return kernels().linear_forward(x, self.weight.data, bias)
+        return kernels().linear_forward(x, self.weight.data, bias, activation=activation)
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):

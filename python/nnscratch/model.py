@@ -13,10 +13,16 @@ or, Keras style, ``model.fit(X, y, loss=..., optimizer=..., epochs=..., batch_si
 import numpy as np
 
 from . import serialization, training
-from .layers import Flatten
+from .layers import Flatten, Linear, ReLU
 from .module import Module
 
 __all__ = ["Sequential"]
+
+
+def _fusable(layer, layers, i):
+    """A plain Linear directly followed by a plain ReLU: computed as one fused kernel."""
+    return (i + 1 < len(layers) and type(layers[i + 1]) is ReLU and isinstance(layer, Linear)
+            and type(layer).forward is Linear.forward and type(layer).infer is Linear.infer)
 
 
 class Sequential(Module):
@@ -52,8 +58,18 @@ class Sequential(Module):
         x = self._cast(x)
         self._sample_shape = x.shape[1:]
         out = x
-        for layer in self.layers:
+        layers, i = self.layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            if _fusable(layer, layers, i):
+                # Linear then ReLU in one pass: the ReLU is applied in the GEMM's write-back,
+                # and the ReLU layer keeps relu(z) for its backward (relu(z) > 0 iff z > 0)
+                out = layer.forward(out, activation="relu")
+                layers[i + 1]._kept = out
+                i += 2
+                continue
             out = layer(out)
+            i += 1
         if not self.training and np.may_share_memory(out, x):
             out = out.copy()   # e.g. Sequential(Flatten()) in eval mode: never a view of x
         return out
@@ -76,8 +92,14 @@ class Sequential(Module):
         """Eval-mode output, keeping no state and reusing no buffer: safe from any thread."""
         x = self._cast(x)
         out = x
-        for layer in self.layers:
-            out = layer.infer(out)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            if _fusable(layers[i], layers, i):
+                out = layers[i].infer(out, activation="relu")
+                i += 2
+                continue
+            out = layers[i].infer(out)
+            i += 1
         return out.copy() if np.may_share_memory(out, x) else out
 
     def _cast(self, x):
@@ -85,9 +107,10 @@ class Sequential(Module):
         model's dtype once, here, rather than layer by layer."""
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
-        dtype = self.dtype
-        if dtype is not None and x.dtype.kind in "iub":
-            x = x.astype(dtype)
+        if x.dtype.kind in "iub":
+            dtype = self.dtype      # (looked up only when needed: it walks the parameters)
+            if dtype is not None:
+                x = x.astype(dtype)
         if x.ndim < 1:
             raise ValueError(f"Sequential expects a batch of shape (N, ...), got a scalar")
         return x
