@@ -468,6 +468,36 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
 # ---------------------------------------------------------------------------------------------
 # max pooling
 
+cdef inline void _take(floating v, long pos, floating *best, long *best_pos) noexcept nogil:
+    # the window scan's step: v wins if larger, or if it is a NaN and the best is not
+    cdef bint take = (v > best[0]) | ((v != v) & (best[0] == best[0]))
+    best[0] = v if take else best[0]
+    best_pos[0] = pos if take else best_pos[0]
+
+
+cdef void maxpool_planes_2x2(const floating *x, floating *out, int64_t *idx, long planes,
+                             long H, long W, long OH, long OW) noexcept nogil:
+    # the common 2x2 window with stride 2, unrolled: the same scan order and tie rule
+    cdef long q, oh, ow, c, base, best_pos
+    cdef floating best
+    cdef const floating *r0
+    cdef const floating *r1
+    for q in range(planes):
+        for oh in range(OH):
+            base = 2 * oh * W
+            r0 = x + q * H * W + base
+            r1 = r0 + W
+            for ow in range(OW):
+                c = 2 * ow
+                best = r0[c]
+                best_pos = base + c
+                _take(r0[c + 1], base + c + 1, &best, &best_pos)
+                _take(r1[c], base + W + c, &best, &best_pos)
+                _take(r1[c + 1], base + W + c + 1, &best, &best_pos)
+                out[(q * OH + oh) * OW + ow] = best
+                idx[(q * OH + oh) * OW + ow] = best_pos
+
+
 cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, long planes, long H,
                          long W, long KH, long KW, long sh, long sw, long OH,
                          long OW) noexcept nogil:
@@ -477,6 +507,9 @@ cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, long pl
     cdef floating v, best
     cdef bint take
     cdef const floating *plane
+    if KH == 2 and KW == 2 and sh == 2 and sw == 2:
+        maxpool_planes_2x2(x, out, idx, planes, H, W, OH, OW)
+        return
     for q in range(planes):
         plane = x + q * H * W
         for oh in range(OH):
