@@ -180,12 +180,12 @@ def _rss_samples(tmp_path, which):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _assert_flat(samples, what):
+def _assert_flat(samples, what, bound=GROWTH_BOUND):
     base = samples[WARMUP - 1]
     growth = max(samples[WARMUP:]) - base
     text = ", ".join(f"{s / MiB:.1f}" for s in samples)
-    assert growth < GROWTH_BOUND, (f"{what}: RSS grew {growth / MiB:.1f} MiB after warm-up "
-                                   f"(bound {GROWTH_BOUND / MiB:.0f}); MiB per round: {text}")
+    assert growth < bound, (f"{what}: RSS grew {growth / MiB:.1f} MiB after warm-up "
+                            f"(bound {bound / MiB:.0f}); MiB per round: {text}")
 
 
 def test_rss_is_flat_over_20_epochs_of_mlp_training(tmp_path):
@@ -210,7 +210,11 @@ def test_rss_is_flat_over_repeated_kernel_calls(tmp_path):
 
 
 def test_short_lived_threads_do_not_leak_their_scratch_buffers(tmp_path):
-    _assert_flat(_rss_samples(tmp_path, "threads"), "100 short-lived threads")
+    # A leak would be ~1.5 MB per thread: ~150 MB per round of 100 threads. What remains
+    # without one is glibc's per-thread malloc arenas settling (seen: up to ~6 MiB creep
+    # over 10 rounds), so the bound here is 20 MiB, far below one round's leak.
+    _assert_flat(_rss_samples(tmp_path, "threads"), "100 short-lived threads",
+                 bound=20 * MiB)
 
 
 if __name__ == "__main__":
