@@ -19,15 +19,11 @@ from cython.parallel cimport prange
 from libc.math cimport exp, tanh as c_tanh, expf, tanhf
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, output, check_scalar
-from cnn_core._parallel cimport num_threads
+from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS, SPAN_MIN
 
 cdef enum Op:
     RELU_FWD, RELU_BWD, LEAKY_FWD, LEAKY_BWD, SIGMOID_FWD, SIGMOID_BWD, TANH_FWD, TANH_BWD
     DROPOUT
-
-cdef enum:
-    SPAN_MIN = 1 << 15       # elements per thread below which one thread does it all
-    MAX_PARTS = 64
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -94,11 +90,7 @@ cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned
 cdef void unary(Op op, const floating *x, const floating *g, const unsigned char *mask,
                 floating *y, long n, floating s, int threads) noexcept nogil:
     # unary_span over [0, n), in `parts` contiguous spans, one per thread
-    cdef long parts = n // SPAN_MIN
-    if parts > threads:
-        parts = threads
-    if parts > MAX_PARTS:
-        parts = MAX_PARTS
+    cdef long parts = span_parts(n, SPAN_MIN, threads)
     if parts <= 1:
         unary_span(op, x, g, mask, y, n, s)
         return
@@ -265,9 +257,7 @@ cdef void softmax_backward_rows(const floating *g, const floating *y, floating *
 
 cdef void rows_parallel(bint backward, const floating *a, const floating *b, floating *y, long n,
                         long c, int threads) noexcept nogil:
-    cdef long parts = (n * c) // SPAN_MIN
-    if parts > threads:
-        parts = threads
+    cdef long parts = span_parts(n * c, SPAN_MIN, threads)
     if parts > n:
         parts = n
     if parts <= 1:

@@ -30,13 +30,12 @@ from libc.stdint cimport int64_t
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output
 from cnn_core._gemm cimport sgemm_serial, dgemm_serial
-from cnn_core._parallel cimport num_threads
+from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
 cdef enum:
-    MAX_PARTS = 64
     POOL_PLANES_PER_THREAD = 16
     MAX_WINDOW = 1 << 24     # strides, paddings and pooling windows: far beyond any image
     # multiply-adds per thread below which a second thread costs more than it saves
@@ -63,6 +62,13 @@ cdef inline int _gemm(const floating *a, long rsa, long csa, const floating *b, 
         return dgemm_serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0)
 
 
+cdef inline void _valid_columns(long kw, long sw, long pw, long W, long OW, long *lo,
+                                long *hi) noexcept nogil:
+    # [lo, hi): the output columns ow whose input column iw = ow*sw - pw + kw is inside [0, W)
+    lo[0] = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
+    hi[0] = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, lo[0], OW)
+
+
 cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, long sh, long sw,
                  long ph, long pw, long OH, long OW, floating *col, long ldc) noexcept nogil:
     # x (C, H, W) -> col (C*KH*KW, OH*OW), row r at col + r*ldc (ldc >= OH*OW: a column
@@ -74,9 +80,7 @@ cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, lo
         for kh in range(KH):
             for kw in range(KW):
                 dst = col + ((c * KH + kh) * KW + kw) * ldc
-                # the ow whose input column iw = ow*sw - pw + kw is inside [0, W)
-                ow_lo = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
-                ow_hi = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, ow_lo, OW)
+                _valid_columns(kw, sw, pw, W, OW, &ow_lo, &ow_hi)
                 for oh in range(OH):
                     ih = oh * sh - ph + kh
                     if ih < 0 or ih >= H:
@@ -106,8 +110,7 @@ cdef void col2im(const floating *col, long C, long H, long W, long KH, long KW, 
         for kh in range(KH):
             for kw in range(KW):
                 src = col + ((c * KH + kh) * KW + kw) * ldc
-                ow_lo = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
-                ow_hi = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, ow_lo, OW)
+                _valid_columns(kw, sw, pw, W, OW, &ow_lo, &ow_hi)
                 for oh in range(OH):
                     ih = oh * sh - ph + kh
                     if ih < 0 or ih >= H:
@@ -245,19 +248,10 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
     return 0
 
 
-cdef long _parts(long work, int threads) noexcept nogil:
-    cdef long parts = threads
-    if parts > work:
-        parts = work
-    if parts > MAX_PARTS:
-        parts = MAX_PARTS
-    return parts if parts > 1 else 1
-
-
 cdef long _conv_parts(ConvShape s, int threads) noexcept nogil:
     # threads over samples, but only as many as the work pays for
     cdef long fmas = s.N * s.O * s.OH * s.OW * s.C * s.KH * s.KW
-    cdef long parts = _parts(s.N, threads)
+    cdef long parts = span_parts(s.N, 1, threads)
     while parts > 1 and fmas // parts < CONV_MIN_FMAS_PER_THREAD:
         parts -= 1
     return parts
@@ -542,7 +536,7 @@ cdef _pool_typed(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int
                  long KH, long KW, long sh, long sw):
     cdef long N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef long OH = out.shape[2], OW = out.shape[3], planes = N * C
-    cdef long parts = _parts(planes // POOL_PLANES_PER_THREAD, num_threads())
+    cdef long parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
     cdef long step = (planes + parts - 1) // parts, t, q0
     if planes == 0:
         return
@@ -589,7 +583,7 @@ cdef _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :,
                           floating[:, :, :, ::1] gx):
     cdef long planes = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
     cdef long OHW = g.shape[2] * g.shape[3]
-    cdef long parts = _parts(planes // POOL_PLANES_PER_THREAD, num_threads())
+    cdef long parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
     cdef long step = (planes + parts - 1) // parts, t, q0
     if planes == 0:
         return

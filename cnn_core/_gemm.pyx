@@ -30,7 +30,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_buffer, output, check_scalar
-from cnn_core._parallel cimport num_threads
+from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 
 cdef extern from "nn_gemm_ukernel.h" nogil:
     ctypedef void (*nn_sgemm_ukr_t)(long, const float *, const float *, float *, long, float,
@@ -71,7 +71,6 @@ cdef enum:
     M_BLOCK = 3072
     # below this many multiply-adds a second thread costs more than it saves
     PARALLEL_MIN_FMAS = 1 << 20
-    MAX_PARTS = 64
     # a product with fewer rows than this (and B not transposed): no packing, the row
     # kernel streams B. Decided on the whole product, never per thread slab, so that the
     # summation order (and so every bit) does not depend on the thread count.
@@ -237,11 +236,7 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     # chunk (64), so every column is summed by the same code whatever the thread count
     cdef long tile = (64 if row_path else nr) if split_n else mr
     cdef long extent = n if split_n else m
-    cdef long parts = threads
-    if parts > MAX_PARTS:
-        parts = MAX_PARTS
-    if parts > _ceil_div(extent, tile):
-        parts = _ceil_div(extent, tile)
+    cdef long parts = span_parts(_ceil_div(extent, tile), 1, threads)
     if m * n * k < PARALLEL_MIN_FMAS:
         parts = 1
     if parts <= 1:
@@ -482,17 +477,19 @@ def _set_isa(level):
 cdef int sgemm_serial(const float *a, long rsa, long csa, const float *b, long rsb, long csb,
                       float *c, long ldc, long m, long n, long k, float alpha, float beta,
                       const float *bias, int relu) noexcept nogil:
-    if m == 0 or n == 0:
-        return 0
-    if k == 0:
-        return _no_products(c, ldc, m, n, beta, bias, relu)
-    return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
-                     m < ROW_PATH_MAX_M and csb == 1)
+    return _serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
 
 
 cdef int dgemm_serial(const double *a, long rsa, long csa, const double *b, long rsb, long csb,
                       double *c, long ldc, long m, long n, long k, double alpha, double beta,
                       const double *bias, int relu) noexcept nogil:
+    return _serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
+
+
+cdef int _serial(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
+                 floating *c, long ldc, long m, long n, long k, floating alpha, floating beta,
+                 const floating *bias, int relu) noexcept nogil:
+    # the body of sgemm_serial / dgemm_serial (the .pxd exports them by type)
     if m == 0 or n == 0:
         return 0
     if k == 0:

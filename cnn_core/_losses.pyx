@@ -17,12 +17,7 @@ from libc.math cimport exp, log, log1p, fabs
 from libc.stdint cimport int64_t
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, output, as_labels
-from cnn_core._parallel cimport num_threads
-
-cdef enum:
-    SPAN_MIN = 1 << 15
-    MAX_PARTS = 64
-
+from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS, SPAN_MIN
 
 cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, long n, long c,
                      double inv_batch) noexcept nogil:
@@ -52,12 +47,8 @@ cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, l
 
 cdef double sce_parallel(const floating *z, const int64_t *labels, floating *grad, long n,
                          long c, int threads) noexcept nogil:
-    cdef long parts = (n * c) // SPAN_MIN
+    cdef long parts = span_parts(n * c, SPAN_MIN, threads)
     cdef double inv_batch = 1.0 / n
-    if parts > threads:
-        parts = threads
-    if parts > MAX_PARTS:
-        parts = MAX_PARTS
     if parts <= 1:
         return sce_rows(z, labels, grad, n, c, inv_batch)
     cdef double partial[MAX_PARTS]
@@ -134,12 +125,8 @@ cdef double bce_span(const floating *z, const floating *t, floating *g, long n,
 
 cdef double pointwise_parallel(bint bce, const floating *a, const floating *b, floating *g,
                                long n, int threads) noexcept nogil:
-    cdef long parts = n // SPAN_MIN
+    cdef long parts = span_parts(n, SPAN_MIN, threads)
     cdef double scale = (1.0 if bce else 2.0) / n
-    if parts > threads:
-        parts = threads
-    if parts > MAX_PARTS:
-        parts = MAX_PARTS
     if parts <= 1:
         return bce_span(a, b, g, n, scale) if bce else mse_span(a, b, g, n, scale)
     cdef double partial[MAX_PARTS]

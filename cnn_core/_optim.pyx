@@ -24,16 +24,11 @@ from libc.math cimport sqrt, sqrtf
 from libc.stdint cimport uint32_t, uint64_t
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, check_scalar
-from cnn_core._parallel cimport num_threads
+from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN
 
 cdef extern from "nn_cpu.h" nogil:
     unsigned nn_ftz_begin()
     void nn_ftz_end(unsigned old)
-
-cdef enum:
-    SPAN_MIN = 1 << 15
-    MAX_PARTS = 64
-
 
 cdef void sgd_span(floating *p, const floating *g, floating *vel, long n, floating lr,
                    floating mu, floating wd, bint nesterov) noexcept nogil:
@@ -78,18 +73,9 @@ cdef void adam_span(floating *p, const floating *g, floating *m, floating *v, lo
     nn_ftz_end(csr)
 
 
-cdef long _parts(long n, int threads) noexcept nogil:
-    cdef long parts = n // SPAN_MIN
-    if parts > threads:
-        parts = threads
-    if parts > MAX_PARTS:
-        parts = MAX_PARTS
-    return parts if parts > 1 else 1
-
-
 cdef _sgd(floating[::1] p, const floating[::1] g, floating[::1] vel, double lr, double mu, double wd,
           bint nesterov):
-    cdef long n = p.shape[0], parts = _parts(n, num_threads()), step, t, start
+    cdef long n = p.shape[0], parts = span_parts(n, SPAN_MIN, num_threads()), step, t, start
     cdef floating *vp = NULL
     if n == 0:
         return
@@ -110,7 +96,7 @@ cdef _sgd(floating[::1] p, const floating[::1] g, floating[::1] vel, double lr, 
 
 cdef _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v, double step_size,
            double bc2_sqrt, double b1, double b2, double eps, double wd, double decay):
-    cdef long n = p.shape[0], parts = _parts(n, num_threads()), step, t, start
+    cdef long n = p.shape[0], parts = span_parts(n, SPAN_MIN, num_threads()), step, t, start
     if n == 0:
         return
     step = (n + parts - 1) // parts
