@@ -129,7 +129,7 @@ def _mlp(sizes, dtype=np.float32):
     return nn.Sequential(*layers)
 
 
-def _torch_mlp(torch, model):
+def _torch_twin(torch, model):
     """The same network in PyTorch, with the same initial weights."""
     layers = []
     import nnscratch as nn
@@ -213,7 +213,7 @@ def bench_training(rounds, torch, quick, which):
             nn.seed(0)
             contenders["numpy"] = _epoch_runner(_mlp(sizes), X, y, batch, 0.01, "numpy")
         if torch is not None:
-            contenders["torch"] = _torch_epoch_runner(torch, _torch_mlp(torch, _mlp(sizes)), X,
+            contenders["torch"] = _torch_epoch_runner(torch, _torch_twin(torch, _mlp(sizes)), X,
                                                       y, batch, 0.01)
         secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
         rows.append((label + (f" (x{n_full // n} of {n})" if n != n_full else ""),
@@ -232,7 +232,7 @@ def bench_training(rounds, torch, quick, which):
                 ref_model(x1)
         contenders["numpy"] = numpy_infer
         if torch is not None:
-            tmodel = _torch_mlp(torch, model)
+            tmodel = _torch_twin(torch, model)
             tx1 = torch.from_numpy(x1)
 
             def torch_infer():
@@ -257,7 +257,7 @@ def bench_training(rounds, torch, quick, which):
                                              "numpy")}
         sizes = {"nnscratch": n, "numpy": n_numpy}
         if torch is not None:
-            contenders["torch"] = _torch_epoch_runner(torch, _torch_mlp(torch, lenet()), X, y,
+            contenders["torch"] = _torch_epoch_runner(torch, _torch_twin(torch, lenet()), X, y,
                                                       128, 0.01)
             sizes["torch"] = n
         secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)

@@ -210,19 +210,21 @@ def build_model(kind, hidden=(256, 128), dropout=0.0, dtype=np.float32):
     raise CLIError(f"unknown model {kind!r}")
 
 
-def _make_optimizer(args, params):
+def _make_optimizer(args, params, **overrides):
+    """The optimizer the arguments ask for; `overrides` replace some of them (e.g. lr=)."""
     import nnscratch as nn
 
-    if args.optimizer == "sgd":
-        lr = args.lr if args.lr is not None else 0.05
-        return nn.SGD(params, lr=lr, momentum=args.momentum,
-                      weight_decay=args.weight_decay or 0.0,
-                      nesterov=args.momentum > 0)
-    lr = args.lr if args.lr is not None else 1e-3
-    if args.optimizer == "adamw":
+    kind, lr, momentum, weight_decay = (
+        overrides.get(key, getattr(args, key))
+        for key in ("optimizer", "lr", "momentum", "weight_decay"))
+    if kind == "sgd":
+        return nn.SGD(params, lr=0.05 if lr is None else lr, momentum=momentum,
+                      weight_decay=weight_decay or 0.0, nesterov=momentum > 0)
+    lr = 1e-3 if lr is None else lr
+    if kind == "adamw":
         return nn.AdamW(params, lr=lr,
-                        weight_decay=1e-2 if args.weight_decay is None else args.weight_decay)
-    return nn.Adam(params, lr=lr, weight_decay=args.weight_decay or 0.0)
+                        weight_decay=1e-2 if weight_decay is None else weight_decay)
+    return nn.Adam(params, lr=lr, weight_decay=weight_decay or 0.0)
 
 
 def _schedule_lr(base_lr, epoch, epochs, schedule):
@@ -299,10 +301,8 @@ def cmd_train(args, out=None):
 
     if resumed is not None:
         model, opt_state, meta = resumed
-        optimizer = _make_optimizer(argparse.Namespace(**{**vars(args), **{
-            k: saved.get(k, getattr(args, k))
-            for k in ("optimizer", "lr", "momentum", "weight_decay")}}),
-            model.parameters())
+        optimizer = _make_optimizer(args, model.parameters(), **{
+            k: saved[k] for k in ("optimizer", "lr", "momentum", "weight_decay") if k in saved})
         try:
             checkpoint.set_optimizer_state(optimizer, opt_state)
         except ValueError as exc:
@@ -383,7 +383,7 @@ def _lr_find(args, X, y, out):
     from .explain import DEFAULT_LRS, lr_find
 
     def make_optimizer(params, lr):
-        return _make_optimizer(argparse.Namespace(**{**vars(args), "lr": lr}), params)
+        return _make_optimizer(args, params, lr=lr)
     make_optimizer.__name__ = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[args.optimizer]
 
     try:

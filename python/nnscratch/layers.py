@@ -200,6 +200,13 @@ class ReLU(_Activation):
     def _backward(self, K, grad_out, x, out):
         return K.relu_backward(grad_out, x, out)
 
+    def keep_output(self, y):
+        """Take ``y = relu(z)`` computed elsewhere (a Linear's fused ReLU, in `Sequential`)
+        as this layer's forward: backward reads it where it would read z, since
+        relu(z) > 0 exactly where z > 0. Returns y."""
+        self._kept = y
+        return y
+
 
 class LeakyReLU(_Activation):
     """``y = x if x > 0 else negative_slope * x``. Shape: any -> same.

@@ -64,8 +64,7 @@ class Sequential(Module):
             if _fusable(layer, layers, i):
                 # Linear then ReLU in one pass: the ReLU is applied in the GEMM's write-back,
                 # and the ReLU layer keeps relu(z) for its backward (relu(z) > 0 iff z > 0)
-                out = layer.forward(out, activation="relu")
-                layers[i + 1]._kept = out
+                out = layers[i + 1].keep_output(layer.forward(out, activation="relu"))
                 i += 2
                 continue
             out = layer(out)
