@@ -33,23 +33,29 @@ from cnn_core._checks cimport as_float_array, check_same_dtype, check_buffer, ou
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 
 cdef extern from "nn_gemm_ukernel.h" nogil:
-    ctypedef void (*nn_sgemm_ukr_t)(long, const float *, const float *, float *, long, float,
-                                    float, const float *, int, int, int)
-    ctypedef void (*nn_dgemm_ukr_t)(long, const double *, const double *, double *, long,
+    ctypedef void (*nn_sgemm_ukr_t)(long, const float *, long, const float *, float *, long,
+                                    float, float, const float *, int, int, int)
+    ctypedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, double *, long,
                                     double, double, const double *, int, int, int)
     ctypedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long,
                                     float *, float, float, const float *, int)
     ctypedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long,
                                     double *, double, double, const double *, int)
+    ctypedef void (*nn_spack_b_t)(long, const float *, long, float *)
+    ctypedef void (*nn_dpack_b_t)(long, const double *, long, double *)
     ctypedef struct nn_sgemm_kernel_t:
         nn_sgemm_ukr_t ukr
+        nn_sgemm_ukr_t ukr_rows
         nn_sgemm_row_t row
+        nn_spack_b_t pack_b
         int mr
         int nr
         const char *name
     ctypedef struct nn_dgemm_kernel_t:
         nn_dgemm_ukr_t ukr
+        nn_dgemm_ukr_t ukr_rows
         nn_dgemm_row_t row
+        nn_dpack_b_t pack_b
         int mr
         int nr
         const char *name
@@ -129,7 +135,13 @@ cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, 
         jr = jr_index * nr
         cols = _min(nr, nc - jr)
         panel = dst + jr * kc
-        if csb == 1:
+        if csb == 1 and cols == nr:
+            # a whole panel: the vector copy stamped for this CPU (nn_gemm_ukernel.h)
+            if floating is float:
+                _skernel.pack_b(kc, b + jr, rsb, panel)
+            else:
+                _dkernel.pack_b(kc, b + jr, rsb, panel)
+        elif csb == 1:
             for p in range(kc):
                 src = b + p * rsb + jr
                 for j in range(cols):
@@ -146,13 +158,20 @@ cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, 
                     panel[p * nr + j] = 0
 
 
-cdef inline void _ukernel(long kc, const floating *a, const floating *b, floating *c, long ldc,
-                          floating alpha, floating beta, const floating *bias, int relu,
-                          int mr, int nr) noexcept nogil:
+cdef inline void _ukernel(long kc, const floating *a, long lda, const floating *b, floating *c,
+                          long ldc, floating alpha, floating beta, const floating *bias,
+                          int relu, int mr, int nr) noexcept nogil:
+    # lda == 0: a is a packed micro-panel; else MR whole rows of row-major A, lda apart
     if floating is float:
-        _skernel.ukr(kc, a, b, c, ldc, alpha, beta, bias, relu, mr, nr)
+        if lda == 0:
+            _skernel.ukr(kc, a, 0, b, c, ldc, alpha, beta, bias, relu, mr, nr)
+        else:
+            _skernel.ukr_rows(kc, a, lda, b, c, ldc, alpha, beta, bias, relu, mr, nr)
     else:
-        _dkernel.ukr(kc, a, b, c, ldc, alpha, beta, bias, relu, mr, nr)
+        if lda == 0:
+            _dkernel.ukr(kc, a, 0, b, c, ldc, alpha, beta, bias, relu, mr, nr)
+        else:
+            _dkernel.ukr_rows(kc, a, lda, b, c, ldc, alpha, beta, bias, relu, mr, nr)
 
 
 cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
@@ -190,7 +209,10 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     if a_packed == NULL or b_packed == NULL:
         return -1
     cdef long ic_index, pc_index, jc_index, ir_index, jr_index
-    cdef long ic, pc, jc, ir, jr, mc, kcur, nc
+    cdef long ic, pc, jc, ir, jr, mc, kcur, nc, full = 0, lda
+    cdef const floating *a_panel
+    # row-major A needs no packing: the micro-kernel broadcasts from MR rows in place
+    cdef bint a_in_place = csa == 1
     cdef floating beta_k
     cdef const floating *bias_k
     cdef int relu_k
@@ -200,7 +222,14 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
         for pc_index in range(_ceil_div(k, kc)):  # loop 4: the k dimension
             pc = pc_index * kc
             kcur = _min(kc, k - pc)
-            pack_a_mcxkc(a + ic * rsa + pc * csa, rsa, csa, mc, kcur, mr, a_packed)
+            if a_in_place:
+                # only a last, partial micro-panel is packed (the kernel reads MR whole rows)
+                full = mc - mc % mr
+                if full < mc:
+                    pack_a_mcxkc(a + (ic + full) * rsa + pc, rsa, 1, mc - full, kcur, mr,
+                                 a_packed)
+            else:
+                pack_a_mcxkc(a + ic * rsa + pc * csa, rsa, csa, mc, kcur, mr, a_packed)
             beta_k = beta if pc == 0 else 1                      # later blocks accumulate
             relu_k = relu if pc + kcur >= k else 0               # ReLU once the sum is whole
             for jc_index in range(_ceil_div(n, nb)):  # loop 3: columns of C
@@ -209,10 +238,19 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
                 pack_b_kcxnc(b + pc * rsb + jc * csb, rsb, csb, kcur, nc, nr, b_packed)
                 for ir_index in range(_ceil_div(mc, mr)):  # loop 2: A micro-panels
                     ir = ir_index * mr
+                    if not a_in_place:
+                        a_panel = a_packed + ir * kcur
+                        lda = 0
+                    elif ir < full:
+                        a_panel = a + (ic + ir) * rsa + pc
+                        lda = rsa
+                    else:
+                        a_panel = a_packed
+                        lda = 0
                     for jr_index in range(_ceil_div(nc, nr)):  # loop 1: B micro-panels
                         jr = jr_index * nr
                         bias_k = bias + jc + jr if (bias != NULL and pc == 0) else NULL
-                        _ukernel(kcur, a_packed + ir * kcur, b_packed + jr * kcur,
+                        _ukernel(kcur, a_panel, lda, b_packed + jr * kcur,
                                  c + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_k, bias_k,
                                  relu_k, <int> _min(mr, mc - ir), <int> _min(nr, nc - jr))
     return 0
@@ -415,13 +453,16 @@ cdef _add_column_sums(const floating[:, ::1] g, floating[::1] acc):
         _column_sums(&g[0, 0], g.shape[0], g.shape[1], &acc[0])
 
 
-def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad_x=True):
+def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad_x=True,
+                    accumulate=True):
     """Backward of out = x @ w + b, accumulating the parameter gradients (as PyTorch's .grad):
 
         grad_w (D, M) += x.T @ grad_out       grad_b (M,) += grad_out.sum(axis=0)
         grad_x (N, D)  = grad_out @ w.T       (returned; None when compute_grad_x is False)
 
-    grad_out (N, M), x (N, D), w (D, M). grad_b may be None (no bias).
+    grad_out (N, M), x (N, D), w (D, M). grad_b may be None (no bias). accumulate=False
+    overwrites grad_w and grad_b (= instead of +=: the GEMM runs with beta = 0, so a
+    zero_grad needs no pass of its own; their old contents are never read).
     """
     grad_out, x = _check_pair("grad_out", grad_out, "x", x)
     w = as_float_array("w", w, 2)
@@ -437,8 +478,10 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         check_buffer("grad_b", grad_b, (m,), dtype)
     if compute_grad_x:
         grad_x = output("grad_x", grad_x, (n, d), dtype)
-    _gemm(x, grad_out, grad_w, True, False, 1.0, 1.0, False)
+    _gemm(x, grad_out, grad_w, True, False, 1.0, 1.0 if accumulate else 0.0, False)
     if grad_b is not None:
+        if not accumulate:
+            grad_b.fill(0)
         if dtype == np.float32:
             _add_column_sums[float](grad_out, grad_b)
         else:

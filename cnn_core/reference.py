@@ -286,7 +286,8 @@ def linear_forward(x, w, b, out=None, *, activation=None):
     return out
 
 
-def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad_x=True):
+def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad_x=True,
+                    accumulate=True):
     """Backward pass of ``z = x @ w + b``: accumulate the parameter gradients, return dL/dx.
 
     With ``g = dL/dz``::
@@ -296,7 +297,9 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         grad_x  = g @ w.T          (N, D)
 
     The parameter gradients are *added to* (as ``.grad`` in PyTorch), the input gradient
-    is overwritten.
+    is overwritten. With ``accumulate=False`` the parameter gradients are overwritten too
+    (``grad_w = x.T @ g``: what a zeroed gradient plus one backward pass holds, without the
+    pass that zeroes it; their old contents are never read).
 
     Parameters
     ----------
@@ -312,6 +315,8 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         Written in place when given.
     compute_grad_x : bool
         False for the first layer, whose input needs no gradient.
+    accumulate : bool
+        False: overwrite grad_w and grad_b instead of adding to them.
 
     Returns
     -------
@@ -334,6 +339,10 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
     if compute_grad_x:
         grad_x = _output("grad_x", grad_x, (n, d), grad_out.dtype)
 
+    if not accumulate:
+        grad_w[...] = 0
+        if grad_b is not None:
+            grad_b[...] = 0
     grad_w += x.T @ grad_out
     if grad_b is not None:
         grad_b += grad_out.sum(axis=0)

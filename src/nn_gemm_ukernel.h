@@ -45,10 +45,10 @@
 
 /* NAME: function name; T, IT: element type and the integer type of its width;
  * MR, NR: tile; VL: elements per vector; TARGET: function attribute. */
-#define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET)                                   \
+#define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET, A_AT)                             \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     typedef IT NAME##_iv __attribute__((vector_size((VL) * sizeof(T))));                    \
-    TARGET static void NAME(long k, const T *restrict a, const T *restrict b,               \
+    TARGET static void NAME(long k, const T *restrict a, long lda, const T *restrict b,     \
                             T *restrict c, long ldc, T alpha, T beta,                       \
                             const T *restrict bias, int relu, int mr, int nr) {             \
         enum { NV = (NR) / (VL) };                                                          \
@@ -57,14 +57,19 @@
         for (int i = 0; i < (MR); ++i)                                                      \
             NN_PRAGMA(GCC unroll 4)                                                         \
             for (int v = 0; v < NV; ++v) acc[i][v] = (NAME##_v){0};                         \
+        NN_PRAGMA(GCC unroll 16)                                                            \
+        for (int i = 0; i < (MR); ++i) __builtin_prefetch(c + i * ldc, 1);                 \
         for (long p = 0; p < k; ++p) {                                                      \
             NAME##_v bv[NV];                                                                \
+            __builtin_prefetch(b + (p + 16) * (NR));                                        \
+            if ((NR) * sizeof(T) > 64)                                                      \
+                __builtin_prefetch(b + (p + 16) * (NR) + 64 / sizeof(T));                  \
             NN_PRAGMA(GCC unroll 4)                                                         \
             for (int v = 0; v < NV; ++v)                                                    \
                 memcpy(&bv[v], b + p * (NR) + v * (VL), sizeof(NAME##_v));                  \
             NN_PRAGMA(GCC unroll 16)                                                        \
             for (int i = 0; i < (MR); ++i) {                                                \
-                const T ai = a[p * (MR) + i];                                               \
+                const T ai = A_AT(a, lda, p, i, MR);                                        \
                 NN_PRAGMA(GCC unroll 4)                                                     \
                 for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];                       \
             }                                                                               \
@@ -165,55 +170,98 @@ NN_DEFINE_ROWKERNEL(nn_sgemm_row_avx512, float, 16, NN_TARGET_AVX512)
 NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512)
 #endif
 
-NN_DEFINE_UKERNEL(nn_sgemm_ukr_generic_4x16, float, int32_t, 4, 16, 4, )
-NN_DEFINE_UKERNEL(nn_dgemm_ukr_generic_4x8, double, int64_t, 4, 8, 2, )
+/* Packing a whole NR-column micro-panel of row-major B (kc x NR, rows rsb apart) is a copy
+ * of NR contiguous elements per row: dst[p*NR + j] = b[p*rsb + j]. Stamped per ISA so that
+ * the copy moves whole vectors (the extension modules themselves are built for plain
+ * x86-64). Edge panels and transposed B are packed by the Cython code. */
+#define NN_DEFINE_PACK_B(NAME, T, NR, VL, TARGET)                                            \
+    typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
+    TARGET static void NAME(long kc, const T *restrict b, long rsb, T *restrict dst) {      \
+        enum { NV = (NR) / (VL) };                                                          \
+        for (long p = 0; p < kc; ++p) {                                                     \
+            NN_PRAGMA(GCC unroll 4)                                                         \
+            for (int v = 0; v < NV; ++v) {                                                  \
+                NAME##_v x;                                                                 \
+                memcpy(&x, b + p * rsb + v * (VL), sizeof(x));                              \
+                memcpy(dst + p * (NR) + v * (VL), &x, sizeof(x));                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+NN_DEFINE_PACK_B(nn_spack_b_generic_16, float, 16, 4, )
+NN_DEFINE_PACK_B(nn_dpack_b_generic_8, double, 8, 2, )
 #if NN_X86
-NN_DEFINE_UKERNEL(nn_sgemm_ukr_avx2_6x16, float, int32_t, 6, 16, 8, NN_TARGET_AVX2)
-NN_DEFINE_UKERNEL(nn_dgemm_ukr_avx2_6x8, double, int64_t, 6, 8, 4, NN_TARGET_AVX2)
-NN_DEFINE_UKERNEL(nn_sgemm_ukr_avx512_12x32, float, int32_t, 12, 32, 16, NN_TARGET_AVX512)
-NN_DEFINE_UKERNEL(nn_dgemm_ukr_avx512_12x16, double, int64_t, 12, 16, 8, NN_TARGET_AVX512)
+NN_DEFINE_PACK_B(nn_spack_b_avx2_16, float, 16, 8, NN_TARGET_AVX2)
+NN_DEFINE_PACK_B(nn_dpack_b_avx2_8, double, 8, 4, NN_TARGET_AVX2)
+NN_DEFINE_PACK_B(nn_spack_b_avx512_32, float, 32, 16, NN_TARGET_AVX512)
+NN_DEFINE_PACK_B(nn_dpack_b_avx512_16, double, 16, 8, NN_TARGET_AVX512)
 #endif
 
-typedef void (*nn_sgemm_ukr_t)(long, const float *, const float *, float *, long, float, float,
-                               const float *, int, int, int);
+/* A's element (p, i) of the micro-panel: packed (a[p*MR + i], lda unused), or read in place
+ * from row-major A (a[i*lda + p]: MR rows, each contiguous in p -- no packing, for A stored
+ * with unit column stride and a whole MR-row tile). */
+#define NN_A_PACKED(a, lda, p, i, MR) ((a)[(p) * (MR) + (i)])
+#define NN_A_ROWS(a, lda, p, i, MR) ((a)[(i) * (lda) + (p)])
+
+#define NN_DEFINE_UKERNELS(NAME, T, IT, MR, NR, VL, TARGET)                                  \
+    NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET, NN_A_PACKED)                          \
+    NN_DEFINE_UKERNEL(NAME##_rows, T, IT, MR, NR, VL, TARGET, NN_A_ROWS)
+
+NN_DEFINE_UKERNELS(nn_sgemm_ukr_generic_4x16, float, int32_t, 4, 16, 4, )
+NN_DEFINE_UKERNELS(nn_dgemm_ukr_generic_4x8, double, int64_t, 4, 8, 2, )
+#if NN_X86
+NN_DEFINE_UKERNELS(nn_sgemm_ukr_avx2_6x16, float, int32_t, 6, 16, 8, NN_TARGET_AVX2)
+NN_DEFINE_UKERNELS(nn_dgemm_ukr_avx2_6x8, double, int64_t, 6, 8, 4, NN_TARGET_AVX2)
+NN_DEFINE_UKERNELS(nn_sgemm_ukr_avx512_12x32, float, int32_t, 12, 32, 16, NN_TARGET_AVX512)
+NN_DEFINE_UKERNELS(nn_dgemm_ukr_avx512_12x16, double, int64_t, 12, 16, 8, NN_TARGET_AVX512)
+#endif
+
+typedef void (*nn_sgemm_ukr_t)(long, const float *, long, const float *, float *, long, float,
+                               float, const float *, int, int, int);
 typedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long, float *,
                                float, float, const float *, int);
 typedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long, double *,
                                double, double, const double *, int);
-typedef void (*nn_dgemm_ukr_t)(long, const double *, const double *, double *, long, double,
-                               double, const double *, int, int, int);
+typedef void (*nn_spack_b_t)(long, const float *, long, float *);
+typedef void (*nn_dpack_b_t)(long, const double *, long, double *);
+typedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, double *, long,
+                               double, double, const double *, int, int, int);
 
 /* The micro-kernel chosen for this CPU, its tile and the cache blocking around it. */
 typedef struct {
-    nn_sgemm_ukr_t ukr;
+    nn_sgemm_ukr_t ukr;       /* A packed */
+    nn_sgemm_ukr_t ukr_rows;  /* A read in place, row-major (MR whole rows) */
     nn_sgemm_row_t row;
+    nn_spack_b_t pack_b;  /* a whole NR-column panel of row-major B */
     int mr, nr;
     const char *name;
 } nn_sgemm_kernel_t;
 
 typedef struct {
-    nn_dgemm_ukr_t ukr;
+    nn_dgemm_ukr_t ukr;       /* A packed */
+    nn_dgemm_ukr_t ukr_rows;  /* A read in place, row-major (MR whole rows) */
     nn_dgemm_row_t row;
+    nn_dpack_b_t pack_b;  /* a whole NR-column panel of row-major B */
     int mr, nr;
     const char *name;
 } nn_dgemm_kernel_t;
 
 static nn_sgemm_kernel_t nn_sgemm_kernel_for(int isa) {
 #if NN_X86
-    if (isa >= NN_ISA_AVX512) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx512_12x32, nn_sgemm_row_avx512, 12, 32, "avx512 12x32"};
-    if (isa >= NN_ISA_AVX2) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx2_6x16, nn_sgemm_row_avx2, 6, 16, "avx2 6x16"};
+    if (isa >= NN_ISA_AVX512) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx512_12x32, nn_sgemm_ukr_avx512_12x32_rows, nn_sgemm_row_avx512, nn_spack_b_avx512_32, 12, 32, "avx512 12x32"};
+    if (isa >= NN_ISA_AVX2) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx2_6x16, nn_sgemm_ukr_avx2_6x16_rows, nn_sgemm_row_avx2, nn_spack_b_avx2_16, 6, 16, "avx2 6x16"};
 #endif
     (void)isa;
-    return (nn_sgemm_kernel_t){nn_sgemm_ukr_generic_4x16, nn_sgemm_row_generic, 4, 16, "generic 4x16"};
+    return (nn_sgemm_kernel_t){nn_sgemm_ukr_generic_4x16, nn_sgemm_ukr_generic_4x16_rows, nn_sgemm_row_generic, nn_spack_b_generic_16, 4, 16, "generic 4x16"};
 }
 
 static nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa) {
 #if NN_X86
-    if (isa >= NN_ISA_AVX512) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx512_12x16, nn_dgemm_row_avx512, 12, 16, "avx512 12x16"};
-    if (isa >= NN_ISA_AVX2) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx2_6x8, nn_dgemm_row_avx2, 6, 8, "avx2 6x8"};
+    if (isa >= NN_ISA_AVX512) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx512_12x16, nn_dgemm_ukr_avx512_12x16_rows, nn_dgemm_row_avx512, nn_dpack_b_avx512_16, 12, 16, "avx512 12x16"};
+    if (isa >= NN_ISA_AVX2) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx2_6x8, nn_dgemm_ukr_avx2_6x8_rows, nn_dgemm_row_avx2, nn_dpack_b_avx2_8, 6, 8, "avx2 6x8"};
 #endif
     (void)isa;
-    return (nn_dgemm_kernel_t){nn_dgemm_ukr_generic_4x8, nn_dgemm_row_generic, 4, 8, "generic 4x8"};
+    return (nn_dgemm_kernel_t){nn_dgemm_ukr_generic_4x8, nn_dgemm_ukr_generic_4x8_rows, nn_dgemm_row_generic, nn_dpack_b_generic_8, 4, 8, "generic 4x8"};
 }
 
 #endif /* NN_GEMM_UKERNEL_H */

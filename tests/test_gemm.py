@@ -330,6 +330,22 @@ def test_linear_backward_buffers_and_accumulation(rng, dtype):
     np.testing.assert_array_equal(gx, gx_before)
 
 
+@pytest.mark.parametrize("n,d,m", [(1, 1, 1), (13, 31, 7), (128, 97, 33)])
+def test_linear_backward_overwrite(rng, dtype, n, d, m):
+    # accumulate=False: grad_w and grad_b are written (never read: NaN stays out)
+    g, x, w = randn(rng, (n, m), dtype), randn(rng, (n, d), dtype), randn(rng, (d, m), dtype)
+    for mod in (cnn_core, reference):
+        gw, gb = nan_array((d, m), dtype), nan_array((m,), dtype)
+        gx = mod.linear_backward(g, x, w, gw, gb, accumulate=False)
+        rgw, rgb = np.zeros((d, m), dtype), np.zeros((m,), dtype)
+        rgx = reference.linear_backward(g, x, w, rgw, rgb)
+        assert_close(gw, rgw, k=n)
+        assert_close(gb, rgb, k=n)
+        assert_close(gx, rgx, k=m)
+        mod.linear_backward(g, x, w, gw, None, accumulate=False, compute_grad_x=False)
+        assert_close(gw, rgw, k=n)
+
+
 def test_linear_backward_non_contiguous(rng, dtype):
     n, d, m = 10, 12, 9
     g, x, w = strided(rng, (n, m), dtype), strided(rng, (n, d), dtype), strided(rng, (d, m), dtype)

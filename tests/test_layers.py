@@ -197,6 +197,57 @@ def test_parameter_gradients_accumulate_until_zero_grad():
     assert not layer.weight.grad.any() and not layer.bias.grad.any()
 
 
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_zero_grad_is_lazy_and_the_next_backward_overwrites(backend):
+    # zero_grad only marks the gradients; Linear's backward then writes them (beta = 0 in
+    # the GEMM) instead of adding: the result must equal fill-then-add, whatever garbage
+    # the arrays held, and a read before any backward must see zeros
+    nn.seed(12)
+    rng = np.random.default_rng(12)
+    x, g = rng.normal(size=(6, 5)), rng.normal(size=(6, 3))
+    with nn.backend.using(backend):
+        for bias in (True, False):
+            layer = nn.Linear(5, 3, bias=bias, dtype=np.float64)
+            params = layer.parameters()
+            layer(x)
+            layer.backward(g)
+            expected = [p.grad.copy() for p in params]
+            for p in params:
+                p._grad.fill(np.nan)         # stale contents the overwrite must not read
+            layer.zero_grad()
+            assert all(p._grad_zero for p in params)
+            layer(x)
+            layer.backward(g)
+            for p, e in zip(params, expected):
+                assert not p._grad_zero
+                np.testing.assert_allclose(p.grad, e, rtol=1e-12, atol=1e-12)
+            # accumulation resumes after the overwrite
+            layer.backward(g)
+            for p, e in zip(params, expected):
+                np.testing.assert_allclose(p.grad, 2 * e, rtol=1e-12, atol=1e-12)
+            # reading the gradient after zero_grad fills the zeros
+            layer.zero_grad()
+            assert all(not p.grad.any() for p in params)
+    # only one of the two parameters zeroed: the other keeps accumulating
+    layer = nn.Linear(5, 3, dtype=np.float64)
+    layer(x)
+    layer.backward(g)
+    w_once, b_once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    layer.weight.zero_grad()
+    layer.backward(g)
+    np.testing.assert_allclose(layer.weight.grad, w_once, rtol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, 2 * b_once, rtol=1e-12)
+    layer.bias.zero_grad()
+    layer.backward(g)
+    np.testing.assert_allclose(layer.weight.grad, 2 * w_once, rtol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, b_once, rtol=1e-12)
+    # a backward the kernel rejects leaves zeroed gradients zero
+    layer.zero_grad()
+    with pytest.raises(ValueError):
+        layer.backward(np.ones((6, 4)))
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
 def test_parameter_data_keeps_identity():
     p = nn.Parameter(np.arange(6.0).reshape(2, 3))
     data, grad = p.data, p.grad

@@ -119,9 +119,27 @@ class Linear(Module):
         x = self._saved("_x")
         grad_out = self._as_grad(grad_out, (x.shape[0], self.out_features), self.dtype)
         grad_x = self._scratch("grad_x", x.shape, self.dtype) if compute_grad_input else None
-        grad_b = None if self.bias is None else self.bias.grad
-        return kernels().linear_backward(grad_out, x, self.weight.data, self.weight.grad,
-                                         grad_b, grad_x, compute_grad_x=compute_grad_input)
+        # after a zero_grad the kernel overwrites the gradients (beta = 0 in the GEMM)
+        grad_w, accumulate = self.weight.grad_for_backward()
+        grad_b = None
+        if self.bias is not None:
+            grad_b, bias_accumulate = self.bias.grad_for_backward()
+            if bias_accumulate != accumulate:   # only one of the two was zeroed
+                if not accumulate:
+                    grad_w.fill(0)
+                else:
+                    grad_b.fill(0)
+                accumulate = True
+        try:
+            return kernels().linear_backward(grad_out, x, self.weight.data, grad_w, grad_b,
+                                             grad_x, compute_grad_x=compute_grad_input,
+                                             accumulate=accumulate)
+        except BaseException:
+            if not accumulate:   # a rejected call leaves the gradients zero, as it found them
+                grad_w.fill(0)
+                if grad_b is not None:
+                    grad_b.fill(0)
+            raise
 
     def infer(self, x, *, activation=None):
         x = self._as_input(x, self.dtype, self._check)

@@ -35,6 +35,11 @@ class Parameter:
     """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype).
 
     ``grad`` starts at zero; backward passes add into it and ``zero_grad()`` clears it.
+    The clearing is lazy: ``zero_grad()`` only marks the gradient as zero, and the next
+    backward pass *writes* it instead of adding to it (a layer whose kernel can overwrite
+    asks `grad_for_backward`), which saves a pass over every gradient per step; anything
+    that reads ``grad`` first gets the zeros filled in. Either way ``grad`` always reads as
+    what PyTorch's ``.grad`` would hold.
     Both arrays are C-contiguous and keep their identity for the parameter's lifetime:
     assigning ``p.data = values`` copies `values` into the existing array (same shape
     required), so optimizers and kernels that hold the array stay valid.
@@ -45,13 +50,14 @@ class Parameter:
         Copied.
     """
 
-    __slots__ = ("_data", "_grad")
+    __slots__ = ("_data", "_grad", "_grad_zero")
 
     def __init__(self, data):
         data = np.array(data, copy=True, order="C")
         check_float_dtype(data.dtype, "Parameter data")
         self._data = data
         self._grad = np.zeros_like(data)
+        self._grad_zero = False   # True: grad is zero, its array not yet cleared
 
     @property
     def data(self):
@@ -69,7 +75,19 @@ class Parameter:
     @property
     def grad(self):
         """dL/d(data), accumulated by backward passes (ndarray of data's shape and dtype)."""
+        if self._grad_zero:
+            self._grad.fill(0)
+            self._grad_zero = False
         return self._grad
+
+    def grad_for_backward(self):
+        """``(grad, accumulate)`` for a backward pass: when `accumulate` is False the
+        gradient is zero (a `zero_grad` since the last pass) and the caller must overwrite
+        every element of `grad` (``=`` rather than ``+=``); when True it adds as usual."""
+        if self._grad_zero:
+            self._grad_zero = False
+            return self._grad, False
+        return self._grad, True
 
     @property
     def shape(self):
@@ -84,8 +102,8 @@ class Parameter:
         return self._data.size
 
     def zero_grad(self):
-        """Set the gradient to zero, in place."""
-        self._grad.fill(0)
+        """Set the gradient to zero (lazily: see the class docstring)."""
+        self._grad_zero = True
 
     def __repr__(self):
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
