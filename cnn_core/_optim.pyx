@@ -222,12 +222,22 @@ cdef bint all_finite_span(const floating *x, long n) noexcept nogil:
 
 
 cdef bint _all_finite(const floating[::1] x):
-    cdef bint ok
-    if x.shape[0] == 0:
+    # one span per thread, cut as sgd_update/adam_update cut theirs: each thread reads the
+    # part of a gradient it will update (and, for a weight gradient, mostly the part its
+    # GEMM wrote), from its own core's cache
+    cdef long n = x.shape[0], parts = span_parts(n, SPAN_MIN, num_threads()), step, t, start
+    cdef int hits = 0
+    if n == 0:
         return True
+    step = (n + parts - 1) // parts
     with nogil:
-        ok = all_finite_span(&x[0], x.shape[0])
-    return ok
+        if parts == 1:
+            return all_finite_span(&x[0], n)
+        for t in prange(parts, num_threads=parts, schedule="static"):
+            start = t * step
+            if start < n and not all_finite_span(&x[start], n - start if n - start < step else step):
+                hits += 1
+    return hits == 0
 
 
 def all_finite(x):
