@@ -43,11 +43,14 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
                                     double *, double, double, const double *, int)
     ctypedef void (*nn_spack_b_t)(long, const float *, long, float *)
     ctypedef void (*nn_dpack_b_t)(long, const double *, long, double *)
+    ctypedef int (*nn_spack_bt_t)(long, const float *, long, float *)
+    ctypedef int (*nn_dpack_bt_t)(long, const double *, long, double *)
     ctypedef struct nn_sgemm_kernel_t:
         nn_sgemm_ukr_t ukr
         nn_sgemm_ukr_t ukr_rows
         nn_sgemm_row_t row
         nn_spack_b_t pack_b
+        nn_spack_bt_t pack_bt
         int mr
         int nr
         const char *name
@@ -56,6 +59,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
         nn_dgemm_ukr_t ukr_rows
         nn_dgemm_row_t row
         nn_dpack_b_t pack_b
+        nn_dpack_bt_t pack_bt
         int mr
         int nr
         const char *name
@@ -148,6 +152,10 @@ cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, 
                     panel[p * nr + j] = src[j]
                 for j in range(cols, nr):
                     panel[p * nr + j] = 0
+        elif rsb == 1 and cols == nr and (_skernel.pack_bt(kc, b + jr * csb, csb, panel)
+                                          if floating is float else
+                                          _dkernel.pack_bt(kc, b + jr * csb, csb, panel)):
+            pass   # a whole panel of transposed B, gathered by the vector kernel
         else:
             for j in range(cols):
                 src = b + (jr + j) * csb

@@ -197,6 +197,58 @@ NN_DEFINE_PACK_B(nn_spack_b_avx512_32, float, 32, 16, NN_TARGET_AVX512)
 NN_DEFINE_PACK_B(nn_dpack_b_avx512_16, double, 16, 8, NN_TARGET_AVX512)
 #endif
 
+/* Packing a whole micro-panel of transposed B (B[p, j] = b[j*csb + p]: op(B) = W^T, as in
+ * the input gradient g @ W^T) gathers NR elements, csb apart, per row p:
+ * dst[p*NR + j] = b[j*csb + p]. With AVX2/AVX-512 one gather instruction fetches a vector
+ * of them (the NR source rows stay in L1 while p walks along them). Needs csb * NR to fit
+ * an int32 index; returns 0 (the caller packs) when it does not. */
+#if NN_X86
+#include <immintrin.h>
+
+/* IDX: an index vector of VL int32 lanes 0, csb, 2*csb, ...; GATHER(base, idx) and
+ * STORE(dst, v): the gather and unaligned store of VL elements. */
+#define NN_DEFINE_PACK_BT(NAME, T, NR, VL, TARGET, IDX, GATHER, STORE)                       \
+    TARGET static int NAME(long kc, const T *restrict b, long csb, T *restrict dst) {       \
+        if (csb > INT32_MAX / (NR)) return 0;                                               \
+        const int c = (int)csb;                                                             \
+        const T *half = b + (VL) * csb;                                                     \
+        for (long p = 0; p < kc; ++p) {                                                     \
+            STORE(dst + p * (NR), GATHER(b + p, IDX));                                      \
+            STORE(dst + p * (NR) + (VL), GATHER(half + p, IDX));                            \
+        }                                                                                   \
+        return 1;                                                                           \
+    }
+
+#define NN_IDX16 _mm512_setr_epi32(0, c, 2 * c, 3 * c, 4 * c, 5 * c, 6 * c, 7 * c, 8 * c, \
+                                   9 * c, 10 * c, 11 * c, 12 * c, 13 * c, 14 * c, 15 * c)
+#define NN_IDX8 _mm256_setr_epi32(0, c, 2 * c, 3 * c, 4 * c, 5 * c, 6 * c, 7 * c)
+#define NN_IDX4 _mm_setr_epi32(0, c, 2 * c, 3 * c)
+#define NN_GATHER_PS512(base, idx) _mm512_i32gather_ps(idx, base, 4)
+#define NN_GATHER_PD512(base, idx) _mm512_i32gather_pd(idx, base, 8)
+#define NN_GATHER_PS256(base, idx) _mm256_i32gather_ps(base, idx, 4)
+#define NN_GATHER_PD256(base, idx) _mm256_i32gather_pd(base, idx, 8)
+
+NN_DEFINE_PACK_BT(nn_spack_bt_avx512_32, float, 32, 16, NN_TARGET_AVX512, NN_IDX16,
+                  NN_GATHER_PS512, _mm512_storeu_ps)
+NN_DEFINE_PACK_BT(nn_dpack_bt_avx512_16, double, 16, 8, NN_TARGET_AVX512, NN_IDX8,
+                  NN_GATHER_PD512, _mm512_storeu_pd)
+NN_DEFINE_PACK_BT(nn_spack_bt_avx2_16, float, 16, 8, NN_TARGET_AVX2, NN_IDX8,
+                  NN_GATHER_PS256, _mm256_storeu_ps)
+NN_DEFINE_PACK_BT(nn_dpack_bt_avx2_8, double, 8, 4, NN_TARGET_AVX2, NN_IDX4,
+                  NN_GATHER_PD256, _mm256_storeu_pd)
+#endif
+
+/* no gather instruction: the caller's scalar packing */
+static int nn_spack_bt_generic_16(long kc, const float *b, long csb, float *dst) {
+    (void)kc; (void)b; (void)csb; (void)dst;
+    return 0;
+}
+
+static int nn_dpack_bt_generic_8(long kc, const double *b, long csb, double *dst) {
+    (void)kc; (void)b; (void)csb; (void)dst;
+    return 0;
+}
+
 /* A's element (p, i) of the micro-panel: packed (a[p*MR + i], lda unused), or read in place
  * from row-major A (a[i*lda + p]: MR rows, each contiguous in p -- no packing, for A stored
  * with unit column stride and a whole MR-row tile). */
@@ -224,6 +276,8 @@ typedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *,
                                double, double, const double *, int);
 typedef void (*nn_spack_b_t)(long, const float *, long, float *);
 typedef void (*nn_dpack_b_t)(long, const double *, long, double *);
+typedef int (*nn_spack_bt_t)(long, const float *, long, float *);
+typedef int (*nn_dpack_bt_t)(long, const double *, long, double *);
 typedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, double *, long,
                                double, double, const double *, int, int, int);
 
@@ -233,6 +287,7 @@ typedef struct {
     nn_sgemm_ukr_t ukr_rows;  /* A read in place, row-major (MR whole rows) */
     nn_sgemm_row_t row;
     nn_spack_b_t pack_b;  /* a whole NR-column panel of row-major B */
+    nn_spack_bt_t pack_bt;  /* ... of transposed B (0: not done, pack it yourself) */
     int mr, nr;
     const char *name;
 } nn_sgemm_kernel_t;
@@ -242,26 +297,27 @@ typedef struct {
     nn_dgemm_ukr_t ukr_rows;  /* A read in place, row-major (MR whole rows) */
     nn_dgemm_row_t row;
     nn_dpack_b_t pack_b;  /* a whole NR-column panel of row-major B */
+    nn_dpack_bt_t pack_bt;  /* ... of transposed B (0: not done, pack it yourself) */
     int mr, nr;
     const char *name;
 } nn_dgemm_kernel_t;
 
 static nn_sgemm_kernel_t nn_sgemm_kernel_for(int isa) {
 #if NN_X86
-    if (isa >= NN_ISA_AVX512) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx512_12x32, nn_sgemm_ukr_avx512_12x32_rows, nn_sgemm_row_avx512, nn_spack_b_avx512_32, 12, 32, "avx512 12x32"};
-    if (isa >= NN_ISA_AVX2) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx2_6x16, nn_sgemm_ukr_avx2_6x16_rows, nn_sgemm_row_avx2, nn_spack_b_avx2_16, 6, 16, "avx2 6x16"};
+    if (isa >= NN_ISA_AVX512) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx512_12x32, nn_sgemm_ukr_avx512_12x32_rows, nn_sgemm_row_avx512, nn_spack_b_avx512_32, nn_spack_bt_avx512_32, 12, 32, "avx512 12x32"};
+    if (isa >= NN_ISA_AVX2) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx2_6x16, nn_sgemm_ukr_avx2_6x16_rows, nn_sgemm_row_avx2, nn_spack_b_avx2_16, nn_spack_bt_avx2_16, 6, 16, "avx2 6x16"};
 #endif
     (void)isa;
-    return (nn_sgemm_kernel_t){nn_sgemm_ukr_generic_4x16, nn_sgemm_ukr_generic_4x16_rows, nn_sgemm_row_generic, nn_spack_b_generic_16, 4, 16, "generic 4x16"};
+    return (nn_sgemm_kernel_t){nn_sgemm_ukr_generic_4x16, nn_sgemm_ukr_generic_4x16_rows, nn_sgemm_row_generic, nn_spack_b_generic_16, nn_spack_bt_generic_16, 4, 16, "generic 4x16"};
 }
 
 static nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa) {
 #if NN_X86
-    if (isa >= NN_ISA_AVX512) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx512_12x16, nn_dgemm_ukr_avx512_12x16_rows, nn_dgemm_row_avx512, nn_dpack_b_avx512_16, 12, 16, "avx512 12x16"};
-    if (isa >= NN_ISA_AVX2) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx2_6x8, nn_dgemm_ukr_avx2_6x8_rows, nn_dgemm_row_avx2, nn_dpack_b_avx2_8, 6, 8, "avx2 6x8"};
+    if (isa >= NN_ISA_AVX512) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx512_12x16, nn_dgemm_ukr_avx512_12x16_rows, nn_dgemm_row_avx512, nn_dpack_b_avx512_16, nn_dpack_bt_avx512_16, 12, 16, "avx512 12x16"};
+    if (isa >= NN_ISA_AVX2) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx2_6x8, nn_dgemm_ukr_avx2_6x8_rows, nn_dgemm_row_avx2, nn_dpack_b_avx2_8, nn_dpack_bt_avx2_8, 6, 8, "avx2 6x8"};
 #endif
     (void)isa;
-    return (nn_dgemm_kernel_t){nn_dgemm_ukr_generic_4x8, nn_dgemm_ukr_generic_4x8_rows, nn_dgemm_row_generic, nn_dpack_b_generic_8, 4, 8, "generic 4x8"};
+    return (nn_dgemm_kernel_t){nn_dgemm_ukr_generic_4x8, nn_dgemm_ukr_generic_4x8_rows, nn_dgemm_row_generic, nn_dpack_b_generic_8, nn_dpack_bt_generic_8, 4, 8, "generic 4x8"};
 }
 
 #endif /* NN_GEMM_UKERNEL_H */

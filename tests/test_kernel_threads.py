@@ -173,7 +173,7 @@ def test_gemm_micro_kernels(rng, dtype, isa):
     # sizes around every tile (4x16 / 4x8, 6x16 / 6x8, 12x32 / 12x16) and the k block
     for m, k, n in [(1, 1, 1), (3, 5, 7), (4, 16, 16), (5, 17, 17), (6, 8, 8), (7, 9, 15),
                     (12, 32, 32), (13, 33, 33), (25, 257, 49), (50, 400, 70)]:
-        for trans_a, trans_b in [(False, False), (True, True), (True, False)]:
+        for trans_a, trans_b in [(False, False), (False, True), (True, True), (True, False)]:
             a = randn(rng, (k, m) if trans_a else (m, k), dtype)
             b = randn(rng, (n, k) if trans_b else (k, n), dtype)
             c = randn(rng, (m, n), dtype)
