@@ -68,6 +68,9 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
     int nn_cpu_best_isa()
     int NN_ISA_GENERIC, NN_ISA_AVX2, NN_ISA_AVX512
 
+cdef extern from "nn_peak.h" nogil:
+    double nn_fma_peak_loop(int isa, long reps)
+
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
@@ -563,3 +566,20 @@ cdef int _no_products(floating *c, long ldc, long m, long n, floating beta,
                 v = 0
             c[i * ldc + j] = v
     return 0
+
+
+def _fma_peak(long reps=10_000_000, int threads=1):
+    """The measured multiply-add peak (float32 GFLOP/s) that the benchmark's "% of peak"
+    divides by: `threads` threads each issue `reps` x 24 independent vector FMAs of the
+    widest ISA the GEMM uses (src/nn_peak.h), with no memory traffic."""
+    import time
+    if threads < 1 or reps < 1:
+        raise ValueError(f"threads and reps must be >= 1, got {threads}, {reps}")
+    cdef int isa = nn_cpu_best_isa()
+    cdef double flops = 0
+    cdef int t
+    start = time.perf_counter()
+    with nogil:
+        for t in prange(threads, num_threads=threads, schedule="static"):
+            flops += nn_fma_peak_loop(isa, reps)
+    return flops / (time.perf_counter() - start) / 1e9

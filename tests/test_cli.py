@@ -818,14 +818,35 @@ def test_bench_quick_gemm_table(capsys):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"# nnscratch {nn.__version__}, ")
-    assert lines[2].split() == ["work", "nnscratch", "numpy", "vs", "numpy", "torch", "vs",
-                                "torch"]
-    rows = [line for line in lines if line.startswith("GEMM ")]
+    peak = float(re.match(r"# measured float32 FMA peak: (\d+) GFLOP/s on \d+ threads",
+                          lines[1]).group(1))
+    assert peak > 0
+    assert lines[3].split() == ["work", "nnscratch", "%", "peak", "numpy", "vs", "numpy",
+                                "torch", "%", "peak", "vs", "torch"]
+    rows = [line for line in lines if line.startswith("GEMM ") and "speed-up" not in line]
     assert len(rows) == 4
-    torch_installed = "PyTorch not installed" not in lines[1]
+    torch_installed = "PyTorch not installed" not in lines[2]
     for row in rows:
-        assert re.search(r"\d+ GF/s +\d+ GF/s +\d+\.\d\dx ", row), row
-        assert bool(re.search(r"GF/s +\d+\.\d\dx$", row)) == torch_installed, row
+        match = re.search(r"(\d+) GF/s +(\d+)% +\d+ GF/s +\d+\.\d\dx ", row)
+        assert match, row
+        # the % of peak column is the GFLOP/s over the measured peak
+        assert abs(int(match.group(2)) - 100 * int(match.group(1)) / peak) <= 1.0, row
+        assert bool(re.search(r"GF/s +\d+% +\d+\.\d\dx$", row)) == torch_installed, row
+    # and the thread-scaling row (when the machine has two threads to scale to)
+    scaling = [line for line in lines if "speed-up from 1 to" in line]
+    if (os.cpu_count() or 1) > 1:      # bench runs on os.cpu_count() threads by default
+        assert len(scaling) == 1 and scaling[0].startswith("GEMM 1024^3"), scaling
+        assert re.search(r"threads +\d+\.\d\dx ", scaling[0]), scaling[0]
+
+
+def test_fma_peak_is_a_positive_rate():
+    from nnscratch.backend import cnn_core_module
+
+    gemm_module = cnn_core_module()._gemm
+    one = max(gemm_module._fma_peak(reps=200_000, threads=1) for _ in range(3))
+    assert 0.1 < one < 1e5         # GFLOP/s: a real CPU, not a broken timer
+    with pytest.raises(ValueError, match="threads"):
+        gemm_module._fma_peak(threads=0)
 
 
 def test_evaluate_and_predict_with_models_made_for_other_data(capsys, tmp_path):

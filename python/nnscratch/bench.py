@@ -42,6 +42,14 @@ def machine_line():
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def measured_peak(threads):
+    """float32 FMA GFLOP/s of `threads` threads (best of five short runs, cnn_core._gemm)."""
+    from .backend import cnn_core_module
+
+    gemm_module = cnn_core_module()._gemm
+    return max(gemm_module._fma_peak(threads=threads) for _ in range(5))
+
+
 def time_call(fn, *, min_time=0.05, max_reps=100_000):
     """Mean seconds per call of fn(), repeated for at least min_time."""
     reps, start = 0, time.perf_counter()
@@ -127,6 +135,15 @@ def _mlp(sizes, dtype=np.float32):
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def _lenet():
+    """The issue's LeNet-style CNN: conv5x5 16, pool, conv5x5 32, pool, fc128, fc10."""
+    import nnscratch as nn
+
+    return nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
 def _torch_twin(torch, model):
@@ -247,10 +264,7 @@ def bench_training(rounds, torch, quick, which):
         X = rng.random((n, 1, 28, 28), dtype=np.float32)
         y = rng.integers(0, 10, n)
 
-        def lenet():
-            return nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                 nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+        lenet = _lenet
         nn.seed(0)
         contenders = {"nnscratch": _epoch_runner(lenet(), X, y, 128, 0.01, "cython"),
                       "numpy": _epoch_runner(lenet(), X[:n_numpy], y[:n_numpy], 128, 0.01,
@@ -264,6 +278,54 @@ def bench_training(rounds, torch, quick, which):
         rows.append(("LeNet CNN (conv5x5 16, pool, conv5x5 32, pool, fc128, fc10), batch 128,"
                      f" epoch (from {n} images; numpy from {n_numpy})",
                      {k: v * n_full / sizes[k] for k, v in secs.items()}, None))
+    return rows
+
+
+# --- thread scaling ----------------------------------------------------------------------
+
+def bench_scaling(rounds, torch, quick, which, threads):
+    """Rows "1 -> `threads` threads": each contender's time on 1 thread / on `threads`
+    (the speed-up; unit "scaling"). GEMM 1024^3 and the LeNet CNN epoch."""
+    import nnscratch as nn
+    from .backend import cnn_core_module
+
+    if threads < 2:
+        return []
+    core = cnn_core_module()
+    rng = np.random.default_rng(0)
+    jobs = []
+    if which in ("gemm", "all"):
+        a = rng.standard_normal((1024, 1024)).astype(np.float32)
+        b = rng.standard_normal((1024, 1024)).astype(np.float32)
+        out = np.empty((1024, 1024), np.float32)
+        contenders = {"nnscratch": lambda: core.gemm(a, b, out)}
+        if torch is not None:
+            ta, tb, to = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+            contenders["torch"] = lambda: torch.matmul(ta, tb, out=to)
+        jobs.append(("GEMM 1024^3", contenders, rounds, 0.05))
+    if which in ("cnn", "all"):
+        n = 640 if quick else 2_560
+        X = rng.random((n, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, n)
+        nn.seed(0)
+        contenders = {"nnscratch": _epoch_runner(_lenet(), X, y, 128, 0.01, "cython")}
+        if torch is not None:
+            contenders["torch"] = _torch_epoch_runner(torch, _torch_twin(torch, _lenet()), X, y,
+                                                      128, 0.01)
+        jobs.append((f"LeNet CNN epoch ({n} images)", contenders, max(1, rounds // 2), 0.0))
+    rows = []
+    for label, contenders, job_rounds, min_time in jobs:
+        secs = {}
+        for count in (1, threads):
+            nn.set_num_threads(count)
+            if torch is not None:
+                torch.set_num_threads(count)
+            secs[count] = interleaved(contenders, rounds=job_rounds, min_time=min_time)
+        nn.set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(threads)
+        rows.append((f"{label}: speed-up from 1 to {threads} threads",
+                     {k: secs[1][k] / secs[threads][k] for k in contenders}, "scaling"))
     return rows
 
 
@@ -382,7 +444,10 @@ def _run(quick, threads, only, out, torch):
     import nnscratch as nn
 
     rounds = 3 if quick else 7
+    peak = measured_peak(threads)
     print(f"# nnscratch {nn.__version__}, {threads} threads; {machine_line()}", file=out)
+    print(f"# measured float32 FMA peak: {peak:.0f} GFLOP/s on {threads} threads "
+          f"(% peak = a GEMM's GFLOP/s / this)", file=out)
     print(f"# NumPy {np.__version__}; PyTorch {torch.__version__ if torch else 'not installed'}"
           f"; times are medians; 'x faster' = their time / ours", file=out)
     rows = []
@@ -392,6 +457,8 @@ def _run(quick, threads, only, out, torch):
         rows += bench_training(rounds, torch, quick, only)
     if only in ("mlp", "memory", "all"):
         rows += bench_memory(torch, quick, threads)
+    if only in ("gemm", "cnn", "all"):
+        rows += bench_scaling(rounds, torch, quick, only, threads)
     table = []
     for label, secs, unit in rows:
         def fmt(key):
@@ -400,15 +467,24 @@ def _run(quick, threads, only, out, torch):
             s = secs[key]
             if unit == "MiB":
                 return f"{s:.1f} MiB"
+            if unit == "scaling":
+                return f"{s:.2f}x"
             if unit:
                 return f"{unit / s / 1e9:.0f} GF/s"
             return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s:.3f} s"
+
+        def share(key):   # % of the measured peak, for GFLOP/s rows
+            if key not in secs or unit in (None, "MiB", "scaling"):
+                return "-"
+            return f"{100 * unit / secs[key] / 1e9 / peak:.0f}%"
         ours = secs["nnscratch"]
-        table.append([label, fmt("nnscratch"), fmt("numpy"),
-                      _ratio(ours, secs["numpy"]) if "numpy" in secs else "-",
-                      fmt("torch"), _ratio(ours, secs["torch"]) if "torch" in secs else "-"])
-    print(format_table(["work", "nnscratch", "numpy", "vs numpy", "torch", "vs torch"], table),
-          file=out)
+        compare = unit != "scaling"
+        table.append([label, fmt("nnscratch"), share("nnscratch"), fmt("numpy"),
+                      _ratio(ours, secs["numpy"]) if compare and "numpy" in secs else "-",
+                      fmt("torch"), share("torch"),
+                      _ratio(ours, secs["torch"]) if compare and "torch" in secs else "-"])
+    print(format_table(["work", "nnscratch", "% peak", "numpy", "vs numpy", "torch", "% peak",
+                        "vs torch"], table), file=out)
     if any(unit == "MiB" for _, _, unit in rows):
         print("# memory rows: 'vs' = their peak / ours (> 1: nnscratch needs less)", file=out)
     return rows
