@@ -84,6 +84,9 @@ cdef enum:
     M_BLOCK = 3072
     # below this many multiply-adds a second thread costs more than it saves
     PARALLEL_MIN_FMAS = 1 << 20
+    # ... for the row kernel, which streams B from memory (one-sample inference: each
+    # thread reads its half of W, from its own core's cache once warm)
+    PARALLEL_MIN_FMAS_ROWS = 1 << 17
     # a product with fewer rows than this (and B not transposed): no packing, the row
     # kernel streams B. Decided on the whole product, never per thread slab, so that the
     # summation order (and so every bit) does not depend on the thread count.
@@ -282,11 +285,12 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     cdef bint split_n = n >= m
     cdef bint row_path = m < ROW_PATH_MAX_M and csb == 1
     # slabs start on tile boundaries; for the row kernel on multiples of its widest column
-    # chunk (64), so every column is summed by the same code whatever the thread count
-    cdef long tile = (64 if row_path else nr) if split_n else mr
+    # chunk (8 vectors: 128 floats with AVX-512), so every column is summed by the same code
+    # whatever the thread count
+    cdef long tile = (128 if row_path else nr) if split_n else mr
     cdef long extent = n if split_n else m
     cdef long parts = span_parts(_ceil_div(extent, tile), 1, threads)
-    if m * n * k < PARALLEL_MIN_FMAS:
+    if m * n * k < (PARALLEL_MIN_FMAS_ROWS if row_path else PARALLEL_MIN_FMAS):
         parts = 1
     if parts <= 1:
         return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,

@@ -119,37 +119,44 @@
  *
  *     c[j] = alpha * sum_p a[p*csa] * b[p*ldb + j] + beta * c[j]  (+ bias[j], ReLU)
  *
- * for j < n, streaming B's rows once, NRV vectors of columns at a time. */
+ * for j < n, streaming B's rows once, NRV vectors of columns at a time.
+ * NN_ROW_CHUNKS: columns [j, j + NRV*VL) at a time, NRV accumulator vectors. */
+#define NN_ROW_CHUNKS(NAME, T, VL, NRV)                                                      \
+    for (; j + (NRV) * (VL) <= n; j += (NRV) * (VL)) {                                      \
+        NAME##_v acc[NRV];                                                                  \
+        NN_PRAGMA(GCC unroll 8)                                                             \
+        for (int v = 0; v < (NRV); ++v) acc[v] = (NAME##_v){0};                             \
+        for (long p = 0; p < k; ++p) {                                                      \
+            const T ap = a[p * csa];                                                        \
+            NN_PRAGMA(GCC unroll 8)                                                         \
+            for (int v = 0; v < (NRV); ++v) {                                               \
+                NAME##_v bv;                                                                \
+                memcpy(&bv, b + p * ldb + j + v * (VL), sizeof(bv));                        \
+                acc[v] += ap * bv;                                                          \
+            }                                                                               \
+        }                                                                                   \
+        T tile[(NRV) * (VL)];                                                               \
+        memcpy(tile, acc, sizeof(tile));                                                    \
+        for (int t = 0; t < (NRV) * (VL); ++t) {                                            \
+            T r = alpha * tile[t];                                                          \
+            if (beta != 0) r += beta * c[j + t];                                            \
+            if (bias) r += bias[j + t];                                                     \
+            if (relu) r = r <= 0 ? 0 : r;                                                    \
+            c[j + t] = r;                                                                   \
+        }                                                                                   \
+    }
+
+/* Columns go 8 vectors at a time (8 independent FMA chains: enough to hide the latency),
+ * then one vector at a time, then one by one; every column is summed in the same order
+ * (p = 0, 1, ..., k-1) whichever of the three takes it. */
 #define NN_DEFINE_ROWKERNEL(NAME, T, VL, TARGET)                                             \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     TARGET static void NAME(long k, long n, const T *restrict a, long csa,                  \
                             const T *restrict b, long ldb, T *restrict c, T alpha, T beta,  \
                             const T *restrict bias, int relu) {                             \
-        enum { NRV = 4, W = NRV * (VL) };                                                   \
         long j = 0;                                                                         \
-        for (; j + W <= n; j += W) {                                                        \
-            NAME##_v acc[NRV];                                                              \
-            NN_PRAGMA(GCC unroll 4)                                                         \
-            for (int v = 0; v < NRV; ++v) acc[v] = (NAME##_v){0};                           \
-            for (long p = 0; p < k; ++p) {                                                  \
-                const T ap = a[p * csa];                                                    \
-                NN_PRAGMA(GCC unroll 4)                                                     \
-                for (int v = 0; v < NRV; ++v) {                                             \
-                    NAME##_v bv;                                                            \
-                    memcpy(&bv, b + p * ldb + j + v * (VL), sizeof(bv));                    \
-                    acc[v] += ap * bv;                                                      \
-                }                                                                           \
-            }                                                                               \
-            T tile[W];                                                                      \
-            memcpy(tile, acc, sizeof(tile));                                                \
-            for (int t = 0; t < W; ++t) {                                                   \
-                T r = alpha * tile[t];                                                      \
-                if (beta != 0) r += beta * c[j + t];                                        \
-                if (bias) r += bias[j + t];                                                 \
-                if (relu) r = r <= 0 ? 0 : r;                                                \
-                c[j + t] = r;                                                               \
-            }                                                                               \
-        }                                                                                   \
+        NN_ROW_CHUNKS(NAME, T, VL, 8)                                                       \
+        NN_ROW_CHUNKS(NAME, T, VL, 1)                                                       \
         for (; j < n; ++j) {                                                                \
             T r = 0;                                                                        \
             for (long p = 0; p < k; ++p) r += a[p * csa] * b[p * ldb + j];                  \

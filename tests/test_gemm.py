@@ -346,6 +346,22 @@ def test_linear_backward_overwrite(rng, dtype, n, d, m):
         assert_close(gw, rgw, k=n)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 15, 17, 127, 128, 130, 257])
+def test_row_kernel_column_chunks(rng, dtype, m, n):
+    # m < 4: the unpacked row kernel takes columns 8 vectors, then 1 vector, then 1 at a
+    # time; every n splits differently among the three (and among threads when large)
+    k = 211
+    x, w, bias = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
+    assert_close(cnn_core.gemm(x, w), reference.gemm(x, w), k=k)
+    assert_close(cnn_core.linear_forward(x, w, bias, activation="relu"),
+                 reference.linear_forward(x, w, bias, activation="relu"), k=k)
+    c = randn(rng, (m, n), dtype)
+    out = c.copy()
+    cnn_core.gemm(x, w, out, alpha=0.5, beta=2.0)
+    assert_close(out, reference.gemm(x, w, c, alpha=0.5, beta=2.0), k=k)
+
+
 def test_linear_backward_non_contiguous(rng, dtype):
     n, d, m = 10, 12, 9
     g, x, w = strided(rng, (n, m), dtype), strided(rng, (n, d), dtype), strided(rng, (d, m), dtype)

@@ -219,7 +219,7 @@ def test_concurrent_calls_from_python_threads(dtype):
 
 
 @pytest.mark.parametrize("m,k,n", [(26, 2000, 8), (5, 1000, 3), (3, 700, 2000), (1, 513, 1000),
-                                   (130, 900, 7)])
+                                   (130, 900, 7), (1, 784, 256), (2, 300, 250)])
 def test_gemm_bits_do_not_depend_on_threads_at_slab_edges(m, k, n):
     # slabs of few rows or of row-kernel columns must sum like the whole product does
     rng = np.random.default_rng(m * 7 + n)
