@@ -25,8 +25,8 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memset
-from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+from libc.stdint cimport int64_t, INT32_MAX
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output
 from cnn_core._gemm cimport sgemm_serial, dgemm_serial
@@ -34,6 +34,13 @@ from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
+
+cdef extern from "nn_pool.h" nogil:
+    void nn_maxpool2x2_row_avx512(const float *r0, const float *r1, long OW, long base, long W,
+                                  float *out, int64_t *idx)
+    int nn_maxpool2x2_avx512_ok()
+
+cdef bint _pool_avx512 = nn_maxpool2x2_avx512_ok()
 
 cdef enum:
     POOL_PLANES_PER_THREAD = 16
@@ -76,6 +83,17 @@ cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, lo
     cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
     cdef floating *dst
     cdef const floating *src
+    if ph == 0 and pw == 0 and sw == 1:
+        # no padding, unit column stride (the common case): every row of col is OH runs of
+        # OW contiguous inputs, copied without the bounds bookkeeping
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(KW):
+                    dst = col + ((c * KH + kh) * KW + kw) * ldc
+                    src = x + (c * H + kh) * W + kw
+                    for oh in range(OH):
+                        memcpy(dst + oh * OW, src + oh * sh * W, OW * sizeof(floating))
+        return
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
@@ -307,10 +325,27 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
         for o in range(s.O):
             acc = 0
             for n in range(s.N):
-                for p in range(P):
-                    acc = acc + g[(n * s.O + o) * P + p]
+                acc = acc + _row_sum(g + (n * s.O + o) * P, P)
             gb[o] += acc
     return 0
+
+
+cdef inline floating _row_sum(const floating *v, long n) noexcept nogil:
+    # sum of v[0:n] in 8 interleaved lanes (independent chains the compiler vectorises; a
+    # single running sum would wait on every add), then the lanes and the tail, in order
+    cdef floating lanes[8]
+    cdef floating total = 0
+    cdef long i, l, n8 = n - n % 8
+    for l in range(8):
+        lanes[l] = 0
+    for i in range(0, n8, 8):
+        for l in range(8):
+            lanes[l] += v[i + l]
+    for l in range(8):
+        total = total + lanes[l]
+    for i in range(n8, n):
+        total = total + v[i]
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,6 +511,15 @@ cdef void maxpool_planes_2x2(const floating *x, floating *out, int64_t *idx, lon
     cdef floating best
     cdef const floating *r0
     cdef const floating *r1
+    if floating is float:
+        if _pool_avx512 and H * W <= INT32_MAX:
+            # 16 outputs at a time, same scan order and rule (src/nn_pool.h)
+            for q in range(planes):
+                for oh in range(OH):
+                    r0 = x + q * H * W + 2 * oh * W
+                    nn_maxpool2x2_row_avx512(r0, r0 + W, OW, 2 * oh * W, W,
+                                             out + (q * OH + oh) * OW, idx + (q * OH + oh) * OW)
+            return
     for q in range(planes):
         for oh in range(OH):
             base = 2 * oh * W
@@ -522,14 +566,21 @@ cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, long pl
                 idx[(q * OH + oh) * OW + ow] = best_pos
 
 
-cdef void maxpool_backward_planes(const floating *g, const int64_t *idx, floating *gx,
+cdef long maxpool_backward_planes(const floating *g, const int64_t *idx, floating *gx,
                                   long planes, long HW, long OHW) noexcept nogil:
-    # gx plane = zeros, plus g routed to the recorded argmax positions
-    cdef long q, i
+    # gx plane = zeros, plus g routed to the recorded argmax positions. An index outside
+    # [0, HW) (not from maxpool2d_forward) is skipped and counted: the caller raises.
+    cdef long q, i, bad = 0
+    cdef int64_t j
     for q in range(planes):
         memset(gx + q * HW, 0, HW * sizeof(floating))
         for i in range(OHW):
-            gx[q * HW + idx[q * OHW + i]] += g[q * OHW + i]
+            j = idx[q * OHW + i]
+            if 0 <= j < HW:
+                gx[q * HW + j] += g[q * OHW + i]
+            else:
+                bad += 1
+    return bad
 
 
 cdef _pool_typed(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] idx,
@@ -579,26 +630,28 @@ def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
     return out, indices
 
 
-cdef _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :, ::1] idx,
-                          floating[:, :, :, ::1] gx):
+cdef long _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :, ::1] idx,
+                               floating[:, :, :, ::1] gx):
+    # returns how many indices were out of range (skipped)
     cdef long planes = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
     cdef long OHW = g.shape[2] * g.shape[3]
     cdef long parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
-    cdef long step = (planes + parts - 1) // parts, t, q0
+    cdef long step = (planes + parts - 1) // parts, t, q0, bad = 0
     if planes == 0:
-        return
+        return 0
     with nogil:
         if parts == 1:
-            maxpool_backward_planes(&g[0, 0, 0, 0], &idx[0, 0, 0, 0], &gx[0, 0, 0, 0], planes,
-                                    HW, OHW)
+            bad = maxpool_backward_planes(&g[0, 0, 0, 0], &idx[0, 0, 0, 0], &gx[0, 0, 0, 0],
+                                          planes, HW, OHW)
         else:
             for t in prange(parts, num_threads=parts, schedule="static"):
                 q0 = t * step
                 if q0 < planes:
-                    maxpool_backward_planes(&g[0, 0, 0, 0] + q0 * OHW, &idx[0, 0, 0, 0] + q0 * OHW,
-                                            &gx[0, 0, 0, 0] + q0 * HW,
-                                            step if q0 + step <= planes else planes - q0,
-                                            HW, OHW)
+                    bad += maxpool_backward_planes(
+                        &g[0, 0, 0, 0] + q0 * OHW, &idx[0, 0, 0, 0] + q0 * OHW,
+                        &gx[0, 0, 0, 0] + q0 * HW, step if q0 + step <= planes else planes - q0,
+                        HW, OHW)
+    return bad
 
 
 def maxpool2d_backward(grad_out, indices, x_shape, out=None):
@@ -624,13 +677,16 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
     if not (indices.flags.c_contiguous and indices.flags.aligned):
         indices = np.array(indices, order="C")
     hw = x_shape[2] * x_shape[3]
-    if indices.size and (indices.min() < 0 or indices.max() >= hw):
-        raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}")
     out = output("out", out, x_shape, grad_out.dtype)
     if out.size == 0:
+        if indices.size:   # windows into an empty plane: no index can be valid
+            raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}")
         return out
+    # the kernel checks every index as it scatters (no separate min/max passes)
     if grad_out.dtype == np.float32:
-        _pool_backward_typed[float](grad_out, indices, out)
+        bad = _pool_backward_typed[float](grad_out, indices, out)
     else:
-        _pool_backward_typed[double](grad_out, indices, out)
+        bad = _pool_backward_typed[double](grad_out, indices, out)
+    if bad:
+        raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}: {bad} are not")
     return out

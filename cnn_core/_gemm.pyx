@@ -43,8 +43,8 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
                                     double *, double, double, const double *, int)
     ctypedef void (*nn_spack_b_t)(long, const float *, long, float *)
     ctypedef void (*nn_dpack_b_t)(long, const double *, long, double *)
-    ctypedef int (*nn_spack_bt_t)(long, const float *, long, float *)
-    ctypedef int (*nn_dpack_bt_t)(long, const double *, long, double *)
+    ctypedef int (*nn_spack_bt_t)(long, const float *, long, int, float *)
+    ctypedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *)
     ctypedef struct nn_sgemm_kernel_t:
         nn_sgemm_ukr_t ukr
         nn_sgemm_ukr_t ukr_rows
@@ -158,10 +158,10 @@ cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, 
                     panel[p * nr + j] = src[j]
                 for j in range(cols, nr):
                     panel[p * nr + j] = 0
-        elif rsb == 1 and cols == nr and (_skernel.pack_bt(kc, b + jr * csb, csb, panel)
-                                          if floating is float else
-                                          _dkernel.pack_bt(kc, b + jr * csb, csb, panel)):
-            pass   # a whole panel of transposed B, gathered by the vector kernel
+        elif rsb == 1 and (_skernel.pack_bt(kc, b + jr * csb, csb, <int> cols, panel)
+                           if floating is float else
+                           _dkernel.pack_bt(kc, b + jr * csb, csb, <int> cols, panel)):
+            pass   # a panel of transposed B, gathered by the vector kernel
         else:
             for j in range(cols):
                 src = b + (jr + j) * csb

@@ -204,24 +204,28 @@ NN_DEFINE_PACK_B(nn_spack_b_avx512_32, float, 32, 16, NN_TARGET_AVX512)
 NN_DEFINE_PACK_B(nn_dpack_b_avx512_16, double, 16, 8, NN_TARGET_AVX512)
 #endif
 
-/* Packing a whole micro-panel of transposed B (B[p, j] = b[j*csb + p]: op(B) = W^T, as in
- * the input gradient g @ W^T) gathers NR elements, csb apart, per row p:
- * dst[p*NR + j] = b[j*csb + p]. With AVX2/AVX-512 one gather instruction fetches a vector
- * of them (the NR source rows stay in L1 while p walks along them). Needs csb * NR to fit
- * an int32 index; returns 0 (the caller packs) when it does not. */
+/* Packing a micro-panel of transposed B (B[p, j] = b[j*csb + p]: op(B) = W^T, as in the
+ * input gradient g @ W^T) gathers its `cols` <= NR columns, csb apart, per row p:
+ * dst[p*NR + j] = b[j*csb + p] for j < cols, 0 for cols <= j < NR. With AVX2/AVX-512 a
+ * masked gather instruction fetches a vector of them (the source rows stay in L1 while p
+ * walks along them). Needs csb * NR to fit an int32 index; returns 0 (the caller packs)
+ * when it does not. */
 #if NN_X86
 #include <immintrin.h>
 
-/* IDX: an index vector of VL int32 lanes 0, csb, 2*csb, ...; GATHER(base, idx) and
- * STORE(dst, v): the gather and unaligned store of VL elements. */
-#define NN_DEFINE_PACK_BT(NAME, T, NR, VL, TARGET, IDX, GATHER, STORE)                       \
-    TARGET static int NAME(long kc, const T *restrict b, long csb, T *restrict dst) {       \
+/* IDX: an index vector of VL int32 lanes 0, csb, 2*csb, ...; MASK(n): the mask of the
+ * first n lanes; GATHER(base, idx, mask): masked gather of VL elements (0 where masked
+ * off); STORE(dst, v): unaligned store. */
+#define NN_DEFINE_PACK_BT(NAME, T, NR, VL, TARGET, IDX, MASK, GATHER, STORE)                 \
+    TARGET static int NAME(long kc, const T *restrict b, long csb, int cols,                \
+                           T *restrict dst) {                                               \
         if (csb > INT32_MAX / (NR)) return 0;                                               \
         const int c = (int)csb;                                                             \
         const T *half = b + (VL) * csb;                                                     \
+        const int lo = cols < (VL) ? cols : (VL), hi = cols - lo;                           \
         for (long p = 0; p < kc; ++p) {                                                     \
-            STORE(dst + p * (NR), GATHER(b + p, IDX));                                      \
-            STORE(dst + p * (NR) + (VL), GATHER(half + p, IDX));                            \
+            STORE(dst + p * (NR), GATHER(b + p, IDX, MASK(lo)));                            \
+            STORE(dst + p * (NR) + (VL), GATHER(half + p, IDX, MASK(hi)));                  \
         }                                                                                   \
         return 1;                                                                           \
     }
@@ -230,29 +234,39 @@ NN_DEFINE_PACK_B(nn_dpack_b_avx512_16, double, 16, 8, NN_TARGET_AVX512)
                                    9 * c, 10 * c, 11 * c, 12 * c, 13 * c, 14 * c, 15 * c)
 #define NN_IDX8 _mm256_setr_epi32(0, c, 2 * c, 3 * c, 4 * c, 5 * c, 6 * c, 7 * c)
 #define NN_IDX4 _mm_setr_epi32(0, c, 2 * c, 3 * c)
-#define NN_GATHER_PS512(base, idx) _mm512_i32gather_ps(idx, base, 4)
-#define NN_GATHER_PD512(base, idx) _mm512_i32gather_pd(idx, base, 8)
-#define NN_GATHER_PS256(base, idx) _mm256_i32gather_ps(base, idx, 4)
-#define NN_GATHER_PD256(base, idx) _mm256_i32gather_pd(base, idx, 8)
+/* AVX-512: k-register masks; AVX2: vector masks (lane i on when i < n) */
+#define NN_KMASK16(n) ((__mmask16)((1u << (n)) - 1u))
+#define NN_KMASK8(n) ((__mmask8)((1u << (n)) - 1u))
+#define NN_VMASK8(n) _mm256_cmpgt_epi32(_mm256_set1_epi32(n), \
+                                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define NN_VMASK4(n) _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3))
+#define NN_GATHER_PS512(base, idx, m) \
+    _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base, 4)
+#define NN_GATHER_PD512(base, idx, m) \
+    _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, idx, base, 8)
+#define NN_GATHER_PS256(base, idx, m) \
+    _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, idx, _mm256_castsi256_ps(m), 4)
+#define NN_GATHER_PD256(base, idx, m) \
+    _mm256_mask_i32gather_pd(_mm256_setzero_pd(), base, idx, _mm256_castsi256_pd(m), 8)
 
 NN_DEFINE_PACK_BT(nn_spack_bt_avx512_32, float, 32, 16, NN_TARGET_AVX512, NN_IDX16,
-                  NN_GATHER_PS512, _mm512_storeu_ps)
+                  NN_KMASK16, NN_GATHER_PS512, _mm512_storeu_ps)
 NN_DEFINE_PACK_BT(nn_dpack_bt_avx512_16, double, 16, 8, NN_TARGET_AVX512, NN_IDX8,
-                  NN_GATHER_PD512, _mm512_storeu_pd)
-NN_DEFINE_PACK_BT(nn_spack_bt_avx2_16, float, 16, 8, NN_TARGET_AVX2, NN_IDX8,
+                  NN_KMASK8, NN_GATHER_PD512, _mm512_storeu_pd)
+NN_DEFINE_PACK_BT(nn_spack_bt_avx2_16, float, 16, 8, NN_TARGET_AVX2, NN_IDX8, NN_VMASK8,
                   NN_GATHER_PS256, _mm256_storeu_ps)
-NN_DEFINE_PACK_BT(nn_dpack_bt_avx2_8, double, 8, 4, NN_TARGET_AVX2, NN_IDX4,
+NN_DEFINE_PACK_BT(nn_dpack_bt_avx2_8, double, 8, 4, NN_TARGET_AVX2, NN_IDX4, NN_VMASK4,
                   NN_GATHER_PD256, _mm256_storeu_pd)
 #endif
 
 /* no gather instruction: the caller's scalar packing */
-static int nn_spack_bt_generic_16(long kc, const float *b, long csb, float *dst) {
-    (void)kc; (void)b; (void)csb; (void)dst;
+static int nn_spack_bt_generic_16(long kc, const float *b, long csb, int cols, float *dst) {
+    (void)kc; (void)b; (void)csb; (void)cols; (void)dst;
     return 0;
 }
 
-static int nn_dpack_bt_generic_8(long kc, const double *b, long csb, double *dst) {
-    (void)kc; (void)b; (void)csb; (void)dst;
+static int nn_dpack_bt_generic_8(long kc, const double *b, long csb, int cols, double *dst) {
+    (void)kc; (void)b; (void)csb; (void)cols; (void)dst;
     return 0;
 }
 
@@ -283,8 +297,8 @@ typedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *,
                                double, double, const double *, int);
 typedef void (*nn_spack_b_t)(long, const float *, long, float *);
 typedef void (*nn_dpack_b_t)(long, const double *, long, double *);
-typedef int (*nn_spack_bt_t)(long, const float *, long, float *);
-typedef int (*nn_dpack_bt_t)(long, const double *, long, double *);
+typedef int (*nn_spack_bt_t)(long, const float *, long, int, float *);
+typedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *);
 typedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, double *, long,
                                double, double, const double *, int, int, int);
 

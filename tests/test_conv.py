@@ -291,6 +291,20 @@ def test_maxpool2d_ties_and_nan(backend, dtype):
     np.testing.assert_array_equal(idx[0, 1], [[1, 6], [12, 11]])
 
 
+@pytest.mark.parametrize("h,w", [(2, 2), (3, 5), (4, 31), (5, 32), (2, 33), (6, 64), (7, 81)])
+def test_maxpool2d_2x2_vector_path_ties_nan_inf(rng, dtype, h, w):
+    # the 2x2 / stride-2 window has a vector path (16 outputs at a time, masked tails):
+    # against the twin bit for bit, on data full of ties, NaNs and infinities
+    x = rng.integers(-2, 3, size=(3, 2, h, w)).astype(dtype)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.random(x.shape) < 0.05] = np.inf
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    out, idx = cnn_core.maxpool2d_forward(x, 2)
+    ref_out, ref_idx = reference.maxpool2d_forward(x, 2)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(idx, ref_idx)
+
+
 def test_maxpool2d_overlap_accumulates(rng, dtype):
     x = randn(rng, (2, 3, 9, 9), dtype)
     x[:, :, 4, 4] = 100.0                         # the max of every window that covers it

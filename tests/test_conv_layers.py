@@ -763,3 +763,50 @@ def test_cli_cnn_learns_the_fashion_mnist_sample():
     # architecture, initial weights and recipe: 0.769-0.821 over seeds 0-3. Chance is 0.10.
     assert result["accuracy"] >= 0.75, (result, history.history, seconds)
     assert history.history["accuracy"][0] > 0.6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_before_maxpool_runs_after_it_with_identical_results(dtype):
+    # Sequential runs a ReLU that precedes a MaxPool2d after the pooling (a quarter of the
+    # elements): output, input gradient and every parameter gradient must equal, bit for
+    # bit, running the layers in their listed order -- also where whole windows are <= 0
+    # (their gradient is zero either way) and where there are ties and NaN
+    from nnscratch.model import _order
+
+    nn.seed(5)
+    layers = [nn.Conv2d(2, 4, 3, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+              nn.Linear(4 * 3 * 3, 5, dtype=dtype), nn.ReLU(), nn.Linear(5, 3, dtype=dtype)]
+    model = nn.Sequential(*layers)
+    assert _order(model.layers) == [0, 2, 1, 3, 4, 5, 6]
+    layers[0].bias.data = np.array([-0.5, 0.0, 0.3, -3.0])   # many windows entirely <= 0
+    x = _images((6, 2, 8, 8), seed=3).astype(dtype)
+    x[0, 0, 2:4, 2:4] = 0.0                                   # ties
+    g = np.random.default_rng(4).normal(size=(6, 3)).astype(dtype)
+
+    def listed_order():
+        out = x
+        for layer in layers:
+            out = layer.forward(out)
+        grad = g
+        for layer in reversed(layers):
+            grad = layer.backward(grad)
+        return out.copy(), grad.copy(), [p.grad.copy() for p in model.parameters()]
+
+    model.zero_grad()
+    expected = listed_order()
+    model.zero_grad()
+    out = model(x).copy()
+    grad_x = model.backward(g).copy()
+    np.testing.assert_array_equal(out, expected[0])
+    np.testing.assert_array_equal(grad_x, expected[1])
+    for got, want in zip([p.grad for p in model.parameters()], expected[2]):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(model.predict(x, batch_size=len(x)), expected[0])
+    # NaN inputs give NaN in the same places either way
+    x[1, 1, 0, 0] = np.nan
+    model.train()
+    np.testing.assert_array_equal(model(x), listed_order()[0])
+    # a ReLU fused into a Linear keeps its place; a lone ReLU or MaxPool is not moved
+    assert _order([nn.ReLU(), nn.Flatten(), nn.MaxPool2d(2)]) == [0, 1, 2]
+    assert _order([nn.MaxPool2d(2), nn.ReLU()]) == [0, 1]
+    assert _order([nn.Linear(2, 2), nn.ReLU(), nn.MaxPool2d(2)]) == [0, 1, 2]

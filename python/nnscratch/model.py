@@ -13,7 +13,7 @@ or, Keras style, ``model.fit(X, y, loss=..., optimizer=..., epochs=..., batch_si
 import numpy as np
 
 from . import serialization, training
-from .layers import Flatten, Linear, ReLU
+from .layers import Flatten, Linear, MaxPool2d, ReLU
 from .module import Module
 
 __all__ = ["Sequential"]
@@ -23,6 +23,25 @@ def _fusable(layer, layers, i):
     """A plain Linear directly followed by a plain ReLU: computed as one fused kernel."""
     return (i + 1 < len(layers) and type(layers[i + 1]) is ReLU and isinstance(layer, Linear)
             and type(layer).forward is Linear.forward and type(layer).infer is Linear.infer)
+
+
+def _order(layers):
+    """The order the layers run in: their own, except that a plain ReLU directly followed
+    by a plain MaxPool2d runs after it. max and ReLU commute exactly (relu(max(window)) =
+    max(relu(window)), NaN included), and so do their gradients (both are zero for a
+    window whose maximum is <= 0, and route to the same argmax otherwise), so the output
+    and every gradient are bit for bit the same -- with the ReLU on a quarter of the
+    elements (2x2 pooling). A Linear fused with its ReLU keeps its place."""
+    order, i = [], 0
+    while i < len(layers):
+        if (type(layers[i]) is ReLU and i + 1 < len(layers) and type(layers[i + 1]) is MaxPool2d
+                and not (i > 0 and _fusable(layers[i - 1], layers, i - 1))):
+            order += [i + 1, i]
+            i += 2
+        else:
+            order.append(i)
+            i += 1
+    return order
 
 
 class Sequential(Module):
@@ -58,17 +77,19 @@ class Sequential(Module):
         x = self._cast(x)
         self._sample_shape = x.shape[1:]
         out = x
-        layers, i = self.layers, 0
-        while i < len(layers):
+        layers = self.layers
+        order, k = _order(layers), 0
+        while k < len(order):
+            i = order[k]
             layer = layers[i]
             if _fusable(layer, layers, i):
                 # Linear then ReLU in one pass: the ReLU is applied in the GEMM's write-back,
                 # and the ReLU layer keeps relu(z) for its backward (relu(z) > 0 iff z > 0)
                 out = layers[i + 1].keep_output(layer.forward(out, activation="relu"))
-                i += 2
+                k += 2
                 continue
             out = layer(out)
-            i += 1
+            k += 1
         if not self.training and np.may_share_memory(out, x):
             out = out.copy()   # e.g. Sequential(Flatten()) in eval mode: never a view of x
         return out
@@ -78,27 +99,31 @@ class Sequential(Module):
         parameters' gradients into ``.grad``. Returns dL/d(input), or None when
         ``compute_grad_input`` is False (the first layer then skips that product)."""
         grad = grad_out
-        for layer in reversed(self.layers[1:]):
-            grad = layer.backward(grad)
+        backward_order = _order(self.layers)[::-1]     # the forward's order, reversed
+        for i in backward_order[:-1]:
+            grad = self.layers[i].backward(grad)
         if not self.layers:
             return grad if compute_grad_input else None
+        first = self.layers[backward_order[-1]]
         if compute_grad_input:
-            return self.layers[0].backward(grad)
-        self.layers[0].backward(grad, compute_grad_input=False)
+            return first.backward(grad)
+        first.backward(grad, compute_grad_input=False)
         return None
 
     def infer(self, x):
         """Eval-mode output, keeping no state and reusing no buffer: safe from any thread."""
         x = self._cast(x)
         out = x
-        layers, i = self.layers, 0
-        while i < len(layers):
+        layers = self.layers
+        order, k = _order(layers), 0
+        while k < len(order):
+            i = order[k]
             if _fusable(layers[i], layers, i):
                 out = layers[i].infer(out, activation="relu")
-                i += 2
+                k += 2
                 continue
             out = layers[i].infer(out)
-            i += 1
+            k += 1
         return out.copy() if np.may_share_memory(out, x) else out
 
     def _cast(self, x):
