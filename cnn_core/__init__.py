@@ -20,7 +20,7 @@ from cnn_core._activations import (
     softmax_forward, softmax_backward, dropout_forward, dropout_backward,
 )
 from cnn_core._losses import softmax_cross_entropy, mse, bce_with_logits
-from cnn_core._optim import sgd_update, adam_update, all_finite
+from cnn_core._optim import sgd_update, adam_update, all_finite, sgd_step, adam_step
 from cnn_core._conv import conv2d_forward, conv2d_backward, maxpool2d_forward, maxpool2d_backward
 from cnn_core._norm import batchnorm_forward, batchnorm_backward
 
@@ -30,6 +30,7 @@ __all__ = [
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update", "all_finite",
+    "sgd_step", "adam_step",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "batchnorm_forward", "batchnorm_backward",
     "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features", "gemm_kernel_name",

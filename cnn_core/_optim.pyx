@@ -22,9 +22,13 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport malloc, free
+cimport numpy as cnp
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, check_scalar
-from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN
+from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN, MAX_PARTS
+
+cnp.import_array()
 
 cdef extern from "nn_cpu.h" nogil:
     unsigned nn_ftz_begin()
@@ -154,6 +158,24 @@ def sgd_update(param, grad, lr, *, momentum=0.0, velocity=None, weight_decay=0.0
         _sgd[double](param.reshape(-1), grad.reshape(-1), velocity, lr, mu, wd, bool(nesterov))
 
 
+cdef tuple _adam_scalars(step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    # checked hyper-parameters -> (step_size, bc2_sqrt, b1, b2, eps, wd (L2), decay) of
+    # adam_span: step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t), decay = 1 - lr * wd
+    # for AdamW (the L2 term is then 0), 1 for Adam
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be an int, got {type(step).__name__}")
+    if step < 1:
+        raise ValueError(f"step counts from 1, got {step}")
+    lr = check_scalar("lr", lr, 0.0)
+    b1 = check_scalar("beta1", beta1, 0.0, True, 1.0, False)
+    b2 = check_scalar("beta2", beta2, 0.0, True, 1.0, False)
+    eps = check_scalar("eps", eps, 0.0)
+    wd = check_scalar("weight_decay", weight_decay, 0.0)
+    decay = 1 - lr * wd if decoupled else 1.0
+    return (lr / (1 - b1 ** step), (1 - b2 ** step) ** 0.5, b1, b2, eps,
+            0.0 if decoupled else wd, decay)
+
+
 def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0, *,
                 decoupled=False):
     """One step of Adam (torch.optim.Adam), or AdamW with decoupled=True, in place on
@@ -164,21 +186,8 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0
     grad = _param_and_grad(param, grad)
     check_buffer("m", m, param.shape, param.dtype)
     check_buffer("v", v, param.shape, param.dtype)
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
-        raise TypeError(f"step must be an int, got {type(step).__name__}")
-    if step < 1:
-        raise ValueError(f"step counts from 1, got {step}")
-    lr = check_scalar("lr", lr, 0.0)
-    b1 = check_scalar("beta1", beta1, 0.0, True, 1.0, False)
-    b2 = check_scalar("beta2", beta2, 0.0, True, 1.0, False)
-    eps = check_scalar("eps", eps, 0.0)
-    wd = check_scalar("weight_decay", weight_decay, 0.0)
-    bc1 = 1 - b1 ** step
-    bc2 = 1 - b2 ** step
-    decay = 1 - lr * wd if decoupled else 1.0
-    wd_l2 = 0.0 if decoupled else wd
-    args = (param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), lr / bc1,
-            bc2 ** 0.5, b1, b2, eps, wd_l2, decay)
+    args = (param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1)) + \
+        _adam_scalars(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if param.dtype == np.float32:
         _adam[float](*args)
     else:
@@ -247,3 +256,218 @@ def all_finite(x):
     if x.dtype == np.float32:
         return bool(_all_finite[float](x.reshape(-1)))
     return bool(_all_finite[double](x.reshape(-1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole model's update in one call: sgd_step / adam_step take lists of arrays (one per
+# parameter), check every gradient first if asked (fit's NaN/inf guard), and then update
+# them all. The parameters are treated as one long vector cut into one span per thread, so
+# a model of many small arrays costs one parallel pass, not one per array.
+
+cdef enum:
+    KIND_SGD = 0
+    KIND_ADAM = 1
+
+
+cdef struct _Tensors:
+    long count
+    long total
+    char **p          # parameters
+    char **g          # gradients
+    char **a          # velocities (SGD, NULL entries without momentum) / first moments
+    char **b          # second moments (Adam)
+    long *offset      # offset[i]: where tensor i starts in the long vector; offset[count]
+
+
+cdef class _TensorList:
+    # the raw pointers of a list of (param, grad, a, b) arrays, held alive by `keep`
+    cdef _Tensors t
+    cdef list keep
+
+    def __dealloc__(self):
+        free(self.t.p)
+        free(self.t.g)
+        free(self.t.a)
+        free(self.t.b)
+        free(self.t.offset)
+
+
+cdef inline char *_data(object arr):
+    return <char *> cnp.PyArray_DATA(<cnp.ndarray> arr)
+
+
+cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, list b_list,
+                              str b_name):
+    # validate every array (named with its index) and collect the pointers
+    cdef long n = len(params), i
+    cdef _TensorList tl = _TensorList()
+    if n == 0:
+        raise ValueError("params is empty")
+    if len(grads) != n:
+        raise ValueError(f"grads has {len(grads)} arrays, params {n}")
+    if a_list is not None and len(a_list) != n:
+        raise ValueError(f"{a_name} has {len(a_list)} arrays, params {n}")
+    if b_list is not None and len(b_list) != n:
+        raise ValueError(f"{b_name} has {len(b_list)} arrays, params {n}")
+    tl.keep = []
+    tl.t.count = n
+    tl.t.p = <char **> malloc(n * sizeof(char *))
+    tl.t.g = <char **> malloc(n * sizeof(char *))
+    tl.t.a = <char **> malloc(n * sizeof(char *))
+    tl.t.b = <char **> malloc(n * sizeof(char *))
+    tl.t.offset = <long *> malloc((n + 1) * sizeof(long))
+    if (tl.t.p == NULL or tl.t.g == NULL or tl.t.a == NULL or tl.t.b == NULL
+            or tl.t.offset == NULL):
+        raise MemoryError()
+    first = params[0]
+    if not isinstance(first, np.ndarray):
+        raise TypeError(f"params[0] must be a numpy.ndarray, got {type(first).__name__}")
+    dtype = first.dtype
+    if dtype != np.float32 and dtype != np.float64:
+        raise TypeError(f"params[0] has dtype {dtype}; the kernels take float32 or float64")
+    tl.t.offset[0] = 0
+    for i in range(n):
+        param = params[i]
+        if not isinstance(param, np.ndarray):
+            raise TypeError(f"params[{i}] must be a numpy.ndarray, got {type(param).__name__}")
+        check_buffer(f"params[{i}]", param, param.shape, dtype)
+        grad = as_float_array(f"grads[{i}]", grads[i])     # copied if not contiguous
+        check_same_dtype(f"grads[{i}]", grad, dtype)
+        check_same_shape(f"grads[{i}]", grad, param.shape)
+        tl.keep.append(grad)
+        tl.t.p[i] = _data(param)
+        tl.t.g[i] = _data(grad)
+        tl.t.a[i] = NULL
+        tl.t.b[i] = NULL
+        if a_list is not None:
+            tl.t.a[i] = _data(check_buffer(f"{a_name}[{i}]", a_list[i], param.shape, dtype))
+        if b_list is not None:
+            tl.t.b[i] = _data(check_buffer(f"{b_name}[{i}]", b_list[i], param.shape, dtype))
+        tl.t.offset[i + 1] = tl.t.offset[i] + param.size
+    tl.t.total = tl.t.offset[n]
+    return tl
+
+
+cdef long _first_non_finite(_Tensors *t, long lo, long hi, floating dummy) noexcept nogil:
+    # the lowest tensor index with a NaN/inf gradient element in [lo, hi) of the long
+    # vector, or t.count if none
+    cdef long i = 0, end
+    while i < t.count and t.offset[i + 1] <= lo:
+        i += 1
+    while lo < hi and i < t.count:
+        end = t.offset[i + 1] if t.offset[i + 1] < hi else hi
+        if end > lo and not all_finite_span(<floating *> t.g[i] + (lo - t.offset[i]), end - lo):
+            return i
+        lo = end
+        i += 1
+    return t.count
+
+
+cdef void _update(_Tensors *t, long lo, long hi, int kind, floating lr, floating mu,
+                  floating wd, bint nesterov, floating step_size, floating bc2_sqrt,
+                  floating b1, floating b2, floating eps, floating decay) noexcept nogil:
+    # the update of [lo, hi) of the long vector, tensor piece by tensor piece
+    cdef long i = 0, end, off
+    while i < t.count and t.offset[i + 1] <= lo:
+        i += 1
+    while lo < hi and i < t.count:
+        end = t.offset[i + 1] if t.offset[i + 1] < hi else hi
+        off = lo - t.offset[i]
+        if end > lo:
+            if kind == KIND_SGD:
+                sgd_span(<floating *> t.p[i] + off, <floating *> t.g[i] + off,
+                         <floating *> t.a[i] + off if t.a[i] != NULL else NULL, end - lo,
+                         lr, mu, wd, nesterov)
+            else:
+                adam_span(<floating *> t.p[i] + off, <floating *> t.g[i] + off,
+                          <floating *> t.a[i] + off, <floating *> t.b[i] + off, end - lo,
+                          step_size, bc2_sqrt, b1, b2, eps, wd, decay)
+        lo = end
+        i += 1
+
+
+cdef long _step_all(_Tensors *t, int kind, bint check, double lr, double mu, double wd,
+                    bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
+                    double eps, double decay, floating dummy) noexcept nogil:
+    # check (if asked), then update; returns the first bad tensor index or -1
+    cdef long parts = span_parts(t.total, SPAN_MIN, num_threads())
+    cdef long step = (t.total + parts - 1) // parts, part, lo, hi, bad = t.count
+    cdef long found[MAX_PARTS]
+    if t.total == 0:
+        return -1
+    if check:
+        if parts == 1:
+            bad = _first_non_finite(t, 0, t.total, dummy)
+        else:
+            for part in prange(parts, num_threads=parts, schedule="static"):
+                lo = part * step
+                hi = lo + step if lo + step < t.total else t.total
+                found[part] = _first_non_finite(t, lo, hi, dummy)
+            for part in range(parts):
+                if found[part] < bad:
+                    bad = found[part]
+        if bad < t.count:
+            return bad
+    if parts == 1:
+        _update(t, 0, t.total, kind, <floating> lr, <floating> mu, <floating> wd, nesterov,
+                <floating> step_size, <floating> bc2_sqrt, <floating> b1, <floating> b2,
+                <floating> eps, <floating> decay)
+    else:
+        for part in prange(parts, num_threads=parts, schedule="static"):
+            lo = part * step
+            hi = lo + step if lo + step < t.total else t.total
+            _update(t, lo, hi, kind, <floating> lr, <floating> mu, <floating> wd, nesterov,
+                    <floating> step_size, <floating> bc2_sqrt, <floating> b1, <floating> b2,
+                    <floating> eps, <floating> decay)
+    return -1
+
+
+cdef long _run_step(_TensorList tl, object dtype, int kind, bint check, double lr, double mu,
+                    double wd, bint nesterov, double step_size, double bc2_sqrt, double b1,
+                    double b2, double eps, double decay):
+    cdef long result
+    cdef bint single = dtype == np.float32
+    with nogil:
+        if single:
+            result = _step_all(&tl.t, kind, check, lr, mu, wd, nesterov, step_size, bc2_sqrt,
+                               b1, b2, eps, decay, <float> 0)
+        else:
+            result = _step_all(&tl.t, kind, check, lr, mu, wd, nesterov, step_size, bc2_sqrt,
+                               b1, b2, eps, decay, <double> 0)
+    return result
+
+
+def sgd_step(params, grads, velocities, lr, *, momentum=0.0, weight_decay=0.0,
+             nesterov=False, check_finite=False):
+    """`sgd_update` on every array of the lists ``params`` / ``grads`` / ``velocities`` (one
+    per parameter, each pair of the same shape; velocities None when momentum == 0) in one
+    call. With check_finite, every gradient is checked for NaN/inf first and, if one has
+    any, nothing is updated and its index is returned. Returns -1 after updating.
+    """
+    params, grads = list(params), list(grads)
+    lr = check_scalar("lr", lr, 0.0)
+    mu = check_scalar("momentum", momentum, 0.0)
+    wd = check_scalar("weight_decay", weight_decay, 0.0)
+    if nesterov and mu == 0:
+        raise ValueError("nesterov requires momentum > 0")
+    if mu != 0 and velocities is None:
+        raise ValueError("velocities are required when momentum != 0")
+    vel = list(velocities) if mu != 0 else None
+    cdef _TensorList tl = _tensor_list(params, grads, vel, "velocities", None, "")
+    return _run_step(tl, params[0].dtype, KIND_SGD, bool(check_finite), lr, mu, wd,
+                     bool(nesterov), 0, 0, 0, 0, 0, 1)
+
+
+def adam_step(params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay=0.0, *,
+              decoupled=False, check_finite=False):
+    """`adam_update` on every array of the lists ``params`` / ``grads`` / ``ms`` / ``vs``
+    (one per parameter, all at the same `step`) in one call. With check_finite, every
+    gradient is checked for NaN/inf first and, if one has any, nothing is updated and its
+    index is returned. Returns -1 after updating.
+    """
+    params, grads = list(params), list(grads)
+    step_size, bc2_sqrt, b1, b2, eps, wd, decay = _adam_scalars(
+        step, lr, beta1, beta2, eps, weight_decay, decoupled)
+    cdef _TensorList tl = _tensor_list(params, grads, list(ms), "ms", list(vs), "vs")
+    return _run_step(tl, params[0].dtype, KIND_ADAM, bool(check_finite), 0, 0, wd, False,
+                     step_size, bc2_sqrt, b1, b2, eps, decay)

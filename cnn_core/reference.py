@@ -33,7 +33,7 @@ __all__ = [
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update",
-    "all_finite", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "sgd_step", "adam_step", "all_finite", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "batchnorm_forward", "batchnorm_backward",
     "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features",
     "gemm_kernel_name",
@@ -1202,6 +1202,75 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0
 # --------------------------------------------------------------------------------------
 
 _num_threads = 1
+
+
+def _step_lists(params, grads, extra):
+    """Check the lists of a whole-model step: as many arrays in each, one dtype."""
+    params, grads = list(params), list(grads)
+    if not params:
+        raise ValueError("params is empty")
+    if len(grads) != len(params):
+        raise ValueError(f"grads has {len(grads)} arrays, params {len(params)}")
+    for name, arrays in extra.items():
+        if arrays is not None and len(arrays) != len(params):
+            raise ValueError(f"{name} has {len(arrays)} arrays, params {len(params)}")
+    if not isinstance(params[0], np.ndarray):
+        raise TypeError(f"params[0] must be a numpy.ndarray, got {type(params[0]).__name__}")
+    if params[0].dtype not in _FLOATS:
+        raise TypeError(f"params[0] has dtype {params[0].dtype}; the kernels take float32 or "
+                        f"float64")
+    dtype = params[0].dtype
+    for i, p in enumerate(params):      # every array checked before any is updated
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"params[{i}] must be a numpy.ndarray, got {type(p).__name__}")
+        _check_buffer(f"params[{i}]", p, p.shape, dtype)
+        g = _as_float_array(f"grads[{i}]", grads[i])
+        _check_same_dtype(f"grads[{i}]", g, dtype)
+        _check_same_shape(f"grads[{i}]", g, p.shape)
+        for name, arrays in extra.items():
+            if arrays is not None:
+                _check_buffer(f"{name}[{i}]", arrays[i], p.shape, dtype)
+    return params, grads
+
+
+def sgd_step(params, grads, velocities, lr, *, momentum=0.0, weight_decay=0.0,
+             nesterov=False, check_finite=False):
+    """A whole model's SGD step: `sgd_update` on each parameter of the lists.
+
+    ``params[i]``, ``grads[i]``, ``velocities[i]`` belong to parameter i (velocities None
+    when momentum is 0). With ``check_finite`` every gradient is checked first: the index
+    of the first one holding NaN/inf is returned and nothing is updated. Returns -1 after
+    updating every parameter.
+    """
+    if momentum and velocities is None:
+        raise ValueError("velocities are required when momentum != 0")
+    params, grads = _step_lists(params, grads,
+                                {"velocities": list(velocities) if momentum else None})
+    if check_finite:
+        for i, g in enumerate(grads):
+            if not all_finite(g):
+                return i
+    for i, (p, g) in enumerate(zip(params, grads)):
+        sgd_update(p, g, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                   velocity=velocities[i] if momentum else None)
+    return -1
+
+
+def adam_step(params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay=0.0, *,
+              decoupled=False, check_finite=False):
+    """A whole model's Adam (AdamW) step: `adam_update` on each parameter of the lists, all
+    at the same `step`. With ``check_finite`` every gradient is checked first: the index of
+    the first one holding NaN/inf is returned and nothing is updated. Returns -1 after
+    updating every parameter.
+    """
+    params, grads = _step_lists(params, grads, {"ms": list(ms), "vs": list(vs)})
+    if check_finite:
+        for i, g in enumerate(grads):
+            if not all_finite(g):
+                return i
+    for p, g, m, v in zip(params, grads, ms, vs):
+        adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=decoupled)
+    return -1
 
 
 def all_finite(x):

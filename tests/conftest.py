@@ -108,6 +108,17 @@ def dtype(request):
     return request.param
 
 
+@pytest.fixture(params=[1, 2, 3, 5], ids=lambda n: f"threads{n}")
+def threads(request):
+    """The kernels' thread count for the test (restored after)."""
+    import cnn_core
+
+    before = cnn_core.get_num_threads()
+    cnn_core.set_num_threads(request.param)
+    yield request.param
+    cnn_core.set_num_threads(before)
+
+
 @pytest.fixture(params=BACKENDS, ids=BACKEND_IDS)
 def backend(request):
     return request.param

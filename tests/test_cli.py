@@ -306,17 +306,18 @@ def test_train_cnn(capsys, tmp_path):
 # --- resume ---------------------------------------------------------------------------------
 
 def interrupt_at_step(monkeypatch, optimizer_class, step):
-    """Raise KeyboardInterrupt (as Ctrl-C would) inside the `step`-th optimizer step."""
-    original = optimizer_class.step
+    """Raise KeyboardInterrupt (as Ctrl-C would) inside the `step`-th optimizer step
+    (`_update`: what both `step` and fit's `_checked_step` run)."""
+    original = optimizer_class._update
     calls = []
 
-    def step_or_interrupt(self):
+    def step_or_interrupt(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == step:
             raise KeyboardInterrupt
-        return original(self)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(optimizer_class, "step", step_or_interrupt)
+    monkeypatch.setattr(optimizer_class, "_update", step_or_interrupt)
 
 
 # name: (optimizer class, arguments, --limit, optimizer steps per epoch at batch size 64)

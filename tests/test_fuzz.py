@@ -214,6 +214,32 @@ def make_adam_update(rng, dt):
                 weight_decay=float(rng.choice([0.0, 1e-2])), decoupled=bool(rng.integers(2)))
 
 
+def _step_lists(rng, dt, names):
+    """Lists of arrays for a whole-model step: a few parameters of mixed shapes."""
+    shapes = [_elementwise_shape(rng) for _ in range(int(rng.integers(1, 4)))]
+    lists = {name: [_arr(rng, shape, dt, 0.1) for shape in shapes] for name in names}
+    if "vs" in lists:
+        lists["vs"] = [np.asarray(np.abs(v)) for v in lists["vs"]]
+    return lists
+
+
+def make_sgd_step(rng, dt):
+    kw = dict(_step_lists(rng, dt, ["params", "grads", "velocities"]),
+              lr=float(rng.uniform(0, 0.5)), weight_decay=float(rng.choice([0.0, 1e-3])),
+              check_finite=bool(rng.integers(2)))
+    if _maybe(rng):
+        kw["momentum"] = 0.9
+        kw["nesterov"] = bool(rng.integers(2))
+    return kw
+
+
+def make_adam_step(rng, dt):
+    return dict(_step_lists(rng, dt, ["params", "grads", "ms", "vs"]),
+                step=int(rng.integers(1, 1000)), lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=float(rng.choice([0.0, 1e-2])), decoupled=bool(rng.integers(2)),
+                check_finite=bool(rng.integers(2)))
+
+
 def _geometry(rng):
     n, c, o = _dims(rng, 3, 1, 4)
     kh, kw = (int(v) for v in rng.integers(1, 4, size=2))
@@ -347,6 +373,8 @@ MAKERS = {
     "bce_with_logits": lambda r, d: _pointwise_loss(r, d, "logits", "target", True),
     "sgd_update": make_sgd_update,
     "adam_update": make_adam_update,
+    "sgd_step": make_sgd_step,
+    "adam_step": make_adam_step,
     "all_finite": lambda r, d: dict(x=_arr(r, _elementwise_shape(r), d)),
     "conv2d_forward": make_conv2d_forward,
     "conv2d_backward": make_conv2d_backward,
@@ -366,7 +394,8 @@ MAKERS = {
 # Breaking an argument
 
 HUGE_INTS = (2**31, 2**62, 2**63, 2**64 + 1)
-FLAGS = ("training", "trans_a", "trans_b", "nesterov", "compute_grad_x", "decoupled")
+FLAGS = ("training", "trans_a", "trans_b", "nesterov", "compute_grad_x", "decoupled",
+         "check_finite", "accumulate")
 
 
 def _unaligned(a):
@@ -527,6 +556,21 @@ def break_call(rng, name, kw, kernel):
                 what, kw[key] = break_array(rng, value)
             except (ValueError, MemoryError):     # a break of a break that NumPy refuses
                 what = "unchanged"
+        elif (isinstance(value, list) and value and isinstance(value[0], np.ndarray)
+              and rng.random() < 0.8):
+            # a list of arrays (a whole-model step): break one of them, or the list's length
+            value = list(value)
+            kw[key] = value
+            if rng.random() < 0.1:
+                value.pop()
+                what = "one array fewer"
+            else:
+                i = int(rng.integers(len(value)))
+                try:
+                    what, value[i] = break_array(rng, value[i])
+                except (ValueError, MemoryError):
+                    what = "unchanged"
+                what = f"[{i}] {what}"
         elif key in FLAGS:
             what, kw[key] = break_flag(rng, value)
         elif isinstance(value, bool) or value is None or isinstance(value, (str, type, np.dtype)):
@@ -582,6 +626,16 @@ NOT_COMPARED = {"set_num_threads", "get_num_threads", "openmp_enabled", "cpu_fea
                 "gemm_kernel_name"}
 
 
+def _writeable_arrays(kw):
+    """{name: array} of the writeable arrays of a call, those in lists as name[i]."""
+    found = {}
+    for k, v in kw.items():
+        for i, a in enumerate(v if isinstance(v, list) else [v]):
+            if isinstance(a, np.ndarray) and a.flags.writeable:
+                found[f"{k}[{i}]" if isinstance(v, list) else k] = a
+    return found
+
+
 def _outcome(function, kw):
     """("returned", result, {argument: contents after}) or ("raised", exception)."""
     try:
@@ -590,14 +644,15 @@ def _outcome(function, kw):
         return ("raised", err)
     frozen = tuple(np.array(r, copy=True) if isinstance(r, np.ndarray) else r
                    for r in (result if isinstance(result, tuple) else (result,)))
-    after = {k: v.copy() for k, v in kw.items() if isinstance(v, np.ndarray) and v.flags.writeable}
+    after = {k: v.copy() for k, v in _writeable_arrays(kw).items()}
     return ("returned", frozen, after)
 
 
 def one_call(cnn_core, reference, name, kw, broken, dt, counts, by_type):
     """Call the kernel; compare with the twin when the call is valid or only re-laid-out.
     Returns None, or a dict describing the problem."""
-    before = {k: v.copy() for k, v in kw.items() if isinstance(v, np.ndarray) and v.flags.writeable}
+    arrays = _writeable_arrays(kw)
+    before = {k: v.copy() for k, v in arrays.items()}
     got = _outcome(getattr(cnn_core, name), kw)
     if got[0] == "raised":
         err = got[1]
@@ -614,7 +669,7 @@ def one_call(cnn_core, reference, name, kw, broken, dt, counts, by_type):
     if not layout_only or name in NOT_COMPARED:
         return None
     for k, v in before.items():               # undo the kernel's in-place writes
-        kw[k][...] = v
+        arrays[k][...] = v
     expected = _outcome(getattr(reference, name), kw)
     counts["checked_against_twin"] += 1
     if got[0] != expected[0]:

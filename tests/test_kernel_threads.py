@@ -14,13 +14,6 @@ from conftest import assert_close, nan_array, randn
 THREADS = [1, 2, 3, 5]
 
 
-@pytest.fixture(params=THREADS, ids=lambda n: f"threads{n}")
-def threads(request):
-    before = cnn_core.get_num_threads()
-    cnn_core.set_num_threads(request.param)
-    yield request.param
-    cnn_core.set_num_threads(before)
-
 
 def test_gemm_threads(rng, dtype, threads):
     # (m, k, n) with m >= n and m < n: the two ways the output is cut into slabs

@@ -219,3 +219,112 @@ def test_all_finite_rejects_non_float_arrays():
             backend.all_finite(np.arange(3))
         with pytest.raises(TypeError, match="x"):
             backend.all_finite([1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------------------
+# Whole-model steps: sgd_step / adam_step over lists of arrays, one call
+# ----------------------------------------------------------------------------------------
+
+STEP_SHAPES = [[(1,)], [(7,), (3, 5), (1, 1)], [(0,), (13,), (2, 0)],
+               [(50_000,), (17,), (40_001,), (3,)]]   # the last spans two threads' parts
+
+
+def _step_arrays(rng, dtype, shapes, names):
+    arrays = {name: [randn(rng, s, dtype) for s in shapes] for name in names}
+    if "vs" in arrays:
+        arrays["vs"] = [np.abs(v) for v in arrays["vs"]]
+    return arrays
+
+
+@pytest.mark.parametrize("shapes", STEP_SHAPES)
+@pytest.mark.parametrize("config", [dict(momentum=0.0), dict(momentum=0.9, weight_decay=1e-2),
+                                    dict(momentum=0.9, nesterov=True)])
+def test_sgd_step_equals_sgd_update_per_array(rng, dtype, threads, shapes, config):
+    a = _step_arrays(rng, dtype, shapes, ["params", "grads", "velocities"])
+    results = []
+    for mod in (cnn_core, reference):
+        params = [p.copy() for p in a["params"]]
+        vels = [v.copy() for v in a["velocities"]] if config["momentum"] else None
+        assert mod.sgd_step(params, a["grads"], vels, 0.05, check_finite=True, **config) == -1
+        results.append((params, vels))
+    # and the per-array kernel: the same arithmetic in the same order, so the same bits
+    params = [p.copy() for p in a["params"]]
+    vels = [v.copy() for v in a["velocities"]]
+    for i in range(len(params)):
+        cnn_core.sgd_update(params[i], a["grads"][i], 0.05,
+                            velocity=vels[i] if config["momentum"] else None, **config)
+    for got, ref, one in zip(results[0][0], results[1][0], params):
+        np.testing.assert_array_equal(got, one)
+        assert_close(got, ref)
+    if config["momentum"]:
+        for got, one in zip(results[0][1], vels):
+            np.testing.assert_array_equal(got, one)
+
+
+@pytest.mark.parametrize("shapes", STEP_SHAPES)
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_step_equals_adam_update_per_array(rng, dtype, threads, shapes, decoupled):
+    a = _step_arrays(rng, dtype, shapes, ["params", "grads", "ms", "vs"])
+    args = (7, 1e-3, 0.9, 0.999, 1e-8, 1e-2)
+    copies = []
+    for mod in (cnn_core, reference):
+        c = {k: [x.copy() for x in v] for k, v in a.items()}
+        assert mod.adam_step(c["params"], c["grads"], c["ms"], c["vs"], *args,
+                             decoupled=decoupled) == -1
+        copies.append(c)
+    one = {k: [x.copy() for x in v] for k, v in a.items()}
+    for i in range(len(shapes)):
+        cnn_core.adam_update(one["params"][i], one["grads"][i], one["ms"][i], one["vs"][i],
+                             *args, decoupled=decoupled)
+    for key in ("params", "ms", "vs"):
+        for got, ref, single in zip(copies[0][key], copies[1][key], one[key]):
+            np.testing.assert_array_equal(got, single)
+            assert_close(got, ref)
+
+
+@pytest.mark.parametrize("where", [0, 2, 3])
+def test_step_with_a_non_finite_gradient_updates_nothing(rng, dtype, threads, where):
+    shapes = STEP_SHAPES[-1]
+    for bad in (np.nan, np.inf, -np.inf):
+        a = _step_arrays(rng, dtype, shapes, ["params", "grads", "velocities", "ms", "vs"])
+        a["grads"][where].reshape(-1)[-1] = bad          # the last element: the far end
+        if where == 0:
+            a["grads"][3][0] = np.nan                    # a later one too: the first is named
+        for mod in (cnn_core, reference):
+            c = {k: [x.copy() for x in v] for k, v in a.items()}
+            assert mod.sgd_step(c["params"], c["grads"], c["velocities"], 0.1, momentum=0.9,
+                                check_finite=True) == where
+            assert mod.adam_step(c["params"], c["grads"], c["ms"], c["vs"], 1, 1e-3, 0.9,
+                                 0.999, 1e-8, check_finite=True) == where
+            for key in ("params", "velocities", "ms", "vs"):
+                for got, before in zip(c[key], a[key]):
+                    np.testing.assert_array_equal(got, before)
+            # without the check the step runs (and spreads the NaN/inf)
+            assert mod.sgd_step(c["params"], c["grads"], None, 0.1) == -1
+            assert not np.isfinite(c["params"][where]).all()
+
+
+def test_step_rejects_bad_lists(rng):
+    p, g = randn(rng, (3, 4), np.float32), randn(rng, (3, 4), np.float32)
+    for mod in (cnn_core, reference):
+        cases = [
+            (lambda: mod.sgd_step([], [], None, 0.1), ValueError, "params is empty"),
+            (lambda: mod.sgd_step([p], [g, g], None, 0.1), ValueError, "grads has 2"),
+            (lambda: mod.sgd_step([p, p.astype(np.float64)], [g, g], None, 0.1), ValueError,
+             r"params\[1\]"),
+            (lambda: mod.sgd_step([p], [g[:2]], None, 0.1), ValueError, r"grads\[0\]"),
+            (lambda: mod.sgd_step([p], [g], None, 0.1, momentum=0.9), ValueError, "velocities"),
+            (lambda: mod.sgd_step([p], [g], [np.zeros(3, np.float32)], 0.1, momentum=0.9),
+             ValueError, r"velocities\[0\]"),
+            (lambda: mod.sgd_step([p.T], [g.T], None, 0.1), ValueError, r"params\[0\]"),
+            (lambda: mod.sgd_step(["x"], [g], None, 0.1), TypeError, r"params\[0\]"),
+            (lambda: mod.adam_step([p], [g], [p.copy()], [], 1, 1e-3, 0.9, 0.999, 1e-8),
+             ValueError, "vs has 0"),
+            (lambda: mod.adam_step([p], [g], [p.copy()], [p.copy()], 0, 1e-3, 0.9, 0.999, 1e-8),
+             ValueError, "step"),
+        ]
+        for call, error, match in cases:
+            before = p.copy()
+            with pytest.raises(error, match=match):
+                call()
+            np.testing.assert_array_equal(p, before)       # nothing was updated

@@ -61,6 +61,21 @@ class Optimizer:
         """Update every parameter from its ``.grad``, in place."""
         raise NotImplementedError
 
+    def _checked_step(self):
+        """fit's step: check every gradient for NaN/inf first; if one has any, update
+        nothing and return the index of its parameter in ``params``, else step and return
+        None. SGD and Adam do the check and the update in one kernel call."""
+        K = kernels()
+        for i, p in enumerate(self.params):
+            if not K.all_finite(p.grad):
+                return i
+        self.step()
+        return None
+
+    def _fused(self):
+        """True when one whole-model kernel call can update every parameter (one dtype)."""
+        return len({p.dtype for p in self.params}) == 1
+
     def state_dict(self):
         """A copy of the optimizer's state: ``{"lr": float, "state": [one dict per parameter
         of its arrays ("velocity", "m", "v") and step count ("step")]}``."""
@@ -132,11 +147,30 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum > 0")
 
     def step(self):
+        self._update(check_finite=False)
+
+    def _checked_step(self):
+        return self._update(check_finite=True)
+
+    def _update(self, check_finite):
         K = kernels()
-        for i, p in enumerate(self.params):
-            velocity = self._state(i, "velocity") if self.momentum else None
-            K.sgd_update(p.data, p.grad, self.lr, momentum=self.momentum, velocity=velocity,
-                         weight_decay=self.weight_decay, nesterov=self.nesterov)
+        if not self._fused():
+            if check_finite:
+                return super()._checked_step()   # checks, then calls step() (per array)
+            for i, p in enumerate(self.params):
+                velocity = self._state(i, "velocity") if self.momentum else None
+                K.sgd_update(p.data, p.grad, self.lr, momentum=self.momentum,
+                             velocity=velocity, weight_decay=self.weight_decay,
+                             nesterov=self.nesterov)
+            return None
+        # the whole model in one call (sgd_step: one parallel pass over every parameter)
+        velocities = ([self._state(i, "velocity") for i in range(len(self.params))]
+                      if self.momentum else None)
+        bad = K.sgd_step([p.data for p in self.params], [p.grad for p in self.params],
+                         velocities, self.lr, momentum=self.momentum,
+                         weight_decay=self.weight_decay, nesterov=self.nesterov,
+                         check_finite=check_finite)
+        return None if bad < 0 else bad
 
     def _hyper_repr(self):
         return (f", momentum={self.momentum:g}, nesterov={self.nesterov}, "
@@ -175,13 +209,37 @@ class Adam(Optimizer):
         self.weight_decay = _check_number(weight_decay, "weight_decay value")
 
     def step(self):
+        self._update(check_finite=False)
+
+    def _checked_step(self):
+        return self._update(check_finite=True)
+
+    def _update(self, check_finite):
         K = kernels()
         beta1, beta2 = self.betas
-        for i, p in enumerate(self.params):
-            m, v = self._state(i, "m"), self._state(i, "v")
-            t = self.state[i]["step"] = self.state[i].get("step", 0) + 1
-            K.adam_update(p.data, p.grad, m, v, t, self.lr, beta1, beta2, self.eps,
-                          self.weight_decay, decoupled=self._decoupled)
+        steps = {entry.get("step", 0) for entry in self.state}
+        if not self._fused() or len(steps) != 1:
+            if check_finite:
+                return super()._checked_step()   # checks, then calls step() (per array)
+            for i, p in enumerate(self.params):
+                m, v = self._state(i, "m"), self._state(i, "v")
+                t = self.state[i]["step"] = self.state[i].get("step", 0) + 1
+                K.adam_update(p.data, p.grad, m, v, t, self.lr, beta1, beta2, self.eps,
+                              self.weight_decay, decoupled=self._decoupled)
+            return None
+        # the whole model in one call (adam_step), every parameter at the same step count
+        t = steps.pop() + 1
+        n = len(self.params)
+        bad = K.adam_step([p.data for p in self.params], [p.grad for p in self.params],
+                          [self._state(i, "m") for i in range(n)],
+                          [self._state(i, "v") for i in range(n)], t, self.lr, beta1, beta2,
+                          self.eps, self.weight_decay, decoupled=self._decoupled,
+                          check_finite=check_finite)
+        if bad >= 0:
+            return bad
+        for entry in self.state:
+            entry["step"] = t
+        return None
 
     def _hyper_repr(self):
         return (f", betas=({self.betas[0]:g}, {self.betas[1]:g}), eps={self.eps:g}, "

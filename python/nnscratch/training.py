@@ -268,14 +268,26 @@ class _EpochLoop:
         self.callbacks = callbacks
         self._batches = {}
 
-    def _check_gradients(self, where):
+    def _checked_step(self, where):
+        """The optimizer's step, after every gradient is checked for NaN/inf (by the
+        optimizer's own kernel call for SGD and Adam: one pass, see sgd_step)."""
         K = kernels()
-        for name, p in self.named_params:
-            if not K.all_finite(p.grad):
-                raise FloatingPointError(
-                    f"the gradient of {_layer_of(self.model, name)} became NaN or infinite at "
-                    f"{where}: lower the learning rate or check the data (fit(check_finite="
-                    f"False) trains on regardless)")
+        optimized = {id(p) for p in self.optimizer.params}
+        bad = None
+        for name, p in self.named_params:      # parameters the optimizer does not update
+            if id(p) not in optimized and not K.all_finite(p.grad):
+                bad = name
+                break
+        if bad is None:
+            index = self.optimizer._checked_step()
+            if index is None:
+                return
+            names = {id(p): name for name, p in self.named_params}
+            bad = names.get(id(self.optimizer.params[index]), f"{index} of the optimizer")
+        raise FloatingPointError(
+            f"the gradient of {_layer_of(self.model, bad)} became NaN or infinite at "
+            f"{where}: lower the learning rate or check the data (fit(check_finite="
+            f"False) trains on regardless)")
 
     def _gather(self, order, start, stop):
         """Batch [start, stop) of the epoch: rows order[start:stop] (or a slice)."""
@@ -318,8 +330,9 @@ class _EpochLoop:
                 model.zero_grad()
                 model.backward(loss.backward(), compute_grad_input=False)
                 if self.check_finite:
-                    self._check_gradients(where)
-                self.optimizer.step()
+                    self._checked_step(where)
+                else:
+                    self.optimizer.step()
                 loss_sum += value * (stop - start)
                 seen += stop - start
                 for cb in self.callbacks:
