@@ -36,9 +36,9 @@ cdef extern from "nn_cpu.h" nogil:
 
 cdef void sgd_span(floating *p, const floating *g, floating *vel, long n, floating lr,
                    floating mu, floating wd, bint nesterov) noexcept nogil:
+    # the caller flushes subnormals to zero around it (nn_ftz_begin/end, see _sgd)
     cdef long i
     cdef floating d
-    cdef unsigned csr = nn_ftz_begin()      # velocity decays into subnormals: flush them
     if mu == 0:
         for i in range(n):
             d = g[i] + wd * p[i]
@@ -53,16 +53,15 @@ cdef void sgd_span(floating *p, const floating *g, floating *vel, long n, floati
             d = g[i] + wd * p[i]
             vel[i] = mu * vel[i] + d
             p[i] = p[i] - lr * vel[i]
-    nn_ftz_end(csr)
 
 
 cdef void adam_span(floating *p, const floating *g, floating *m, floating *v, long n,
                     floating step_size, floating bc2_sqrt, floating b1, floating b2,
                     floating eps, floating wd, floating decay) noexcept nogil:
-    # decay = 1 - lr * wd for AdamW (wd = 0 then), 1 for Adam
+    # decay = 1 - lr * wd for AdamW (wd = 0 then), 1 for Adam; the caller flushes
+    # subnormals to zero around it (nn_ftz_begin/end, see _sgd)
     cdef long i
     cdef floating gi, denom
-    cdef unsigned csr = nn_ftz_begin()      # the moments decay into subnormals: flush them
     for i in range(n):
         if decay != 1:
             p[i] = p[i] * decay
@@ -74,49 +73,40 @@ cdef void adam_span(floating *p, const floating *g, floating *m, floating *v, lo
         else:
             denom = sqrt(v[i]) / bc2_sqrt + eps
         p[i] = p[i] - step_size * (m[i] / denom)
-    nn_ftz_end(csr)
 
 
 cdef _sgd(floating[::1] p, const floating[::1] g, floating[::1] vel, double lr, double mu, double wd,
           bint nesterov):
-    cdef long n = p.shape[0], parts = span_parts(n, SPAN_MIN, num_threads()), step, t, start
-    cdef floating *vp = NULL
-    if n == 0:
+    # one array: the whole-model machinery (below) on a list of one
+    if p.shape[0] == 0:
         return
-    if vel is not None:
-        vp = &vel[0]
-    step = (n + parts - 1) // parts
-    with nogil:
-        if parts == 1:
-            sgd_span(&p[0], &g[0], vp, n, <floating> lr, <floating> mu, <floating> wd, nesterov)
-        else:
-            for t in prange(parts, num_threads=parts, schedule="static"):
-                start = t * step
-                if start < n:
-                    sgd_span(&p[start], &g[start], vp + start if vp != NULL else NULL,
-                             n - start if n - start < step else step,
-                             <floating> lr, <floating> mu, <floating> wd, nesterov)
+    _one_array(<char *> &p[0], <char *> &g[0], <char *> &vel[0] if vel is not None else NULL,
+               NULL, p.shape[0], KIND_SGD, lr, mu, wd, nesterov, 0, 0, 0, 0, 0, 1, <floating> 0)
 
 
 cdef _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v, double step_size,
            double bc2_sqrt, double b1, double b2, double eps, double wd, double decay):
-    cdef long n = p.shape[0], parts = span_parts(n, SPAN_MIN, num_threads()), step, t, start
-    if n == 0:
+    if p.shape[0] == 0:
         return
-    step = (n + parts - 1) // parts
-    with nogil:
-        if parts == 1:
-            adam_span(&p[0], &g[0], &m[0], &v[0], n, <floating> step_size, <floating> bc2_sqrt,
-                      <floating> b1, <floating> b2, <floating> eps, <floating> wd,
-                      <floating> decay)
-        else:
-            for t in prange(parts, num_threads=parts, schedule="static"):
-                start = t * step
-                if start < n:
-                    adam_span(&p[start], &g[start], &m[start], &v[start],
-                              n - start if n - start < step else step,
-                              <floating> step_size, <floating> bc2_sqrt, <floating> b1,
-                              <floating> b2, <floating> eps, <floating> wd, <floating> decay)
+    _one_array(<char *> &p[0], <char *> &g[0], <char *> &m[0], <char *> &v[0], p.shape[0],
+               KIND_ADAM, 0, 0, wd, False, step_size, bc2_sqrt, b1, b2, eps, decay,
+               <floating> 0)
+
+
+cdef void _one_array(char *p, char *g, char *a, char *b, long n, int kind, double lr,
+                     double mu, double wd, bint nesterov, double step_size, double bc2_sqrt,
+                     double b1, double b2, double eps, double decay,
+                     floating dummy) noexcept nogil:
+    # sgd_update / adam_update: one array, cut into one span per thread
+    cdef _Tensors t
+    cdef long zero = 0
+    t.count = 1
+    t.p, t.g, t.a, t.b = &p, &g, &a, &b
+    t.size, t.offset = &n, &zero
+    t.flat_total = n
+    t.parts = span_parts(n, SPAN_MIN, num_threads())
+    _step_all(&t, kind, False, lr, mu, wd, nesterov, step_size, bc2_sqrt, b1, b2, eps, decay,
+              dummy)
 
 
 cdef _param_and_grad(param, grad):
@@ -261,22 +251,28 @@ def all_finite(x):
 # ---------------------------------------------------------------------------------------------
 # The whole model's update in one call: sgd_step / adam_step take lists of arrays (one per
 # parameter), check every gradient first if asked (fit's NaN/inf guard), and then update
-# them all. The parameters are treated as one long vector cut into one span per thread, so
-# a model of many small arrays costs one parallel pass, not one per array.
+# them all, in one parallel region per pass however many arrays there are: the arrays are
+# taken as one long vector, cut into one contiguous span per thread. (Cutting each weight
+# matrix by columns, as its layer's GEMMs cut it, so that every core would update what it
+# wrote, was tried and measured slower: two cores writing interleaved halves of every row
+# fight over cache lines the hardware prefetchers pull across.)
 
 cdef enum:
-    KIND_SGD = 0
-    KIND_ADAM = 1
+    KIND_CHECK = 0
+    KIND_SGD = 1
+    KIND_ADAM = 2
 
 
 cdef struct _Tensors:
     long count
-    long total
     char **p          # parameters
     char **g          # gradients
     char **a          # velocities (SGD, NULL entries without momentum) / first moments
     char **b          # second moments (Adam)
-    long *offset      # offset[i]: where tensor i starts in the long vector; offset[count]
+    long *size
+    long *offset      # where tensor i starts in the long vector
+    long flat_total   # the long vector's length
+    long parts        # threads in the parallel region
 
 
 cdef class _TensorList:
@@ -289,6 +285,7 @@ cdef class _TensorList:
         free(self.t.g)
         free(self.t.a)
         free(self.t.b)
+        free(self.t.size)
         free(self.t.offset)
 
 
@@ -298,7 +295,7 @@ cdef inline char *_data(object arr):
 
 cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, list b_list,
                               str b_name):
-    # validate every array (named with its index) and collect the pointers
+    # validate every array (named with its index), collect the pointers, plan the threads
     cdef long n = len(params), i
     cdef _TensorList tl = _TensorList()
     if n == 0:
@@ -315,9 +312,10 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     tl.t.g = <char **> malloc(n * sizeof(char *))
     tl.t.a = <char **> malloc(n * sizeof(char *))
     tl.t.b = <char **> malloc(n * sizeof(char *))
-    tl.t.offset = <long *> malloc((n + 1) * sizeof(long))
+    tl.t.size = <long *> malloc(n * sizeof(long))
+    tl.t.offset = <long *> malloc(n * sizeof(long))
     if (tl.t.p == NULL or tl.t.g == NULL or tl.t.a == NULL or tl.t.b == NULL
-            or tl.t.offset == NULL):
+            or tl.t.size == NULL or tl.t.offset == NULL):
         raise MemoryError()
     first = params[0]
     if not isinstance(first, np.ndarray):
@@ -325,7 +323,7 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     dtype = first.dtype
     if dtype != np.float32 and dtype != np.float64:
         raise TypeError(f"params[0] has dtype {dtype}; the kernels take float32 or float64")
-    tl.t.offset[0] = 0
+    tl.t.flat_total = 0
     for i in range(n):
         param = params[i]
         if not isinstance(param, np.ndarray):
@@ -343,82 +341,80 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
             tl.t.a[i] = _data(check_buffer(f"{a_name}[{i}]", a_list[i], param.shape, dtype))
         if b_list is not None:
             tl.t.b[i] = _data(check_buffer(f"{b_name}[{i}]", b_list[i], param.shape, dtype))
-        tl.t.offset[i + 1] = tl.t.offset[i] + param.size
-    tl.t.total = tl.t.offset[n]
+        tl.t.size[i] = param.size
+        tl.t.offset[i] = tl.t.flat_total
+        tl.t.flat_total += param.size
+    tl.t.parts = span_parts(tl.t.flat_total, SPAN_MIN, num_threads())
     return tl
 
 
-cdef long _first_non_finite(_Tensors *t, long lo, long hi, floating dummy) noexcept nogil:
-    # the lowest tensor index with a NaN/inf gradient element in [lo, hi) of the long
-    # vector, or t.count if none
-    cdef long i = 0, end
-    while i < t.count and t.offset[i + 1] <= lo:
-        i += 1
-    while lo < hi and i < t.count:
-        end = t.offset[i + 1] if t.offset[i + 1] < hi else hi
-        if end > lo and not all_finite_span(<floating *> t.g[i] + (lo - t.offset[i]), end - lo):
-            return i
-        lo = end
-        i += 1
-    return t.count
+cdef bint _piece(_Tensors *t, long i, long off, long n, int kind, floating lr, floating mu,
+                 floating wd, bint nesterov, floating step_size, floating bc2_sqrt, floating b1,
+                 floating b2, floating eps, floating decay) noexcept nogil:
+    # elements [off, off + n) of tensor i: checked (False if one is NaN/inf) or updated
+    if kind == KIND_CHECK:
+        return all_finite_span(<floating *> t.g[i] + off, n)
+    if kind == KIND_SGD:
+        sgd_span(<floating *> t.p[i] + off, <floating *> t.g[i] + off,
+                 <floating *> t.a[i] + off if t.a[i] != NULL else NULL, n, lr, mu, wd, nesterov)
+    else:
+        adam_span(<floating *> t.p[i] + off, <floating *> t.g[i] + off,
+                  <floating *> t.a[i] + off, <floating *> t.b[i] + off, n, step_size, bc2_sqrt,
+                  b1, b2, eps, wd, decay)
+    return True
 
 
-cdef void _update(_Tensors *t, long lo, long hi, int kind, floating lr, floating mu,
-                  floating wd, bint nesterov, floating step_size, floating bc2_sqrt,
-                  floating b1, floating b2, floating eps, floating decay) noexcept nogil:
-    # the update of [lo, hi) of the long vector, tensor piece by tensor piece
-    cdef long i = 0, end, off
-    while i < t.count and t.offset[i + 1] <= lo:
-        i += 1
-    while lo < hi and i < t.count:
-        end = t.offset[i + 1] if t.offset[i + 1] < hi else hi
-        off = lo - t.offset[i]
-        if end > lo:
-            if kind == KIND_SGD:
-                sgd_span(<floating *> t.p[i] + off, <floating *> t.g[i] + off,
-                         <floating *> t.a[i] + off if t.a[i] != NULL else NULL, end - lo,
-                         lr, mu, wd, nesterov)
-            else:
-                adam_span(<floating *> t.p[i] + off, <floating *> t.g[i] + off,
-                          <floating *> t.a[i] + off, <floating *> t.b[i] + off, end - lo,
-                          step_size, bc2_sqrt, b1, b2, eps, wd, decay)
-        lo = end
-        i += 1
+cdef long _visit(_Tensors *t, long part, int kind, floating lr, floating mu, floating wd,
+                 bint nesterov, floating step_size, floating bc2_sqrt, floating b1,
+                 floating b2, floating eps, floating decay) noexcept nogil:
+    # part `part`'s span of the long vector, tensor piece by tensor piece, in tensor order;
+    # returns the first tensor index with a NaN/inf gradient there (KIND_CHECK), else t.count
+    cdef long i, lo, hi, bad = t.count
+    cdef long step = (t.flat_total + t.parts - 1) // t.parts
+    cdef long span_lo = part * step if part * step < t.flat_total else t.flat_total
+    cdef long span_hi = span_lo + step if span_lo + step < t.flat_total else t.flat_total
+    # optimizer state decays into subnormals: flush them to zero (x86 arithmetic on them is
+    # ~100x slower), once per thread and pass
+    cdef unsigned csr = nn_ftz_begin()
+    for i in range(t.count):
+        lo = t.offset[i] if t.offset[i] > span_lo else span_lo
+        hi = t.offset[i] + t.size[i]
+        hi = hi if hi < span_hi else span_hi
+        if hi > lo and not _piece(t, i, lo - t.offset[i], hi - lo, kind, lr, mu, wd, nesterov,
+                                  step_size, bc2_sqrt, b1, b2, eps, decay):
+            bad = i
+            break
+    nn_ftz_end(csr)
+    return bad
 
 
 cdef long _step_all(_Tensors *t, int kind, bint check, double lr, double mu, double wd,
                     bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
                     double eps, double decay, floating dummy) noexcept nogil:
     # check (if asked), then update; returns the first bad tensor index or -1
-    cdef long parts = span_parts(t.total, SPAN_MIN, num_threads())
-    cdef long step = (t.total + parts - 1) // parts, part, lo, hi, bad = t.count
+    cdef long parts = t.parts, part, bad = t.count
     cdef long found[MAX_PARTS]
-    if t.total == 0:
-        return -1
-    if check:
+    cdef int run
+    for run in range(2):
+        if run == 0 and not check:
+            continue
         if parts == 1:
-            bad = _first_non_finite(t, 0, t.total, dummy)
+            found[0] = _visit(t, 0, KIND_CHECK if run == 0 else kind, <floating> lr,
+                              <floating> mu, <floating> wd, nesterov, <floating> step_size,
+                              <floating> bc2_sqrt, <floating> b1, <floating> b2,
+                              <floating> eps, <floating> decay)
         else:
             for part in prange(parts, num_threads=parts, schedule="static"):
-                lo = part * step
-                hi = lo + step if lo + step < t.total else t.total
-                found[part] = _first_non_finite(t, lo, hi, dummy)
+                found[part] = _visit(t, part, KIND_CHECK if run == 0 else kind, <floating> lr,
+                                     <floating> mu, <floating> wd, nesterov,
+                                     <floating> step_size, <floating> bc2_sqrt, <floating> b1,
+                                     <floating> b2, <floating> eps, <floating> decay)
+        if run == 0:
             for part in range(parts):
                 if found[part] < bad:
                     bad = found[part]
-        if bad < t.count:
-            return bad
-    if parts == 1:
-        _update(t, 0, t.total, kind, <floating> lr, <floating> mu, <floating> wd, nesterov,
-                <floating> step_size, <floating> bc2_sqrt, <floating> b1, <floating> b2,
-                <floating> eps, <floating> decay)
-    else:
-        for part in prange(parts, num_threads=parts, schedule="static"):
-            lo = part * step
-            hi = lo + step if lo + step < t.total else t.total
-            _update(t, lo, hi, kind, <floating> lr, <floating> mu, <floating> wd, nesterov,
-                    <floating> step_size, <floating> bc2_sqrt, <floating> b1, <floating> b2,
-                    <floating> eps, <floating> decay)
+            if bad < t.count:
+                return bad
     return -1
 
 
