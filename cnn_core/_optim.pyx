@@ -78,19 +78,24 @@ cdef void adam_span(floating *p, const floating *g, floating *m, floating *v, lo
 cdef _sgd(floating[::1] p, const floating[::1] g, floating[::1] vel, double lr, double mu, double wd,
           bint nesterov):
     # one array: the whole-model machinery (below) on a list of one
+    cdef char *vp = NULL
     if p.shape[0] == 0:
         return
-    _one_array(<char *> &p[0], <char *> &g[0], <char *> &vel[0] if vel is not None else NULL,
-               NULL, p.shape[0], KIND_SGD, lr, mu, wd, nesterov, 0, 0, 0, 0, 0, 1, <floating> 0)
+    if vel is not None:
+        vp = <char *> &vel[0]
+    with nogil:
+        _one_array(<char *> &p[0], <char *> &g[0], vp, NULL, p.shape[0], KIND_SGD, lr, mu, wd,
+                   nesterov, 0, 0, 0, 0, 0, 1, <floating> 0)
 
 
 cdef _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v, double step_size,
            double bc2_sqrt, double b1, double b2, double eps, double wd, double decay):
     if p.shape[0] == 0:
         return
-    _one_array(<char *> &p[0], <char *> &g[0], <char *> &m[0], <char *> &v[0], p.shape[0],
-               KIND_ADAM, 0, 0, wd, False, step_size, bc2_sqrt, b1, b2, eps, decay,
-               <floating> 0)
+    with nogil:
+        _one_array(<char *> &p[0], <char *> &g[0], <char *> &m[0], <char *> &v[0], p.shape[0],
+                   KIND_ADAM, 0, 0, wd, False, step_size, bc2_sqrt, b1, b2, eps, decay,
+                   <floating> 0)
 
 
 cdef void _one_array(char *p, char *g, char *a, char *b, long n, int kind, double lr,

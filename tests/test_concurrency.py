@@ -120,6 +120,21 @@ def test_optimizer_update_releases_the_gil(one_thread):
     np.testing.assert_allclose(param, -1.0)
 
 
+def test_whole_model_step_releases_the_gil(one_thread):
+    n = 2_000_000
+    params = [np.empty(n), np.empty(n)]
+    grads = [np.ones(n), np.ones(n)]
+
+    def call():
+        for p in params:
+            p[...] = 0.0
+        cnn_core.sgd_step(params, grads, None, 1.0, check_finite=True)
+
+    # the first array is written (-lr) while the last one is not yet
+    assert _seen_half_written(call, lambda: params[0][0] != 0, lambda: params[1][-1] != 0)
+    np.testing.assert_allclose(params[1], -1.0)
+
+
 # ---------------------------------------------------------------------------------------
 # set_num_threads in a running process
 
