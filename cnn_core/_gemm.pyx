@@ -74,13 +74,18 @@ cdef extern from "nn_peak.h" nogil:
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
-# Cache blocking (elements). kc x n_block of B stays in L2 (float: 384 x 480 x 4 B = 720 KiB
-# of this machine's 2 MiB), a kc x MR micro-panel of A in L1 (12 x 384 x 4 B = 18 KiB of 48).
+# Cache blocking (elements). kc x n_block of B stays in L2 (float: 1024 x 240 x 4 B = 960 KiB
+# of this machine's 2 MiB). A long kc (a whole 784- or 1024-long sum in one block) was
+# measured best here: each C tile is written once instead of once per k block, and fewer
+# micro-kernel calls share the fixed cost of the write-back -- although the A micro-panel
+# (12 x 1024 x 4 B = 48 KiB) then streams through L1 rather than staying in it. Measured
+# on this machine, 2 threads, GFLOP/s at 1024^3 / 128x784x256: kc 384 -> 387 / 282,
+# kc 1024 -> 413 / 374 (benchmarks/bench_gemm.py; double: kc 256 -> 512, 189 -> 200 / 151 -> 176).
 cdef enum:
-    KC_FLOAT = 384
-    KC_DOUBLE = 256
-    NBLOCK_FLOAT = 480
-    NBLOCK_DOUBLE = 240
+    KC_FLOAT = 1024
+    KC_DOUBLE = 512
+    NBLOCK_FLOAT = 240
+    NBLOCK_DOUBLE = 120
     M_BLOCK = 3072
     # below this many multiply-adds a second thread costs more than it saves
     PARALLEL_MIN_FMAS = 1 << 20

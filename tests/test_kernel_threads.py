@@ -163,9 +163,10 @@ def isa(request):
 
 def test_gemm_micro_kernels(rng, dtype, isa):
     assert cnn_core.gemm_kernel_name(dtype).startswith(isa)
-    # sizes around every tile (4x16 / 4x8, 6x16 / 6x8, 12x32 / 12x16) and the k block
+    # sizes around every tile (4x16 / 4x8, 6x16 / 6x8, 12x32 / 12x16) and k blocks (1100:
+    # two of 550 for float32, three for float64)
     for m, k, n in [(1, 1, 1), (3, 5, 7), (4, 16, 16), (5, 17, 17), (6, 8, 8), (7, 9, 15),
-                    (12, 32, 32), (13, 33, 33), (25, 257, 49), (50, 400, 70)]:
+                    (12, 32, 32), (13, 33, 33), (25, 257, 49), (50, 400, 70), (13, 1100, 40)]:
         for trans_a, trans_b in [(False, False), (False, True), (True, True), (True, False)]:
             a = randn(rng, (k, m) if trans_a else (m, k), dtype)
             b = randn(rng, (n, k) if trans_b else (k, n), dtype)
