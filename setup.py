@@ -35,6 +35,7 @@ EXTENSIONS = {
     "cnn_core._optim": "cnn_core/_optim.pyx",
     "cnn_core._conv": "cnn_core/_conv.pyx",
     "cnn_core._norm": "cnn_core/_norm.pyx",
+    "cnn_core._data": "cnn_core/_data.pyx",
 }
 
 DIRECTIVES = {

@@ -34,7 +34,7 @@ __all__ = [
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update",
     "sgd_step", "adam_step", "all_finite", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
-    "batchnorm_forward", "batchnorm_backward",
+    "batchnorm_forward", "batchnorm_backward", "take_rows",
     "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features",
     "gemm_kernel_name",
 ]
@@ -1280,6 +1280,33 @@ def all_finite(x):
     """
     x = _as_float_array("x", x)
     return bool(np.isfinite(x).all())
+
+
+def take_rows(x, rows, out=None):
+    """The mini-batch ``x[rows]``: ``out[i] = x[rows[i]]``.
+
+    x (N, ...) float32/float64, C-contiguous; rows (B,) int64 in [0, N);
+    out (B, ...) of x's dtype, optional.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"x has dtype {x.dtype}; the kernels take float32 or float64")
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least one axis (the samples), got shape {x.shape}")
+    if not (x.flags.c_contiguous and x.flags.aligned):
+        raise ValueError("x must be C-contiguous and aligned")
+    if not isinstance(rows, np.ndarray):
+        raise TypeError(f"rows must be a numpy.ndarray, got {type(rows).__name__}")
+    if rows.dtype != np.int64:
+        raise TypeError(f"rows must be int64, got {rows.dtype}")
+    if rows.ndim != 1:
+        raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
+    out = _output("out", out, (len(rows),) + x.shape[1:], x.dtype)
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(x)):
+        raise ValueError(f"rows must be in [0, {len(x)})")
+    out[...] = x[rows]
+    return out
 
 
 def set_num_threads(n):

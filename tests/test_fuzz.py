@@ -240,6 +240,15 @@ def make_adam_step(rng, dt):
                 check_finite=bool(rng.integers(2)))
 
 
+def make_take_rows(rng, dt):
+    n = int(rng.integers(1, 20))
+    shape = (n,) + tuple(int(d) for d in rng.integers(1, 6, size=int(rng.integers(0, 3))))
+    kw = dict(x=_arr(rng, shape, dt), rows=rng.integers(0, n, size=int(rng.integers(0, 30))))
+    if _maybe(rng):
+        kw["out"] = _arr(rng, (len(kw["rows"]),) + shape[1:], dt)
+    return kw
+
+
 def _geometry(rng):
     n, c, o = _dims(rng, 3, 1, 4)
     kh, kw = (int(v) for v in rng.integers(1, 4, size=2))
@@ -374,6 +383,7 @@ MAKERS = {
     "sgd_update": make_sgd_update,
     "adam_update": make_adam_update,
     "sgd_step": make_sgd_step,
+    "take_rows": make_take_rows,
     "adam_step": make_adam_step,
     "all_finite": lambda r, d: dict(x=_arr(r, _elementwise_shape(r), d)),
     "conv2d_forward": make_conv2d_forward,

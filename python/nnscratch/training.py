@@ -236,7 +236,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     loop = _EpochLoop(model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks,
                       bool(check_finite))
     try:
-        order = np.arange(len(X))
+        order = np.arange(len(X), dtype=np.int64)   # take_rows takes int64 indices
         for epoch in range(initial_epoch, epochs):
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
@@ -299,8 +299,9 @@ class _EpochLoop:
             buffers = self._batches[m] = (np.empty((m,) + self.X.shape[1:], self.X.dtype),
                                           np.empty((m,) + self.y.shape[1:], self.y.dtype))
         rows = order[start:stop]
+        # the samples: copied by the threads together (take_rows); the targets are small
+        kernels().take_rows(self.X, rows, out=buffers[0])
         # mode="clip": no hidden temporary (mode="raise" buffers `out`); rows are valid
-        np.take(self.X, rows, axis=0, out=buffers[0], mode="clip")
         np.take(self.y, rows, axis=0, out=buffers[1], mode="clip")
         return buffers
 
