@@ -300,13 +300,15 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     if parts <= 1:
         return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
                          row_path)
-    cdef long step = _round_up(_ceil_div(extent, parts), tile)
+    # whole tiles per slab, the last slab taking the rest (784 columns in 32-wide tiles:
+    # 384 + 400, not 416 + 368 -- the last tile is a partial one)
+    cdef long step = (_ceil_div(extent, tile) // parts) * tile
     cdef int status[MAX_PARTS]
     cdef long t, start, size
     cdef int failed = 0
     for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
         start = t * step
-        size = _min(step, extent - start)
+        size = extent - start if t == parts - 1 else step
         status[t] = 0
         if size > 0:
             if split_n:
