@@ -26,6 +26,7 @@ is summed by one thread in the same k order, so results do not depend on the thr
 """
 import numpy as np
 
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
@@ -67,6 +68,8 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
     nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa)
     int nn_cpu_best_isa()
     int NN_ISA_GENERIC, NN_ISA_AVX2, NN_ISA_AVX512
+
+cnp.import_array()
 
 cdef extern from "nn_peak.h" nogil:
     double nn_fma_peak_loop(int isa, long reps)
@@ -351,26 +354,47 @@ cdef _check_pair(str name_a, object a, str name_b, object b):
     return a, b
 
 
-cdef int _run(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
-              floating[:, ::1] c, long k, double alpha, double beta, const floating[::1] bias,
-              int relu, bint naive) except -1:
-    # C (m x n) from op(A) (m x k) and op(B) (k x n); the strides encode the transposes
-    cdef long m = c.shape[0], n = c.shape[1]
-    cdef long rsa = 1 if trans_a else a.shape[1], csa = a.shape[1] if trans_a else 1
-    cdef long rsb = 1 if trans_b else b.shape[1], csb = b.shape[1] if trans_b else 1
-    cdef const floating *bias_ptr = &bias[0] if bias is not None and bias.shape[0] > 0 else NULL
+cdef int _run_typed(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                    long csb, floating *c, long m, long n, long k, double alpha, double beta,
+                    const floating *bias, int relu, bint naive, int threads) noexcept nogil:
+    if naive:
+        gemm_naive_kernel(a, rsa, csa, b, rsb, csb, c, n, m, n, k, <floating> alpha,
+                          <floating> beta)
+        return 0
+    return gemm_parallel(a, rsa, csa, b, rsb, csb, c, n, m, n, k, <floating> alpha,
+                         <floating> beta, bias, relu, threads)
+
+
+cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndarray c, long k,
+              double alpha, double beta, object bias, int relu, bint naive) except -1:
+    # C (m x n) from op(A) (m x k) and op(B) (k x n); the strides encode the transposes.
+    # The arrays were checked by the caller (C-contiguous, aligned, one float dtype): their
+    # data pointers are taken as they are (no memoryview to acquire: a one-sample product
+    # is over in microseconds).
+    cdef long m = cnp.PyArray_DIM(c, 0), n = cnp.PyArray_DIM(c, 1)
+    cdef long acols = cnp.PyArray_DIM(a, 1), bcols = cnp.PyArray_DIM(b, 1)
+    cdef long rsa = 1 if trans_a else acols, csa = acols if trans_a else 1
+    cdef long rsb = 1 if trans_b else bcols, csb = bcols if trans_b else 1
+    cdef void *bias_ptr = NULL
+    cdef void *pa = cnp.PyArray_DATA(a)
+    cdef void *pb = cnp.PyArray_DATA(b)
+    cdef void *pc = cnp.PyArray_DATA(c)
+    cdef bint single = cnp.PyArray_TYPE(c) == cnp.NPY_FLOAT32
     cdef int status = 0
+    if bias is not None and cnp.PyArray_SIZE(<cnp.ndarray> bias) > 0:
+        bias_ptr = cnp.PyArray_DATA(<cnp.ndarray> bias)
     if m == 0 or n == 0 or k == 0:
         return 0
     cdef int threads = num_threads()
     with nogil:
-        if naive:
-            gemm_naive_kernel(&a[0, 0], rsa, csa, &b[0, 0], rsb, csb, &c[0, 0], n, m, n, k,
-                              <floating> alpha, <floating> beta)
+        if single:
+            status = _run_typed(<const float *> pa, rsa, csa, <const float *> pb, rsb, csb,
+                                <float *> pc, m, n, k, alpha, beta, <const float *> bias_ptr,
+                                relu, naive, threads)
         else:
-            status = gemm_parallel(&a[0, 0], rsa, csa, &b[0, 0], rsb, csb, &c[0, 0], n, m, n,
-                                   k, <floating> alpha, <floating> beta, bias_ptr, relu,
-                                   threads)
+            status = _run_typed(<const double *> pa, rsa, csa, <const double *> pb, rsb, csb,
+                                <double *> pc, m, n, k, alpha, beta, <const double *> bias_ptr,
+                                relu, naive, threads)
     if status != 0:
         raise MemoryError("gemm: cannot allocate the packing buffers")
     return 0
@@ -396,10 +420,7 @@ cdef _gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta, bint naive):
         else:
             out *= beta
         return out
-    if a.dtype == np.float32:
-        _run[float](a, trans_a, b, trans_b, out, k, alpha, beta, None, 0, naive)
-    else:
-        _run[double](a, trans_a, b, trans_b, out, k, alpha, beta, None, 0, naive)
+    _run(a, trans_a, b, trans_b, out, k, alpha, beta, None, 0, naive)
     return out
 
 
@@ -453,10 +474,7 @@ def linear_forward(x, w, b, out=None, *, activation=None):
         if relu:
             np.maximum(out, 0, out=out)
         return out
-    if x.dtype == np.float32:
-        _run[float](x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
-    else:
-        _run[double](x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
+    _run(x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
     return out
 
 

@@ -65,6 +65,7 @@ class Sequential(Module):
         self.stop_training = False
         self._last_loss = None     # the loss of the last fit, evaluate's default
         self._sample_shape = None  # per-sample input shape seen last, for summary()
+        self._order_cache = ((), [])   # (the layers it was made for, their run order)
 
     # --- the computation -------------------------------------------------------------
 
@@ -78,7 +79,7 @@ class Sequential(Module):
         self._sample_shape = x.shape[1:]
         out = x
         layers = self.layers
-        order, k = _order(layers), 0
+        order, k = self._run_order(), 0
         while k < len(order):
             i = order[k]
             layer = layers[i]
@@ -99,7 +100,7 @@ class Sequential(Module):
         parameters' gradients into ``.grad``. Returns dL/d(input), or None when
         ``compute_grad_input`` is False (the first layer then skips that product)."""
         grad = grad_out
-        backward_order = _order(self.layers)[::-1]     # the forward's order, reversed
+        backward_order = self._run_order()[::-1]     # the forward's order, reversed
         for i in backward_order[:-1]:
             grad = self.layers[i].backward(grad)
         if not self.layers:
@@ -115,7 +116,7 @@ class Sequential(Module):
         x = self._cast(x)
         out = x
         layers = self.layers
-        order, k = _order(layers), 0
+        order, k = self._run_order(), 0
         while k < len(order):
             i = order[k]
             if _fusable(layers[i], layers, i):
@@ -125,6 +126,15 @@ class Sequential(Module):
             out = layers[i].infer(out)
             k += 1
         return out.copy() if np.may_share_memory(out, x) else out
+
+    def _run_order(self):
+        """`_order` of the layers, recomputed only when the list of layers has changed."""
+        layers = tuple(self.layers)
+        made_for, order = self._order_cache
+        if len(made_for) != len(layers) or any(a is not b for a, b in zip(made_for, layers)):
+            order = _order(layers)
+            self._order_cache = (layers, order)
+        return order
 
     def _cast(self, x):
         """The input as an ndarray; non-float inputs (e.g. uint8 pixels) cast to the
