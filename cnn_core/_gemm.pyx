@@ -34,10 +34,10 @@ from cnn_core._checks cimport as_float_array, check_same_dtype, check_buffer, ou
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 
 cdef extern from "nn_gemm_ukernel.h" nogil:
-    ctypedef void (*nn_sgemm_ukr_t)(long, const float *, long, const float *, float *, long,
-                                    float, float, const float *, int, int, int)
-    ctypedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, double *, long,
-                                    double, double, const double *, int, int, int)
+    ctypedef void (*nn_sgemm_ukr_t)(long, const float *, long, const float *, long, float *,
+                                    long, float, float, const float *, int, int, int)
+    ctypedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
+                                    long, double, double, const double *, int, int, int)
     ctypedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long,
                                     float *, float, float, const float *, int)
     ctypedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long,
@@ -47,8 +47,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
     ctypedef int (*nn_spack_bt_t)(long, const float *, long, int, float *)
     ctypedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *)
     ctypedef struct nn_sgemm_kernel_t:
-        nn_sgemm_ukr_t ukr
-        nn_sgemm_ukr_t ukr_rows
+        nn_sgemm_ukr_t ukr[4]
         nn_sgemm_row_t row
         nn_spack_b_t pack_b
         nn_spack_bt_t pack_bt
@@ -56,8 +55,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
         int nr
         const char *name
     ctypedef struct nn_dgemm_kernel_t:
-        nn_dgemm_ukr_t ukr
-        nn_dgemm_ukr_t ukr_rows
+        nn_dgemm_ukr_t ukr[4]
         nn_dgemm_row_t row
         nn_dpack_b_t pack_b
         nn_dpack_bt_t pack_bt
@@ -99,6 +97,8 @@ cdef enum:
     # kernel streams B. Decided on the whole product, never per thread slab, so that the
     # summation order (and so every bit) does not depend on the thread count.
     ROW_PATH_MAX_M = 4
+    # products of at most this many rows read row-major B in place, unpacked
+    B_IN_PLACE_MAX_M = 32
 
 cdef nn_sgemm_kernel_t _skernel = nn_sgemm_kernel_for(nn_cpu_best_isa())
 cdef nn_dgemm_kernel_t _dkernel = nn_dgemm_kernel_for(nn_cpu_best_isa())
@@ -180,20 +180,16 @@ cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, 
                     panel[p * nr + j] = 0
 
 
-cdef inline void _ukernel(long kc, const floating *a, long lda, const floating *b, floating *c,
-                          long ldc, floating alpha, floating beta, const floating *bias,
-                          int relu, int mr, int nr) noexcept nogil:
-    # lda == 0: a is a packed micro-panel; else MR whole rows of row-major A, lda apart
+cdef inline void _ukernel(long kc, const floating *a, long lda, const floating *b, long ldb,
+                          floating *c, long ldc, floating alpha, floating beta,
+                          const floating *bias, int relu, int mr, int nr) noexcept nogil:
+    # lda == 0: a is a packed micro-panel; else MR whole rows of row-major A, lda apart.
+    # ldb == 0: b is a packed micro-panel; else NR whole columns of row-major B, rows ldb apart.
+    cdef int which = (lda != 0) + 2 * (ldb != 0)
     if floating is float:
-        if lda == 0:
-            _skernel.ukr(kc, a, 0, b, c, ldc, alpha, beta, bias, relu, mr, nr)
-        else:
-            _skernel.ukr_rows(kc, a, lda, b, c, ldc, alpha, beta, bias, relu, mr, nr)
+        _skernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
     else:
-        if lda == 0:
-            _dkernel.ukr(kc, a, 0, b, c, ldc, alpha, beta, bias, relu, mr, nr)
-        else:
-            _dkernel.ukr_rows(kc, a, lda, b, c, ldc, alpha, beta, bias, relu, mr, nr)
+        _dkernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
 
 
 cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
@@ -231,10 +227,14 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     if a_packed == NULL or b_packed == NULL:
         return -1
     cdef long ic_index, pc_index, jc_index, ir_index, jr_index
-    cdef long ic, pc, jc, ir, jr, mc, kcur, nc, full = 0, lda
+    cdef long ic, pc, jc, ir, jr, mc, kcur, nc, full = 0, lda, ldb, b_full = 0
     cdef const floating *a_panel
+    cdef const floating *b_panel
     # row-major A needs no packing: the micro-kernel broadcasts from MR rows in place
     cdef bint a_in_place = csa == 1
+    # nor does row-major B when few rows of A share each of its panels (packing costs a
+    # read and a write of B; in place, each use reads NR contiguous elements of a row)
+    cdef bint b_in_place = csb == 1 and m <= B_IN_PLACE_MAX_M
     cdef floating beta_k
     cdef const floating *bias_k
     cdef int relu_k
@@ -257,7 +257,14 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
             for jc_index in range(_ceil_div(n, nb)):  # loop 3: columns of C
                 jc = jc_index * nb
                 nc = _min(nb, n - jc)
-                pack_b_kcxnc(b + pc * rsb + jc * csb, rsb, csb, kcur, nc, nr, b_packed)
+                if b_in_place:
+                    # only a last, partial micro-panel is packed (NR whole columns are read)
+                    b_full = nc - nc % nr
+                    if b_full < nc:
+                        pack_b_kcxnc(b + pc * rsb + jc + b_full, rsb, 1, kcur, nc - b_full, nr,
+                                     b_packed)
+                else:
+                    pack_b_kcxnc(b + pc * rsb + jc * csb, rsb, csb, kcur, nc, nr, b_packed)
                 for ir_index in range(_ceil_div(mc, mr)):  # loop 2: A micro-panels
                     ir = ir_index * mr
                     if not a_in_place:
@@ -272,7 +279,16 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
                     for jr_index in range(_ceil_div(nc, nr)):  # loop 1: B micro-panels
                         jr = jr_index * nr
                         bias_k = bias + jc + jr if (bias != NULL and pc == 0) else NULL
-                        _ukernel(kcur, a_panel, lda, b_packed + jr * kcur,
+                        if not b_in_place:
+                            b_panel = b_packed + jr * kcur
+                            ldb = 0
+                        elif jr < b_full:
+                            b_panel = b + pc * rsb + jc + jr
+                            ldb = rsb
+                        else:
+                            b_panel = b_packed
+                            ldb = 0
+                        _ukernel(kcur, a_panel, lda, b_panel, ldb,
                                  c + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_k, bias_k,
                                  relu_k, <int> _min(mr, mc - ir), <int> _min(nr, nc - jr))
     return 0

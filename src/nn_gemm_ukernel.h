@@ -6,7 +6,7 @@
  *     b : packed B micro-panel, k x NR   (b[p*NR + j] = B[p, j]; zero-padded columns)
  *     acc[i, j] = sum_p a[p*MR + i] * b[p*NR + j]                   (MR x NR, in registers)
  *
- * and writes back, for i < mr, j < nr (mr <= MR, nr <= NR: the tile at the matrix edge):
+ * (or A and B read in place: NN_DEFINE_UKERNELS below) and writes back, for i < mr, j < nr (mr <= MR, nr <= NR: the tile at the matrix edge):
  *
  *     c[i*ldc + j] = alpha * acc[i, j] + beta * c[i*ldc + j]   (beta == 0: c is never read)
  *                    (+ bias[j]   when bias != NULL)
@@ -45,11 +45,11 @@
 
 /* NAME: function name; T, IT: element type and the integer type of its width;
  * MR, NR: tile; VL: elements per vector; TARGET: function attribute. */
-#define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET, A_AT)                             \
+#define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET, A_AT, B_AT)                       \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     typedef IT NAME##_iv __attribute__((vector_size((VL) * sizeof(T))));                    \
     TARGET static void NAME(long k, const T *restrict a, long lda, const T *restrict b,     \
-                            T *restrict c, long ldc, T alpha, T beta,                       \
+                            long ldb, T *restrict c, long ldc, T alpha, T beta,             \
                             const T *restrict bias, int relu, int mr, int nr) {             \
         enum { NV = (NR) / (VL) };                                                          \
         NAME##_v acc[MR][NV];                                                               \
@@ -61,12 +61,12 @@
         for (int i = 0; i < (MR); ++i) __builtin_prefetch(c + i * ldc, 1);                 \
         for (long p = 0; p < k; ++p) {                                                      \
             NAME##_v bv[NV];                                                                \
-            __builtin_prefetch(b + (p + 16) * (NR));                                        \
+            __builtin_prefetch(B_AT(b, ldb, p + 16, NR));                                   \
             if ((NR) * sizeof(T) > 64)                                                      \
-                __builtin_prefetch(b + (p + 16) * (NR) + 64 / sizeof(T));                  \
+                __builtin_prefetch(B_AT(b, ldb, p + 16, NR) + 64 / sizeof(T));             \
             NN_PRAGMA(GCC unroll 4)                                                         \
             for (int v = 0; v < NV; ++v)                                                    \
-                memcpy(&bv[v], b + p * (NR) + v * (VL), sizeof(NAME##_v));                  \
+                memcpy(&bv[v], B_AT(b, ldb, p, NR) + v * (VL), sizeof(NAME##_v));          \
             NN_PRAGMA(GCC unroll 16)                                                        \
             for (int i = 0; i < (MR); ++i) {                                                \
                 const T ai = A_AT(a, lda, p, i, MR);                                        \
@@ -272,13 +272,22 @@ static int nn_dpack_bt_generic_8(long kc, const double *b, long csb, int cols, d
 
 /* A's element (p, i) of the micro-panel: packed (a[p*MR + i], lda unused), or read in place
  * from row-major A (a[i*lda + p]: MR rows, each contiguous in p -- no packing, for A stored
- * with unit column stride and a whole MR-row tile). */
+ * with unit column stride and a whole MR-row tile). B's row p of the micro-panel: packed
+ * (b + p*NR, ldb unused), or in place in row-major B (b + p*ldb: NR contiguous elements of
+ * row p -- no packing, for a whole NR-column tile of B with unit column stride, when too
+ * few rows of A share the panel to pay for packing it). */
 #define NN_A_PACKED(a, lda, p, i, MR) ((a)[(p) * (MR) + (i)])
 #define NN_A_ROWS(a, lda, p, i, MR) ((a)[(i) * (lda) + (p)])
+#define NN_B_PACKED(b, ldb, p, NR) ((b) + (p) * (NR))
+#define NN_B_ROWS(b, ldb, p, NR) ((b) + (p) * (ldb))
 
+/* the four ways to read A and B: NAME (both packed), NAME_rows (A in place), NAME_brows
+ * (B in place), NAME_rows_brows (neither packed) */
 #define NN_DEFINE_UKERNELS(NAME, T, IT, MR, NR, VL, TARGET)                                  \
-    NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET, NN_A_PACKED)                          \
-    NN_DEFINE_UKERNEL(NAME##_rows, T, IT, MR, NR, VL, TARGET, NN_A_ROWS)
+    NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET, NN_A_PACKED, NN_B_PACKED)             \
+    NN_DEFINE_UKERNEL(NAME##_rows, T, IT, MR, NR, VL, TARGET, NN_A_ROWS, NN_B_PACKED)        \
+    NN_DEFINE_UKERNEL(NAME##_brows, T, IT, MR, NR, VL, TARGET, NN_A_PACKED, NN_B_ROWS)       \
+    NN_DEFINE_UKERNEL(NAME##_rows_brows, T, IT, MR, NR, VL, TARGET, NN_A_ROWS, NN_B_ROWS)
 
 NN_DEFINE_UKERNELS(nn_sgemm_ukr_generic_4x16, float, int32_t, 4, 16, 4, )
 NN_DEFINE_UKERNELS(nn_dgemm_ukr_generic_4x8, double, int64_t, 4, 8, 2, )
@@ -289,8 +298,8 @@ NN_DEFINE_UKERNELS(nn_sgemm_ukr_avx512_12x32, float, int32_t, 12, 32, 16, NN_TAR
 NN_DEFINE_UKERNELS(nn_dgemm_ukr_avx512_12x16, double, int64_t, 12, 16, 8, NN_TARGET_AVX512)
 #endif
 
-typedef void (*nn_sgemm_ukr_t)(long, const float *, long, const float *, float *, long, float,
-                               float, const float *, int, int, int);
+typedef void (*nn_sgemm_ukr_t)(long, const float *, long, const float *, long, float *, long,
+                               float, float, const float *, int, int, int);
 typedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long, float *,
                                float, float, const float *, int);
 typedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long, double *,
@@ -299,13 +308,12 @@ typedef void (*nn_spack_b_t)(long, const float *, long, float *);
 typedef void (*nn_dpack_b_t)(long, const double *, long, double *);
 typedef int (*nn_spack_bt_t)(long, const float *, long, int, float *);
 typedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *);
-typedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, double *, long,
-                               double, double, const double *, int, int, int);
+typedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
+                               long, double, double, const double *, int, int, int);
 
 /* The micro-kernel chosen for this CPU, its tile and the cache blocking around it. */
 typedef struct {
-    nn_sgemm_ukr_t ukr;       /* A packed */
-    nn_sgemm_ukr_t ukr_rows;  /* A read in place, row-major (MR whole rows) */
+    nn_sgemm_ukr_t ukr[4];    /* [a_in_place + 2 * b_in_place]: NN_DEFINE_UKERNELS */
     nn_sgemm_row_t row;
     nn_spack_b_t pack_b;  /* a whole NR-column panel of row-major B */
     nn_spack_bt_t pack_bt;  /* ... of transposed B (0: not done, pack it yourself) */
@@ -314,8 +322,7 @@ typedef struct {
 } nn_sgemm_kernel_t;
 
 typedef struct {
-    nn_dgemm_ukr_t ukr;       /* A packed */
-    nn_dgemm_ukr_t ukr_rows;  /* A read in place, row-major (MR whole rows) */
+    nn_dgemm_ukr_t ukr[4];    /* [a_in_place + 2 * b_in_place]: NN_DEFINE_UKERNELS */
     nn_dgemm_row_t row;
     nn_dpack_b_t pack_b;  /* a whole NR-column panel of row-major B */
     nn_dpack_bt_t pack_bt;  /* ... of transposed B (0: not done, pack it yourself) */
@@ -323,22 +330,32 @@ typedef struct {
     const char *name;
 } nn_dgemm_kernel_t;
 
+/* the kernel table of one (type, ISA): its four micro-kernels, row kernel and packers */
+#define NN_KERNEL(T, X, ISA, MR, NR)                                                         \
+    (nn_##X##gemm_kernel_t) {                                                               \
+        {nn_##X##gemm_ukr_##ISA##_##MR##x##NR, nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_rows,  \
+         nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_brows,                                      \
+         nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_rows_brows},                                \
+        nn_##X##gemm_row_##ISA, nn_##X##pack_b_##ISA##_##NR, nn_##X##pack_bt_##ISA##_##NR,   \
+        MR, NR, #ISA " " #MR "x" #NR                                                        \
+    }
+
 static nn_sgemm_kernel_t nn_sgemm_kernel_for(int isa) {
 #if NN_X86
-    if (isa >= NN_ISA_AVX512) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx512_12x32, nn_sgemm_ukr_avx512_12x32_rows, nn_sgemm_row_avx512, nn_spack_b_avx512_32, nn_spack_bt_avx512_32, 12, 32, "avx512 12x32"};
-    if (isa >= NN_ISA_AVX2) return (nn_sgemm_kernel_t){nn_sgemm_ukr_avx2_6x16, nn_sgemm_ukr_avx2_6x16_rows, nn_sgemm_row_avx2, nn_spack_b_avx2_16, nn_spack_bt_avx2_16, 6, 16, "avx2 6x16"};
+    if (isa >= NN_ISA_AVX512) return NN_KERNEL(float, s, avx512, 12, 32);
+    if (isa >= NN_ISA_AVX2) return NN_KERNEL(float, s, avx2, 6, 16);
 #endif
     (void)isa;
-    return (nn_sgemm_kernel_t){nn_sgemm_ukr_generic_4x16, nn_sgemm_ukr_generic_4x16_rows, nn_sgemm_row_generic, nn_spack_b_generic_16, nn_spack_bt_generic_16, 4, 16, "generic 4x16"};
+    return NN_KERNEL(float, s, generic, 4, 16);
 }
 
 static nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa) {
 #if NN_X86
-    if (isa >= NN_ISA_AVX512) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx512_12x16, nn_dgemm_ukr_avx512_12x16_rows, nn_dgemm_row_avx512, nn_dpack_b_avx512_16, nn_dpack_bt_avx512_16, 12, 16, "avx512 12x16"};
-    if (isa >= NN_ISA_AVX2) return (nn_dgemm_kernel_t){nn_dgemm_ukr_avx2_6x8, nn_dgemm_ukr_avx2_6x8_rows, nn_dgemm_row_avx2, nn_dpack_b_avx2_8, nn_dpack_bt_avx2_8, 6, 8, "avx2 6x8"};
+    if (isa >= NN_ISA_AVX512) return NN_KERNEL(double, d, avx512, 12, 16);
+    if (isa >= NN_ISA_AVX2) return NN_KERNEL(double, d, avx2, 6, 8);
 #endif
     (void)isa;
-    return (nn_dgemm_kernel_t){nn_dgemm_ukr_generic_4x8, nn_dgemm_ukr_generic_4x8_rows, nn_dgemm_row_generic, nn_dpack_b_generic_8, nn_dpack_bt_generic_8, 4, 8, "generic 4x8"};
+    return NN_KERNEL(double, d, generic, 4, 8);
 }
 
 #endif /* NN_GEMM_UKERNEL_H */
