@@ -31,6 +31,7 @@ from libc.stdint cimport int64_t, INT32_MAX
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output
 from cnn_core._gemm cimport sgemm_serial, dgemm_serial
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
+from cnn_core._lanes cimport lane_sum, LANE_SUM
 
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
@@ -325,27 +326,9 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
         for o in range(s.O):
             acc = 0
             for n in range(s.N):
-                acc = acc + _row_sum(g + (n * s.O + o) * P, P)
+                acc = acc + <floating> lane_sum(g, g + (n * s.O + o) * P, P, 0, LANE_SUM)
             gb[o] += acc
     return 0
-
-
-cdef inline floating _row_sum(const floating *v, long n) noexcept nogil:
-    # sum of v[0:n] in 8 interleaved lanes (independent chains the compiler vectorises; a
-    # single running sum would wait on every add), then the lanes and the tail, in order
-    cdef floating lanes[8]
-    cdef floating total = 0
-    cdef long i, l, n8 = n - n % 8
-    for l in range(8):
-        lanes[l] = 0
-    for i in range(0, n8, 8):
-        for l in range(8):
-            lanes[l] += v[i + l]
-    for l in range(8):
-        total = total + lanes[l]
-    for i in range(n8, n):
-        total = total + v[i]
-    return total
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ x is (N, C) or (N, C, H, W); statistics are per channel c over the M = N*H*W val
                training: dx = gamma_c invstd_c / M (M g - sum(g) - xhat sum(g xhat))
                eval:     dx = gamma_c invstd_c g
 
-Channels are independent: threads take contiguous ranges of channels; sums are in double.
+Channels are independent: threads take contiguous ranges of channels; sums are in double,
+in 8 interleaved lanes (_lanes.pxd).
 """
 import numpy as np
 
@@ -23,6 +24,7 @@ from libc.math cimport sqrt
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output, check_scalar
 from cnn_core._parallel cimport num_threads
+from cnn_core._lanes cimport lane_sum, LANE_SUM, LANE_SUM_SQ_DEV, LANE_SUM_G_DEV
 
 cdef enum:
     MIN_WORK_PER_THREAD = 1 << 14
@@ -40,15 +42,10 @@ cdef void bn_forward_channel(const floating *x, floating *y, long N, long C, lon
     cdef long M = N * S
     if training:
         for n in range(N):
-            xp = x + (n * C + c) * S
-            for s in range(S):
-                total += xp[s]
+            total += lane_sum(x, x + (n * C + c) * S, S, 0, LANE_SUM)
         mean = total / M
         for n in range(N):
-            xp = x + (n * C + c) * S
-            for s in range(S):
-                d = xp[s] - mean
-                sq += d * d
+            sq += lane_sum(x, x + (n * C + c) * S, S, mean, LANE_SUM_SQ_DEV)
         var = sq / M
         rmean[c] = <floating> ((1 - momentum) * rmean[c] + momentum * mean)
         rvar[c] = <floating> ((1 - momentum) * rvar[c] + momentum * var * M / (M - 1))
@@ -78,10 +75,8 @@ cdef void bn_backward_channel(const floating *g, const floating *x, floating *dx
     cdef double sum_g = 0, sum_gx = 0, xhat, k, M = N * S
     for n in range(N):
         gp = g + (n * C + c) * S
-        xp = x + (n * C + c) * S
-        for s in range(S):
-            sum_g += gp[s]
-            sum_gx += gp[s] * (xp[s] - mean)
+        sum_g += lane_sum(gp, gp, S, 0, LANE_SUM)
+        sum_gx += lane_sum(gp, x + (n * C + c) * S, S, mean, LANE_SUM_G_DEV)
     sum_gx *= invstd                                   # sum(g * xhat)
     dgamma[c] += <floating> sum_gx
     dbeta[c] += <floating> sum_g
