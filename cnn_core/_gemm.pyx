@@ -89,7 +89,7 @@ cdef enum:
     NBLOCK_DOUBLE = 120
     M_BLOCK = 3072
     # below this many multiply-adds a second thread costs more than it saves
-    PARALLEL_MIN_FMAS = 1 << 20
+    PARALLEL_MIN_FMAS = 1 << 18
     # ... for the row kernel, which streams B from memory (one-sample inference: each
     # thread reads its half of W, from its own core's cache once warm)
     PARALLEL_MIN_FMAS_ROWS = 1 << 17
