@@ -494,19 +494,29 @@ def linear_forward(x, w, b, out=None, *, activation=None):
     return out
 
 
-cdef void _column_sums(const floating *g, long n, long m, floating *acc) noexcept nogil:
-    # acc (M,) += g (N, M).sum(axis=0), rows in order (a fixed summation order)
+cdef void _column_sums(const floating *g, long n, long m, floating *acc,
+                       bint accumulate) noexcept nogil:
+    # acc (M,) (+)= g (N, M).sum(axis=0), rows in order (a fixed summation order)
     cdef long i, j
+    if not accumulate:
+        for j in range(m):
+            acc[j] = 0
     for i in range(n):
         for j in range(m):
             acc[j] += g[i * m + j]
 
 
-cdef _add_column_sums(const floating[:, ::1] g, floating[::1] acc):
-    if g.shape[0] == 0 or g.shape[1] == 0:
-        return
+cdef _add_column_sums(cnp.ndarray g, cnp.ndarray acc, bint accumulate):
+    # (checked arrays of one dtype: their data pointers taken as they are)
+    cdef long n = cnp.PyArray_DIM(g, 0), m = cnp.PyArray_DIM(g, 1)
+    cdef void *pg = cnp.PyArray_DATA(g)
+    cdef void *pa = cnp.PyArray_DATA(acc)
+    cdef bint single = cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT32
     with nogil:
-        _column_sums(&g[0, 0], g.shape[0], g.shape[1], &acc[0])
+        if single:
+            _column_sums(<const float *> pg, n, m, <float *> pa, accumulate)
+        else:
+            _column_sums(<const double *> pg, n, m, <double *> pa, accumulate)
 
 
 def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad_x=True,
@@ -534,17 +544,22 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         check_buffer("grad_b", grad_b, (m,), dtype)
     if compute_grad_x:
         grad_x = output("grad_x", grad_x, (n, d), dtype)
-    _gemm(x, grad_out, grad_w, True, False, 1.0, 1.0 if accumulate else 0.0, False)
+    cdef bint empty = n == 0 or m == 0 or d == 0
+    # the arrays are checked: straight to the products (no second round of checks), but
+    # for empty ones (_gemm's answer: zeros, or the old values kept)
+    if empty:
+        _gemm(x, grad_out, grad_w, True, False, 1.0, 1.0 if accumulate else 0.0, False)
+    else:
+        _run(x, True, grad_out, False, grad_w, n, 1.0, 1.0 if accumulate else 0.0, None, 0,
+             False)
     if grad_b is not None:
-        if not accumulate:
-            grad_b.fill(0)
-        if dtype == np.float32:
-            _add_column_sums[float](grad_out, grad_b)
-        else:
-            _add_column_sums[double](grad_out, grad_b)
+        _add_column_sums(grad_out, grad_b, accumulate)
     if not compute_grad_x:
         return None
-    return _gemm(grad_out, w, grad_x, False, True, 1.0, 0.0, False)
+    if empty:
+        return _gemm(grad_out, w, grad_x, False, True, 1.0, 0.0, False)
+    _run(grad_out, False, w, True, grad_x, m, 1.0, 0.0, None, 0, False)
+    return grad_x
 
 
 def gemm_kernel_name(dtype=np.float32):

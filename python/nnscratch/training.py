@@ -267,26 +267,29 @@ class _EpochLoop:
         self.accuracy = _Accuracy(accuracy_kind) if accuracy_kind else None
         self.callbacks = callbacks
         self._batches = {}
+        # the gradient check: parameters the optimizer does not update are checked here,
+        # the others by the optimizer's own step
+        optimized = {id(p) for p in optimizer.params}
+        self._unoptimized = [(name, p) for name, p in self.named_params
+                             if id(p) not in optimized]
+        self._names = {id(p): name for name, p in self.named_params}
 
     def _checked_step(self, where):
         """The optimizer's step, after every gradient is checked for NaN/inf (by the
         optimizer's own kernel call for SGD and Adam: one pass, see sgd_step)."""
-        K = kernels()
-        optimized = {id(p) for p in self.optimizer.params}
         bad = None
-        for name, p in self.named_params:      # parameters the optimizer does not update
-            if id(p) not in optimized and not K.all_finite(p.grad):
+        for name, p in self._unoptimized:
+            if not kernels().all_finite(p.grad):
                 bad = name
                 break
         if bad is None:
             index = self.optimizer._checked_step()
             if index is None:
                 return
-            names = {id(p): name for name, p in self.named_params}
-            bad = names.get(id(self.optimizer.params[index]), f"{index} of the optimizer")
+            bad = self._names.get(id(self.optimizer.params[index]), f"{index} of the optimizer")
         raise FloatingPointError(
             f"the gradient of {_layer_of(self.model, bad)} became NaN or infinite at "
-            f"{where}: lower the learning rate or check the data (fit(check_finite="
+            f"{_where(*where)}: lower the learning rate or check the data (fit(check_finite="
             f"False) trains on regardless)")
 
     def _gather(self, order, start, stop):
@@ -318,10 +321,11 @@ class _EpochLoop:
                 xb, yb = self._gather(order, start, stop)
                 out = model(xb)
                 value = loss(out, yb)
-                where = f"epoch {epoch + 1}/{epochs}, batch {batch + 1}/{n_batches}"
+                where = (epoch, epochs, batch, n_batches)   # for the error messages
                 if self.check_finite and not math.isfinite(value):
                     raise FloatingPointError(
-                        f"the loss became {value} at {where}; {_locate_non_finite(model, xb)}"
+                        f"the loss became {value} at {_where(*where)}; "
+                        f"{_locate_non_finite(model, xb)}"
                         f": lower the learning rate or check the data (fit(check_finite="
                         f"False) trains on regardless)")
                 if self.accuracy is not None:
@@ -357,6 +361,11 @@ class _EpochLoop:
             if bar is not None:
                 bar.close()
         return logs
+
+
+def _where(epoch, epochs, batch, n_batches):
+    """'epoch 2/10, batch 7/469' (from 0-based epoch and batch)."""
+    return f"epoch {epoch + 1}/{epochs}, batch {batch + 1}/{n_batches}"
 
 
 def _layer_of(model, name):
