@@ -70,7 +70,7 @@ def take_rows(x, rows, out=None):
     if rows.ndim != 1:
         raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
     if not (rows.flags.c_contiguous and rows.flags.aligned):
-        rows = np.ascontiguousarray(rows)
+        rows = np.array(rows, order="C")      # a fresh array: contiguous and aligned
     out = output("out", out, (rows.shape[0],) + x.shape[1:], x.dtype)
     cdef long count = rows.shape[0]
     cdef long row_bytes = x.itemsize

@@ -43,3 +43,13 @@ def test_take_rows_rejects_bad_input(rng, backend):
         backend.take_rows(x, rows, np.empty((3, 5), np.float32))
     with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
         backend.take_rows(x.tolist(), rows)
+
+
+def test_take_rows_copies_unaligned_or_strided_indices(rng):
+    x = randn(rng, (9, 3), np.float64)
+    raw = np.zeros(8 * 5 + 1, np.uint8)[1:].view(np.int64)     # misaligned int64 storage
+    raw[...] = [4, 0, 8, 8, 1]
+    assert not raw.flags.aligned
+    for rows in (raw, np.arange(10)[::2]):
+        for backend in (cnn_core, reference):
+            np.testing.assert_array_equal(backend.take_rows(x, rows), x[np.asarray(rows)])
