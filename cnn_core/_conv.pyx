@@ -641,7 +641,8 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
     """Backward of max pooling: zeros of x_shape, plus grad_out added at each window's argmax.
 
     grad_out (N, C, OH, OW), indices int64 (N, C, OH, OW) from maxpool2d_forward,
-    x_shape (N, C, H, W) -> grad_x (N, C, H, W).
+    x_shape (N, C, H, W) -> grad_x (N, C, H, W). An index outside [0, H*W) raises
+    ValueError (checked while scattering: a given `out` is then partly written).
     """
     grad_out = as_float_array("grad_out", grad_out)
     if grad_out.ndim != 4:

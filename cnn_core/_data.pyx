@@ -52,7 +52,8 @@ def take_rows(x, rows, out=None):
     """The mini-batch ``x[rows]``: out[i] = x[rows[i]] (np.take(x, rows, axis=0)).
 
     x (N, ...) float32/float64, C-contiguous (it is never copied: a data set is large);
-    rows (B,) int64 indices in [0, N); out (B, ...) of x's dtype, optional.
+    rows (B,) int64 indices in [0, N); out (B, ...) of x's dtype, optional, not overlapping
+    x. An index out of range raises ValueError after the valid rows are copied.
     """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
@@ -72,6 +73,8 @@ def take_rows(x, rows, out=None):
     if not (rows.flags.c_contiguous and rows.flags.aligned):
         rows = np.array(rows, order="C")      # a fresh array: contiguous and aligned
     out = output("out", out, (rows.shape[0],) + x.shape[1:], x.dtype)
+    if np.may_share_memory(out, x):
+        raise ValueError("out overlaps x (the rows are copied in place, by several threads)")
     cdef long count = rows.shape[0]
     cdef long row_bytes = x.itemsize
     cdef long n_rows = x.shape[0], bad = 0, d

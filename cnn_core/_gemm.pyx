@@ -14,13 +14,18 @@ handed, one MR x NR tile at a time, to a register-tile micro-kernel written in C
                       micro-kernel: C[ir:ir+MR, jr:jr+NR] = alpha*acc + beta*C (+bias, ReLU)
 
 Packing copies a block into the order the micro-kernel reads it, contiguous and 64-byte
-aligned, zero-padding the edges so that one micro-kernel serves every tile. The transposes
-are free: packing reads A and B through (row stride, column stride) pairs.
+aligned, zero-padding the edges. The transposes are free: packing reads A and B through
+(row stride, column stride) pairs (transposed B with gather instructions). Packing is
+skipped where it does not pay: row-major A is read in place (MR whole rows), and so is
+row-major B when the product has at most B_IN_PLACE_MAX_M rows (NR whole columns); only
+the partial edge panels are then packed. Four micro-kernel variants (A, B packed or in
+place) serve the four cases.
 
-Threads: the output is cut into as many slabs as threads, along n when n >= m and along m
-otherwise (at tile boundaries); each thread runs the five loops on its slab with its own
-packing buffers (thread-local, reused across calls: src/nn_scratch.h). Every element of C
-is summed by one thread in the same k order, so results do not depend on the thread count.
+Threads: the output is cut into slabs of whole tiles, along n when n >= m and along m
+otherwise, the tiles shared out as evenly as they go; each thread runs the five loops on
+its slab with its own packing buffers (thread-local, reused across calls:
+src/nn_scratch.h). Every element of C is summed by one thread in the same k order, so
+results do not depend on the thread count.
 
 `gemm_naive` is the textbook triple loop, kept as reference and fallback.
 """
@@ -319,15 +324,15 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     if parts <= 1:
         return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
                          row_path)
-    # whole tiles per slab, the last slab taking the rest (784 columns in 32-wide tiles:
-    # 384 + 400, not 416 + 368 -- the last tile is a partial one)
-    cdef long step = (_ceil_div(extent, tile) // parts) * tile
+    # whole tiles per slab, shared out evenly: q each, one more for the first r slabs
+    # (784 columns in 32-wide tiles, the last one partial, on 2 threads: 400 + 384)
+    cdef long tiles = _ceil_div(extent, tile), q = tiles // parts, r = tiles % parts
     cdef int status[MAX_PARTS]
     cdef long t, start, size
     cdef int failed = 0
     for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
-        start = t * step
-        size = extent - start if t == parts - 1 else step
+        start = (t * q + _min(t, r)) * tile
+        size = _min((q + (1 if t < r else 0)) * tile, extent - start)
         status[t] = 0
         if size > 0:
             if split_n:

@@ -1303,6 +1303,8 @@ def take_rows(x, rows, out=None):
     if rows.ndim != 1:
         raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
     out = _output("out", out, (len(rows),) + x.shape[1:], x.dtype)
+    if np.may_share_memory(out, x):
+        raise ValueError("out overlaps x")
     if len(rows) and (rows.min() < 0 or rows.max() >= len(x)):
         raise ValueError(f"rows must be in [0, {len(x)})")
     out[...] = x[rows]

@@ -180,7 +180,7 @@ NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512)
 /* Packing a whole NR-column micro-panel of row-major B (kc x NR, rows rsb apart) is a copy
  * of NR contiguous elements per row: dst[p*NR + j] = b[p*rsb + j]. Stamped per ISA so that
  * the copy moves whole vectors (the extension modules themselves are built for plain
- * x86-64). Edge panels and transposed B are packed by the Cython code. */
+ * x86-64). Edge panels are packed by the Cython code, transposed B by NN_DEFINE_PACK_BT. */
 #define NN_DEFINE_PACK_B(NAME, T, NR, VL, TARGET)                                            \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     TARGET static void NAME(long kc, const T *restrict b, long rsb, T *restrict dst) {      \

@@ -210,3 +210,47 @@ def test_state_dict_round_trip_continues_identically(make):
     np.testing.assert_array_equal(resumed.data, straight.data)
     with pytest.raises(ValueError, match="state for 1 parameters, this optimizer has 2"):
         make([_param(W0, G), _param(W0, G)]).load_state_dict(saved)
+
+
+def test_fit_runs_a_subclass_step_and_a_duck_typed_optimizer():
+    # fit's fused check-and-update must not bypass a subclass's own step(), nor need more
+    # than a step() from an optimizer that is not an nnscratch.Optimizer
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
+    calls = []
+
+    class Counting(nn.SGD):
+        def step(self):
+            calls.append(1)
+            super().step()
+
+    class CountingAdam(nn.Adam):
+        def step(self):
+            calls.append(2)
+            super().step()
+
+    for cls in (Counting, CountingAdam):
+        model = nn.Sequential(nn.Linear(5, 3))
+        model.fit(X, y, loss="cross_entropy", optimizer=cls(model.parameters(), lr=0.1),
+                  epochs=1, batch_size=16, progress=False)
+    assert calls == [1] * 4 + [2] * 4
+
+    class Plain:                      # duck-typed: a step() and nothing else
+        def __init__(self, params):
+            self.params = list(params)
+
+        def step(self):
+            calls.append(3)
+            for p in self.params:
+                p.data -= 0.1 * p.grad
+
+    model = nn.Sequential(nn.Linear(5, 3))
+    model.fit(X, y, loss="cross_entropy", optimizer=Plain(model.parameters()), epochs=1,
+              batch_size=32, progress=False)
+    assert calls[-2:] == [3, 3]
+    # and a misaligned (but contiguous) X is accepted, as before the gather kernel
+    buf = np.zeros(64 * 5 * 4 + 2, np.uint8)
+    Xm = np.frombuffer(buf, np.float32, count=64 * 5, offset=2).reshape(64, 5)
+    assert not Xm.flags.aligned
+    model.fit(Xm, y, loss="cross_entropy", optimizer=nn.SGD(model.parameters(), lr=0.1),
+              epochs=1, batch_size=32, progress=False)

@@ -53,3 +53,10 @@ def test_take_rows_copies_unaligned_or_strided_indices(rng):
     for rows in (raw, np.arange(10)[::2]):
         for backend in (cnn_core, reference):
             np.testing.assert_array_equal(backend.take_rows(x, rows), x[np.asarray(rows)])
+
+
+def test_take_rows_refuses_out_overlapping_x(rng):
+    x = randn(rng, (8, 3), np.float32)
+    for backend in (cnn_core, reference):
+        with pytest.raises(ValueError, match="out overlaps x"):
+            backend.take_rows(x, np.array([1, 0]), out=x[:2])

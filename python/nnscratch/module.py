@@ -38,8 +38,10 @@ class Parameter:
     The clearing is lazy: ``zero_grad()`` only marks the gradient as zero, and the next
     backward pass *writes* it instead of adding to it (a layer whose kernel can overwrite
     asks `grad_for_backward`), which saves a pass over every gradient per step; anything
-    that reads ``grad`` first gets the zeros filled in. Either way ``grad`` always reads as
-    what PyTorch's ``.grad`` would hold.
+    that reads ``grad`` first gets the zeros filled in. Either way ``p.grad`` always reads
+    as what PyTorch's ``.grad`` would hold -- but an array taken from ``p.grad`` *before*
+    ``zero_grad()`` keeps its old values until the next backward pass or ``p.grad`` read
+    (read ``p.grad`` again rather than keeping the array across a ``zero_grad``).
     Both arrays are C-contiguous and keep their identity for the parameter's lifetime:
     assigning ``p.data = values`` copies `values` into the existing array (same shape
     required), so optimizers and kernels that hold the array stay valid.

@@ -1,4 +1,6 @@
-"""Optimizers: `SGD`, `Adam`, `AdamW`. Each ``step()`` is one kernel call per parameter.
+"""Optimizers: `SGD`, `Adam`, `AdamW`. Each ``step()`` is one kernel call for the whole
+model (`sgd_step` / `adam_step` over the lists of parameters; one call per parameter when
+the parameters mix float32 and float64).
 
 The update rules are those of ``torch.optim`` (one step equals PyTorch's on the same
 gradients); the state (momentum buffers, moment estimates, step counts) belongs to the
@@ -150,6 +152,8 @@ class SGD(Optimizer):
         self._update(check_finite=False)
 
     def _checked_step(self):
+        if type(self).step is not SGD.step:      # a subclass's own step() must run
+            return super()._checked_step()
         return self._update(check_finite=True)
 
     def _update(self, check_finite):
@@ -212,6 +216,8 @@ class Adam(Optimizer):
         self._update(check_finite=False)
 
     def _checked_step(self):
+        if type(self).step is not Adam.step:     # a subclass's own step() must run
+            return super()._checked_step()
         return self._update(check_finite=True)
 
     def _update(self, check_finite):

@@ -55,7 +55,7 @@ def _as_features(model, X, name, check_finite=True):
     except ValueError as err:
         raise ValueError(f"{name} has samples of shape {X.shape[1:]}, which the model does "
                          f"not accept: {err}") from None
-    X = np.ascontiguousarray(X, dtype=_model_dtype(model))
+    X = np.require(X, _model_dtype(model), ["C", "A"])   # contiguous and aligned
     # the bit-test kernel: no boolean temporary the size of X (47 MB for Fashion-MNIST)
     if check_finite and not kernels().all_finite(X):
         raise ValueError(f"{name} contains NaN or infinity")
@@ -269,7 +269,10 @@ class _EpochLoop:
         self._batches = {}
         # the gradient check: parameters the optimizer does not update are checked here,
         # the others by the optimizer's own step
-        optimized = {id(p) for p in optimizer.params}
+        # (an optimizer that is not an nnscratch.Optimizer: all checked here, then step())
+        self._fused_check = callable(getattr(optimizer, "_checked_step", None))
+        optimized = {id(p) for p in getattr(optimizer, "params", [])} \
+            if self._fused_check else set()
         self._unoptimized = [(name, p) for name, p in self.named_params
                              if id(p) not in optimized]
         self._names = {id(p): name for name, p in self.named_params}
@@ -282,6 +285,9 @@ class _EpochLoop:
             if not kernels().all_finite(p.grad):
                 bad = name
                 break
+        if bad is None and not self._fused_check:
+            self.optimizer.step()
+            return
         if bad is None:
             index = self.optimizer._checked_step()
             if index is None:
