@@ -10,7 +10,7 @@ their first argument here. One step of `fit` is the seed's training loop::
     optimizer.step()                      # update
 
 Arguments are checked once, before the first epoch, with a ``ValueError`` / ``TypeError``
-naming the argument. Batches are gathered into kept arrays (``np.take(..., out=)``), so
+naming the argument. Batches are gathered into kept arrays (the ``take_rows`` kernel), so
 that on the cython backend a steady-state step allocates no new arrays.
 """
 import math
