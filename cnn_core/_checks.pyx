@@ -61,23 +61,31 @@ cdef object output(str name, object buf, tuple shape, object dtype):
     return check_buffer(name, buf, shape, dtype)
 
 
-cdef object as_labels(str name, object labels, Py_ssize_t n, Py_ssize_t n_classes):
-    """Integer class labels, shape (n,), values in [0, n_classes), as a contiguous int64 array."""
+cdef object as_labels(str name, object labels, Py_ssize_t n, Py_ssize_t n_classes,
+                      bint check_range=True):
+    """Integer class labels, shape (n,), values in [0, n_classes), as a contiguous int64 array.
+    check_range=False: the kernel checks the range as it reads them (label_range_error
+    then makes the message)."""
     if not isinstance(labels, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(labels).__name__}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
-    if n > 0:
-        lo = labels.min()
-        hi = labels.max()
-        if lo < 0 or hi >= n_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name} must be in [0, {n_classes}), found {bad}")
+    if check_range and n > 0 and (labels.min() < 0 or labels.max() >= n_classes):
+        raise label_range_error(name, labels, n_classes)
     if labels.dtype == np.int64 and labels.flags.c_contiguous and labels.flags.aligned:
         return labels
+    if labels.dtype.kind == "u" and n > 0 and labels.max() > np.iinfo(np.int64).max:
+        raise label_range_error(name, labels, n_classes)     # would wrap around in int64
     return np.array(labels, dtype=np.int64, order="C")
+
+
+cdef object label_range_error(str name, object labels, Py_ssize_t n_classes):
+    """The ValueError for labels outside [0, n_classes), naming the first offending value."""
+    lo = labels.min()
+    bad = lo if lo < 0 else labels.max()
+    return ValueError(f"{name} must be in [0, {n_classes}), found {bad}")
 
 
 cdef double check_scalar(str name, object value, double low=-math.inf, bint low_inclusive=True,

@@ -16,17 +16,22 @@ from cython.parallel cimport prange
 from libc.math cimport exp, log, log1p, fabs
 from libc.stdint cimport int64_t
 
-from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, output, as_labels
+from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, output,
+                               as_labels, label_range_error)
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS, SPAN_MIN
 
 cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, long n, long c,
-                     double inv_batch) noexcept nogil:
+                     double inv_batch, long *bad) noexcept nogil:
     # rows n of logits z (n x c): returns sum_i (lse_i - z[i, y_i]) and writes
     # grad[i, j] = (softmax(z_i)_j - [j == y_i]) * inv_batch, softmax as exp(z - max) / total
-    # (exact to rounding even for huge logits, where exp(z - lse) would lose digits)
+    # (exact to rounding even for huge logits, where exp(z - lse) would lose digits).
+    # A label outside [0, c) is counted in *bad and its row skipped (the caller raises).
     cdef long i, j
     cdef double mx, e, total, lse, scale, loss = 0
     for i in range(n):
+        if labels[i] < 0 or labels[i] >= c:
+            bad[0] += 1
+            continue
         mx = z[i * c]
         for j in range(1, c):
             if z[i * c + j] > mx:
@@ -46,32 +51,41 @@ cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, l
 
 
 cdef double sce_parallel(const floating *z, const int64_t *labels, floating *grad, long n,
-                         long c, int threads) noexcept nogil:
+                         long c, int threads, long *bad) noexcept nogil:
     cdef long parts = span_parts(n * c, SPAN_MIN, threads)
     cdef double inv_batch = 1.0 / n
     if parts <= 1:
-        return sce_rows(z, labels, grad, n, c, inv_batch)
+        return sce_rows(z, labels, grad, n, c, inv_batch, bad)
     cdef double partial[MAX_PARTS]
+    cdef long bad_part[MAX_PARTS]
     cdef long step = (n + parts - 1) // parts, t, start, rows
     cdef double loss = 0
     for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
         start = t * step
         rows = n - start if n - start < step else step
         partial[t] = 0
+        bad_part[t] = 0
         if rows > 0:
             partial[t] = sce_rows(z + start * c, labels + start, grad + start * c, rows, c,
-                                  inv_batch)
+                                  inv_batch, &bad_part[t])
     for t in range(parts):
         loss += partial[t]
+        bad[0] += bad_part[t]
     return loss
 
 
-cdef double _sce(const floating[:, ::1] z, const int64_t[::1] labels, floating[:, ::1] grad):
-    cdef long n = z.shape[0], c = z.shape[1]
+cdef double _sce(const floating[:, ::1] z, const int64_t[::1] labels, floating[:, ::1] grad,
+                 long *bad):
+    cdef long n = z.shape[0], c = z.shape[1], i
     cdef int threads = num_threads()
-    cdef double loss
+    cdef double loss = 0
     with nogil:
-        loss = sce_parallel(&z[0, 0], &labels[0], &grad[0, 0], n, c, threads)
+        # every label checked before anything is written (a rejected call changes nothing)
+        for i in range(n):
+            if labels[i] < 0 or labels[i] >= c:
+                bad[0] += 1
+        if bad[0] == 0:
+            loss = sce_parallel(&z[0, 0], &labels[0], &grad[0, 0], n, c, threads, bad)
     return loss / n
 
 
@@ -88,12 +102,17 @@ def softmax_cross_entropy(logits, labels, grad=None):
         raise ValueError("logits: empty batch (N = 0); the mean loss is undefined")
     if c == 0:
         raise ValueError("logits: no classes (C = 0)")
-    labels = as_labels("labels", labels, n, c)
+    # the label range is checked in C before the kernel runs (no NumPy min/max passes)
+    labels_in = labels
+    labels = as_labels("labels", labels, n, c, False)
     grad = output("grad", grad, logits.shape, logits.dtype)
+    cdef long bad = 0
     if logits.dtype == np.float32:
-        loss = _sce[float](logits, labels, grad)
+        loss = _sce[float](logits, labels, grad, &bad)
     else:
-        loss = _sce[double](logits, labels, grad)
+        loss = _sce[double](logits, labels, grad, &bad)
+    if bad:
+        raise label_range_error("labels", labels_in, c)
     return loss, grad
 
 
