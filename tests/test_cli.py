@@ -925,3 +925,20 @@ def test_bench_memory_row_reports_each_contenders_training_peak(capsys):
     assert len(row) == 1, out
     values = re.findall(r"([\d.]+) MiB", row[0])
     assert len(values) >= 2 and all(float(v) > 0 for v in values), row
+
+
+def test_bench_torch_twin_of_the_cli_cnn_computes_the_same():
+    # the bench's PyTorch contender for `train --model cnn` must be the same network
+    torch = pytest.importorskip("torch")
+    from nnscratch.bench import _torch_twin
+    from nnscratch.cli import build_model
+
+    nn.seed(0)
+    model = build_model("cnn")
+    model.layers[1].running_mean[...] = 0.1          # eval mode uses the copied statistics
+    model.layers[1].running_var[...] = 2.0
+    twin = _torch_twin(torch, model).eval()
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-4, atol=1e-4)

@@ -166,11 +166,25 @@ def _torch_twin(torch, model):
             layers.append(torch.nn.MaxPool2d(layer.kernel_size, layer.stride))
         elif isinstance(layer, nn.Conv2d):
             conv = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                                   stride=layer.stride, padding=layer.padding)
+                                   stride=layer.stride, padding=layer.padding,
+                                   bias=layer.bias is not None)
             with torch.no_grad():
                 conv.weight.copy_(torch.from_numpy(layer.weight.data))
-                conv.bias.copy_(torch.from_numpy(layer.bias.data))
+                if layer.bias is not None:
+                    conv.bias.copy_(torch.from_numpy(layer.bias.data))
             layers.append(conv)
+        elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            kind = torch.nn.BatchNorm2d if isinstance(layer, nn.BatchNorm2d) else \
+                torch.nn.BatchNorm1d
+            norm = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+            with torch.no_grad():
+                norm.weight.copy_(torch.from_numpy(layer.weight.data))
+                norm.bias.copy_(torch.from_numpy(layer.bias.data))
+                norm.running_mean.copy_(torch.from_numpy(layer.running_mean))
+                norm.running_var.copy_(torch.from_numpy(layer.running_var))
+            layers.append(norm)
+        elif isinstance(layer, nn.Dropout):
+            layers.append(torch.nn.Dropout(layer.p))
         else:
             raise TypeError(f"no torch twin for {type(layer).__name__}")
     return torch.nn.Sequential(*layers)
@@ -264,20 +278,24 @@ def bench_training(rounds, torch, quick, which):
         X = rng.random((n, 1, 28, 28), dtype=np.float32)
         y = rng.integers(0, 10, n)
 
-        lenet = _lenet
-        nn.seed(0)
-        contenders = {"nnscratch": _epoch_runner(lenet(), X, y, 128, 0.01, "cython"),
-                      "numpy": _epoch_runner(lenet(), X[:n_numpy], y[:n_numpy], 128, 0.01,
-                                             "numpy")}
-        sizes = {"nnscratch": n, "numpy": n_numpy}
-        if torch is not None:
-            contenders["torch"] = _torch_epoch_runner(torch, _torch_twin(torch, lenet()), X, y,
-                                                      128, 0.01)
-            sizes["torch"] = n
-        secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
-        rows.append(("LeNet CNN (conv5x5 16, pool, conv5x5 32, pool, fc128, fc10), batch 128,"
-                     f" epoch (from {n} images; numpy from {n_numpy})",
-                     {k: v * n_full / sizes[k] for k, v in secs.items()}, None))
+        from .cli import build_model
+
+        for label, build in [
+                ("LeNet CNN (conv5x5 16, pool, conv5x5 32, pool, fc128, fc10)", _lenet),
+                ("`train --model cnn` CNN (2 x conv3x3+BN+ReLU+pool, fc128, dropout)",
+                 lambda: build_model("cnn"))]:
+            nn.seed(0)
+            contenders = {"nnscratch": _epoch_runner(build(), X, y, 128, 0.01, "cython"),
+                          "numpy": _epoch_runner(build(), X[:n_numpy], y[:n_numpy], 128, 0.01,
+                                                 "numpy")}
+            sizes = {"nnscratch": n, "numpy": n_numpy}
+            if torch is not None:
+                contenders["torch"] = _torch_epoch_runner(torch, _torch_twin(torch, build()),
+                                                          X, y, 128, 0.01)
+                sizes["torch"] = n
+            secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
+            rows.append((f"{label}, batch 128, epoch (from {n} images; numpy from {n_numpy})",
+                         {k: v * n_full / sizes[k] for k, v in secs.items()}, None))
     return rows
 
 
