@@ -378,6 +378,8 @@ cdef _check_pair(str name_a, object a, str name_b, object b):
 cdef int _run_typed(const floating *a, long rsa, long csa, const floating *b, long rsb,
                     long csb, floating *c, long m, long n, long k, double alpha, double beta,
                     const floating *bias, int relu, bint naive, int threads) noexcept nogil:
+    if k == 0:       # no products to sum: NumPy's answer, beta * C (+ bias, ReLU)
+        return _no_products(c, n, m, n, <floating> beta, bias, relu)
     if naive:
         gemm_naive_kernel(a, rsa, csa, b, rsb, csb, c, n, m, n, k, <floating> alpha,
                           <floating> beta)
@@ -404,7 +406,7 @@ cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndar
     cdef int status = 0
     if bias is not None and cnp.PyArray_SIZE(<cnp.ndarray> bias) > 0:
         bias_ptr = cnp.PyArray_DATA(<cnp.ndarray> bias)
-    if m == 0 or n == 0 or k == 0:
+    if m == 0 or n == 0:
         return 0
     cdef int threads = num_threads()
     with nogil:
@@ -434,13 +436,6 @@ cdef _gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta, bint naive):
     if beta != 0 and out is None:
         raise ValueError("out is required when beta != 0 (it is read)")
     out = output("out", out, (m, n), a.dtype)
-    if k == 0 or m == 0 or n == 0:
-        # no products to sum: NumPy's answer for an empty inner dimension
-        if beta == 0:
-            out[...] = 0
-        else:
-            out *= beta
-        return out
     _run(a, trans_a, b, trans_b, out, k, alpha, beta, None, 0, naive)
     return out
 
@@ -488,13 +483,6 @@ def linear_forward(x, w, b, out=None, *, activation=None):
             raise ValueError(f"b has shape {b.shape}, expected ({m},)")
     out = output("out", out, (n, m), x.dtype)
     cdef int relu = activation == "relu"
-    if d == 0 or n == 0 or m == 0:
-        out[...] = 0
-        if b is not None:
-            out += b
-        if relu:
-            np.maximum(out, 0, out=out)
-        return out
     _run(x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
     return out
 
@@ -549,20 +537,12 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         check_buffer("grad_b", grad_b, (m,), dtype)
     if compute_grad_x:
         grad_x = output("grad_x", grad_x, (n, d), dtype)
-    cdef bint empty = n == 0 or m == 0 or d == 0
-    # the arrays are checked: straight to the products (no second round of checks), but
-    # for empty ones (_gemm's answer: zeros, or the old values kept)
-    if empty:
-        _gemm(x, grad_out, grad_w, True, False, 1.0, 1.0 if accumulate else 0.0, False)
-    else:
-        _run(x, True, grad_out, False, grad_w, n, 1.0, 1.0 if accumulate else 0.0, None, 0,
-             False)
+    # the arrays are checked: straight to the products (no second round of checks)
+    _run(x, True, grad_out, False, grad_w, n, 1.0, 1.0 if accumulate else 0.0, None, 0, False)
     if grad_b is not None:
         _add_column_sums(grad_out, grad_b, accumulate)
     if not compute_grad_x:
         return None
-    if empty:
-        return _gemm(grad_out, w, grad_x, False, True, 1.0, 0.0, False)
     _run(grad_out, False, w, True, grad_x, m, 1.0, 0.0, None, 0, False)
     return grad_x
 

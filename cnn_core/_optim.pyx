@@ -104,11 +104,11 @@ cdef void _one_array(char *p, char *g, char *a, char *b, long n, int kind, doubl
                      floating dummy) noexcept nogil:
     # sgd_update / adam_update: one array, cut into one span per thread
     cdef _Tensors t
-    cdef long zero = 0
+    cdef long offset[2]
+    offset[0], offset[1] = 0, n
     t.count = 1
     t.p, t.g, t.a, t.b = &p, &g, &a, &b
-    t.size, t.offset = &n, &zero
-    t.flat_total = n
+    t.offset = offset
     t.parts = span_parts(n, SPAN_MIN, num_threads())
     _step_all(&t, kind, False, lr, mu, wd, nesterov, step_size, bc2_sqrt, b1, b2, eps, decay,
               dummy)
@@ -274,9 +274,7 @@ cdef struct _Tensors:
     char **g          # gradients
     char **a          # velocities (SGD, NULL entries without momentum) / first moments
     char **b          # second moments (Adam)
-    long *size
-    long *offset      # where tensor i starts in the long vector
-    long flat_total   # the long vector's length
+    long *offset      # tensor i is [offset[i], offset[i + 1]) of the long vector
     long parts        # threads in the parallel region
 
 
@@ -290,7 +288,6 @@ cdef class _TensorList:
         free(self.t.g)
         free(self.t.a)
         free(self.t.b)
-        free(self.t.size)
         free(self.t.offset)
 
 
@@ -301,7 +298,7 @@ cdef inline char *_data(object arr):
 cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, list b_list,
                               str b_name):
     # validate every array (named with its index), collect the pointers, plan the threads
-    cdef long n = len(params), i
+    cdef long n = len(params), i, total = 0
     cdef _TensorList tl = _TensorList()
     if n == 0:
         raise ValueError("params is empty")
@@ -317,10 +314,9 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     tl.t.g = <char **> malloc(n * sizeof(char *))
     tl.t.a = <char **> malloc(n * sizeof(char *))
     tl.t.b = <char **> malloc(n * sizeof(char *))
-    tl.t.size = <long *> malloc(n * sizeof(long))
-    tl.t.offset = <long *> malloc(n * sizeof(long))
+    tl.t.offset = <long *> malloc((n + 1) * sizeof(long))
     if (tl.t.p == NULL or tl.t.g == NULL or tl.t.a == NULL or tl.t.b == NULL
-            or tl.t.size == NULL or tl.t.offset == NULL):
+            or tl.t.offset == NULL):
         raise MemoryError()
     first = params[0]
     if not isinstance(first, np.ndarray):
@@ -328,7 +324,6 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     dtype = first.dtype
     if dtype != np.float32 and dtype != np.float64:
         raise TypeError(f"params[0] has dtype {dtype}; the kernels take float32 or float64")
-    tl.t.flat_total = 0
     for i in range(n):
         param = params[i]
         if not isinstance(param, np.ndarray):
@@ -346,10 +341,10 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
             tl.t.a[i] = _data(check_buffer(f"{a_name}[{i}]", a_list[i], param.shape, dtype))
         if b_list is not None:
             tl.t.b[i] = _data(check_buffer(f"{b_name}[{i}]", b_list[i], param.shape, dtype))
-        tl.t.size[i] = param.size
-        tl.t.offset[i] = tl.t.flat_total
-        tl.t.flat_total += param.size
-    tl.t.parts = span_parts(tl.t.flat_total, SPAN_MIN, num_threads())
+        tl.t.offset[i] = total
+        total += param.size
+    tl.t.offset[n] = total
+    tl.t.parts = span_parts(total, SPAN_MIN, num_threads())
     return tl
 
 
@@ -375,15 +370,16 @@ cdef long _visit(_Tensors *t, long part, int kind, floating lr, floating mu, flo
     # part `part`'s span of the long vector, tensor piece by tensor piece, in tensor order;
     # returns the first tensor index with a NaN/inf gradient there (KIND_CHECK), else t.count
     cdef long i, lo, hi, bad = t.count
-    cdef long step = (t.flat_total + t.parts - 1) // t.parts
-    cdef long span_lo = part * step if part * step < t.flat_total else t.flat_total
-    cdef long span_hi = span_lo + step if span_lo + step < t.flat_total else t.flat_total
+    cdef long total = t.offset[t.count]          # the long vector's length
+    cdef long step = (total + t.parts - 1) // t.parts
+    cdef long span_lo = part * step if part * step < total else total
+    cdef long span_hi = span_lo + step if span_lo + step < total else total
     # optimizer state decays into subnormals: flush them to zero (x86 arithmetic on them is
     # ~100x slower), once per thread and pass
     cdef unsigned csr = nn_ftz_begin()
     for i in range(t.count):
         lo = t.offset[i] if t.offset[i] > span_lo else span_lo
-        hi = t.offset[i] + t.size[i]
+        hi = t.offset[i + 1]
         hi = hi if hi < span_hi else span_hi
         if hi > lo and not _piece(t, i, lo - t.offset[i], hi - lo, kind, lr, mu, wd, nesterov,
                                   step_size, bc2_sqrt, b1, b2, eps, decay):

@@ -53,6 +53,8 @@ class Optimizer:
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError("optimizer got a parameter more than once")
         self.state = [{} for _ in self.params]
+        # one whole-model kernel call can update every parameter when they share a dtype
+        self._fused = len({p.dtype for p in self.params}) == 1
 
     def zero_grad(self):
         """Set the gradients of the optimized parameters to zero."""
@@ -66,17 +68,22 @@ class Optimizer:
     def _checked_step(self):
         """fit's step: check every gradient for NaN/inf first; if one has any, update
         nothing and return the index of its parameter in ``params``, else step and return
-        None. SGD and Adam do the check and the update in one kernel call."""
+        None. An optimizer with an ``_update(check_finite)`` (SGD, Adam) does the check and
+        the update in one kernel call -- unless a subclass replaced its ``step()``, which
+        must then run as written."""
+        owner = next((k for k in type(self).__mro__ if "_update" in vars(k)), None)
+        if owner is not None and type(self).step is owner.step:
+            return self._update(check_finite=True)
+        return self._check_then_step()
+
+    def _check_then_step(self):
+        """`_checked_step` one gradient at a time, then ``step()``."""
         K = kernels()
         for i, p in enumerate(self.params):
             if not K.all_finite(p.grad):
                 return i
         self.step()
         return None
-
-    def _fused(self):
-        """True when one whole-model kernel call can update every parameter (one dtype)."""
-        return len({p.dtype for p in self.params}) == 1
 
     def state_dict(self):
         """A copy of the optimizer's state: ``{"lr": float, "state": [one dict per parameter
@@ -151,16 +158,11 @@ class SGD(Optimizer):
     def step(self):
         self._update(check_finite=False)
 
-    def _checked_step(self):
-        if type(self).step is not SGD.step:      # a subclass's own step() must run
-            return super()._checked_step()
-        return self._update(check_finite=True)
-
     def _update(self, check_finite):
         K = kernels()
-        if not self._fused():
+        if not self._fused:
             if check_finite:
-                return super()._checked_step()   # checks, then calls step() (per array)
+                return self._check_then_step()   # checks, then calls step() (per array)
             for i, p in enumerate(self.params):
                 velocity = self._state(i, "velocity") if self.momentum else None
                 K.sgd_update(p.data, p.grad, self.lr, momentum=self.momentum,
@@ -215,18 +217,13 @@ class Adam(Optimizer):
     def step(self):
         self._update(check_finite=False)
 
-    def _checked_step(self):
-        if type(self).step is not Adam.step:     # a subclass's own step() must run
-            return super()._checked_step()
-        return self._update(check_finite=True)
-
     def _update(self, check_finite):
         K = kernels()
         beta1, beta2 = self.betas
         steps = {entry.get("step", 0) for entry in self.state}
-        if not self._fused() or len(steps) != 1:
+        if not self._fused or len(steps) != 1:
             if check_finite:
-                return super()._checked_step()   # checks, then calls step() (per array)
+                return self._check_then_step()   # checks, then calls step() (per array)
             for i, p in enumerate(self.params):
                 m, v = self._state(i, "m"), self._state(i, "v")
                 t = self.state[i]["step"] = self.state[i].get("step", 0) + 1
