@@ -4,7 +4,10 @@ The compiled kernels (`cnn_core`) are held against their NumPy twins
 (`cnn_core.reference`); the twins are held against plain NumPy math and small values
 worked out by hand, so that a wrong twin fails too.
 """
+import builtins
+import contextlib
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -96,6 +99,67 @@ def strided(rng, shape, dtype, scale=1.0):
 def nan_array(shape, dtype):
     """A buffer full of NaN: a kernel that reads it where it should only write fails."""
     return np.full(shape, np.nan, dtype=dtype)
+
+
+@contextlib.contextmanager
+def no_matplotlib(monkeypatch):
+    """Within: `import matplotlib` (or a submodule) raises ImportError, as if not installed."""
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r} (hidden by the test)")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    yield
+
+
+def run_in_threads(work, count):
+    """Run work(0), ..., work(count - 1) in `count` threads released together (a barrier),
+    and fail with every exception they raised."""
+    barrier = threading.Barrier(count)
+    errors = []
+
+    def run(i):
+        try:
+            barrier.wait()
+            work(i)
+        except Exception as err:   # reported in the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def step_allocation_peaks(model, loss_fn, optimizer, X, y, rounds=3):
+    """Bytes newly allocated at the peak of each of `rounds` steady-state training steps
+    (two warm-up steps first), measured with tracemalloc."""
+    import tracemalloc
+
+    def step():
+        loss_fn(model(X), y)
+        model.zero_grad()
+        model.backward(loss_fn.backward(), compute_grad_input=False)
+        optimizer.step()
+
+    step()
+    step()
+    tracemalloc.start()
+    try:
+        peaks = []
+        for _ in range(rounds):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            step()
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+    finally:
+        tracemalloc.stop()
+    return peaks
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Every test runs in its own empty temporary directory (the default checkpoint,
 `nnscratch-checkpoint.npz`, lands in the current directory), and training always uses the
 bundled Fashion-MNIST sample, cut with `--limit`, so the whole file takes seconds.
 """
-import builtins
 import contextlib
 import gzip
 import io
@@ -23,6 +22,7 @@ import pytest
 
 import cnn_core
 import nnscratch as nn
+from conftest import no_matplotlib
 from nnscratch import _png, _random, checkpoint, cli, datasets
 
 HAVE_CNN = all(hasattr(nn, name) for name in ("Conv2d", "MaxPool2d", "BatchNorm2d"))
@@ -260,18 +260,6 @@ def test_train_plot_writes_learning_curves(capsys, tmp_path):
     assert min(_png.read_png(tmp_path / "curves.png").shape) > 200
     assert files_in(tmp_path) == ["c.npz", "curves.png"]
 
-
-@contextlib.contextmanager
-def no_matplotlib(monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError(f"No module named {name!r} (hidden by the test)")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    yield
 
 
 def test_train_plot_without_matplotlib_says_how_to_get_it(capsys, monkeypatch, tmp_path):

@@ -22,6 +22,7 @@ import pytest
 
 import cnn_core
 import nnscratch as nn
+from conftest import run_in_threads
 
 HERE = os.path.abspath(__file__)
 
@@ -251,23 +252,11 @@ def test_two_models_train_in_two_threads_as_they_would_one_after_the_other():
                   batch_size=16, seed=i, progress=False)
         results[i] = [p.data.copy() for p in model.parameters()]
 
-    sequential, concurrent, errors = {}, {}, []
+    sequential, concurrent = {}, {}
     for i in range(2):
         train(setup(10 + i), sequential, i)
     jobs = [setup(10 + i) for i in range(2)]
-
-    def run(i):
-        try:
-            train(jobs[i], concurrent, i)
-        except Exception as err:
-            errors.append(err)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_in_threads(lambda i: train(jobs[i], concurrent, i), 2)
     for i in range(2):
         for a, b in zip(concurrent[i], sequential[i]):
             np.testing.assert_array_equal(a, b)

@@ -1,13 +1,12 @@
 """Conv2d, MaxPool2d, BatchNorm1d/2d: finite differences (float64), PyTorch parity, modes,
 running statistics, save/load, backends, allocation-free steps, threads, errors, real data."""
-import threading
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
 
 import nnscratch as nn
+from conftest import run_in_threads, step_allocation_peaks
 from nnscratch import backend
 
 GRAD_TOL = 1e-6
@@ -608,24 +607,7 @@ def test_steady_state_cnn_training_step_allocates_no_arrays():
     X = _images((256, 1, 12, 12), seed=20).astype(np.float32)
     y = _labels(256, classes=16)
 
-    def step():
-        loss_fn(model(X), y)
-        model.zero_grad()
-        model.backward(loss_fn.backward(), compute_grad_input=False)
-        optimizer.step()
-
-    step()
-    step()
-    tracemalloc.start()
-    try:
-        peaks = []
-        for _ in range(3):
-            tracemalloc.reset_peak()
-            before = tracemalloc.get_traced_memory()[0]
-            step()
-            peaks.append(tracemalloc.get_traced_memory()[1] - before)
-    finally:
-        tracemalloc.stop()
+    peaks = step_allocation_peaks(model, loss_fn, optimizer, X, y)
     assert max(peaks) < 8192, peaks
 
 
@@ -638,25 +620,13 @@ def test_predict_from_four_threads_on_a_cnn():
     inputs = [rng.normal(size=(150, 1, 8, 8)).astype(np.float32) for _ in range(4)]
     expected = [model.predict(x) for x in inputs]
     model.eval()
-    barrier = threading.Barrier(4)
-    errors = []
 
     def work(i):
-        try:
-            barrier.wait()
-            for _ in range(8):
-                np.testing.assert_array_equal(model.predict(inputs[i], batch_size=32),
-                                              expected[i])
-                np.testing.assert_array_equal(model(inputs[i]), expected[i])
-        except Exception as err:   # reported in the main thread
-            errors.append(err)
+        for _ in range(8):
+            np.testing.assert_array_equal(model.predict(inputs[i], batch_size=32), expected[i])
+            np.testing.assert_array_equal(model(inputs[i]), expected[i])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_in_threads(work, 4)
     for (_, b), before in zip(model.named_buffers(), stats):
         np.testing.assert_array_equal(b, before)
 

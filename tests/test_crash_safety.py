@@ -41,6 +41,18 @@ def _model():
     return nn.Sequential(nn.Linear(400, 1000), nn.ReLU(), nn.Linear(1000, 100))
 
 
+def _model_and_adam():
+    """The model and an Adam that has taken one step (so its moment arrays exist)."""
+    nn.seed(0)
+    model = _model()
+    optimizer = nn.Adam(model.parameters(), lr=1e-3)
+    loss = nn.CrossEntropyLoss()
+    loss(model(np.ones((4, 400), np.float32)), np.zeros(4, np.int64))
+    model.backward(loss.backward())
+    optimizer.step()
+    return model, optimizer
+
+
 def _tag(model, optimizer, version):
     for p in model.parameters():
         p.data[...] = version
@@ -60,14 +72,7 @@ def _version_of(arrays, what):
 def child(directory):
     """Save model and checkpoint versions 1, 2, 3, ... forever; append each version to
     saved.log once both files of that version are in place."""
-    nn.seed(0)
-    model = _model()
-    optimizer = nn.Adam(model.parameters(), lr=1e-3)
-    X = np.ones((4, 400), np.float32)
-    loss = nn.CrossEntropyLoss()
-    loss(model(X), np.zeros(4, np.int64))
-    model.backward(loss.backward())
-    optimizer.step()                                 # the Adam moments exist
+    model, optimizer = _model_and_adam()
     with open(os.path.join(directory, "start.log")) as f:
         version = int(f.read())
     log = open(os.path.join(directory, "saved.log"), "a", buffering=1)
@@ -111,14 +116,7 @@ def _check_files(directory, low, high):
 def test_kill_during_save_leaves_the_old_or_the_new_file(tmp_path):
     directory = str(tmp_path)
     # version 0 of both files, written by this process
-    nn.seed(0)
-    model = _model()
-    optimizer = nn.Adam(model.parameters(), lr=1e-3)
-    X = np.ones((4, 400), np.float32)
-    loss = nn.CrossEntropyLoss()
-    loss(model(X), np.zeros(4, np.int64))
-    model.backward(loss.backward())
-    optimizer.step()
+    model, optimizer = _model_and_adam()
     _tag(model, optimizer, 0)
     model.save(tmp_path / MODEL)
     save_checkpoint(tmp_path / CHECKPOINT, model, optimizer, meta={"version": 0})

@@ -1,11 +1,11 @@
 """Sequential: structure, PyTorch parity, inference, threads, and allocation-free steps."""
-import threading
 import tracemalloc
 
 import numpy as np
 import pytest
 
 import nnscratch as nn
+from conftest import run_in_threads, step_allocation_peaks
 from nnscratch import backend
 
 
@@ -137,25 +137,15 @@ def test_predict_from_four_threads_at_once():
     rng = np.random.default_rng(5)
     inputs = [rng.normal(size=(300, 32)).astype(np.float32) for _ in range(4)]
     expected = [model.predict(x) for x in inputs]
-    barrier = threading.Barrier(4)
-    results, errors = {}, []
+    results = {}
 
     def work(i):
-        try:
-            barrier.wait()
-            for _ in range(10):
-                got = model.predict(inputs[i], batch_size=64)
-                np.testing.assert_array_equal(got, expected[i])
-            results[i] = got
-        except Exception as err:   # reported in the main thread
-            errors.append(err)
+        for _ in range(10):
+            got = model.predict(inputs[i], batch_size=64)
+            np.testing.assert_array_equal(got, expected[i])
+        results[i] = got
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_in_threads(work, 4)
     assert len(results) == 4
     assert model.training
 
@@ -165,25 +155,14 @@ def test_eval_mode_call_from_four_threads_at_once():
     rng = np.random.default_rng(6)
     inputs = [rng.normal(size=(200, 6)).astype(np.float32) for _ in range(4)]
     expected = [model(x).copy() for x in inputs]
-    barrier = threading.Barrier(4)
-    errors = []
 
     def work(i):
-        try:
-            barrier.wait()
-            outs = [model(inputs[i]) for _ in range(10)]
-            assert len({id(o) for o in outs}) == 10
-            for out in outs:
-                np.testing.assert_array_equal(out, expected[i])
-        except Exception as err:
-            errors.append(err)
+        outs = [model(inputs[i]) for _ in range(10)]
+        assert len({id(o) for o in outs}) == 10
+        for out in outs:
+            np.testing.assert_array_equal(out, expected[i])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_in_threads(work, 4)
 
 
 def _scratch_ids(model):
@@ -225,24 +204,7 @@ def test_steady_state_training_step_allocates_no_arrays():
     X = np.random.default_rng(9).normal(size=(512, 20)).astype(np.float32)
     y = np.random.default_rng(10).integers(0, 16, size=512)
 
-    def step():
-        loss_fn(model(X), y)
-        model.zero_grad()
-        model.backward(loss_fn.backward(), compute_grad_input=False)
-        optimizer.step()
-
-    step()
-    step()
-    tracemalloc.start()
-    try:
-        peaks = []
-        for _ in range(3):
-            tracemalloc.reset_peak()
-            before = tracemalloc.get_traced_memory()[0]
-            step()
-            peaks.append(tracemalloc.get_traced_memory()[1] - before)
-    finally:
-        tracemalloc.stop()
+    peaks = step_allocation_peaks(model, loss_fn, optimizer, X, y)
     assert max(peaks) < 8192, peaks
 
 

@@ -1,6 +1,5 @@
 """Plots (nnscratch.plotting, needs matplotlib): learning curves, confusion matrix, first layer
 weights as images; bad input; no matplotlib; the caller's matplotlib left alone."""
-import builtins
 import os
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 import nnscratch as nn
+from conftest import no_matplotlib
 from nnscratch import _png, plotting
 
 
@@ -144,20 +144,14 @@ def test_the_callers_matplotlib_is_left_alone(tmp_path):
 
 
 def test_without_matplotlib_the_error_says_how_to_get_it(tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    for call in (lambda: plotting.require_matplotlib(),
-                 lambda: plotting.plot_history(HISTORY, tmp_path / "a.png"),
-                 lambda: plotting.plot_confusion_matrix(np.eye(2, dtype=int), tmp_path / "b.png"),
-                 lambda: plotting.plot_first_layer(np.ones((784, 2)), tmp_path / "c.png")):
-        with pytest.raises(ImportError) as info:
-            call()
-        assert str(info.value) == plotting.PLOT_HINT
-        assert 'pip install "nnscratch[plot]"' in str(info.value)
+    calls = (lambda: plotting.require_matplotlib(),
+             lambda: plotting.plot_history(HISTORY, tmp_path / "a.png"),
+             lambda: plotting.plot_confusion_matrix(np.eye(2, dtype=int), tmp_path / "b.png"),
+             lambda: plotting.plot_first_layer(np.ones((784, 2)), tmp_path / "c.png"))
+    with no_matplotlib(monkeypatch):
+        for call in calls:
+            with pytest.raises(ImportError) as info:
+                call()
+            assert str(info.value) == plotting.PLOT_HINT
+            assert 'pip install "nnscratch[plot]"' in str(info.value)
     assert os.listdir(tmp_path) == []
