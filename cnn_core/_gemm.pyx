@@ -299,6 +299,47 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     return 0
 
 
+cdef int _row_halves(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                     floating *c, long ldc, long m, long n, long k, floating alpha,
+                     floating beta, const floating *bias, int relu, int threads) noexcept nogil:
+    # A few rows of A times a B worth two threads (one-sample inference's first layer):
+    # the sum over k is cut in two halves, the first and the last rows of B, each summed
+    # by the row kernel into its own partial row (a thread each when there are two), then
+    #
+    #     c[i, j] = alpha * (first[i, j] + last[i, j]) + beta * c[i, j]  (+ bias[j], ReLU)
+    #
+    # Each thread streams one contiguous block of B (whole rows, in order: what the
+    # hardware prefetcher reads fastest), where column slabs would read half of every row.
+    # Always two halves, whatever the thread count: the same sums, so the same bits.
+    # Returns -1 when the partial rows cannot be allocated.
+    cdef floating *part = <floating *> nn_scratch(2, 2 * m * n * sizeof(floating))
+    if part == NULL:
+        return -1
+    cdef long half = k // 2, h, i, j
+    cdef floating r
+    for h in prange(2, nogil=True, num_threads=2 if threads >= 2 else 1, schedule="static"):
+        for i in range(m):
+            if floating is float:
+                _skernel.row(half if h == 0 else k - half, n, a + i * rsa + h * half * csa,
+                             csa, b + h * half * rsb, rsb, part + (h * m + i) * n, 1, 0, NULL,
+                             0)
+            else:
+                _dkernel.row(half if h == 0 else k - half, n, a + i * rsa + h * half * csa,
+                             csa, b + h * half * rsb, rsb, part + (h * m + i) * n, 1, 0, NULL,
+                             0)
+    for i in range(m):
+        for j in range(n):
+            r = alpha * (part[i * n + j] + part[(m + i) * n + j])
+            if beta != 0:
+                r = r + beta * c[i * ldc + j]
+            if bias != NULL:
+                r = r + bias[j]
+            if relu and r <= 0:     # (NaN stays NaN, as in the micro-kernels)
+                r = 0
+            c[i * ldc + j] = r
+    return 0
+
+
 cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b, long rsb,
                        long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
                        floating beta, const floating *bias, int relu, int threads) noexcept nogil:
@@ -321,6 +362,9 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     cdef long parts = span_parts(_ceil_div(extent, tile), 1, threads)
     if m * n * k < (PARALLEL_MIN_FMAS_ROWS if row_path else PARALLEL_MIN_FMAS):
         parts = 1
+    elif row_path:
+        return _row_halves(a, rsa, csa, b, rsb, c, ldc, m, n, k, alpha, beta, bias, relu,
+                           threads)
     if parts <= 1:
         return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
                          row_path)

@@ -58,7 +58,10 @@
             NN_PRAGMA(GCC unroll 4)                                                         \
             for (int v = 0; v < NV; ++v) acc[i][v] = (NAME##_v){0};                         \
         NN_PRAGMA(GCC unroll 16)                                                            \
-        for (int i = 0; i < (MR); ++i) __builtin_prefetch(c + i * ldc, 1);                 \
+        for (int i = 0; i < (MR); ++i) {                                                    \
+            __builtin_prefetch(c + i * ldc, 1);                                             \
+            if ((NR) * sizeof(T) > 64) __builtin_prefetch(c + i * ldc + 64 / sizeof(T), 1);  \
+        }                                                                                   \
         for (long p = 0; p < k; ++p) {                                                      \
             NAME##_v bv[NV];                                                                \
             __builtin_prefetch(B_AT(b, ldb, p + 16, NR));                                   \
@@ -74,8 +77,8 @@
                 for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];                       \
             }                                                                               \
         }                                                                                   \
-        if (mr == (MR) && nr == (NR)) {                                                     \
-            /* a whole tile: the epilogue on vectors */                                     \
+        if (nr == (NR)) {                                                                   \
+            /* whole rows (all of them but in the last tile of a column): on vectors */     \
             NAME##_v bias_v[NV];                                                            \
             NN_PRAGMA(GCC unroll 4)                                                         \
             for (int v = 0; v < NV; ++v) {                                                  \
@@ -84,6 +87,7 @@
             }                                                                               \
             NN_PRAGMA(GCC unroll 16)                                                        \
             for (int i = 0; i < (MR); ++i) {                                                \
+                if (i == mr) break;                                                         \
                 NN_PRAGMA(GCC unroll 4)                                                     \
                 for (int v = 0; v < NV; ++v) {                                              \
                     T *cp = c + i * ldc + v * (VL);                                         \
@@ -124,11 +128,11 @@
 #define NN_ROW_CHUNKS(NAME, T, VL, NRV)                                                      \
     for (; j + (NRV) * (VL) <= n; j += (NRV) * (VL)) {                                      \
         NAME##_v acc[NRV];                                                                  \
-        NN_PRAGMA(GCC unroll 8)                                                             \
+        NN_PRAGMA(GCC unroll NRV)                                                             \
         for (int v = 0; v < (NRV); ++v) acc[v] = (NAME##_v){0};                             \
         for (long p = 0; p < k; ++p) {                                                      \
             const T ap = a[p * csa];                                                        \
-            NN_PRAGMA(GCC unroll 8)                                                         \
+            NN_PRAGMA(GCC unroll NRV)                                                         \
             for (int v = 0; v < (NRV); ++v) {                                               \
                 NAME##_v bv;                                                                \
                 memcpy(&bv, b + p * ldb + j + v * (VL), sizeof(bv));                        \
@@ -146,15 +150,19 @@
         }                                                                                   \
     }
 
-/* Columns go 8 vectors at a time (8 independent FMA chains: enough to hide the latency),
- * then one vector at a time, then one by one; every column is summed in the same order
- * (p = 0, 1, ..., k-1) whichever of the three takes it. */
-#define NN_DEFINE_ROWKERNEL(NAME, T, VL, TARGET)                                             \
+/* Columns go WIDE vectors at a time (16 with AVX-512's 32 registers: a 256-float row of B
+ * read whole, in one pass), then 8 (8 independent FMA chains: enough to hide the
+ * latency), then one vector at a time, then one by one; every column is summed in the
+ * same order (p = 0, 1, ..., k-1) whichever of them takes it. */
+#define NN_DEFINE_ROWKERNEL(NAME, T, VL, TARGET, WIDE)                                       \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     TARGET static void NAME(long k, long n, const T *restrict a, long csa,                  \
                             const T *restrict b, long ldb, T *restrict c, T alpha, T beta,  \
                             const T *restrict bias, int relu) {                             \
         long j = 0;                                                                         \
+        if ((WIDE) > 8) {                                                                   \
+            NN_ROW_CHUNKS(NAME, T, VL, WIDE)                                                \
+        }                                                                                   \
         NN_ROW_CHUNKS(NAME, T, VL, 8)                                                       \
         NN_ROW_CHUNKS(NAME, T, VL, 1)                                                       \
         for (; j < n; ++j) {                                                                \
@@ -168,13 +176,13 @@
         }                                                                                   \
     }
 
-NN_DEFINE_ROWKERNEL(nn_sgemm_row_generic, float, 4, )
-NN_DEFINE_ROWKERNEL(nn_dgemm_row_generic, double, 2, )
+NN_DEFINE_ROWKERNEL(nn_sgemm_row_generic, float, 4, , 8)
+NN_DEFINE_ROWKERNEL(nn_dgemm_row_generic, double, 2, , 8)
 #if NN_X86
-NN_DEFINE_ROWKERNEL(nn_sgemm_row_avx2, float, 8, NN_TARGET_AVX2)
-NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx2, double, 4, NN_TARGET_AVX2)
-NN_DEFINE_ROWKERNEL(nn_sgemm_row_avx512, float, 16, NN_TARGET_AVX512)
-NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512)
+NN_DEFINE_ROWKERNEL(nn_sgemm_row_avx2, float, 8, NN_TARGET_AVX2, 8)
+NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx2, double, 4, NN_TARGET_AVX2, 8)
+NN_DEFINE_ROWKERNEL(nn_sgemm_row_avx512, float, 16, NN_TARGET_AVX512, 16)
+NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512, 16)
 #endif
 
 /* Packing a whole NR-column micro-panel of row-major B (kc x NR, rows rsb apart) is a copy

@@ -6,7 +6,8 @@
  * off a pthread key whose destructor frees them when the thread ends, so short-lived
  * threads leave nothing behind.
  * The variables are `static`: every extension module that includes this header has its own
- * set, so the slots mean what that module says (_gemm: 0 = packed A, 1 = packed B;
+ * set, so the slots mean what that module says (_gemm: 0 = packed A, 1 = packed B,
+ * 2 = the row kernel's partial rows;
  * _conv: 0 = im2col columns, 1 = weight-gradient partials, 2 = grouped GEMM output or
  * grad_out).
  */

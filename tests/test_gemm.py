@@ -362,6 +362,44 @@ def test_row_kernel_column_chunks(rng, dtype, m, n):
     assert_close(out, reference.gemm(x, w, c, alpha=0.5, beta=2.0), k=k)
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 784, 256), (2, 1001, 300), (3, 257, 170), (1, 2, 70000),
+                                   (1, 3, 50000), (2, 4099, 17)])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (-1.5, 0.25), (0.0, 2.0)])
+def test_row_kernel_in_two_halves_of_k(rng, dtype, m, k, n, alpha, beta):
+    # a few rows times a B big enough for two threads: each half of k summed into its own
+    # partial row, then alpha * (first + last) + beta * C + bias, ReLU (k odd, k = 2, n
+    # past the 16-vector chunk, and with one thread as with two)
+    x, w, bias = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
+    c = randn(rng, (m, n), dtype)
+    expected = reference.gemm(x, w, c.copy(), alpha=alpha, beta=beta)   # (written in place)
+    expected_relu = reference.linear_forward(x, w, bias, activation="relu")
+    before = cnn_core.get_num_threads()
+    try:
+        for threads in (1, 2):
+            cnn_core.set_num_threads(threads)
+            out = c.copy()
+            cnn_core.gemm(x, w, out, alpha=alpha, beta=beta)
+            assert_close(out, expected, k=k)
+            assert_close(cnn_core.linear_forward(x, w, bias, activation="relu"), expected_relu,
+                         k=k)
+    finally:
+        cnn_core.set_num_threads(before)
+
+
+def test_row_kernel_halves_keep_nan_through_relu(dtype):
+    # NaN in one half of the sum, or in the bias, stays NaN through the fused ReLU
+    k, n = 1000, 200
+    x = np.ones((1, k), dtype)
+    w = np.full((k, n), -1.0, dtype)
+    w[k - 1, 3] = np.nan                    # in the second half's rows
+    w[0, 5] = np.nan                        # in the first half's
+    bias = np.zeros(n, dtype)
+    bias[7] = np.nan
+    out = cnn_core.linear_forward(x, w, bias, activation="relu")
+    assert np.isnan(out[0, [3, 5, 7]]).all()
+    assert (np.delete(out[0], [3, 5, 7]) == 0).all()     # -k + 0 -> ReLU -> 0
+
+
 def test_linear_backward_non_contiguous(rng, dtype):
     n, d, m = 10, 12, 9
     g, x, w = strided(rng, (n, m), dtype), strided(rng, (n, d), dtype), strided(rng, (d, m), dtype)

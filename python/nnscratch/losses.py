@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from . import _memory
 from .backend import kernels
 
 __all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "LOSSES"]
@@ -40,7 +41,7 @@ class Loss:
         if grad is None:
             if len(self._grads) >= 8:
                 self._grads.clear()
-            grad = self._grads[(pred.shape, pred.dtype)] = np.empty(pred.shape, pred.dtype)
+            grad = self._grads[(pred.shape, pred.dtype)] = _memory.empty(pred.shape, pred.dtype)
         value, self._grad = self._kernel(kernels(), pred, target, grad)
         return float(value)
 

@@ -14,6 +14,8 @@ from several threads at once.
 """
 import numpy as np
 
+from . import _memory
+
 __all__ = ["Parameter", "Module"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -55,10 +57,10 @@ class Parameter:
     __slots__ = ("_data", "_grad", "_grad_zero")
 
     def __init__(self, data):
-        data = np.array(data, copy=True, order="C")
+        data = np.asarray(data)
         check_float_dtype(data.dtype, "Parameter data")
-        self._data = data
-        self._grad = np.zeros_like(data)
+        self._data = _memory.copy(data)    # (64-byte aligned, as the gradient)
+        self._grad = _memory.zeros(data.shape, data.dtype)
         self._grad_zero = False   # True: grad is zero, its array not yet cleared
 
     @property
@@ -221,7 +223,7 @@ class Module:
         if array is None:
             if len(arrays) >= _MAX_SCRATCH:
                 arrays.clear()
-            array = arrays[key] = np.empty(shape, dtype)
+            array = arrays[key] = _memory.empty(shape, dtype)
         return array
 
     def _as_input(self, x, dtype=None, check=None, name="input"):

@@ -15,6 +15,7 @@ import numbers
 
 import numpy as np
 
+from . import _memory
 from .backend import kernels
 from .module import Parameter
 
@@ -109,7 +110,7 @@ class Optimizer:
                 if value.shape != p.shape:
                     raise ValueError(f"state_dict entry {i} {key!r} has shape {value.shape}, "
                                      f"the parameter {p.shape}")
-                restored[key] = np.array(value, dtype=p.dtype, order="C")
+                restored[key] = _memory.copy(value.astype(p.dtype, copy=False))
             new_state.append(restored)
         self.lr = _check_number(state_dict["lr"], "learning rate")
         self.state = new_state
@@ -118,7 +119,7 @@ class Optimizer:
         """The optimizer's array `name` for parameter i: zeros on first use."""
         array = self.state[i].get(name)
         if array is None:
-            array = self.state[i][name] = np.zeros_like(self.params[i].data)
+            array = self.state[i][name] = _memory.zeros(self.params[i].shape, self.params[i].dtype)
         return array
 
     def _hyper_repr(self):

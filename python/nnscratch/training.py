@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-from . import _random
+from . import _memory, _random
 from .backend import kernels
 from .callbacks import Callback, History
 from .layers import Sigmoid, Softmax
@@ -110,7 +110,7 @@ class _Accuracy:
         if key not in self._arrays:
             if len(self._arrays) >= 8:
                 self._arrays.clear()
-            self._arrays[key] = np.empty(shape, dtype)
+            self._arrays[key] = _memory.empty(shape, dtype)
         return self._arrays[key]
 
     def correct(self, out, target):
@@ -305,7 +305,7 @@ class _EpochLoop:
         m = stop - start
         buffers = self._batches.get(m)
         if buffers is None:
-            buffers = self._batches[m] = (np.empty((m,) + self.X.shape[1:], self.X.dtype),
+            buffers = self._batches[m] = (_memory.empty((m,) + self.X.shape[1:], self.X.dtype),
                                           np.empty((m,) + self.y.shape[1:], self.y.dtype))
         rows = order[start:stop]
         # the samples: copied by the threads together (take_rows); the targets are small

