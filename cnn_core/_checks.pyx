@@ -8,12 +8,55 @@ dtype, because a copy would silently not be the caller's array.
 import math
 
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+cdef object _F32 = np.dtype(np.float32)
+cdef object _F64 = np.dtype(np.float64)
+
+# Each check first asks the C API whether the argument is already what the kernel wants --
+# the usual case, a few pointer and flag tests -- and only otherwise goes the Python way,
+# which copies or raises with the message. (Python attribute lookups such as x.flags cost
+# about a microsecond a call: as much as a one-sample product of the last layer.)
+
+
+cdef inline bint _ready(object x, int ndim):
+    # a native-byte-order float32/float64 ndarray of `ndim` dimensions (any when < 0),
+    # C-contiguous and aligned
+    if not cnp.PyArray_Check(x):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray> x
+    cdef object descr = <object> cnp.PyArray_DESCR(a)
+    if descr is not _F32 and descr is not _F64:
+        return False
+    if ndim >= 0 and cnp.PyArray_NDIM(a) != ndim:
+        return False
+    return cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+
+
+cdef inline bint _fits(object buf, tuple shape, object dtype):
+    # an ndarray of exactly `shape` and `dtype`, C-contiguous, aligned and writeable
+    if not cnp.PyArray_Check(buf):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray> buf
+    if <object> cnp.PyArray_DESCR(a) is not dtype or (dtype is not _F32 and dtype is not _F64):
+        return False
+    cdef Py_ssize_t i, nd = len(shape)
+    if cnp.PyArray_NDIM(a) != nd:
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIM(a, i) != <Py_ssize_t> shape[i]:
+            return False
+    return (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+            and cnp.PyArray_ISWRITEABLE(a))
 
 
 cdef object as_float_array(str name, object x, int ndim=-1):
     """x as a C-contiguous, aligned float32/float64 ndarray (copied only if it is not)."""
+    if _ready(x, ndim):
+        return x
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
@@ -26,6 +69,8 @@ cdef object as_float_array(str name, object x, int ndim=-1):
 
 
 cdef object check_same_dtype(str name, object x, object dtype):
+    if cnp.PyArray_Check(x) and <object> cnp.PyArray_DESCR(<cnp.ndarray> x) is dtype:
+        return x
     if x.dtype != dtype:
         raise TypeError(f"{name} has dtype {x.dtype} but the other inputs are {np.dtype(dtype)}")
     return x
@@ -39,6 +84,8 @@ cdef object check_same_shape(str name, object x, tuple shape):
 
 cdef object check_buffer(str name, object buf, tuple shape, object dtype):
     """An array written in place: exact shape and dtype, C-contiguous, writeable."""
+    if _fits(buf, shape, dtype):
+        return buf
     if not isinstance(buf, np.ndarray):
         raise ValueError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
     if buf.shape != shape:
@@ -56,7 +103,14 @@ cdef object check_buffer(str name, object buf, tuple shape, object dtype):
 
 cdef object output(str name, object buf, tuple shape, object dtype):
     """The caller's buffer, checked, or a new empty array."""
+    cdef cnp.npy_intp dims[8]
+    cdef Py_ssize_t i, nd = len(shape)
     if buf is None:
+        if (dtype is _F32 or dtype is _F64) and nd <= 8:
+            for i in range(nd):
+                dims[i] = shape[i]
+            return cnp.PyArray_EMPTY(<int> nd, dims, cnp.NPY_FLOAT32 if dtype is _F32
+                                     else cnp.NPY_FLOAT64, 0)
         return np.empty(shape, dtype=dtype)
     return check_buffer(name, buf, shape, dtype)
 

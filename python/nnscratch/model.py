@@ -65,7 +65,7 @@ class Sequential(Module):
         self.stop_training = False
         self._last_loss = None     # the loss of the last fit, evaluate's default
         self._sample_shape = None  # per-sample input shape seen last, for summary()
-        self._order_cache = ((), [])   # (the layers it was made for, their run order)
+        self._plan_cache = ((), ([], []))   # (the layers it was made for, their `_plan`)
 
     # --- the computation -------------------------------------------------------------
 
@@ -78,19 +78,13 @@ class Sequential(Module):
         x = self._cast(x)
         self._sample_shape = x.shape[1:]
         out = x
-        layers = self.layers
-        order, k = self._run_order(), 0
-        while k < len(order):
-            i = order[k]
-            layer = layers[i]
-            if _fusable(layer, layers, i):
+        for layer, relu in self._plan()[1]:
+            if relu is not None:
                 # Linear then ReLU in one pass: the ReLU is applied in the GEMM's write-back,
                 # and the ReLU layer keeps relu(z) for its backward (relu(z) > 0 iff z > 0)
-                out = layers[i + 1].keep_output(layer.forward(out, activation="relu"))
-                k += 2
-                continue
-            out = layer(out)
-            k += 1
+                out = relu.keep_output(layer.forward(out, activation="relu"))
+            else:
+                out = layer(out)
         if not self.training and np.may_share_memory(out, x):
             out = out.copy()   # e.g. Sequential(Flatten()) in eval mode: never a view of x
         return out
@@ -100,7 +94,7 @@ class Sequential(Module):
         parameters' gradients into ``.grad``. Returns dL/d(input), or None when
         ``compute_grad_input`` is False (the first layer then skips that product)."""
         grad = grad_out
-        backward_order = self._run_order()[::-1]     # the forward's order, reversed
+        backward_order = self._plan()[0][::-1]     # the forward's order, reversed
         for i in backward_order[:-1]:
             grad = self.layers[i].backward(grad)
         if not self.layers:
@@ -115,26 +109,27 @@ class Sequential(Module):
         """Eval-mode output, keeping no state and reusing no buffer: safe from any thread."""
         x = self._cast(x)
         out = x
-        layers = self.layers
-        order, k = self._run_order(), 0
-        while k < len(order):
-            i = order[k]
-            if _fusable(layers[i], layers, i):
-                out = layers[i].infer(out, activation="relu")
-                k += 2
-                continue
-            out = layers[i].infer(out)
-            k += 1
+        for layer, relu in self._plan()[1]:
+            out = layer.infer(out) if relu is None else layer.infer(out, activation="relu")
         return out.copy() if np.may_share_memory(out, x) else out
 
-    def _run_order(self):
-        """`_order` of the layers, recomputed only when the list of layers has changed."""
+    def _plan(self):
+        """``(order, steps)`` for the layers as they are now: `order` the layer indices in
+        the order they run (`_order`), `steps` one ``(layer, relu)`` per forward step, where
+        `relu` is the ReLU layer fused into `layer` (`_fusable`) or None. Made again only
+        when the list of layers has changed."""
         layers = tuple(self.layers)
-        made_for, order = self._order_cache
-        if len(made_for) != len(layers) or any(a is not b for a, b in zip(made_for, layers)):
-            order = _order(layers)
-            self._order_cache = (layers, order)
-        return order
+        made_for, plan = self._plan_cache
+        if layers != made_for:      # (tuples of layers compare by identity)
+            order, steps, k = _order(layers), [], 0
+            while k < len(order):
+                i = order[k]
+                fused = _fusable(layers[i], layers, i)
+                steps.append((layers[i], layers[i + 1] if fused else None))
+                k += 2 if fused else 1
+            plan = (order, steps)
+            self._plan_cache = (layers, plan)
+        return plan
 
     def _cast(self, x):
         """The input as an ndarray; non-float inputs (e.g. uint8 pixels) cast to the

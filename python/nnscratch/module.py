@@ -233,6 +233,10 @@ class Module:
         inputs (floats, ints, bools) of another dtype are cast: to `dtype` when given,
         else float inputs keep float32/float64 and anything else becomes float32.
         """
+        if type(x) is np.ndarray and x.dtype is dtype:    # the usual case, quickly
+            if check is not None:
+                check(x)
+            return x
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         if x.dtype.kind not in "fiub":
