@@ -257,8 +257,55 @@ NN_DEFINE_PACK_B(nn_dpack_b_avx512_16, double, 16, 8, NN_TARGET_AVX512)
 #define NN_GATHER_PD256(base, idx, m) \
     _mm256_mask_i32gather_pd(_mm256_setzero_pd(), base, idx, _mm256_castsi256_pd(m), 8)
 
-NN_DEFINE_PACK_BT(nn_spack_bt_avx512_32, float, 32, 16, NN_TARGET_AVX512, NN_IDX16,
+NN_DEFINE_PACK_BT(nn_spack_bt_avx512_32_gather, float, 32, 16, NN_TARGET_AVX512, NN_IDX16,
                   NN_KMASK16, NN_GATHER_PS512, _mm512_storeu_ps)
+
+/* 16 rows r[0..15] of 16 floats in, their transpose out: r[k][i] <- r[i][k]. Four rounds
+ * of shuffles: pairs of rows interleaved (ps, then pd), then 128-bit lanes regrouped. */
+NN_TARGET_AVX512 static inline void nn_transpose16_ps(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {                   /* r0[4L], r1[4L], r0[4L+1], ... */
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) {                   /* u[g + c]: column 4L + c of */
+        __m512d a0 = _mm512_castps_pd(t[g]), a1 = _mm512_castps_pd(t[g + 1]);  /* rows  */
+        __m512d b0 = _mm512_castps_pd(t[g + 2]), b1 = _mm512_castps_pd(t[g + 3]);  /* g.. */
+        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
+        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
+        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
+        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
+    }
+    for (int c = 0; c < 4; ++c) {                       /* lane L of u[c], u[4+c], ... */
+        __m512 v = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
+        __m512 w = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+        __m512 w2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+        r[c] = _mm512_shuffle_f32x4(v, v2, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(v, v2, 0xDD);
+        r[8 + c] = _mm512_shuffle_f32x4(w, w2, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(w, w2, 0xDD);
+    }
+}
+
+/* A whole 32-column panel of transposed B, 16 rows p at a time: 16 contiguous vectors of
+ * 16 source rows (whole cache lines), transposed in registers -- no gather instructions;
+ * the last kc % 16 rows and partial panels are gathered as above. */
+NN_TARGET_AVX512 static int nn_spack_bt_avx512_32(long kc, const float *restrict b, long csb,
+                                                  int cols, float *restrict dst) {
+    if (cols != 32) return nn_spack_bt_avx512_32_gather(kc, b, csb, cols, dst);
+    long p0 = 0;
+    for (; p0 + 16 <= kc; p0 += 16) {
+        for (int h = 0; h < 2; ++h) {
+            __m512 r[16];
+            for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(b + (16 * h + i) * csb + p0);
+            nn_transpose16_ps(r);
+            for (int k = 0; k < 16; ++k) _mm512_storeu_ps(dst + (p0 + k) * 32 + 16 * h, r[k]);
+        }
+    }
+    if (p0 < kc) return nn_spack_bt_avx512_32_gather(kc - p0, b + p0, csb, 32, dst + p0 * 32);
+    return 1;
+}
 NN_DEFINE_PACK_BT(nn_dpack_bt_avx512_16, double, 16, 8, NN_TARGET_AVX512, NN_IDX8,
                   NN_KMASK8, NN_GATHER_PD512, _mm512_storeu_pd)
 NN_DEFINE_PACK_BT(nn_spack_bt_avx2_16, float, 16, 8, NN_TARGET_AVX2, NN_IDX8, NN_VMASK8,

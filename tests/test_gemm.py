@@ -117,6 +117,22 @@ def test_gemm_transposes_and_scales(rng, dtype, m, k, n, trans_a, trans_b, alpha
     assert_close(out, numpy_gemm(a, b, c, trans_a, trans_b, alpha, beta).astype(dtype), k=k)
 
 
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 32, 47, 64, 257])
+@pytest.mark.parametrize("n", [31, 32, 64, 70])
+def test_gemm_transposed_b_panels(rng, dtype, k, n):
+    # op(B) = W^T: whole 32-column panels are packed 16 rows of k at a time by an in-register
+    # transpose (AVX-512 float), the last k % 16 rows and partial panels by gathers
+    m = 13
+    a = randn(rng, (m, k), dtype)
+    w = randn(rng, (n, k), dtype)
+    assert_close(cnn_core.gemm(a, w, trans_b=True), reference.gemm(a, w, trans_b=True), k=k)
+    # a row stride that is not a multiple of the vector (every row starts misaligned)
+    wide = randn(rng, (n, k + 3), dtype)
+    view = wide[:, 1:k + 1]
+    assert_close(cnn_core.gemm(a, view, trans_b=True), reference.gemm(a, view, trans_b=True),
+                 k=k)
+
+
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
 def test_gemm_out_none_allocates(rng, dtype, trans_a, trans_b):
     a, b = operands(rng, 9, 10, 11, dtype, trans_a, trans_b)
