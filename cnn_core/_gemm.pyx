@@ -49,12 +49,15 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
                                     double *, double, double, const double *, int)
     ctypedef void (*nn_spack_b_t)(long, const float *, long, float *)
     ctypedef void (*nn_dpack_b_t)(long, const double *, long, double *)
+    ctypedef void (*nn_spack_at_t)(long, const float *, long, float *)
+    ctypedef void (*nn_dpack_at_t)(long, const double *, long, double *)
     ctypedef int (*nn_spack_bt_t)(long, const float *, long, int, float *)
     ctypedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *)
     ctypedef struct nn_sgemm_kernel_t:
         nn_sgemm_ukr_t ukr[4]
         nn_sgemm_row_t row
         nn_spack_b_t pack_b
+        nn_spack_at_t pack_at
         nn_spack_bt_t pack_bt
         int mr
         int nr
@@ -63,6 +66,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
         nn_dgemm_ukr_t ukr[4]
         nn_dgemm_row_t row
         nn_dpack_b_t pack_b
+        nn_dpack_at_t pack_at
         nn_dpack_bt_t pack_bt
         int mr
         int nr
@@ -137,6 +141,12 @@ cdef void pack_a_mcxkc(const floating *a, long rsa, long csa, long mc, long kc, 
                 src = a + (ir + i) * rsa
                 for p in range(kc):
                     panel[p * mr + i] = src[p]
+        elif rsa == 1 and rows == mr:
+            # a whole panel of transposed A: the copy stamped for this CPU
+            if floating is float:
+                _skernel.pack_at(kc, a + ir, csa, panel)
+            else:
+                _dkernel.pack_at(kc, a + ir, csa, panel)
         else:
             for p in range(kc):
                 src = a + p * csa + ir * rsa

@@ -203,6 +203,23 @@ NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512, 16)
         }                                                                                   \
     }
 
+/* Packing a whole MR-row micro-panel of transposed A (A[i, p] = a[p*csa + i]: op(A) = X^T, as
+ * in the weight gradient X^T @ g) is a copy of MR contiguous elements per p:
+ * dst[p*MR + i] = a[p*csa + i] -- a fixed-size copy the compiler does with whole vectors. */
+#define NN_DEFINE_PACK_AT(NAME, T, MR, TARGET)                                                \
+    TARGET static void NAME(long kc, const T *restrict a, long csa, T *restrict dst) {      \
+        for (long p = 0; p < kc; ++p) memcpy(dst + p * (MR), a + p * csa, (MR) * sizeof(T)); \
+    }
+
+NN_DEFINE_PACK_AT(nn_spack_at_generic_4, float, 4, )
+NN_DEFINE_PACK_AT(nn_dpack_at_generic_4, double, 4, )
+#if NN_X86
+NN_DEFINE_PACK_AT(nn_spack_at_avx2_6, float, 6, NN_TARGET_AVX2)
+NN_DEFINE_PACK_AT(nn_dpack_at_avx2_6, double, 6, NN_TARGET_AVX2)
+NN_DEFINE_PACK_AT(nn_spack_at_avx512_12, float, 12, NN_TARGET_AVX512)
+NN_DEFINE_PACK_AT(nn_dpack_at_avx512_12, double, 12, NN_TARGET_AVX512)
+#endif
+
 NN_DEFINE_PACK_B(nn_spack_b_generic_16, float, 16, 4, )
 NN_DEFINE_PACK_B(nn_dpack_b_generic_8, double, 8, 2, )
 #if NN_X86
@@ -361,6 +378,8 @@ typedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *,
                                double, double, const double *, int);
 typedef void (*nn_spack_b_t)(long, const float *, long, float *);
 typedef void (*nn_dpack_b_t)(long, const double *, long, double *);
+typedef void (*nn_spack_at_t)(long, const float *, long, float *);
+typedef void (*nn_dpack_at_t)(long, const double *, long, double *);
 typedef int (*nn_spack_bt_t)(long, const float *, long, int, float *);
 typedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *);
 typedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
@@ -371,6 +390,7 @@ typedef struct {
     nn_sgemm_ukr_t ukr[4];    /* [a_in_place + 2 * b_in_place]: NN_DEFINE_UKERNELS */
     nn_sgemm_row_t row;
     nn_spack_b_t pack_b;  /* a whole NR-column panel of row-major B */
+    nn_spack_at_t pack_at;  /* a whole MR-row panel of transposed A */
     nn_spack_bt_t pack_bt;  /* ... of transposed B (0: not done, pack it yourself) */
     int mr, nr;
     const char *name;
@@ -380,6 +400,7 @@ typedef struct {
     nn_dgemm_ukr_t ukr[4];    /* [a_in_place + 2 * b_in_place]: NN_DEFINE_UKERNELS */
     nn_dgemm_row_t row;
     nn_dpack_b_t pack_b;  /* a whole NR-column panel of row-major B */
+    nn_dpack_at_t pack_at;  /* a whole MR-row panel of transposed A */
     nn_dpack_bt_t pack_bt;  /* ... of transposed B (0: not done, pack it yourself) */
     int mr, nr;
     const char *name;
@@ -391,7 +412,8 @@ typedef struct {
         {nn_##X##gemm_ukr_##ISA##_##MR##x##NR, nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_rows,  \
          nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_brows,                                      \
          nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_rows_brows},                                \
-        nn_##X##gemm_row_##ISA, nn_##X##pack_b_##ISA##_##NR, nn_##X##pack_bt_##ISA##_##NR,   \
+        nn_##X##gemm_row_##ISA, nn_##X##pack_b_##ISA##_##NR, nn_##X##pack_at_##ISA##_##MR,   \
+        nn_##X##pack_bt_##ISA##_##NR,                                                       \
         MR, NR, #ISA " " #MR "x" #NR                                                        \
     }
 
