@@ -309,44 +309,50 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     return 0
 
 
-cdef int _row_halves(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                     floating *c, long ldc, long m, long n, long k, floating alpha,
-                     floating beta, const floating *bias, int relu, int threads) noexcept nogil:
-    # A few rows of A times a B worth two threads (one-sample inference's first layer):
-    # the sum over k is cut in two halves, the first and the last rows of B, each summed
-    # by the row kernel into its own partial row (a thread each when there are two), then
+cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                   long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
+                   floating beta, const floating *bias, int relu, int threads,
+                   bint row_path) noexcept nogil:
+    # A product with few rows for its k (one-sample inference; a batch of 128 through a
+    # 784-input layer): the sum over k is cut in two halves, the first and the last rows
+    # of B, each summed into its own partial C (a thread each when there are two), then
     #
     #     c[i, j] = alpha * (first[i, j] + last[i, j]) + beta * c[i, j]  (+ bias[j], ReLU)
     #
-    # Each thread streams one contiguous block of B (whole rows, in order: what the
-    # hardware prefetcher reads fastest), where column slabs would read half of every row.
+    # Each thread reads one contiguous block of B, whole rows: what the hardware prefetcher
+    # streams fastest, and -- B being a weight matrix -- the very rows the optimizer's
+    # thread updated on the same core (its half of the parameters, see _optim.pyx), still
+    # in that core's cache; column slabs would read half of every row, from both cores.
     # Always two halves, whatever the thread count: the same sums, so the same bits.
-    # Returns -1 when the partial rows cannot be allocated.
+    # Returns -1 when a buffer cannot be allocated.
     cdef floating *part = <floating *> nn_scratch(2, 2 * m * n * sizeof(floating))
     if part == NULL:
         return -1
-    cdef long half = k // 2, h, i, j
+    cdef long half = k // 2, h, i, j, rows = (m + 1) // 2, i0, i1
+    cdef int status[2]
     cdef floating r
-    for h in prange(2, nogil=True, num_threads=2 if threads >= 2 else 1, schedule="static"):
-        for i in range(m):
-            if floating is float:
-                _skernel.row(half if h == 0 else k - half, n, a + i * rsa + h * half * csa,
-                             csa, b + h * half * rsb, rsb, part + (h * m + i) * n, 1, 0, NULL,
-                             0)
-            else:
-                _dkernel.row(half if h == 0 else k - half, n, a + i * rsa + h * half * csa,
-                             csa, b + h * half * rsb, rsb, part + (h * m + i) * n, 1, 0, NULL,
-                             0)
-    for i in range(m):
-        for j in range(n):
-            r = alpha * (part[i * n + j] + part[(m + i) * n + j])
-            if beta != 0:
-                r = r + beta * c[i * ldc + j]
-            if bias != NULL:
-                r = r + bias[j]
-            if relu and r <= 0:     # (NaN stays NaN, as in the micro-kernels)
-                r = 0
-            c[i * ldc + j] = r
+    cdef int team = 2 if threads >= 2 else 1
+    for h in prange(2, nogil=True, num_threads=team, schedule="static"):
+        status[h] = gemm_slab(a + h * half * csa, rsa, csa, b + h * half * rsb, rsb, csb,
+                              part + h * m * n, n, m, n, half if h == 0 else k - half, 1, 0,
+                              NULL, 0, row_path)
+    if status[0] != 0 or status[1] != 0:
+        return -1
+    # the sum (by rows, on both threads when there are many)
+    for h in prange(2, nogil=True, num_threads=team if m * n >= 4096 else 1,
+                    schedule="static"):
+        i0 = h * rows
+        i1 = m if h == 1 else rows
+        for i in range(i0, i1):
+            for j in range(n):
+                r = alpha * (part[i * n + j] + part[(m + i) * n + j])
+                if beta != 0:
+                    r = r + beta * c[i * ldc + j]
+                if bias != NULL:
+                    r = r + bias[j]
+                if relu and r <= 0:     # (NaN stays NaN, as in the micro-kernels)
+                    r = 0
+                c[i * ldc + j] = r
     return 0
 
 
@@ -372,9 +378,11 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     cdef long parts = span_parts(_ceil_div(extent, tile), 1, threads)
     if m * n * k < (PARALLEL_MIN_FMAS_ROWS if row_path else PARALLEL_MIN_FMAS):
         parts = 1
-    elif row_path:
-        return _row_halves(a, rsa, csa, b, rsb, c, ldc, m, n, k, alpha, beta, bias, relu,
-                           threads)
+    elif row_path or (csb == 1 and 4 * m <= k):
+        # (decided on the product, whatever the thread count; the two partial Cs cost
+        # at most half of what B does to read)
+        return _k_halves(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
+                         threads, row_path)
     if parts <= 1:
         return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
                          row_path)

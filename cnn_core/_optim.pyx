@@ -256,11 +256,16 @@ def all_finite(x):
 # ---------------------------------------------------------------------------------------------
 # The whole model's update in one call: sgd_step / adam_step take lists of arrays (one per
 # parameter), check every gradient first if asked (fit's NaN/inf guard), and then update
-# them all, in one parallel region per pass however many arrays there are: the arrays are
-# taken as one long vector, cut into one contiguous span per thread. (Cutting each weight
-# matrix by columns, as its layer's GEMMs cut it, so that every core would update what it
-# wrote, was tried and measured slower: two cores writing interleaved halves of every row
-# fight over cache lines the hardware prefetchers pull across.)
+# them all, in one parallel region per pass however many arrays there are: each thread
+# takes one contiguous piece of every array (for a weight matrix, a block of whole rows).
+# With two threads these are the halves of the first layer's weights that the same cores
+# read in the forward product (gemm's _k_halves) and write in the weight gradient, so a
+# step finds them in its own core's cache: measured on the MLP 784-256-128-10, the update
+# took 107 -> 75 us of a batch-128 step and 116 -> 59 us of a batch-16 one (with the
+# halves of k in the forward). Cutting the arrays as one long vector instead left each
+# core updating rows the other had read; cutting weight matrices by columns was slower
+# still: two cores writing interleaved halves of every row fight over cache lines the
+# hardware prefetchers pull across.
 
 cdef enum:
     KIND_CHECK = 0
@@ -274,7 +279,7 @@ cdef struct _Tensors:
     char **g          # gradients
     char **a          # velocities (SGD, NULL entries without momentum) / first moments
     char **b          # second moments (Adam)
-    long *offset      # tensor i is [offset[i], offset[i + 1]) of the long vector
+    long *offset      # tensor i has offset[i + 1] - offset[i] elements (offset[count]: all)
     long parts        # threads in the parallel region
 
 
@@ -367,21 +372,21 @@ cdef bint _piece(_Tensors *t, long i, long off, long n, int kind, floating lr, f
 cdef long _visit(_Tensors *t, long part, int kind, floating lr, floating mu, floating wd,
                  bint nesterov, floating step_size, floating bc2_sqrt, floating b1,
                  floating b2, floating eps, floating decay) noexcept nogil:
-    # part `part`'s span of the long vector, tensor piece by tensor piece, in tensor order;
-    # returns the first tensor index with a NaN/inf gradient there (KIND_CHECK), else t.count
-    cdef long i, lo, hi, bad = t.count
-    cdef long total = t.offset[t.count]          # the long vector's length
-    cdef long step = (total + t.parts - 1) // t.parts
-    cdef long span_lo = part * step if part * step < total else total
-    cdef long span_hi = span_lo + step if span_lo + step < total else total
+    # part `part`'s share: the part-th of `parts` contiguous pieces of every tensor (for a
+    # weight matrix, a block of whole rows), tensor by tensor, in tensor order; returns the
+    # first tensor index with a NaN/inf gradient there (KIND_CHECK), else t.count.
+    # With two threads each updates one half of every weight matrix: the rows that the
+    # same core reads again in the next forward pass (gemm's _k_halves) and, for the
+    # first layer, writes in the backward's weight gradient -- so they stay in its cache.
+    cdef long i, size, lo, hi, bad = t.count
     # optimizer state decays into subnormals: flush them to zero (x86 arithmetic on them is
     # ~100x slower), once per thread and pass
     cdef unsigned csr = nn_ftz_begin()
     for i in range(t.count):
-        lo = t.offset[i] if t.offset[i] > span_lo else span_lo
-        hi = t.offset[i + 1]
-        hi = hi if hi < span_hi else span_hi
-        if hi > lo and not _piece(t, i, lo - t.offset[i], hi - lo, kind, lr, mu, wd, nesterov,
+        size = t.offset[i + 1] - t.offset[i]
+        lo = size * part // t.parts
+        hi = size * (part + 1) // t.parts
+        if hi > lo and not _piece(t, i, lo, hi - lo, kind, lr, mu, wd, nesterov,
                                   step_size, bc2_sqrt, b1, b2, eps, decay):
             bad = i
             break

@@ -379,19 +379,22 @@ def test_row_kernel_column_chunks(rng, dtype, m, n):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 784, 256), (2, 1001, 300), (3, 257, 170), (1, 2, 70000),
-                                   (1, 3, 50000), (2, 4099, 17)])
+                                   (1, 3, 50000), (2, 4099, 17),
+                                   (16, 784, 256), (128, 784, 256), (37, 2001, 45), (5, 20, 3001),
+                                   (13, 1025, 33)])
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (-1.5, 0.25), (0.0, 2.0)])
-def test_row_kernel_in_two_halves_of_k(rng, dtype, m, k, n, alpha, beta):
-    # a few rows times a B big enough for two threads: each half of k summed into its own
-    # partial row, then alpha * (first + last) + beta * C + bias, ReLU (k odd, k = 2, n
-    # past the 16-vector chunk, and with one thread as with two)
+def test_products_in_two_halves_of_k(rng, dtype, m, k, n, alpha, beta):
+    # few rows for the k of a product worth two threads (the row kernel's m < 4, or
+    # 4 * m <= k with row-major B): each half of k summed into its own partial C (by the
+    # row kernel or the micro-kernels, B in place or packed, several k blocks), then
+    # alpha * (first + last) + beta * C + bias, ReLU; with one thread as with three
     x, w, bias = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
     c = randn(rng, (m, n), dtype)
     expected = reference.gemm(x, w, c.copy(), alpha=alpha, beta=beta)   # (written in place)
     expected_relu = reference.linear_forward(x, w, bias, activation="relu")
     before = cnn_core.get_num_threads()
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             cnn_core.set_num_threads(threads)
             out = c.copy()
             cnn_core.gemm(x, w, out, alpha=alpha, beta=beta)
@@ -402,18 +405,19 @@ def test_row_kernel_in_two_halves_of_k(rng, dtype, m, k, n, alpha, beta):
         cnn_core.set_num_threads(before)
 
 
-def test_row_kernel_halves_keep_nan_through_relu(dtype):
+@pytest.mark.parametrize("m", [1, 40])
+def test_halves_of_k_keep_nan_through_relu(dtype, m):
     # NaN in one half of the sum, or in the bias, stays NaN through the fused ReLU
     k, n = 1000, 200
-    x = np.ones((1, k), dtype)
+    x = np.ones((m, k), dtype)
     w = np.full((k, n), -1.0, dtype)
     w[k - 1, 3] = np.nan                    # in the second half's rows
     w[0, 5] = np.nan                        # in the first half's
     bias = np.zeros(n, dtype)
     bias[7] = np.nan
     out = cnn_core.linear_forward(x, w, bias, activation="relu")
-    assert np.isnan(out[0, [3, 5, 7]]).all()
-    assert (np.delete(out[0], [3, 5, 7]) == 0).all()     # -k + 0 -> ReLU -> 0
+    assert np.isnan(out[:, [3, 5, 7]]).all()
+    assert (np.delete(out, [3, 5, 7], axis=1) == 0).all()     # -k + 0 -> ReLU -> 0
 
 
 def test_linear_backward_non_contiguous(rng, dtype):
