@@ -309,6 +309,25 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     return 0
 
 
+cdef void _sum_halves(const floating *part, floating *c, long ldc, long i0, long i1, long m,
+                      long n, floating alpha, floating beta, const floating *bias,
+                      int relu) noexcept nogil:
+    # rows [i0, i1) of c = alpha * (first + last) + beta * c (+ bias, ReLU), the two
+    # partial products m x n, one after the other in `part`
+    cdef long i, j
+    cdef floating r
+    for i in range(i0, i1):
+        for j in range(n):
+            r = alpha * (part[i * n + j] + part[(m + i) * n + j])
+            if beta != 0:
+                r = r + beta * c[i * ldc + j]
+            if bias != NULL:
+                r = r + bias[j]
+            if relu and r <= 0:     # (NaN stays NaN, as in the micro-kernels)
+                r = 0
+            c[i * ldc + j] = r
+
+
 cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, long rsb,
                    long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
                    floating beta, const floating *bias, int relu, int threads,
@@ -328,9 +347,8 @@ cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, lon
     cdef floating *part = <floating *> nn_scratch(2, 2 * m * n * sizeof(floating))
     if part == NULL:
         return -1
-    cdef long half = k // 2, h, i, j, rows = (m + 1) // 2, i0, i1
+    cdef long half = k // 2, h, rows = (m + 1) // 2
     cdef int status[2]
-    cdef floating r
     cdef int team = 2 if threads >= 2 else 1
     for h in prange(2, nogil=True, num_threads=team, schedule="static"):
         status[h] = gemm_slab(a + h * half * csa, rsa, csa, b + h * half * rsb, rsb, csb,
@@ -339,20 +357,12 @@ cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, lon
     if status[0] != 0 or status[1] != 0:
         return -1
     # the sum (by rows, on both threads when there are many)
-    for h in prange(2, nogil=True, num_threads=team if m * n >= 4096 else 1,
-                    schedule="static"):
-        i0 = h * rows
-        i1 = m if h == 1 else rows
-        for i in range(i0, i1):
-            for j in range(n):
-                r = alpha * (part[i * n + j] + part[(m + i) * n + j])
-                if beta != 0:
-                    r = r + beta * c[i * ldc + j]
-                if bias != NULL:
-                    r = r + bias[j]
-                if relu and r <= 0:     # (NaN stays NaN, as in the micro-kernels)
-                    r = 0
-                c[i * ldc + j] = r
+    if team == 1 or m * n < 4096:
+        _sum_halves(part, c, ldc, 0, m, m, n, alpha, beta, bias, relu)
+    else:
+        for h in prange(2, nogil=True, num_threads=2, schedule="static"):
+            _sum_halves(part, c, ldc, 0 if h == 0 else rows, rows if h == 0 else m, m, n,
+                        alpha, beta, bias, relu)
     return 0
 
 
@@ -376,7 +386,9 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     cdef long tile = (128 if row_path else nr) if split_n else mr
     cdef long extent = n if split_n else m
     cdef long parts = span_parts(_ceil_div(extent, tile), 1, threads)
-    if m * n * k < (PARALLEL_MIN_FMAS_ROWS if row_path else PARALLEL_MIN_FMAS):
+    # (the micro-kernels' work counts whole tiles: a 10-column product costs a 32-column one)
+    if (m * n * k if row_path else m * _round_up(n, nr) * k) < (
+            PARALLEL_MIN_FMAS_ROWS if row_path else PARALLEL_MIN_FMAS):
         parts = 1
     elif row_path or (csb == 1 and 4 * m <= k):
         # (decided on the product, whatever the thread count; the two partial Cs cost
