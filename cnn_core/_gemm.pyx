@@ -108,6 +108,9 @@ cdef enum:
     ROW_PATH_MAX_M = 4
     # products of at most this many rows read row-major B in place, unpacked
     B_IN_PLACE_MAX_M = 32
+    # the halves of k (_k_halves): for products of at most this many elements of C (two
+    # partial Cs of 1 MiB in float32 at most; larger ones keep the slabs, on all threads)
+    HALVES_MAX_MN = 1 << 17
 
 cdef nn_sgemm_kernel_t _skernel = nn_sgemm_kernel_for(nn_cpu_best_isa())
 cdef nn_dgemm_kernel_t _dkernel = nn_dgemm_kernel_for(nn_cpu_best_isa())
@@ -225,11 +228,7 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
         nr = _dkernel.nr
         kc_max = KC_DOUBLE
         nb_max = NBLOCK_DOUBLE
-    # balanced blocks: 784 = 3 x 262 rather than 384 + 384 + 16
-    cdef long kc = _ceil_div(k, _ceil_div(k, kc_max))
-    cdef long nb = _round_up(_ceil_div(n, _ceil_div(n, nb_max)), nr)
-    cdef long mb = _round_up(_ceil_div(m, _ceil_div(m, M_BLOCK)), mr)
-    cdef long i
+    cdef long i, kc, nb, mb
     if row_path:
         for i in range(m):
             if floating is float:
@@ -237,6 +236,10 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
             else:
                 _dkernel.row(k, n, a + i * rsa, csa, b, rsb, c + i * ldc, alpha, beta, bias, relu)
         return 0
+    # balanced blocks: 2000 = 2 x 1000 rather than 1024 + 976
+    kc = _ceil_div(k, _ceil_div(k, kc_max))
+    nb = _round_up(_ceil_div(n, _ceil_div(n, nb_max)), nr)
+    mb = _round_up(_ceil_div(m, _ceil_div(m, M_BLOCK)), mr)
     cdef floating *a_packed = <floating *> nn_scratch(0, mb * kc * sizeof(floating))
     cdef floating *b_packed = <floating *> nn_scratch(1, nb * kc * sizeof(floating))
     if a_packed == NULL or b_packed == NULL:
@@ -390,9 +393,9 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     if (m * n * k if row_path else m * _round_up(n, nr) * k) < (
             PARALLEL_MIN_FMAS_ROWS if row_path else PARALLEL_MIN_FMAS):
         parts = 1
-    elif row_path or (csb == 1 and 4 * m <= k):
+    elif k >= 2 and m * n <= HALVES_MAX_MN and (row_path or (csb == 1 and 4 * m <= k)):
         # (decided on the product, whatever the thread count; the two partial Cs cost
-        # at most half of what B does to read)
+        # at most half of what B does to read, and stay small: two threads at most)
         return _k_halves(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
                          threads, row_path)
     if parts <= 1:

@@ -31,6 +31,11 @@ def test_memory_arrays_are_aligned_contiguous_and_of_the_asked_shape(shape, dtyp
         assert aligned(copied)
 
 
+def test_memory_refuses_negative_dimensions():
+    with pytest.raises(ValueError, match="negative"):
+        _memory.empty((2, -1), np.float32)
+
+
 def test_memory_copy_of_a_strided_array():
     values = np.arange(60, dtype=np.float32).reshape(6, 10)[::2, 1::3]
     copied = _memory.copy(values)

@@ -405,6 +405,13 @@ def test_products_in_two_halves_of_k(rng, dtype, m, k, n, alpha, beta):
         cnn_core.set_num_threads(before)
 
 
+@pytest.mark.parametrize("m", [1, 3])
+def test_row_path_with_k_1_and_a_wide_b(rng, dtype, m):
+    # k = 1 has no halves to cut (a product worth two threads all the same)
+    x, w = randn(rng, (m, 1), dtype), randn(rng, (1, 1 << 17), dtype)
+    assert_close(cnn_core.gemm(x, w), reference.gemm(x, w), k=1)
+
+
 @pytest.mark.parametrize("m", [1, 40])
 def test_halves_of_k_keep_nan_through_relu(dtype, m):
     # NaN in one half of the sum, or in the bias, stays NaN through the fused ReLU

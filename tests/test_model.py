@@ -251,3 +251,35 @@ def test_read_only_inputs_are_accepted(name):
         model.fit(X, np.zeros(5, int), loss=nn.CrossEntropyLoss(),
                   optimizer=nn.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=2,
                   shuffle=False, progress=False)
+
+
+def test_changing_the_list_of_layers_changes_what_runs():
+    # Sequential keeps its run plan (order, Linear+ReLU pairs) until the list changes,
+    # recognising the layers by identity -- not by a layer's own __eq__
+    class Scale(nn.Module):
+        def __init__(self, s):
+            super().__init__()
+            self.s = s
+
+        def forward(self, x):
+            return x * self.s
+
+        def __eq__(self, other):        # every Scale "equal": must not hide a replacement
+            return type(other) is Scale
+
+        __hash__ = nn.Module.__hash__
+
+    x = np.ones((2, 3), np.float32)
+    model = nn.Sequential(Scale(2.0))
+    np.testing.assert_array_equal(model(x), 2)
+    model.layers[0] = Scale(10.0)                        # replaced in place
+    np.testing.assert_array_equal(model(x), 10)
+    model.layers.append(Scale(0.5))                       # appended
+    np.testing.assert_array_equal(model(x), 5)
+    nn.seed(0)
+    model.layers[:] = [nn.Linear(3, 4), nn.ReLU()]        # now a fusable pair
+    expected = np.maximum(x @ model[0].weight.data + model[0].bias.data, 0)
+    np.testing.assert_allclose(model(x), expected, rtol=1e-6)
+    model.layers.pop()                                     # the ReLU gone: no fusion
+    np.testing.assert_allclose(model(x), x @ model[0].weight.data + model[0].bias.data,
+                               rtol=1e-6)

@@ -65,7 +65,7 @@ class Sequential(Module):
         self.stop_training = False
         self._last_loss = None     # the loss of the last fit, evaluate's default
         self._sample_shape = None  # per-sample input shape seen last, for summary()
-        self._plan_cache = ((), ([], []))   # (the layers it was made for, their `_plan`)
+        self._plan_cache = ((), ([], []))   # (the ids of the layers it was made for, `_plan`)
 
     # --- the computation -------------------------------------------------------------
 
@@ -120,7 +120,9 @@ class Sequential(Module):
         when the list of layers has changed."""
         layers = tuple(self.layers)
         made_for, plan = self._plan_cache
-        if layers != made_for:      # (tuples of layers compare by identity)
+        # the same layer objects (by identity: a layer's __eq__, if it has one, is not asked;
+        # the plan holds the layers, so their ids are not reused while it is kept)
+        if tuple(map(id, layers)) != made_for:
             order, steps, k = _order(layers), [], 0
             while k < len(order):
                 i = order[k]
@@ -128,7 +130,7 @@ class Sequential(Module):
                 steps.append((layers[i], layers[i + 1] if fused else None))
                 k += 2 if fused else 1
             plan = (order, steps)
-            self._plan_cache = (layers, plan)
+            self._plan_cache = (tuple(map(id, layers)), plan)
         return plan
 
     def _cast(self, x):
