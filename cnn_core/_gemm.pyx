@@ -55,6 +55,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
     ctypedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *)
     ctypedef struct nn_sgemm_kernel_t:
         nn_sgemm_ukr_t ukr[4]
+        nn_sgemm_ukr_t ukr_half[4]
         nn_sgemm_row_t row
         nn_spack_b_t pack_b
         nn_spack_at_t pack_at
@@ -64,6 +65,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
         const char *name
     ctypedef struct nn_dgemm_kernel_t:
         nn_dgemm_ukr_t ukr[4]
+        nn_dgemm_ukr_t ukr_half[4]
         nn_dgemm_row_t row
         nn_dpack_b_t pack_b
         nn_dpack_at_t pack_at
@@ -203,11 +205,21 @@ cdef inline void _ukernel(long kc, const floating *a, long lda, const floating *
                           const floating *bias, int relu, int mr, int nr) noexcept nogil:
     # lda == 0: a is a packed micro-panel; else MR whole rows of row-major A, lda apart.
     # ldb == 0: b is a packed micro-panel; else NR whole columns of row-major B, rows ldb apart.
+    # At most NR / 2 columns: the half-width kernel (half the multiply-adds; every element
+    # is summed by the same sequence of fused multiply-adds in either, so the same bits).
     cdef int which = (lda != 0) + 2 * (ldb != 0)
     if floating is float:
-        _skernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
+        if 2 * nr <= _skernel.nr:
+            _skernel.ukr_half[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr,
+                                     nr)
+        else:
+            _skernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
     else:
-        _dkernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
+        if 2 * nr <= _dkernel.nr:
+            _dkernel.ukr_half[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr,
+                                     nr)
+        else:
+            _dkernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
 
 
 cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
@@ -383,10 +395,11 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
         nr = _dkernel.nr
     cdef bint split_n = n >= m
     cdef bint row_path = m < ROW_PATH_MAX_M and csb == 1
-    # slabs start on tile boundaries; for the row kernel on multiples of its widest column
-    # chunk (8 vectors: 128 floats with AVX-512), so every column is summed by the same code
-    # whatever the thread count
-    cdef long tile = (128 if row_path else nr) if split_n else mr
+    # slabs start on tile boundaries -- half tiles along n (a slab may end in a half-width
+    # panel: 784 columns on 2 threads are 400 + 384, not 416 + 368); for the row kernel on
+    # multiples of 128 columns, so every column is summed by the same code whatever the
+    # thread count
+    cdef long tile = (128 if row_path else nr // 2) if split_n else mr
     cdef long extent = n if split_n else m
     cdef long parts = span_parts(_ceil_div(extent, tile), 1, threads)
     # (the micro-kernels' work counts whole tiles: a 10-column product costs a 32-column one)
@@ -402,7 +415,6 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
         return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
                          row_path)
     # whole tiles per slab, shared out evenly: q each, one more for the first r slabs
-    # (784 columns in 32-wide tiles, the last one partial, on 2 threads: 400 + 384)
     cdef long tiles = _ceil_div(extent, tile), q = tiles // parts, r = tiles % parts
     cdef int status[MAX_PARTS]
     cdef long t, start, size

@@ -44,14 +44,16 @@
 #define NN_PRAGMA(x) _Pragma(#x)
 
 /* NAME: function name; T, IT: element type and the integer type of its width;
- * MR, NR: tile; VL: elements per vector; TARGET: function attribute. */
-#define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET, A_AT, B_AT)                       \
+ * MR, NR: tile (NR: the packed B panel's width); NC: the columns computed, NR or NR / 2
+ * (the half-width variant, for panels with at most NR / 2 columns left: half the work);
+ * VL: elements per vector; TARGET: function attribute. */
+#define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, NC, VL, TARGET, A_AT, B_AT)                   \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     typedef IT NAME##_iv __attribute__((vector_size((VL) * sizeof(T))));                    \
     TARGET static void NAME(long k, const T *restrict a, long lda, const T *restrict b,     \
                             long ldb, T *restrict c, long ldc, T alpha, T beta,             \
                             const T *restrict bias, int relu, int mr, int nr) {             \
-        enum { NV = (NR) / (VL) };                                                          \
+        enum { NV = (NC) / (VL) };                                                          \
         NAME##_v acc[MR][NV];                                                               \
         NN_PRAGMA(GCC unroll 16)                                                            \
         for (int i = 0; i < (MR); ++i)                                                      \
@@ -60,12 +62,12 @@
         NN_PRAGMA(GCC unroll 16)                                                            \
         for (int i = 0; i < (MR); ++i) {                                                    \
             __builtin_prefetch(c + i * ldc, 1);                                             \
-            if ((NR) * sizeof(T) > 64) __builtin_prefetch(c + i * ldc + 64 / sizeof(T), 1);  \
+            if ((NC) * sizeof(T) > 64) __builtin_prefetch(c + i * ldc + 64 / sizeof(T), 1);  \
         }                                                                                   \
         for (long p = 0; p < k; ++p) {                                                      \
             NAME##_v bv[NV];                                                                \
             __builtin_prefetch(B_AT(b, ldb, p + 16, NR));                                   \
-            if ((NR) * sizeof(T) > 64)                                                      \
+            if ((NC) * sizeof(T) > 64)                                                      \
                 __builtin_prefetch(B_AT(b, ldb, p + 16, NR) + 64 / sizeof(T));             \
             NN_PRAGMA(GCC unroll 4)                                                         \
             for (int v = 0; v < NV; ++v)                                                    \
@@ -77,7 +79,7 @@
                 for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];                       \
             }                                                                               \
         }                                                                                   \
-        if (nr == (NR)) {                                                                   \
+        if (nr == (NC)) {                                                                   \
             /* whole rows (all of them but in the last tile of a column): on vectors */     \
             NAME##_v bias_v[NV];                                                            \
             NN_PRAGMA(GCC unroll 4)                                                         \
@@ -104,11 +106,11 @@
             }                                                                               \
         } else {                                                                            \
             /* an edge tile: spill the accumulators, write the mr x nr corner */            \
-            T tile[(MR) * (NR)];                                                            \
+            T tile[(MR) * (NC)];                                                            \
             memcpy(tile, acc, sizeof(tile));                                                \
             for (int i = 0; i < mr; ++i) {                                                  \
                 for (int j = 0; j < nr; ++j) {                                              \
-                    T r = alpha * tile[i * (NR) + j];                                       \
+                    T r = alpha * tile[i * (NC) + j];                                       \
                     if (beta != 0) r += beta * c[i * ldc + j];                              \
                     if (bias) r += bias[j];                                                 \
                     if (relu) r = r <= 0 ? 0 : r;                                            \
@@ -354,12 +356,15 @@ static int nn_dpack_bt_generic_8(long kc, const double *b, long csb, int cols, d
 #define NN_B_ROWS(b, ldb, p, NR) ((b) + (p) * (ldb))
 
 /* the four ways to read A and B: NAME (both packed), NAME_rows (A in place), NAME_brows
- * (B in place), NAME_rows_brows (neither packed) */
+ * (B in place), NAME_rows_brows (neither packed); each whole and half width (NAME_half...) */
+#define NN_DEFINE_UKERNELS_NC(NAME, T, IT, MR, NR, NC, VL, TARGET)                           \
+    NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, NC, VL, TARGET, NN_A_PACKED, NN_B_PACKED)         \
+    NN_DEFINE_UKERNEL(NAME##_rows, T, IT, MR, NR, NC, VL, TARGET, NN_A_ROWS, NN_B_PACKED)    \
+    NN_DEFINE_UKERNEL(NAME##_brows, T, IT, MR, NR, NC, VL, TARGET, NN_A_PACKED, NN_B_ROWS)   \
+    NN_DEFINE_UKERNEL(NAME##_rows_brows, T, IT, MR, NR, NC, VL, TARGET, NN_A_ROWS, NN_B_ROWS)
 #define NN_DEFINE_UKERNELS(NAME, T, IT, MR, NR, VL, TARGET)                                  \
-    NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, VL, TARGET, NN_A_PACKED, NN_B_PACKED)             \
-    NN_DEFINE_UKERNEL(NAME##_rows, T, IT, MR, NR, VL, TARGET, NN_A_ROWS, NN_B_PACKED)        \
-    NN_DEFINE_UKERNEL(NAME##_brows, T, IT, MR, NR, VL, TARGET, NN_A_PACKED, NN_B_ROWS)       \
-    NN_DEFINE_UKERNEL(NAME##_rows_brows, T, IT, MR, NR, VL, TARGET, NN_A_ROWS, NN_B_ROWS)
+    NN_DEFINE_UKERNELS_NC(NAME, T, IT, MR, NR, NR, VL, TARGET)                               \
+    NN_DEFINE_UKERNELS_NC(NAME##_half, T, IT, MR, NR, (NR) / 2, VL, TARGET)
 
 NN_DEFINE_UKERNELS(nn_sgemm_ukr_generic_4x16, float, int32_t, 4, 16, 4, )
 NN_DEFINE_UKERNELS(nn_dgemm_ukr_generic_4x8, double, int64_t, 4, 8, 2, )
@@ -388,6 +393,7 @@ typedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long,
 /* The micro-kernel chosen for this CPU, its tile and the cache blocking around it. */
 typedef struct {
     nn_sgemm_ukr_t ukr[4];    /* [a_in_place + 2 * b_in_place]: NN_DEFINE_UKERNELS */
+    nn_sgemm_ukr_t ukr_half[4];    /* the same, NR / 2 columns wide */
     nn_sgemm_row_t row;
     nn_spack_b_t pack_b;  /* a whole NR-column panel of row-major B */
     nn_spack_at_t pack_at;  /* a whole MR-row panel of transposed A */
@@ -398,6 +404,7 @@ typedef struct {
 
 typedef struct {
     nn_dgemm_ukr_t ukr[4];    /* [a_in_place + 2 * b_in_place]: NN_DEFINE_UKERNELS */
+    nn_dgemm_ukr_t ukr_half[4];    /* the same, NR / 2 columns wide */
     nn_dgemm_row_t row;
     nn_dpack_b_t pack_b;  /* a whole NR-column panel of row-major B */
     nn_dpack_at_t pack_at;  /* a whole MR-row panel of transposed A */
@@ -412,6 +419,10 @@ typedef struct {
         {nn_##X##gemm_ukr_##ISA##_##MR##x##NR, nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_rows,  \
          nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_brows,                                      \
          nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_rows_brows},                                \
+        {nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_half,                                       \
+         nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_half_rows,                                  \
+         nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_half_brows,                                 \
+         nn_##X##gemm_ukr_##ISA##_##MR##x##NR##_half_rows_brows},                           \
         nn_##X##gemm_row_##ISA, nn_##X##pack_b_##ISA##_##NR, nn_##X##pack_at_##ISA##_##MR,   \
         nn_##X##pack_bt_##ISA##_##NR,                                                       \
         MR, NR, #ISA " " #MR "x" #NR                                                        \
