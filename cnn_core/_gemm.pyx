@@ -15,7 +15,8 @@ handed, one MR x NR tile at a time, to a register-tile micro-kernel written in C
 
 Packing copies a block into the order the micro-kernel reads it, contiguous and 64-byte
 aligned, zero-padding the edges. The transposes are free: packing reads A and B through
-(row stride, column stride) pairs (transposed B with gather instructions). Packing is
+(row stride, column stride) pairs (whole panels of transposed A and B by code stamped per
+ISA: a fixed-size copy, a 16x16 transpose in registers or gathers). Packing is
 skipped where it does not pay: row-major A is read in place (MR whole rows), and so is
 row-major B when the product has at most B_IN_PLACE_MAX_M rows (NR whole columns); only
 the partial edge panels are then packed. Four micro-kernel variants (A, B packed or in
@@ -189,7 +190,7 @@ cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, 
         elif rsb == 1 and (_skernel.pack_bt(kc, b + jr * csb, csb, <int> cols, panel)
                            if floating is float else
                            _dkernel.pack_bt(kc, b + jr * csb, csb, <int> cols, panel)):
-            pass   # a panel of transposed B, gathered by the vector kernel
+            pass   # a panel of transposed B, packed by the ISA's kernel (nn_gemm_ukernel.h)
         else:
             for j in range(cols):
                 src = b + (jr + j) * csb

@@ -98,11 +98,12 @@ cdef _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1
                    <floating> 0)
 
 
-cdef void _one_array(char *p, char *g, char *a, char *b, long n, int kind, double lr,
+cdef long _one_array(char *p, char *g, char *a, char *b, long n, int kind, double lr,
                      double mu, double wd, bint nesterov, double step_size, double bc2_sqrt,
                      double b1, double b2, double eps, double decay,
                      floating dummy) noexcept nogil:
-    # sgd_update / adam_update: one array, cut into one span per thread
+    # sgd_update / adam_update / all_finite: one array, cut into one span per thread;
+    # returns what _step_all does (KIND_CHECK: 0 if g has a NaN/inf, else -1)
     cdef _Tensors t
     cdef long offset[2]
     offset[0], offset[1] = 0, n
@@ -110,8 +111,8 @@ cdef void _one_array(char *p, char *g, char *a, char *b, long n, int kind, doubl
     t.p, t.g, t.a, t.b = &p, &g, &a, &b
     t.offset = offset
     t.parts = span_parts(n, SPAN_MIN, num_threads())
-    _step_all(&t, kind, False, lr, mu, wd, nesterov, step_size, bc2_sqrt, b1, b2, eps, decay,
-              dummy)
+    return _step_all(&t, kind, False, lr, mu, wd, nesterov, step_size, bc2_sqrt, b1, b2, eps,
+                     decay, dummy)
 
 
 cdef _param_and_grad(param, grad):
@@ -226,22 +227,16 @@ cdef bint all_finite_span(const floating *x, long n) noexcept nogil:
 
 
 cdef bint _all_finite(const floating[::1] x):
-    # one span per thread, cut as sgd_update/adam_update cut theirs: each thread reads the
-    # part of a gradient it will update (and, for a weight gradient, mostly the part its
-    # GEMM wrote), from its own core's cache
-    cdef long n = x.shape[0], parts = span_parts(n, SPAN_MIN, num_threads()), step, t, start
-    cdef int hits = 0
-    if n == 0:
+    # the check pass of sgd_step / sgd_update, cut the same way: each thread reads the part
+    # of a gradient it will update (and, for a weight gradient, mostly the part its GEMM
+    # wrote), from its own core's cache
+    cdef long bad
+    if x.shape[0] == 0:
         return True
-    step = (n + parts - 1) // parts
     with nogil:
-        if parts == 1:
-            return all_finite_span(&x[0], n)
-        for t in prange(parts, num_threads=parts, schedule="static"):
-            start = t * step
-            if start < n and not all_finite_span(&x[start], n - start if n - start < step else step):
-                hits += 1
-    return hits == 0
+        bad = _one_array(NULL, <char *> &x[0], NULL, NULL, x.shape[0], KIND_CHECK, 0, 0, 0,
+                         False, 0, 0, 0, 0, 0, 1, <floating> 0)
+    return bad < 0
 
 
 def all_finite(x):
@@ -397,30 +392,31 @@ cdef long _visit(_Tensors *t, long part, int kind, floating lr, floating mu, flo
 cdef long _step_all(_Tensors *t, int kind, bint check, double lr, double mu, double wd,
                     bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
                     double eps, double decay, floating dummy) noexcept nogil:
-    # check (if asked), then update; returns the first bad tensor index or -1
+    # a check pass first (if asked), then a pass of `kind` (an update, or a check); returns
+    # the first tensor index with a NaN/inf gradient a check pass found (nothing updated
+    # then), or -1
     cdef long parts = t.parts, part, bad = t.count
     cdef long found[MAX_PARTS]
-    cdef int run
+    cdef int run, pass_kind
     for run in range(2):
         if run == 0 and not check:
             continue
+        pass_kind = KIND_CHECK if run == 0 else kind
         if parts == 1:
-            found[0] = _visit(t, 0, KIND_CHECK if run == 0 else kind, <floating> lr,
-                              <floating> mu, <floating> wd, nesterov, <floating> step_size,
-                              <floating> bc2_sqrt, <floating> b1, <floating> b2,
-                              <floating> eps, <floating> decay)
+            found[0] = _visit(t, 0, pass_kind, <floating> lr, <floating> mu, <floating> wd,
+                              nesterov, <floating> step_size, <floating> bc2_sqrt,
+                              <floating> b1, <floating> b2, <floating> eps, <floating> decay)
         else:
             for part in prange(parts, num_threads=parts, schedule="static"):
-                found[part] = _visit(t, part, KIND_CHECK if run == 0 else kind, <floating> lr,
-                                     <floating> mu, <floating> wd, nesterov,
-                                     <floating> step_size, <floating> bc2_sqrt, <floating> b1,
-                                     <floating> b2, <floating> eps, <floating> decay)
-        if run == 0:
-            for part in range(parts):
-                if found[part] < bad:
-                    bad = found[part]
-            if bad < t.count:
-                return bad
+                found[part] = _visit(t, part, pass_kind, <floating> lr, <floating> mu,
+                                     <floating> wd, nesterov, <floating> step_size,
+                                     <floating> bc2_sqrt, <floating> b1, <floating> b2,
+                                     <floating> eps, <floating> decay)
+        for part in range(parts):       # (an update pass finds none: _visit gives count)
+            if found[part] < bad:
+                bad = found[part]
+        if bad < t.count:
+            return bad
     return -1
 
 

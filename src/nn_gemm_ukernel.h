@@ -6,7 +6,8 @@
  *     b : packed B micro-panel, k x NR   (b[p*NR + j] = B[p, j]; zero-padded columns)
  *     acc[i, j] = sum_p a[p*MR + i] * b[p*NR + j]                   (MR x NR, in registers)
  *
- * (or A and B read in place: NN_DEFINE_UKERNELS below) and writes back, for i < mr, j < nr (mr <= MR, nr <= NR: the tile at the matrix edge):
+ * (or A and B read in place: NN_DEFINE_UKERNELS below) and writes back, for i < mr,
+ * j < nr (mr <= MR, nr <= NR: the tile at the matrix edge):
  *
  *     c[i*ldc + j] = alpha * acc[i, j] + beta * c[i*ldc + j]   (beta == 0: c is never read)
  *                    (+ bias[j]   when bias != NULL)
@@ -42,6 +43,17 @@
 #endif
 
 #define NN_PRAGMA(x) _Pragma(#x)
+
+/* The write-back above for one element of type T, in scalar code (edge tiles, the row
+ * kernel): *cp = alpha * acc + beta * *cp (+ bias[bj]), then the ReLU. */
+#define NN_WRITE_BACK(T, acc, cp, alpha, beta, bias, bj, relu)                               \
+    do {                                                                                    \
+        T r_ = (alpha) * (acc);                                                             \
+        if ((beta) != 0) r_ += (beta) * *(cp);                                              \
+        if (bias) r_ += (bias)[bj];                                                         \
+        if (relu) r_ = r_ <= 0 ? 0 : r_;                                                     \
+        *(cp) = r_;                                                                         \
+    } while (0)
 
 /* NAME: function name; T, IT: element type and the integer type of its width;
  * MR, NR: tile (NR: the packed B panel's width); NC: the columns computed, NR or NR / 2
@@ -108,15 +120,10 @@
             /* an edge tile: spill the accumulators, write the mr x nr corner */            \
             T tile[(MR) * (NC)];                                                            \
             memcpy(tile, acc, sizeof(tile));                                                \
-            for (int i = 0; i < mr; ++i) {                                                  \
-                for (int j = 0; j < nr; ++j) {                                              \
-                    T r = alpha * tile[i * (NC) + j];                                       \
-                    if (beta != 0) r += beta * c[i * ldc + j];                              \
-                    if (bias) r += bias[j];                                                 \
-                    if (relu) r = r <= 0 ? 0 : r;                                            \
-                    c[i * ldc + j] = r;                                                     \
-                }                                                                           \
-            }                                                                               \
+            for (int i = 0; i < mr; ++i)                                                    \
+                for (int j = 0; j < nr; ++j)                                                \
+                    NN_WRITE_BACK(T, tile[i * (NC) + j], c + i * ldc + j, alpha, beta,      \
+                                  bias, j, relu);                                           \
         }                                                                                   \
     }
 
@@ -143,13 +150,8 @@
         }                                                                                   \
         T tile[(NRV) * (VL)];                                                               \
         memcpy(tile, acc, sizeof(tile));                                                    \
-        for (int t = 0; t < (NRV) * (VL); ++t) {                                            \
-            T r = alpha * tile[t];                                                          \
-            if (beta != 0) r += beta * c[j + t];                                            \
-            if (bias) r += bias[j + t];                                                     \
-            if (relu) r = r <= 0 ? 0 : r;                                                    \
-            c[j + t] = r;                                                                   \
-        }                                                                                   \
+        for (int t = 0; t < (NRV) * (VL); ++t)                                              \
+            NN_WRITE_BACK(T, tile[t], c + j + t, alpha, beta, bias, j + t, relu);           \
     }
 
 /* Columns go WIDE vectors at a time (16 with AVX-512's 32 registers: a 256-float row of B
@@ -170,11 +172,7 @@
         for (; j < n; ++j) {                                                                \
             T r = 0;                                                                        \
             for (long p = 0; p < k; ++p) r += a[p * csa] * b[p * ldb + j];                  \
-            r = alpha * r;                                                                  \
-            if (beta != 0) r += beta * c[j];                                                \
-            if (bias) r += bias[j];                                                         \
-            if (relu) r = r <= 0 ? 0 : r;                                                    \
-            c[j] = r;                                                                       \
+            NN_WRITE_BACK(T, r, c + j, alpha, beta, bias, j, relu);                         \
         }                                                                                   \
     }
 

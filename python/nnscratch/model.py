@@ -119,10 +119,11 @@ class Sequential(Module):
         `relu` is the ReLU layer fused into `layer` (`_fusable`) or None. Made again only
         when the list of layers has changed."""
         layers = tuple(self.layers)
+        ids = tuple(map(id, layers))
         made_for, plan = self._plan_cache
         # the same layer objects (by identity: a layer's __eq__, if it has one, is not asked;
         # the plan holds the layers, so their ids are not reused while it is kept)
-        if tuple(map(id, layers)) != made_for:
+        if ids != made_for:
             order, steps, k = _order(layers), [], 0
             while k < len(order):
                 i = order[k]
@@ -130,7 +131,7 @@ class Sequential(Module):
                 steps.append((layers[i], layers[i + 1] if fused else None))
                 k += 2 if fused else 1
             plan = (order, steps)
-            self._plan_cache = (tuple(map(id, layers)), plan)
+            self._plan_cache = (ids, plan)
         return plan
 
     def _cast(self, x):

@@ -56,6 +56,10 @@ class Optimizer:
         self.state = [{} for _ in self.params]
         # one whole-model kernel call can update every parameter when they share a dtype
         self._fused = len({p.dtype for p in self.params}) == 1
+        # fit's checked step can be that call (with its NaN/inf check) when the class has an
+        # `_update(check_finite)` (SGD, Adam) whose `step()` no subclass replaced
+        owner = next((k for k in type(self).__mro__ if "_update" in vars(k)), None)
+        self._update_is_step = owner is not None and type(self).step is owner.step
 
     def zero_grad(self):
         """Set the gradients of the optimized parameters to zero."""
@@ -72,8 +76,7 @@ class Optimizer:
         None. An optimizer with an ``_update(check_finite)`` (SGD, Adam) does the check and
         the update in one kernel call -- unless a subclass replaced its ``step()``, which
         must then run as written."""
-        owner = next((k for k in type(self).__mro__ if "_update" in vars(k)), None)
-        if owner is not None and type(self).step is owner.step:
+        if self._update_is_step:
             return self._update(check_finite=True)
         return self._check_then_step()
 

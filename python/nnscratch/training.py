@@ -278,10 +278,9 @@ class _EpochLoop:
                              if id(p) not in optimized]
         self._names = {id(p): name for name, p in self.named_params}
         # zero_grad over the parameters listed once here (Module.zero_grad walks the
-        # modules for them every call: ~4 us a step), unless the model has its own
-        # zero_grad or its own idea of its parameters
+        # modules for parameters(), the list of named_parameters(), every call: ~4 us a
+        # step), unless the model has its own zero_grad or its own parameters()
         self._params = [p for _, p in self.named_params]
-        # (Module.zero_grad zeroes parameters(), the list of named_parameters(): this one)
         self._own_zero_grad = (type(model).zero_grad is not Module.zero_grad
                                or type(model).parameters is not Module.parameters)
 
