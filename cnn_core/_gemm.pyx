@@ -34,7 +34,8 @@ import numpy as np
 
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel, threadid
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_buffer, output, check_scalar
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
@@ -81,6 +82,24 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    /* the team of the enclosing OpenMP parallel region: its size, and a barrier for all of
+       it (an orphaned barrier: it binds to whatever region the caller runs in) */
+    #ifdef _OPENMP
+    #include <omp.h>
+    static void nn_team_barrier(void) {
+    #pragma omp barrier
+    }
+    static int nn_team_size(void) { return omp_get_num_threads(); }
+    #else
+    static void nn_team_barrier(void) { }
+    static int nn_team_size(void) { return 1; }
+    #endif
+    """
+    void nn_team_barrier() nogil
+    int nn_team_size() nogil
+
 cdef extern from "nn_peak.h" nogil:
     double nn_fma_peak_loop(int isa, long reps)
 
@@ -114,6 +133,10 @@ cdef enum:
     # the halves of k (_k_halves): for products of at most this many elements of C (two
     # partial Cs of 1 MiB in float32 at most; larger ones keep the slabs, on all threads)
     HALVES_MAX_MN = 1 << 17
+    # how a product is shared out among the threads (_split)
+    SPLIT_SERIAL = 0
+    SPLIT_HALVES = 1
+    SPLIT_SLABS = 2
 
 cdef nn_sgemm_kernel_t _skernel = nn_sgemm_kernel_for(nn_cpu_best_isa())
 cdef nn_dgemm_kernel_t _dkernel = nn_dgemm_kernel_for(nn_cpu_best_isa())
@@ -382,57 +405,98 @@ cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, lon
     return 0
 
 
-cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                       long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
-                       floating beta, const floating *bias, int relu, int threads) noexcept nogil:
-    # Cut C into `parts` slabs (along n if n >= m, else along m, at tile boundaries) and
-    # run gemm_slab on each in its own thread. Returns -1 if any slab ran out of memory.
-    cdef int mr, nr
-    if floating is float:
-        mr = _skernel.mr
-        nr = _skernel.nr
-    else:
-        mr = _dkernel.mr
-        nr = _dkernel.nr
-    cdef bint split_n = n >= m
-    cdef bint row_path = m < ROW_PATH_MAX_M and csb == 1
+ctypedef struct _Split:
+    # how gemm_parallel shares out one product among the threads (decided by _split)
+    int kind          # SPLIT_SERIAL, SPLIT_HALVES or SPLIT_SLABS
+    bint row_path     # the unpacked row kernel (few rows, row-major B)
+    bint split_n      # slabs of columns (else of rows)
+    long tile         # slabs start on multiples of this many columns (rows)
+    long extent       # n (m)
+    long parts        # slabs; the first r take q + 1 tiles, the others q
+    long q
+    long r
+
+
+cdef _Split _split(long m, long n, long k, long csb, int threads, int mr,
+                   int nr) noexcept nogil:
+    # Cut C into `parts` slabs (along n if n >= m, else along m, at tile boundaries), or
+    # sum two halves of k (_k_halves), or leave the product to one thread. Needs k >= 1.
+    cdef _Split s
+    s.split_n = n >= m
+    s.row_path = m < ROW_PATH_MAX_M and csb == 1
     # slabs start on tile boundaries -- half tiles along n (a slab may end in a half-width
     # panel: 784 columns on 2 threads are 400 + 384, not 416 + 368); for the row kernel on
     # multiples of 128 columns, so every column is summed by the same code whatever the
     # thread count
-    cdef long tile = (128 if row_path else nr // 2) if split_n else mr
-    cdef long extent = n if split_n else m
-    cdef long parts = span_parts(_ceil_div(extent, tile), 1, threads)
+    s.tile = (128 if s.row_path else nr // 2) if s.split_n else mr
+    s.extent = n if s.split_n else m
+    s.parts = span_parts(_ceil_div(s.extent, s.tile), 1, threads)
+    s.kind = SPLIT_SLABS
     # (the micro-kernels' work counts whole tiles: a 10-column product costs a 32-column one)
-    if (m * n * k if row_path else m * _round_up(n, nr) * k) < (
-            PARALLEL_MIN_FMAS_ROWS if row_path else PARALLEL_MIN_FMAS):
-        parts = 1
-    elif k >= 2 and m * n <= HALVES_MAX_MN and (row_path or (csb == 1 and 4 * m <= k)):
+    if (m * n * k if s.row_path else m * _round_up(n, nr) * k) < (
+            PARALLEL_MIN_FMAS_ROWS if s.row_path else PARALLEL_MIN_FMAS):
+        s.parts = 1
+    elif k >= 2 and m * n <= HALVES_MAX_MN and (s.row_path or (csb == 1 and 4 * m <= k)):
         # (decided on the product, whatever the thread count; the two partial Cs cost
         # at most half of what B does to read, and stay small: two threads at most)
-        return _k_halves(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
-                         threads, row_path)
-    if parts <= 1:
-        return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
-                         row_path)
+        s.kind = SPLIT_HALVES
+    if s.kind == SPLIT_SLABS and s.parts <= 1:
+        s.kind = SPLIT_SERIAL
+        s.parts = 1
     # whole tiles per slab, shared out evenly: q each, one more for the first r slabs
-    cdef long tiles = _ceil_div(extent, tile), q = tiles // parts, r = tiles % parts
+    s.q = _ceil_div(s.extent, s.tile) // s.parts
+    s.r = _ceil_div(s.extent, s.tile) % s.parts
+    return s
+
+
+cdef int _slab(const _Split *s, long t, const floating *a, long rsa, long csa,
+               const floating *b, long rsb, long csb, floating *c, long ldc, long m, long n,
+               long k, floating alpha, floating beta, const floating *bias,
+               int relu) noexcept nogil:
+    # slab t of a SPLIT_SLABS product (gemm_slab on its rows or columns of C)
+    cdef long start = (t * s.q + _min(t, s.r)) * s.tile
+    cdef long size = _min((s.q + (1 if t < s.r else 0)) * s.tile, s.extent - start)
+    if size <= 0:
+        return 0
+    if s.split_n:
+        return gemm_slab(a, rsa, csa, b + start * csb, rsb, csb, c + start, ldc, m, size, k,
+                         alpha, beta, bias + start if bias != NULL else NULL, relu,
+                         s.row_path)
+    return gemm_slab(a + start * rsa, rsa, csa, b, rsb, csb, c + start * ldc, ldc, size, n, k,
+                     alpha, beta, bias, relu, s.row_path)
+
+
+cdef inline void _tile_shape(const floating *dummy, int *mr, int *nr) noexcept nogil:
+    # the micro-kernel's tile for the dtype (dummy only picks the fused specialisation)
+    if floating is float:
+        mr[0] = _skernel.mr
+        nr[0] = _skernel.nr
+    else:
+        mr[0] = _dkernel.mr
+        nr[0] = _dkernel.nr
+
+
+cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                       long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
+                       floating beta, const floating *bias, int relu, int threads) noexcept nogil:
+    # C = alpha * A @ B + beta * C (+ bias, ReLU) on up to `threads` threads, shared out as
+    # _split decides. Needs k >= 1. Returns -1 if any thread ran out of memory.
+    cdef int mr, nr
+    _tile_shape(c, &mr, &nr)
+    cdef _Split s = _split(m, n, k, csb, threads, mr, nr)
+    if s.kind == SPLIT_HALVES:
+        return _k_halves(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
+                         threads, s.row_path)
+    if s.kind == SPLIT_SERIAL:
+        return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
+                         s.row_path)
     cdef int status[MAX_PARTS]
-    cdef long t, start, size
+    cdef long t
     cdef int failed = 0
-    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
-        start = (t * q + _min(t, r)) * tile
-        size = _min((q + (1 if t < r else 0)) * tile, extent - start)
-        status[t] = 0
-        if size > 0:
-            if split_n:
-                status[t] = gemm_slab(a, rsa, csa, b + start * csb, rsb, csb, c + start, ldc,
-                                      m, size, k, alpha, beta,
-                                      bias + start if bias != NULL else NULL, relu, row_path)
-            else:
-                status[t] = gemm_slab(a + start * rsa, rsa, csa, b, rsb, csb, c + start * ldc,
-                                      ldc, size, n, k, alpha, beta, bias, relu, row_path)
-    for t in range(parts):
+    for t in prange(s.parts, nogil=True, num_threads=s.parts, schedule="static"):
+        status[t] = _slab(&s, t, a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta,
+                          bias, relu)
+    for t in range(s.parts):
         if status[t] != 0:
             failed = 1
     return -1 if failed else 0
@@ -575,6 +639,209 @@ def linear_forward(x, w, b, out=None, *, activation=None):
     cdef int relu = activation == "relu"
     _run(x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A chain of linear layers in one call (Sequential's Linear[-ReLU] stacks)
+
+ctypedef struct _Layer:
+    void *w           # (k, n) row-major
+    void *bias        # (n,) or NULL
+    void *out         # (m, n) row-major: this layer's output, the next one's input
+    long k
+    long n
+    int relu
+    _Split split
+
+
+cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long nl, long m,
+                      floating *part) noexcept nogil:
+    # Thread `tid`'s part of every layer, in order, in one parallel region of `team`
+    # threads: each product is shared out exactly as gemm_parallel would share it (so every
+    # output has the bits of one linear_forward per layer), and the threads meet at a
+    # barrier only where one reads what another wrote. A one-sample forward through
+    # 784-256-128-10 is one fork and one barrier: the first layer's halves on two threads;
+    # their sum and the two small layers on this one. Returns -1 if out of memory.
+    cdef int status = 0
+    cdef long l, t, h, half, rows, k, n
+    cdef bint prev_multi = False
+    cdef const floating *a = x
+    cdef const floating *w
+    cdef const floating *bias
+    cdef floating *c
+    cdef _Layer *L
+    for l in range(nl):
+        L = &layers[l]
+        k = L.k
+        n = L.n
+        w = <const floating *> L.w
+        bias = <const floating *> L.bias
+        c = <floating *> L.out
+        if l > 0 and team > 1 and (prev_multi or L.split.kind != SPLIT_SERIAL):
+            nn_team_barrier()       # this layer's input, or its threads, are not all ours
+        if L.split.kind == SPLIT_SERIAL:
+            if tid == 0 and gemm_slab(a, k, 1, w, n, 1, c, n, m, n, k, 1, 0, bias, L.relu,
+                                      L.split.row_path) != 0:
+                status = -1
+            prev_multi = False
+        elif L.split.kind == SPLIT_SLABS:
+            for t in range(L.split.parts):
+                if t % team == tid and _slab(&L.split, t, a, k, 1, w, n, 1, c, n, m, n, k, 1, 0,
+                                             bias, L.relu) != 0:
+                    status = -1
+            prev_multi = True
+        else:   # the halves of k, then their sum (as _k_halves)
+            half = k // 2
+            for h in range(2):
+                if h % team == tid and gemm_slab(a + h * half, k, 1, w + h * half * n, n, 1,
+                                                 part + h * m * n, n, m, n,
+                                                 half if h == 0 else k - half, 1, 0, NULL, 0,
+                                                 L.split.row_path) != 0:
+                    status = -1
+            nn_team_barrier()
+            if team == 1 or m * n < 4096:
+                if tid == 0:
+                    _sum_halves(part, c, n, 0, m, m, n, 1, 0, bias, L.relu)
+                prev_multi = False
+            else:
+                rows = (m + 1) // 2
+                if tid == 0:
+                    _sum_halves(part, c, n, 0, rows, m, n, 1, 0, bias, L.relu)
+                elif tid == 1:
+                    _sum_halves(part, c, n, rows, m, m, n, 1, 0, bias, L.relu)
+                prev_multi = True
+        a = c
+    return status
+
+
+cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m,
+                    int threads) noexcept nogil:
+    # Every layer of the chain (m >= 1 rows, every k and n >= 1). -1 if out of memory.
+    cdef int mr, nr
+    _tile_shape(x, &mr, &nr)
+    cdef long l, part_size = 0
+    cdef int team = 1, tid, size
+    for l in range(nl):
+        layers[l].split = _split(m, layers[l].n, layers[l].k, 1, threads, mr, nr)
+        if layers[l].split.kind == SPLIT_HALVES:
+            part_size = max(part_size, 2 * m * layers[l].n)
+            team = max(team, 2 if threads >= 2 else 1)
+        elif layers[l].split.kind == SPLIT_SLABS:
+            team = max(team, <int> layers[l].split.parts)
+    cdef floating *part = NULL
+    if part_size > 0:
+        part = <floating *> nn_scratch(2, part_size * sizeof(floating))
+        if part == NULL:
+            return -1
+    if team == 1:
+        return _chain_share(0, 1, x, layers, nl, m, part)
+    cdef int status[MAX_PARTS]
+    for tid in range(team):
+        status[tid] = 0
+    size = 1
+    with parallel(num_threads=team):
+        tid = threadid()
+        size = nn_team_size()       # (the team OpenMP gave, maybe fewer than asked for)
+        status[tid] = _chain_share(tid, size, x, layers, nl, m, part)
+    for tid in range(team):
+        if status[tid] != 0:
+            return -1
+    return 0
+
+
+cdef list _W_NAMES = [f"weights[{i}]" for i in range(64)]
+cdef list _B_NAMES = [f"biases[{i}]" for i in range(64)]
+cdef list _OUT_NAMES = [f"outs[{i}]" for i in range(64)]
+
+
+cdef inline str _item(list names, str what, Py_ssize_t i):
+    return names[i] if i < 64 else f"{what}[{i}]"
+
+
+def linear_chain_forward(x, weights, biases, activations, outs=None):
+    """Linear layers one after the other in one call:
+
+        h_0 = x,    h_l = act_l(h_(l-1) @ weights[l-1] + biases[l-1])    (l = 1 .. L)
+
+    x (N, D); weights[l] (D_l, D_(l+1)) with D_0 = D; biases[l] (D_(l+1),) or None;
+    activations[l] None or "relu"; outs None, or one buffer (or None) per layer for h_(l+1).
+    Returns the tuple (h_1, ..., h_L). Every h_l has the bits of
+    ``linear_forward(h_(l-1), weights[l-1], biases[l-1], activation=activations[l-1])``;
+    the layers run in one parallel region, the threads meeting only where one reads what
+    another wrote (a one-sample forward through a small MLP: one fork, one barrier).
+    """
+    x = as_float_array("x", x, 2)
+    dtype = x.dtype
+    weights, biases, activations = tuple(weights), tuple(biases), tuple(activations)
+    if outs is not None:
+        outs = tuple(outs)
+    cdef Py_ssize_t nl = len(weights), l
+    if nl == 0:
+        raise ValueError("weights is empty: the chain needs at least one layer")
+    if len(biases) != nl:
+        raise ValueError(f"biases has {len(biases)} entries for {nl} weights")
+    if len(activations) != nl:
+        raise ValueError(f"activations has {len(activations)} entries for {nl} weights")
+    if outs is not None and len(outs) != nl:
+        raise ValueError(f"outs has {len(outs)} entries for {nl} weights")
+    cdef long m = x.shape[0], k = x.shape[1], n
+    cdef bint empty = m == 0 or k == 0
+    cdef list keep = []          # the checked arrays (maybe copies), alive until the end
+    cdef list results = []
+    cdef _Layer *layers = <_Layer *> PyMem_Malloc(nl * sizeof(_Layer))
+    if layers == NULL:
+        raise MemoryError()
+    cdef int status = 0, threads = num_threads()
+    cdef const void *px = cnp.PyArray_DATA(x)
+    cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    try:
+        for l in range(nl):
+            w = as_float_array(_item(_W_NAMES, "weights", l), weights[l], 2)
+            check_same_dtype(_item(_W_NAMES, "weights", l), w, dtype)
+            if w.shape[0] != k:
+                raise ValueError(f"weights[{l}] has shape {w.shape}; the input of layer {l} has "
+                                 f"{k} features, so it must be ({k}, M)")
+            n = w.shape[1]
+            b = biases[l]
+            if b is not None:
+                b = as_float_array(_item(_B_NAMES, "biases", l), b, 1)
+                check_same_dtype(_item(_B_NAMES, "biases", l), b, dtype)
+                if b.shape[0] != n:
+                    raise ValueError(f"biases[{l}] has shape {b.shape}, expected ({n},)")
+            act = activations[l]
+            if act is not None and act != "relu":
+                raise ValueError(f"activations[{l}] must be None or 'relu', got {act!r}")
+            out = output(_item(_OUT_NAMES, "outs", l), None if outs is None else outs[l],
+                         (m, n), dtype)
+            keep.append(w)
+            keep.append(b)
+            results.append(out)
+            layers[l].w = cnp.PyArray_DATA(w)
+            layers[l].bias = cnp.PyArray_DATA(b) if b is not None and n > 0 else NULL
+            layers[l].out = cnp.PyArray_DATA(out)
+            layers[l].k = k
+            layers[l].n = n
+            layers[l].relu = act is not None
+            empty = empty or n == 0
+            k = n
+        if empty:
+            # a dimension is zero: layer by layer (NumPy's answers: empty, or bias + ReLU)
+            inp = x
+            for l in range(nl):
+                _run(inp, False, keep[2 * l], False, results[l], layers[l].k, 1.0, 0.0,
+                     keep[2 * l + 1], layers[l].relu, False)
+                inp = results[l]
+        else:
+            with nogil:
+                if single:
+                    status = _chain_run(<const float *> px, layers, nl, m, threads)
+                else:
+                    status = _chain_run(<const double *> px, layers, nl, m, threads)
+            if status != 0:
+                raise MemoryError("linear_chain_forward: cannot allocate the packing buffers")
+    finally:
+        PyMem_Free(layers)
+    return tuple(results)
 
 
 cdef void _column_sums(const floating *g, long n, long m, floating *acc,

@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 __all__ = [
-    "gemm", "gemm_naive", "linear_forward", "linear_backward",
+    "gemm", "gemm_naive", "linear_forward", "linear_backward", "linear_chain_forward",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
@@ -284,6 +284,59 @@ def linear_forward(x, w, b, out=None, *, activation=None):
         z = z + b                              # broadcast: the same bias for every row
     out[...] = np.maximum(z, 0) if activation == "relu" else z
     return out
+
+
+def linear_chain_forward(x, weights, biases, activations, outs=None):
+    """Linear layers one after the other (a stack of `linear_forward` calls)::
+
+        h_0 = x,    h_l = act_l(h_(l-1) @ weights[l-1] + biases[l-1])    (l = 1 .. L)
+
+    Parameters
+    ----------
+    x : ndarray (N, D)
+    weights : sequence of L ndarrays, weights[l] (D_l, D_(l+1)) with D_0 = D
+    biases : sequence of L ndarrays (D_(l+1),) or None
+    activations : sequence of L entries, None or "relu"
+    outs : None, or a sequence of L buffers (or None) for h_1 ... h_L
+
+    Returns
+    -------
+    (h_1, ..., h_L) : tuple of ndarrays (N, D_(l+1))
+    """
+    x = _as_float_array("x", x, ndim=2)
+    weights, biases, activations = tuple(weights), tuple(biases), tuple(activations)
+    outs = None if outs is None else tuple(outs)
+    n_layers = len(weights)
+    if n_layers == 0:
+        raise ValueError("weights is empty: the chain needs at least one layer")
+    for name, seq in (("biases", biases), ("activations", activations), ("outs", outs)):
+        if seq is not None and len(seq) != n_layers:
+            raise ValueError(f"{name} has {len(seq)} entries for {n_layers} weights")
+    # every argument is checked before any layer is computed
+    layers, features = [], x.shape[1]
+    for l in range(n_layers):
+        w = _as_float_array(f"weights[{l}]", weights[l], ndim=2)
+        _check_same_dtype(f"weights[{l}]", w, x.dtype)
+        if w.shape[0] != features:
+            raise ValueError(f"weights[{l}] has shape {w.shape}; the input of layer {l} has "
+                             f"{features} features, so it must be ({features}, M)")
+        b = biases[l]
+        if b is not None:
+            b = _as_float_array(f"biases[{l}]", b, ndim=1)
+            _check_same_dtype(f"biases[{l}]", b, x.dtype)
+            _check_same_shape(f"biases[{l}]", b, (w.shape[1],))
+        if activations[l] not in (None, "relu"):
+            raise ValueError(f"activations[{l}] must be None or 'relu', got {activations[l]!r}")
+        out = _output(f"outs[{l}]", None if outs is None else outs[l],
+                      (x.shape[0], w.shape[1]), x.dtype)
+        layers.append((w, b, activations[l], out))
+        features = w.shape[1]
+
+    h, results = x, []
+    for w, b, activation, out in layers:
+        h = linear_forward(h, w, b, out, activation=activation)
+        results.append(h)
+    return tuple(results)
 
 
 def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad_x=True,

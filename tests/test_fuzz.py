@@ -103,6 +103,21 @@ def make_linear_forward(rng, dt):
     return kw
 
 
+def make_linear_chain_forward(rng, dt):
+    layers = int(rng.integers(1, 5))
+    dims = _dims(rng, layers + 2, 1, 30)
+    if rng.random() < 0.1:      # large enough for the threaded paths (halves of k, slabs)
+        dims = [int(rng.choice([1, 3, 40]))] + [int(v) for v in rng.integers(200, 700, layers + 1)]
+    n, features = dims[0], dims[1:]
+    kw = dict(x=_arr(rng, (n, features[0]), dt),
+              weights=[_arr(rng, (a, b), dt, 0.1) for a, b in zip(features, features[1:])],
+              biases=[_arr(rng, (b,), dt) if _maybe(rng, 0.8) else None for b in features[1:]],
+              activations=[[None, "relu"][int(rng.integers(2))] for _ in range(layers)])
+    if _maybe(rng, 0.3):
+        kw["outs"] = [_buffer(rng, (n, b), dt) if _maybe(rng) else None for b in features[1:]]
+    return kw
+
+
 def make_linear_backward(rng, dt):
     n, d, m = _dims(rng, 3, 1, 30)
     kw = dict(grad_out=_arr(rng, (n, m), dt), x=_arr(rng, (n, d), dt), w=_arr(rng, (d, m), dt),
@@ -365,6 +380,7 @@ MAKERS = {
     "gemm_naive": make_gemm,
     "linear_forward": make_linear_forward,
     "linear_backward": make_linear_backward,
+    "linear_chain_forward": make_linear_chain_forward,
     "relu_forward": lambda r, d: _unary_forward(r, d),
     "relu_backward": lambda r, d: _unary_backward(r, d, "x"),
     "leaky_relu_forward": lambda r, d: _unary_forward(r, d, "negative_slope"),

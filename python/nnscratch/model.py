@@ -14,6 +14,7 @@ import numpy as np
 
 from . import serialization, training
 from .layers import Flatten, Linear, MaxPool2d, ReLU
+from .backend import kernels
 from .module import Module
 
 __all__ = ["Sequential"]
@@ -23,6 +24,82 @@ def _fusable(layer, layers, i):
     """A plain Linear directly followed by a plain ReLU: computed as one fused kernel."""
     return (i + 1 < len(layers) and type(layers[i + 1]) is ReLU and isinstance(layer, Linear)
             and type(layer).forward is Linear.forward and type(layer).infer is Linear.infer)
+
+
+class _LinearChain:
+    """Two or more plain Linear layers in a row (each maybe with its fused ReLU), computed
+    by one kernel call (`linear_chain_forward`): one crossing into C and one parallel region
+    for all of them, with the bits of one `Linear.forward` per layer. Leaves each layer the
+    state its own forward would: the Linear keeps its input, the ReLU its output."""
+
+    __slots__ = ("linears", "relus", "activations")
+
+    def __init__(self, pairs):
+        self.linears = tuple(linear for linear, _ in pairs)
+        self.relus = tuple(relu for _, relu in pairs)
+        self.activations = tuple(None if relu is None else "relu" for relu in self.relus)
+
+    def _arrays(self):
+        weights = [linear.weight.data for linear in self.linears]
+        biases = [None if linear.bias is None else linear.bias.data for linear in self.linears]
+        return weights, biases
+
+    def forward(self, x, training):
+        first = self.linears[0]
+        x = first._as_input(x, first.dtype, first._check)
+        weights, biases = self._arrays()
+        outs = None
+        if training:    # the layers' kept output buffers (eval mode: fresh arrays)
+            n = x.shape[0]
+            outs = [linear._scratch("out", (n, linear.out_features), linear.dtype)
+                    for linear in self.linears]
+        results = kernels().linear_chain_forward(x, weights, biases, self.activations, outs)
+        for linear, relu, inp, out in zip(self.linears, self.relus, (x,) + results, results):
+            linear._x = inp
+            if relu is not None:
+                relu.keep_output(out)
+        return results[-1]
+
+    def infer(self, x):
+        first = self.linears[0]
+        x = first._as_input(x, first.dtype, first._check)
+        weights, biases = self._arrays()
+        return kernels().linear_chain_forward(x, weights, biases, self.activations)[-1]
+
+
+def _chainable(pairs):
+    """Consecutive plain Linear steps whose features and dtypes follow on."""
+    return all(type(linear).forward is Linear.forward and type(linear).infer is Linear.infer
+               and type(linear)._check is Linear._check and type(linear)._as_input is
+               Module._as_input and type(linear)._scratch is Module._scratch
+               for linear, _ in pairs) and all(
+        a.out_features == b.in_features and a.dtype == b.dtype
+        for (a, _), (b, _) in zip(pairs, pairs[1:]))
+
+
+def _with_chains(steps):
+    """`steps` with every run of two or more chainable Linear[-ReLU] steps replaced by one
+    ``(_LinearChain, None)`` step."""
+    result, run = [], []
+
+    def flush():
+        if len(run) >= 2 and _chainable(run):
+            result.append((_LinearChain(run), None))
+        else:
+            result.extend(run)
+        run.clear()
+
+    for layer, relu in steps:
+        if isinstance(layer, Linear) and (not run or _chainable(run + [(layer, relu)])):
+            run.append((layer, relu))
+            continue
+        flush()
+        if isinstance(layer, Linear):
+            run.append((layer, relu))
+        else:
+            result.append((layer, relu))
+    flush()
+    return result
 
 
 def _order(layers):
@@ -83,6 +160,8 @@ class Sequential(Module):
                 # Linear then ReLU in one pass: the ReLU is applied in the GEMM's write-back,
                 # and the ReLU layer keeps relu(z) for its backward (relu(z) > 0 iff z > 0)
                 out = relu.keep_output(layer.forward(out, activation="relu"))
+            elif type(layer) is _LinearChain:
+                out = layer.forward(out, self.training)
             else:
                 out = layer(out)
         if not self.training and np.may_share_memory(out, x):
@@ -116,8 +195,9 @@ class Sequential(Module):
     def _plan(self):
         """``(order, steps)`` for the layers as they are now: `order` the layer indices in
         the order they run (`_order`), `steps` one ``(layer, relu)`` per forward step, where
-        `relu` is the ReLU layer fused into `layer` (`_fusable`) or None. Made again only
-        when the list of layers has changed."""
+        `relu` is the ReLU layer fused into `layer` (`_fusable`) or None, and runs of plain
+        Linear steps are one `_LinearChain` step. Made again only when the list of layers
+        has changed."""
         layers = tuple(self.layers)
         ids = tuple(map(id, layers))
         made_for, plan = self._plan_cache
@@ -130,7 +210,7 @@ class Sequential(Module):
                 fused = _fusable(layers[i], layers, i)
                 steps.append((layers[i], layers[i + 1] if fused else None))
                 k += 2 if fused else 1
-            plan = (order, steps)
+            plan = (order, _with_chains(steps))
             self._plan_cache = (ids, plan)
         return plan
 
