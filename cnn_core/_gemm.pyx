@@ -758,6 +758,15 @@ cdef inline str _item(list names, str what, Py_ssize_t i):
     return names[i] if i < 64 else f"{what}[{i}]"
 
 
+cdef tuple _sequence(str name, object value):
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    if isinstance(value, (str, bytes, np.ndarray, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a list or tuple (one entry per layer), got "
+                        f"{type(value).__name__}")
+    return tuple(value)
+
+
 def linear_chain_forward(x, weights, biases, activations, outs=None):
     """Linear layers one after the other in one call:
 
@@ -772,9 +781,11 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     """
     x = as_float_array("x", x, 2)
     dtype = x.dtype
-    weights, biases, activations = tuple(weights), tuple(biases), tuple(activations)
+    weights = _sequence("weights", weights)
+    biases = _sequence("biases", biases)
+    activations = _sequence("activations", activations)
     if outs is not None:
-        outs = tuple(outs)
+        outs = _sequence("outs", outs)
     cdef Py_ssize_t nl = len(weights), l
     if nl == 0:
         raise ValueError("weights is empty: the chain needs at least one layer")

@@ -286,6 +286,16 @@ def linear_forward(x, w, b, out=None, *, activation=None):
     return out
 
 
+def _sequence(name, value):
+    """One entry per layer, as a tuple."""
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    if isinstance(value, (str, bytes, np.ndarray, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a list or tuple (one entry per layer), got "
+                        f"{type(value).__name__}")
+    return tuple(value)
+
+
 def linear_chain_forward(x, weights, biases, activations, outs=None):
     """Linear layers one after the other (a stack of `linear_forward` calls)::
 
@@ -304,8 +314,10 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     (h_1, ..., h_L) : tuple of ndarrays (N, D_(l+1))
     """
     x = _as_float_array("x", x, ndim=2)
-    weights, biases, activations = tuple(weights), tuple(biases), tuple(activations)
-    outs = None if outs is None else tuple(outs)
+    weights = _sequence("weights", weights)
+    biases = _sequence("biases", biases)
+    activations = _sequence("activations", activations)
+    outs = None if outs is None else _sequence("outs", outs)
     n_layers = len(weights)
     if n_layers == 0:
         raise ValueError("weights is empty: the chain needs at least one layer")

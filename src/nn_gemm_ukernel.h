@@ -169,10 +169,27 @@
         }                                                                                   \
         NN_ROW_CHUNKS(NAME, T, VL, 8)                                                       \
         NN_ROW_CHUNKS(NAME, T, VL, 1)                                                       \
-        for (; j < n; ++j) {                                                                \
-            T r = 0;                                                                        \
-            for (long p = 0; p < k; ++p) r += a[p * csa] * b[p * ldb + j];                  \
-            NN_WRITE_BACK(T, r, c + j, alpha, beta, bias, j, relu);                         \
+        if (j < n) {                                                                        \
+            /* the last n - j < VL columns (a 10-class output layer: all of them) as one    \
+             * vector whose other lanes run on into the next row of B and are dropped, on  \
+             * the rows p where that vector still lies inside B; the last rows one by one  \
+             * (one independent sum per column: no chain of dependent adds) */              \
+            const long rem = n - j, room = (k - 1) * ldb + n - j - (VL);                    \
+            const long pv = room < 0 ? 0 : (room / ldb + 1 < k ? room / ldb + 1 : k);       \
+            NAME##_v acc = (NAME##_v){0};                                                   \
+            for (long p = 0; p < pv; ++p) {                                                 \
+                NAME##_v bv;                                                                \
+                memcpy(&bv, b + p * ldb + j, sizeof(bv));                                   \
+                acc += a[p * csa] * bv;                                                     \
+            }                                                                               \
+            T r[VL];                                                                        \
+            memcpy(r, &acc, sizeof(r));                                                     \
+            for (long p = pv; p < k; ++p) {                                                 \
+                const T ap = a[p * csa];                                                    \
+                for (long t = 0; t < rem; ++t) r[t] += ap * b[p * ldb + j + t];             \
+            }                                                                               \
+            for (long t = 0; t < rem; ++t)                                                  \
+                NN_WRITE_BACK(T, r[t], c + j + t, alpha, beta, bias, j + t, relu);          \
         }                                                                                   \
     }
 

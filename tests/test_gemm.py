@@ -378,6 +378,28 @@ def test_row_kernel_column_chunks(rng, dtype, m, n):
     assert_close(out, reference.gemm(x, w, c, alpha=0.5, beta=2.0), k=k)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_row_kernel_last_columns(rng, dtype, m):
+    # the last n % VL columns (all of them for n < VL: a 10-class output layer) go as one
+    # vector running on into the next row of B while it stays inside B, then row by row:
+    # every k around that limit, every width of the rest; each column gets the bits the
+    # full vectors give it (the same sum in the same order) and B is never read past its end
+    for k in (1, 2, 3, 4, 5, 9, 16, 17, 33):
+        for n in (1, 2, 3, 5, 7, 10, 15, 17, 26, 31, 33):
+            x, w = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype)
+            bias = randn(rng, (n,), dtype)
+            got = cnn_core.linear_forward(x, w, bias, activation="relu")
+            assert_close(got, reference.linear_forward(x, w, bias, activation="relu"), k=k)
+            wide = np.concatenate([w, randn(rng, (k, 48), dtype)], axis=1)
+            full = cnn_core.linear_forward(x, wide, np.concatenate([bias, np.zeros(48, dtype)]),
+                                           activation="relu")[:, :n]
+            assert np.array_equal(got, full), (k, n)
+            c = randn(rng, (m, n), dtype)
+            out = c.copy()
+            cnn_core.gemm(x, w, out, alpha=-0.5, beta=1.5)
+            assert_close(out, reference.gemm(x, w, c, alpha=-0.5, beta=1.5), k=k)
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 784, 256), (2, 1001, 300), (3, 257, 170), (1, 2, 70000),
                                    (1, 3, 50000), (2, 4099, 17),
                                    (16, 784, 256), (128, 784, 256), (37, 2001, 45), (5, 20, 3001),

@@ -184,6 +184,18 @@ def test_gemm_micro_kernels(rng, dtype, isa):
                      reference.linear_forward(x, w, bias, activation="relu"), k=k)
 
 
+def test_row_kernel_last_columns(rng, dtype, isa):
+    # the row kernel's last n % VL columns (one vector running on into B's next row, then
+    # row by row) on every ISA: the twin's values, and the bits full vectors give
+    for k in (1, 2, 3, 9, 17):
+        for n in (1, 3, 7, 10, 15, 17, 26):
+            x, w = randn(rng, (2, k), dtype), randn(rng, (k, n), dtype)
+            got = cnn_core.linear_forward(x, w, None)
+            assert_close(got, reference.linear_forward(x, w, None), k=k)
+            wide = np.concatenate([w, randn(rng, (k, 40), dtype)], axis=1)
+            assert np.array_equal(got, cnn_core.linear_forward(x, wide, None)[:, :n]), (k, n)
+
+
 def test_concurrent_calls_from_python_threads(dtype):
     # predict() may run in several Python threads at once: each thread packs into its own
     # scratch buffers, so concurrent calls of different sizes must not disturb each other

@@ -164,7 +164,8 @@ class Sequential(Module):
                 out = layer.forward(out, self.training)
             else:
                 out = layer(out)
-        if not self.training and np.may_share_memory(out, x):
+        if not self.training and (out is x or (out.base is not None
+                                               and np.may_share_memory(out, x))):
             out = out.copy()   # e.g. Sequential(Flatten()) in eval mode: never a view of x
         return out
 
@@ -198,12 +199,12 @@ class Sequential(Module):
         `relu` is the ReLU layer fused into `layer` (`_fusable`) or None, and runs of plain
         Linear steps are one `_LinearChain` step. Made again only when the list of layers
         has changed."""
-        layers = tuple(self.layers)
-        ids = tuple(map(id, layers))
+        ids = tuple(map(id, self.layers))
         made_for, plan = self._plan_cache
         # the same layer objects (by identity: a layer's __eq__, if it has one, is not asked;
         # the plan holds the layers, so their ids are not reused while it is kept)
         if ids != made_for:
+            layers = tuple(self.layers)
             order, steps, k = _order(layers), [], 0
             while k < len(order):
                 i = order[k]
