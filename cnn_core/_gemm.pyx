@@ -26,7 +26,11 @@ Threads: the output is cut into slabs of whole tiles, along n when n >= m and al
 otherwise, the tiles shared out as evenly as they go; each thread runs the five loops on
 its slab with its own packing buffers (thread-local, reused across calls:
 src/nn_scratch.h). Every element of C is summed by one thread in the same k order, so
-results do not depend on the thread count.
+results do not depend on the thread count. A product with few rows for its k (one sample;
+a batch through a 784-input layer) is cut by k instead: two halves summed into two partial
+Cs, then added (_k_halves) -- decided from the shape alone, so again the same bits on any
+number of threads. `_split` makes the choice; `linear_chain_forward` runs several linear
+layers in one parallel region, each thread taking the share `_split` gives it per layer.
 
 `gemm_naive` is the textbook triple loop, kept as reference and fallback.
 """
@@ -761,10 +765,41 @@ cdef inline str _item(list names, str what, Py_ssize_t i):
 cdef tuple _sequence(str name, object value):
     if isinstance(value, (tuple, list)):
         return tuple(value)
-    if isinstance(value, (str, bytes, np.ndarray, dict)) or not hasattr(value, "__iter__"):
+    if isinstance(value, (str, bytes, np.ndarray, dict, set, frozenset)) or not hasattr(
+            value, "__iter__"):
         raise TypeError(f"{name} must be a list or tuple (one entry per layer), got "
                         f"{type(value).__name__}")
     return tuple(value)
+
+
+cdef bint _overlap(object a, object b):
+    # two C-contiguous arrays (or None) whose bytes overlap
+    if a is None or b is None:
+        return False
+    cdef char *pa = <char *> cnp.PyArray_DATA(<cnp.ndarray> a)
+    cdef char *pb = <char *> cnp.PyArray_DATA(<cnp.ndarray> b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray> a)
+    cdef Py_ssize_t nb = cnp.PyArray_NBYTES(<cnp.ndarray> b)
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+cdef _check_no_overlap(object x, list params, list results, tuple outs):
+    # a buffer the caller gave must not share memory with an input (x, a weight, a bias)
+    # or with another layer's output: it is written while they are read, by several threads
+    cdef Py_ssize_t i, j
+    for i in range(len(results)):
+        if outs[i] is None:
+            continue
+        out = results[i]
+        if _overlap(out, x):
+            raise ValueError(f"outs[{i}] overlaps x")
+        for j in range(len(params)):
+            if _overlap(out, params[j]):
+                raise ValueError(f"outs[{i}] overlaps {'weights' if j % 2 == 0 else 'biases'}"
+                                 f"[{j // 2}]")
+        for j in range(len(results)):
+            if j != i and _overlap(out, results[j]):
+                raise ValueError(f"outs[{i}] overlaps outs[{j}]")
 
 
 def linear_chain_forward(x, weights, biases, activations, outs=None):
@@ -773,7 +808,8 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
         h_0 = x,    h_l = act_l(h_(l-1) @ weights[l-1] + biases[l-1])    (l = 1 .. L)
 
     x (N, D); weights[l] (D_l, D_(l+1)) with D_0 = D; biases[l] (D_(l+1),) or None;
-    activations[l] None or "relu"; outs None, or one buffer (or None) per layer for h_(l+1).
+    activations[l] None or "relu"; outs None, or one buffer (or None) per layer for h_(l+1),
+    sharing no memory with x, the weights, the biases or each other.
     Returns the tuple (h_1, ..., h_L). Every h_l has the bits of
     ``linear_forward(h_(l-1), weights[l-1], biases[l-1], activation=activations[l-1])``;
     the layers run in one parallel region, the threads meeting only where one reads what
@@ -820,7 +856,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
                 if b.shape[0] != n:
                     raise ValueError(f"biases[{l}] has shape {b.shape}, expected ({n},)")
             act = activations[l]
-            if act is not None and act != "relu":
+            if act is not None and not (isinstance(act, str) and act == "relu"):
                 raise ValueError(f"activations[{l}] must be None or 'relu', got {act!r}")
             out = output(_item(_OUT_NAMES, "outs", l), None if outs is None else outs[l],
                          (m, n), dtype)
@@ -835,6 +871,8 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             layers[l].relu = act is not None
             empty = empty or n == 0
             k = n
+        if outs is not None:
+            _check_no_overlap(x, keep, results, outs)
         if empty:
             # a dimension is zero: layer by layer (NumPy's answers: empty, or bias + ReLU)
             inp = x

@@ -290,7 +290,8 @@ def _sequence(name, value):
     """One entry per layer, as a tuple."""
     if isinstance(value, (tuple, list)):
         return tuple(value)
-    if isinstance(value, (str, bytes, np.ndarray, dict)) or not hasattr(value, "__iter__"):
+    if isinstance(value, (str, bytes, np.ndarray, dict, set, frozenset)) or not hasattr(
+            value, "__iter__"):
         raise TypeError(f"{name} must be a list or tuple (one entry per layer), got "
                         f"{type(value).__name__}")
     return tuple(value)
@@ -307,7 +308,8 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     weights : sequence of L ndarrays, weights[l] (D_l, D_(l+1)) with D_0 = D
     biases : sequence of L ndarrays (D_(l+1),) or None
     activations : sequence of L entries, None or "relu"
-    outs : None, or a sequence of L buffers (or None) for h_1 ... h_L
+    outs : None, or a sequence of L buffers (or None) for h_1 ... h_L, sharing no memory
+        with x, the weights, the biases or each other
 
     Returns
     -------
@@ -337,12 +339,27 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             b = _as_float_array(f"biases[{l}]", b, ndim=1)
             _check_same_dtype(f"biases[{l}]", b, x.dtype)
             _check_same_shape(f"biases[{l}]", b, (w.shape[1],))
-        if activations[l] not in (None, "relu"):
+        if activations[l] is not None and not (isinstance(activations[l], str)
+                                               and activations[l] == "relu"):
             raise ValueError(f"activations[{l}] must be None or 'relu', got {activations[l]!r}")
         out = _output(f"outs[{l}]", None if outs is None else outs[l],
                       (x.shape[0], w.shape[1]), x.dtype)
         layers.append((w, b, activations[l], out))
         features = w.shape[1]
+    # a given buffer shares no memory with an input or another layer's output
+    for l, (_, _, _, out) in enumerate(layers):
+        if outs is None or outs[l] is None:
+            continue
+        if np.shares_memory(out, x):
+            raise ValueError(f"outs[{l}] overlaps x")
+        for j, (w, b, _, _) in enumerate(layers):
+            if np.shares_memory(out, w):
+                raise ValueError(f"outs[{l}] overlaps weights[{j}]")
+            if b is not None and np.shares_memory(out, b):
+                raise ValueError(f"outs[{l}] overlaps biases[{j}]")
+        for j, (_, _, _, other) in enumerate(layers):
+            if j != l and np.shares_memory(out, other):
+                raise ValueError(f"outs[{l}] overlaps outs[{j}]")
 
     h, results = x, []
     for w, b, activation, out in layers:

@@ -156,8 +156,9 @@
 
 /* Columns go WIDE vectors at a time (16 with AVX-512's 32 registers: a 256-float row of B
  * read whole, in one pass), then 8 (8 independent FMA chains: enough to hide the
- * latency), then one vector at a time, then one by one; every column is summed in the
- * same order (p = 0, 1, ..., k-1) whichever of them takes it. */
+ * latency), then one vector at a time, then the last n % VL in one vector; every column is
+ * summed by the same vector multiply-adds in the same order (p = 0, 1, ..., k-1) whichever
+ * of them takes it, so it gets the same bits. */
 #define NN_DEFINE_ROWKERNEL(NAME, T, VL, TARGET, WIDE)                                       \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     TARGET static void NAME(long k, long n, const T *restrict a, long csa,                  \
@@ -170,24 +171,24 @@
         NN_ROW_CHUNKS(NAME, T, VL, 8)                                                       \
         NN_ROW_CHUNKS(NAME, T, VL, 1)                                                       \
         if (j < n) {                                                                        \
-            /* the last n - j < VL columns (a 10-class output layer: all of them) as one    \
-             * vector whose other lanes run on into the next row of B and are dropped, on  \
-             * the rows p where that vector still lies inside B; the last rows one by one  \
-             * (one independent sum per column: no chain of dependent adds) */              \
+            /* the last n - j < VL columns (a 10-class output layer: all of them) in one    \
+             * vector: on the rows p where a whole vector from column j still lies inside  \
+             * B, that vector (its other lanes run on into the next row and are dropped),  \
+             * on the last rows the rem columns copied into a zeroed vector -- the same     \
+             * vector multiply-add on every row, as the whole vectors above */              \
             const long rem = n - j, room = (k - 1) * ldb + n - j - (VL);                    \
             const long pv = room < 0 ? 0 : (room / ldb + 1 < k ? room / ldb + 1 : k);       \
             NAME##_v acc = (NAME##_v){0};                                                   \
-            for (long p = 0; p < pv; ++p) {                                                 \
-                NAME##_v bv;                                                                \
-                memcpy(&bv, b + p * ldb + j, sizeof(bv));                                   \
+            for (long p = 0; p < k; ++p) {                                                  \
+                NAME##_v bv = (NAME##_v){0};                                                \
+                if (p < pv)                                                                 \
+                    memcpy(&bv, b + p * ldb + j, sizeof(bv));                               \
+                else                                                                        \
+                    memcpy(&bv, b + p * ldb + j, rem * sizeof(T));                          \
                 acc += a[p * csa] * bv;                                                     \
             }                                                                               \
             T r[VL];                                                                        \
             memcpy(r, &acc, sizeof(r));                                                     \
-            for (long p = pv; p < k; ++p) {                                                 \
-                const T ap = a[p * csa];                                                    \
-                for (long t = 0; t < rem; ++t) r[t] += ap * b[p * ldb + j + t];             \
-            }                                                                               \
             for (long t = 0; t < rem; ++t)                                                  \
                 NN_WRITE_BACK(T, r[t], c + j + t, alpha, beta, bias, j + t, relu);          \
         }                                                                                   \

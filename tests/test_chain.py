@@ -7,6 +7,11 @@ Sequential runs each run of two or more plain Linear[-ReLU] steps as one chain s
 outputs, the state it leaves in the layers and the gradients after it are those of the
 layer-by-layer forward.
 """
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -54,17 +59,23 @@ def test_matches_twin(rng, dtype, n, features, bias):
         assert_close(g, e, k=k)
 
 
-@pytest.mark.parametrize("n,features", [
-    (1, [784, 256, 128, 10]),        # halves of k, then one thread
-    (2, [1001, 300, 170]),           # halves (row kernel), then halves again
-    (3, [257, 263, 5]),
-    (1, [3, 70000, 2]),              # slabs of the row kernel's columns, then halves of k
-    (16, [784, 256, 128, 10]),       # halves by the micro-kernels, then halves, then one
-    (128, [784, 256, 128, 10]),      # halves, slabs, one thread
-    (37, [45, 2001, 45]),            # slabs along m
-    (5, [20, 3001, 7, 3001]),
-    (300, [13, 40, 3]),
-])
+# (how each product is shared out: cnn_core/_gemm.pyx, _split)
+SHARED_OUT = [
+    (1, [784, 256, 128, 10]),        # halves of k (row kernel), then one thread twice
+    (2, [1001, 300, 170]),           # halves (row kernel), then one thread
+    (3, [257, 263, 5]),              # halves, one thread
+    (1, [3, 70000, 2]),              # halves, halves (k = 70000)
+    (1, [2, 131082, 3]),             # slabs of the row kernel's columns (a last partial
+    (3, [17, 50011, 5]),             # vector in the last slab), then halves
+    (16, [784, 256, 128, 10]),       # halves by the micro-kernels, halves, one thread
+    (128, [784, 256, 128, 10]),      # halves, slabs along n, slabs along m
+    (37, [45, 2001, 45]),            # slabs along n, then halves
+    (5, [20, 3001, 7, 3001]),        # halves, halves, one thread
+    (300, [13, 40, 3]),              # one thread, slabs along m
+]
+
+
+@pytest.mark.parametrize("n,features", SHARED_OUT)
 def test_bits_of_one_linear_forward_per_layer(rng, dtype, n, features):
     # each product is shared out among the threads as linear_forward would share it: the
     # same sums in the same order, so the same bits, whatever the thread count
@@ -96,6 +107,36 @@ def test_outs_written_in_place(rng, dtype, mod):
     expected = per_layer(reference, x, weights, biases, activations)
     for g, e in zip(got, expected):
         assert_close(g, e, k=9)
+
+
+def test_a_smaller_team_than_asked_for(tmp_path):
+    # OpenMP may give the parallel region fewer threads than asked for (here one, under
+    # OMP_THREAD_LIMIT=1): that one runs every share, and the bits stay the same
+    script = tmp_path / "team.py"
+    script.write_text(textwrap.dedent('''
+        import sys
+        import numpy as np
+        import cnn_core
+        rng = np.random.default_rng(0)
+        n, features = int(sys.argv[1]), [int(f) for f in sys.argv[2:]]
+        x = rng.standard_normal((n, features[0])).astype(np.float32)
+        ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(features, features[1:])]
+        bs = [rng.standard_normal(b).astype(np.float32) for b in features[1:]]
+        acts = ["relu"] * (len(ws) - 1) + [None]
+        cnn_core.set_num_threads(3)
+        out = cnn_core.linear_chain_forward(x, ws, bs, acts)[-1]
+        sys.stdout.write(out.tobytes().hex())
+    '''))
+    env = dict(os.environ)
+    for n, features in [(1, [784, 256, 10]), (128, [784, 256, 128, 10]), (300, [13, 40, 3])]:
+        args = [sys.executable, str(script), str(n), *map(str, features)]
+        outputs = []
+        for limit in ("1", "3"):
+            env["OMP_THREAD_LIMIT"] = limit
+            proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            outputs.append(proc.stdout)
+        assert outputs[0] == outputs[1] and len(outputs[0]) == 2 * 4 * n * features[-1]
 
 
 def test_relu_and_nan(dtype):
@@ -151,10 +192,45 @@ def test_bad_arguments_name_what_is_wrong(rng, mod):
         (TypeError, r"weights\[0\] must be a numpy.ndarray", lambda: f(x, [[1.0], weights[1]],
                                                                       biases, activations)),
         (ValueError, "x must be 2-D", lambda: f(x[0], weights, biases, activations)),
+        (TypeError, "activations must be a list or tuple", lambda: f(x, weights, biases,
+                                                                     {None, "relu"})),
+        (ValueError, r"activations\[1\] must be None or 'relu'",
+         lambda: f(x, weights, biases, ["relu", np.array([])])),
     ]
     for kind, message, call in cases:
         with pytest.raises(kind, match=message):
             call()
+
+
+@pytest.mark.parametrize("mod", BOTH, ids=["cython", "numpy"])
+def test_outs_sharing_memory_are_refused(rng, mod):
+    # a buffer is written while the inputs and the other outputs are read (by several
+    # threads): one that overlaps any of them would give a silent wrong answer
+    x, weights, biases, activations = chain_args(rng, np.float32, 3, [3, 3, 3, 3])
+    f = mod.linear_chain_forward
+    buf = np.zeros((3, 3), np.float32)
+    big = np.zeros(100, np.float32)
+    cases = [
+        ("outs\\[0\\] overlaps x", [x, None, None]),
+        (r"outs\[2\] overlaps weights\[1\]", [None, None, weights[1]]),
+        (r"outs\[1\] overlaps biases\[0\]", None),
+        (r"outs\[0\] overlaps outs\[1\]", [buf, buf, None]),
+        (r"outs\[0\] overlaps outs\[2\]", [big[:9].reshape(3, 3), None,
+                                            big[5:14].reshape(3, 3)]),
+    ]
+    for message, outs in cases:
+        if outs is None:        # a bias inside the buffer's memory
+            store = np.zeros(12, np.float32)
+            biases_here = [store[3:6], biases[1], biases[2]]
+            with pytest.raises(ValueError, match=message):
+                f(x, weights, biases_here, activations, [None, store[3:].reshape(3, 3), None])
+            continue
+        with pytest.raises(ValueError, match=message):
+            f(x, weights, biases, activations, outs)
+    # side by side in one array, not overlapping: fine
+    got = f(x, weights, biases, activations, [big[:9].reshape(3, 3), big[9:18].reshape(3, 3),
+                                              big[18:27].reshape(3, 3)])
+    assert_close(got[2], reference.linear_chain_forward(x, weights, biases, activations)[2])
 
 
 def test_a_rejected_call_writes_no_output(rng):
@@ -295,3 +371,32 @@ def test_sequential_chain_follows_replaced_weights(rng):
     assert np.array_equal(model(x), np.broadcast_to(model.layers[2].bias.data, (3, 4)))
     model.layers[2] = nn.Linear(5, 4)
     assert_close(model(x), by_hand(model, x))
+
+
+def test_sequential_chain_without_biases_and_with_a_plain_subclass(rng, dtype):
+    class Named(nn.Linear):         # a subclass that computes what Linear does: chained
+        def extra_repr(self):
+            return "named"
+
+    nn.seed(5)
+    model = nn.Sequential(nn.Linear(7, 5, bias=False, dtype=dtype), nn.ReLU(),
+                          Named(5, 4, dtype=dtype), nn.Linear(4, 3, bias=False, dtype=dtype))
+    steps = model._plan()[1]
+    assert len(steps) == 1 and type(steps[0][0]) is _LinearChain
+    x = randn(rng, (2, 7), dtype)
+    expected = by_hand(model, x)
+    assert np.array_equal(model(x), expected)
+
+
+def test_a_linear_with_its_own_call_is_not_chained():
+    class Traced(nn.Linear):
+        calls = 0
+
+        def __call__(self, x):
+            Traced.calls += 1
+            return super().__call__(x)
+
+    model = nn.Sequential(nn.Linear(4, 3), Traced(3, 2))
+    assert all(type(layer) is not _LinearChain for layer, _ in model._plan()[1])
+    model(np.ones((1, 4), np.float32))
+    assert Traced.calls == 1

@@ -106,8 +106,14 @@ def make_linear_forward(rng, dt):
 def make_linear_chain_forward(rng, dt):
     layers = int(rng.integers(1, 5))
     dims = _dims(rng, layers + 2, 1, 30)
-    if rng.random() < 0.1:      # large enough for the threaded paths (halves of k, slabs)
+    r = rng.random()
+    if r < 0.05:                # large enough for the threaded paths: halves of k
         dims = [int(rng.choice([1, 3, 40]))] + [int(v) for v in rng.integers(200, 700, layers + 1)]
+    elif r < 0.08:              # slabs along m: a tall batch of narrow layers
+        dims = [int(rng.integers(300, 700))] + [int(v) for v in rng.integers(20, 60, layers + 1)]
+    elif r < 0.1:               # slabs of the row kernel's columns: one very wide layer
+        dims = [int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(2**17, 2**17 + 40))]
+        dims += [int(v) for v in rng.integers(1, 4, layers - 1)]
     n, features = dims[0], dims[1:]
     kw = dict(x=_arr(rng, (n, features[0]), dt),
               weights=[_arr(rng, (a, b), dt, 0.1) for a, b in zip(features, features[1:])],

@@ -383,7 +383,8 @@ def test_row_kernel_last_columns(rng, dtype, m):
     # the last n % VL columns (all of them for n < VL: a 10-class output layer) go as one
     # vector running on into the next row of B while it stays inside B, then row by row:
     # every k around that limit, every width of the rest; each column gets the bits the
-    # full vectors give it (the same sum in the same order) and B is never read past its end
+    # full vectors give it (the same sum in the same order); B is never read past its end
+    # (checked by ASan: tools/sanitize.sh runs this file)
     for k in (1, 2, 3, 4, 5, 9, 16, 17, 33):
         for n in (1, 2, 3, 5, 7, 10, 15, 17, 26, 31, 33):
             x, w = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype)
@@ -398,6 +399,25 @@ def test_row_kernel_last_columns(rng, dtype, m):
             out = c.copy()
             cnn_core.gemm(x, w, out, alpha=-0.5, beta=1.5)
             assert_close(out, reference.gemm(x, w, c, alpha=-0.5, beta=1.5), k=k)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 2, 131082), (3, 17, 50011), (2, 5, 70001)])
+def test_row_kernel_slabs_end_in_a_partial_vector(rng, dtype, m, k, n):
+    # more than 2**17 outputs for the row kernel: column slabs on multiples of 128, the last
+    # one ending in n % VL columns whose vector runs on into B's next row; the same bits on
+    # 1, 2 and 3 threads, and the twin's values
+    x, w, bias = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
+    expected = reference.linear_forward(x, w, bias, activation="relu")
+    before = cnn_core.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            cnn_core.set_num_threads(threads)
+            results.append(cnn_core.linear_forward(x, w, bias, activation="relu"))
+            assert_close(results[-1], expected, k=k)
+        assert all(np.array_equal(r, results[0]) for r in results)
+    finally:
+        cnn_core.set_num_threads(before)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 784, 256), (2, 1001, 300), (3, 257, 170), (1, 2, 70000),

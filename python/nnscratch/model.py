@@ -70,6 +70,7 @@ class _LinearChain:
 def _chainable(pairs):
     """Consecutive plain Linear steps whose features and dtypes follow on."""
     return all(type(linear).forward is Linear.forward and type(linear).infer is Linear.infer
+               and type(linear).__call__ is Module.__call__
                and type(linear)._check is Linear._check and type(linear)._as_input is
                Module._as_input and type(linear)._scratch is Module._scratch
                for linear, _ in pairs) and all(
@@ -164,7 +165,7 @@ class Sequential(Module):
                 out = layer.forward(out, self.training)
             else:
                 out = layer(out)
-        if not self.training and (out is x or (out.base is not None
+        if not self.training and (out is x or (getattr(out, "base", None) is not None
                                                and np.may_share_memory(out, x))):
             out = out.copy()   # e.g. Sequential(Flatten()) in eval mode: never a view of x
         return out
