@@ -593,7 +593,10 @@ cdef _gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta, bint naive):
     beta = check_scalar("beta", beta)
     if beta != 0 and out is None:
         raise ValueError("out is required when beta != 0 (it is read)")
+    given = out is not None
     out = output("out", out, (m, n), a.dtype)
+    if given:
+        _refuse_overlap("out", out, ("a", a, "b", b))
     _run(a, trans_a, b, trans_b, out, k, alpha, beta, None, 0, naive)
     return out
 
@@ -639,7 +642,10 @@ def linear_forward(x, w, b, out=None, *, activation=None):
         check_same_dtype("b", b, x.dtype)
         if b.shape[0] != m:
             raise ValueError(f"b has shape {b.shape}, expected ({m},)")
+    given = out is not None
     out = output("out", out, (n, m), x.dtype)
+    if given:
+        _refuse_overlap("out", out, ("x", x, "w", w, "b", b))
     cdef int relu = activation == "relu"
     _run(x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
     return out
@@ -783,23 +789,30 @@ cdef bint _overlap(object a, object b):
     return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 
+cdef _refuse_overlap(str name, object buf, tuple named):
+    # `buf` is written while the arrays in `named` (name, array-or-None pairs, flattened)
+    # are read -- by several threads: one that shares memory with any of them would give a
+    # silent wrong answer, so it is refused
+    cdef Py_ssize_t i
+    for i in range(0, len(named), 2):
+        if _overlap(buf, named[i + 1]):
+            raise ValueError(f"{name} overlaps {named[i]} (it is written while that is read)")
+
+
 cdef _check_no_overlap(object x, list params, list results, tuple outs):
-    # a buffer the caller gave must not share memory with an input (x, a weight, a bias)
-    # or with another layer's output: it is written while they are read, by several threads
+    # the chain's given buffers: none may share memory with x, a weight, a bias or another
+    # layer's output
     cdef Py_ssize_t i, j
     for i in range(len(results)):
         if outs[i] is None:
             continue
-        out = results[i]
-        if _overlap(out, x):
-            raise ValueError(f"outs[{i}] overlaps x")
+        named = ["x", x]
         for j in range(len(params)):
-            if _overlap(out, params[j]):
-                raise ValueError(f"outs[{i}] overlaps {'weights' if j % 2 == 0 else 'biases'}"
-                                 f"[{j // 2}]")
+            named += [f"{'weights' if j % 2 == 0 else 'biases'}[{j // 2}]", params[j]]
         for j in range(len(results)):
-            if j != i and _overlap(out, results[j]):
-                raise ValueError(f"outs[{i}] overlaps outs[{j}]")
+            if j != i:
+                named += [f"outs[{j}]", results[j]]
+        _refuse_overlap(f"outs[{i}]", results[i], tuple(named))
 
 
 def linear_chain_forward(x, weights, biases, activations, outs=None):
@@ -941,8 +954,15 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
     check_buffer("grad_w", grad_w, (d, m), dtype)
     if grad_b is not None:
         check_buffer("grad_b", grad_b, (m,), dtype)
+    given = compute_grad_x and grad_x is not None
     if compute_grad_x:
         grad_x = output("grad_x", grad_x, (n, d), dtype)
+    _refuse_overlap("grad_w", grad_w, ("grad_out", grad_out, "x", x, "w", w, "grad_b", grad_b))
+    if grad_b is not None:
+        _refuse_overlap("grad_b", grad_b, ("grad_out", grad_out, "x", x, "w", w))
+    if given:
+        _refuse_overlap("grad_x", grad_x, ("grad_out", grad_out, "x", x, "w", w,
+                                           "grad_w", grad_w, "grad_b", grad_b))
     # the arrays are checked: straight to the products (no second round of checks)
     _run(x, True, grad_out, False, grad_w, n, 1.0, 1.0 if accumulate else 0.0, None, 0, False)
     if grad_b is not None:

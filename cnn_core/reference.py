@@ -16,7 +16,9 @@ The contract both backends follow (DESIGN.md, "Kernel contract"):
 * ``out=`` / ``grad=`` buffers are optional; when given they must be C-contiguous,
   writeable, of the exact shape and dtype, are written in place and returned, so a
   training step allocates nothing. Parameters updated in place (``param``, ``velocity``,
-  ``m``, ``v``, ``grad_w``, ``grad_b``) follow the same rule;
+  ``m``, ``v``, ``grad_w``, ``grad_b``) follow the same rule. The GEMM family's buffers
+  (``gemm``, ``linear_forward``, ``linear_backward``, ``linear_chain_forward``) must not
+  share memory with the inputs they are computed from (``ValueError``);
 * zero-size dimensions give NumPy's result, except that a loss over an empty batch is an
   error.
 
@@ -84,6 +86,15 @@ def _check_buffer(name, buf, shape, dtype):
     if not buf.flags.writeable:
         raise ValueError(f"{name} is read-only (it is written in place)")
     return buf
+
+
+def _refuse_overlap(name, buf, *named):
+    """`buf` is written while the arrays of `named` ((name, array or None) pairs) are read:
+    the compiled kernels refuse one that shares memory with any of them (a silent wrong
+    answer there), and so does the twin."""
+    for other, array in named:
+        if array is not None and np.shares_memory(buf, array):
+            raise ValueError(f"{name} overlaps {other} (it is written while that is read)")
 
 
 def _output(name, buf, shape, dtype):
@@ -234,6 +245,7 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     if beta != 0 and out is None:
         raise ValueError("out is required when beta != 0 (out = alpha * a @ b + beta * out)")
     out = _output("out", out, (op_a.shape[0], op_b.shape[1]), a.dtype)
+    _refuse_overlap("out", out, ("a", a), ("b", b))
 
     if beta == 0:
         out[...] = alpha * (op_a @ op_b)       # never reads out: it may hold NaN
@@ -278,6 +290,7 @@ def linear_forward(x, w, b, out=None, *, activation=None):
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
     out = _output("out", out, (x.shape[0], w.shape[1]), x.dtype)
+    _refuse_overlap("out", out, ("x", x), ("w", w), ("b", b))
 
     z = x @ w
     if b is not None:
@@ -348,18 +361,12 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
         features = w.shape[1]
     # a given buffer shares no memory with an input or another layer's output
     for l, (_, _, _, out) in enumerate(layers):
-        if outs is None or outs[l] is None:
-            continue
-        if np.shares_memory(out, x):
-            raise ValueError(f"outs[{l}] overlaps x")
-        for j, (w, b, _, _) in enumerate(layers):
-            if np.shares_memory(out, w):
-                raise ValueError(f"outs[{l}] overlaps weights[{j}]")
-            if b is not None and np.shares_memory(out, b):
-                raise ValueError(f"outs[{l}] overlaps biases[{j}]")
-        for j, (_, _, _, other) in enumerate(layers):
-            if j != l and np.shares_memory(out, other):
-                raise ValueError(f"outs[{l}] overlaps outs[{j}]")
+        if outs is not None and outs[l] is not None:
+            _refuse_overlap(f"outs[{l}]", out, ("x", x),
+                            *[(f"{kind}[{j}]", array) for j, (w, b, _, _) in enumerate(layers)
+                              for kind, array in (("weights", w), ("biases", b))],
+                            *[(f"outs[{j}]", other) for j, (_, _, _, other) in enumerate(layers)
+                              if j != l])
 
     h, results = x, []
     for w, b, activation, out in layers:
@@ -420,6 +427,13 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         _check_buffer("grad_b", grad_b, (m,), grad_out.dtype)
     if compute_grad_x:
         grad_x = _output("grad_x", grad_x, (n, d), grad_out.dtype)
+    _refuse_overlap("grad_w", grad_w, ("grad_out", grad_out), ("x", x), ("w", w),
+                    ("grad_b", grad_b))
+    if grad_b is not None:
+        _refuse_overlap("grad_b", grad_b, ("grad_out", grad_out), ("x", x), ("w", w))
+    if compute_grad_x:
+        _refuse_overlap("grad_x", grad_x, ("grad_out", grad_out), ("x", x), ("w", w),
+                        ("grad_w", grad_w), ("grad_b", grad_b))
 
     if not accumulate:
         grad_w[...] = 0

@@ -400,3 +400,35 @@ def test_a_linear_with_its_own_call_is_not_chained():
     assert all(type(layer) is not _LinearChain for layer, _ in model._plan()[1])
     model(np.ones((1, 4), np.float32))
     assert Traced.calls == 1
+
+
+def test_a_layer_object_twice_trains_never_silently_wrong(rng):
+    # one object in two places keeps only its second input (and a ReLU its second output)
+    # for backward: refused in training mode and by backward; eval mode computes as usual
+    act = nn.ReLU()
+    lin = nn.Linear(4, 4)
+    for model in (nn.Sequential(lin, nn.ReLU(), lin),
+                  nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2))):
+        x = randn(rng, (3, 4), np.float32)
+        model.eval()
+        expected = x
+        for layer in model.layers:
+            expected = layer.infer(expected)
+        assert_close(model(x), expected)
+        assert_close(model.predict(x), expected)
+        with pytest.raises(ValueError, match="same .* object"):
+            model.backward(np.ones_like(expected))
+        model.train()
+        with pytest.raises(ValueError, match="same .* object"):
+            model(x)
+
+
+def test_a_linear_applied_to_its_own_output(rng, dtype):
+    # in training mode its output buffer is kept: fed back in, it must not be written while
+    # it is read
+    lin = nn.Linear(5, 5, dtype=dtype)
+    x = randn(rng, (3, 5), dtype)
+    w, b = lin.weight.data, lin.bias.data
+    y = lin(x)
+    z = lin(y)
+    assert_close(z, (x @ w + b) @ w + b, k=5)

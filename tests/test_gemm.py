@@ -504,3 +504,35 @@ def test_linear_mlp_shapes(rng, dtype):
         grads[mod] = (gw, gb, mod.linear_backward(g, x, w, gw, gb))
     for actual, expected, k in zip(grads[cnn_core], grads[reference], (MLP_N, MLP_N, MLP_H)):
         assert_close(actual, expected, k=k)
+
+
+@pytest.mark.parametrize("mod", [cnn_core, reference], ids=["cython", "numpy"])
+def test_buffers_sharing_memory_with_inputs_are_refused(rng, mod):
+    # a buffer is written while the inputs are read (by several threads, block by block):
+    # one that overlaps an input would give a silent wrong answer
+    a = randn(rng, (6, 6), np.float32)
+    b = randn(rng, (6, 6), np.float32)
+    store = np.zeros(48, np.float32)
+    with pytest.raises(ValueError, match="out overlaps a"):
+        mod.gemm(a, b, a)
+    with pytest.raises(ValueError, match="out overlaps b"):
+        mod.gemm(a, b, b, trans_b=True, beta=1.0)
+    with pytest.raises(ValueError, match="out overlaps x"):
+        mod.linear_forward(a, b, None, a)
+    bias = store[:6]
+    with pytest.raises(ValueError, match="out overlaps b"):
+        mod.linear_forward(a, b, bias, store[4:40].reshape(6, 6))
+    g = randn(rng, (6, 6), np.float32)
+    with pytest.raises(ValueError, match="grad_w overlaps x"):
+        mod.linear_backward(g, a, b, a, None)
+    with pytest.raises(ValueError, match="grad_b overlaps grad_out"):
+        mod.linear_backward(g, a, b, np.zeros((6, 6), np.float32), g[0])
+    with pytest.raises(ValueError, match="grad_x overlaps w"):
+        mod.linear_backward(g, a, b, np.zeros((6, 6), np.float32), None, b)
+    with pytest.raises(ValueError, match="grad_x overlaps grad_w"):
+        gw = store[:36].reshape(6, 6)
+        mod.linear_backward(g, a, b, gw, None, store[12:48].reshape(6, 6))
+    # side by side in one array, not overlapping: computed
+    out = store[:36].reshape(6, 6)
+    assert_close(mod.gemm(a, b, out), a @ b, k=6)
+    assert_close(mod.linear_forward(a, b, store[36:42], out), a @ b + store[36:42], k=6)

@@ -110,6 +110,8 @@ class Linear(Module):
         x = self._as_input(x, self.dtype, self._check)
         self._x = x
         out = self._scratch("out", (x.shape[0], self.out_features), self.dtype)
+        if out is x:    # this layer's own last output as its input: a fresh array
+            out = None
         bias = None if self.bias is None else self.bias.data
         return kernels().linear_forward(x, self.weight.data, bias, out, activation=activation)
 

@@ -103,6 +103,19 @@ def _with_chains(steps):
     return result
 
 
+def _repeated(layers):
+    """None, or why a Sequential whose layer object appears twice cannot train."""
+    first = {}
+    for i, layer in enumerate(layers):
+        j = first.setdefault(id(layer), i)
+        if j != i:
+            return (f"layers {j} and {i} are the same {type(layer).__name__} object: a layer "
+                    f"keeps what its backward needs from its last forward, so one object "
+                    f"cannot run twice in a training Sequential (eval mode is fine); use two "
+                    f"layer objects")
+    return None
+
+
 def _order(layers):
     """The order the layers run in: their own, except that a plain ReLU directly followed
     by a plain MaxPool2d runs after it. max and ReLU commute exactly (relu(max(window)) =
@@ -143,7 +156,7 @@ class Sequential(Module):
         self.stop_training = False
         self._last_loss = None     # the loss of the last fit, evaluate's default
         self._sample_shape = None  # per-sample input shape seen last, for summary()
-        self._plan_cache = ((), ([], []))   # (the ids of the layers it was made for, `_plan`)
+        self._plan_cache = ((), ([], [], None))  # (the ids of the layers it was made for, `_plan`)
 
     # --- the computation -------------------------------------------------------------
 
@@ -155,8 +168,11 @@ class Sequential(Module):
         """
         x = self._cast(x)
         self._sample_shape = x.shape[1:]
+        _, steps, repeated = self._plan()
+        if repeated and self.training:
+            raise ValueError(repeated)
         out = x
-        for layer, relu in self._plan()[1]:
+        for layer, relu in steps:
             if relu is not None:
                 # Linear then ReLU in one pass: the ReLU is applied in the GEMM's write-back,
                 # and the ReLU layer keeps relu(z) for its backward (relu(z) > 0 iff z > 0)
@@ -175,7 +191,10 @@ class Sequential(Module):
         parameters' gradients into ``.grad``. Returns dL/d(input), or None when
         ``compute_grad_input`` is False (the first layer then skips that product)."""
         grad = grad_out
-        backward_order = self._plan()[0][::-1]     # the forward's order, reversed
+        order, _, repeated = self._plan()
+        if repeated:
+            raise ValueError(repeated)
+        backward_order = order[::-1]     # the forward's order, reversed
         for i in backward_order[:-1]:
             grad = self.layers[i].backward(grad)
         if not self.layers:
@@ -195,11 +214,13 @@ class Sequential(Module):
         return out.copy() if np.may_share_memory(out, x) else out
 
     def _plan(self):
-        """``(order, steps)`` for the layers as they are now: `order` the layer indices in
+        """``(order, steps, repeated)`` for the layers as they are now: `order` the layer indices in
         the order they run (`_order`), `steps` one ``(layer, relu)`` per forward step, where
         `relu` is the ReLU layer fused into `layer` (`_fusable`) or None, and runs of plain
-        Linear steps are one `_LinearChain` step. Made again only when the list of layers
-        has changed."""
+        Linear steps are one `_LinearChain` step; `repeated` is None, or the message that
+        says which layer object appears twice (it would keep only its second input for
+        backward: refused in training mode and by backward). Made again only when the list
+        of layers has changed."""
         ids = tuple(map(id, self.layers))
         made_for, plan = self._plan_cache
         # the same layer objects (by identity: a layer's __eq__, if it has one, is not asked;
@@ -212,7 +233,7 @@ class Sequential(Module):
                 fused = _fusable(layers[i], layers, i)
                 steps.append((layers[i], layers[i + 1] if fused else None))
                 k += 2 if fused else 1
-            plan = (order, _with_chains(steps))
+            plan = (order, _with_chains(steps), _repeated(layers))
             self._plan_cache = (ids, plan)
         return plan
 
