@@ -33,6 +33,27 @@ from cnn_core._gemm cimport sgemm_serial, dgemm_serial
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 from cnn_core._lanes cimport lane_sum, LANE_SUM
 
+cdef extern from *:
+    """
+    /* dst[i] += src[i]: the two never overlap (restrict lets the compiler use vectors) */
+    static void nn_sadd(float *restrict dst, const float *restrict src, long n) {
+        for (long i = 0; i < n; ++i) dst[i] += src[i];
+    }
+    static void nn_dadd(double *restrict dst, const double *restrict src, long n) {
+        for (long i = 0; i < n; ++i) dst[i] += src[i];
+    }
+    """
+    void nn_sadd(float *dst, const float *src, long n) nogil
+    void nn_dadd(double *dst, const double *src, long n) nogil
+
+
+cdef inline void _add_run(floating *dst, const floating *src, long n) noexcept nogil:
+    if floating is float:
+        nn_sadd(dst, src, n)
+    else:
+        nn_dadd(dst, src, n)
+
+
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
@@ -108,9 +129,9 @@ cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, lo
                     src = x + (c * H + ih) * W - pw + kw
                     for ow in range(ow_lo):
                         dst[oh * OW + ow] = 0
-                    if sw == 1:
-                        for ow in range(ow_lo, ow_hi):
-                            dst[oh * OW + ow] = src[ow]
+                    if sw == 1:     # the inside of the row: one contiguous run
+                        memcpy(dst + oh * OW + ow_lo, src + ow_lo,
+                               (ow_hi - ow_lo) * sizeof(floating))
                     else:
                         for ow in range(ow_lo, ow_hi):
                             dst[oh * OW + ow] = src[ow * sw]
@@ -136,8 +157,7 @@ cdef void col2im(const floating *col, long C, long H, long W, long KH, long KW, 
                         continue
                     dst = x + (c * H + ih) * W - pw + kw
                     if sw == 1:
-                        for ow in range(ow_lo, ow_hi):
-                            dst[ow] += src[oh * OW + ow]
+                        _add_run(dst + ow_lo, src + oh * OW + ow_lo, ow_hi - ow_lo)
                     else:
                         for ow in range(ow_lo, ow_hi):
                             dst[ow * sw] += src[oh * OW + ow]
