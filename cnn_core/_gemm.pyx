@@ -801,18 +801,21 @@ cdef _refuse_overlap(str name, object buf, tuple named):
 
 cdef _check_no_overlap(object x, list params, list results, tuple outs):
     # the chain's given buffers: none may share memory with x, a weight, a bias or another
-    # layer's output
+    # layer's output (the names are made only for the message)
     cdef Py_ssize_t i, j
     for i in range(len(results)):
         if outs[i] is None:
             continue
-        named = ["x", x]
+        out = results[i]
+        if _overlap(out, x):
+            _refuse_overlap(f"outs[{i}]", out, ("x", x))
         for j in range(len(params)):
-            named += [f"{'weights' if j % 2 == 0 else 'biases'}[{j // 2}]", params[j]]
+            if _overlap(out, params[j]):
+                _refuse_overlap(f"outs[{i}]", out, (f"{'weights' if j % 2 == 0 else 'biases'}"
+                                                    f"[{j // 2}]", params[j]))
         for j in range(len(results)):
-            if j != i:
-                named += [f"outs[{j}]", results[j]]
-        _refuse_overlap(f"outs[{i}]", results[i], tuple(named))
+            if j != i and _overlap(out, results[j]):
+                _refuse_overlap(f"outs[{i}]", out, (f"outs[{j}]", results[j]))
 
 
 def linear_chain_forward(x, weights, biases, activations, outs=None):

@@ -18,7 +18,7 @@ The contract both backends follow (DESIGN.md, "Kernel contract"):
   training step allocates nothing. Parameters updated in place (``param``, ``velocity``,
   ``m``, ``v``, ``grad_w``, ``grad_b``) follow the same rule. The GEMM family's buffers
   (``gemm``, ``linear_forward``, ``linear_backward``, ``linear_chain_forward``) must not
-  share memory with the inputs they are computed from (``ValueError``);
+  share memory with the inputs they are computed from or with each other (``ValueError``);
 * zero-size dimensions give NumPy's result, except that a loss over an empty batch is an
   error.
 

@@ -20,6 +20,7 @@ import nnscratch as nn
 from cnn_core import reference
 from conftest import assert_close, nan_array, randn
 from nnscratch.bench import _mlp
+from nnscratch.explain import explain_step
 from nnscratch.model import _LinearChain
 
 BOTH = [cnn_core, reference]
@@ -404,11 +405,16 @@ def test_a_linear_with_its_own_call_is_not_chained():
 
 def test_a_layer_object_twice_trains_never_silently_wrong(rng):
     # one object in two places keeps only its second input (and a ReLU its second output)
-    # for backward: refused in training mode and by backward; eval mode computes as usual
+    # for backward: refused in training mode and by backward, at any depth (nested
+    # Sequentials); eval mode computes as usual
     act = nn.ReLU()
     lin = nn.Linear(4, 4)
+    inner = nn.Sequential(nn.Linear(4, 4))
     for model in (nn.Sequential(lin, nn.ReLU(), lin),
-                  nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2))):
+                  nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2)),
+                  nn.Sequential(lin, nn.Sequential(lin)),
+                  nn.Sequential(nn.Sequential(lin, nn.ReLU()), nn.Sequential(lin)),
+                  nn.Sequential(inner, nn.ReLU(), inner)):
         x = randn(rng, (3, 4), np.float32)
         model.eval()
         expected = x
@@ -421,14 +427,43 @@ def test_a_layer_object_twice_trains_never_silently_wrong(rng):
         model.train()
         with pytest.raises(ValueError, match="same .* object"):
             model(x)
+        once = list({id(p): p for p in model.parameters()}.values())
+        target = np.zeros((3, expected.shape[1]), np.float32)
+        with pytest.raises(ValueError, match="same .* object"):
+            model.fit(x, target, loss="mse", optimizer=nn.SGD(once, lr=0.1), epochs=1,
+                      batch_size=3, progress=False)
+        with pytest.raises(ValueError, match="same .* object"):
+            explain_step(model, x, target, nn.MSELoss(), nn.SGD(once, lr=0.1),
+                            print_fn=None)
+    # a nested Sequential changed after its first use is looked at again
+    inner = nn.Sequential(nn.Linear(4, 4))
+    model = nn.Sequential(lin, inner)
+    model(randn(rng, (3, 4), np.float32))
+    inner.layers.append(lin)
+    with pytest.raises(ValueError, match="same Linear object"):
+        model(randn(rng, (3, 4), np.float32))
 
 
 def test_a_linear_applied_to_its_own_output(rng, dtype):
     # in training mode its output buffer is kept: fed back in, it must not be written while
-    # it is read
+    # it is read (a fresh array takes its place); the same for its input gradient, and for
+    # a chain of layers fed its own last output
     lin = nn.Linear(5, 5, dtype=dtype)
     x = randn(rng, (3, 5), dtype)
     w, b = lin.weight.data, lin.bias.data
     y = lin(x)
     z = lin(y)
     assert_close(z, (x @ w + b) @ w + b, k=5)
+    g = randn(rng, (3, 5), dtype)
+    lin.zero_grad()
+    gx = lin.backward(g)
+    gxx = lin.backward(gx)
+    assert_close(gxx, (g @ w.T) @ w.T, k=5)
+    model = nn.Sequential(nn.Linear(5, 5, dtype=dtype), nn.ReLU(), nn.Linear(5, 5, dtype=dtype))
+    y = model(x)
+    expected = model.infer(model.infer(x))
+    assert_close(model(y), expected, k=5)
+    # a view of a kept buffer is refused by the kernel rather than read while written
+    y = lin(x)
+    with pytest.raises(ValueError, match="overlaps x"):
+        lin(y[:])

@@ -507,12 +507,17 @@ def test_linear_mlp_shapes(rng, dtype):
 
 
 @pytest.mark.parametrize("mod", [cnn_core, reference], ids=["cython", "numpy"])
-def test_buffers_sharing_memory_with_inputs_are_refused(rng, mod):
+def test_buffers_sharing_memory_with_inputs_are_refused(rng, mod, dtype):
     # a buffer is written while the inputs are read (by several threads, block by block):
-    # one that overlaps an input would give a silent wrong answer
-    a = randn(rng, (6, 6), np.float32)
-    b = randn(rng, (6, 6), np.float32)
-    store = np.zeros(48, np.float32)
+    # one that overlaps an input would give a silent wrong answer; a refused call writes
+    # nothing
+    a = randn(rng, (6, 6), dtype)
+    b = randn(rng, (6, 6), dtype)
+    a0, b0 = a.copy(), b.copy()
+    store = np.zeros(48, dtype)
+    with pytest.raises(ValueError, match="out overlaps a"):
+        mod.gemm_naive(a, b, a, alpha=2.0)
+    assert np.array_equal(a, a0) and np.array_equal(b, b0)
     with pytest.raises(ValueError, match="out overlaps a"):
         mod.gemm(a, b, a)
     with pytest.raises(ValueError, match="out overlaps b"):
@@ -522,17 +527,33 @@ def test_buffers_sharing_memory_with_inputs_are_refused(rng, mod):
     bias = store[:6]
     with pytest.raises(ValueError, match="out overlaps b"):
         mod.linear_forward(a, b, bias, store[4:40].reshape(6, 6))
-    g = randn(rng, (6, 6), np.float32)
+    g = randn(rng, (6, 6), dtype)
+    g0 = g.copy()
+    gw = np.zeros((6, 6), dtype)
     with pytest.raises(ValueError, match="grad_w overlaps x"):
         mod.linear_backward(g, a, b, a, None)
     with pytest.raises(ValueError, match="grad_b overlaps grad_out"):
-        mod.linear_backward(g, a, b, np.zeros((6, 6), np.float32), g[0])
+        mod.linear_backward(g, a, b, gw, g[0])
     with pytest.raises(ValueError, match="grad_x overlaps w"):
-        mod.linear_backward(g, a, b, np.zeros((6, 6), np.float32), None, b)
+        mod.linear_backward(g, a, b, gw, None, b)
     with pytest.raises(ValueError, match="grad_x overlaps grad_w"):
-        gw = store[:36].reshape(6, 6)
-        mod.linear_backward(g, a, b, gw, None, store[12:48].reshape(6, 6))
-    # side by side in one array, not overlapping: computed
+        mod.linear_backward(g, a, b, store[:36].reshape(6, 6), None,
+                            store[12:48].reshape(6, 6))
+    with pytest.raises(ValueError, match="grad_w overlaps grad_b"):
+        mod.linear_backward(g, a, b, store[:36].reshape(6, 6), store[30:36])
+    with pytest.raises(ValueError, match="grad_x overlaps grad_b"):
+        mod.linear_backward(g, a, b, gw, store[40:46], store[6:42].reshape(6, 6))
+    assert np.array_equal(a, a0) and np.array_equal(b, b0) and np.array_equal(g, g0)
+    assert not gw.any() and not store.any()     # nothing written by a refused call
+    # side by side in one array, not overlapping: computed; so is an input that is a
+    # strided view of the buffer's memory (copied before the product, in both backends)
     out = store[:36].reshape(6, 6)
     assert_close(mod.gemm(a, b, out), a @ b, k=6)
     assert_close(mod.linear_forward(a, b, store[36:42], out), a @ b + store[36:42], k=6)
+    wide = randn(rng, (6, 12), dtype)
+    strided = wide[:, ::2]
+    expected = strided @ b
+    assert_close(mod.gemm(strided, b, wide[:, :6].copy()), expected, k=6)
+    # zero-size buffers share no memory
+    empty = np.zeros((0, 6), dtype)
+    assert mod.gemm(empty, b, empty).shape == (0, 6)

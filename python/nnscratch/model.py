@@ -53,6 +53,8 @@ class _LinearChain:
             n = x.shape[0]
             outs = [linear._scratch("out", (n, linear.out_features), linear.dtype)
                     for linear in self.linears]
+            if any(out is x for out in outs):   # its own kept output fed back in: fresh
+                outs = [None if out is x else out for out in outs]
         results = kernels().linear_chain_forward(x, weights, biases, self.activations, outs)
         for linear, relu, inp, out in zip(self.linears, self.relus, (x,) + results, results):
             linear._x = inp
@@ -104,16 +106,25 @@ def _with_chains(steps):
 
 
 def _repeated(layers):
-    """None, or why a Sequential whose layer object appears twice cannot train."""
+    """None, or why a model in which one layer object appears twice (at any depth: nested
+    Sequentials included) cannot train."""
     first = {}
-    for i, layer in enumerate(layers):
-        j = first.setdefault(id(layer), i)
-        if j != i:
-            return (f"layers {j} and {i} are the same {type(layer).__name__} object: a layer "
-                    f"keeps what its backward needs from its last forward, so one object "
-                    f"cannot run twice in a training Sequential (eval mode is fine); use two "
-                    f"layer objects")
-    return None
+
+    def walk(modules, prefix):
+        for i, module in enumerate(modules):
+            where = f"{prefix}{i}"
+            seen = first.setdefault(id(module), where)
+            if seen != where:
+                return (f"layers {seen} and {where} are the same {type(module).__name__} "
+                        f"object: a layer keeps what its backward needs from its last "
+                        f"forward, so one object cannot run twice in a training Sequential "
+                        f"(eval mode is fine); use two layer objects")
+            found = walk(module.children(), f"{where}.")
+            if found:
+                return found
+        return None
+
+    return walk(layers, "")
 
 
 def _order(layers):
@@ -156,7 +167,8 @@ class Sequential(Module):
         self.stop_training = False
         self._last_loss = None     # the loss of the last fit, evaluate's default
         self._sample_shape = None  # per-sample input shape seen last, for summary()
-        self._plan_cache = ((), ([], [], None))  # (the ids of the layers it was made for, `_plan`)
+        self._plan_cache = ((), ([], []))   # (the ids of the layers it was made for, `_plan`)
+        self._repeats = (None,)             # `_plan`'s verdict (None: ask `_repeated` each time)
 
     # --- the computation -------------------------------------------------------------
 
@@ -166,11 +178,11 @@ class Sequential(Module):
         In training mode the returned array is a kept buffer, overwritten by the next
         forward with the same batch shape; in eval mode it is a fresh array.
         """
+        _, steps = self._plan()
+        if self.training:
+            self._refuse_repeated()
         x = self._cast(x)
         self._sample_shape = x.shape[1:]
-        _, steps, repeated = self._plan()
-        if repeated and self.training:
-            raise ValueError(repeated)
         out = x
         for layer, relu in steps:
             if relu is not None:
@@ -191,9 +203,8 @@ class Sequential(Module):
         parameters' gradients into ``.grad``. Returns dL/d(input), or None when
         ``compute_grad_input`` is False (the first layer then skips that product)."""
         grad = grad_out
-        order, _, repeated = self._plan()
-        if repeated:
-            raise ValueError(repeated)
+        order = self._plan()[0]
+        self._refuse_repeated()
         backward_order = order[::-1]     # the forward's order, reversed
         for i in backward_order[:-1]:
             grad = self.layers[i].backward(grad)
@@ -214,13 +225,11 @@ class Sequential(Module):
         return out.copy() if np.may_share_memory(out, x) else out
 
     def _plan(self):
-        """``(order, steps, repeated)`` for the layers as they are now: `order` the layer indices in
+        """``(order, steps)`` for the layers as they are now: `order` the layer indices in
         the order they run (`_order`), `steps` one ``(layer, relu)`` per forward step, where
         `relu` is the ReLU layer fused into `layer` (`_fusable`) or None, and runs of plain
-        Linear steps are one `_LinearChain` step; `repeated` is None, or the message that
-        says which layer object appears twice (it would keep only its second input for
-        backward: refused in training mode and by backward). Made again only when the list
-        of layers has changed."""
+        Linear steps are one `_LinearChain` step. Made again only when the list of layers
+        has changed (with `_repeated`'s verdict on it, see `_refuse_repeated`)."""
         ids = tuple(map(id, self.layers))
         made_for, plan = self._plan_cache
         # the same layer objects (by identity: a layer's __eq__, if it has one, is not asked;
@@ -233,9 +242,21 @@ class Sequential(Module):
                 fused = _fusable(layers[i], layers, i)
                 steps.append((layers[i], layers[i + 1] if fused else None))
                 k += 2 if fused else 1
-            plan = (order, _with_chains(steps), _repeated(layers))
+            plan = (order, _with_chains(steps))
+            # a layer object in two places keeps only its second input for backward: the
+            # answer holds while the list does, unless a layer has sub-layers that may change
+            nested = any(layer.children() for layer in layers)
+            self._repeats = None if nested else (_repeated(layers),)
             self._plan_cache = (ids, plan)
         return plan
+
+    def _refuse_repeated(self):
+        """ValueError when one layer object appears twice in the model (training mode and
+        backward: its backward would see only its last forward). After a `_plan()` call."""
+        verdict = self._repeats
+        repeated = _repeated(self.layers) if verdict is None else verdict[0]
+        if repeated:
+            raise ValueError(repeated)
 
     def _cast(self, x):
         """The input as an ndarray; non-float inputs (e.g. uint8 pixels) cast to the
