@@ -425,23 +425,37 @@ def test_a_layer_object_twice_trains_never_silently_wrong(rng):
         with pytest.raises(ValueError, match="same .* object"):
             model.backward(np.ones_like(expected))
         model.train()
+        kept = [(layer, getattr(layer, "_x", None)) for layer in _leaves(model)]
+        shape = model._sample_shape
         with pytest.raises(ValueError, match="same .* object"):
-            model(x)
+            model(x[:2])
+        # refused before anything ran: no layer saw the input, the model kept its state
+        assert all(getattr(layer, "_x", None) is before for layer, before in kept)
+        assert model._sample_shape == shape
         once = list({id(p): p for p in model.parameters()}.values())
+        values = [p.data.copy() for p in once]
         target = np.zeros((3, expected.shape[1]), np.float32)
         with pytest.raises(ValueError, match="same .* object"):
             model.fit(x, target, loss="mse", optimizer=nn.SGD(once, lr=0.1), epochs=1,
                       batch_size=3, progress=False)
+        assert model._last_loss is None     # refused before fit changed anything
+        assert all(np.array_equal(p.data, v) for p, v in zip(once, values))
         with pytest.raises(ValueError, match="same .* object"):
             explain_step(model, x, target, nn.MSELoss(), nn.SGD(once, lr=0.1),
                             print_fn=None)
-    # a nested Sequential changed after its first use is looked at again
-    inner = nn.Sequential(nn.Linear(4, 4))
-    model = nn.Sequential(lin, inner)
-    model(randn(rng, (3, 4), np.float32))
-    inner.layers.append(lin)
-    with pytest.raises(ValueError, match="same Linear object"):
+    # a nested Sequential changed after its first use is looked at again (empty at first,
+    # or not)
+    for inner in (nn.Sequential(nn.Linear(4, 4)), nn.Sequential()):
+        model = nn.Sequential(lin, inner)
         model(randn(rng, (3, 4), np.float32))
+        inner.layers.append(lin)
+        with pytest.raises(ValueError, match="same Linear object"):
+            model(randn(rng, (3, 4), np.float32))
+
+
+def _leaves(model):
+    children = model.children()
+    return [leaf for child in children for leaf in _leaves(child)] if children else [model]
 
 
 def test_a_linear_applied_to_its_own_output(rng, dtype):
@@ -459,6 +473,9 @@ def test_a_linear_applied_to_its_own_output(rng, dtype):
     gx = lin.backward(g)
     gxx = lin.backward(gx)
     assert_close(gxx, (g @ w.T) @ w.T, k=5)
+    gx = lin.backward(g)            # its kept input gradient as the next forward's input
+    lin(gx)
+    assert_close(lin.backward(g), g @ w.T, k=5)
     model = nn.Sequential(nn.Linear(5, 5, dtype=dtype), nn.ReLU(), nn.Linear(5, 5, dtype=dtype))
     y = model(x)
     expected = model.infer(model.infer(x))

@@ -121,7 +121,7 @@ class Linear(Module):
         x = self._saved("_x")
         grad_out = self._as_grad(grad_out, (x.shape[0], self.out_features), self.dtype)
         grad_x = self._scratch("grad_x", x.shape, self.dtype) if compute_grad_input else None
-        if grad_x is grad_out:  # its own kept input gradient fed back in: a fresh array
+        if grad_x is grad_out or grad_x is x:  # its own kept buffer fed back: a fresh one
             grad_x = None
         # after a zero_grad the kernel overwrites the gradients (beta = 0 in the GEMM)
         grad_w, accumulate = self.weight.grad_for_backward()

@@ -110,21 +110,23 @@ def _repeated(layers):
     Sequentials included) cannot train."""
     first = {}
 
-    def walk(modules, prefix):
+    def walk(modules, path):
         for i, module in enumerate(modules):
-            where = f"{prefix}{i}"
+            where = path + (i,)
             seen = first.setdefault(id(module), where)
             if seen != where:
-                return (f"layers {seen} and {where} are the same {type(module).__name__} "
-                        f"object: a layer keeps what its backward needs from its last "
-                        f"forward, so one object cannot run twice in a training Sequential "
-                        f"(eval mode is fine); use two layer objects")
-            found = walk(module.children(), f"{where}.")
-            if found:
-                return found
+                a, b = (".".join(map(str, p)) for p in (seen, where))
+                return (f"layers {a} and {b} are the same {type(module).__name__} object: a "
+                        f"layer keeps what its backward needs from its last forward, so one "
+                        f"object cannot run twice in a training Sequential (eval mode is "
+                        f"fine); use two layer objects")
+            if type(module).children is not Module.children:
+                found = walk(module.children(), where)
+                if found:
+                    return found
         return None
 
-    return walk(layers, "")
+    return walk(layers, ())
 
 
 def _order(layers):
@@ -244,8 +246,9 @@ class Sequential(Module):
                 k += 2 if fused else 1
             plan = (order, _with_chains(steps))
             # a layer object in two places keeps only its second input for backward: the
-            # answer holds while the list does, unless a layer has sub-layers that may change
-            nested = any(layer.children() for layer in layers)
+            # answer holds while the list does, unless a layer is a container (its own
+            # layers may change: asked again each time)
+            nested = any(type(layer).children is not Module.children for layer in layers)
             self._repeats = None if nested else (_repeated(layers),)
             self._plan_cache = (ids, plan)
         return plan
