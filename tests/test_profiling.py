@@ -1,0 +1,43 @@
+"""benchmarks/profile_step.py: where a training step's time goes (nnscratch.profiling)."""
+import numpy as np
+import pytest
+
+from nnscratch import profiling
+from nnscratch.model import _LinearChain
+
+
+@pytest.mark.parametrize("kind,layers", [("mlp", 5), ("lenet", 10)])
+def test_profile_rows_cover_every_phase_and_layer(kind, layers):
+    original = _LinearChain.forward
+    rows = profiling.profile_step(kind, batch_size=4, steps=3, samples=16)
+    labels = [label for label, _ in rows]
+    assert labels[0] == "gather the batch" and labels[-1] == "total"
+    assert labels[-2] == "between phases (the loop itself)"
+    # every layer's backward, last layer first; every forward step, the loss, the update
+    backward = [label for label in labels if label.startswith("backward ")]
+    assert [int(label.split()[1].rstrip(":")) for label in backward] == list(
+        range(layers - 1, -1, -1))
+    assert any(label.startswith("forward ") for label in labels)
+    assert {"loss", "zero_grad", "optimizer step"} <= set(labels)
+    if kind == "mlp":       # the three Linear layers: one chain, one kernel call
+        assert "forward 0: Linear+ReLU + 2: Linear+ReLU + 4: Linear" in labels
+    seconds = dict(rows)
+    assert all(s > 0 for label, s in rows if label != "between phases (the loop itself)")
+    assert seconds["between phases (the loop itself)"] >= 0
+    assert np.isclose(sum(s for _, s in rows[:-1]), seconds["total"])
+    # nothing left patched
+    assert _LinearChain.forward is original
+
+
+def test_profile_script_prints_the_table(capsys):
+    assert profiling.main(["--model", "mlp", "--batch", "8", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# one training step of the mlp model, batch 8")
+    assert "optimizer step" in out and out.rstrip().splitlines()[-1].startswith("total")
+
+
+def test_profile_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="model must be"):
+        profiling.profile_step("rnn")
+    with pytest.raises(ValueError, match="batch_size and steps"):
+        profiling.profile_step("mlp", batch_size=0)
