@@ -371,6 +371,36 @@ cdef void _sum_halves(const floating *part, floating *c, long ldc, long i0, long
             c[i * ldc + j] = r
 
 
+cdef int _half_product(int h, const floating *a, long rsa, long csa, const floating *b,
+                       long rsb, long csb, floating *part, long m, long n, long k,
+                       bint row_path) noexcept nogil:
+    # half h (0: the first k // 2 rows of B, 1: the rest) of A @ B into its partial C
+    cdef long half = k // 2
+    return gemm_slab(a + h * half * csa, rsa, csa, b + h * half * rsb, rsb, csb,
+                     part + h * m * n, n, m, n, half if h == 0 else k - half, 1, 0, NULL, 0,
+                     row_path)
+
+
+cdef inline bint _sum_on_two(long m, long n, int team) noexcept nogil:
+    # the halves' sum is cut by rows between two threads (when it is large enough)
+    return team > 1 and m * n >= 4096
+
+
+cdef void _sum_share(int tid, const floating *part, floating *c, long ldc, long m, long n,
+                     floating alpha, floating beta, const floating *bias, int relu,
+                     bint on_two) noexcept nogil:
+    # thread tid's rows of the halves' sum: all of them on thread 0, or the first half of
+    # the rows on thread 0 and the rest on thread 1 (`on_two`)
+    cdef long rows = (m + 1) // 2
+    if not on_two:
+        if tid == 0:
+            _sum_halves(part, c, ldc, 0, m, m, n, alpha, beta, bias, relu)
+    elif tid == 0:
+        _sum_halves(part, c, ldc, 0, rows, m, n, alpha, beta, bias, relu)
+    elif tid == 1:
+        _sum_halves(part, c, ldc, rows, m, m, n, alpha, beta, bias, relu)
+
+
 cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, long rsb,
                    long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
                    floating beta, const floating *bias, int relu, int threads,
@@ -390,22 +420,20 @@ cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, lon
     cdef floating *part = <floating *> nn_scratch(2, 2 * m * n * sizeof(floating))
     if part == NULL:
         return -1
-    cdef long half = k // 2, h, rows = (m + 1) // 2
+    cdef long h
     cdef int status[2]
     cdef int team = 2 if threads >= 2 else 1
     for h in prange(2, nogil=True, num_threads=team, schedule="static"):
-        status[h] = gemm_slab(a + h * half * csa, rsa, csa, b + h * half * rsb, rsb, csb,
-                              part + h * m * n, n, m, n, half if h == 0 else k - half, 1, 0,
-                              NULL, 0, row_path)
+        status[h] = _half_product(<int> h, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
     if status[0] != 0 or status[1] != 0:
         return -1
     # the sum (by rows, on both threads when there are many)
-    if team == 1 or m * n < 4096:
-        _sum_halves(part, c, ldc, 0, m, m, n, alpha, beta, bias, relu)
+    cdef bint on_two = _sum_on_two(m, n, team)
+    if not on_two:
+        _sum_share(0, part, c, ldc, m, n, alpha, beta, bias, relu, False)
     else:
         for h in prange(2, nogil=True, num_threads=2, schedule="static"):
-            _sum_halves(part, c, ldc, 0 if h == 0 else rows, rows if h == 0 else m, m, n,
-                        alpha, beta, bias, relu)
+            _sum_share(<int> h, part, c, ldc, m, n, alpha, beta, bias, relu, True)
     return 0
 
 
@@ -672,8 +700,8 @@ cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long
     # barrier only where one reads what another wrote. A one-sample forward through
     # 784-256-128-10 is one fork and one barrier: the first layer's halves on two threads;
     # their sum and the two small layers on this one. Returns -1 if out of memory.
-    cdef int status = 0
-    cdef long l, t, h, half, rows, k, n
+    cdef int status = 0, h
+    cdef long l, t, k, n
     cdef bint prev_multi = False
     cdef const floating *a = x
     cdef const floating *w
@@ -701,25 +729,13 @@ cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long
                     status = -1
             prev_multi = True
         else:   # the halves of k, then their sum (as _k_halves)
-            half = k // 2
             for h in range(2):
-                if h % team == tid and gemm_slab(a + h * half, k, 1, w + h * half * n, n, 1,
-                                                 part + h * m * n, n, m, n,
-                                                 half if h == 0 else k - half, 1, 0, NULL, 0,
-                                                 L.split.row_path) != 0:
+                if h % team == tid and _half_product(h, a, k, 1, w, n, 1, part, m, n, k,
+                                                     L.split.row_path) != 0:
                     status = -1
             nn_team_barrier()
-            if team == 1 or m * n < 4096:
-                if tid == 0:
-                    _sum_halves(part, c, n, 0, m, m, n, 1, 0, bias, L.relu)
-                prev_multi = False
-            else:
-                rows = (m + 1) // 2
-                if tid == 0:
-                    _sum_halves(part, c, n, 0, rows, m, n, 1, 0, bias, L.relu)
-                elif tid == 1:
-                    _sum_halves(part, c, n, rows, m, m, n, 1, 0, bias, L.relu)
-                prev_multi = True
+            prev_multi = _sum_on_two(m, n, team)
+            _sum_share(tid, part, c, n, m, n, 1, 0, bias, L.relu, prev_multi)
         a = c
     return status
 
@@ -789,6 +805,10 @@ cdef bint _overlap(object a, object b):
     return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 
+cdef object _overlap_error(str name, str other):
+    return ValueError(f"{name} overlaps {other} (it is written while that is read)")
+
+
 cdef _refuse_overlap(str name, object buf, tuple named):
     # `buf` is written while the arrays in `named` (name, array-or-None pairs, flattened)
     # are read -- by several threads: one that shares memory with any of them would give a
@@ -796,7 +816,7 @@ cdef _refuse_overlap(str name, object buf, tuple named):
     cdef Py_ssize_t i
     for i in range(0, len(named), 2):
         if _overlap(buf, named[i + 1]):
-            raise ValueError(f"{name} overlaps {named[i]} (it is written while that is read)")
+            raise _overlap_error(name, named[i])
 
 
 cdef _check_no_overlap(object x, list params, list results, tuple outs):
@@ -808,14 +828,14 @@ cdef _check_no_overlap(object x, list params, list results, tuple outs):
             continue
         out = results[i]
         if _overlap(out, x):
-            _refuse_overlap(f"outs[{i}]", out, ("x", x))
+            raise _overlap_error(f"outs[{i}]", "x")
         for j in range(len(params)):
             if _overlap(out, params[j]):
-                _refuse_overlap(f"outs[{i}]", out, (f"{'weights' if j % 2 == 0 else 'biases'}"
-                                                    f"[{j // 2}]", params[j]))
+                raise _overlap_error(f"outs[{i}]",
+                                     f"{'weights' if j % 2 == 0 else 'biases'}[{j // 2}]")
         for j in range(len(results)):
             if j != i and _overlap(out, results[j]):
-                _refuse_overlap(f"outs[{i}]", out, (f"outs[{j}]", results[j]))
+                raise _overlap_error(f"outs[{i}]", f"outs[{j}]")
 
 
 def linear_chain_forward(x, weights, biases, activations, outs=None):

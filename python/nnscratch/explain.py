@@ -30,7 +30,7 @@ from .backend import get_backend, kernels
 from .layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
                      MaxPool2d, ReLU, Sigmoid, Softmax, Tanh)
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
-from .model import Sequential, _repeated
+from .model import Sequential, _refuse_repeated
 from .module import Module
 from .optim import SGD, Adam, AdamW
 
@@ -291,9 +291,7 @@ def explain_step(model, X, y, loss, optimizer, print_fn=print):
         raise TypeError(f"optimizer must be an Optimizer such as SGD(...), got "
                         f"{type(optimizer).__name__}")
     layers = _layers_of(model)
-    repeated = _repeated(layers)
-    if repeated:        # (the step runs the layers one by one, not through Sequential)
-        raise ValueError(repeated)
+    _refuse_repeated(layers)     # (the step runs the layers one by one, not via Sequential)
     params = model.parameters()
     dtype = params[0].dtype if params else np.dtype(np.float32)
     X = np.asarray(X)

@@ -109,9 +109,7 @@ class Linear(Module):
         # applies max(., 0) in the same pass (Sequential uses it for a Linear-ReLU pair)
         x = self._as_input(x, self.dtype, self._check)
         self._x = x
-        out = self._scratch("out", (x.shape[0], self.out_features), self.dtype)
-        if out is x:    # this layer's own last output as its input: a fresh array
-            out = None
+        out = self._scratch("out", (x.shape[0], self.out_features), self.dtype, x)
         bias = None if self.bias is None else self.bias.data
         return kernels().linear_forward(x, self.weight.data, bias, out, activation=activation)
 
@@ -120,9 +118,8 @@ class Linear(Module):
         # returns grad_x = grad_out @ weight.T (N, in)
         x = self._saved("_x")
         grad_out = self._as_grad(grad_out, (x.shape[0], self.out_features), self.dtype)
-        grad_x = self._scratch("grad_x", x.shape, self.dtype) if compute_grad_input else None
-        if grad_x is grad_out or grad_x is x:  # its own kept buffer fed back: a fresh one
-            grad_x = None
+        grad_x = (self._scratch("grad_x", x.shape, self.dtype, grad_out, x)
+                  if compute_grad_input else None)
         # after a zero_grad the kernel overwrites the gradients (beta = 0 in the GEMM)
         grad_w, accumulate = self.weight.grad_for_backward()
         grad_b = None

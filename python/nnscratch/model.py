@@ -39,22 +39,22 @@ class _LinearChain:
         self.relus = tuple(relu for _, relu in pairs)
         self.activations = tuple(None if relu is None else "relu" for relu in self.relus)
 
-    def _arrays(self):
-        weights = [linear.weight.data for linear in self.linears]
-        biases = [None if linear.bias is None else linear.bias.data for linear in self.linears]
-        return weights, biases
-
-    def forward(self, x, training):
+    def _inputs(self, x):
+        """The first layer's input, checked and cast as its own forward does, and the
+        layers' current weights and biases."""
         first = self.linears[0]
         x = first._as_input(x, first.dtype, first._check)
-        weights, biases = self._arrays()
+        weights = [linear.weight.data for linear in self.linears]
+        biases = [None if linear.bias is None else linear.bias.data for linear in self.linears]
+        return x, weights, biases
+
+    def forward(self, x, training):
+        x, weights, biases = self._inputs(x)
         outs = None
         if training:    # the layers' kept output buffers (eval mode: fresh arrays)
             n = x.shape[0]
-            outs = [linear._scratch("out", (n, linear.out_features), linear.dtype)
+            outs = [linear._scratch("out", (n, linear.out_features), linear.dtype, x)
                     for linear in self.linears]
-            if any(out is x for out in outs):   # its own kept output fed back in: fresh
-                outs = [None if out is x else out for out in outs]
         results = kernels().linear_chain_forward(x, weights, biases, self.activations, outs)
         for linear, relu, inp, out in zip(self.linears, self.relus, (x,) + results, results):
             linear._x = inp
@@ -63,9 +63,7 @@ class _LinearChain:
         return results[-1]
 
     def infer(self, x):
-        first = self.linears[0]
-        x = first._as_input(x, first.dtype, first._check)
-        weights, biases = self._arrays()
+        x, weights, biases = self._inputs(x)
         return kernels().linear_chain_forward(x, weights, biases, self.activations)[-1]
 
 
@@ -127,6 +125,13 @@ def _repeated(layers):
         return None
 
     return walk(layers, ())
+
+
+def _refuse_repeated(layers):
+    """ValueError (`_repeated`'s message) when one layer object appears twice in `layers`."""
+    repeated = _repeated(layers)
+    if repeated:
+        raise ValueError(repeated)
 
 
 def _order(layers):
@@ -257,9 +262,10 @@ class Sequential(Module):
         """ValueError when one layer object appears twice in the model (training mode and
         backward: its backward would see only its last forward). After a `_plan()` call."""
         verdict = self._repeats
-        repeated = _repeated(self.layers) if verdict is None else verdict[0]
-        if repeated:
-            raise ValueError(repeated)
+        if verdict is None:
+            _refuse_repeated(self.layers)
+        elif verdict[0]:
+            raise ValueError(verdict[0])
 
     def _cast(self, x):
         """The input as an ndarray; non-float inputs (e.g. uint8 pixels) cast to the

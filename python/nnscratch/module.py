@@ -213,8 +213,10 @@ class Module:
 
     # --- helpers for subclasses ------------------------------------------------------
 
-    def _scratch(self, name, shape, dtype):
-        """A kept array for output `name` in training mode; None (= allocate) in eval mode."""
+    def _scratch(self, name, shape, dtype, *reading):
+        """A kept array for output `name` in training mode; None (= allocate) in eval mode,
+        and when the kept array is one of `reading`, the arrays the output is computed from
+        (a layer fed its own kept buffer back: it must not be written while it is read)."""
         if not self.training:
             return None
         arrays = self.__dict__.setdefault("_scratch_arrays", {})  # (subclass without __init__)
@@ -224,6 +226,9 @@ class Module:
             if len(arrays) >= _MAX_SCRATCH:
                 arrays.clear()
             array = arrays[key] = _memory.empty(shape, dtype)
+        for other in reading:
+            if other is array:
+                return None
         return array
 
     def _as_input(self, x, dtype=None, check=None, name="input"):

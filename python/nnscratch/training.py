@@ -131,16 +131,6 @@ class _Accuracy:
 # fit
 # --------------------------------------------------------------------------------------
 
-def _refuse_repeated_layers(model):
-    """A model holding one layer object twice cannot train (see `Sequential`): refused
-    before fit changes anything."""
-    from .model import _repeated
-
-    repeated = _repeated(model.children())
-    if repeated:
-        raise ValueError(repeated)
-
-
 def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
         initial_epoch=0, check_finite=True):
@@ -214,7 +204,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
 
     X, y, accuracy_kind = _as_data(model, loss, X, y)
-    _refuse_repeated_layers(model)
+    # a model holding one layer object twice cannot train (see Sequential): refused before
+    # fit changes anything
+    from .model import _refuse_repeated
+    _refuse_repeated(model.children())
     if validation_data is not None:
         if validation_split:
             raise ValueError("give validation_data or validation_split, not both")
