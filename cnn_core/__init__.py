@@ -14,7 +14,7 @@ except ImportError as _exc:  # pragma: no cover - the message is the point
         f"`pip install -e .` to build in place), and run Python from outside the checkout "
         f"(or with the installed package first on sys.path).") from None
 from cnn_core._gemm import (gemm, gemm_naive, linear_forward, linear_backward, linear_chain_forward,
-                            gemm_kernel_name)
+                            linear_chain_backward, gemm_kernel_name)
 from cnn_core._activations import (
     relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward,
     sigmoid_forward, sigmoid_backward, tanh_forward, tanh_backward,
@@ -28,6 +28,7 @@ from cnn_core._data import take_rows
 
 __all__ = [
     "gemm", "gemm_naive", "linear_forward", "linear_backward", "linear_chain_forward",
+    "linear_chain_backward",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",

@@ -481,13 +481,19 @@ cdef _Split _split(long m, long n, long k, long csb, int threads, int mr,
     return s
 
 
+cdef inline void _slab_bounds(const _Split *s, long t, long *start, long *size) noexcept nogil:
+    # slab t of a SPLIT_SLABS product: columns (split_n) or rows [start, start + size) of C
+    start[0] = (t * s.q + _min(t, s.r)) * s.tile
+    size[0] = _min((s.q + (1 if t < s.r else 0)) * s.tile, s.extent - start[0])
+
+
 cdef int _slab(const _Split *s, long t, const floating *a, long rsa, long csa,
                const floating *b, long rsb, long csb, floating *c, long ldc, long m, long n,
                long k, floating alpha, floating beta, const floating *bias,
                int relu) noexcept nogil:
     # slab t of a SPLIT_SLABS product (gemm_slab on its rows or columns of C)
-    cdef long start = (t * s.q + _min(t, s.r)) * s.tile
-    cdef long size = _min((s.q + (1 if t < s.r else 0)) * s.tile, s.extent - start)
+    cdef long start, size
+    _slab_bounds(s, t, &start, &size)
     if size <= 0:
         return 0
     if s.split_n:
@@ -692,6 +698,24 @@ ctypedef struct _Layer:
     _Split split
 
 
+ctypedef struct _BackLayer:
+    void *x           # (m, k) row-major: the layer's forward input
+    void *w           # (k, n)
+    void *gw          # (k, n): grad_w (+)= x^T @ g
+    void *gb          # (n,) or NULL: grad_b (+)= the column sums of g
+    void *g           # (m, n): dL/dz of this layer, read
+    void *gx          # (m, k) or NULL: g @ w^T -- the g of the layer below, or dL/dx
+    void *mask        # (m, k) or NULL: gx[i, j] kept where mask[i, j] > 0, else 0 (a ReLU)
+    long k
+    long n
+    bint accumulate
+    _Split split_w    # x^T @ g: (k x n) = (k x m) @ (m x n)
+    _Split split_x    # g @ w^T: (m x k) = (m x n) @ (n x k)
+    int tid_w         # the thread of a serial dW product,
+    int tid_x         # of a serial dX product,
+    int tid_b         # of the column sums
+
+
 cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long nl, long m,
                       floating *part) noexcept nogil:
     # Thread `tid`'s part of every layer, in order, in one parallel region of `team`
@@ -746,21 +770,43 @@ cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m,
     cdef int mr, nr
     _tile_shape(x, &mr, &nr)
     cdef long l, part_size = 0
-    cdef int team = 1, tid, size
+    cdef int team = 1
     for l in range(nl):
         layers[l].split = _split(m, layers[l].n, layers[l].k, 1, threads, mr, nr)
-        if layers[l].split.kind == SPLIT_HALVES:
-            part_size = max(part_size, 2 * m * layers[l].n)
-            team = max(team, 2 if threads >= 2 else 1)
-        elif layers[l].split.kind == SPLIT_SLABS:
-            team = max(team, <int> layers[l].split.parts)
+        _count_team(&layers[l].split, m * layers[l].n, threads, &team, &part_size)
+    return _on_team(team, x, layers, NULL, nl, m, part_size)
+
+
+cdef inline void _count_team(const _Split *s, long c_size, int threads, int *team,
+                             long *part_size) noexcept nogil:
+    # what a chain needs for a product of c_size elements shared out as `s`: threads, and
+    # room for the two partial Cs of its halves
+    if s.kind == SPLIT_HALVES:
+        part_size[0] = max(part_size[0], 2 * c_size)
+        team[0] = max(team[0], 2 if threads >= 2 else 1)
+    elif s.kind == SPLIT_SLABS:
+        team[0] = max(team[0], <int> s.parts)
+
+
+cdef inline int _share(int tid, int team, const floating *x, _Layer *layers, _BackLayer *back,
+                       long nl, long m, floating *part) noexcept nogil:
+    if back != NULL:
+        return _chain_back_share(tid, team, back, nl, m, part)
+    return _chain_share(tid, team, x, layers, nl, m, part)
+
+
+cdef int _on_team(int team, const floating *x, _Layer *layers, _BackLayer *back, long nl,
+                  long m, long part_size) noexcept nogil:
+    # The shares of a chain's forward (layers) or backward (back) on `team` threads, in one
+    # parallel region (none for a team of one). -1 if out of memory.
     cdef floating *part = NULL
+    cdef int tid, size
     if part_size > 0:
         part = <floating *> nn_scratch(2, part_size * sizeof(floating))
         if part == NULL:
             return -1
     if team == 1:
-        return _chain_share(0, 1, x, layers, nl, m, part)
+        return _share(0, 1, x, layers, back, nl, m, part)
     cdef int status[MAX_PARTS]
     for tid in range(team):
         status[tid] = 0
@@ -768,7 +814,7 @@ cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m,
     with parallel(num_threads=team):
         tid = threadid()
         size = nn_team_size()       # (the team OpenMP gave, maybe fewer than asked for)
-        status[tid] = _chain_share(tid, size, x, layers, nl, m, part)
+        status[tid] = _share(tid, size, x, layers, back, nl, m, part)
     for tid in range(team):
         if status[tid] != 0:
             return -1
@@ -994,6 +1040,336 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         return None
     _run(grad_out, False, w, True, grad_x, m, 1.0, 0.0, None, 0, False)
     return grad_x
+
+
+# ---------------------------------------------------------------------------------------------
+# The backward of a chain of linear layers in one call (Sequential's Linear[-ReLU] stacks)
+
+cdef void _relu_mask(floating *c, const floating *mask, long ld, long i0, long i1, long j0,
+                     long j1) noexcept nogil:
+    # rows [i0, i1), columns [j0, j1) of c (leading dimension ld): c = c where mask > 0,
+    # else 0 -- ReLU's backward (relu_backward's very select, so the same bits)
+    cdef long i, j
+    cdef floating *row
+    cdef const floating *keep
+    for i in range(i0, i1):
+        row = c + i * ld
+        keep = mask + i * ld
+        for j in range(j0, j1):
+            row[j] = row[j] if keep[j] > 0 else 0
+
+
+cdef int _share_product(int tid, int team, const _Split *s, int serial_tid,
+                        const floating *a, long rsa, long csa, const floating *b, long rsb,
+                        long csb, floating *c, long ldc, long m, long n, long k, floating beta,
+                        const floating *mask, floating *part) noexcept nogil:
+    # Thread tid's share of C (m x n) = A @ B + beta * C, shared out as gemm_parallel would
+    # (so the same bits), then -- when mask is given -- ReLU's backward on what it wrote.
+    # Every thread of the team calls this for every product (a halves product meets at a
+    # barrier). Returns -1 if out of memory.
+    cdef int status = 0, h
+    cdef long t, start, size, rows
+    cdef bint on_two
+    if s.kind == SPLIT_SERIAL:
+        if tid == serial_tid % team:
+            status = gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0,
+                               s.row_path)
+            if mask != NULL:
+                _relu_mask(c, mask, ldc, 0, m, 0, n)
+    elif s.kind == SPLIT_SLABS:
+        for t in range(s.parts):
+            if t % team != tid:
+                continue
+            if _slab(s, t, a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0) != 0:
+                status = -1
+            if mask != NULL:
+                _slab_bounds(s, t, &start, &size)
+                if size > 0 and s.split_n:
+                    _relu_mask(c, mask, ldc, 0, m, start, start + size)
+                elif size > 0:
+                    _relu_mask(c, mask, ldc, start, start + size, 0, n)
+    else:   # the halves of k, then their sum (as _k_halves)
+        for h in range(2):
+            if h % team == tid and _half_product(h, a, rsa, csa, b, rsb, csb, part, m, n, k,
+                                                 s.row_path) != 0:
+                status = -1
+        nn_team_barrier()
+        on_two = _sum_on_two(m, n, team)
+        _sum_share(tid, part, c, ldc, m, n, 1, beta, NULL, 0, on_two)
+        if mask != NULL:
+            rows = (m + 1) // 2
+            if not on_two and tid == 0:
+                _relu_mask(c, mask, ldc, 0, m, 0, n)
+            elif on_two and tid < 2:
+                _relu_mask(c, mask, ldc, 0 if tid == 0 else rows, rows if tid == 0 else m,
+                           0, n)
+    return status
+
+
+cdef int _chain_back_share(int tid, int team, _BackLayer *layers, long nl, long m,
+                           floating *part) noexcept nogil:
+    # Thread tid's part of every layer's backward, from the last layer down, in one
+    # parallel region of `team` threads. Layer l's three pieces -- dW = x^T @ g, the column
+    # sums, dX = g @ w^T with the ReLU mask of the layer below -- read only g, x and w, so
+    # they run side by side; the threads meet at a barrier before each layer below, which
+    # reads the g the dX shares wrote. Returns -1 if out of memory.
+    cdef int status = 0
+    cdef long l
+    cdef _BackLayer *L
+    cdef floating beta
+    for l in range(nl - 1, -1, -1):
+        L = &layers[l]
+        if l < nl - 1 and team > 1:
+            nn_team_barrier()       # this layer's g was written by the shares of the last
+        beta = 1 if L.accumulate else 0
+        # grad_w (k x n) (+)= x^T (k x m) @ g (m x n)
+        if _share_product(tid, team, &L.split_w, L.tid_w, <const floating *> L.x, 1, L.k,
+                          <const floating *> L.g, L.n, 1, <floating *> L.gw, L.n, L.k, L.n,
+                          m, beta, NULL, part) != 0:
+            status = -1
+        if L.gb != NULL and tid == L.tid_b % team:
+            _column_sums(<const floating *> L.g, m, L.n, <floating *> L.gb, L.accumulate)
+        # gx (m x k) = g (m x n) @ w^T (n x k), then the ReLU below (mask)
+        if L.gx != NULL and _share_product(
+                tid, team, &L.split_x, L.tid_x, <const floating *> L.g, L.n, 1,
+                <const floating *> L.w, 1, L.n, <floating *> L.gx, L.k, m, L.k, L.n, 0,
+                <const floating *> L.mask, part) != 0:
+            status = -1
+    return status
+
+
+cdef int _chain_back_run(_BackLayer *layers, long nl, long m, int threads,
+                         const floating *dummy) noexcept nogil:
+    # Every layer's backward (m >= 1 rows, every k and n >= 1). -1 if out of memory.
+    cdef int mr, nr
+    _tile_shape(dummy, &mr, &nr)
+    cdef long l, part_size = 0
+    cdef int team = 1, serial = 0
+    cdef _BackLayer *L
+    for l in range(nl):
+        L = &layers[l]
+        L.split_w = _split(L.k, L.n, m, 1, threads, mr, nr)
+        _count_team(&L.split_w, L.k * L.n, threads, &team, &part_size)
+        L.split_x = _split(m, L.k, L.n, L.n, threads, mr, nr)
+        if L.gx != NULL:
+            _count_team(&L.split_x, m * L.k, threads, &team, &part_size)
+    # the pieces one thread does (serial products, column sums) go round the team, from the
+    # top layer down: in a parallel region anyway, they run side by side
+    for l in range(nl - 1, -1, -1):
+        L = &layers[l]
+        L.tid_w = serial % team
+        serial += L.split_w.kind == SPLIT_SERIAL
+        L.tid_b = serial % team
+        serial += L.gb != NULL
+        L.tid_x = serial % team
+        serial += L.gx != NULL and L.split_x.kind == SPLIT_SERIAL
+    return _on_team(team, dummy, NULL, layers, nl, m, part_size)
+
+
+cdef list _X_NAMES = [f"xs[{i}]" for i in range(64)]
+cdef list _GW_NAMES = [f"grads_w[{i}]" for i in range(64)]
+cdef list _GB_NAMES = [f"grads_b[{i}]" for i in range(64)]
+cdef list _MASK_NAMES = [f"masks[{i}]" for i in range(64)]
+cdef list _WORK_NAMES = [f"work[{i}]" for i in range(64)]
+
+
+cdef _apply_mask(cnp.ndarray c, cnp.ndarray mask):
+    # c = c where mask > 0, else 0 (two checked arrays of one shape and dtype)
+    cdef long m = cnp.PyArray_DIM(c, 0), n = cnp.PyArray_DIM(c, 1)
+    cdef void *pc = cnp.PyArray_DATA(c)
+    cdef void *pm = cnp.PyArray_DATA(mask)
+    with nogil:
+        if cnp.PyArray_TYPE(c) == cnp.NPY_FLOAT32:
+            _relu_mask(<float *> pc, <const float *> pm, n, 0, m, 0, n)
+        else:
+            _relu_mask(<double *> pc, <const double *> pm, n, 0, m, 0, n)
+
+
+def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x=None, *,
+                          compute_grad_x=True, accumulate=True, work=None):
+    """The backward of `linear_chain_forward` in one call. From the last layer down, with
+    g = grad_out and each layer's ReLU undone first::
+
+        g_l = g * (masks[l] > 0)  (masks[l] given: layer l's output went through a ReLU)
+        grads_w[l] (+)= xs[l].T @ g_l      grads_b[l] (+)= g_l.sum(axis=0)
+        g = g_l @ weights[l].T             (dL/d(xs[l]); for l = 0 the returned grad_x)
+
+    grad_out (N, D_L); xs[l] (N, D_l), layer l's forward input; weights[l] (D_l, D_(l+1));
+    grads_w[l] of weights[l]'s shape; grads_b[l] (D_(l+1),) or None; masks[l] None or
+    (N, D_(l+1)), the array layer l's ReLU keeps (its output); work None, or one buffer
+    (or None) per layer for g_l. accumulate (a bool, or one per layer) False overwrites
+    grads_w[l] and grads_b[l] (= instead of +=), as in `linear_backward`.
+
+    Returns ``(grad_x, gs)``: dL/d(xs[0]) (N, D_0), or None when compute_grad_x is False,
+    and the tuple (g_0, ..., g_(L-1)) (g_(L-1) is grad_out itself when the last layer has
+    no ReLU). Every array has the bits of one `relu_backward` and `linear_backward` per
+    layer; the layers run in one parallel region, each layer's dW and dX products side by
+    side, the ReLU applied to each share of dX as it is written.
+    """
+    grad_out = as_float_array("grad_out", grad_out, 2)
+    dtype = grad_out.dtype
+    xs = _sequence("xs", xs)
+    weights = _sequence("weights", weights)
+    grads_w = _sequence("grads_w", grads_w)
+    grads_b = _sequence("grads_b", grads_b)
+    masks = _sequence("masks", masks)
+    if work is not None:
+        work = _sequence("work", work)
+    cdef Py_ssize_t nl = len(weights), l
+    if nl == 0:
+        raise ValueError("weights is empty: the chain needs at least one layer")
+    for name, seq in (("xs", xs), ("grads_w", grads_w), ("grads_b", grads_b),
+                      ("masks", masks), ("work", work)):
+        if seq is not None and len(seq) != nl:
+            raise ValueError(f"{name} has {len(seq)} entries for {nl} weights")
+    if isinstance(accumulate, (bool, np.bool_)):
+        accumulate = (bool(accumulate),) * nl
+    else:
+        accumulate = _sequence("accumulate", accumulate)
+        if len(accumulate) != nl:
+            raise ValueError(f"accumulate has {len(accumulate)} entries for {nl} weights")
+        for l in range(nl):
+            if not isinstance(accumulate[l], (bool, np.bool_)):
+                raise TypeError(f"accumulate[{l}] must be True or False, got "
+                                f"{accumulate[l]!r}")
+    cdef long m = grad_out.shape[0], k, n
+    cdef bint empty = m == 0
+    cdef list ins = [grad_out]       # read (maybe copies): none may overlap an output
+    cdef list outs = []              # written, given by the caller: (name, array) pairs
+    cdef list ws = [], xl = [], gws = [], gbs = [], mks = [], gs = []
+    for l in range(nl):
+        w = as_float_array(_item(_W_NAMES, "weights", l), weights[l], 2)
+        check_same_dtype(_item(_W_NAMES, "weights", l), w, dtype)
+        k, n = w.shape[0], w.shape[1]
+        if l > 0 and ws[l - 1].shape[1] != k:
+            raise ValueError(f"weights[{l}] has shape {w.shape}; layer {l - 1} has "
+                             f"{ws[l - 1].shape[1]} outputs, so it must be "
+                             f"({ws[l - 1].shape[1]}, M)")
+        x = as_float_array(_item(_X_NAMES, "xs", l), xs[l], 2)
+        check_same_dtype(_item(_X_NAMES, "xs", l), x, dtype)
+        if x.shape[0] != m or x.shape[1] != k:
+            raise ValueError(f"xs[{l}] has shape {x.shape}, expected ({m}, {k})")
+        check_buffer(_item(_GW_NAMES, "grads_w", l), grads_w[l], (k, n), dtype)
+        gb = grads_b[l]
+        if gb is not None:
+            check_buffer(_item(_GB_NAMES, "grads_b", l), gb, (n,), dtype)
+        mk = masks[l]
+        if mk is not None:
+            mk = as_float_array(_item(_MASK_NAMES, "masks", l), mk, 2)
+            check_same_dtype(_item(_MASK_NAMES, "masks", l), mk, dtype)
+            if mk.shape[0] != m or mk.shape[1] != n:
+                raise ValueError(f"masks[{l}] has shape {mk.shape}, expected ({m}, {n})")
+        ws.append(w)
+        xl.append(x)
+        gws.append(grads_w[l])
+        gbs.append(gb)
+        mks.append(mk)
+        ins += [w, x, mk]
+        outs += [_item(_GW_NAMES, "grads_w", l), grads_w[l], _item(_GB_NAMES, "grads_b", l), gb]
+        empty = empty or k == 0 or n == 0
+    if ws[nl - 1].shape[1] != grad_out.shape[1]:
+        raise ValueError(f"grad_out has shape {grad_out.shape}, expected ({m}, "
+                         f"{ws[nl - 1].shape[1]}) (the last layer's output)")
+    # g_l: a work buffer, except the last layer's without a ReLU (grad_out itself)
+    for l in range(nl):
+        n = ws[l].shape[1]
+        if l == nl - 1 and mks[l] is None:
+            gs.append(grad_out)
+            continue
+        given = work is not None and work[l] is not None
+        buf = output(_item(_WORK_NAMES, "work", l), work[l] if given else None, (m, n), dtype)
+        if given:
+            outs += [_item(_WORK_NAMES, "work", l), buf]
+        gs.append(buf)
+    given_x = compute_grad_x and grad_x is not None
+    if compute_grad_x:
+        grad_x = output("grad_x", grad_x, (m, ws[0].shape[0]), dtype)
+        if given_x:
+            outs += ["grad_x", grad_x]
+    else:
+        grad_x = None
+    _check_back_overlap(ins, outs, xs, weights, masks)
+    if empty or nl > 64:
+        _chain_back_by_layer(grad_out, xl, ws, gws, gbs, mks, gs, grad_x, accumulate)
+        return grad_x, tuple(gs)
+    cdef _BackLayer *layers = <_BackLayer *> PyMem_Malloc(nl * sizeof(_BackLayer))
+    if layers == NULL:
+        raise MemoryError()
+    cdef int status = 0, threads = num_threads()
+    cdef bint single = cnp.PyArray_TYPE(grad_out) == cnp.NPY_FLOAT32
+    cdef _BackLayer *L
+    try:
+        if mks[nl - 1] is not None:     # the last layer's ReLU: g_(L-1) before the chain
+            gs[nl - 1][...] = grad_out
+            _apply_mask(gs[nl - 1], mks[nl - 1])
+        for l in range(nl):
+            L = &layers[l]
+            L.x = cnp.PyArray_DATA(<cnp.ndarray> xl[l])
+            L.w = cnp.PyArray_DATA(<cnp.ndarray> ws[l])
+            L.gw = cnp.PyArray_DATA(<cnp.ndarray> gws[l])
+            L.gb = cnp.PyArray_DATA(<cnp.ndarray> gbs[l]) if gbs[l] is not None else NULL
+            L.g = cnp.PyArray_DATA(<cnp.ndarray> gs[l])
+            below = gs[l - 1] if l > 0 else grad_x
+            L.gx = cnp.PyArray_DATA(<cnp.ndarray> below) if below is not None else NULL
+            L.mask = (cnp.PyArray_DATA(<cnp.ndarray> mks[l - 1])
+                      if l > 0 and mks[l - 1] is not None else NULL)
+            L.k = ws[l].shape[0]
+            L.n = ws[l].shape[1]
+            L.accumulate = accumulate[l]
+        with nogil:
+            if single:
+                status = _chain_back_run(layers, nl, m, threads, <const float *> NULL)
+            else:
+                status = _chain_back_run(layers, nl, m, threads, <const double *> NULL)
+        if status != 0:
+            raise MemoryError("linear_chain_backward: cannot allocate the packing buffers")
+    finally:
+        PyMem_Free(layers)
+    return grad_x, tuple(gs)
+
+
+cdef _check_back_overlap(list ins, list outs, xs, weights, masks):
+    # every buffer the chain writes (outs: name, array pairs) shares no memory with what it
+    # reads or with another buffer it writes (the names of the read arrays made only for
+    # the message)
+    cdef Py_ssize_t i, j
+    for i in range(0, len(outs), 2):
+        buf = outs[i + 1]
+        if buf is None:
+            continue
+        for j in range(len(ins)):
+            if _overlap(buf, ins[j]):
+                raise _overlap_error(outs[i], _back_input_name(j))
+        for j in range(0, len(outs), 2):
+            if j != i and _overlap(buf, outs[j + 1]):
+                raise _overlap_error(outs[i], outs[j])
+
+
+cdef str _back_input_name(Py_ssize_t j):
+    # the name of ins[j] in linear_chain_backward: grad_out, then (w, x, mask) per layer
+    if j == 0:
+        return "grad_out"
+    return f"{('weights', 'xs', 'masks')[(j - 1) % 3]}[{(j - 1) // 3}]"
+
+
+cdef _chain_back_by_layer(grad_out, list xl, list ws, list gws, list gbs, list mks, list gs,
+                          grad_x, tuple accumulate):
+    # a dimension is zero (or very many layers): layer by layer (NumPy's answers)
+    cdef Py_ssize_t nl = len(ws), l
+    if mks[nl - 1] is not None:
+        gs[nl - 1][...] = grad_out
+        _apply_mask(gs[nl - 1], mks[nl - 1])
+    for l in range(nl - 1, -1, -1):
+        g = gs[l]
+        _run(xl[l], True, g, False, gws[l], g.shape[0], 1.0, 1.0 if accumulate[l] else 0.0,
+             None, 0, False)
+        if gbs[l] is not None:
+            _add_column_sums(g, gbs[l], accumulate[l])
+        below = gs[l - 1] if l > 0 else grad_x
+        if below is not None:
+            _run(g, False, ws[l], True, below, g.shape[1], 1.0, 0.0, None, 0, False)
+            if l > 0 and mks[l - 1] is not None:
+                _apply_mask(below, mks[l - 1])
 
 
 def gemm_kernel_name(dtype=np.float32):

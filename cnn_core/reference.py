@@ -31,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "gemm", "gemm_naive", "linear_forward", "linear_backward", "linear_chain_forward",
+    "linear_chain_backward",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
@@ -446,6 +447,127 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         return None
     grad_x[...] = grad_out @ w.T
     return grad_x
+
+
+def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x=None, *,
+                          compute_grad_x=True, accumulate=True, work=None):
+    """The backward of `linear_chain_forward` (a stack of `relu_backward` and
+    `linear_backward` calls, from the last layer down)::
+
+        g = grad_out
+        for l = L-1, ..., 0:
+            g_l = g * (masks[l] > 0)       when layer l's output went through a ReLU
+            grads_w[l] += xs[l].T @ g_l    grads_b[l] += g_l.sum(axis=0)
+            g = g_l @ weights[l].T         dL/d(xs[l]); for l = 0 the returned grad_x
+
+    Parameters
+    ----------
+    grad_out : ndarray (N, D_L)
+        dL/d(the last layer's output).
+    xs : sequence of L ndarrays, xs[l] (N, D_l)
+        Each layer's forward input.
+    weights : sequence of L ndarrays, weights[l] (D_l, D_(l+1))
+    grads_w : sequence of L buffers of the weights' shapes
+        Accumulated in place.
+    grads_b : sequence of L buffers (D_(l+1),) or None
+        Accumulated in place.
+    masks : sequence of L entries, None or an ndarray (N, D_(l+1))
+        What layer l's ReLU keeps (its output); None when layer l has no ReLU.
+    grad_x : ndarray (N, D_0), optional
+        Written in place when given (and compute_grad_x).
+    compute_grad_x : bool
+        False: the first layer's input gradient is not computed (None is returned).
+    accumulate : bool, or a sequence of L bools
+        False (for layer l): overwrite grads_w[l] and grads_b[l] instead of adding to them.
+    work : None, or a sequence of L buffers (N, D_(l+1)) (or None)
+        Where g_l is written.
+
+    Returns
+    -------
+    (grad_x, gs) : grad_x (N, D_0) or None, and the tuple (g_0, ..., g_(L-1)); g_(L-1) is
+        grad_out itself when the last layer has no ReLU.
+    """
+    grad_out = _as_float_array("grad_out", grad_out, ndim=2)
+    xs, weights = _sequence("xs", xs), _sequence("weights", weights)
+    grads_w, grads_b = _sequence("grads_w", grads_w), _sequence("grads_b", grads_b)
+    masks = _sequence("masks", masks)
+    work = None if work is None else _sequence("work", work)
+    n_layers = len(weights)
+    if n_layers == 0:
+        raise ValueError("weights is empty: the chain needs at least one layer")
+    for name, seq in (("xs", xs), ("grads_w", grads_w), ("grads_b", grads_b),
+                      ("masks", masks), ("work", work)):
+        if seq is not None and len(seq) != n_layers:
+            raise ValueError(f"{name} has {len(seq)} entries for {n_layers} weights")
+    if isinstance(accumulate, (bool, np.bool_)):
+        accumulate = (bool(accumulate),) * n_layers
+    else:
+        accumulate = _sequence("accumulate", accumulate)
+        if len(accumulate) != n_layers:
+            raise ValueError(f"accumulate has {len(accumulate)} entries for {n_layers} weights")
+        for l, flag in enumerate(accumulate):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"accumulate[{l}] must be True or False, got {flag!r}")
+    # every argument is checked before anything is written
+    n, dtype = grad_out.shape[0], grad_out.dtype
+    layers, reads, writes = [], [("grad_out", grad_out)], []
+    for l in range(n_layers):
+        w = _as_float_array(f"weights[{l}]", weights[l], ndim=2)
+        _check_same_dtype(f"weights[{l}]", w, dtype)
+        if l > 0 and w.shape[0] != layers[-1][0].shape[1]:
+            above = layers[-1][0].shape[1]
+            raise ValueError(f"weights[{l}] has shape {w.shape}; layer {l - 1} has {above} "
+                             f"outputs, so it must be ({above}, M)")
+        x = _as_float_array(f"xs[{l}]", xs[l], ndim=2)
+        _check_same_dtype(f"xs[{l}]", x, dtype)
+        _check_same_shape(f"xs[{l}]", x, (n, w.shape[0]))
+        _check_buffer(f"grads_w[{l}]", grads_w[l], w.shape, dtype)
+        if grads_b[l] is not None:
+            _check_buffer(f"grads_b[{l}]", grads_b[l], (w.shape[1],), dtype)
+        mask = masks[l]
+        if mask is not None:
+            mask = _as_float_array(f"masks[{l}]", mask, ndim=2)
+            _check_same_dtype(f"masks[{l}]", mask, dtype)
+            _check_same_shape(f"masks[{l}]", mask, (n, w.shape[1]))
+        layers.append((w, x, mask))
+        reads += [(f"weights[{l}]", w), (f"xs[{l}]", x), (f"masks[{l}]", mask)]
+        writes += [(f"grads_w[{l}]", grads_w[l]), (f"grads_b[{l}]", grads_b[l])]
+    if grad_out.shape[1] != layers[-1][0].shape[1]:
+        raise ValueError(f"grad_out has shape {grad_out.shape}, expected ({n}, "
+                         f"{layers[-1][0].shape[1]}) (the last layer's output)")
+    gs = []
+    for l, (w, _, mask) in enumerate(layers):
+        if l == n_layers - 1 and mask is None:
+            gs.append(grad_out)
+            continue
+        given = work is not None and work[l] is not None
+        gs.append(_output(f"work[{l}]", work[l] if given else None, (n, w.shape[1]), dtype))
+        if given:
+            writes.append((f"work[{l}]", gs[l]))
+    if compute_grad_x:
+        given = grad_x is not None
+        grad_x = _output("grad_x", grad_x, (n, layers[0][0].shape[0]), dtype)
+        if given:
+            writes.append(("grad_x", grad_x))
+    else:
+        grad_x = None
+    for i, (name, buf) in enumerate(writes):
+        if buf is not None:
+            _refuse_overlap(name, buf, *reads, *[other for j, other in enumerate(writes)
+                                                 if j != i])
+
+    g = grad_out
+    for l in range(n_layers - 1, -1, -1):
+        w, x, mask = layers[l]
+        if mask is not None:
+            g = relu_backward(g, mask, out=gs[l])      # the ReLU's backward first
+        elif g is not gs[l]:
+            gs[l][...] = g
+        g = linear_backward(gs[l], x, w, grads_w[l], grads_b[l], compute_grad_x=compute_grad_x
+                            or l > 0, accumulate=accumulate[l])
+    if grad_x is not None:
+        grad_x[...] = g
+    return grad_x, tuple(gs)
 
 
 # --------------------------------------------------------------------------------------

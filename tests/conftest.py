@@ -7,6 +7,9 @@ worked out by hand, so that a wrong twin fails too.
 import builtins
 import contextlib
 import math
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -113,6 +116,20 @@ def no_matplotlib(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     yield
+
+
+def outputs_under_thread_limits(script, args, limits=("1", "3")):
+    """What `python script *args` prints under each OMP_THREAD_LIMIT of `limits` (OpenMP
+    then gives a parallel region at most that many threads, maybe fewer than asked for)."""
+    env = dict(os.environ)
+    outputs = []
+    for limit in limits:
+        env["OMP_THREAD_LIMIT"] = limit
+        proc = subprocess.run([sys.executable, str(script), *map(str, args)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+    return outputs
 
 
 def run_in_threads(work, count):

@@ -7,9 +7,6 @@ Sequential runs each run of two or more plain Linear[-ReLU] steps as one chain s
 outputs, the state it leaves in the layers and the gradients after it are those of the
 layer-by-layer forward.
 """
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -18,7 +15,7 @@ import pytest
 import cnn_core
 import nnscratch as nn
 from cnn_core import reference
-from conftest import assert_close, nan_array, randn
+from conftest import assert_close, nan_array, outputs_under_thread_limits, randn
 from nnscratch.bench import _mlp
 from nnscratch.explain import explain_step
 from nnscratch.model import _LinearChain
@@ -128,15 +125,8 @@ def test_a_smaller_team_than_asked_for(tmp_path):
         out = cnn_core.linear_chain_forward(x, ws, bs, acts)[-1]
         sys.stdout.write(out.tobytes().hex())
     '''))
-    env = dict(os.environ)
     for n, features in [(1, [784, 256, 10]), (128, [784, 256, 128, 10]), (300, [13, 40, 3])]:
-        args = [sys.executable, str(script), str(n), *map(str, features)]
-        outputs = []
-        for limit in ("1", "3"):
-            env["OMP_THREAD_LIMIT"] = limit
-            proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
-            assert proc.returncode == 0, proc.stderr
-            outputs.append(proc.stdout)
+        outputs = outputs_under_thread_limits(script, [n, *features])
         assert outputs[0] == outputs[1] and len(outputs[0]) == 2 * 4 * n * features[-1]
 
 

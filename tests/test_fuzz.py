@@ -135,6 +135,34 @@ def make_linear_backward(rng, dt):
     return kw
 
 
+def make_linear_chain_backward(rng, dt):
+    layers = int(rng.integers(1, 5))
+    dims = _dims(rng, layers + 2, 1, 30)
+    r = rng.random()
+    if r < 0.05:                # large enough for the threaded paths: slabs of both products
+        dims = [int(rng.choice([1, 3, 40]))] + [int(v) for v in rng.integers(200, 700, layers + 1)]
+    elif r < 0.08:              # a tall batch of narrow layers: the weight gradient by halves
+        dims = [int(rng.integers(300, 700))] + [int(v) for v in rng.integers(20, 60, layers + 1)]
+    n, features = dims[0], dims[1:]
+    xs = [_arr(rng, (n, f), dt) for f in features[:-1]]
+    # a ReLU's mask is the next layer's input (as in Sequential), or an array of its own
+    masks = [xs[l + 1] if l + 1 < layers and _maybe(rng, 0.6) else
+             (_arr(rng, (n, features[l + 1]), dt) if _maybe(rng, 0.3) else None)
+             for l in range(layers)]
+    kw = dict(grad_out=_arr(rng, (n, features[-1]), dt), xs=xs,
+              weights=[_arr(rng, (a, b), dt, 0.1) for a, b in zip(features, features[1:])],
+              grads_w=[_arr(rng, (a, b), dt) for a, b in zip(features, features[1:])],
+              grads_b=[_arr(rng, (b,), dt) if _maybe(rng, 0.8) else None for b in features[1:]],
+              masks=masks, compute_grad_x=bool(rng.integers(2)))
+    kw["accumulate"] = (bool(rng.integers(2)) if _maybe(rng) else
+                        [bool(v) for v in rng.integers(0, 2, layers)])
+    if _maybe(rng, 0.3):
+        kw["work"] = [_buffer(rng, (n, b), dt) if _maybe(rng) else None for b in features[1:]]
+    if kw["compute_grad_x"] and _maybe(rng, 0.3):
+        kw["grad_x"] = _buffer(rng, (n, features[0]), dt)
+    return kw
+
+
 def _elementwise_shape(rng):
     ndim = int(rng.integers(0, 5))
     shape = _dims(rng, ndim, 1, 7)
@@ -387,6 +415,7 @@ MAKERS = {
     "linear_forward": make_linear_forward,
     "linear_backward": make_linear_backward,
     "linear_chain_forward": make_linear_chain_forward,
+    "linear_chain_backward": make_linear_chain_backward,
     "relu_forward": lambda r, d: _unary_forward(r, d),
     "relu_backward": lambda r, d: _unary_backward(r, d, "x"),
     "leaky_relu_forward": lambda r, d: _unary_forward(r, d, "negative_slope"),

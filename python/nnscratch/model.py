@@ -28,16 +28,22 @@ def _fusable(layer, layers, i):
 
 class _LinearChain:
     """Two or more plain Linear layers in a row (each maybe with its fused ReLU), computed
-    by one kernel call (`linear_chain_forward`): one crossing into C and one parallel region
-    for all of them, with the bits of one `Linear.forward` per layer. Leaves each layer the
-    state its own forward would: the Linear keeps its input, the ReLU its output."""
+    by one kernel call each way (`linear_chain_forward`, `linear_chain_backward`): one
+    crossing into C and one parallel region for all of them, with the bits of one
+    `Linear.forward` (`ReLU.backward`, `Linear.backward`) per layer. Leaves each layer the
+    state its own forward would: the Linear keeps its input, the ReLU its output; backward
+    reads that state, as the layers' own backward would."""
 
-    __slots__ = ("linears", "relus", "activations")
+    __slots__ = ("linears", "relus", "activations", "one_backward")
 
     def __init__(self, pairs):
         self.linears = tuple(linear for linear, _ in pairs)
         self.relus = tuple(relu for _, relu in pairs)
         self.activations = tuple(None if relu is None else "relu" for relu in self.relus)
+        # a Linear whose backward (or what it relies on) is its own runs it, layer by layer
+        self.one_backward = all(
+            type(linear).backward is Linear.backward and type(linear)._saved is Module._saved
+            and type(linear)._as_grad is Module._as_grad for linear in self.linears)
 
     def _inputs(self, x):
         """The first layer's input, checked and cast as its own forward does, and the
@@ -65,6 +71,66 @@ class _LinearChain:
     def infer(self, x):
         x, weights, biases = self._inputs(x)
         return kernels().linear_chain_forward(x, weights, biases, self.activations)[-1]
+
+    def backward(self, grad_out, compute_grad_input):
+        """dL/d(the first layer's input) (None unless `compute_grad_input`), each layer's
+        parameter gradients added into ``.grad`` -- by one `linear_chain_backward` call
+        when the layers hold the state of one forward, else by the layers one by one."""
+        linears, relus = self.linears, self.relus
+        xs = [linear._saved("_x") for linear in linears]
+        masks = [None if relu is None else relu._saved("_kept") for relu in relus]
+        n, dtype = xs[0].shape[0], linears[0].dtype
+        if not self.one_backward or any(
+                x.shape[0] != n or (mask is not None and mask.shape != (n, linear.out_features))
+                for x, mask, linear in zip(xs, masks, linears)):
+            return self._backward_by_layer(grad_out, compute_grad_input)
+        top = linears[-1] if relus[-1] is None else relus[-1]
+        grad_out = top._as_grad(grad_out, (n, linears[-1].out_features), dtype)
+        # g_l of each layer below the top in the next layer's grad_x buffer, the top's (when
+        # it has a ReLU) in the ReLU's: the buffers the layers' own backward would use
+        reading = (grad_out, *xs, *(mask for mask in masks if mask is not None))
+        work = [following._scratch("grad_x", (n, following.in_features), dtype, *reading)
+                for following in linears[1:]]
+        work.append(None if relus[-1] is None else
+                    relus[-1]._scratch("grad_x", (n, linears[-1].out_features), dtype, *reading))
+        grad_x = (linears[0]._scratch("grad_x", xs[0].shape, dtype, *reading)
+                  if compute_grad_input else None)
+        grads_w, grads_b, accumulate = [], [], []
+        for linear in linears:
+            # after a zero_grad the kernel overwrites the gradients (beta = 0 in the GEMM)
+            grad_w, acc = linear.weight.grad_for_backward()
+            grad_b = None
+            if linear.bias is not None:
+                grad_b, bias_acc = linear.bias.grad_for_backward()
+                if bias_acc != acc:   # only one of the two was zeroed
+                    (grad_w if not acc else grad_b).fill(0)
+                    acc = True
+            grads_w.append(grad_w)
+            grads_b.append(grad_b)
+            accumulate.append(acc)
+        try:
+            return kernels().linear_chain_backward(
+                grad_out, xs, [linear.weight.data for linear in linears], grads_w, grads_b,
+                masks, grad_x, compute_grad_x=compute_grad_input, accumulate=accumulate,
+                work=work)[0]
+        except BaseException:
+            # a rejected call leaves the gradients it found zeroed zero
+            for grad_w, grad_b, acc in zip(grads_w, grads_b, accumulate):
+                if not acc:
+                    grad_w.fill(0)
+                    if grad_b is not None:
+                        grad_b.fill(0)
+            raise
+
+    def _backward_by_layer(self, grad, compute_grad_input):
+        for i in range(len(self.linears) - 1, -1, -1):
+            if self.relus[i] is not None:
+                grad = self.relus[i].backward(grad)
+            if i > 0 or compute_grad_input:
+                grad = self.linears[i].backward(grad)
+            else:
+                grad = self.linears[i].backward(grad, compute_grad_input=False)
+        return grad
 
 
 def _chainable(pairs):
@@ -210,18 +276,23 @@ class Sequential(Module):
         parameters' gradients into ``.grad``. Returns dL/d(input), or None when
         ``compute_grad_input`` is False (the first layer then skips that product)."""
         grad = grad_out
-        order = self._plan()[0]
+        steps = self._plan()[1]
         self._refuse_repeated()
-        backward_order = order[::-1]     # the forward's order, reversed
-        for i in backward_order[:-1]:
-            grad = self.layers[i].backward(grad)
-        if not self.layers:
+        if not steps:
             return grad if compute_grad_input else None
-        first = self.layers[backward_order[-1]]
-        if compute_grad_input:
-            return first.backward(grad)
-        first.backward(grad, compute_grad_input=False)
-        return None
+        # the forward's steps, reversed: a fused ReLU's backward before its Linear's, a
+        # chain of Linear layers in one call
+        for i in range(len(steps) - 1, -1, -1):
+            layer, relu = steps[i]
+            wanted = compute_grad_input or i > 0
+            if type(layer) is _LinearChain:
+                grad = layer.backward(grad, wanted)
+                continue
+            if relu is not None:
+                grad = relu.backward(grad)
+            grad = layer.backward(grad) if wanted else layer.backward(
+                grad, compute_grad_input=False)
+        return grad if compute_grad_input else None
 
     def infer(self, x):
         """Eval-mode output, keeping no state and reusing no buffer: safe from any thread."""

@@ -5,8 +5,9 @@
 Runs S steps of the training loop `fit` runs -- gather a shuffled batch, forward, loss,
 zero the gradients, backward, update (SGD with momentum) -- on random data shaped like
 Fashion-MNIST, and times each phase with `time.perf_counter` around the library's own
-calls: every step of `Sequential`'s forward (a run of Linear layers is one step, one
-kernel call: see `linear_chain_forward`), every layer's backward, the loss, the update.
+calls: every step of `Sequential`'s forward and backward (a run of Linear layers is one
+step, one kernel call each way: see `linear_chain_forward` and `linear_chain_backward`),
+every other layer's backward, the loss, the update.
 Prints microseconds per training step and each phase's share; "between phases" is what
 the loop itself costs. (fit also checks every gradient for NaN/inf inside the update's
 kernel call; here the plain `optimizer.step()` runs.)
@@ -79,18 +80,34 @@ def profile_step(kind="mlp", batch_size=128, steps=200, samples=None, seed=0):
             chain_labels[id(layer)] = label
         else:
             layer.forward = _timed(record, label, layer.forward)
-    chain_forward = _LinearChain.forward
+    chain_forward, chain_backward = _LinearChain.forward, _LinearChain.backward
 
     def timed_chain_forward(chain, x, training):
         return _timed(record, chain_labels[id(chain)], chain_forward)(chain, x, training)
 
+    # backward runs the steps in reverse, the last layer first: a chain in one call (timed
+    # as one row, by one wrapper of _LinearChain.backward), other layers one by one
+    backward_labels, chain_back_labels = [], {}
+    for layer, relu in reversed(model._plan()[1]):
+        if type(layer) is _LinearChain:
+            label = "backward " + " + ".join(
+                (names[id(r)] + " + " if r is not None else "") + names[id(lin)]
+                for lin, r in reversed(list(zip(layer.linears, layer.relus))))
+            chain_back_labels[id(layer)] = label
+            backward_labels.append(label)
+            continue
+        for module in ([relu] if relu is not None else []) + [layer]:
+            label = "backward " + names[id(module)]
+            backward_labels.append(label)
+            module.backward = _timed(record, label, module.backward)
+
+    def timed_chain_backward(chain, grad, compute_grad_input):
+        return _timed(record, chain_back_labels[id(chain)], chain_backward)(
+            chain, grad, compute_grad_input)
+
     if chain_labels:
         _LinearChain.forward = timed_chain_forward
-    backward_labels = []
-    for layer in reversed(model.layers):        # backward runs the last layer first
-        label = "backward " + names[id(layer)]
-        backward_labels.append(label)
-        layer.backward = _timed(record, label, layer.backward)
+        _LinearChain.backward = timed_chain_backward
 
     def step(rows):
         t0 = time.perf_counter()
@@ -121,7 +138,7 @@ def profile_step(kind="mlp", batch_size=128, steps=200, samples=None, seed=0):
                 start = (s * batch_size) % (n - batch_size + 1)
                 step(order[start:start + batch_size])
     finally:
-        _LinearChain.forward = chain_forward
+        _LinearChain.forward, _LinearChain.backward = chain_forward, chain_backward
         for layer in model.layers:
             vars(layer).pop("forward", None)
             vars(layer).pop("backward", None)

@@ -1,0 +1,514 @@
+"""`linear_chain_backward`: the backward of a run of linear layers in one kernel call, and
+Sequential's use of it.
+
+The kernel is held against its NumPy twin (random shapes with 1, odd and prime sizes, both
+dtypes, ReLU masks or none, accumulating or overwriting), against one `relu_backward` and
+`linear_backward` per layer bit for bit (every way a product is shared out among threads:
+one thread, slabs along m and n, halves of k; 1 to 3 threads; a smaller OpenMP team than
+asked for) and against PyTorch's autograd. Sequential runs a chain's backward as one call;
+the gradients it leaves are those of the layers' own backward, bit for bit.
+"""
+import textwrap
+
+import numpy as np
+import pytest
+
+import cnn_core
+import nnscratch as nn
+from cnn_core import reference
+from conftest import assert_close, nan_array, outputs_under_thread_limits, randn
+from nnscratch.bench import _mlp
+from nnscratch.model import _LinearChain
+
+BOTH = [cnn_core, reference]
+
+
+def chain_case(rng, dtype, n, features, relu=None, bias=True, mask_kind="inputs"):
+    """(grad_out, xs, weights, grads_w, grads_b, masks) for a chain of len(features) - 1
+    layers; relu[l]: layer l's output goes through a ReLU (default: all but the last).
+    mask_kind "inputs": a ReLU's mask is the next layer's input (as in Sequential)."""
+    layers = len(features) - 1
+    if relu is None:
+        relu = [l < layers - 1 for l in range(layers)]
+    xs = [randn(rng, (n, f), dtype) for f in features[:-1]]
+    for l in range(1, layers):          # a ReLU's output: non-negative, with zeros
+        if relu[l - 1]:
+            np.maximum(xs[l], 0, out=xs[l])
+    weights = [randn(rng, (a, b), dtype, 1 / np.sqrt(max(a, 1)))
+               for a, b in zip(features, features[1:])]
+    grads_w = [randn(rng, w.shape, dtype) for w in weights]
+    grads_b = [randn(rng, (b,), dtype) if (bias is True or (bias == "some" and l % 2 == 0))
+               else None for l, b in enumerate(features[1:])]
+    masks = []
+    for l in range(layers):
+        if not relu[l]:
+            masks.append(None)
+        elif l + 1 < layers and mask_kind == "inputs":
+            masks.append(xs[l + 1])
+        else:
+            masks.append(np.maximum(randn(rng, (n, features[l + 1]), dtype), 0))
+    grad_out = randn(rng, (n, features[-1]), dtype)
+    return grad_out, xs, weights, grads_w, grads_b, masks
+
+
+def per_layer(mod, grad_out, xs, weights, grads_w, grads_b, masks, compute_grad_x=True,
+              accumulate=True):
+    """One relu_backward and linear_backward per layer, from the last one down."""
+    g, gs = grad_out, [None] * len(weights)
+    acc = accumulate if isinstance(accumulate, (list, tuple)) else [accumulate] * len(weights)
+    for l in range(len(weights) - 1, -1, -1):
+        if masks[l] is not None:
+            g = mod.relu_backward(g, masks[l])
+        gs[l] = g
+        g = mod.linear_backward(g, xs[l], weights[l], grads_w[l], grads_b[l],
+                                compute_grad_x=compute_grad_x or l > 0, accumulate=acc[l])
+    return g, gs
+
+
+def copies(arrays):
+    return [None if a is None else a.copy() for a in arrays]
+
+
+def same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(
+        a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 13, 64])
+@pytest.mark.parametrize("features", [[1, 1], [5, 3, 2], [784, 256, 128, 10], [31, 17, 1, 29],
+                                      [2, 97, 3, 11, 5]])
+@pytest.mark.parametrize("masks_of", ["none", "hidden", "all"])
+def test_matches_twin(rng, dtype, n, features, masks_of):
+    layers = len(features) - 1
+    relu = {"none": [False] * layers, "hidden": None, "all": [True] * layers}[masks_of]
+    grad_out, xs, weights, grads_w, grads_b, masks = chain_case(rng, dtype, n, features, relu,
+                                                                bias="some")
+    results = []
+    for mod in BOTH:
+        gw, gb = copies(grads_w), copies(grads_b)
+        grad_x, gs = mod.linear_chain_backward(grad_out, xs, weights, gw, gb, masks)
+        results.append((grad_x, gs, gw, gb))
+    (gx, gs, gw, gb), (rgx, rgs, rgw, rgb) = results
+    assert isinstance(gs, tuple) and len(gs) == layers
+    assert_close(gx, rgx, k=features[1])
+    for l in range(layers):
+        assert_close(gs[l], rgs[l], k=features[l + 2] if l + 2 < len(features) else 1)
+        assert_close(gw[l], rgw[l], k=n)
+        if gb[l] is not None:
+            assert_close(gb[l], rgb[l], k=n)
+    # the last layer without a ReLU: its g is grad_out itself
+    assert (gs[-1] is grad_out) == (masks[-1] is None)
+
+
+# (how each product is shared out: cnn_core/_gemm.pyx, _split)
+SHARED_OUT = [
+    (1, [784, 256, 128, 10]),        # one-sample backward: every product on one thread
+    (16, [784, 256, 128, 10]),       # slabs of dW along m, of dX along n; small ones serial
+    (128, [784, 256, 128, 10]),      # the MLP's training batch
+    (2000, [64, 64, 32, 8]),         # a tall batch: dW by halves of k
+    (300, [13, 40, 3]),              # slabs of dX along m
+    (37, [45, 2001, 45]),            # slabs along n, then along m
+    (5, [20, 3001, 7, 1]),           # one output: dX's B in place (row kernel), serial
+]
+
+
+@pytest.mark.parametrize("n,features", SHARED_OUT)
+def test_bits_of_one_backward_per_layer(rng, dtype, n, features):
+    # each product is shared out among the threads as linear_backward would share it, and
+    # the ReLU's select is the one relu_backward does: the same bits, whatever the thread
+    # count, accumulating or overwriting
+    case = chain_case(rng, dtype, n, features)
+    grad_out, xs, weights, grads_w, grads_b, masks = case
+    before = cnn_core.get_num_threads()
+    try:
+        first = None
+        for threads in (1, 2, 3):
+            cnn_core.set_num_threads(threads)
+            for accumulate in (True, False, [False, True] * len(weights)):
+                accumulate = accumulate[:len(weights)] if isinstance(accumulate, list) \
+                    else accumulate
+                egw, egb = copies(grads_w), copies(grads_b)
+                ex, egs = per_layer(cnn_core, grad_out, xs, weights, egw, egb, masks,
+                                    accumulate=accumulate)
+                gw, gb = copies(grads_w), copies(grads_b)
+                gx, gs = cnn_core.linear_chain_backward(grad_out, xs, weights, gw, gb, masks,
+                                                        accumulate=accumulate)
+                assert same_bits(gx, ex)
+                for got, expected in zip(list(gs) + gw + gb, egs + egw + egb):
+                    assert (got is None) == (expected is None)
+                    if got is not None:
+                        assert same_bits(got, expected)
+                if accumulate is True:
+                    if first is None:
+                        first = [gx] + gw
+                    else:
+                        assert all(same_bits(a, b) for a, b in zip([gx] + gw, first))
+    finally:
+        cnn_core.set_num_threads(before)
+
+
+def test_a_smaller_team_than_asked_for(tmp_path):
+    # OpenMP may give the parallel region fewer threads than asked for (here one, under
+    # OMP_THREAD_LIMIT=1): that one runs every share -- the pieces meant for the others
+    # too -- and the bits stay the same
+    script = tmp_path / "team.py"
+    script.write_text(textwrap.dedent('''
+        import sys
+        import numpy as np
+        import cnn_core
+        rng = np.random.default_rng(0)
+        n, features = int(sys.argv[1]), [int(f) for f in sys.argv[2:]]
+        f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+        xs = [np.maximum(f32(n, f), 0) for f in features[:-1]]
+        ws = [f32(a, b) for a, b in zip(features, features[1:])]
+        gws = [np.zeros(w.shape, np.float32) for w in ws]
+        gbs = [np.zeros(w.shape[1], np.float32) for w in ws]
+        masks = xs[1:] + [None]
+        cnn_core.set_num_threads(3)
+        gx, gs = cnn_core.linear_chain_backward(f32(n, features[-1]), xs, ws, gws, gbs, masks)
+        sys.stdout.write("".join(a.tobytes().hex() for a in [gx] + gws + gbs))
+    '''))
+    for n, features in [(16, [784, 256, 128, 10]), (2000, [64, 64, 32, 8]), (300, [13, 40, 3])]:
+        outputs = outputs_under_thread_limits(script, [n, *features])
+        assert outputs[0] == outputs[1] and len(outputs[0]) > 2 * 4 * n * features[0]
+
+
+@pytest.mark.parametrize("mod", BOTH, ids=["cython", "numpy"])
+def test_buffers_written_in_place_and_never_read(rng, dtype, mod):
+    # work buffers and grad_x: NaN before the call (their old contents are never read);
+    # with accumulate=False neither are the gradients'
+    grad_out, xs, weights, grads_w, grads_b, masks = chain_case(rng, dtype, 4, [9, 7, 5, 3],
+                                                                relu=[True] * 3)
+    work = [nan_array((4, 7), dtype), None, nan_array((4, 3), dtype)]
+    grad_x = nan_array((4, 9), dtype)
+    gw = [nan_array(w.shape, dtype) for w in weights]
+    gb = [nan_array(b.shape, dtype) for b in grads_b]
+    got_x, gs = mod.linear_chain_backward(grad_out, xs, weights, gw, gb, masks, grad_x,
+                                          accumulate=False, work=work)
+    assert got_x is grad_x and gs[0] is work[0] and gs[2] is work[2]
+    zeros_w = [np.zeros_like(w) for w in weights]
+    zeros_b = [np.zeros_like(b) for b in grads_b]
+    ex, egs = per_layer(reference, grad_out, xs, weights, zeros_w, zeros_b, masks)
+    assert_close(got_x, ex, k=7)
+    for a, b in zip(list(gs) + gw + gb, egs + zeros_w + zeros_b):
+        assert_close(a, b, k=9)
+
+
+@pytest.mark.parametrize("mod", BOTH, ids=["cython", "numpy"])
+def test_no_input_gradient(rng, dtype, mod):
+    grad_out, xs, weights, grads_w, grads_b, masks = chain_case(rng, dtype, 3, [6, 5, 4])
+    gw, gb = copies(grads_w), copies(grads_b)
+    got_x, gs = mod.linear_chain_backward(grad_out, xs, weights, gw, gb, masks,
+                                          nan_array((3, 6), dtype), compute_grad_x=False)
+    assert got_x is None
+    egw, egb = copies(grads_w), copies(grads_b)
+    per_layer(reference, grad_out, xs, weights, egw, egb, masks, compute_grad_x=False)
+    for a, b in zip(gw + gb, egw + egb):
+        assert_close(a, b, k=3)
+
+
+def test_relu_select_and_nan(dtype):
+    # the gradient passes where the mask is > 0 and is 0 elsewhere (NaN mask included)
+    x0 = np.array([[1.0, 2.0]], dtype)
+    w0 = np.eye(2, 3, dtype=dtype)
+    w1 = np.ones((3, 1), dtype)
+    h1 = np.array([[1.0, 0.0, np.nan]], dtype)         # layer 0's ReLU output
+    g = np.array([[2.0]], dtype)
+    gw = [np.zeros((2, 3), dtype), np.zeros((3, 1), dtype)]
+    _, gs = cnn_core.linear_chain_backward(g, [x0, h1], [w0, w1], gw, [None, None],
+                                           [h1, None])
+    assert gs[0].tolist() == [[2.0, 0.0, 0.0]]
+    assert gw[0].tolist() == [[2.0, 0.0, 0.0], [4.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("n,features", [(0, [3, 4, 2]), (2, [0, 4, 2]), (2, [3, 0, 2]),
+                                        (2, [3, 4, 0]), (0, [0, 0])])
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_zero_size(rng, dtype, n, features, accumulate):
+    # NumPy's answers: empty products add nothing (or overwrite with zeros)
+    case = chain_case(rng, dtype, n, features, relu=[True] * (len(features) - 1))
+    grad_out, xs, weights, grads_w, grads_b, masks = case
+    results = []
+    for mod in BOTH:
+        gw, gb = copies(grads_w), copies(grads_b)
+        gx, gs = mod.linear_chain_backward(grad_out, xs, weights, gw, gb, masks,
+                                           accumulate=accumulate)
+        results.append([gx, *gs, *gw, *gb])
+    for a, b in zip(*results):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("mod", BOTH, ids=["cython", "numpy"])
+def test_bad_arguments_name_what_is_wrong(rng, mod):
+    grad_out, xs, weights, gw, gb, masks = chain_case(rng, np.float32, 2, [4, 3, 2])
+    f = mod.linear_chain_backward
+    f32 = np.float32
+    cases = [
+        (ValueError, "weights is empty", lambda: f(grad_out, [], [], [], [], [])),
+        (ValueError, "xs has 1", lambda: f(grad_out, xs[:1], weights, gw, gb, masks)),
+        (ValueError, "grads_w has 3", lambda: f(grad_out, xs, weights, gw + gw[:1], gb, masks)),
+        (ValueError, "grads_b has 1", lambda: f(grad_out, xs, weights, gw, gb[:1], masks)),
+        (ValueError, "masks has 1", lambda: f(grad_out, xs, weights, gw, gb, masks[:1])),
+        (ValueError, "work has 1", lambda: f(grad_out, xs, weights, gw, gb, masks, work=[None])),
+        (ValueError, "accumulate has 1",
+         lambda: f(grad_out, xs, weights, gw, gb, masks, accumulate=[True])),
+        (TypeError, r"accumulate\[1\] must be True or False",
+         lambda: f(grad_out, xs, weights, gw, gb, masks, accumulate=[True, 1])),
+        (ValueError, r"weights\[1\] has shape \(2, 2\)",
+         lambda: f(grad_out, xs, [weights[0], np.ones((2, 2), f32)], gw, gb, masks)),
+        (TypeError, r"weights\[1\] has dtype float64",
+         lambda: f(grad_out, xs, [weights[0], weights[1].astype(np.float64)], gw, gb, masks)),
+        (ValueError, r"xs\[1\] has shape \(2, 4\)",
+         lambda: f(grad_out, [xs[0], np.ones((2, 4), f32)], weights, gw, gb, masks)),
+        (ValueError, r"xs\[0\] has shape \(3, 4\)",
+         lambda: f(grad_out, [np.ones((3, 4), f32), xs[1]], weights, gw, gb, masks)),
+        (ValueError, r"grads_w\[0\] has shape \(3, 4\)",
+         lambda: f(grad_out, xs, weights, [np.ones((3, 4), f32), gw[1]], gb, masks)),
+        (ValueError, r"grads_w\[1\] is read-only",
+         lambda: f(grad_out, xs, weights, [gw[0], readonly(gw[1])], gb, masks)),
+        (ValueError, r"grads_b\[1\] has shape \(3,\)",
+         lambda: f(grad_out, xs, weights, gw, [gb[0], np.ones(3, f32)], masks)),
+        (ValueError, r"masks\[0\] has shape \(2, 2\)",
+         lambda: f(grad_out, xs, weights, gw, gb, [np.ones((2, 2), f32), None])),
+        (TypeError, r"masks\[0\] has dtype float64",
+         lambda: f(grad_out, xs, weights, gw, gb, [xs[1].astype(np.float64), None])),
+        (ValueError, r"work\[0\] has shape \(2, 2\)",
+         lambda: f(grad_out, xs, weights, gw, gb, masks, work=[np.ones((2, 2), f32), None])),
+        (ValueError, r"grad_x has shape \(2, 3\)",
+         lambda: f(grad_out, xs, weights, gw, gb, masks, np.ones((2, 3), f32))),
+        (ValueError, r"grad_out has shape \(2, 3\)",
+         lambda: f(np.ones((2, 3), f32), xs, weights, gw, gb, masks)),
+        (ValueError, "grad_out must be 2-D", lambda: f(grad_out[0], xs, weights, gw, gb, masks)),
+        (TypeError, "xs must be a list or tuple", lambda: f(grad_out, xs[0], weights, gw, gb,
+                                                            masks)),
+        (TypeError, r"weights\[0\] must be a numpy.ndarray",
+         lambda: f(grad_out, xs, [[1.0], weights[1]], gw, gb, masks)),
+    ]
+    for kind, message, call in cases:
+        with pytest.raises(kind, match=message):
+            call()
+
+
+def readonly(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("mod", BOTH, ids=["cython", "numpy"])
+def test_buffers_sharing_memory_are_refused(rng, mod):
+    # a buffer is written while the inputs and the other outputs are read (by several
+    # threads): one that overlaps any of them would give a silent wrong answer
+    grad_out, xs, weights, gw, gb, masks = chain_case(rng, np.float32, 3, [3, 3, 3, 3])
+    f = mod.linear_chain_backward
+    big = np.zeros(100, np.float32)
+    cases = [
+        (r"grads_w\[0\] overlaps grad_out", dict(grads_w=[grad_out, gw[1], gw[2]])),
+        (r"grads_w\[2\] overlaps weights\[1\]", dict(grads_w=[gw[0], gw[1], weights[1]])),
+        # (xs[1] is masks[0] here: the mask of a ReLU is the next layer's input)
+        (r"grads_w\[1\] overlaps (masks\[0\]|xs\[1\])", dict(grads_w=[gw[0], xs[1], gw[2]])),
+        (r"grads_w\[0\] overlaps grads_w\[1\]", dict(grads_w=[gw[0], gw[0], gw[2]])),
+        (r"grads_w\[0\] overlaps grads_b\[0\]", dict(grads_b=[gw[0][0], gb[1], gb[2]])),
+        (r"work\[0\] overlaps (masks\[0\]|xs\[1\])",
+         dict(work=[masks[0], None, None])),
+        (r"work\[1\] overlaps grad_x", dict(work=[None, big[:9].reshape(3, 3), None],
+                                            grad_x=big[5:14].reshape(3, 3))),
+        (r"grad_x overlaps xs\[0\]", dict(grad_x=xs[0])),
+    ]
+    for message, changes in cases:
+        kw = dict(grad_out=grad_out, xs=xs, weights=weights, grads_w=gw, grads_b=gb,
+                  masks=masks)
+        kw.update(changes)
+        with pytest.raises(ValueError, match=message):
+            f(**kw)
+
+
+def test_a_rejected_call_writes_nothing(rng):
+    # every argument is checked before any layer runs
+    grad_out, xs, weights, grads_w, grads_b, masks = chain_case(rng, np.float32, 2, [4, 3, 2])
+    for mod in BOTH:
+        gw, gb = copies(grads_w), copies(grads_b)
+        work = [nan_array((2, 3), np.float32), None]
+        with pytest.raises(ValueError):
+            mod.linear_chain_backward(grad_out, xs, weights, gw, gb, masks,
+                                      np.ones((5, 5), np.float32), work=work)
+        assert np.isnan(work[0]).all()
+        assert all(np.array_equal(a, b) for a, b in zip(gw + gb, grads_w + grads_b))
+
+
+def test_matches_torch_autograd(rng):
+    torch = pytest.importorskip("torch")
+    dtype = np.float64
+    n, features = 5, [784, 256, 128, 10]
+    x = randn(rng, (n, 784), dtype)
+    weights = [randn(rng, (a, b), dtype, 1 / np.sqrt(a)) for a, b in zip(features, features[1:])]
+    biases = [randn(rng, (b,), dtype) for b in features[1:]]
+    hs = cnn_core.linear_chain_forward(x, weights, biases, ["relu", "relu", None])
+    grad_out = randn(rng, (n, 10), dtype)
+    gw = [np.zeros_like(w) for w in weights]
+    gb = [np.zeros_like(b) for b in biases]
+    gx, _ = cnn_core.linear_chain_backward(grad_out, [x, hs[0], hs[1]], weights, gw, gb,
+                                           [hs[0], hs[1], None])
+    tx = torch.from_numpy(x.copy()).requires_grad_()
+    tw = [torch.from_numpy(w.copy()).requires_grad_() for w in weights]
+    tb = [torch.from_numpy(b.copy()).requires_grad_() for b in biases]
+    h = tx
+    for l in range(3):
+        h = h @ tw[l] + tb[l]
+        h = torch.relu(h) if l < 2 else h
+    h.backward(torch.from_numpy(grad_out))
+    assert_close(gx, tx.grad.numpy(), k=256)
+    for l in range(3):
+        assert_close(gw[l], tw[l].grad.numpy(), k=n)
+        assert_close(gb[l], tb[l].grad.numpy(), k=n)
+
+
+# ---------------------------------------------------------------------------------------
+# Sequential
+
+def mlp(dtype=np.float32, sizes=(784, 256, 128, 10)):
+    nn.seed(3)
+    return _mlp(list(sizes), dtype)     # Linear, ReLU, ..., Linear
+
+
+def backward_by_hand(model, grad, compute_grad_input=True):
+    """The layers' own backward, one by one from the last, without the chain."""
+    layers = model.layers
+    for i in range(len(layers) - 1, 0, -1):
+        grad = layers[i].backward(grad)
+    return layers[0].backward(grad, compute_grad_input=compute_grad_input)
+
+
+def chained(model):
+    return any(type(layer) is _LinearChain for layer, _ in model._plan()[1])
+
+
+@pytest.mark.parametrize("n", [1, 3, 128])
+@pytest.mark.parametrize("compute_grad_input", [True, False])
+def test_sequential_backward_is_the_layers_own(rng, dtype, n, compute_grad_input):
+    model, twin = mlp(dtype), mlp(dtype)
+    assert chained(model)
+    x = randn(rng, (n, 784), dtype)
+    for step in range(2):           # zeroed gradients (overwritten), then accumulated ones
+        model(x)
+        twin(x)
+        g = randn(rng, (n, 10), dtype)
+        if step == 0:
+            model.zero_grad()
+            twin.zero_grad()
+        gx = model.backward(g.copy(), compute_grad_input=compute_grad_input)
+        gx_twin = backward_by_hand(twin, g.copy(), compute_grad_input)
+        assert (gx is None) == (not compute_grad_input)
+        if compute_grad_input:
+            assert same_bits(gx, gx_twin)
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert same_bits(p.grad, q.grad)
+
+
+def test_sequential_chain_ending_in_a_relu_and_without_biases(rng, dtype):
+    # a chain whose last layer has a ReLU (here before a Dropout), some layers without bias,
+    # one whose bias alone was zeroed
+    nn.seed(4)
+    make = lambda: nn.Sequential(nn.Linear(9, 7, bias=False, dtype=dtype), nn.ReLU(),  # noqa
+                                 nn.Linear(7, 5, dtype=dtype), nn.ReLU(), nn.Dropout(0.0),
+                                 nn.Linear(5, 3, dtype=dtype))
+    nn.seed(4)
+    model = make()
+    nn.seed(4)
+    twin = make()
+    kinds = [type(layer).__name__ for layer, _ in model._plan()[1]]
+    assert kinds == ["_LinearChain", "Dropout", "Linear"]
+    x = randn(rng, (4, 9), dtype)
+    model(x)
+    twin(x)
+    model.layers[2].bias.zero_grad()
+    twin.layers[2].bias.zero_grad()
+    g = randn(rng, (4, 3), dtype)
+    assert same_bits(model.backward(g.copy()), backward_by_hand(twin, g.copy()))
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert same_bits(p.grad, q.grad)
+
+
+def test_sequential_chain_of_float64_gradchecks():
+    nn.seed(0)
+    model = nn.Sequential(nn.Linear(5, 4, dtype=np.float64), nn.ReLU(),
+                          nn.Linear(4, 3, dtype=np.float64), nn.ReLU(),
+                          nn.Linear(3, 2, dtype=np.float64))
+    assert chained(model)
+    rng = np.random.default_rng(0)
+    for layer in model.layers[::2]:     # off zero: no pre-activation sits on ReLU's kink
+        layer.bias.data = 0.5 + rng.random(layer.bias.shape)
+    X = rng.standard_normal((6, 5))
+    y = np.array([0, 1, 1, 0, 1, 0])
+    errors = nn.gradcheck(model, X, y, nn.CrossEntropyLoss())
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_a_linear_with_its_own_backward_runs_it():
+    class Halving(nn.Linear):
+        def backward(self, grad_out, *, compute_grad_input=True):
+            return super().backward(grad_out / 2, compute_grad_input=compute_grad_input)
+
+    nn.seed(1)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), Halving(3, 2))
+    nn.seed(1)
+    twin = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), Halving(3, 2))
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    model(x)
+    twin(x)
+    g = np.ones((5, 2), np.float32)
+    assert_close(model.backward(g), backward_by_hand(twin, g))
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert np.array_equal(p.grad, q.grad)
+
+
+def test_layers_run_apart_fall_back_to_their_own_backward(rng):
+    # the layers hold the state of different forwards (one run alone with another batch):
+    # each layer's own backward, and its own error
+    model = mlp(sizes=(6, 5, 4))
+    model(randn(rng, (3, 6), np.float32))
+    model.layers[2].forward(randn(rng, (2, 5), np.float32))
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        model.backward(np.ones((3, 4), np.float32))
+    g = np.ones((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"ReLU\(\): grad_out has shape \(2, 5\)"):
+        model.backward(g)
+
+
+def test_a_rejected_backward_leaves_zeroed_gradients_zero(rng, monkeypatch):
+    from nnscratch import backend
+
+    model = mlp(sizes=(6, 5, 4))
+    model(randn(rng, (3, 6), np.float32))
+    for p in model.parameters():
+        p.grad[...] = 7
+    model.zero_grad()
+    K = backend.kernels()
+
+    def failing(*args, **kwargs):
+        raise MemoryError("no memory")
+
+    monkeypatch.setattr(K, "linear_chain_backward", failing)
+    with pytest.raises(MemoryError):
+        model.backward(np.ones((3, 4), np.float32))
+    for p in model.parameters():
+        assert not p.grad.any()
+
+
+def test_fit_trains_through_the_chain_as_layer_by_layer(rng):
+    # the same fit twice, the second with the chain's backward run layer by layer: the
+    # same weights, bit for bit
+    X = rng.random((300, 20), dtype=np.float32)
+    y = rng.integers(0, 4, 300)
+    weights = []
+    for by_layer in (False, True):
+        model = mlp(sizes=(20, 16, 8, 4))
+        if by_layer:
+            chain = model._plan()[1][0][0]
+            chain.one_backward = False
+        model.fit(X, y, loss=nn.CrossEntropyLoss(), optimizer=nn.SGD(model.parameters(), 0.1,
+                                                                     momentum=0.9),
+                  epochs=2, batch_size=32, seed=0, progress=False)
+        weights.append([p.data.copy() for p in model.parameters()])
+    for a, b in zip(*weights):
+        assert same_bits(a, b)
