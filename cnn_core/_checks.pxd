@@ -7,3 +7,8 @@ cdef object output(str name, object buf, tuple shape, object dtype)
 cdef object as_labels(str name, object labels, Py_ssize_t n, Py_ssize_t n_classes, bint check_range=*)
 cdef object label_range_error(str name, object labels, Py_ssize_t n_classes)
 cdef double check_scalar(str name, object value, double low=*, bint low_inclusive=*, double high=*, bint high_inclusive=*) except? -1.0
+# The usual case of as_float_array + check_same_dtype, and of check_buffer, answered
+# through NumPy's C API (no tuple, no name made): True when the checked call would accept
+# the array unchanged; False means "ask the named check" (which copies or raises).
+cdef bint is_ready(object x, int ndim, object dtype)
+cdef bint is_buffer(object buf, Py_ssize_t d0, Py_ssize_t d1, object dtype)

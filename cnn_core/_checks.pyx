@@ -53,6 +53,28 @@ cdef inline bint _fits(object buf, tuple shape, object dtype):
             and cnp.PyArray_ISWRITEABLE(a))
 
 
+cdef bint is_ready(object x, int ndim, object dtype):
+    """x is a C-contiguous, aligned ndarray of `ndim` dimensions and exactly `dtype`."""
+    return (_ready(x, ndim) and
+            <object> cnp.PyArray_DESCR(<cnp.ndarray> x) is dtype)
+
+
+cdef bint is_buffer(object buf, Py_ssize_t d0, Py_ssize_t d1, object dtype):
+    """buf would pass check_buffer for shape (d0, d1) -- or (d0,) when d1 < 0."""
+    if not cnp.PyArray_Check(buf):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray> buf
+    if <object> cnp.PyArray_DESCR(a) is not dtype or (dtype is not _F32 and dtype is not _F64):
+        return False
+    if d1 < 0:
+        if cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIM(a, 0) != d0:
+            return False
+    elif cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_DIM(a, 0) != d0 or cnp.PyArray_DIM(a, 1) != d1:
+        return False
+    return (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+            and cnp.PyArray_ISWRITEABLE(a))
+
+
 cdef object as_float_array(str name, object x, int ndim=-1):
     """x as a C-contiguous, aligned float32/float64 ndarray (copied only if it is not)."""
     if _ready(x, ndim):

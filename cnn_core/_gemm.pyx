@@ -41,7 +41,8 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
-from cnn_core._checks cimport as_float_array, check_same_dtype, check_buffer, output, check_scalar
+from cnn_core._checks cimport (as_float_array, check_same_dtype, check_buffer, output,
+                              check_scalar, is_ready, is_buffer)
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 
 cdef extern from "nn_gemm_ukernel.h" nogil:
@@ -865,25 +866,6 @@ cdef _refuse_overlap(str name, object buf, tuple named):
             raise _overlap_error(name, named[i])
 
 
-cdef _check_no_overlap(object x, list params, list results, tuple outs):
-    # the chain's given buffers: none may share memory with x, a weight, a bias or another
-    # layer's output (the names are made only for the message)
-    cdef Py_ssize_t i, j
-    for i in range(len(results)):
-        if outs[i] is None:
-            continue
-        out = results[i]
-        if _overlap(out, x):
-            raise _overlap_error(f"outs[{i}]", "x")
-        for j in range(len(params)):
-            if _overlap(out, params[j]):
-                raise _overlap_error(f"outs[{i}]",
-                                     f"{'weights' if j % 2 == 0 else 'biases'}[{j // 2}]")
-        for j in range(len(results)):
-            if j != i and _overlap(out, results[j]):
-                raise _overlap_error(f"outs[{i}]", f"outs[{j}]")
-
-
 def linear_chain_forward(x, weights, biases, activations, outs=None):
     """Linear layers one after the other in one call:
 
@@ -898,7 +880,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     another wrote (a one-sample forward through a small MLP: one fork, one barrier).
     """
     x = as_float_array("x", x, 2)
-    dtype = x.dtype
+    dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> x)
     weights = _sequence("weights", weights)
     biases = _sequence("biases", biases)
     activations = _sequence("activations", activations)
@@ -913,7 +895,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
         raise ValueError(f"activations has {len(activations)} entries for {nl} weights")
     if outs is not None and len(outs) != nl:
         raise ValueError(f"outs has {len(outs)} entries for {nl} weights")
-    cdef long m = x.shape[0], k = x.shape[1], n
+    cdef long m = cnp.PyArray_DIM(<cnp.ndarray> x, 0), k = cnp.PyArray_DIM(<cnp.ndarray> x, 1), n
     cdef bint empty = m == 0 or k == 0
     cdef list keep = []          # the checked arrays (maybe copies), alive until the end
     cdef list results = []
@@ -924,24 +906,29 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     try:
+        # (the usual arrays answered through the C API; the named checks make the messages)
         for l in range(nl):
-            w = as_float_array(_item(_W_NAMES, "weights", l), weights[l], 2)
-            check_same_dtype(_item(_W_NAMES, "weights", l), w, dtype)
-            if w.shape[0] != k:
+            w = weights[l]
+            if not is_ready(w, 2, dtype):
+                w = as_float_array(_item(_W_NAMES, "weights", l), w, 2)
+                check_same_dtype(_item(_W_NAMES, "weights", l), w, dtype)
+            if cnp.PyArray_DIM(<cnp.ndarray> w, 0) != k:
                 raise ValueError(f"weights[{l}] has shape {w.shape}; the input of layer {l} has "
                                  f"{k} features, so it must be ({k}, M)")
-            n = w.shape[1]
+            n = cnp.PyArray_DIM(<cnp.ndarray> w, 1)
             b = biases[l]
             if b is not None:
-                b = as_float_array(_item(_B_NAMES, "biases", l), b, 1)
-                check_same_dtype(_item(_B_NAMES, "biases", l), b, dtype)
-                if b.shape[0] != n:
+                if not is_ready(b, 1, dtype):
+                    b = as_float_array(_item(_B_NAMES, "biases", l), b, 1)
+                    check_same_dtype(_item(_B_NAMES, "biases", l), b, dtype)
+                if cnp.PyArray_DIM(<cnp.ndarray> b, 0) != n:
                     raise ValueError(f"biases[{l}] has shape {b.shape}, expected ({n},)")
             act = activations[l]
             if act is not None and not (isinstance(act, str) and act == "relu"):
                 raise ValueError(f"activations[{l}] must be None or 'relu', got {act!r}")
-            out = output(_item(_OUT_NAMES, "outs", l), None if outs is None else outs[l],
-                         (m, n), dtype)
+            out = None if outs is None else outs[l]
+            if out is None or not is_buffer(out, m, n, dtype):
+                out = output(_item(_OUT_NAMES, "outs", l), out, (m, n), dtype)
             keep.append(w)
             keep.append(b)
             results.append(out)
@@ -954,7 +941,12 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             empty = empty or n == 0
             k = n
         if outs is not None:
-            _check_no_overlap(x, keep, results, outs)
+            given = []
+            for l in range(nl):
+                if outs[l] is not None:
+                    given.append(_item(_OUT_NAMES, "outs", l))
+                    given.append(results[l])
+            _check_chain_overlap([x] + keep, given, False)
         if empty:
             # a dimension is zero: layer by layer (NumPy's answers: empty, or bias + ReLU)
             inp = x
@@ -1207,7 +1199,7 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     side, the ReLU applied to each share of dX as it is written.
     """
     grad_out = as_float_array("grad_out", grad_out, 2)
-    dtype = grad_out.dtype
+    dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> grad_out)
     xs = _sequence("xs", xs)
     weights = _sequence("weights", weights)
     grads_w = _sequence("grads_w", grads_w)
@@ -1232,63 +1224,86 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
             if not isinstance(accumulate[l], (bool, np.bool_)):
                 raise TypeError(f"accumulate[{l}] must be True or False, got "
                                 f"{accumulate[l]!r}")
-    cdef long m = grad_out.shape[0], k, n
+    cdef long m = cnp.PyArray_DIM(<cnp.ndarray> grad_out, 0), k, n, above = -1
     cdef bint empty = m == 0
     cdef list ins = [grad_out]       # read (maybe copies): none may overlap an output
     cdef list outs = []              # written, given by the caller: (name, array) pairs
     cdef list ws = [], xl = [], gws = [], gbs = [], mks = [], gs = []
+    # (the usual arrays answered through the C API; the named checks make the messages)
     for l in range(nl):
-        w = as_float_array(_item(_W_NAMES, "weights", l), weights[l], 2)
-        check_same_dtype(_item(_W_NAMES, "weights", l), w, dtype)
-        k, n = w.shape[0], w.shape[1]
-        if l > 0 and ws[l - 1].shape[1] != k:
+        w = weights[l]
+        if not is_ready(w, 2, dtype):
+            w = as_float_array(_item(_W_NAMES, "weights", l), w, 2)
+            check_same_dtype(_item(_W_NAMES, "weights", l), w, dtype)
+        k = cnp.PyArray_DIM(<cnp.ndarray> w, 0)
+        n = cnp.PyArray_DIM(<cnp.ndarray> w, 1)
+        if l > 0 and above != k:
             raise ValueError(f"weights[{l}] has shape {w.shape}; layer {l - 1} has "
-                             f"{ws[l - 1].shape[1]} outputs, so it must be "
-                             f"({ws[l - 1].shape[1]}, M)")
-        x = as_float_array(_item(_X_NAMES, "xs", l), xs[l], 2)
-        check_same_dtype(_item(_X_NAMES, "xs", l), x, dtype)
-        if x.shape[0] != m or x.shape[1] != k:
+                             f"{above} outputs, so it must be ({above}, M)")
+        above = n
+        x = xs[l]
+        if not is_ready(x, 2, dtype):
+            x = as_float_array(_item(_X_NAMES, "xs", l), x, 2)
+            check_same_dtype(_item(_X_NAMES, "xs", l), x, dtype)
+        if cnp.PyArray_DIM(<cnp.ndarray> x, 0) != m or cnp.PyArray_DIM(<cnp.ndarray> x, 1) != k:
             raise ValueError(f"xs[{l}] has shape {x.shape}, expected ({m}, {k})")
-        check_buffer(_item(_GW_NAMES, "grads_w", l), grads_w[l], (k, n), dtype)
+        gw = grads_w[l]
+        if not is_buffer(gw, k, n, dtype):
+            check_buffer(_item(_GW_NAMES, "grads_w", l), gw, (k, n), dtype)
         gb = grads_b[l]
-        if gb is not None:
+        if gb is not None and not is_buffer(gb, n, -1, dtype):
             check_buffer(_item(_GB_NAMES, "grads_b", l), gb, (n,), dtype)
         mk = masks[l]
         if mk is not None:
-            mk = as_float_array(_item(_MASK_NAMES, "masks", l), mk, 2)
-            check_same_dtype(_item(_MASK_NAMES, "masks", l), mk, dtype)
-            if mk.shape[0] != m or mk.shape[1] != n:
+            if not is_ready(mk, 2, dtype):
+                mk = as_float_array(_item(_MASK_NAMES, "masks", l), mk, 2)
+                check_same_dtype(_item(_MASK_NAMES, "masks", l), mk, dtype)
+            if (cnp.PyArray_DIM(<cnp.ndarray> mk, 0) != m
+                    or cnp.PyArray_DIM(<cnp.ndarray> mk, 1) != n):
                 raise ValueError(f"masks[{l}] has shape {mk.shape}, expected ({m}, {n})")
         ws.append(w)
         xl.append(x)
-        gws.append(grads_w[l])
+        gws.append(gw)
         gbs.append(gb)
         mks.append(mk)
-        ins += [w, x, mk]
-        outs += [_item(_GW_NAMES, "grads_w", l), grads_w[l], _item(_GB_NAMES, "grads_b", l), gb]
+        ins.append(w)
+        ins.append(x)
+        ins.append(mk)
+        outs.append(_item(_GW_NAMES, "grads_w", l))
+        outs.append(gw)
+        outs.append(_item(_GB_NAMES, "grads_b", l))
+        outs.append(gb)
         empty = empty or k == 0 or n == 0
-    if ws[nl - 1].shape[1] != grad_out.shape[1]:
-        raise ValueError(f"grad_out has shape {grad_out.shape}, expected ({m}, "
-                         f"{ws[nl - 1].shape[1]}) (the last layer's output)")
+    if above != cnp.PyArray_DIM(<cnp.ndarray> grad_out, 1):
+        raise ValueError(f"grad_out has shape {grad_out.shape}, expected ({m}, {above}) "
+                         f"(the last layer's output)")
     # g_l: a work buffer, except the last layer's without a ReLU (grad_out itself)
     for l in range(nl):
-        n = ws[l].shape[1]
+        n = cnp.PyArray_DIM(<cnp.ndarray> ws[l], 1)
         if l == nl - 1 and mks[l] is None:
             gs.append(grad_out)
             continue
-        given = work is not None and work[l] is not None
-        buf = output(_item(_WORK_NAMES, "work", l), work[l] if given else None, (m, n), dtype)
-        if given:
-            outs += [_item(_WORK_NAMES, "work", l), buf]
+        buf = work[l] if work is not None else None
+        if buf is None:
+            buf = output("", None, (m, n), dtype)
+        else:
+            if not is_buffer(buf, m, n, dtype):
+                check_buffer(_item(_WORK_NAMES, "work", l), buf, (m, n), dtype)
+            outs.append(_item(_WORK_NAMES, "work", l))
+            outs.append(buf)
         gs.append(buf)
-    given_x = compute_grad_x and grad_x is not None
     if compute_grad_x:
-        grad_x = output("grad_x", grad_x, (m, ws[0].shape[0]), dtype)
-        if given_x:
-            outs += ["grad_x", grad_x]
+        k = cnp.PyArray_DIM(<cnp.ndarray> ws[0], 0)
+        if grad_x is None:
+            grad_x = output("grad_x", None, (m, k), dtype)
+        else:
+            if not is_buffer(grad_x, m, k, dtype):
+                check_buffer("grad_x", grad_x, (m, k), dtype)
+            outs.append("grad_x")
+            outs.append(grad_x)
     else:
         grad_x = None
-    _check_back_overlap(ins, outs, xs, weights, masks)
+    _check_chain_overlap(ins, outs, True)
     if empty or nl > 64:
         _chain_back_by_layer(grad_out, xl, ws, gws, gbs, mks, gs, grad_x, accumulate)
         return grad_x, tuple(gs)
@@ -1328,28 +1343,54 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     return grad_x, tuple(gs)
 
 
-cdef _check_back_overlap(list ins, list outs, xs, weights, masks):
-    # every buffer the chain writes (outs: name, array pairs) shares no memory with what it
-    # reads or with another buffer it writes (the names of the read arrays made only for
-    # the message)
-    cdef Py_ssize_t i, j
-    for i in range(0, len(outs), 2):
-        buf = outs[i + 1]
-        if buf is None:
-            continue
-        for j in range(len(ins)):
-            if _overlap(buf, ins[j]):
-                raise _overlap_error(outs[i], _back_input_name(j))
-        for j in range(0, len(outs), 2):
-            if j != i and _overlap(buf, outs[j + 1]):
-                raise _overlap_error(outs[i], outs[j])
+cdef inline void _span(object a, char **lo, char **hi) noexcept:
+    # the bytes of a C-contiguous array (or None, or an empty one: none) as [lo, hi)
+    if a is None or cnp.PyArray_NBYTES(<cnp.ndarray> a) == 0:
+        lo[0] = hi[0] = NULL
+        return
+    lo[0] = <char *> cnp.PyArray_DATA(<cnp.ndarray> a)
+    hi[0] = lo[0] + cnp.PyArray_NBYTES(<cnp.ndarray> a)
 
 
-cdef str _back_input_name(Py_ssize_t j):
-    # the name of ins[j] in linear_chain_backward: grad_out, then (w, x, mask) per layer
+cdef _check_chain_overlap(list ins, list outs, bint backward):
+    # every buffer a chain writes (outs: name, array pairs) shares no memory with what it
+    # reads (ins) or with another buffer it writes: the byte spans compared in C, the names
+    # made only for the message (_chain_input_name)
+    cdef Py_ssize_t ni = len(ins), no = len(outs) // 2, i, j
+    cdef char **spans = <char **> PyMem_Malloc(2 * (ni + no) * sizeof(char *))
+    if spans == NULL:
+        raise MemoryError()
+    cdef char **ins_lo = spans
+    cdef char **ins_hi = spans + ni
+    cdef char **outs_lo = spans + 2 * ni
+    cdef char **outs_hi = spans + 2 * ni + no
+    try:
+        for j in range(ni):
+            _span(ins[j], &ins_lo[j], &ins_hi[j])
+        for i in range(no):
+            _span(outs[2 * i + 1], &outs_lo[i], &outs_hi[i])
+        for i in range(no):
+            if outs_lo[i] == NULL:
+                continue
+            for j in range(ni):
+                if ins_lo[j] != NULL and outs_lo[i] < ins_hi[j] and ins_lo[j] < outs_hi[i]:
+                    raise _overlap_error(outs[2 * i], _chain_input_name(j, backward))
+            for j in range(no):
+                if (j != i and outs_lo[j] != NULL and outs_lo[i] < outs_hi[j]
+                        and outs_lo[j] < outs_hi[i]):
+                    raise _overlap_error(outs[2 * i], outs[2 * j])
+    finally:
+        PyMem_Free(spans)
+
+
+cdef str _chain_input_name(Py_ssize_t j, bint backward):
+    # the name of ins[j]: linear_chain_backward's grad_out, then (weights, xs, masks) per
+    # layer; linear_chain_forward's x, then (weights, biases) per layer
     if j == 0:
-        return "grad_out"
-    return f"{('weights', 'xs', 'masks')[(j - 1) % 3]}[{(j - 1) // 3}]"
+        return "grad_out" if backward else "x"
+    if backward:
+        return f"{('weights', 'xs', 'masks')[(j - 1) % 3]}[{(j - 1) // 3}]"
+    return f"{('weights', 'biases')[(j - 1) % 2]}[{(j - 1) // 2}]"
 
 
 cdef _chain_back_by_layer(grad_out, list xl, list ws, list gws, list gbs, list mks, list gs,

@@ -30,6 +30,9 @@ from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN, MAX_PARTS
 
 cnp.import_array()
 
+cdef object _F32 = np.dtype(np.float32)
+cdef object _F64 = np.dtype(np.float64)
+
 cdef extern from "nn_cpu.h" nogil:
     unsigned nn_ftz_begin()
     void nn_ftz_end(unsigned old)
@@ -295,6 +298,53 @@ cdef inline char *_data(object arr):
     return <char *> cnp.PyArray_DATA(<cnp.ndarray> arr)
 
 
+cdef inline bint _like(object x, cnp.ndarray param, bint written):
+    # x: an ndarray of param's dtype object and shape, C-contiguous and aligned (and
+    # writeable when written in place) -- what the named checks below accept unchanged
+    if not cnp.PyArray_Check(x):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray> x
+    cdef int i, nd = cnp.PyArray_NDIM(param)
+    if cnp.PyArray_DESCR(a) != cnp.PyArray_DESCR(param) or cnp.PyArray_NDIM(a) != nd:
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIM(a, i) != cnp.PyArray_DIM(param, i):
+            return False
+    return (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+            and (not written or cnp.PyArray_ISWRITEABLE(a)))
+
+
+cdef bint _all_ready(list params, list grads, list a_list, list b_list, long n,
+                     _TensorList tl):
+    # The usual call, answered through NumPy's C API without a name made for a message:
+    # every array of params[0]'s dtype object, each of its parameter's shape, contiguous
+    # and aligned (the written ones writeable). Fills tl's pointers and offsets; False
+    # (tl to be filled again) when anything would need the named checks.
+    cdef long i, total = 0
+    cdef cnp.ndarray param
+    cdef object dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> params[0])
+    if dtype is not _F32 and dtype is not _F64:
+        return False
+    for i in range(n):
+        if not cnp.PyArray_Check(params[i]):
+            return False
+        param = <cnp.ndarray> params[i]
+        if (<object> cnp.PyArray_DESCR(param) is not dtype or not _like(param, param, True)
+                or not _like(grads[i], param, False)
+                or (a_list is not None and not _like(a_list[i], param, True))
+                or (b_list is not None and not _like(b_list[i], param, True))):
+            return False
+        tl.t.p[i] = _data(param)
+        tl.t.g[i] = _data(grads[i])
+        tl.t.a[i] = _data(a_list[i]) if a_list is not None else NULL
+        tl.t.b[i] = _data(b_list[i]) if b_list is not None else NULL
+        tl.t.offset[i] = total
+        total += cnp.PyArray_SIZE(param)
+    tl.t.offset[n] = total
+    tl.keep = grads
+    return True
+
+
 cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, list b_list,
                               str b_name):
     # validate every array (named with its index), collect the pointers, plan the threads
@@ -324,6 +374,9 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     dtype = first.dtype
     if dtype != np.float32 and dtype != np.float64:
         raise TypeError(f"params[0] has dtype {dtype}; the kernels take float32 or float64")
+    if _all_ready(params, grads, a_list, b_list, n, tl):
+        tl.t.parts = span_parts(tl.t.offset[n], SPAN_MIN, num_threads())
+        return tl
     for i in range(n):
         param = params[i]
         if not isinstance(param, np.ndarray):

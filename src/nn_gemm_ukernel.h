@@ -91,7 +91,16 @@
                 for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];                       \
             }                                                                               \
         }                                                                                   \
-        if (nr == (NC)) {                                                                   \
+        if (nr == (NC) && mr == (MR) && alpha == 1 && beta == 0 && !bias && !relu) {       \
+            /* a whole tile, nothing to add or apply (a product's usual case): stores only, \
+             * no branch per row -- with a short k (a weight gradient over a batch of 16)  \
+             * the write-back costs as much as a third of the multiply-adds */              \
+            NN_PRAGMA(GCC unroll 16)                                                        \
+            for (int i = 0; i < (MR); ++i)                                                  \
+                NN_PRAGMA(GCC unroll 4)                                                     \
+                for (int v = 0; v < NV; ++v)                                                \
+                    memcpy(c + i * ldc + v * (VL), &acc[i][v], sizeof(NAME##_v));           \
+        } else if (nr == (NC)) {                                                            \
             /* whole rows (all of them but in the last tile of a column): on vectors */     \
             NAME##_v bias_v[NV];                                                            \
             NN_PRAGMA(GCC unroll 4)                                                         \
@@ -111,7 +120,7 @@
                         memcpy(&old, cp, sizeof(NAME##_v));                                 \
                         r += beta * old;                                                    \
                     }                                                                       \
-                    r += bias_v[v];                                                         \
+                    if (bias) r += bias_v[v];                                               \
                     if (relu) r = (NAME##_v)((NAME##_iv)r & ~(r <= (NAME##_v){0}));         \
                     memcpy(cp, &r, sizeof(NAME##_v));                                       \
                 }                                                                           \

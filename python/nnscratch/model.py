@@ -12,7 +12,7 @@ or, Keras style, ``model.fit(X, y, loss=..., optimizer=..., epochs=..., batch_si
 """
 import numpy as np
 
-from . import serialization, training
+from . import _memory, serialization, training
 from .layers import Flatten, Linear, MaxPool2d, ReLU
 from .backend import kernels
 from .module import Module
@@ -32,9 +32,14 @@ class _LinearChain:
     crossing into C and one parallel region for all of them, with the bits of one
     `Linear.forward` (`ReLU.backward`, `Linear.backward`) per layer. Leaves each layer the
     state its own forward would: the Linear keeps its input, the ReLU its output; backward
-    reads that state, as the layers' own backward would."""
+    reads that state, as the layers' own backward would.
 
-    __slots__ = ("linears", "relus", "activations", "one_backward")
+    In training mode the chain writes into arrays it keeps, one set per batch size (the
+    layers' outputs; the gradients passed down), as each layer keeps its own when it runs
+    alone: a training step allocates nothing. This is the per-step path of every MLP, so
+    it is written to do little in Python (one sample's forward is ~10 us in all)."""
+
+    __slots__ = ("linears", "relus", "activations", "one_backward", "_kept")
 
     def __init__(self, pairs):
         self.linears = tuple(linear for linear, _ in pairs)
@@ -44,6 +49,7 @@ class _LinearChain:
         self.one_backward = all(
             type(linear).backward is Linear.backward and type(linear)._saved is Module._saved
             and type(linear)._as_grad is Module._as_grad for linear in self.linears)
+        self._kept = {}     # (what, batch size) -> the kept arrays
 
     def _inputs(self, x):
         """The first layer's input, checked and cast as its own forward does, and the
@@ -54,18 +60,36 @@ class _LinearChain:
         biases = [None if linear.bias is None else linear.bias.data for linear in self.linears]
         return x, weights, biases
 
+    def _arrays(self, what, n, shapes, dtype, reading):
+        """The kept arrays `what` for batch size n (made on first use), None for one that is
+        among `reading` (an array fed back in: it must not be written while it is read)."""
+        entry = self._kept.get((what, n))
+        if entry is None:
+            if len(self._kept) >= 16:
+                self._kept.clear()
+            arrays = [None if shape is None else _memory.empty(shape, dtype) for shape in shapes]
+            entry = self._kept[(what, n)] = (arrays, {id(a) for a in arrays if a is not None})
+        arrays, ids = entry
+        for array in reading:
+            if id(array) in ids:
+                fed = {id(other) for other in reading}
+                return [None if id(kept) in fed else kept for kept in arrays]
+        return arrays
+
     def forward(self, x, training):
         x, weights, biases = self._inputs(x)
+        linears = self.linears
         outs = None
-        if training:    # the layers' kept output buffers (eval mode: fresh arrays)
+        if training:    # the kept output arrays (eval mode: fresh ones)
             n = x.shape[0]
-            outs = [linear._scratch("out", (n, linear.out_features), linear.dtype, x)
-                    for linear in self.linears]
+            outs = self._arrays("out", n, [(n, linear.out_features) for linear in linears],
+                                linears[0].dtype, (x,))
         results = kernels().linear_chain_forward(x, weights, biases, self.activations, outs)
-        for linear, relu, inp, out in zip(self.linears, self.relus, (x,) + results, results):
+        for linear, inp in zip(linears, (x,) + results):
             linear._x = inp
+        for relu, out in zip(self.relus, results):
             if relu is not None:
-                relu.keep_output(out)
+                relu._kept = out        # (ReLU.keep_output: relu(z) > 0 exactly where z > 0)
         return results[-1]
 
     def infer(self, x):
@@ -77,24 +101,30 @@ class _LinearChain:
         parameter gradients added into ``.grad`` -- by one `linear_chain_backward` call
         when the layers hold the state of one forward, else by the layers one by one."""
         linears, relus = self.linears, self.relus
-        xs = [linear._saved("_x") for linear in linears]
-        masks = [None if relu is None else relu._saved("_kept") for relu in relus]
-        n, dtype = xs[0].shape[0], linears[0].dtype
-        if not self.one_backward or any(
-                x.shape[0] != n or (mask is not None and mask.shape != (n, linear.out_features))
-                for x, mask, linear in zip(xs, masks, linears)):
+        xs = [getattr(linear, "_x", None) for linear in linears]
+        masks = [None if relu is None else getattr(relu, "_kept", None) for relu in relus]
+        first, last = linears[0], linears[-1]
+        n = -1 if xs[0] is None or not self.one_backward else xs[0].shape[0]
+        if n >= 0:
+            for x, mask, relu, linear in zip(xs, masks, relus, linears):
+                if x is None or x.shape[0] != n or (relu is not None and (
+                        mask is None or mask.shape != (n, linear.out_features))):
+                    n = -1
+                    break
+        if n < 0:
             return self._backward_by_layer(grad_out, compute_grad_input)
-        top = linears[-1] if relus[-1] is None else relus[-1]
-        grad_out = top._as_grad(grad_out, (n, linears[-1].out_features), dtype)
-        # g_l of each layer below the top in the next layer's grad_x buffer, the top's (when
-        # it has a ReLU) in the ReLU's: the buffers the layers' own backward would use
-        reading = (grad_out, *xs, *(mask for mask in masks if mask is not None))
-        work = [following._scratch("grad_x", (n, following.in_features), dtype, *reading)
-                for following in linears[1:]]
-        work.append(None if relus[-1] is None else
-                    relus[-1]._scratch("grad_x", (n, linears[-1].out_features), dtype, *reading))
-        grad_x = (linears[0]._scratch("grad_x", xs[0].shape, dtype, *reading)
-                  if compute_grad_input else None)
+        dtype = first.dtype
+        top = last if relus[-1] is None else relus[-1]
+        grad_out = top._as_grad(grad_out, (n, last.out_features), dtype)
+        # g_l of each layer (the top one's only when it has a ReLU) and dL/dx: kept arrays
+        # when training (none may be read by the call: grad_out, an input or a mask fed in)
+        work = grad_x = None
+        if first.training:
+            shapes = [(n, following.in_features) for following in linears[1:]]
+            shapes.append(None if relus[-1] is None else (n, last.out_features))
+            shapes.append((n, first.in_features) if compute_grad_input else None)
+            kept = self._arrays("grad", n, shapes, dtype, (grad_out, *xs, *masks))
+            work, grad_x = kept[:-1], kept[-1]
         grads_w, grads_b, accumulate = [], [], []
         for linear in linears:
             # after a zero_grad the kernel overwrites the gradients (beta = 0 in the GEMM)
