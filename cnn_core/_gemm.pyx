@@ -69,6 +69,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
         nn_spack_bt_t pack_bt
         int mr
         int nr
+        int nblock
         const char *name
     ctypedef struct nn_dgemm_kernel_t:
         nn_dgemm_ukr_t ukr[4]
@@ -79,6 +80,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
         nn_dpack_bt_t pack_bt
         int mr
         int nr
+        int nblock
         const char *name
     nn_sgemm_kernel_t nn_sgemm_kernel_for(int isa)
     nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa)
@@ -111,18 +113,19 @@ cdef extern from "nn_peak.h" nogil:
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
-# Cache blocking (elements). kc x n_block of B stays in L2 (float: 1024 x 240 x 4 B = 960 KiB
-# of this machine's 2 MiB). A long kc (a whole 784- or 1024-long sum in one block) was
-# measured best here: each C tile is written once instead of once per k block, and fewer
-# micro-kernel calls share the fixed cost of the write-back -- although the A micro-panel
-# (12 x 1024 x 4 B = 48 KiB) then streams through L1 rather than staying in it. Measured
-# on this machine, 2 threads, GFLOP/s at 1024^3 / 128x784x256: kc 384 -> 387 / 282,
-# kc 1024 -> 413 / 374 (benchmarks/bench_gemm.py; double: kc 256 -> 512, 189 -> 200 / 151 -> 176).
+# Cache blocking (elements). kc x n_block of B stays in L2; n_block is the kernel table's
+# `nblock`, chosen per ISA for its machines' L2 (src/nn_gemm_ukernel.h: float 240 columns,
+# 960 KiB, with AVX-512 on a 2 MiB L2; 120 with AVX2 on a 512 KiB one). A long kc (a whole
+# 784- or 1024-long sum in one block) was measured best on both: each C tile is written
+# once instead of once per k block, and fewer micro-kernel calls share the fixed cost of
+# the write-back -- although the A micro-panel (12 x 1024 x 4 B = 48 KiB) then streams
+# through L1 rather than staying in it. Measured on the AVX-512 machine, 2 threads, GFLOP/s
+# at 1024^3 / 128x784x256: kc 384 -> 387 / 282, kc 1024 -> 413 / 374 (double: kc 256 -> 512,
+# 189 -> 200 / 151 -> 176); on the AVX2 one (AMD Zen 2) kc 256, 384, 512 were all slower
+# than 1024 at 1024^3 (138-162 against 172 GF/s) and no faster on the MLP's products.
 cdef enum:
     KC_FLOAT = 1024
     KC_DOUBLE = 512
-    NBLOCK_FLOAT = 240
-    NBLOCK_DOUBLE = 120
     M_BLOCK = 3072
     # below this many multiply-adds a second thread costs more than it saves
     PARALLEL_MIN_FMAS = 1 << 18
@@ -263,12 +266,12 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
         mr = _skernel.mr
         nr = _skernel.nr
         kc_max = KC_FLOAT
-        nb_max = NBLOCK_FLOAT
+        nb_max = _skernel.nblock
     else:
         mr = _dkernel.mr
         nr = _dkernel.nr
         kc_max = KC_DOUBLE
-        nb_max = NBLOCK_DOUBLE
+        nb_max = _dkernel.nblock
     cdef long i, kc, nb, mb
     if row_path:
         for i in range(m):
