@@ -40,15 +40,17 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.string cimport memchr, memset
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_buffer, output,
                               check_scalar, is_ready, is_buffer)
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
+from cnn_core._finite cimport all_finite_span
 
 cdef extern from "nn_gemm_ukernel.h" nogil:
-    ctypedef void (*nn_sgemm_ukr_t)(long, const float *, long, const float *, long, float *,
+    ctypedef int (*nn_sgemm_ukr_t)(long, const float *, long, const float *, long, float *,
                                     long, float, float, const float *, int, int, int)
-    ctypedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
+    ctypedef int (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
                                     long, double, double, const double *, int, int, int)
     ctypedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long,
                                     float *, float, float, const float *, int)
@@ -82,6 +84,7 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
         int nr
         int nblock
         const char *name
+    int NN_RELU, NN_CHECK_FINITE
     nn_sgemm_kernel_t nn_sgemm_kernel_for(int isa)
     nn_dgemm_kernel_t nn_dgemm_kernel_for(int isa)
     int nn_cpu_best_isa()
@@ -232,34 +235,36 @@ cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, 
                     panel[p * nr + j] = 0
 
 
-cdef inline void _ukernel(long kc, const floating *a, long lda, const floating *b, long ldb,
-                          floating *c, long ldc, floating alpha, floating beta,
-                          const floating *bias, int relu, int mr, int nr) noexcept nogil:
+cdef inline int _ukernel(long kc, const floating *a, long lda, const floating *b, long ldb,
+                         floating *c, long ldc, floating alpha, floating beta,
+                         const floating *bias, int relu, int mr, int nr) noexcept nogil:
     # lda == 0: a is a packed micro-panel; else MR whole rows of row-major A, lda apart.
     # ldb == 0: b is a packed micro-panel; else NR whole columns of row-major B, rows ldb apart.
     # At most NR / 2 columns: the half-width kernel (half the multiply-adds; every element
     # is summed by the same sequence of fused multiply-adds in either, so the same bits).
+    # relu: the epilogue flags (NN_RELU, NN_CHECK_FINITE); returns nonzero when asked to
+    # check and a value written is NaN or infinite.
     cdef int which = (lda != 0) + 2 * (ldb != 0)
     if floating is float:
         if 2 * nr <= _skernel.nr:
-            _skernel.ukr_half[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr,
-                                     nr)
-        else:
-            _skernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
+            return _skernel.ukr_half[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias,
+                                            relu, mr, nr)
+        return _skernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
     else:
         if 2 * nr <= _dkernel.nr:
-            _dkernel.ukr_half[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr,
-                                     nr)
-        else:
-            _dkernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
+            return _dkernel.ukr_half[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias,
+                                            relu, mr, nr)
+        return _dkernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
 
 
 cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
                    floating *c, long ldc, long m, long n, long k, floating alpha, floating beta,
                    const floating *bias, int relu, bint row_path) noexcept nogil:
     # One thread's share: C (m x n) = alpha * A (m x k) @ B (k x n) + beta * C (+ bias, ReLU).
+    # relu: the epilogue flags, NN_RELU and NN_CHECK_FINITE (see nn_gemm_ukernel.h).
     # Needs k >= 1. row_path: take the unpacked row kernel (the whole product is a few rows).
-    # Returns -1 when the packing buffers cannot be allocated.
+    # Returns -1 when the packing buffers cannot be allocated; 1 when NN_CHECK_FINITE was
+    # asked and a value written is NaN or infinite; else 0.
     cdef int mr, nr
     cdef long kc_max, nb_max
     if floating is float:
@@ -276,9 +281,13 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     if row_path:
         for i in range(m):
             if floating is float:
-                _skernel.row(k, n, a + i * rsa, csa, b, rsb, c + i * ldc, alpha, beta, bias, relu)
+                _skernel.row(k, n, a + i * rsa, csa, b, rsb, c + i * ldc, alpha, beta, bias,
+                             relu & NN_RELU)
             else:
-                _dkernel.row(k, n, a + i * rsa, csa, b, rsb, c + i * ldc, alpha, beta, bias, relu)
+                _dkernel.row(k, n, a + i * rsa, csa, b, rsb, c + i * ldc, alpha, beta, bias,
+                             relu & NN_RELU)
+        if relu & NN_CHECK_FINITE and not _rows_finite(c, ldc, 0, m, 0, n):
+            return 1
         return 0
     # balanced blocks: 2000 = 2 x 1000 rather than 1024 + 976
     kc = _ceil_div(k, _ceil_div(k, kc_max))
@@ -299,7 +308,7 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     cdef bint b_in_place = csb == 1 and m <= B_IN_PLACE_MAX_M
     cdef floating beta_k
     cdef const floating *bias_k
-    cdef int relu_k
+    cdef int relu_k, bad = 0
     for ic_index in range(_ceil_div(m, mb)):  # loop 5: rows of C
         ic = ic_index * mb
         mc = _min(mb, m - ic)
@@ -315,7 +324,7 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
             else:
                 pack_a_mcxkc(a + ic * rsa + pc * csa, rsa, csa, mc, kcur, mr, a_packed)
             beta_k = beta if pc == 0 else 1                      # later blocks accumulate
-            relu_k = relu if pc + kcur >= k else 0               # ReLU once the sum is whole
+            relu_k = relu if pc + kcur >= k else 0     # ReLU (and check) once the sum is whole
             for jc_index in range(_ceil_div(n, nb)):  # loop 3: columns of C
                 jc = jc_index * nb
                 nc = _min(nb, n - jc)
@@ -350,10 +359,11 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
                         else:
                             b_panel = b_packed
                             ldb = 0
-                        _ukernel(kcur, a_panel, lda, b_panel, ldb,
-                                 c + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_k, bias_k,
-                                 relu_k, <int> _min(mr, mc - ir), <int> _min(nr, nc - jr))
-    return 0
+                        bad |= _ukernel(kcur, a_panel, lda, b_panel, ldb,
+                                        c + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_k,
+                                        bias_k, relu_k, <int> _min(mr, mc - ir),
+                                        <int> _min(nr, nc - jr))
+    return 1 if bad else 0
 
 
 cdef void _sum_halves(const floating *part, floating *c, long ldc, long i0, long i1, long m,
@@ -718,6 +728,9 @@ ctypedef struct _BackLayer:
     int tid_w         # the thread of a serial dW product,
     int tid_x         # of a serial dX product,
     int tid_b         # of the column sums
+    bint check        # check grad_w and grad_b for NaN/inf, each share as it is written:
+    char bad_w[MAX_PARTS]   # thread t found one in its share of grad_w
+    char bad_b              # ... in grad_b
 
 
 cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long nl, long m,
@@ -1057,33 +1070,41 @@ cdef void _relu_mask(floating *c, const floating *mask, long ld, long i0, long i
 cdef int _share_product(int tid, int team, const _Split *s, int serial_tid,
                         const floating *a, long rsa, long csa, const floating *b, long rsb,
                         long csb, floating *c, long ldc, long m, long n, long k, floating beta,
-                        const floating *mask, floating *part) noexcept nogil:
+                        const floating *mask, bint check, floating *part) noexcept nogil:
     # Thread tid's share of C (m x n) = A @ B + beta * C, shared out as gemm_parallel would
     # (so the same bits), then -- when mask is given -- ReLU's backward on what it wrote.
     # Every thread of the team calls this for every product (a halves product meets at a
-    # barrier). Returns -1 if out of memory.
-    cdef int status = 0, h
-    cdef long t, start, size, rows
+    # barrier). With `check`, each value written is tested for NaN/inf as it is written
+    # (in the micro-kernels' registers; the sum of halves and the row kernel's rows in
+    # cache, by the thread that wrote them). Returns -1 if out of memory, 1 if checked and
+    # a value of its share is NaN or infinite, else 0.
+    cdef int status = 0, h, r, flags = NN_CHECK_FINITE if check else 0
+    cdef bint bad = False
+    cdef long t, start, size, rows = (m + 1) // 2
     cdef bint on_two
     if s.kind == SPLIT_SERIAL:
         if tid == serial_tid % team:
-            status = gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0,
-                               s.row_path)
+            r = gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, flags,
+                          s.row_path)
+            status = -1 if r < 0 else 0
+            bad = r > 0
             if mask != NULL:
                 _relu_mask(c, mask, ldc, 0, m, 0, n)
     elif s.kind == SPLIT_SLABS:
         for t in range(s.parts):
             if t % team != tid:
                 continue
-            if _slab(s, t, a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0) != 0:
+            r = _slab(s, t, a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, flags)
+            if r < 0:
                 status = -1
+            bad = bad or r > 0
             if mask != NULL:
                 _slab_bounds(s, t, &start, &size)
                 if size > 0 and s.split_n:
                     _relu_mask(c, mask, ldc, 0, m, start, start + size)
                 elif size > 0:
                     _relu_mask(c, mask, ldc, start, start + size, 0, n)
-    else:   # the halves of k, then their sum (as _k_halves)
+    else:   # the halves of k, then their sum (as _k_halves), its rows checked after it
         for h in range(2):
             if h % team == tid and _half_product(h, a, rsa, csa, b, rsb, csb, part, m, n, k,
                                                  s.row_path) != 0:
@@ -1091,14 +1112,28 @@ cdef int _share_product(int tid, int team, const _Split *s, int serial_tid,
         nn_team_barrier()
         on_two = _sum_on_two(m, n, team)
         _sum_share(tid, part, c, ldc, m, n, 1, beta, NULL, 0, on_two)
-        if mask != NULL:
-            rows = (m + 1) // 2
-            if not on_two and tid == 0:
-                _relu_mask(c, mask, ldc, 0, m, 0, n)
-            elif on_two and tid < 2:
-                _relu_mask(c, mask, ldc, 0 if tid == 0 else rows, rows if tid == 0 else m,
-                           0, n)
-    return status
+        if (not on_two and tid == 0) or (on_two and tid < 2):
+            start = 0 if not on_two or tid == 0 else rows
+            size = (m if not on_two else rows) if tid == 0 else m - rows
+            if mask != NULL:
+                _relu_mask(c, mask, ldc, start, start + size, 0, n)
+            if check and not _rows_finite(c, ldc, start, start + size, 0, n):
+                bad = True
+    if status < 0:
+        return -1
+    return 1 if bad else 0
+
+
+cdef inline bint _rows_finite(const floating *c, long ldc, long i0, long i1, long j0,
+                              long j1) noexcept nogil:
+    # rows [i0, i1), columns [j0, j1) of c hold no NaN/inf
+    cdef long i
+    if j0 == 0 and j1 == ldc:
+        return all_finite_span(c + i0 * ldc, (i1 - i0) * ldc)
+    for i in range(i0, i1):
+        if not all_finite_span(c + i * ldc + j0, j1 - j0):
+            return False
+    return True
 
 
 cdef int _chain_back_share(int tid, int team, _BackLayer *layers, long nl, long m,
@@ -1108,7 +1143,7 @@ cdef int _chain_back_share(int tid, int team, _BackLayer *layers, long nl, long 
     # sums, dX = g @ w^T with the ReLU mask of the layer below -- read only g, x and w, so
     # they run side by side; the threads meet at a barrier before each layer below, which
     # reads the g the dX shares wrote. Returns -1 if out of memory.
-    cdef int status = 0
+    cdef int status = 0, r
     cdef long l
     cdef _BackLayer *L
     cdef floating beta
@@ -1118,17 +1153,22 @@ cdef int _chain_back_share(int tid, int team, _BackLayer *layers, long nl, long 
             nn_team_barrier()       # this layer's g was written by the shares of the last
         beta = 1 if L.accumulate else 0
         # grad_w (k x n) (+)= x^T (k x m) @ g (m x n)
-        if _share_product(tid, team, &L.split_w, L.tid_w, <const floating *> L.x, 1, L.k,
-                          <const floating *> L.g, L.n, 1, <floating *> L.gw, L.n, L.k, L.n,
-                          m, beta, NULL, part) != 0:
+        r = _share_product(tid, team, &L.split_w, L.tid_w, <const floating *> L.x, 1, L.k,
+                           <const floating *> L.g, L.n, 1, <floating *> L.gw, L.n, L.k, L.n,
+                           m, beta, NULL, L.check, part)
+        if r < 0:
             status = -1
+        elif r > 0:
+            L.bad_w[tid] = 1
         if L.gb != NULL and tid == L.tid_b % team:
             _column_sums(<const floating *> L.g, m, L.n, <floating *> L.gb, L.accumulate)
+            if L.check and not all_finite_span(<const floating *> L.gb, L.n):
+                L.bad_b = 1
         # gx (m x k) = g (m x n) @ w^T (n x k), then the ReLU below (mask)
         if L.gx != NULL and _share_product(
                 tid, team, &L.split_x, L.tid_x, <const floating *> L.g, L.n, 1,
                 <const floating *> L.w, 1, L.n, <floating *> L.gx, L.k, m, L.k, L.n, 0,
-                <const floating *> L.mask, part) != 0:
+                <const floating *> L.mask, False, part) < 0:
             status = -1
     return status
 
@@ -1181,7 +1221,7 @@ cdef _apply_mask(cnp.ndarray c, cnp.ndarray mask):
 
 
 def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x=None, *,
-                          compute_grad_x=True, accumulate=True, work=None):
+                          compute_grad_x=True, accumulate=True, work=None, check_finite=False):
     """The backward of `linear_chain_forward` in one call. From the last layer down, with
     g = grad_out and each layer's ReLU undone first::
 
@@ -1197,9 +1237,13 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
 
     Returns ``(grad_x, gs)``: dL/d(xs[0]) (N, D_0), or None when compute_grad_x is False,
     and the tuple (g_0, ..., g_(L-1)) (g_(L-1) is grad_out itself when the last layer has
-    no ReLU). Every array has the bits of one `relu_backward` and `linear_backward` per
-    layer; the layers run in one parallel region, each layer's dW and dX products side by
-    side, the ReLU applied to each share of dX as it is written.
+    no ReLU); with check_finite, ``(grad_x, gs, finite)``, finite[l] the pair (grads_w[l]
+    holds no NaN/inf, grads_b[l] holds none (True when None)) -- each share of a gradient
+    checked by the thread that wrote it, while it is in that core's cache (fit's guard
+    against a poisoned update, without a pass of its own over the gradients). Every array
+    has the bits of one `relu_backward` and `linear_backward` per layer; the layers run in
+    one parallel region, each layer's dW and dX products side by side, the ReLU applied to
+    each share of dX as it is written.
     """
     grad_out = as_float_array("grad_out", grad_out, 2)
     dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> grad_out)
@@ -1309,7 +1353,10 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     _check_chain_overlap(ins, outs, True)
     if empty or nl > 64:
         _chain_back_by_layer(grad_out, xl, ws, gws, gbs, mks, gs, grad_x, accumulate)
-        return grad_x, tuple(gs)
+        if not check_finite:
+            return grad_x, tuple(gs)
+        return grad_x, tuple(gs), tuple(
+            (_finite_array(gws[l]), gbs[l] is None or _finite_array(gbs[l])) for l in range(nl))
     cdef _BackLayer *layers = <_BackLayer *> PyMem_Malloc(nl * sizeof(_BackLayer))
     if layers == NULL:
         raise MemoryError()
@@ -1334,6 +1381,9 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
             L.k = ws[l].shape[0]
             L.n = ws[l].shape[1]
             L.accumulate = accumulate[l]
+            L.check = bool(check_finite)
+            memset(L.bad_w, 0, sizeof(L.bad_w))
+            L.bad_b = 0
         with nogil:
             if single:
                 status = _chain_back_run(layers, nl, m, threads, <const float *> NULL)
@@ -1341,9 +1391,23 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
                 status = _chain_back_run(layers, nl, m, threads, <const double *> NULL)
         if status != 0:
             raise MemoryError("linear_chain_backward: cannot allocate the packing buffers")
+        if check_finite:
+            finite = tuple((memchr(layers[l].bad_w, 1, sizeof(layers[l].bad_w)) == NULL,
+                            layers[l].bad_b == 0) for l in range(nl))
     finally:
         PyMem_Free(layers)
+    if check_finite:
+        return grad_x, tuple(gs), finite
     return grad_x, tuple(gs)
+
+
+cdef bint _finite_array(cnp.ndarray a):
+    # a C-contiguous float32/float64 array holds no NaN/inf
+    cdef void *p = cnp.PyArray_DATA(a)
+    cdef long n = cnp.PyArray_SIZE(a)
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
+        return all_finite_span(<const float *> p, n)
+    return all_finite_span(<const double *> p, n)
 
 
 cdef inline void _span(object a, char **lo, char **hi) noexcept:

@@ -27,6 +27,7 @@ cimport numpy as cnp
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, check_scalar
 from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN, MAX_PARTS
+from cnn_core._finite cimport all_finite_span
 
 cnp.import_array()
 
@@ -195,39 +196,6 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0
 
 # ---------------------------------------------------------------------------------------------
 # the NaN/inf guard of training: is every element finite?
-
-cdef enum:
-    FINITE_CHUNK = 4096
-
-
-cdef bint all_finite_span(const floating *x, long n) noexcept nogil:
-    # A float is NaN or +-inf exactly when its exponent bits are all ones. Testing the bits
-    # with integer operations (an OR over a chunk) vectorises without -ffast-math, unlike a
-    # floating-point reduction; the loop exits early at the first chunk with a hit.
-    cdef long chunk, start, i, stop
-    cdef const uint32_t *bits32
-    cdef const uint64_t *bits64
-    cdef uint32_t hit32
-    cdef uint64_t hit64
-    for chunk in range((n + FINITE_CHUNK - 1) // FINITE_CHUNK):
-        start = chunk * FINITE_CHUNK
-        stop = start + FINITE_CHUNK if start + FINITE_CHUNK < n else n
-        if floating is float:
-            bits32 = <const uint32_t *> x
-            hit32 = 0
-            for i in range(start, stop):
-                hit32 |= (bits32[i] & 0x7f800000u) == 0x7f800000u
-            if hit32:
-                return False
-        else:
-            bits64 = <const uint64_t *> x
-            hit64 = 0
-            for i in range(start, stop):
-                hit64 |= (bits64[i] & 0x7ff0000000000000u) == 0x7ff0000000000000u
-            if hit64:
-                return False
-    return True
-
 
 cdef bint _all_finite(const floating[::1] x):
     # the check pass of sgd_step / sgd_update, cut the same way: each thread reads the part

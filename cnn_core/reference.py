@@ -450,7 +450,7 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
 
 
 def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x=None, *,
-                          compute_grad_x=True, accumulate=True, work=None):
+                          compute_grad_x=True, accumulate=True, work=None, check_finite=False):
     """The backward of `linear_chain_forward` (a stack of `relu_backward` and
     `linear_backward` calls, from the last layer down)::
 
@@ -481,11 +481,15 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
         False (for layer l): overwrite grads_w[l] and grads_b[l] instead of adding to them.
     work : None, or a sequence of L buffers (N, D_(l+1)) (or None)
         Where g_l is written.
+    check_finite : bool
+        Also return, per layer, whether its gradients hold no NaN/inf.
 
     Returns
     -------
     (grad_x, gs) : grad_x (N, D_0) or None, and the tuple (g_0, ..., g_(L-1)); g_(L-1) is
         grad_out itself when the last layer has no ReLU.
+    (grad_x, gs, finite) with check_finite: finite[l] is the pair (grads_w[l] is all finite,
+        grads_b[l] is all finite or None).
     """
     grad_out = _as_float_array("grad_out", grad_out, ndim=2)
     xs, weights = _sequence("xs", xs), _sequence("weights", weights)
@@ -567,7 +571,12 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
                             or l > 0, accumulate=accumulate[l])
     if grad_x is not None:
         grad_x[...] = g
-    return grad_x, tuple(gs)
+    if not check_finite:
+        return grad_x, tuple(gs)
+    finite = tuple((bool(np.isfinite(grads_w[l]).all()),
+                    grads_b[l] is None or bool(np.isfinite(grads_b[l]).all()))
+                   for l in range(n_layers))
+    return grad_x, tuple(gs), finite
 
 
 # --------------------------------------------------------------------------------------

@@ -44,15 +44,30 @@
 
 #define NN_PRAGMA(x) _Pragma(#x)
 
+/* The epilogue flags (the micro-kernels' `relu` argument): bit 0 the ReLU; NN_CHECK_FINITE:
+ * also tell whether a value written is NaN or infinite (the kernel then returns nonzero) --
+ * the backward's weight gradients are checked so, in registers, for fit's guard against a
+ * poisoned update, instead of by a pass of their own. */
+#define NN_RELU 1
+#define NN_CHECK_FINITE 2
+
 /* The write-back above for one element of type T, in scalar code (edge tiles, the row
- * kernel): *cp = alpha * acc + beta * *cp (+ bias[bj]), then the ReLU. */
-#define NN_WRITE_BACK(T, acc, cp, alpha, beta, bias, bj, relu)                               \
+ * kernel): *cp = alpha * acc + beta * *cp (+ bias[bj]), then the ReLU (flags & NN_RELU);
+ * with NN_CHECK_FINITE, `bad` becomes nonzero if the value is NaN or infinite. */
+#define NN_WRITE_BACK_CHECKED(T, acc, cp, alpha, beta, bias, bj, flags, bad)                 \
     do {                                                                                    \
         T r_ = (alpha) * (acc);                                                             \
         if ((beta) != 0) r_ += (beta) * *(cp);                                              \
         if (bias) r_ += (bias)[bj];                                                         \
-        if (relu) r_ = r_ <= 0 ? 0 : r_;                                                     \
+        if ((flags) & NN_RELU) r_ = r_ <= 0 ? 0 : r_;                                        \
         *(cp) = r_;                                                                         \
+        if ((flags) & NN_CHECK_FINITE) (bad) |= !(r_ - r_ == 0);   /* NaN for NaN, inf */   \
+    } while (0)
+#define NN_WRITE_BACK(T, acc, cp, alpha, beta, bias, bj, relu)                               \
+    do {                                                                                    \
+        int unused_;                                                                        \
+        NN_WRITE_BACK_CHECKED(T, acc, cp, alpha, beta, bias, bj, (relu) & NN_RELU, unused_); \
+        (void)unused_;                                                                      \
     } while (0)
 
 /* NAME: function name; T, IT: element type and the integer type of its width;
@@ -62,10 +77,14 @@
 #define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, NC, VL, TARGET, A_AT, B_AT)                   \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     typedef IT NAME##_iv __attribute__((vector_size((VL) * sizeof(T))));                    \
-    TARGET static void NAME(long k, const T *restrict a, long lda, const T *restrict b,     \
-                            long ldb, T *restrict c, long ldc, T alpha, T beta,             \
-                            const T *restrict bias, int relu, int mr, int nr) {             \
+    TARGET static int NAME(long k, const T *restrict a, long lda, const T *restrict b,      \
+                           long ldb, T *restrict c, long ldc, T alpha, T beta,              \
+                           const T *restrict bias, int relu, int mr, int nr) {              \
         enum { NV = (NC) / (VL) };                                                          \
+        int bad = 0;                                                                        \
+        /* the check: OR of the bits of value * 0 -- +-0 for a finite value, NaN (all-ones \
+         * exponent) for NaN or +-inf; independent multiplies, a chain of 1-cycle ORs */   \
+        NAME##_iv chk = (NAME##_iv){0};                                                     \
         NAME##_v acc[MR][NV];                                                               \
         NN_PRAGMA(GCC unroll 16)                                                            \
         for (int i = 0; i < (MR); ++i)                                                      \
@@ -91,7 +110,8 @@
                 for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];                       \
             }                                                                               \
         }                                                                                   \
-        if (nr == (NC) && mr == (MR) && alpha == 1 && beta == 0 && !bias && !relu) {       \
+        if (nr == (NC) && mr == (MR) && alpha == 1 && beta == 0 && !bias &&                \
+            !(relu & NN_RELU)) {                                                            \
             /* a whole tile, nothing to add or apply (a product's usual case): stores only, \
              * no branch per row -- with a short k (a weight gradient over a batch of 16)  \
              * the write-back costs as much as a third of the multiply-adds */              \
@@ -100,6 +120,13 @@
                 NN_PRAGMA(GCC unroll 4)                                                     \
                 for (int v = 0; v < NV; ++v)                                                \
                     memcpy(c + i * ldc + v * (VL), &acc[i][v], sizeof(NAME##_v));           \
+            if (relu & NN_CHECK_FINITE) {                                                   \
+                NN_PRAGMA(GCC unroll 16)                                                    \
+                for (int i = 0; i < (MR); ++i)                                              \
+                    NN_PRAGMA(GCC unroll 4)                                                 \
+                    for (int v = 0; v < NV; ++v)                                            \
+                        chk |= (NAME##_iv)(acc[i][v] * (NAME##_v){0});                      \
+            }                                                                               \
         } else if (nr == (NC)) {                                                            \
             /* whole rows (all of them but in the last tile of a column): on vectors */     \
             NAME##_v bias_v[NV];                                                            \
@@ -121,8 +148,10 @@
                         r += beta * old;                                                    \
                     }                                                                       \
                     if (bias) r += bias_v[v];                                               \
-                    if (relu) r = (NAME##_v)((NAME##_iv)r & ~(r <= (NAME##_v){0}));         \
+                    if (relu & NN_RELU)                                                     \
+                        r = (NAME##_v)((NAME##_iv)r & ~(r <= (NAME##_v){0}));               \
                     memcpy(cp, &r, sizeof(NAME##_v));                                       \
+                    if (relu & NN_CHECK_FINITE) chk |= (NAME##_iv)(r * (NAME##_v){0});      \
                 }                                                                           \
             }                                                                               \
         } else {                                                                            \
@@ -131,9 +160,16 @@
             memcpy(tile, acc, sizeof(tile));                                                \
             for (int i = 0; i < mr; ++i)                                                    \
                 for (int j = 0; j < nr; ++j)                                                \
-                    NN_WRITE_BACK(T, tile[i * (NC) + j], c + i * ldc + j, alpha, beta,      \
-                                  bias, j, relu);                                           \
+                    NN_WRITE_BACK_CHECKED(T, tile[i * (NC) + j], c + i * ldc + j, alpha,    \
+                                          beta, bias, j, relu, bad);                        \
         }                                                                                   \
+        if (relu & NN_CHECK_FINITE) {                                                       \
+            NAME##_v as_float;                                                              \
+            memcpy(&as_float, &chk, sizeof(chk));                                           \
+            NAME##_iv nan = as_float != as_float;                                           \
+            for (int l = 0; l < (VL); ++l) bad |= nan[l] != 0;                              \
+        }                                                                                   \
+        return bad;                                                                         \
     }
 
 /* A row kernel for the few-rows case (m < 4: one-sample inference, tiny batches), where
@@ -458,8 +494,8 @@ NN_DEFINE_UKERNELS(nn_sgemm_ukr_avx512_12x32, float, int32_t, 12, 32, 16, NN_TAR
 NN_DEFINE_UKERNELS(nn_dgemm_ukr_avx512_12x16, double, int64_t, 12, 16, 8, NN_TARGET_AVX512)
 #endif
 
-typedef void (*nn_sgemm_ukr_t)(long, const float *, long, const float *, long, float *, long,
-                               float, float, const float *, int, int, int);
+typedef int (*nn_sgemm_ukr_t)(long, const float *, long, const float *, long, float *, long,
+                              float, float, const float *, int, int, int);
 typedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long, float *,
                                float, float, const float *, int);
 typedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long, double *,
@@ -470,8 +506,8 @@ typedef void (*nn_spack_at_t)(long, const float *, long, float *);
 typedef void (*nn_dpack_at_t)(long, const double *, long, double *);
 typedef int (*nn_spack_bt_t)(long, const float *, long, int, float *);
 typedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *);
-typedef void (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
-                               long, double, double, const double *, int, int, int);
+typedef int (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
+                              long, double, double, const double *, int, int, int);
 
 /* The micro-kernel chosen for this CPU, its tile and the cache blocking around it. */
 typedef struct {

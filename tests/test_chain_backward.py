@@ -512,3 +512,141 @@ def test_fit_trains_through_the_chain_as_layer_by_layer(rng):
         weights.append([p.data.copy() for p in model.parameters()])
     for a, b in zip(*weights):
         assert same_bits(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# check_finite: each gradient checked for NaN/inf as it is written (fit's guard)
+
+CHECKED = SHARED_OUT + [
+    (40, [2, 300, 3]),               # dW of the first layer by the row kernel (2 rows)
+    (7, [13, 5, 29, 3]),             # every product on one thread, edge tiles
+]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # (the twin's NumPy on inf/NaN)
+@pytest.mark.parametrize("n,features", CHECKED)
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_check_finite_finds_a_bad_value_anywhere(rng, dtype, n, features, bad):
+    # an infinite or NaN input value at a random place spoils one row of that layer's
+    # weight gradient (and nothing else): the check names exactly that gradient, whatever
+    # tile, slab, half or thread wrote it -- overwriting (the stores-only write-back) or
+    # accumulating (beta = 1), on 1 to 3 threads
+    grad_out, xs, weights, grads_w, grads_b, masks = chain_case(rng, dtype, n, features)
+    before = cnn_core.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            cnn_core.set_num_threads(threads)
+            gw, gb = copies(grads_w), copies(grads_b)
+            clean = cnn_core.linear_chain_backward(grad_out, xs, weights, gw, gb, masks,
+                                                   check_finite=True)[2]
+            assert clean == ((True, True),) * len(weights)
+            layer = int(rng.integers(len(weights)))
+            poisoned = [x.copy() for x in xs]
+            i, j = int(rng.integers(n)), int(rng.integers(features[layer]))
+            poisoned[layer][i, j] = bad
+            masks_here = [poisoned[l + 1] if m is xs[l + 1] else m
+                          for l, m in enumerate(masks[:-1])] + [masks[-1]]
+            for accumulate in (False, True):
+                results = []
+                for mod in BOTH:
+                    gw, gb = copies(grads_w), copies(grads_b)
+                    results.append(mod.linear_chain_backward(
+                        grad_out, poisoned, weights, gw, gb, masks_here, accumulate=accumulate,
+                        check_finite=True)[2])
+                expected = tuple((l != layer, True) for l in range(len(weights)))
+                assert results[0] == expected == results[1], (layer, accumulate)
+    finally:
+        cnn_core.set_num_threads(before)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("mod", BOTH, ids=["cython", "numpy"])
+def test_check_finite_sees_accumulated_values(rng, dtype, mod):
+    # accumulating into a gradient that already holds a NaN (or an inf in a bias): the
+    # values written are checked, so that gradient is reported
+    grad_out, xs, weights, grads_w, grads_b, masks = chain_case(rng, dtype, 16,
+                                                                [784, 256, 128, 10])
+    for l in range(3):
+        for which in ("w", "b"):
+            gw, gb = copies(grads_w), copies(grads_b)
+            (gw if which == "w" else gb)[l].reshape(-1)[5] = np.nan if which == "w" else np.inf
+            finite = mod.linear_chain_backward(grad_out, xs, weights, gw, gb, masks,
+                                               check_finite=True)[2]
+            assert finite[l] == ((False, True) if which == "w" else (True, False))
+            assert all(f == (True, True) for k, f in enumerate(finite) if k != l)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_check_finite_on_every_isa(rng, isa):
+    from cnn_core import _gemm
+
+    if isa not in cnn_core.cpu_features() and isa != "generic":
+        pytest.skip(f"this CPU has no {isa}")
+    grad_out, xs, weights, grads_w, grads_b, masks = chain_case(rng, np.float32, 37,
+                                                                [45, 97, 45])
+    xs[0][3, 7] = np.inf
+    try:
+        _gemm._set_isa(isa)
+        finite = cnn_core.linear_chain_backward(grad_out, xs, weights, copies(grads_w),
+                                                copies(grads_b), masks, check_finite=True)[2]
+    finally:
+        _gemm._set_isa(None)
+    assert finite == ((False, True), (True, True))
+
+
+class _HugeGradientLoss(nn.CrossEntropyLoss):
+    """Cross-entropy whose gradient is replaced by 3e38 everywhere: finite, but any sum of
+    two of them overflows."""
+
+    def _kernel(self, K, pred, target, grad):
+        value, grad = super()._kernel(K, pred, target, grad)
+        grad[...] = 3e38
+        return value, grad
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # (the twin's NumPy overflows)
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_fit_stops_before_a_poisoned_update_found_in_the_chain(backend):
+    # the last layer's weight gradient overflows (its weights are zero, so no other layer's
+    # gradient does): fit names it, and no parameter is updated
+    rng = np.random.default_rng(0)
+    X = rng.random((64, 20), dtype=np.float32)
+    y = rng.integers(0, 4, 64)
+    model = mlp(sizes=(20, 16, 8, 4))
+    assert chained(model)
+    model.layers[4].weight.data = np.zeros((8, 4), np.float32)
+    before = [p.data.copy() for p in model.parameters()]
+    with nn.backend.using(backend):
+        with pytest.raises(FloatingPointError, match=r"parameter 4\.weight became NaN or "
+                                                     r"infinite at epoch 1/1, batch 1/2"):
+            model.fit(X, y, loss=_HugeGradientLoss(),
+                      optimizer=nn.SGD(model.parameters(), 0.1, momentum=0.9), epochs=1,
+                      batch_size=32, seed=0, progress=False)
+    for p, b in zip(model.parameters(), before):
+        assert np.array_equal(p.data, b)
+    assert model._check_gradients is False      # fit's guard flag is put back
+
+
+def test_a_checked_gradient_forgets_the_check_when_handed_out(rng):
+    # what the backward found holds only until the gradient is handed out again (a user
+    # may write into it): then fit's guard checks it itself
+    model = mlp(sizes=(6, 5, 4))
+    model._check_gradients = True
+    model(randn(rng, (3, 6), np.float32))
+    model.zero_grad()
+    model.backward(np.ones((3, 4), np.float32))
+    params = model.parameters()
+    assert all(p._grad_finite is True for p in params)
+    params[0].grad[0, 0] = np.nan               # through .grad: the check is forgotten
+    assert params[0]._grad_finite is None
+    opt = nn.SGD(params, 0.1)
+    before = [p.data.copy() for p in params]
+    assert opt._checked_step() == 0             # found by the check pass: nothing updated
+    assert all(np.array_equal(p.data, b) for p, b in zip(params, before))
+    for p in params:
+        p.zero_grad()
+        assert p._grad_finite is None
+    model._check_gradients = False
+    model(randn(rng, (3, 6), np.float32))
+    model.backward(np.ones((3, 4), np.float32))
+    assert all(p._grad_finite is None for p in params)      # not asked: not checked

@@ -6,6 +6,11 @@ test_kernels_torch.py; here the twin is checked against single steps worked out 
 """
 import math
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -211,6 +216,36 @@ def test_all_finite_matches_its_twin_and_isfinite(dtype, n):
             assert cnn_core.all_finite(y) is False and reference.all_finite(y) is False
     big = np.full(3, np.finfo(dtype).max, dtype)      # the largest finite number is finite
     assert cnn_core.all_finite(big) and reference.all_finite(big)
+
+
+@pytest.mark.parametrize("isa", ["generic", "best"])
+def test_all_finite_finds_every_position_on_every_isa(isa):
+    # every position of short arrays (the vector loop's tails) and around the chunk
+    # boundaries of long ones, with the portable bit test and the CPU's vector one
+    # (src/nn_finite.h, chosen at import: NN_ISA=generic forces the portable one)
+    script = textwrap.dedent("""
+        import numpy as np, cnn_core
+        for dtype in (np.float32, np.float64):
+            for n in list(range(1, 70)) + [4095, 4096, 4097, 4127, 8200, 65537]:
+                x = np.linspace(-1e30, 1e30, n).astype(dtype)
+                assert cnn_core.all_finite(x), n
+                positions = range(n) if n < 70 else {0, 31, 4095, 4096, n // 2, n - 33, n - 1}
+                for pos in positions:
+                    if pos >= n:
+                        continue
+                    for bad in (np.nan, np.inf, -np.inf):
+                        y = x.copy()
+                        y[pos] = bad
+                        assert not cnn_core.all_finite(y), (dtype, n, pos, bad)
+        print("ok")
+    """)
+    env = dict(os.environ)
+    env.pop("NN_ISA", None)
+    if isa == "generic":
+        env["NN_ISA"] = "generic"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120, cwd="/")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 def test_all_finite_rejects_non_float_arrays():

@@ -96,10 +96,12 @@ class _LinearChain:
         x, weights, biases = self._inputs(x)
         return kernels().linear_chain_forward(x, weights, biases, self.activations)[-1]
 
-    def backward(self, grad_out, compute_grad_input):
+    def backward(self, grad_out, compute_grad_input, check=False):
         """dL/d(the first layer's input) (None unless `compute_grad_input`), each layer's
         parameter gradients added into ``.grad`` -- by one `linear_chain_backward` call
-        when the layers hold the state of one forward, else by the layers one by one."""
+        when the layers hold the state of one forward, else by the layers one by one.
+        `check`: the kernel checks each gradient for NaN/inf as it writes it and the
+        parameters keep the answer (``_grad_finite``, for fit's guard)."""
         linears, relus = self.linears, self.relus
         xs = [getattr(linear, "_x", None) for linear in linears]
         masks = [None if relu is None else getattr(relu, "_kept", None) for relu in relus]
@@ -139,10 +141,10 @@ class _LinearChain:
             grads_b.append(grad_b)
             accumulate.append(acc)
         try:
-            return kernels().linear_chain_backward(
+            result = kernels().linear_chain_backward(
                 grad_out, xs, [linear.weight.data for linear in linears], grads_w, grads_b,
                 masks, grad_x, compute_grad_x=compute_grad_input, accumulate=accumulate,
-                work=work)[0]
+                work=work, check_finite=check)
         except BaseException:
             # a rejected call leaves the gradients it found zeroed zero
             for grad_w, grad_b, acc in zip(grads_w, grads_b, accumulate):
@@ -151,6 +153,12 @@ class _LinearChain:
                     if grad_b is not None:
                         grad_b.fill(0)
             raise
+        if check:
+            for linear, (weight_ok, bias_ok) in zip(linears, result[2]):
+                linear.weight._grad_finite = weight_ok
+                if linear.bias is not None:
+                    linear.bias._grad_finite = bias_ok
+        return result[0]
 
     def _backward_by_layer(self, grad, compute_grad_input):
         for i in range(len(self.linears) - 1, -1, -1):
@@ -272,6 +280,9 @@ class Sequential(Module):
         self._sample_shape = None  # per-sample input shape seen last, for summary()
         self._plan_cache = ((), ([], []))   # (the ids of the layers it was made for, `_plan`)
         self._repeats = (None,)             # `_plan`'s verdict (None: ask `_repeated` each time)
+        # set by fit while it guards against NaN/inf: a chain of layers checks the gradients
+        # it writes as it writes them (see Parameter._grad_finite)
+        self._check_gradients = False
 
     # --- the computation -------------------------------------------------------------
 
@@ -316,7 +327,7 @@ class Sequential(Module):
             layer, relu = steps[i]
             wanted = compute_grad_input or i > 0
             if type(layer) is _LinearChain:
-                grad = layer.backward(grad, wanted)
+                grad = layer.backward(grad, wanted, getattr(self, "_check_gradients", False))
                 continue
             if relu is not None:
                 grad = relu.backward(grad)

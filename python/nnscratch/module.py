@@ -54,7 +54,7 @@ class Parameter:
         Copied.
     """
 
-    __slots__ = ("_data", "_grad", "_grad_zero")
+    __slots__ = ("_data", "_grad", "_grad_zero", "_grad_finite")
 
     def __init__(self, data):
         data = np.asarray(data)
@@ -62,6 +62,10 @@ class Parameter:
         self._data = _memory.copy(data)    # (64-byte aligned, as the gradient)
         self._grad = _memory.zeros(data.shape, data.dtype)
         self._grad_zero = False   # True: grad is zero, its array not yet cleared
+        # True / False: the backward pass that last wrote the gradient checked it, and it
+        # holds no NaN/inf / holds one (fit's guard then needs no pass of its own); None:
+        # not known -- set back to None whenever the gradient is handed out
+        self._grad_finite = None
 
     @property
     def data(self):
@@ -82,12 +86,14 @@ class Parameter:
         if self._grad_zero:
             self._grad.fill(0)
             self._grad_zero = False
+        self._grad_finite = None
         return self._grad
 
     def grad_for_backward(self):
         """``(grad, accumulate)`` for a backward pass: when `accumulate` is False the
         gradient is zero (a `zero_grad` since the last pass) and the caller must overwrite
         every element of `grad` (``=`` rather than ``+=``); when True it adds as usual."""
+        self._grad_finite = None
         if self._grad_zero:
             self._grad_zero = False
             return self._grad, False
@@ -108,6 +114,7 @@ class Parameter:
     def zero_grad(self):
         """Set the gradient to zero (lazily: see the class docstring)."""
         self._grad_zero = True
+        self._grad_finite = None
 
     def __repr__(self):
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"

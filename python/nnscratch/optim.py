@@ -80,6 +80,16 @@ class Optimizer:
             return self._update(check_finite=True)
         return self._check_then_step()
 
+    def _known_finite(self):
+        """What the backward pass told of the gradients it wrote (and checked as it wrote
+        them, see `Parameter`): ``(index, True)`` -- the first parameter whose gradient it
+        found NaN/inf --, ``(None, True)`` -- all of them finite: no check pass needed --,
+        or ``(None, False)`` when some are not known (then they are all checked)."""
+        flags = [p._grad_finite for p in self.params]
+        if False in flags:
+            return flags.index(False), True
+        return None, None not in flags
+
     def _check_then_step(self):
         """`_checked_step` one gradient at a time, then ``step()``."""
         K = kernels()
@@ -173,6 +183,11 @@ class SGD(Optimizer):
                              velocity=velocity, weight_decay=self.weight_decay,
                              nesterov=self.nesterov)
             return None
+        if check_finite:
+            bad, known = self._known_finite()
+            if bad is not None:
+                return bad
+            check_finite = not known
         # the whole model in one call (sgd_step: one parallel pass over every parameter)
         velocities = ([self._state(i, "velocity") for i in range(len(self.params))]
                       if self.momentum else None)
@@ -234,6 +249,11 @@ class Adam(Optimizer):
                 K.adam_update(p.data, p.grad, m, v, t, self.lr, beta1, beta2, self.eps,
                               self.weight_decay, decoupled=self._decoupled)
             return None
+        if check_finite:
+            bad, known = self._known_finite()
+            if bad is not None:
+                return bad
+            check_finite = not known
         # the whole model in one call (adam_step), every parameter at the same step count
         t = steps.pop() + 1
         n = len(self.params)

@@ -101,9 +101,8 @@ def profile_step(kind="mlp", batch_size=128, steps=200, samples=None, seed=0):
             backward_labels.append(label)
             module.backward = _timed(record, label, module.backward)
 
-    def timed_chain_backward(chain, grad, compute_grad_input):
-        return _timed(record, chain_back_labels[id(chain)], chain_backward)(
-            chain, grad, compute_grad_input)
+    def timed_chain_backward(chain, *args):
+        return _timed(record, chain_back_labels[id(chain)], chain_backward)(chain, *args)
 
     if chain_labels:
         _LinearChain.forward = timed_chain_forward

@@ -332,6 +332,11 @@ class _EpochLoop:
         bar = _progress_bar(epoch, epochs, n_batches) if progress else None
         loss_sum = 0.0
         correct = counted = seen = 0
+        # a Sequential's chains of Linear layers check their gradients as they write them,
+        # so that the guard below needs no pass of its own over them
+        checking = self.check_finite and hasattr(model, "_check_gradients")
+        if checking:
+            model._check_gradients = True
         try:
             for batch, start in enumerate(range(0, n, self.batch_size)):
                 stop = min(start + self.batch_size, n)
@@ -379,6 +384,8 @@ class _EpochLoop:
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=True)
         finally:
+            if checking:
+                model._check_gradients = False
             if bar is not None:
                 bar.close()
         return logs
