@@ -331,19 +331,32 @@ def bench_scaling(rounds, torch, quick, which, threads):
             contenders["torch"] = _torch_epoch_runner(torch, _torch_twin(torch, _lenet()), X, y,
                                                       128, 0.01)
         jobs.append((f"LeNet CNN epoch ({n} images)", contenders, max(1, rounds // 2), 0.0))
+    def set_threads(count):
+        nn.set_num_threads(count)
+        if torch is not None:
+            torch.set_num_threads(count)
+
     rows = []
     for label, contenders, job_rounds, min_time in jobs:
-        secs = {}
-        for count in (1, threads):
-            nn.set_num_threads(count)
-            if torch is not None:
-                torch.set_num_threads(count)
-            secs[count] = interleaved(contenders, rounds=job_rounds, min_time=min_time)
-        nn.set_num_threads(threads)
-        if torch is not None:
-            torch.set_num_threads(threads)
+        # the thread counts interleaved too (a round on 1 thread, then one on `threads`, ...):
+        # the machine's speed drifts over a run, and a ratio of medians taken minutes
+        # apart would measure the drift
+        samples = {(count, name): [] for count in (1, threads) for name in contenders}
+        for count in (1, threads):                  # warm each once on each count
+            set_threads(count)
+            for fn in contenders.values():
+                fn()
+                time.sleep(PAUSE)
+        for _ in range(job_rounds):
+            for count in (1, threads):
+                set_threads(count)
+                for name, fn in contenders.items():
+                    samples[(count, name)].append(time_call(fn, min_time=min_time))
+                    time.sleep(PAUSE)
+        set_threads(threads)
+        secs = {key: statistics.median(values) for key, values in samples.items()}
         rows.append((f"{label}: speed-up from 1 to {threads} threads",
-                     {k: secs[1][k] / secs[threads][k] for k in contenders}, "scaling"))
+                     {k: secs[(1, k)] / secs[(threads, k)] for k in contenders}, "scaling"))
     return rows
 
 
