@@ -125,7 +125,8 @@ class _LinearChain:
             shapes = [(n, following.in_features) for following in linears[1:]]
             shapes.append(None if relus[-1] is None else (n, last.out_features))
             shapes.append((n, first.in_features) if compute_grad_input else None)
-            kept = self._arrays("grad", n, shapes, dtype, (grad_out, *xs, *masks))
+            kept = self._arrays("grad+x" if compute_grad_input else "grad", n, shapes, dtype,
+                                (grad_out, *xs, *masks))
             work, grad_x = kept[:-1], kept[-1]
         grads_w, grads_b, accumulate = [], [], []
         for linear in linears:
@@ -389,7 +390,7 @@ class Sequential(Module):
             if dtype is not None:
                 x = x.astype(dtype)
         if x.ndim < 1:
-            raise ValueError(f"Sequential expects a batch of shape (N, ...), got a scalar")
+            raise ValueError("Sequential expects a batch of shape (N, ...), got a scalar")
         return x
 
     # --- structure -------------------------------------------------------------------

@@ -128,6 +128,13 @@ class Optimizer:
         self.lr = _check_number(state_dict["lr"], "learning rate")
         self.state = new_state
 
+    def _states(self, name):
+        """The optimizer's arrays `name`, one per parameter (`_state`)."""
+        arrays = [entry.get(name) for entry in self.state]
+        if any(array is None for array in arrays):
+            arrays = [self._state(i, name) for i in range(len(self.params))]
+        return arrays
+
     def _state(self, i, name):
         """The optimizer's array `name` for parameter i: zeros on first use."""
         array = self.state[i].get(name)
@@ -189,9 +196,8 @@ class SGD(Optimizer):
                 return bad
             check_finite = not known
         # the whole model in one call (sgd_step: one parallel pass over every parameter)
-        velocities = ([self._state(i, "velocity") for i in range(len(self.params))]
-                      if self.momentum else None)
-        bad = K.sgd_step([p.data for p in self.params], [p.grad for p in self.params],
+        velocities = self._states("velocity") if self.momentum else None
+        bad = K.sgd_step([p._data for p in self.params], [p.grad for p in self.params],
                          velocities, self.lr, momentum=self.momentum,
                          weight_decay=self.weight_decay, nesterov=self.nesterov,
                          check_finite=check_finite)
@@ -256,10 +262,8 @@ class Adam(Optimizer):
             check_finite = not known
         # the whole model in one call (adam_step), every parameter at the same step count
         t = steps.pop() + 1
-        n = len(self.params)
-        bad = K.adam_step([p.data for p in self.params], [p.grad for p in self.params],
-                          [self._state(i, "m") for i in range(n)],
-                          [self._state(i, "v") for i in range(n)], t, self.lr, beta1, beta2,
+        bad = K.adam_step([p._data for p in self.params], [p.grad for p in self.params],
+                          self._states("m"), self._states("v"), t, self.lr, beta1, beta2,
                           self.eps, self.weight_decay, decoupled=self._decoupled,
                           check_finite=check_finite)
         if bad >= 0:
