@@ -364,6 +364,94 @@ def test_sequential_chain_follows_replaced_weights(rng):
     assert_close(model(x), by_hand(model, x))
 
 
+def test_sequential_chain_follows_rebound_parameters(rng):
+    # the chain keeps the weights' arrays between calls: a Parameter put in a layer's place
+    # (not only new values copied into the old one) must be seen at once
+    model = mlp(sizes=(6, 5, 4)).eval()
+    x = randn(rng, (3, 6), np.float32)
+    model(x)
+    model.layers[0].weight = nn.Parameter(np.full((6, 5), 0.5, np.float32))
+    model.layers[2].bias = None
+    assert_close(model(x), by_hand(model, x))
+    model.layers[2].bias = nn.Parameter(np.arange(4, dtype=np.float32))
+    assert_close(model(x), by_hand(model, x))
+
+
+def test_linear_parameters_cannot_be_deleted_and_an_own_weight_attribute_is_not_chained(rng):
+    layer = nn.Linear(3, 2)
+    with pytest.raises(AttributeError, match="cannot delete bias of Linear: assign a "
+                                             r"Parameter \(or None\)"):
+        del layer.bias
+    assert isinstance(layer.bias, nn.Parameter)
+
+    class Tied(nn.Linear):          # its weight read through a property: not kept by a chain
+        @property
+        def weight(self):
+            return self.shared
+
+        @weight.setter
+        def weight(self, value):
+            self.shared = value
+
+    nn.seed(2)
+    tied = Tied(5, 4)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), tied).eval()
+    assert not any(type(step) is _LinearChain for step, _ in model._plan()[1])
+    x = randn(rng, (3, 6), np.float32)
+    model(x)
+    tied.shared = nn.Parameter(np.ones((5, 4), np.float32))
+    assert_close(model(x), by_hand(model, x))
+
+
+@pytest.mark.parametrize("change", [
+    "setitem", "setslice", "delitem", "append", "extend", "insert", "pop", "remove", "iadd",
+    "imul", "clear", "sort", "reverse", "assign"])
+def test_sequential_sees_every_change_to_its_list_of_layers(rng, change):
+    # the run plan is kept while the list is unchanged: every way of changing it counts
+    nn.seed(4)
+    a, b, c = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+    model = nn.Sequential(a, nn.ReLU(), b).eval()
+    x = randn(rng, (2, 6), np.float32)
+    model(x)
+    layers = model.layers
+    if change == "setitem":
+        layers[2] = c
+    elif change == "setslice":
+        layers[1:] = [c]
+    elif change == "delitem":
+        del layers[1:]
+    elif change == "append":
+        layers.append(c)
+    elif change == "extend":
+        layers.extend([nn.Tanh(), c])
+    elif change == "insert":
+        layers.insert(0, c)
+    elif change == "pop":
+        layers.pop()
+    elif change == "remove":
+        layers.remove(b)
+    elif change == "iadd":
+        model.layers += [c]
+    elif change == "imul":
+        model.layers = [a]
+        model(x)
+        model.layers *= 2
+    elif change == "clear":
+        layers.clear()
+    elif change == "sort":
+        layers.sort(key=lambda layer: type(layer).__name__, reverse=True)  # ReLU first
+    elif change == "reverse":
+        layers.reverse()
+    else:
+        model.layers = [c, nn.ReLU(), a]
+        model(x)
+        model.layers[0] = b       # a plain list: compared layer by layer
+    expected = x
+    for layer in list(model):
+        expected = layer.forward(expected)
+    assert_close(model(x), expected)
+
+
 def test_sequential_chain_without_biases_and_with_a_plain_subclass(rng, dtype):
     class Named(nn.Linear):         # a subclass that computes what Linear does: chained
         def extra_repr(self):

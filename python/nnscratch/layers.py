@@ -9,6 +9,7 @@ kernel runs, on which arrays, into which buffer.
 Shapes: N is the batch size. ``output_shape`` / ``flops`` take and return per-sample
 shapes (the batch axis left out), as ``Sequential.summary`` shows them.
 """
+import itertools
 import math
 import numbers
 
@@ -58,6 +59,30 @@ INITS = {"he": _init_he, "he_uniform": _init_he_uniform, "xavier": _init_xavier,
          "xavier_normal": _init_xavier_normal}
 
 
+# Counts every assignment of a Linear's weight or bias: [a number that changes with each].
+# A chain of Linear layers keeps their arrays between calls (`Sequential`, one sample's
+# forward is a few microseconds) and looks them up again only when it changes.
+PARAMETERS_REBOUND = [0]
+_rebinds = itertools.count(1)
+
+
+class _Rebindable:
+    """A Linear's ``weight`` / ``bias``: kept in the instance's ``__dict__`` as a plain
+    attribute (this descriptor has no ``__get__``, so reading it costs what reading any
+    attribute does) while assigning it also changes `PARAMETERS_REBOUND`."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __set__(self, layer, value):
+        layer.__dict__[self.name] = value
+        PARAMETERS_REBOUND[0] = next(_rebinds)     # (after the assignment; one atomic next)
+
+    def __delete__(self, layer):
+        raise AttributeError(f"cannot delete {self.name} of {type(layer).__name__}: assign "
+                             f"a Parameter" + (" (or None)" if self.name == "bias" else ""))
+
+
 class Linear(Module):
     """Fully connected layer, ``y = x @ W + b`` (the seed's ``z = X @ W + b``).
 
@@ -83,6 +108,9 @@ class Linear(Module):
     -----
     input (N, in_features) -> output (N, out_features)
     """
+
+    weight = _Rebindable()
+    bias = _Rebindable()
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, init="he"):
         super().__init__()

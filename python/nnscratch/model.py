@@ -13,7 +13,7 @@ or, Keras style, ``model.fit(X, y, loss=..., optimizer=..., epochs=..., batch_si
 import numpy as np
 
 from . import _memory, serialization, training
-from .layers import Flatten, Linear, MaxPool2d, ReLU
+from .layers import PARAMETERS_REBOUND, Flatten, Linear, MaxPool2d, ReLU
 from .backend import kernels
 from .module import Module
 
@@ -39,7 +39,8 @@ class _LinearChain:
     alone: a training step allocates nothing. This is the per-step path of every MLP, so
     it is written to do little in Python (one sample's forward is ~10 us in all)."""
 
-    __slots__ = ("linears", "relus", "activations", "one_backward", "_kept")
+    __slots__ = ("linears", "relus", "activations", "one_backward", "_kept", "_dtype", "_k",
+                 "_arrays_of")
 
     def __init__(self, pairs):
         self.linears = tuple(linear for linear, _ in pairs)
@@ -50,15 +51,29 @@ class _LinearChain:
             type(linear).backward is Linear.backward and type(linear)._saved is Module._saved
             and type(linear)._as_grad is Module._as_grad for linear in self.linears)
         self._kept = {}     # (what, batch size) -> the kept arrays
+        first = self.linears[0]
+        self._dtype, self._k = first.dtype, first.in_features
+        # (the PARAMETERS_REBOUND they were looked up at, the layers' weights' arrays, their
+        # biases'): one tuple, replaced whole, so that threads calling at once read one
+        self._arrays_of = (None, (), ())
 
     def _inputs(self, x):
         """The first layer's input, checked and cast as its own forward does, and the
         layers' current weights and biases."""
-        first = self.linears[0]
-        x = first._as_input(x, first.dtype, first._check)
-        weights = [linear.weight.data for linear in self.linears]
-        biases = [None if linear.bias is None else linear.bias.data for linear in self.linears]
-        return x, weights, biases
+        if not (type(x) is np.ndarray and x.dtype is self._dtype and x.ndim == 2
+                and x.shape[1] == self._k):    # (the usual input passes these quickly)
+            first = self.linears[0]
+            x = first._as_input(x, first.dtype, first._check)
+        # a Parameter's array is the same object for its lifetime (`Parameter.data`), so the
+        # arrays are looked up again only after a Linear's weight or bias was assigned
+        known = self._arrays_of
+        if known[0] != PARAMETERS_REBOUND[0]:
+            rebound = PARAMETERS_REBOUND[0]     # (read before the layers are)
+            known = self._arrays_of = (
+                rebound, tuple(linear.weight.data for linear in self.linears),
+                tuple(None if linear.bias is None else linear.bias.data
+                      for linear in self.linears))
+        return x, known[1], known[2]
 
     def _arrays(self, what, n, shapes, dtype, reading):
         """The kept arrays `what` for batch size n (made on first use), None for one that is
@@ -85,12 +100,13 @@ class _LinearChain:
             outs = self._arrays("out", n, [(n, linear.out_features) for linear in linears],
                                 linears[0].dtype, (x,))
         results = kernels().linear_chain_forward(x, weights, biases, self.activations, outs)
-        for linear, inp in zip(linears, (x,) + results):
+        inp = x
+        for linear, relu, out in zip(linears, self.relus, results):
             linear._x = inp
-        for relu, out in zip(self.relus, results):
             if relu is not None:
                 relu._kept = out        # (ReLU.keep_output: relu(z) > 0 exactly where z > 0)
-        return results[-1]
+            inp = out
+        return inp
 
     def infer(self, x):
         x, weights, biases = self._inputs(x)
@@ -176,6 +192,7 @@ def _chainable(pairs):
     """Consecutive plain Linear steps whose features and dtypes follow on."""
     return all(type(linear).forward is Linear.forward and type(linear).infer is Linear.infer
                and type(linear).__call__ is Module.__call__
+               and type(linear).weight is Linear.weight and type(linear).bias is Linear.bias
                and type(linear)._check is Linear._check and type(linear)._as_input is
                Module._as_input and type(linear)._scratch is Module._scratch
                for linear, _ in pairs) and all(
@@ -258,6 +275,35 @@ def _order(layers):
     return order
 
 
+class _Layers(list):
+    """Sequential's list of layers: a plain list that counts its changes, so that the
+    model knows its run plan still holds without comparing the layers one by one on every
+    call (a model's ``layers`` may also be set to any list: that one is compared)."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self, layers=()):
+        super().__init__(layers)
+        self.changes = 0
+
+
+def _counting(name):
+    method = getattr(list, name)
+
+    def changed(self, *args, **kwargs):
+        self.changes += 1
+        return method(self, *args, **kwargs)
+    changed.__name__ = name
+    changed.__doc__ = method.__doc__
+    return changed
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
+              "insert", "pop", "remove", "clear", "sort", "reverse"):
+    setattr(_Layers, _name, _counting(_name))
+del _name
+
+
 class Sequential(Module):
     """Layers applied one after the other: ``model(x) = layers[-1](...layers[0](x))``.
 
@@ -275,11 +321,13 @@ class Sequential(Module):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential takes Module instances; argument {i} is "
                                 f"{type(layer).__name__}")
-        self.layers = list(layers)
+        self.layers = _Layers(layers)
         self.stop_training = False
         self._last_loss = None     # the loss of the last fit, evaluate's default
         self._sample_shape = None  # per-sample input shape seen last, for summary()
-        self._plan_cache = ((), ([], []))   # (the ids of the layers it was made for, `_plan`)
+        # (what the plan was made for: the _Layers object and its count of changes, or the
+        # ids of the layers of any other list; `_plan`)
+        self._plan_cache = ((), ([], []))
         self._repeats = (None,)             # `_plan`'s verdict (None: ask `_repeated` each time)
         # set by fit while it guards against NaN/inf: a chain of layers checks the gradients
         # it writes as it writes them (see Parameter._grad_finite)
@@ -293,10 +341,12 @@ class Sequential(Module):
         In training mode the returned array is a kept buffer, overwritten by the next
         forward with the same batch shape; in eval mode it is a fresh array.
         """
-        _, steps = self._plan()
-        if self.training:
+        steps = self._plan()[1]
+        training = self.training
+        if training:
             self._refuse_repeated()
-        x = self._cast(x)
+        if type(x) is not np.ndarray or x.dtype.kind not in "fc" or x.ndim < 1:
+            x = self._cast(x)
         self._sample_shape = x.shape[1:]
         out = x
         for layer, relu in steps:
@@ -305,11 +355,11 @@ class Sequential(Module):
                 # and the ReLU layer keeps relu(z) for its backward (relu(z) > 0 iff z > 0)
                 out = relu.keep_output(layer.forward(out, activation="relu"))
             elif type(layer) is _LinearChain:
-                out = layer.forward(out, self.training)
+                out = layer.forward(out, training)
             else:
                 out = layer(out)
-        if not self.training and (out is x or (getattr(out, "base", None) is not None
-                                               and np.may_share_memory(out, x))):
+        if not training and (out is x or (getattr(out, "base", None) is not None
+                                          and np.may_share_memory(out, x))):
             out = out.copy()   # e.g. Sequential(Flatten()) in eval mode: never a view of x
         return out
 
@@ -350,12 +400,19 @@ class Sequential(Module):
         `relu` is the ReLU layer fused into `layer` (`_fusable`) or None, and runs of plain
         Linear steps are one `_LinearChain` step. Made again only when the list of layers
         has changed (with `_repeated`'s verdict on it, see `_refuse_repeated`)."""
-        ids = tuple(map(id, self.layers))
+        layers = self.layers
         made_for, plan = self._plan_cache
-        # the same layer objects (by identity: a layer's __eq__, if it has one, is not asked;
-        # the plan holds the layers, so their ids are not reused while it is kept)
-        if ids != made_for:
-            layers = tuple(self.layers)
+        if type(layers) is _Layers:     # unchanged since the plan was made: nothing to compare
+            if made_for and made_for[0] is layers and made_for[1] == layers.changes:
+                return plan
+            ids, stale = (layers, layers.changes), True
+        else:
+            # the same layer objects (by identity: a layer's __eq__, if it has one, is not
+            # asked; the plan holds the layers, so their ids are not reused while it is kept)
+            ids = tuple(map(id, layers))
+            stale = ids != made_for
+        if stale:
+            layers = tuple(layers)
             order, steps, k = _order(layers), [], 0
             while k < len(order):
                 i = order[k]
