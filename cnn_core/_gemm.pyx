@@ -921,6 +921,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     cdef int status = 0, threads = num_threads()
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    cdef cnp.npy_intp dims[2]
     try:
         # (the usual arrays answered through the C API; the named checks make the messages)
         for l in range(nl):
@@ -943,7 +944,11 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             if act is not None and not (isinstance(act, str) and act == "relu"):
                 raise ValueError(f"activations[{l}] must be None or 'relu', got {act!r}")
             out = None if outs is None else outs[l]
-            if out is None or not is_buffer(out, m, n, dtype):
+            if out is None:         # (a new array made directly: `output`'s, without the tuple)
+                dims[0] = m
+                dims[1] = n
+                out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32 if single else cnp.NPY_FLOAT64, 0)
+            elif not is_buffer(out, m, n, dtype):
                 out = output(_item(_OUT_NAMES, "outs", l), out, (m, n), dtype)
             keep.append(w)
             keep.append(b)
