@@ -231,10 +231,12 @@ cdef int conv_forward_samples(const floating *x, const floating *w, const floati
 
 
 cdef int conv_backward_samples(const floating *g, const floating *x, const floating *w,
-                               floating *gw_partial, floating *gx, ConvShape s, long n0,
-                               long n1) noexcept nogil:
+                               floating *gw_partial, floating *gx, floating *sums, ConvShape s,
+                               long n0, long n1) noexcept nogil:
     # samples [n0, n1), G at a time, with col (CKK, G*P) and gg (O, G*P) = their grad_out:
     #   gw_partial (O, CKK) (+)= gg @ col.T;  dcol = w.T @ gg;  gx[n] = col2im(dcol block n)
+    # and, unless sums is NULL, sums (N, O)[n, o] = the sum of g[n, o] (for the bias: summed
+    # here, by the thread that reads these samples anyway, not all of g by one thread after)
     cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
     cdef long G = _group(s, n1 - n0), group, n, cnt, j, o, p, width
     cdef bint pointwise = _is_pointwise(s)
@@ -252,6 +254,11 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
         n = n0 + group * G
         cnt = G if n + G <= n1 else n1 - n
         width = cnt * P
+        if sums != NULL:
+            for j in range(cnt):
+                for o in range(s.O):
+                    sums[(n + j) * s.O + o] = <floating> lane_sum(
+                        g, g + ((n + j) * s.O + o) * P, P, 0, LANE_SUM)
         if pointwise:
             xcol = x + n * CHW                      # G == 1 here
         else:
@@ -318,21 +325,23 @@ cdef int conv_forward(const floating *x, const floating *w, const floating *b, f
 cdef int conv_backward(const floating *g, const floating *x, const floating *w, floating *gw,
                        floating *gb, floating *gx, floating *partials, ConvShape s,
                        long parts) noexcept nogil:
-    # partials: (parts, O, CKK) scratch; gw (+)= their sum in part order; gb += sum of g
+    # partials: (parts, O, CKK) scratch, then (N, O) more when gb is not NULL; gw (+)= their
+    # sum in part order; gb += sum of g (each sample's sums, added in sample order)
     cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW
+    cdef floating *sums = partials + parts * s.O * ckk if gb != NULL else NULL
     cdef long step = (s.N + parts - 1) // parts, t, n0, i, n, o, p
     cdef int status[MAX_PARTS]
     cdef int failed = 0
     cdef floating acc
     if parts == 1:
-        failed = conv_backward_samples(g, x, w, partials, gx, s, 0, s.N)
+        failed = conv_backward_samples(g, x, w, partials, gx, sums, s, 0, s.N)
     else:
         for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
             n0 = t * step
             status[t] = 0
             if n0 < s.N:
-                status[t] = conv_backward_samples(g, x, w, partials + t * s.O * ckk, gx, s, n0,
-                                                  n0 + step if n0 + step < s.N else s.N)
+                status[t] = conv_backward_samples(g, x, w, partials + t * s.O * ckk, gx, sums,
+                                                  s, n0, n0 + step if n0 + step < s.N else s.N)
             else:
                 memset(partials + t * s.O * ckk, 0, s.O * ckk * sizeof(floating))
         for t in range(parts):
@@ -346,7 +355,7 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
         for o in range(s.O):
             acc = 0
             for n in range(s.N):
-                acc = acc + <floating> lane_sum(g, g + (n * s.O + o) * P, P, 0, LANE_SUM)
+                acc = acc + sums[n * s.O + o]
             gb[o] += acc
     return 0
 
@@ -455,7 +464,8 @@ cdef _backward_typed(const floating[:, :, :, ::1] g, const floating[:, :, :, ::1
             np.add(gb, np.asarray(g).sum(axis=(0, 2, 3)), out=np.asarray(gb))
         return
     with nogil:
-        partials = <floating *> nn_scratch(1, parts * s.O * ckk * sizeof(floating))
+        partials = <floating *> nn_scratch(1, (parts * s.O * ckk + (s.N * s.O if gb is not None
+                                                                   else 0)) * sizeof(floating))
         if partials == NULL:
             status = -1
         else:

@@ -378,3 +378,25 @@ def test_conv2d_empty_image_with_padding_is_all_bias(backend):
     gx = backend.conv2d_backward(g, x, w, gw, gb, stride=2, padding=(0, 2))
     assert gx.shape == x.shape and not gw.any()
     np.testing.assert_array_equal(gb, [24.0, 24.0])
+
+
+@pytest.mark.parametrize("n, o", [(1, 3), (13, 1), (29, 6), (64, 16)])
+def test_conv2d_backward_bias_gradient_has_the_same_bits_on_any_thread_count(rng, dtype, n, o):
+    # each sample's sums are taken by the thread that has the sample, then added in sample
+    # order by one thread: the same additions whatever the thread count
+    x, w = randn(rng, (n, 3, 20, 19), dtype), randn(rng, (o, 3, 3, 3), dtype)
+    g = randn(rng, (n, o, 18, 17), dtype)       # (29 and 64 samples: on 2 and 3 threads)
+    before = cnn_core.get_num_threads()
+    sums = []
+    try:
+        for count in (1, 2, 3):
+            cnn_core.set_num_threads(count)
+            gw, gb = np.zeros_like(w), np.full(o, 0.25, dtype)
+            cnn_core.conv2d_backward(g, x, w, gw, gb, compute_grad_x=False)
+            sums.append(gb)
+    finally:
+        cnn_core.set_num_threads(before)
+    for gb in sums[1:]:
+        np.testing.assert_array_equal(gb, sums[0])
+    expected = np.full(o, 0.25) + g.astype(np.float64).sum(axis=(0, 2, 3))
+    assert_close(sums[0], expected.astype(dtype), k=n * 306)
