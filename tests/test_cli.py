@@ -177,6 +177,15 @@ def test_train_default_checkpoint_goes_to_the_current_directory(capsys, tmp_path
     assert "saved the model" not in out
 
 
+def test_train_progress_bars_count_the_run_s_epochs(capsys, tmp_path):
+    # the command fits one epoch per call: each bar still says which of all the epochs it is
+    code, _, err = run(capsys, "train", "--data", "sample", "--limit", "200", "--epochs", "2",
+                       "--hidden", "16")
+    assert code == 0
+    assert "Epoch 1/2" in err and "Epoch 2/2" in err
+    assert "Epoch 1/1" not in err
+
+
 def test_train_validation_split_adds_validation_metrics(capsys, tmp_path):
     code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "1000", "--epochs", "2",
                        "--validation-split", "0.2", "--no-progress", "--checkpoint", "c.npz")

@@ -88,6 +88,18 @@ def test_progress_bar_on_stderr_and_silence_without_it(capsys):
     assert "loss=" in err and "accuracy=" in err
 
 
+def test_progress_bar_label_of_the_callers_own(capsys):
+    X, y = _blobs(n=64)
+    _fit(_model(), X, y, epochs=3, initial_epoch=2, progress="Round {epoch} of {epochs}")
+    assert "Round 3 of 3" in capsys.readouterr().err
+    _fit(_model(), X, y, epochs=1, progress="Epoch {epoch}/10")
+    assert "Epoch 1/10" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"progress must be True, False or a label.*'\{step\}'"):
+        _fit(_model(), X, y, epochs=1, progress="{step}")
+    with pytest.raises(TypeError, match="progress must be True, False or a str label, got int"):
+        _fit(_model(), X, y, epochs=1, progress=1)
+
+
 def test_bce_with_integer_labels_reports_accuracy():
     X, y = _blobs(n=200, classes=2)
     nn.seed(1)

@@ -331,7 +331,8 @@ def cmd_train(args, out=None):
             h = model.fit(X, y, loss=loss_fn, optimizer=optimizer, epochs=epoch + 1,
                           initial_epoch=epoch, batch_size=args.batch_size,
                           validation_data=validation,
-                          shuffle=True, seed=args.seed * 1000 + epoch, progress=progress)
+                          shuffle=True, seed=args.seed * 1000 + epoch,
+                          progress=f"Epoch {{epoch}}/{args.epochs}" if progress else False)
         except FloatingPointError as exc:   # the loss became NaN: a learning rate too high
             raise CLIError(f"training diverged in epoch {epoch + 1}/{args.epochs} "
                            f"(--lr {optimizer.lr:g}): {exc}") from None

@@ -161,8 +161,11 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     seed : int, optional
         Seeds the shuffling; by default it draws from the library generator
         (``nnscratch.seed``).
-    progress : bool, default True
-        One tqdm progress bar per epoch, showing the running loss and accuracy.
+    progress : bool or str, default True
+        One tqdm progress bar per epoch, showing the running loss and accuracy. A string is
+        the bar's label, formatted with ``epoch`` (counting from 1) and ``epochs``: the
+        default is ``"Epoch {epoch}/{epochs}"`` (a caller that runs one epoch per call, as
+        ``nnscratch train`` does, gives its own total).
     callbacks : list of Callback, optional
         E.g. ``EarlyStopping``, ``StepLR``.
     initial_epoch : int >= 0, default 0
@@ -191,6 +194,15 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     epochs = _check_int("epochs", epochs, 0)
     initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
+    if isinstance(progress, str):
+        try:
+            progress.format(epoch=1, epochs=epochs)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"progress must be True, False or a label such as "
+                             f"'Epoch {{epoch}}/{{epochs}}', got {progress!r} ({exc!r})") from None
+    elif not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True, False or a str label, got "
+                        f"{type(progress).__name__}")
     if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
             or not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
@@ -332,7 +344,7 @@ class _EpochLoop:
         model, loss = self.model, self.loss
         n = len(self.X)
         n_batches = -(-n // self.batch_size)
-        bar = _progress_bar(epoch, epochs, n_batches) if progress else None
+        bar = _progress_bar(progress, epoch, epochs, n_batches) if progress else None
         loss_sum = 0.0
         correct = counted = seen = 0
         # the bar is told of the batches done (and shown the running loss) at most every
@@ -438,10 +450,11 @@ def _locate_non_finite(model, xb):
 REFRESH = 0.1     # seconds between updates of the progress bar (tqdm's own mininterval)
 
 
-def _progress_bar(epoch, epochs, n_batches):
+def _progress_bar(label, epoch, epochs, n_batches):
     from tqdm.auto import tqdm   # imported on first use: `import nnscratch` stays light
-    return tqdm(total=n_batches, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch",
-                leave=True, dynamic_ncols=True)
+    label = label if isinstance(label, str) else "Epoch {epoch}/{epochs}"
+    return tqdm(total=n_batches, desc=label.format(epoch=epoch + 1, epochs=epochs),
+                unit="batch", leave=True, dynamic_ncols=True)
 
 
 # --------------------------------------------------------------------------------------
