@@ -13,8 +13,10 @@ x is (N, C) or (N, C, H, W); statistics are per channel c over the M = N*H*W val
                training: dx = gamma_c invstd_c / M (M g - sum(g) - xhat sum(g xhat))
                eval:     dx = gamma_c invstd_c g
 
-Channels are independent: threads take contiguous ranges of channels; sums are in double,
-in 8 interleaved lanes (_lanes.pxd).
+Threads take contiguous ranges of samples (as the convolutions and pooling do: each thread
+then reads what it wrote); each sample's sums per channel are in double, in 8 interleaved
+lanes (_lanes.pxd), and each channel's total adds them in sample order on one thread, so
+the bits do not depend on the thread count.
 """
 import numpy as np
 
@@ -23,105 +25,200 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output, check_scalar
-from cnn_core._parallel cimport num_threads
+from cnn_core._parallel cimport num_threads, span_parts
 from cnn_core._lanes cimport lane_sum, LANE_SUM, LANE_SUM_SQ_DEV, LANE_SUM_G_DEV
+
+cdef extern from "nn_scratch.h" nogil:
+    # (this module's slot 0: the per-sample sums and the per-channel figures)
+    void *nn_scratch(int slot, size_t nbytes)
 
 cdef enum:
     MIN_WORK_PER_THREAD = 1 << 14
 
 
-cdef void bn_forward_channel(const floating *x, floating *y, long N, long C, long S, long c,
-                             floating gamma, floating beta, floating *rmean, floating *rvar,
-                             floating *smean, floating *sinvstd, bint training,
-                             double momentum, double eps) noexcept nogil:
-    # one channel c of x (N, C, S)
-    cdef long n, s
+cdef void _sample_sums(const floating *x, long n0, long n1, long C, long S,
+                       const double *mean, int kind, double *sums) noexcept nogil:
+    # sums[n, c] = the lane sum `kind` of x[n, c] (about mean[c] when mean is not NULL),
+    # for the samples [n0, n1)
+    cdef long n, c
+    for n in range(n0, n1):
+        for c in range(C):
+            sums[n * C + c] = lane_sum(x, x + (n * C + c) * S, S,
+                                       mean[c] if mean != NULL else 0, kind)
+
+
+cdef void _sample_grad_sums(const floating *g, const floating *x, long n0, long n1, long C,
+                            long S, const floating *mean, double *sum_g,
+                            double *sum_gx) noexcept nogil:
+    # per sample and channel: sum(g) and sum(g (x - mean_c)), for the samples [n0, n1)
+    cdef long n, c
+    cdef const floating *gp
+    for n in range(n0, n1):
+        for c in range(C):
+            gp = g + (n * C + c) * S
+            sum_g[n * C + c] = lane_sum(gp, gp, S, 0, LANE_SUM)
+            sum_gx[n * C + c] = lane_sum(gp, x + (n * C + c) * S, S, mean[c], LANE_SUM_G_DEV)
+
+
+cdef void _normalise(const floating *x, floating *y, long n0, long n1, long C, long S,
+                     const double *scale, const double *shift) noexcept nogil:
+    # y = x scale_c + shift_c for the samples [n0, n1)
+    cdef long n, c, s
     cdef const floating *xp
     cdef floating *yp
-    cdef double total = 0, sq = 0, mean, var, d, invstd, scale, shift
-    cdef long M = N * S
-    if training:
-        for n in range(N):
-            total += lane_sum(x, x + (n * C + c) * S, S, 0, LANE_SUM)
-        mean = total / M
-        for n in range(N):
-            sq += lane_sum(x, x + (n * C + c) * S, S, mean, LANE_SUM_SQ_DEV)
-        var = sq / M
-        rmean[c] = <floating> ((1 - momentum) * rmean[c] + momentum * mean)
-        rvar[c] = <floating> ((1 - momentum) * rvar[c] + momentum * var * M / (M - 1))
-    else:
-        mean = rmean[c]
-        var = rvar[c]
-    invstd = 1 / sqrt(var + eps)
-    smean[c] = <floating> mean
-    sinvstd[c] = <floating> invstd
-    scale = gamma * invstd
-    shift = beta - mean * scale
-    for n in range(N):
-        xp = x + (n * C + c) * S
-        yp = y + (n * C + c) * S
-        for s in range(S):
-            yp[s] = <floating> (xp[s] * scale + shift)
+    cdef double a, b
+    for n in range(n0, n1):
+        for c in range(C):
+            xp = x + (n * C + c) * S
+            yp = y + (n * C + c) * S
+            a = scale[c]
+            b = shift[c]
+            for s in range(S):
+                yp[s] = <floating> (xp[s] * a + b)
 
 
-cdef void bn_backward_channel(const floating *g, const floating *x, floating *dx, long N,
-                              long C, long S, long c, floating gamma, floating mean,
-                              floating invstd, floating *dgamma, floating *dbeta,
-                              bint training) noexcept nogil:
-    cdef long n, s
+cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, long n1, long C,
+                  long S, const double *k, const double *mean_g, const double *sum_gx, double M,
+                  const floating *mean, const floating *invstd, bint training) noexcept nogil:
+    # dx for the samples [n0, n1): training  k_c (g - mean(g) - xhat sum(g xhat) / M),
+    # eval  k_c g   (k_c = gamma_c invstd_c)
+    cdef long n, c, s
     cdef const floating *gp
     cdef const floating *xp
     cdef floating *dp
-    cdef double sum_g = 0, sum_gx = 0, xhat, k, M = N * S
-    for n in range(N):
-        gp = g + (n * C + c) * S
-        sum_g += lane_sum(gp, gp, S, 0, LANE_SUM)
-        sum_gx += lane_sum(gp, x + (n * C + c) * S, S, mean, LANE_SUM_G_DEV)
-    sum_gx *= invstd                                   # sum(g * xhat)
-    dgamma[c] += <floating> sum_gx
-    dbeta[c] += <floating> sum_g
-    if dx == NULL:
-        return
-    k = gamma * invstd
-    for n in range(N):
-        gp = g + (n * C + c) * S
-        xp = x + (n * C + c) * S
-        dp = dx + (n * C + c) * S
-        if training:
-            for s in range(S):
-                xhat = (xp[s] - mean) * invstd
-                dp[s] = <floating> (k * (gp[s] - sum_g / M - xhat * sum_gx / M))
-        else:
-            for s in range(S):
-                dp[s] = <floating> (k * gp[s])
+    cdef double xhat, kc, mg, sgx
+    cdef floating mu, inv       # (xhat is (x - mean) invstd in the data's precision)
+    for n in range(n0, n1):
+        for c in range(C):
+            gp = g + (n * C + c) * S
+            xp = x + (n * C + c) * S
+            dp = dx + (n * C + c) * S
+            kc = k[c]
+            if training:
+                mg = mean_g[c]
+                sgx = sum_gx[c]
+                mu = mean[c]
+                inv = invstd[c]
+                for s in range(S):
+                    xhat = (xp[s] - mu) * inv
+                    dp[s] = <floating> (kc * (gp[s] - mg - xhat * sgx / M))
+            else:
+                for s in range(S):
+                    dp[s] = <floating> (kc * gp[s])
+
+
+cdef inline long _lo(long t, long step, long N) noexcept nogil:
+    # where part t of N samples, `step` each (the last one maybe fewer), starts
+    return t * step if t * step < N else N
+
+
+cdef long _parts(long N, long C, long S) noexcept nogil:
+    # threads over whole samples (as the convolutions and the pooling share out their work,
+    # so that each thread reads what it wrote before -- on two cores, data the other core
+    # wrote last comes from its cache, line by line), when the work pays for them
+    if N * C * S < MIN_WORK_PER_THREAD * 2:
+        return 1
+    return span_parts(N, 1, num_threads())
 
 
 cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long S,
                     const floating[::1] gamma, const floating[::1] beta, floating[::1] rmean,
                     floating[::1] rvar, floating[::1] smean, floating[::1] sinvstd,
                     bint training, double momentum, double eps):
-    cdef long c
-    cdef int threads = num_threads()
-    if N * C * S < MIN_WORK_PER_THREAD * 2 or C < 2:
-        threads = 1
+    # training: per-sample sums (threads over samples), each channel's mean from them in
+    # sample order (one thread); the same for the squared deviations; then y, by samples
+    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, t, n0, n1, n, c
+    cdef double *sums = <double *> nn_scratch(0, (N * C + 3 * C) * sizeof(double))
+    if sums == NULL:
+        raise MemoryError("batchnorm_forward: cannot allocate the per-sample sums")
+    cdef double *mean = sums + N * C
+    cdef double *scale = mean + C
+    cdef double *shift = scale + C
+    cdef double total, var, invstd
+    cdef long M = N * S
     with nogil:
-        for c in prange(C, num_threads=threads, schedule="static"):
-            bn_forward_channel(&x[0], &y[0], N, C, S, c, gamma[c], beta[c], &rmean[0],
-                               &rvar[0], &smean[0], &sinvstd[0], training, momentum, eps)
+        if training:
+            for t in prange(parts, num_threads=parts, schedule="static"):
+                n0 = _lo(t, step, N)    # (assigned here: private to the thread)
+                n1 = _lo(t + 1, step, N)
+                _sample_sums(&x[0], n0, n1, C, S, NULL, LANE_SUM, sums)
+            for c in range(C):
+                total = 0
+                for n in range(N):
+                    total = total + sums[n * C + c]
+                mean[c] = total / M
+            for t in prange(parts, num_threads=parts, schedule="static"):
+                n0 = _lo(t, step, N)    # (assigned here: private to the thread)
+                n1 = _lo(t + 1, step, N)
+                _sample_sums(&x[0], n0, n1, C, S, mean, LANE_SUM_SQ_DEV, sums)
+        for c in range(C):
+            if training:
+                total = 0
+                for n in range(N):
+                    total = total + sums[n * C + c]
+                var = total / M
+                rmean[c] = <floating> ((1 - momentum) * rmean[c] + momentum * mean[c])
+                rvar[c] = <floating> ((1 - momentum) * rvar[c] + momentum * var * M / (M - 1))
+            else:
+                mean[c] = rmean[c]
+                var = rvar[c]
+            invstd = 1 / sqrt(var + eps)
+            smean[c] = <floating> mean[c]
+            sinvstd[c] = <floating> invstd
+            scale[c] = gamma[c] * invstd
+            shift[c] = beta[c] - mean[c] * scale[c]
+        if parts == 1:
+            _normalise(&x[0], &y[0], 0, N, C, S, scale, shift)
+        else:
+            for t in prange(parts, num_threads=parts, schedule="static"):
+                n0 = _lo(t, step, N)    # (assigned here: private to the thread)
+                n1 = _lo(t + 1, step, N)
+                _normalise(&x[0], &y[0], n0, n1, C, S, scale, shift)
 
 
 cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1] dx, long N, long C, long S,
                      const floating[::1] gamma, const floating[::1] smean, const floating[::1] sinvstd,
                      floating[::1] dgamma, floating[::1] dbeta, bint training):
-    cdef long c
-    cdef int threads = num_threads()
-    cdef floating *dxp = &dx[0] if dx is not None else NULL
-    if N * C * S < MIN_WORK_PER_THREAD * 2 or C < 2:
-        threads = 1
+    # per-sample sums of g and g (x - mean) (threads over samples), each channel's from them
+    # in sample order (one thread), then dx by samples
+    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, t, n0, n1, n, c
+    cdef double *sums = <double *> nn_scratch(0, (2 * N * C + 3 * C) * sizeof(double))
+    if sums == NULL:
+        raise MemoryError("batchnorm_backward: cannot allocate the per-sample sums")
+    cdef double *k = sums + 2 * N * C
+    cdef double *mean_g = k + C
+    cdef double *sums_gx = mean_g + C
+    cdef double sum_g, sum_gx, M = N * S
     with nogil:
-        for c in prange(C, num_threads=threads, schedule="static"):
-            bn_backward_channel(&g[0], &x[0], dxp, N, C, S, c, gamma[c], smean[c], sinvstd[c],
-                                &dgamma[0], &dbeta[0], training)
+        if parts == 1:
+            _sample_grad_sums(&g[0], &x[0], 0, N, C, S, &smean[0], sums, sums + N * C)
+        else:
+            for t in prange(parts, num_threads=parts, schedule="static"):
+                n0 = _lo(t, step, N)    # (assigned here: private to the thread)
+                n1 = _lo(t + 1, step, N)
+                _sample_grad_sums(&g[0], &x[0], n0, n1, C, S, &smean[0], sums, sums + N * C)
+        for c in range(C):
+            sum_g = 0
+            sum_gx = 0
+            for n in range(N):
+                sum_g = sum_g + sums[n * C + c]
+                sum_gx = sum_gx + sums[N * C + n * C + c]
+            sum_gx = sum_gx * sinvstd[c]                     # sum(g * xhat)
+            dgamma[c] += <floating> sum_gx
+            dbeta[c] += <floating> sum_g
+            k[c] = gamma[c] * sinvstd[c]           # (in the data's precision, then double)
+            mean_g[c] = sum_g / M
+            sums_gx[c] = sum_gx
+        if dx is not None:
+            if parts == 1:
+                _grad_x(&g[0], &x[0], &dx[0], 0, N, C, S, k, mean_g, sums_gx, M, &smean[0],
+                        &sinvstd[0], training)
+            else:
+                for t in prange(parts, num_threads=parts, schedule="static"):
+                    n0 = _lo(t, step, N)
+                    n1 = _lo(t + 1, step, N)
+                    _grad_x(&g[0], &x[0], &dx[0], n0, n1, C, S, k, mean_g, sums_gx, M,
+                            &smean[0], &sinvstd[0], training)
 
 
 cdef tuple _ncs(x):

@@ -8,8 +8,9 @@
  * The variables are `static`: every extension module that includes this header has its own
  * set, so the slots mean what that module says (_gemm: 0 = packed A, 1 = packed B,
  * 2 = the two partial products of _k_halves;
- * _conv: 0 = im2col columns, 1 = weight-gradient partials, 2 = grouped GEMM output or
- * grad_out).
+ * _conv: 0 = im2col columns, 1 = weight-gradient partials (and each sample's bias sums),
+ * 2 = grouped GEMM output or grad_out; _norm: 0 = each sample's sums per channel and the
+ * per-channel figures).
  */
 #ifndef NN_SCRATCH_H
 #define NN_SCRATCH_H

@@ -188,3 +188,41 @@ def test_batchnorm_zero_size_eval(rng, dtype, shape):
     if c == 0:                  # no channel: training mode has nothing to normalise either
         for a, e in zip(_run_forward(cnn_core, x, params, True), _run_forward(reference, x, params, True)):
             assert a.shape == e.shape
+
+
+@pytest.mark.parametrize("shape", [(64, 8, 12, 12), (37, 5, 13, 11), (3, 4, 40, 40),
+                                   (4096, 16)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_same_bits_on_any_thread_count(rng, dtype, shape, training):
+    # threads take whole samples; each channel's sums add the per-sample sums in sample order
+    # on one thread: the same additions whatever the thread count (these shapes are large
+    # enough to run on 2 and 3 threads; 3 samples on 3 threads: one each)
+    x = randn(rng, shape, dtype) * 3 + 1
+    g = randn(rng, shape, dtype)
+    c = shape[1]
+    gamma, beta = randn(rng, (c,), dtype), randn(rng, (c,), dtype)
+    before = cnn_core.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3) + (2,) * 8:    # (again and again: a race shows sometimes)
+            cnn_core.set_num_threads(count)
+            rm, rv = np.full(c, 0.5, dtype), np.full(c, 2.0, dtype)
+            y, mean, invstd = cnn_core.batchnorm_forward(x, gamma, beta, rm, rv,
+                                                         training=training)
+            dgamma, dbeta = np.full(c, 0.1, dtype), np.zeros(c, dtype)
+            dx = cnn_core.batchnorm_backward(g, x, gamma, mean, invstd, dgamma, dbeta,
+                                             training=training)
+            results.append((y, mean, invstd, rm, rv, dgamma, dbeta, dx))
+    finally:
+        cnn_core.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    rm, rv = np.full(c, 0.5, dtype), np.full(c, 2.0, dtype)
+    y, mean, invstd = reference.batchnorm_forward(x, gamma, beta, rm, rv, training=training)
+    assert_close(results[0][0], y, k=shape[0] * 30)
+    dgamma, dbeta = np.full(c, 0.1, dtype), np.zeros(c, dtype)
+    dx = reference.batchnorm_backward(g, x, gamma, mean, invstd, dgamma, dbeta,
+                                      training=training)
+    assert_close(results[0][7], dx, k=shape[0] * 30)
+    assert_close(results[0][5], dgamma, k=math.prod(shape) // c)
