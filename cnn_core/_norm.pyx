@@ -107,6 +107,15 @@ cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, l
                     dp[s] = <floating> (kc * gp[s])
 
 
+cdef inline double _channel_total(const double *sums, long N, long C, long c) noexcept nogil:
+    # sum over the samples, in sample order, of sums (N, C)[:, c]
+    cdef double total = 0
+    cdef long n
+    for n in range(N):
+        total = total + sums[n * C + c]
+    return total
+
+
 cdef inline long _lo(long t, long step, long N) noexcept nogil:
     # where part t of N samples, `step` each (the last one maybe fewer), starts
     return t * step if t * step < N else N
@@ -127,36 +136,36 @@ cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long
                     bint training, double momentum, double eps):
     # training: per-sample sums (threads over samples), each channel's mean from them in
     # sample order (one thread); the same for the squared deviations; then y, by samples
-    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, t, n0, n1, n, c
+    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, t, n0, n1, c
     cdef double *sums = <double *> nn_scratch(0, (N * C + 3 * C) * sizeof(double))
     if sums == NULL:
         raise MemoryError("batchnorm_forward: cannot allocate the per-sample sums")
     cdef double *mean = sums + N * C
     cdef double *scale = mean + C
     cdef double *shift = scale + C
-    cdef double total, var, invstd
+    cdef double var, invstd
     cdef long M = N * S
     with nogil:
         if training:
-            for t in prange(parts, num_threads=parts, schedule="static"):
-                n0 = _lo(t, step, N)    # (assigned here: private to the thread)
-                n1 = _lo(t + 1, step, N)
-                _sample_sums(&x[0], n0, n1, C, S, NULL, LANE_SUM, sums)
+            if parts == 1:      # (no parallel region: a small batch's is most of its cost)
+                _sample_sums(&x[0], 0, N, C, S, NULL, LANE_SUM, sums)
+            else:
+                for t in prange(parts, num_threads=parts, schedule="static"):
+                    n0 = _lo(t, step, N)    # (assigned here: private to the thread)
+                    n1 = _lo(t + 1, step, N)
+                    _sample_sums(&x[0], n0, n1, C, S, NULL, LANE_SUM, sums)
             for c in range(C):
-                total = 0
-                for n in range(N):
-                    total = total + sums[n * C + c]
-                mean[c] = total / M
-            for t in prange(parts, num_threads=parts, schedule="static"):
-                n0 = _lo(t, step, N)    # (assigned here: private to the thread)
-                n1 = _lo(t + 1, step, N)
-                _sample_sums(&x[0], n0, n1, C, S, mean, LANE_SUM_SQ_DEV, sums)
+                mean[c] = _channel_total(sums, N, C, c) / M
+            if parts == 1:
+                _sample_sums(&x[0], 0, N, C, S, mean, LANE_SUM_SQ_DEV, sums)
+            else:
+                for t in prange(parts, num_threads=parts, schedule="static"):
+                    n0 = _lo(t, step, N)
+                    n1 = _lo(t + 1, step, N)
+                    _sample_sums(&x[0], n0, n1, C, S, mean, LANE_SUM_SQ_DEV, sums)
         for c in range(C):
             if training:
-                total = 0
-                for n in range(N):
-                    total = total + sums[n * C + c]
-                var = total / M
+                var = _channel_total(sums, N, C, c) / M
                 rmean[c] = <floating> ((1 - momentum) * rmean[c] + momentum * mean[c])
                 rvar[c] = <floating> ((1 - momentum) * rvar[c] + momentum * var * M / (M - 1))
             else:
@@ -171,7 +180,7 @@ cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long
             _normalise(&x[0], &y[0], 0, N, C, S, scale, shift)
         else:
             for t in prange(parts, num_threads=parts, schedule="static"):
-                n0 = _lo(t, step, N)    # (assigned here: private to the thread)
+                n0 = _lo(t, step, N)
                 n1 = _lo(t + 1, step, N)
                 _normalise(&x[0], &y[0], n0, n1, C, S, scale, shift)
 
@@ -190,7 +199,7 @@ cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1]
     cdef double *sums_gx = mean_g + C
     cdef double sum_g, sum_gx, M = N * S
     with nogil:
-        if parts == 1:
+        if parts == 1:      # (no parallel region: a small batch's is most of its cost)
             _sample_grad_sums(&g[0], &x[0], 0, N, C, S, &smean[0], sums, sums + N * C)
         else:
             for t in prange(parts, num_threads=parts, schedule="static"):
@@ -198,7 +207,7 @@ cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1]
                 n1 = _lo(t + 1, step, N)
                 _sample_grad_sums(&g[0], &x[0], n0, n1, C, S, &smean[0], sums, sums + N * C)
         for c in range(C):
-            sum_g = 0
+            sum_g = 0       # (the two totals in one loop: two dependency chains side by side)
             sum_gx = 0
             for n in range(N):
                 sum_g = sum_g + sums[n * C + c]
