@@ -13,6 +13,14 @@ and backward, from the same col (recomputed: cheaper than keeping N of them):
     grad_b (O,)             += sum_{n, i, j} grad_out[n, :, i, j]
     dcol (C*KH*KW, OH*OW)    = w.T @ grad_out[n];   grad_x[n] = col2im(dcol)  (adds overlaps)
 
+Each product takes the orientation whose register tiles waste less: with more than 32
+output channels the forward computes (pixels x channels) = col.T @ w.T and transposes each
+sample's block into place (at most 32 rows read col in place, unpacked: w @ col stays), and
+the weight gradient is summed as its transpose, col @ g.T, where that fits the tiles better
+(32 -> 64 channels, 3x3 on 14x14, a group of three samples: forward 120 -> 102 us, weight
+gradient 115 -> 90 us). With padding and unit column stride, float32 im2col and col2im
+run by AVX-512 masks (src/nn_im2col.h): same bits as the scalar loops.
+
 The GEMMs are the project's own (cnn_core._gemm, single-thread inside each sample's
 thread). Each thread sums its samples' grad_w into its own partial buffer; the partials
 are added in thread order, so the result is reproducible for a given thread count. The
@@ -29,7 +37,7 @@ from libc.string cimport memcpy, memset
 from libc.stdint cimport int64_t, INT32_MAX
 
 from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output
-from cnn_core._gemm cimport sgemm_serial, dgemm_serial
+from cnn_core._gemm cimport sgemm_serial, dgemm_serial, B_IN_PLACE_MAX_M
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 from cnn_core._lanes cimport lane_sum, LANE_SUM
 
@@ -63,6 +71,27 @@ cdef extern from "nn_pool.h" nogil:
     int nn_maxpool2x2_avx512_ok()
 
 cdef bint _pool_avx512 = nn_maxpool2x2_avx512_ok()
+
+cdef extern from "nn_im2col.h" nogil:
+    void nn_im2col_row_s1_avx512(const float *plane, long H, long W, long kh, long kw, long sh,
+                                 long ph, long pw, long OH, long OW, long ow_lo, long ow_hi,
+                                 float *dst)
+    void nn_col2im_plane_s1_avx512(const float *col, long ldc, long H, long W, long KH,
+                                   long KW, long sh, long ph, long pw, long OH, long OW,
+                                   float *plane)
+    int nn_im2col_avx512_ok()
+
+# im2col / col2im rows by AVX-512 masks (float32, unit column stride): src/nn_im2col.h
+cdef bint _rows_avx512 = nn_im2col_avx512_ok()
+
+
+def _set_vector_rows(enabled):
+    """Tests only: run im2col / col2im by the AVX-512 rows (None: where the CPU has them)
+    or by the scalar loops (False). Returns whether the vector rows are now in use."""
+    global _rows_avx512
+    _rows_avx512 = nn_im2col_avx512_ok() if enabled is None else bool(
+        enabled and nn_im2col_avx512_ok())
+    return _rows_avx512
 
 cdef enum:
     POOL_PLANES_PER_THREAD = 16
@@ -105,6 +134,17 @@ cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, lo
     cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
     cdef floating *dst
     cdef const floating *src
+    if floating is float:
+        # (with padding: without, the runs copied whole below were measured as fast)
+        if _rows_avx512 and sw == 1 and (ph > 0 or pw > 0):
+            for c in range(C):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        _valid_columns(kw, sw, pw, W, OW, &ow_lo, &ow_hi)
+                        nn_im2col_row_s1_avx512(x + c * H * W, H, W, kh, kw, sh, ph, pw, OH,
+                                                OW, ow_lo, ow_hi,
+                                                col + ((c * KH + kh) * KW + kw) * ldc)
+            return
     if ph == 0 and pw == 0 and sw == 1:
         # no padding, unit column stride (the common case): every row of col is OH runs of
         # OW contiguous inputs, copied without the bounds bookkeeping
@@ -146,6 +186,12 @@ cdef void col2im(const floating *col, long C, long H, long W, long KH, long KW, 
     cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
     cdef const floating *src
     cdef floating *dst
+    if floating is float:
+        if _rows_avx512 and sw == 1 and (ph > 0 or pw > 0):    # (as in im2col)
+            for c in range(C):
+                nn_col2im_plane_s1_avx512(col + c * KH * KW * ldc, ldc, H, W, KH, KW, sh, ph,
+                                          pw, OH, OW, x + c * H * W)
+            return
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
@@ -182,12 +228,55 @@ cdef inline long _group(ConvShape s, long samples) noexcept nogil:
     return g if g < samples else samples
 
 
+cdef inline long _padded(long m, long n) noexcept nogil:
+    # the work of an m x n product in whole register tiles (12 rows by 16-column halves of
+    # the AVX-512 float tile): what the micro-kernels spend on it, edges included
+    return (m + 11) // 12 * 12 * ((n + 15) // 16 * 16)
+
+
+cdef void _transpose_block(const floating *src, long lds, floating *dst, long rows,
+                           long cols) noexcept nogil:
+    # dst (cols x rows, row-major) = src (rows x cols, leading dimension lds).T, by 16 x 16
+    # blocks: each block's source lines stay in L1 while its destination lines are written
+    cdef long i0, j0, i, j, i1, j1
+    for i0 in range(0, rows, 16):
+        i1 = i0 + 16 if i0 + 16 < rows else rows
+        for j0 in range(0, cols, 16):
+            j1 = j0 + 16 if j0 + 16 < cols else cols
+            for j in range(j0, j1):
+                for i in range(i0, i1):
+                    dst[j * rows + i] = src[i * lds + j]
+
+
+cdef inline bint _rows_per_pixel(long o, long width) noexcept nogil:
+    # a product with an output channel per column (pixels down the rows, the transpose of
+    # out = w @ col) wastes less of its tiles: 64 channels by 588 pixels, say, are
+    # 49 x 2 whole tiles, where 64 rows would leave a third of a tile in every column. Decided
+    # from the shape alone: the same bits on any thread count
+    return _padded(width, o) < _padded(o, width)
+
+
+cdef inline bint _forward_by_rows(ConvShape s) noexcept nogil:
+    # the forward's products as (pixels x channels) = col.T @ w.T, each sample's block then
+    # transposed into place, when their tiles waste less (_rows_per_pixel) -- and not for
+    # at most B_IN_PLACE_MAX_M channels, where w @ col reads col in place, unpacked (16 -> 32
+    # channels, 5x5, 12x12 inputs: 78 us for a group's w @ col, 96 for col.T @ w.T; 32 -> 64
+    # channels, 3x3, 14x14: 120 against 102). Decided for the whole batch, so that every
+    # sample takes the same products whatever thread and group it falls in: the same bits
+    # on any thread count
+    if _is_pointwise(s) or s.O <= B_IN_PLACE_MAX_M:
+        return False
+    return _rows_per_pixel(s.O, _group(s, s.N) * s.OH * s.OW)
+
+
 cdef int conv_forward_samples(const floating *x, const floating *w, const floating *b,
                               floating *out, ConvShape s, long n0, long n1) noexcept nogil:
     # samples [n0, n1), G at a time: col (CKK, G*P) = [im2col(x[n]) for the G samples],
-    # prod (O, G*P) = w @ col, out[n] = prod's block of sample n + b
+    # prod (O, G*P) = w @ col, out[n] = prod's block of sample n + b -- or, when its tiles
+    # waste less (_rows_per_pixel), prod (G*P, O) = col.T @ w.T, each block transposed
     cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
     cdef long G = _group(s, n1 - n0), group, n, g, j, o, p, width
+    cdef bint transposed = _forward_by_rows(s)
     cdef floating *col = NULL
     cdef floating *prod = NULL
     cdef floating *dst
@@ -195,7 +284,7 @@ cdef int conv_forward_samples(const floating *x, const floating *w, const floati
         col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
         if col == NULL:
             return -1
-    if G > 1:
+    if G > 1 or transposed:
         prod = <floating *> nn_scratch(2, s.O * G * P * sizeof(floating))
         if prod == NULL:
             return -1
@@ -210,7 +299,13 @@ cdef int conv_forward_samples(const floating *x, const floating *w, const floati
             for j in range(g):
                 im2col(x + (n + j) * CHW, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
                        s.OH, s.OW, col + j * P, width)
-            if G == 1:
+            if transposed:
+                # prod (width x O) = col.T (width x CKK) @ w.T (CKK x O), read transposed
+                if _gemm(col, 1, width, w, 1, ckk, prod, s.O, width, s.O, ckk, 0) != 0:
+                    return -1
+                for j in range(g):
+                    _transpose_block(prod + j * P * s.O, s.O, out + (n + j) * s.O * P, P, s.O)
+            elif G == 1:
                 if _gemm(w, ckk, 1, col, P, 1, out + n * s.O * P, P, s.O, P, ckk, 0) != 0:
                     return -1
             else:
@@ -230,16 +325,24 @@ cdef int conv_forward_samples(const floating *x, const floating *w, const floati
     return 0
 
 
+cdef inline bint _gw_by_rows(ConvShape s) noexcept nogil:
+    # the weight gradient summed as its transpose, (CKK x O) = col @ g.T, when its tiles
+    # waste less (the transpose is undone as the threads' partials are added)
+    cdef long ckk = s.C * s.KH * s.KW
+    return _padded(ckk, s.O) < _padded(s.O, ckk)
+
+
 cdef int conv_backward_samples(const floating *g, const floating *x, const floating *w,
                                floating *gw_partial, floating *gx, floating *sums, ConvShape s,
                                long n0, long n1) noexcept nogil:
     # samples [n0, n1), G at a time, with col (CKK, G*P) and gg (O, G*P) = their grad_out:
     #   gw_partial (O, CKK) (+)= gg @ col.T;  dcol = w.T @ gg;  gx[n] = col2im(dcol block n)
+    # (gw_partial as its transpose (CKK, O) += col @ gg.T when _gw_by_rows)
     # and, unless sums is NULL, sums (N, O)[n, o] = the sum of g[n, o] (for the bias: summed
     # here, by the thread that reads these samples anyway, not all of g by one thread after)
     cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
     cdef long G = _group(s, n1 - n0), group, n, cnt, j, o, p, width
-    cdef bint pointwise = _is_pointwise(s)
+    cdef bint pointwise = _is_pointwise(s), by_rows = _gw_by_rows(s)
     cdef floating *col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
     cdef floating *gg = NULL
     cdef const floating *xcol
@@ -274,9 +377,14 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
                     for p in range(P):
                         gg[o * width + j * P + p] = g[((n + j) * s.O + o) * P + p]
             gcol = gg
+        if by_rows:
+            # gw_partial.T (CKK x O) (+)= xcol (CKK x width) @ gcol.T (width x O)
+            if _gemm(xcol, width, 1, gcol, 1, width, gw_partial, s.O, ckk, s.O, width,
+                     0 if n == n0 else 1) != 0:
+                return -1
         # gw_partial (O x CKK) (+)= gcol (O x width) @ xcol.T (width x CKK)
-        if _gemm(gcol, width, 1, xcol, 1, width, gw_partial, ckk, s.O, ckk, width,
-                 0 if n == n0 else 1) != 0:
+        elif _gemm(gcol, width, 1, xcol, 1, width, gw_partial, ckk, s.O, ckk, width,
+                   0 if n == n0 else 1) != 0:
             return -1
         if gx != NULL:
             if pointwise:
@@ -329,7 +437,8 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
     # sum in part order; gb += sum of g (each sample's sums, added in sample order)
     cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW
     cdef floating *sums = partials + parts * s.O * ckk if gb != NULL else NULL
-    cdef long step = (s.N + parts - 1) // parts, t, n0, i, n, o, p
+    cdef long step = (s.N + parts - 1) // parts, t, n0, i, n, o, p, q
+    cdef const floating *part
     cdef int status[MAX_PARTS]
     cdef int failed = 0
     cdef floating acc
@@ -349,8 +458,14 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
     if failed:
         return -1
     for t in range(parts):
-        for i in range(s.O * ckk):
-            gw[i] += partials[t * s.O * ckk + i]
+        part = partials + t * s.O * ckk
+        if _gw_by_rows(s):     # part is (CKK, O)
+            for q in range(ckk):
+                for o in range(s.O):
+                    gw[o * ckk + q] += part[q * s.O + o]
+        else:
+            for i in range(s.O * ckk):
+                gw[i] += part[i]
     if gb != NULL:
         for o in range(s.O):
             acc = 0

@@ -8,3 +8,8 @@ cdef int sgemm_serial(const float *a, long rsa, long csa, const float *b, long r
 cdef int dgemm_serial(const double *a, long rsa, long csa, const double *b, long rsb, long csb,
                       double *c, long ldc, long m, long n, long k, double alpha, double beta,
                       const double *bias, int relu) noexcept nogil
+
+cdef enum:
+    # products of at most this many rows read row-major B in place, unpacked (no copy of B:
+    # the convolutions orient their products by it)
+    B_IN_PLACE_MAX_M = 32

@@ -139,8 +139,7 @@ cdef enum:
     # kernel streams B. Decided on the whole product, never per thread slab, so that the
     # summation order (and so every bit) does not depend on the thread count.
     ROW_PATH_MAX_M = 4
-    # products of at most this many rows read row-major B in place, unpacked
-    B_IN_PLACE_MAX_M = 32
+    # (B_IN_PLACE_MAX_M, the rows up to which row-major B is read in place: _gemm.pxd)
     # the halves of k (_k_halves): for products of at most this many elements of C (two
     # partial Cs of 1 MiB in float32 at most; larger ones keep the slabs, on all threads)
     HALVES_MAX_MN = 1 << 17

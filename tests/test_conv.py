@@ -23,6 +23,10 @@ CONV_CASES = [
     ((1, 2, 4, 4), (3, 4, 4), 1, 0),               # the kernel covers the whole input
     ((2, 2, 3, 3), (2, 5, 5), 1, 1),               # the kernel is larger than the input
     ((16, 3, 9, 9), (8, 3, 3), 1, 1),              # enough samples to split over threads
+    # more than 32 output channels: products as (pixels x channels), blocks transposed into
+    # place (with 7 samples of 81 pixels per product, and a partial group on 2 threads)
+    ((11, 5, 9, 9), (40, 3, 3), 1, 1),
+    ((3, 2, 6, 7), (33, 2, 3), (2, 1), (1, 0)),
 ]
 CNN_CASES = [                                      # a small MNIST CNN, batch 64
     ((64, 1, 28, 28), (8, 3, 3), 1, 1),
@@ -400,3 +404,65 @@ def test_conv2d_backward_bias_gradient_has_the_same_bits_on_any_thread_count(rng
         np.testing.assert_array_equal(gb, sums[0])
     expected = np.full(o, 0.25) + g.astype(np.float64).sum(axis=(0, 2, 3))
     assert_close(sums[0], expected.astype(dtype), k=n * 306)
+
+
+# the shapes of the vector rows of im2col / col2im (float32, unit column stride, padding):
+# rows narrower and wider than a 16-lane chunk, padding wider than the kernel's reach,
+# row strides, windows larger than the input
+VECTOR_ROW_CASES = [
+    ((2, 3, 14, 14), (5, 3, 3), (1, 1), (1, 1)),
+    ((2, 2, 5, 1), (3, 2, 1), (1, 1), (1, 1)),
+    ((3, 2, 9, 16), (4, 3, 3), (2, 1), (1, 1)),
+    ((2, 2, 7, 17), (3, 5, 4), (3, 1), (2, 2)),
+    ((1, 3, 11, 33), (2, 2, 5), (1, 1), (0, 2)),
+    ((2, 1, 4, 40), (3, 3, 7), (1, 1), (2, 0)),
+    ((2, 2, 3, 3), (2, 5, 5), (1, 1), (2, 2)),
+    ((1, 1, 2, 2), (1, 3, 3), (2, 1), (4, 3)),
+]
+
+
+@pytest.mark.parametrize("xshape,wdims,stride,padding", VECTOR_ROW_CASES)
+def test_conv2d_vector_rows_have_the_bits_of_the_scalar_loops(rng, xshape, wdims, stride,
+                                                              padding):
+    # src/nn_im2col.h copies each row of col with AVX-512 masks and gathers col2im per
+    # input row in a register; both must give the scalar loops' very bits
+    from cnn_core import _conv
+
+    if not _conv._set_vector_rows(None):
+        pytest.skip("this CPU has no AVX-512 (the scalar loops are the only path)")
+    x, w, b = _conv_inputs(rng, np.float32, xshape, wdims, True)
+    kwargs = dict(stride=stride, padding=padding)
+    g = randn(rng, reference.conv2d_forward(x, w, b, **kwargs).shape, np.float32)
+    results = []
+    try:
+        for enabled in (True, False):
+            assert _conv._set_vector_rows(enabled) == enabled
+            out = cnn_core.conv2d_forward(x, w, b, **kwargs)
+            gw, gb = np.zeros_like(w), np.zeros_like(b)
+            gx = cnn_core.conv2d_backward(g, x, w, gw, gb, **kwargs)
+            results.append((out, gw, gb, gx))
+    finally:
+        _conv._set_vector_rows(None)
+    for vector, scalar in zip(*results):
+        np.testing.assert_array_equal(vector, scalar)
+    k = xshape[1] * wdims[1] * wdims[2]
+    assert_close(results[0][0], reference.conv2d_forward(x, w, b, **kwargs), k=k)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16])
+def test_conv2d_forward_by_pixel_rows_has_the_same_bits_on_any_thread_count(rng, dtype, n):
+    # with more than 32 channels the forward's products are (pixels x channels), chosen for
+    # the whole batch: a thread with one sample, a partial group or full ones computes each
+    # sample the same way
+    x, w, b = _conv_inputs(rng, dtype, (n, 6, 10, 10), (48, 3, 3), True)
+    before = cnn_core.get_num_threads()
+    outs = []
+    try:
+        for count in (1, 2, 3):
+            cnn_core.set_num_threads(count)
+            outs.append(cnn_core.conv2d_forward(x, w, b, padding=1))
+    finally:
+        cnn_core.set_num_threads(before)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    assert_close(outs[0], reference.conv2d_forward(x, w, b, padding=1), k=54)

@@ -1,0 +1,108 @@
+/* nn_im2col.h -- one row of im2col, and one channel of its adjoint col2im, for a convolution
+ * with unit column stride, float32, with AVX-512 masks.
+ *
+ * Row (c, kh, kw) of col holds, for every output position (oh, ow) of one sample,
+ *
+ *     col[oh * OW + ow] = x[c, ih, iw]   with ih = oh * sh - ph + kh, iw = ow - pw + kw,
+ *
+ * or 0 where (ih, iw) falls in the zero padding. `plane` is x[c] (H x W); the output columns
+ * whose iw is inside [0, W) are [ow_lo, ow_hi) (the caller's _valid_columns). For small
+ * feature maps (a 14-wide row) a run is shorter than one vector: the scalar loop spent more
+ * on its bounds and zero fills, and on a memcpy call per run, than on the copying. Here
+ * each output row is 16 lanes at a time: a masked load (the lanes outside [ow_lo, ow_hi)
+ * read as 0 and touch no memory) and a masked store of the row's lanes.
+ *
+ * col2im adds the rows back into the plane in the scalar loop's order (below), so the
+ * same bits.
+ */
+#ifndef NN_IM2COL_H
+#define NN_IM2COL_H
+
+#include "nn_cpu.h"
+
+#if NN_X86
+#include <immintrin.h>
+
+/* lanes [lo, hi) of a 16-lane chunk, both clamped to [0, 16] */
+static inline unsigned nn_lanes(long lo, long hi) {
+    lo = lo < 0 ? 0 : (lo > 16 ? 16 : lo);
+    hi = hi < lo ? lo : (hi > 16 ? 16 : hi);
+    return ((1u << hi) - 1u) & ~((1u << lo) - 1u);
+}
+
+__attribute__((target("avx512f"))) static void nn_im2col_row_s1_avx512(
+        const float *plane, long H, long W, long kh, long kw, long sh, long ph, long pw,
+        long OH, long OW, long ow_lo, long ow_hi, float *dst) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (long oh = 0; oh < OH; ++oh) {
+        long ih = oh * sh - ph + kh;
+        float *d = dst + oh * OW;
+        if (ih < 0 || ih >= H) {
+            for (long j0 = 0; j0 < OW; j0 += 16)
+                _mm512_mask_storeu_ps(d + j0, (__mmask16)nn_lanes(0, OW - j0), zero);
+            continue;
+        }
+        /* lane ow of chunk j0 reads row[j0 + ow], row = the input row shifted by kw - pw */
+        const float *row = plane + ih * W + (kw - pw);
+        for (long j0 = 0; j0 < OW; j0 += 16) {
+            __mmask16 valid = (__mmask16)nn_lanes(ow_lo - j0, ow_hi - j0);
+            __m512 v = _mm512_maskz_loadu_ps(valid, row + j0);
+            _mm512_mask_storeu_ps(d + j0, (__mmask16)nn_lanes(0, OW - j0), v);
+        }
+    }
+}
+
+/* col2im of one channel: plane (H x W) += the KH * KW rows of col for it (row (kh, kw) at
+ * col + (kh * KW + kw) * ldc). Each 16-lane chunk of an input row gathers its values from
+ * every (kh, kw) that reaches it -- in the scalar loop's order, kh then kw, so the same
+ * bits -- in a register, then is stored once: adding row after row into memory would load
+ * each chunk back soon after a store that overlaps it by all but one lane, which the
+ * store-to-load forwarding cannot serve (measured slower than the scalar loop). */
+__attribute__((target("avx512f"))) static void nn_col2im_plane_s1_avx512(
+        const float *col, long ldc, long H, long W, long KH, long KW, long sh, long ph,
+        long pw, long OH, long OW, float *plane) {
+    for (long ih = 0; ih < H; ++ih) {
+        float *xr = plane + ih * W;
+        for (long iw0 = 0; iw0 < W; iw0 += 16) {
+            __mmask16 out = (__mmask16)nn_lanes(0, W - iw0);
+            __m512 acc = _mm512_maskz_loadu_ps(out, xr + iw0);
+            for (long kh = 0; kh < KH; ++kh) {
+                long t = ih + ph - kh, oh;
+                if (t < 0 || t % sh != 0 || (oh = t / sh) >= OH)
+                    continue;
+                for (long kw = 0; kw < KW; ++kw) {
+                    long off = iw0 + pw - kw;   /* the output column of lane 0 */
+                    __mmask16 valid = out & (__mmask16)nn_lanes(-off, OW - off);
+                    const float *src = col + (kh * KW + kw) * ldc + oh * OW + off;
+                    acc = _mm512_mask_add_ps(acc, valid, acc, _mm512_maskz_loadu_ps(valid, src));
+                }
+            }
+            _mm512_mask_storeu_ps(xr + iw0, out, acc);
+        }
+    }
+}
+#else
+static void nn_im2col_row_s1_avx512(const float *plane, long H, long W, long kh, long kw,
+                                    long sh, long ph, long pw, long OH, long OW, long ow_lo,
+                                    long ow_hi, float *dst) {
+    (void)plane; (void)H; (void)W; (void)kh; (void)kw; (void)sh; (void)ph; (void)pw;
+    (void)OH; (void)OW; (void)ow_lo; (void)ow_hi; (void)dst;
+}
+static void nn_col2im_plane_s1_avx512(const float *col, long ldc, long H, long W, long KH,
+                                      long KW, long sh, long ph, long pw, long OH, long OW,
+                                      float *plane) {
+    (void)col; (void)ldc; (void)H; (void)W; (void)KH; (void)KW; (void)sh; (void)ph; (void)pw;
+    (void)OH; (void)OW; (void)plane;
+}
+#endif
+
+/* 1 when the two functions above may run here */
+static int nn_im2col_avx512_ok(void) {
+#if NN_X86
+    return nn_cpu_best_isa() >= NN_ISA_AVX512;
+#else
+    return 0;
+#endif
+}
+
+#endif /* NN_IM2COL_H */
