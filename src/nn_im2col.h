@@ -30,24 +30,47 @@ static inline unsigned nn_lanes(long lo, long hi) {
     return ((1u << hi) - 1u) & ~((1u << lo) - 1u);
 }
 
+/* the lanes of the chunk at j0 of an OW-wide output row: `out` those inside the row,
+ * `valid` those whose input column is inside [0, W) */
+static inline void nn_chunk_masks(long j0, long OW, long ow_lo, long ow_hi, __mmask16 *valid,
+                                  __mmask16 *out) {
+    *valid = (__mmask16)nn_lanes(ow_lo - j0, ow_hi - j0);
+    *out = (__mmask16)nn_lanes(0, OW - j0);
+}
+
+enum { NN_IM2COL_CHUNKS = 8 };   /* masks kept for rows of up to 8 chunks (128 columns) */
+
 __attribute__((target("avx512f"))) static void nn_im2col_row_s1_avx512(
         const float *plane, long H, long W, long kh, long kw, long sh, long ph, long pw,
         long OH, long OW, long ow_lo, long ow_hi, float *dst) {
     const __m512 zero = _mm512_setzero_ps();
+    const long chunks = (OW + 15) / 16, end = OH * OW;
+    __mmask16 valid[NN_IM2COL_CHUNKS], out[NN_IM2COL_CHUNKS];
+    /* the same masks for every output row: worked out once (they cost more than the copy) */
+    for (long c = 0; c < chunks && c < NN_IM2COL_CHUNKS; ++c)
+        nn_chunk_masks(16 * c, OW, ow_lo, ow_hi, &valid[c], &out[c]);
     for (long oh = 0; oh < OH; ++oh) {
         long ih = oh * sh - ph + kh;
+        int inside = ih >= 0 && ih < H;
         float *d = dst + oh * OW;
-        if (ih < 0 || ih >= H) {
-            for (long j0 = 0; j0 < OW; j0 += 16)
-                _mm512_mask_storeu_ps(d + j0, (__mmask16)nn_lanes(0, OW - j0), zero);
-            continue;
-        }
         /* lane ow of chunk j0 reads row[j0 + ow], row = the input row shifted by kw - pw */
-        const float *row = plane + ih * W + (kw - pw);
-        for (long j0 = 0; j0 < OW; j0 += 16) {
-            __mmask16 valid = (__mmask16)nn_lanes(ow_lo - j0, ow_hi - j0);
-            __m512 v = _mm512_maskz_loadu_ps(valid, row + j0);
-            _mm512_mask_storeu_ps(d + j0, (__mmask16)nn_lanes(0, OW - j0), v);
+        const float *row = inside ? plane + ih * W + (kw - pw) : plane;
+        for (long c = 0; c < chunks; ++c) {
+            long j0 = 16 * c;
+            __mmask16 v, o;
+            if (c < NN_IM2COL_CHUNKS) {
+                v = valid[c];
+                o = out[c];
+            } else {
+                nn_chunk_masks(j0, OW, ow_lo, ow_hi, &v, &o);
+            }
+            __m512 x = inside ? _mm512_maskz_loadu_ps(v, row + j0) : zero;
+            /* a whole-vector store where its lanes past the row land on later rows of this
+             * sample's block (written after it, in order): a masked store only at the end */
+            if (oh * OW + j0 + 16 <= end)
+                _mm512_storeu_ps(d + j0, x);
+            else
+                _mm512_mask_storeu_ps(d + j0, o, x);
         }
     }
 }
