@@ -14,9 +14,9 @@ x is (N, C) or (N, C, H, W); statistics are per channel c over the M = N*H*W val
                eval:     dx = gamma_c invstd_c g
 
 Threads take contiguous ranges of samples (as the convolutions and pooling do: each thread
-then reads what it wrote); each sample's sums per channel are in double, in 8 interleaved
-lanes (_lanes.pxd), and each channel's total adds them in sample order on one thread, so
-the bits do not depend on the thread count.
+then reads what it wrote); each sample's sums per channel are in double, in 32 interleaved
+lanes (_lanes.pxd, src/nn_lanes.h: the same bits on every ISA), and each channel's total
+adds them in sample order on one thread, so the bits do not depend on the thread count.
 """
 import numpy as np
 
@@ -78,15 +78,16 @@ cdef void _normalise(const floating *x, floating *y, long n0, long n1, long C, l
 
 
 cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, long n1, long C,
-                  long S, const double *k, const double *mean_g, const double *sum_gx, double M,
+                  long S, const double *k, const double *mean_g, const double *mean_gx,
                   const floating *mean, const floating *invstd, bint training) noexcept nogil:
-    # dx for the samples [n0, n1): training  k_c (g - mean(g) - xhat sum(g xhat) / M),
-    # eval  k_c g   (k_c = gamma_c invstd_c)
+    # dx for the samples [n0, n1): training  k_c (g - mean(g) - xhat mean(g xhat)),
+    # eval  k_c g   (k_c = gamma_c invstd_c; the means per channel, worked out once: a
+    # division per value was most of this loop's time)
     cdef long n, c, s
     cdef const floating *gp
     cdef const floating *xp
     cdef floating *dp
-    cdef double xhat, kc, mg, sgx
+    cdef double xhat, kc, mg, mgx
     cdef floating mu, inv       # (xhat is (x - mean) invstd in the data's precision)
     for n in range(n0, n1):
         for c in range(C):
@@ -96,12 +97,12 @@ cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, l
             kc = k[c]
             if training:
                 mg = mean_g[c]
-                sgx = sum_gx[c]
+                mgx = mean_gx[c]
                 mu = mean[c]
                 inv = invstd[c]
                 for s in range(S):
                     xhat = (xp[s] - mu) * inv
-                    dp[s] = <floating> (kc * (gp[s] - mg - xhat * sgx / M))
+                    dp[s] = <floating> (kc * (gp[s] - mg - xhat * mgx))
             else:
                 for s in range(S):
                     dp[s] = <floating> (kc * gp[s])
@@ -196,7 +197,7 @@ cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1]
         raise MemoryError("batchnorm_backward: cannot allocate the per-sample sums")
     cdef double *k = sums + 2 * N * C
     cdef double *mean_g = k + C
-    cdef double *sums_gx = mean_g + C
+    cdef double *mean_gx = mean_g + C
     cdef double sum_g, sum_gx, M = N * S
     with nogil:
         if parts == 1:      # (no parallel region: a small batch's is most of its cost)
@@ -217,16 +218,16 @@ cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1]
             dbeta[c] += <floating> sum_g
             k[c] = gamma[c] * sinvstd[c]           # (in the data's precision, then double)
             mean_g[c] = sum_g / M
-            sums_gx[c] = sum_gx
+            mean_gx[c] = sum_gx / M
         if dx is not None:
             if parts == 1:
-                _grad_x(&g[0], &x[0], &dx[0], 0, N, C, S, k, mean_g, sums_gx, M, &smean[0],
+                _grad_x(&g[0], &x[0], &dx[0], 0, N, C, S, k, mean_g, mean_gx, &smean[0],
                         &sinvstd[0], training)
             else:
                 for t in prange(parts, num_threads=parts, schedule="static"):
                     n0 = _lo(t, step, N)
                     n1 = _lo(t + 1, step, N)
-                    _grad_x(&g[0], &x[0], &dx[0], n0, n1, C, S, k, mean_g, sums_gx, M,
+                    _grad_x(&g[0], &x[0], &dx[0], n0, n1, C, S, k, mean_g, mean_gx,
                             &smean[0], &sinvstd[0], training)
 
 

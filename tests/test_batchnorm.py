@@ -5,6 +5,10 @@ central differences of its own forward (in training mode the batch statistics de
 every input, which is what the backward formula has to get right).
 """
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -226,3 +230,60 @@ def test_batchnorm_same_bits_on_any_thread_count(rng, dtype, shape, training):
                                       training=training)
     assert_close(results[0][7], dx, k=shape[0] * 30)
     assert_close(results[0][5], dgamma, k=math.prod(shape) // c)
+
+
+# the run lengths of the lane sums (src/nn_lanes.h: 32 lanes, then the tail in order): none
+# but the tail, a tail of one, exactly the lanes, both, the CNN's feature maps
+_LANE_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np, cnn_core
+    out = {}
+    for dtype in (np.float32, np.float64):
+        rng = np.random.default_rng(7)
+        for s in (1, 7, 31, 32, 33, 64, 95, 196, 784):
+            x = (rng.standard_normal((5, 3, s)) * 3 + 1).astype(dtype)
+            g = rng.standard_normal(x.shape).astype(dtype)
+            gamma, beta = np.full(3, 1.5, dtype), np.full(3, -0.5, dtype)
+            rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
+            y, mean, invstd = cnn_core.batchnorm_forward(x.reshape(5, 3, s, 1), gamma, beta,
+                                                         rm, rv, training=True)
+            gg, gb = np.zeros(3, dtype), np.zeros(3, dtype)
+            gx = cnn_core.batchnorm_backward(g.reshape(y.shape), x.reshape(y.shape), gamma,
+                                             mean, invstd, gg, gb)
+            w = rng.standard_normal((4, 3, 1, 1)).astype(dtype)
+            cg = rng.standard_normal((5, 4, s, 1)).astype(dtype)
+            cgw, cgb = np.zeros_like(w), np.zeros(4, dtype)
+            cnn_core.conv2d_backward(cg, x.reshape(5, 3, s, 1), w, cgw, cgb)
+            key = f"{np.dtype(dtype).name}_{s}"
+            for name, value in (("y", y), ("mean", mean), ("invstd", invstd), ("rm", rm),
+                                ("rv", rv), ("gx", gx), ("gg", gg), ("gb", gb), ("cgb", cgb)):
+                out[f"{key}_{name}"] = value
+    np.savez(sys.argv[1], **out)
+""")
+
+
+def test_lane_sums_have_the_same_bits_on_every_isa(tmp_path):
+    # batch norm's statistics and gradients, and the convolution's bias gradient, summed by
+    # the portable loop (NN_ISA=generic), AVX2 and AVX-512 (src/nn_lanes.h, chosen at the
+    # first call): the same lanes, each product and sum rounded alike, so the same bits
+    runs = {}
+    for isa in ("generic", "avx2", None):
+        feature = {"avx2": "avx2"}.get(isa)
+        if feature is not None and not cnn_core.cpu_features().get(feature):
+            continue
+        env = dict(os.environ)
+        env.pop("NN_ISA", None)
+        if isa is not None:
+            env["NN_ISA"] = isa
+        path = tmp_path / f"{isa}.npz"
+        proc = subprocess.run([sys.executable, "-c", _LANE_SCRIPT, str(path)], env=env,
+                              capture_output=True, text=True, timeout=120, cwd="/")
+        assert proc.returncode == 0, proc.stderr
+        runs[isa] = dict(np.load(path))
+    assert "generic" in runs and None in runs
+    base = runs["generic"]
+    for isa, values in runs.items():
+        assert values.keys() == base.keys()
+        for key, value in values.items():
+            np.testing.assert_array_equal(value, base[key], err_msg=f"{isa}: {key}")
+    # (that the sums are right, against the twin, is every other test of this file's)
