@@ -230,7 +230,9 @@ cdef inline long _group(ConvShape s, long samples) noexcept nogil:
 
 cdef inline long _padded(long m, long n) noexcept nogil:
     # the work of an m x n product in whole register tiles (12 rows by 16-column halves of
-    # the AVX-512 float tile): what the micro-kernels spend on it, edges included
+    # the AVX-512 float tile): what the micro-kernels spend on it, edges included. (The same
+    # rule for every dtype and ISA -- a guess for their other tiles -- so that the choice
+    # depends on the shapes alone)
     return (m + 11) // 12 * 12 * ((n + 15) // 16 * 16)
 
 
@@ -262,8 +264,7 @@ cdef inline bint _forward_by_rows(ConvShape s) noexcept nogil:
     # at most B_IN_PLACE_MAX_M channels, where w @ col reads col in place, unpacked (16 -> 32
     # channels, 5x5, 12x12 inputs: 78 us for a group's w @ col, 96 for col.T @ w.T; 32 -> 64
     # channels, 3x3, 14x14: 120 against 102). Decided for the whole batch, so that every
-    # sample takes the same products whatever thread and group it falls in: the same bits
-    # on any thread count
+    # sample takes the same products whatever thread and group it falls in
     if _is_pointwise(s) or s.O <= B_IN_PLACE_MAX_M:
         return False
     return _rows_per_pixel(s.O, _group(s, s.N) * s.OH * s.OW)

@@ -10,7 +10,8 @@
  * feature maps (a 14-wide row) a run is shorter than one vector: the scalar loop spent more
  * on its bounds and zero fills, and on a memcpy call per run, than on the copying. Here
  * each output row is 16 lanes at a time: a masked load (the lanes outside [ow_lo, ow_hi)
- * read as 0 and touch no memory) and a masked store of the row's lanes.
+ * read as 0 and touch no memory) and a whole-vector store, whose lanes past the row land
+ * on the rows after it (written next); a masked store only at the end of the block.
  *
  * col2im adds the rows back into the plane in the scalar loop's order (below), so the
  * same bits.

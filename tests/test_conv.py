@@ -23,10 +23,12 @@ CONV_CASES = [
     ((1, 2, 4, 4), (3, 4, 4), 1, 0),               # the kernel covers the whole input
     ((2, 2, 3, 3), (2, 5, 5), 1, 1),               # the kernel is larger than the input
     ((16, 3, 9, 9), (8, 3, 3), 1, 1),              # enough samples to split over threads
-    # more than 32 output channels: products as (pixels x channels), blocks transposed into
-    # place (with 7 samples of 81 pixels per product, and a partial group on 2 threads)
-    ((11, 5, 9, 9), (40, 3, 3), 1, 1),
-    ((3, 2, 6, 7), (33, 2, 3), (2, 1), (1, 0)),
+    # more than 32 output channels, where (pixels x channels) products waste less of the
+    # tiles: blocks transposed into place, and the weight gradient summed as its transpose
+    # (6 samples of 100 pixels per product, then a partial group; a row stride of 2)
+    ((7, 8, 10, 10), (64, 3, 3), 1, 1),
+    ((3, 2, 6, 7), (40, 2, 3), (2, 1), (1, 0)),
+    ((6, 9, 7, 7), (32, 1, 1), 1, 0),              # 1x1: the weight gradient transposed
 ]
 CNN_CASES = [                                      # a small MNIST CNN, batch 64
     ((64, 1, 28, 28), (8, 3, 3), 1, 1),
@@ -418,6 +420,7 @@ VECTOR_ROW_CASES = [
     ((2, 1, 4, 40), (3, 3, 7), (1, 1), (2, 0)),
     ((2, 2, 3, 3), (2, 5, 5), (1, 1), (2, 2)),
     ((1, 1, 2, 2), (1, 3, 3), (2, 1), (4, 3)),
+    ((1, 2, 3, 150), (3, 3, 3), (1, 1), (1, 1)),   # more than 8 chunks of 16 in a row
 ]
 
 
@@ -429,7 +432,8 @@ def test_conv2d_vector_rows_have_the_bits_of_the_scalar_loops(rng, xshape, wdims
     from cnn_core import _conv
 
     if not _conv._set_vector_rows(None):
-        pytest.skip("this CPU has no AVX-512 (the scalar loops are the only path)")
+        pytest.skip("no AVX-512 here, or NN_ISA holds it back: the scalar loops are the "
+                    "only path")
     x, w, b = _conv_inputs(rng, np.float32, xshape, wdims, True)
     kwargs = dict(stride=stride, padding=padding)
     g = randn(rng, reference.conv2d_forward(x, w, b, **kwargs).shape, np.float32)
@@ -451,9 +455,8 @@ def test_conv2d_vector_rows_have_the_bits_of_the_scalar_loops(rng, xshape, wdims
 
 @pytest.mark.parametrize("n", [1, 5, 16])
 def test_conv2d_forward_by_pixel_rows_has_the_same_bits_on_any_thread_count(rng, dtype, n):
-    # with more than 32 channels the forward's products are (pixels x channels), chosen for
-    # the whole batch: a thread with one sample, a partial group or full ones computes each
-    # sample the same way
+    # with more than 32 channels the forward's products are (pixels x channels): a thread
+    # with one sample, a partial group or full ones computes each sample the same way
     x, w, b = _conv_inputs(rng, dtype, (n, 6, 10, 10), (48, 3, 3), True)
     before = cnn_core.get_num_threads()
     outs = []
