@@ -32,6 +32,12 @@ cdef extern from "nn_scratch.h" nogil:
     # (this module's slot 0: the per-sample sums and the per-channel figures)
     void *nn_scratch(int slot, size_t nbytes)
 
+cdef extern from "nn_norm.h" nogil:
+    # the float32 loops of _normalise and _grad_x, AVX-512 where the CPU has it (same bits)
+    void nn_normalise_f32(const float *x, float *y, long S, double a, double b)
+    void nn_grad_x_f32(const float *g, const float *x, float *dx, long S, double k, double mg,
+                       double mgx, float mu, float inv, int training)
+
 cdef enum:
     MIN_WORK_PER_THREAD = 1 << 14
 
@@ -73,6 +79,9 @@ cdef void _normalise(const floating *x, floating *y, long n0, long n1, long C, l
             yp = y + (n * C + c) * S
             a = scale[c]
             b = shift[c]
+            if floating is float:
+                nn_normalise_f32(xp, yp, S, a, b)   # (this loop, in C: src/nn_norm.h)
+                continue
             for s in range(S):
                 yp[s] = <floating> (xp[s] * a + b)
 
@@ -95,6 +104,10 @@ cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, l
             xp = x + (n * C + c) * S
             dp = dx + (n * C + c) * S
             kc = k[c]
+            if floating is float:   # (these loops, in C: src/nn_norm.h)
+                nn_grad_x_f32(gp, xp, dp, S, kc, mean_g[c], mean_gx[c], mean[c], invstd[c],
+                              training)
+                continue
             if training:
                 mg = mean_g[c]
                 mgx = mean_gx[c]

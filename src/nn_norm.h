@@ -1,0 +1,108 @@
+/* nn_norm.h -- batch norm's two per-value loops over one (sample, channel) run of S values,
+ * float32 data, in double arithmetic (see cnn_core/_norm.pyx):
+ *
+ *     normalise   y[s]  = (float) (x[s] a + b)                        (a, b: the channel's)
+ *     grad_x      dx[s] = (float) (k (g[s] - mg - xhat mgx)),  xhat = (float) ((x[s] - mu) inv)
+ *                 (eval: dx[s] = (float) (k g[s]))
+ *
+ * The portable loop is compiled for the baseline ISA; with AVX-512 the first S - S % 8
+ * values go 8 at a time, widened to double, each product and sum rounded on its own (the
+ * _round intrinsics: the compiler may not fuse a product into a sum, which the baseline
+ * loop cannot do either), and the tail goes through the portable loop: the same bits.
+ */
+#ifndef NN_NORM_H
+#define NN_NORM_H
+
+#include "nn_cpu.h"
+
+static void nn_normalise_f32_portable(const float *x, float *y, long s0, long S, double a,
+                                      double b) {
+    for (long s = s0; s < S; ++s)
+        y[s] = (float)(x[s] * a + b);
+}
+
+static void nn_grad_x_f32_portable(const float *g, const float *x, float *dx, long s0, long S,
+                                   double k, double mg, double mgx, float mu, float inv,
+                                   int training) {
+    if (training) {
+        for (long s = s0; s < S; ++s) {
+            double xhat = (x[s] - mu) * inv;        /* (in float, then widened) */
+            dx[s] = (float)(k * (g[s] - mg - xhat * mgx));
+        }
+    } else {
+        for (long s = s0; s < S; ++s)
+            dx[s] = (float)(k * g[s]);
+    }
+}
+
+#if NN_X86
+#include <immintrin.h>
+
+#define NN_NORM_RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+/* the first S8 = S - S % 8 values; returns S8 */
+__attribute__((target("avx512f"))) static long nn_normalise_f32_avx512(
+        const float *x, float *y, long S, double a, double b) {
+    const __m512d va = _mm512_set1_pd(a), vb = _mm512_set1_pd(b);
+    long S8 = S - S % 8;
+    for (long s = 0; s < S8; s += 8) {
+        __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + s));
+        v = _mm512_add_round_pd(_mm512_mul_round_pd(v, va, NN_NORM_RN), vb, NN_NORM_RN);
+        _mm256_storeu_ps(y + s, _mm512_cvtpd_ps(v));
+    }
+    return S8;
+}
+
+__attribute__((target("avx512f"))) static long nn_grad_x_f32_avx512(
+        const float *g, const float *x, float *dx, long S, double k, double mg, double mgx,
+        float mu, float inv, int training) {
+    const __m512d vk = _mm512_set1_pd(k), vmg = _mm512_set1_pd(mg), vmgx = _mm512_set1_pd(mgx);
+    const __m256 vmu = _mm256_set1_ps(mu), vinv = _mm256_set1_ps(inv);
+    long S8 = S - S % 8;
+    for (long s = 0; s < S8; s += 8) {
+        __m512d gd = _mm512_cvtps_pd(_mm256_loadu_ps(g + s)), r;
+        if (training) {
+            /* (x - mu) inv in float: a difference then a product, which nothing can fuse */
+            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + s), vmu), vinv);
+            r = _mm512_sub_round_pd(_mm512_sub_round_pd(gd, vmg, NN_NORM_RN),
+                                    _mm512_mul_round_pd(_mm512_cvtps_pd(xh), vmgx, NN_NORM_RN),
+                                    NN_NORM_RN);
+            r = _mm512_mul_round_pd(vk, r, NN_NORM_RN);
+        } else {
+            r = _mm512_mul_round_pd(vk, gd, NN_NORM_RN);
+        }
+        _mm256_storeu_ps(dx + s, _mm512_cvtpd_ps(r));
+    }
+    return S8;
+}
+#endif
+
+/* the version this CPU runs (asked once; NN_ISA can lower it), -1 not yet asked */
+static int nn_norm_isa = -1;
+
+static inline int nn_norm_vector(void) {
+    if (nn_norm_isa < 0)
+        nn_norm_isa = nn_cpu_best_isa();
+    return NN_X86 && nn_norm_isa >= NN_ISA_AVX512;
+}
+
+static inline void nn_normalise_f32(const float *x, float *y, long S, double a, double b) {
+    long s0 = 0;
+#if NN_X86
+    if (nn_norm_vector())
+        s0 = nn_normalise_f32_avx512(x, y, S, a, b);
+#endif
+    nn_normalise_f32_portable(x, y, s0, S, a, b);
+}
+
+static inline void nn_grad_x_f32(const float *g, const float *x, float *dx, long S, double k,
+                                 double mg, double mgx, float mu, float inv, int training) {
+    long s0 = 0;
+#if NN_X86
+    if (nn_norm_vector())
+        s0 = nn_grad_x_f32_avx512(g, x, dx, S, k, mg, mgx, mu, inv, training);
+#endif
+    nn_grad_x_f32_portable(g, x, dx, s0, S, k, mg, mgx, mu, inv, training);
+}
+
+#endif /* NN_NORM_H */
