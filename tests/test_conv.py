@@ -408,7 +408,8 @@ def test_conv2d_backward_bias_gradient_has_the_same_bits_on_any_thread_count(rng
     assert_close(sums[0], expected.astype(dtype), k=n * 306)
 
 
-# the shapes of the vector rows of im2col / col2im (float32, unit column stride, padding):
+# the shapes of the vector rows of im2col (float32, unit column stride, padding) and col2im
+# (float32, unit column stride):
 # rows narrower and wider than a 16-lane chunk, padding wider than the kernel's reach,
 # row strides, windows larger than the input
 VECTOR_ROW_CASES = [
@@ -421,6 +422,8 @@ VECTOR_ROW_CASES = [
     ((2, 2, 3, 3), (2, 5, 5), (1, 1), (2, 2)),
     ((1, 1, 2, 2), (1, 3, 3), (2, 1), (4, 3)),
     ((1, 2, 3, 150), (3, 3, 3), (1, 1), (1, 1)),   # more than 8 chunks of 16 in a row
+    ((3, 4, 12, 12), (5, 5, 5), (1, 1), (0, 0)),   # no padding: col2im's vector rows only
+    ((2, 2, 9, 21), (3, 2, 4), (2, 1), (0, 0)),
 ]
 
 
