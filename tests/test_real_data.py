@@ -5,7 +5,6 @@ accuracy floor: the library learns from real images, not only from synthetic pro
 """
 import os
 
-import numpy as np
 import pytest
 
 import nnscratch as nn
