@@ -68,9 +68,14 @@ cdef extern from "nn_scratch.h" nogil:
 cdef extern from "nn_pool.h" nogil:
     void nn_maxpool2x2_row_avx512(const float *r0, const float *r1, long OW, long base, long W,
                                   float *out, int64_t *idx)
-    int nn_maxpool2x2_avx512_ok()
 
-cdef bint _pool_avx512 = nn_maxpool2x2_avx512_ok()
+cdef extern from "nn_cpu.h" nogil:
+    int nn_cpu_isa()
+    cdef enum:
+        NN_ISA_AVX512
+
+# the 2x2 pooling rows by AVX-512 (src/nn_pool.h) where the CPU, and NN_ISA, allow
+cdef bint _pool_avx512 = nn_cpu_isa() >= NN_ISA_AVX512
 
 cdef extern from "nn_im2col.h" nogil:
     void nn_im2col_row_s1_avx512(const float *plane, long H, long W, long kh, long kw, long sh,
@@ -79,18 +84,16 @@ cdef extern from "nn_im2col.h" nogil:
     void nn_col2im_plane_s1_avx512(const float *col, long ldc, long H, long W, long KH,
                                    long KW, long sh, long ph, long pw, long OH, long OW,
                                    float *plane)
-    int nn_im2col_avx512_ok()
 
 # im2col / col2im rows by AVX-512 masks (float32, unit column stride): src/nn_im2col.h
-cdef bint _rows_avx512 = nn_im2col_avx512_ok()
+cdef bint _rows_avx512 = _pool_avx512
 
 
 def _set_vector_rows(enabled):
     """Tests only: run im2col / col2im by the AVX-512 rows (None: where the CPU has them)
     or by the scalar loops (False). Returns whether the vector rows are now in use."""
     global _rows_avx512
-    _rows_avx512 = nn_im2col_avx512_ok() if enabled is None else bool(
-        enabled and nn_im2col_avx512_ok())
+    _rows_avx512 = _pool_avx512 if enabled is None else bool(enabled and _pool_avx512)
     return _rows_avx512
 
 cdef enum:
@@ -252,31 +255,30 @@ cdef void _transpose_block(const floating *src, long lds, floating *dst, long ro
                     dst[j * rows + i] = src[i * lds + j]
 
 
-cdef inline bint _rows_per_pixel(long o, long width) noexcept nogil:
-    # a product with an output channel per column (pixels down the rows, the transpose of
-    # out = w @ col) wastes less of its tiles: 64 channels by 588 pixels, say, are
-    # 49 x 2 whole tiles, where 64 rows would leave a third of a tile in every column. Decided
-    # from the shape alone: the same bits on any thread count
-    return _padded(width, o) < _padded(o, width)
+cdef inline bint _transpose_fits(long rows, long cols) noexcept nogil:
+    # the transpose (cols x rows) of a rows x cols product wastes less of its tiles: 64
+    # channels by 588 pixels, say, as 588 x 64 are 49 x 2 whole tiles, where 64 rows fill
+    # five and a third of a sixth in every column. Decided from the shape alone
+    return _padded(cols, rows) < _padded(rows, cols)
 
 
 cdef inline bint _forward_by_rows(ConvShape s) noexcept nogil:
     # the forward's products as (pixels x channels) = col.T @ w.T, each sample's block then
-    # transposed into place, when their tiles waste less (_rows_per_pixel) -- and not for
+    # transposed into place, when their tiles waste less (_transpose_fits) -- and not for
     # at most B_IN_PLACE_MAX_M channels, where w @ col reads col in place, unpacked (16 -> 32
     # channels, 5x5, 12x12 inputs: 78 us for a group's w @ col, 96 for col.T @ w.T; 32 -> 64
     # channels, 3x3, 14x14: 120 against 102). Decided for the whole batch, so that every
     # sample takes the same products whatever thread and group it falls in
     if _is_pointwise(s) or s.O <= B_IN_PLACE_MAX_M:
         return False
-    return _rows_per_pixel(s.O, _group(s, s.N) * s.OH * s.OW)
+    return _transpose_fits(s.O, _group(s, s.N) * s.OH * s.OW)
 
 
 cdef int conv_forward_samples(const floating *x, const floating *w, const floating *b,
                               floating *out, ConvShape s, long n0, long n1) noexcept nogil:
     # samples [n0, n1), G at a time: col (CKK, G*P) = [im2col(x[n]) for the G samples],
     # prod (O, G*P) = w @ col, out[n] = prod's block of sample n + b -- or, when its tiles
-    # waste less (_rows_per_pixel), prod (G*P, O) = col.T @ w.T, each block transposed
+    # waste less (_forward_by_rows), prod (G*P, O) = col.T @ w.T, each block transposed
     cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
     cdef long G = _group(s, n1 - n0), group, n, g, j, o, p, width
     cdef bint transposed = _forward_by_rows(s)
@@ -331,8 +333,7 @@ cdef int conv_forward_samples(const floating *x, const floating *w, const floati
 cdef inline bint _gw_by_rows(ConvShape s) noexcept nogil:
     # the weight gradient summed as its transpose, (CKK x O) = col @ g.T, when its tiles
     # waste less (the transpose is undone as the threads' partials are added)
-    cdef long ckk = s.C * s.KH * s.KW
-    return _padded(ckk, s.O) < _padded(s.O, ckk)
+    return _transpose_fits(s.O, s.C * s.KH * s.KW)
 
 
 cdef int conv_backward_samples(const floating *g, const floating *x, const floating *w,
@@ -442,6 +443,7 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
     cdef floating *sums = partials + parts * s.O * ckk if gb != NULL else NULL
     cdef long step = (s.N + parts - 1) // parts, t, n0, i, n, o, p, q
     cdef const floating *part
+    cdef bint by_rows = _gw_by_rows(s)     # (the partials are then (CKK, O))
     cdef int status[MAX_PARTS]
     cdef int failed = 0
     cdef floating acc
@@ -462,7 +464,7 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
         return -1
     for t in range(parts):
         part = partials + t * s.O * ckk
-        if _gw_by_rows(s):     # part is (CKK, O)
+        if by_rows:
             for q in range(ckk):
                 for o in range(s.O):
                     gw[o * ckk + q] += part[q * s.O + o]

@@ -33,9 +33,10 @@ cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
 cdef extern from "nn_norm.h" nogil:
-    # the float32 loops of _normalise and _grad_x, AVX-512 where the CPU has it (same bits)
-    void nn_normalise_f32(const float *x, float *y, long S, double a, double b)
-    void nn_grad_x_f32(const float *g, const float *x, float *dx, long S, double k, double mg,
+    # the leading values of _normalise's and _grad_x's float32 loops, by AVX-512 where the
+    # CPU has it (same bits): they return how many they did, the loops below do the rest
+    long nn_normalise_f32(const float *x, float *y, long S, double a, double b)
+    long nn_grad_x_f32(const float *g, const float *x, float *dx, long S, double k, double mg,
                        double mgx, float mu, float inv, int training)
 
 cdef enum:
@@ -69,7 +70,7 @@ cdef void _sample_grad_sums(const floating *g, const floating *x, long n0, long 
 cdef void _normalise(const floating *x, floating *y, long n0, long n1, long C, long S,
                      const double *scale, const double *shift) noexcept nogil:
     # y = x scale_c + shift_c for the samples [n0, n1)
-    cdef long n, c, s
+    cdef long n, c, s, s0 = 0
     cdef const floating *xp
     cdef floating *yp
     cdef double a, b
@@ -80,9 +81,8 @@ cdef void _normalise(const floating *x, floating *y, long n0, long n1, long C, l
             a = scale[c]
             b = shift[c]
             if floating is float:
-                nn_normalise_f32(xp, yp, S, a, b)   # (this loop, in C: src/nn_norm.h)
-                continue
-            for s in range(S):
+                s0 = nn_normalise_f32(xp, yp, S, a, b)     # (src/nn_norm.h)
+            for s in range(s0, S):
                 yp[s] = <floating> (xp[s] * a + b)
 
 
@@ -92,7 +92,7 @@ cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, l
     # dx for the samples [n0, n1): training  k_c (g - mean(g) - xhat mean(g xhat)),
     # eval  k_c g   (k_c = gamma_c invstd_c; the means per channel, worked out once: a
     # division per value was most of this loop's time)
-    cdef long n, c, s
+    cdef long n, c, s, s0 = 0
     cdef const floating *gp
     cdef const floating *xp
     cdef floating *dp
@@ -104,20 +104,18 @@ cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, l
             xp = x + (n * C + c) * S
             dp = dx + (n * C + c) * S
             kc = k[c]
-            if floating is float:   # (these loops, in C: src/nn_norm.h)
-                nn_grad_x_f32(gp, xp, dp, S, kc, mean_g[c], mean_gx[c], mean[c], invstd[c],
-                              training)
-                continue
+            mg = mean_g[c]
+            mgx = mean_gx[c]
+            mu = mean[c]
+            inv = invstd[c]
+            if floating is float:
+                s0 = nn_grad_x_f32(gp, xp, dp, S, kc, mg, mgx, mu, inv, training)  # (nn_norm.h)
             if training:
-                mg = mean_g[c]
-                mgx = mean_gx[c]
-                mu = mean[c]
-                inv = invstd[c]
-                for s in range(S):
+                for s in range(s0, S):
                     xhat = (xp[s] - mu) * inv
                     dp[s] = <floating> (kc * (gp[s] - mg - xhat * mgx))
             else:
-                for s in range(S):
+                for s in range(s0, S):
                     dp[s] = <floating> (kc * gp[s])
 
 

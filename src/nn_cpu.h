@@ -50,6 +50,16 @@ static int nn_cpu_best_isa(void) {
     return best;
 }
 
+/* nn_cpu_best_isa's answer, asked once per module at the first call (a benign race: every
+ * thread finds the same): for the kernels that dispatch per call */
+static int nn_cpu_isa_level = -1;
+
+static inline int nn_cpu_isa(void) {
+    if (nn_cpu_isa_level < 0)
+        nn_cpu_isa_level = nn_cpu_best_isa();
+    return nn_cpu_isa_level;
+}
+
 /* Flush-to-zero and denormals-are-zero for the calling thread, for loops where numbers
  * decay towards zero (optimizer state): subnormal arithmetic costs ~100 cycles each on
  * x86. nn_ftz_begin returns the old state for nn_ftz_end. */

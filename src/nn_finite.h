@@ -67,21 +67,16 @@ NN_DEFINE_ALL_FINITE_AVX2(nn_all_finite_f64_avx2, double, 4, 0x7ff0000000000000L
                           _mm256_set1_epi64x, _mm256_cmpeq_epi64, nn_all_finite_f64_generic)
 #endif
 
-/* the CPU's answer, asked once per module (a benign race: every thread finds the same) */
-static int nn_finite_isa = -1;
-
 static inline int nn_all_finite_f32(const float *x, long n) {
 #if NN_X86
-    if (nn_finite_isa < 0) nn_finite_isa = nn_cpu_best_isa();
-    if (nn_finite_isa >= NN_ISA_AVX2) return nn_all_finite_f32_avx2(x, n);
+    if (nn_cpu_isa() >= NN_ISA_AVX2) return nn_all_finite_f32_avx2(x, n);
 #endif
     return nn_all_finite_f32_generic(x, n);
 }
 
 static inline int nn_all_finite_f64(const double *x, long n) {
 #if NN_X86
-    if (nn_finite_isa < 0) nn_finite_isa = nn_cpu_best_isa();
-    if (nn_finite_isa >= NN_ISA_AVX2) return nn_all_finite_f64_avx2(x, n);
+    if (nn_cpu_isa() >= NN_ISA_AVX2) return nn_all_finite_f64_avx2(x, n);
 #endif
     return nn_all_finite_f64_generic(x, n);
 }

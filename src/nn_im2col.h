@@ -120,13 +120,4 @@ static void nn_col2im_plane_s1_avx512(const float *col, long ldc, long H, long W
 }
 #endif
 
-/* 1 when the two functions above may run here */
-static int nn_im2col_avx512_ok(void) {
-#if NN_X86
-    return nn_cpu_best_isa() >= NN_ISA_AVX512;
-#else
-    return 0;
-#endif
-}
-
 #endif /* NN_IM2COL_H */

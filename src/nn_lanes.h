@@ -105,24 +105,13 @@ NN_DEFINE_LANES_AVX2(nn_lanes_f32_avx2, float, NN_LOAD4_F32)
 NN_DEFINE_LANES_AVX2(nn_lanes_f64_avx2, double, NN_LOAD4_F64)
 #endif
 
-/* which version runs: the ISA level (nn_cpu.h) asked at the first call -- NN_ISA can lower
- * it -- or -1 not yet asked. (Each module including this header asks once: the same
- * answer.) */
-static int nn_lanes_isa = -1;
-
-static inline int nn_lanes_level(void) {
-    if (nn_lanes_isa < 0)
-        nn_lanes_isa = nn_cpu_best_isa();
-    return nn_lanes_isa;
-}
-
 /* The sum: the lanes by the CPU's version, then their total and the tail here, in code
  * compiled for the baseline ISA (no FMA on x86-64: inside a function built for AVX-512,
  * the compiler would be free to fuse the tail's products into its sums) */
 #if NN_X86
 #define NN_LANES_BY_ISA(f, g, v, n32, mean, kind, lanes)                                     \
     do {                                                                                    \
-        int level_ = nn_lanes_level();                                                      \
+        int level_ = nn_cpu_isa();                                                          \
         if (level_ >= NN_ISA_AVX512) nn_lanes_##f##_avx512(g, v, n32, mean, kind, lanes);   \
         else if (level_ >= NN_ISA_AVX2) nn_lanes_##f##_avx2(g, v, n32, mean, kind, lanes);  \
         else nn_lanes_##f##_portable(g, v, n32, mean, kind, lanes);                         \

@@ -1,46 +1,25 @@
-/* nn_norm.h -- batch norm's two per-value loops over one (sample, channel) run of S values,
- * float32 data, in double arithmetic (see cnn_core/_norm.pyx):
+/* nn_norm.h -- batch norm's two per-value loops (cnn_core/_norm.pyx: _normalise, _grad_x)
+ * over one (sample, channel) run of S float32 values, in double arithmetic:
  *
  *     normalise   y[s]  = (float) (x[s] a + b)                        (a, b: the channel's)
  *     grad_x      dx[s] = (float) (k (g[s] - mg - xhat mgx)),  xhat = (float) ((x[s] - mu) inv)
  *                 (eval: dx[s] = (float) (k g[s]))
  *
- * The portable loop is compiled for the baseline ISA; with AVX-512 the first S - S % 8
- * values go 8 at a time, widened to double, each product and sum rounded on its own (the
- * _round intrinsics: the compiler may not fuse a product into a sum, which the baseline
- * loop cannot do either), and the tail goes through the portable loop: the same bits.
+ * With AVX-512 the first S - S % 8 values go 8 at a time, widened to double, each product
+ * and sum rounded on its own (the _round intrinsics: the compiler may not fuse a product
+ * into a sum, which the baseline-ISA loop cannot do either); the functions return how many
+ * values they did -- 0 without AVX-512 -- and the Cython loop does the rest: the same bits.
  */
 #ifndef NN_NORM_H
 #define NN_NORM_H
 
 #include "nn_cpu.h"
 
-static void nn_normalise_f32_portable(const float *x, float *y, long s0, long S, double a,
-                                      double b) {
-    for (long s = s0; s < S; ++s)
-        y[s] = (float)(x[s] * a + b);
-}
-
-static void nn_grad_x_f32_portable(const float *g, const float *x, float *dx, long s0, long S,
-                                   double k, double mg, double mgx, float mu, float inv,
-                                   int training) {
-    if (training) {
-        for (long s = s0; s < S; ++s) {
-            double xhat = (x[s] - mu) * inv;        /* (in float, then widened) */
-            dx[s] = (float)(k * (g[s] - mg - xhat * mgx));
-        }
-    } else {
-        for (long s = s0; s < S; ++s)
-            dx[s] = (float)(k * g[s]);
-    }
-}
-
 #if NN_X86
 #include <immintrin.h>
 
 #define NN_NORM_RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
-/* the first S8 = S - S % 8 values; returns S8 */
 __attribute__((target("avx512f"))) static long nn_normalise_f32_avx512(
         const float *x, float *y, long S, double a, double b) {
     const __m512d va = _mm512_set1_pd(a), vb = _mm512_set1_pd(b);
@@ -77,32 +56,25 @@ __attribute__((target("avx512f"))) static long nn_grad_x_f32_avx512(
 }
 #endif
 
-/* the version this CPU runs (asked once; NN_ISA can lower it), -1 not yet asked */
-static int nn_norm_isa = -1;
-
-static inline int nn_norm_vector(void) {
-    if (nn_norm_isa < 0)
-        nn_norm_isa = nn_cpu_best_isa();
-    return NN_X86 && nn_norm_isa >= NN_ISA_AVX512;
-}
-
-static inline void nn_normalise_f32(const float *x, float *y, long S, double a, double b) {
-    long s0 = 0;
+/* the leading values done by AVX-512 (0 where the CPU, or NN_ISA, has none) */
+static inline long nn_normalise_f32(const float *x, float *y, long S, double a, double b) {
 #if NN_X86
-    if (nn_norm_vector())
-        s0 = nn_normalise_f32_avx512(x, y, S, a, b);
+    if (nn_cpu_isa() >= NN_ISA_AVX512)
+        return nn_normalise_f32_avx512(x, y, S, a, b);
 #endif
-    nn_normalise_f32_portable(x, y, s0, S, a, b);
+    (void)x; (void)y; (void)S; (void)a; (void)b;
+    return 0;
 }
 
-static inline void nn_grad_x_f32(const float *g, const float *x, float *dx, long S, double k,
+static inline long nn_grad_x_f32(const float *g, const float *x, float *dx, long S, double k,
                                  double mg, double mgx, float mu, float inv, int training) {
-    long s0 = 0;
 #if NN_X86
-    if (nn_norm_vector())
-        s0 = nn_grad_x_f32_avx512(g, x, dx, S, k, mg, mgx, mu, inv, training);
+    if (nn_cpu_isa() >= NN_ISA_AVX512)
+        return nn_grad_x_f32_avx512(g, x, dx, S, k, mg, mgx, mu, inv, training);
 #endif
-    nn_grad_x_f32_portable(g, x, dx, s0, S, k, mg, mgx, mu, inv, training);
+    (void)g; (void)x; (void)dx; (void)S; (void)k; (void)mg; (void)mgx; (void)mu; (void)inv;
+    (void)training;
+    return 0;
 }
 
 #endif /* NN_NORM_H */

@@ -70,13 +70,4 @@ __attribute__((target("avx512f"))) static void nn_maxpool2x2_row_avx512(
 }
 #endif
 
-/* 1 when nn_maxpool2x2_row_avx512 may run here */
-static int nn_maxpool2x2_avx512_ok(void) {
-#if NN_X86
-    return nn_cpu_best_isa() >= NN_ISA_AVX512;
-#else
-    return 0;
-#endif
-}
-
 #endif /* NN_POOL_H */
