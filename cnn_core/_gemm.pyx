@@ -116,6 +116,14 @@ cdef extern from "nn_peak.h" nogil:
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
+cdef extern from "nn_duo.h" nogil:
+    ctypedef void (*nn_duo_fn)(void *arg) noexcept nogil
+    long nn_duo_offer(nn_duo_fn fn, void *arg)
+    void nn_duo_finish(long ticket, nn_duo_fn fn, void *arg)
+    void nn_duo_hold(int hold)
+    long nn_duo_taken()
+    long nn_duo_stolen()
+
 # Cache blocking (elements). kc x n_block of B stays in L2; n_block is the kernel table's
 # `nblock`, chosen per ISA for its machines' L2 (src/nn_gemm_ukernel.h: float 240 columns,
 # 960 KiB, with AVX-512 on a 2 MiB L2; 120 with AVX2 on a 512 KiB one). A long kc (a whole
@@ -394,6 +402,71 @@ cdef int _half_product(int h, const floating *a, long rsa, long csa, const float
                      row_path)
 
 
+ctypedef struct _HalfJob:
+    # the second half of a product (_half_product's arguments), for the duo's helper
+    bint single       # float32 (else float64)
+    const void *a
+    long rsa
+    long csa
+    const void *b
+    long rsb
+    long csb
+    void *part
+    long m
+    long n
+    long k
+    bint row_path
+    int status
+
+
+cdef void _half_job(void *arg) noexcept nogil:
+    cdef _HalfJob *j = <_HalfJob *> arg
+    if j.single:
+        j.status = _half_product(1, <const float *> j.a, j.rsa, j.csa, <const float *> j.b,
+                                 j.rsb, j.csb, <float *> j.part, j.m, j.n, j.k, j.row_path)
+    else:
+        j.status = _half_product(1, <const double *> j.a, j.rsa, j.csa, <const double *> j.b,
+                                 j.rsb, j.csb, <double *> j.part, j.m, j.n, j.k, j.row_path)
+
+
+cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                        long csb, floating *part, long m, long n, long k,
+                        bint row_path) noexcept nogil:
+    # Both halves of k into their partial Cs, the second offered to the duo's helper thread
+    # (src/nn_duo.h), the first here: for the few-row products (one-sample inference),
+    # where an OpenMP fork, barrier and join cost as much as half the product. The same
+    # _half_product calls as on a team, whichever thread runs the second: the same bits.
+    cdef _HalfJob job
+    job.single = floating is float
+    job.a = a
+    job.rsa = rsa
+    job.csa = csa
+    job.b = b
+    job.rsb = rsb
+    job.csb = csb
+    job.part = part
+    job.m = m
+    job.n = n
+    job.k = k
+    job.row_path = row_path
+    job.status = 0
+    cdef long ticket = nn_duo_offer(_half_job, &job)
+    cdef int status = _half_product(0, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
+    nn_duo_finish(ticket, _half_job, &job)
+    return -1 if status != 0 or job.status != 0 else 0
+
+
+def _duo_counts():
+    """(jobs the duo's helper thread ran, jobs their callers ran themselves): for tests."""
+    return nn_duo_taken(), nn_duo_stolen()
+
+
+def _duo_hold(hold):
+    """Tests: True keeps the duo's helper from claiming jobs (each caller then runs its
+    offered half itself), False lets it claim them again."""
+    nn_duo_hold(1 if hold else 0)
+
+
 cdef inline bint _sum_on_two(long m, long n, int team) noexcept nogil:
     # the halves' sum is cut by rows between two threads (when it is large enough)
     return team > 1 and m * n >= 4096
@@ -436,12 +509,17 @@ cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, lon
     cdef long h
     cdef int status[2]
     cdef int team = 2 if threads >= 2 else 1
-    for h in prange(2, nogil=True, num_threads=team, schedule="static"):
-        status[h] = _half_product(<int> h, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
-    if status[0] != 0 or status[1] != 0:
-        return -1
-    # the sum (by rows, on both threads when there are many)
-    cdef bint on_two = _sum_on_two(m, n, team)
+    if team == 2 and row_path:
+        if _halves_on_duo(a, rsa, csa, b, rsb, csb, part, m, n, k, row_path) != 0:
+            return -1
+    else:
+        for h in prange(2, nogil=True, num_threads=team, schedule="static"):
+            status[h] = _half_product(<int> h, a, rsa, csa, b, rsb, csb, part, m, n, k,
+                                      row_path)
+        if status[0] != 0 or status[1] != 0:
+            return -1
+    # the sum (by rows, on both threads when there are many; here after the duo)
+    cdef bint on_two = _sum_on_two(m, n, team) and not row_path
     if not on_two:
         _sum_share(0, part, c, ldc, m, n, alpha, beta, bias, relu, False)
     else:
@@ -780,6 +858,32 @@ cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long
     return status
 
 
+cdef int _chain_on_duo(const floating *x, _Layer *layers, long nl, long m,
+                       floating *part) noexcept nogil:
+    # The chain's layers in order on this thread, each product's halves of k with the duo
+    # (_halves_on_duo), for a chain of few-row products, none shared out in slabs: a
+    # one-sample forward through 784-256-128-10 offers the duo one job and waits for it
+    # once. The same calls as _chain_share makes on a team: the same bits.
+    cdef long l
+    cdef const floating *a = x
+    cdef _Layer *L
+    for l in range(nl):
+        L = &layers[l]
+        if L.split.kind == SPLIT_SERIAL:
+            if gemm_slab(a, L.k, 1, <const floating *> L.w, L.n, 1, <floating *> L.out, L.n,
+                         m, L.n, L.k, 1, 0, <const floating *> L.bias, L.relu,
+                         L.split.row_path) != 0:
+                return -1
+        else:
+            if _halves_on_duo(a, L.k, 1, <const floating *> L.w, L.n, 1, part, m, L.n, L.k,
+                              L.split.row_path) != 0:
+                return -1
+            _sum_halves(part, <floating *> L.out, L.n, 0, m, m, L.n, 1, 0,
+                        <const floating *> L.bias, L.relu)
+        a = <const floating *> L.out
+    return 0
+
+
 cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m,
                     int threads) noexcept nogil:
     # Every layer of the chain (m >= 1 rows, every k and n >= 1). -1 if out of memory.
@@ -787,9 +891,17 @@ cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m,
     _tile_shape(x, &mr, &nr)
     cdef long l, part_size = 0
     cdef int team = 1
+    cdef bint duo = threads >= 2 and m < ROW_PATH_MAX_M
+    cdef floating *part
     for l in range(nl):
         layers[l].split = _split(m, layers[l].n, layers[l].k, 1, threads, mr, nr)
         _count_team(&layers[l].split, m * layers[l].n, threads, &team, &part_size)
+        duo = duo and layers[l].split.kind != SPLIT_SLABS
+    if duo and team == 2:
+        part = <floating *> nn_scratch(2, part_size * sizeof(floating))
+        if part == NULL:
+            return -1
+        return _chain_on_duo(x, layers, nl, m, part)
     return _on_team(team, x, layers, NULL, nl, m, part_size)
 
 

@@ -1,0 +1,194 @@
+"""The duo (src/nn_duo.h): the helper thread that takes the second half of k of a few-row
+product (one-sample inference), instead of an OpenMP team.
+
+Whichever thread runs that half -- the helper, or the caller when the helper has not
+claimed it (held, asleep, or owned by another caller) -- the answer has the same bits as
+on one thread. The counters `_duo_counts()` (jobs the helper ran, jobs their callers ran
+themselves) show which path a call took, so each test can tell that it exercised the one
+it is about.
+"""
+import os
+import time
+
+import numpy as np
+import pytest
+
+import cnn_core
+from cnn_core import _gemm, reference
+from conftest import assert_close, randn, run_in_threads
+
+# few rows (the row kernel, m < 4) and enough multiply-adds for two threads: halves of k
+SHAPES = [(1, 784, 256), (2, 331, 263), (3, 1009, 47), (1, 4099, 37)]
+
+
+# (conftest's `threads` fixture: the kernels' thread count for the test, restored after)
+two_or_three = pytest.mark.parametrize("threads", [2, 3], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def let_the_helper_go():
+    yield
+    _gemm._duo_hold(False)
+
+
+def one_thread(fn):
+    before = cnn_core.get_num_threads()
+    cnn_core.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        cnn_core.set_num_threads(before)
+
+
+def chain(rng, dtype, m, k, n):
+    x = randn(rng, (m, k), dtype)
+    weights = [randn(rng, (k, n), dtype, 0.1), randn(rng, (n, 29), dtype, 0.1)]
+    biases = [randn(rng, (n,), dtype), None]
+    return x, weights, biases, ("relu", None)
+
+
+def taken_and_stolen_during(fn, calls):
+    taken, stolen = _gemm._duo_counts()
+    for _ in range(calls):
+        fn()
+    now_taken, now_stolen = _gemm._duo_counts()
+    return now_taken - taken, now_stolen - stolen
+
+
+def calls_until_the_helper_took(fn, jobs, seconds=20.0):
+    """Call fn until the helper has run `jobs` halves (True), or `seconds` have passed
+    (False). Not at once: another pool's threads (OpenBLAS's, after the NumPy twin's
+    product) spin on the cores for about 0.1 s after each call, and while they do the
+    helper hardly runs -- the callers then do their halves themselves."""
+    start = _gemm._duo_counts()[0]
+    deadline = time.monotonic() + seconds
+    while _gemm._duo_counts()[0] - start < jobs:
+        if time.monotonic() > deadline:
+            return False
+        for _ in range(50):
+            fn()
+    return True
+
+
+@two_or_three
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_the_helper_takes_the_half_and_the_bits_are_one_threads(rng, dtype, threads,
+                                                                 m, k, n):
+    x, w, bias = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
+    expected = one_thread(lambda: cnn_core.linear_forward(x, w, bias, activation="relu"))
+    assert_close(expected, reference.linear_forward(x, w, bias, activation="relu"), k=k)
+    results = []
+    assert calls_until_the_helper_took(
+        lambda: results.append(cnn_core.linear_forward(x, w, bias, activation="relu")), 100)
+    assert all(np.array_equal(r, expected) for r in results)
+
+
+@two_or_three
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_a_held_helper_leaves_the_half_to_the_caller(rng, dtype, threads, m, k, n):
+    args = chain(rng, dtype, m, k, n)
+    expected = one_thread(lambda: cnn_core.linear_chain_forward(*args))
+    _gemm._duo_hold(True)
+    results = []
+    taken, stolen = taken_and_stolen_during(
+        lambda: results.append(cnn_core.linear_chain_forward(*args)), 50)
+    assert (taken, stolen) == (0, 50)       # one halved product per chain
+    for got in results:
+        assert len(got) == 2 and all(np.array_equal(g, e) for g, e in zip(got, expected))
+
+
+@two_or_three
+def test_the_chain_offers_each_halved_layer(rng, dtype, threads):
+    # 784-256-128-10: only the first product is worth two threads (one job per call);
+    # 1500-700-700-10: the first two are (two jobs per call)
+    for sizes, jobs in [((784, 256, 128, 10), 1), ((1500, 700, 700, 10), 2)]:
+        x = randn(rng, (1, sizes[0]), dtype)
+        weights = [randn(rng, (a, b), dtype, 0.05) for a, b in zip(sizes, sizes[1:])]
+        biases = [randn(rng, (b,), dtype) for b in sizes[1:]]
+        acts = ("relu",) * (len(weights) - 1) + (None,)
+        expected = one_thread(lambda: cnn_core.linear_chain_forward(x, weights, biases, acts))
+        inp = x
+        for w, b, act, e in zip(weights, biases, acts, expected):   # one layer at a time
+            assert np.array_equal(cnn_core.linear_forward(inp, w, b, activation=act), e)
+            inp = e
+        got = []
+        taken, stolen = taken_and_stolen_during(
+            lambda: got.append(cnn_core.linear_chain_forward(x, weights, biases, acts)), 40)
+        assert taken + stolen == 40 * jobs, sizes
+        assert all(np.array_equal(g, e) for r in got for g, e in zip(r, expected))
+
+
+@two_or_three
+def test_an_asleep_helper_is_woken_or_its_half_done_here(rng, threads):
+    # gaps of 2 ms (the helper sleeps after 50 us without a job): every call still returns
+    # the right answer, each half run exactly once by one of the two threads
+    x, w = randn(rng, (1, 784), np.float32), randn(rng, (784, 256), np.float32)
+    expected = one_thread(lambda: cnn_core.linear_forward(x, w, None))
+
+    def call():
+        time.sleep(0.002)
+        assert np.array_equal(cnn_core.linear_forward(x, w, None), expected)
+    taken, stolen = taken_and_stolen_during(call, 30)
+    assert taken + stolen == 30
+
+
+@two_or_three
+def test_callers_in_several_threads_at_once(rng, dtype, threads):
+    # one caller owns the duo at a time; the others run both halves themselves
+    cases = [chain(rng, dtype, m, k, n) for m, k, n in SHAPES]
+    expected = [one_thread(lambda args=args: cnn_core.linear_chain_forward(*args))
+                for args in cases]
+    taken, stolen = _gemm._duo_counts()
+
+    def work(i):
+        for r in range(300):
+            j = (i + r) % len(cases)
+            got = cnn_core.linear_chain_forward(*cases[j])
+            assert all(np.array_equal(g, e) for g, e in zip(got, expected[j])), (i, r)
+    run_in_threads(work, 4)
+    now_taken, now_stolen = _gemm._duo_counts()
+    # every call whose duo was free offered its half, and each half ran once: no more
+    # jobs than calls were counted
+    assert 0 < (now_taken - taken) + (now_stolen - stolen) <= 4 * 300
+
+
+def test_one_thread_never_uses_the_duo(rng, dtype):
+    x, w = randn(rng, (1, 784), dtype), randn(rng, (784, 256), dtype)
+    assert taken_and_stolen_during(lambda: one_thread(lambda: cnn_core.linear_forward(x, w, None)),
+                                   20) == (0, 0)
+
+
+@two_or_three
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_gets_a_helper_of_its_own(rng, threads):
+    # the child has the parent's memory but not its helper thread: it starts its own (a
+    # child that waited for the parent's would hang; the parent's test run times out)
+    x, w = randn(rng, (1, 784), np.float32), randn(rng, (784, 256), np.float32)
+    expected = one_thread(lambda: cnn_core.linear_forward(x, w, None))
+    cnn_core.linear_forward(x, w, None)     # the parent's helper exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                            # (the child: no pytest machinery, just exit)
+        code = 1
+        try:
+            results = []
+            took = calls_until_the_helper_took(
+                lambda: results.append(cnn_core.linear_forward(x, w, None)), 100)
+            code = 0 if took and all(np.array_equal(r, expected) for r in results) else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on a one-sample product")
+    answer = os.read(read, 1)
+    os.close(read)
+    assert answer == b"\x00" and os.WEXITSTATUS(status) == 0, (answer, status)
