@@ -417,6 +417,8 @@ ctypedef struct _HalfJob:
     long k
     bint row_path
     int status
+    long ticket       # the duo's ticket (0: nobody took the offer, the caller runs it)
+    bint offered      # offered, not yet taken back (_take_half)
 
 
 cdef void _half_job(void *arg) noexcept nogil:
@@ -429,15 +431,12 @@ cdef void _half_job(void *arg) noexcept nogil:
                                  j.rsb, j.csb, <double *> j.part, j.m, j.n, j.k, j.row_path)
 
 
-cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                        long csb, floating *part, long m, long n, long k,
-                        bint row_path) noexcept nogil:
-    # Both halves of k into their partial Cs, the second offered to the duo's helper thread
-    # (src/nn_duo.h), the first here: for the few-row products (one-sample inference),
-    # where an OpenMP fork, barrier and join cost as much as half the product. The same
-    # _half_product calls as on a team, whichever thread runs the second: the same bits.
-    cdef _HalfJob job
-    job.single = floating is float
+cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long csa,
+                      const void *b, long rsb, long csb, void *part, long m, long n, long k,
+                      bint row_path) noexcept nogil:
+    # the second half of k of A @ B, into its partial C, offered to the duo's helper thread
+    # (src/nn_duo.h); the caller does the first, then _take_half
+    job.single = single
     job.a = a
     job.rsa = rsa
     job.csa = csa
@@ -450,10 +449,28 @@ cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b
     job.k = k
     job.row_path = row_path
     job.status = 0
-    cdef long ticket = nn_duo_offer(_half_job, &job)
+    job.ticket = nn_duo_offer(_half_job, job)
+    job.offered = True
+
+
+cdef int _take_half(_HalfJob *job) noexcept nogil:
+    # the offered half done when this returns: by the helper, or here if it had not started
+    nn_duo_finish(job.ticket, _half_job, job)
+    job.offered = False
+    return job.status
+
+
+cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                        long csb, floating *part, long m, long n, long k,
+                        bint row_path) noexcept nogil:
+    # Both halves of k into their partial Cs, the second offered to the duo's helper, the
+    # first here: for the few-row products (one-sample inference), where an OpenMP fork,
+    # barrier and join cost as much as half the product. The same _half_product calls as
+    # on a team, whichever thread runs the second: the same bits.
+    cdef _HalfJob job
+    _offer_half(&job, floating is float, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
     cdef int status = _half_product(0, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
-    nn_duo_finish(ticket, _half_job, &job)
-    return -1 if status != 0 or job.status != 0 else 0
+    return -1 if _take_half(&job) != 0 or status != 0 else 0
 
 
 def _duo_counts():
@@ -858,51 +875,64 @@ cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long
     return status
 
 
-cdef int _chain_on_duo(const floating *x, _Layer *layers, long nl, long m,
-                       floating *part) noexcept nogil:
-    # The chain's layers in order on this thread, each product's halves of k with the duo
-    # (_halves_on_duo), for a chain of few-row products, none shared out in slabs: a
-    # one-sample forward through 784-256-128-10 offers the duo one job and waits for it
-    # once. The same calls as _chain_share makes on a team: the same bits.
+cdef int _chain_on_duo(const floating *x, _Layer *layers, long nl, long m, int threads,
+                       _HalfJob *first) noexcept nogil:
+    # The chain's layers in order on this thread, for few rows (m < ROW_PATH_MAX_M): each
+    # product's halves of k with the duo (the first layer's second half maybe offered
+    # already: `first`, by linear_chain_forward while it checked the other layers), a
+    # product in slabs on an OpenMP team (gemm_parallel). A one-sample forward through
+    # 784-256-128-10 offers the duo one job and takes it back once. Each product shared
+    # out as _chain_share would: the same bits.
     cdef long l
+    cdef int status
     cdef const floating *a = x
+    cdef floating *part
     cdef _Layer *L
     for l in range(nl):
         L = &layers[l]
         if L.split.kind == SPLIT_SERIAL:
-            if gemm_slab(a, L.k, 1, <const floating *> L.w, L.n, 1, <floating *> L.out, L.n,
-                         m, L.n, L.k, 1, 0, <const floating *> L.bias, L.relu,
-                         L.split.row_path) != 0:
-                return -1
+            status = gemm_slab(a, L.k, 1, <const floating *> L.w, L.n, 1, <floating *> L.out,
+                               L.n, m, L.n, L.k, 1, 0, <const floating *> L.bias, L.relu,
+                               L.split.row_path)
+        elif L.split.kind == SPLIT_SLABS:
+            status = gemm_parallel(a, L.k, 1, <const floating *> L.w, L.n, 1,
+                                   <floating *> L.out, L.n, m, L.n, L.k, 1, 0,
+                                   <const floating *> L.bias, L.relu, threads)
         else:
-            if _halves_on_duo(a, L.k, 1, <const floating *> L.w, L.n, 1, part, m, L.n, L.k,
-                              L.split.row_path) != 0:
-                return -1
-            _sum_halves(part, <floating *> L.out, L.n, 0, m, m, L.n, 1, 0,
-                        <const floating *> L.bias, L.relu)
+            if l == 0 and first.offered:
+                part = <floating *> first.part
+                status = _half_product(0, a, L.k, 1, <const floating *> L.w, L.n, 1, part,
+                                       m, L.n, L.k, L.split.row_path)
+                status = -1 if _take_half(first) != 0 or status != 0 else 0
+            else:
+                part = <floating *> nn_scratch(2, 2 * m * L.n * sizeof(floating))
+                status = -1 if part == NULL else _halves_on_duo(
+                    a, L.k, 1, <const floating *> L.w, L.n, 1, part, m, L.n, L.k,
+                    L.split.row_path)
+            if status == 0:
+                _sum_halves(part, <floating *> L.out, L.n, 0, m, m, L.n, 1, 0,
+                            <const floating *> L.bias, L.relu)
+        if status != 0:
+            return -1
         a = <const floating *> L.out
     return 0
 
 
-cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m,
-                    int threads) noexcept nogil:
-    # Every layer of the chain (m >= 1 rows, every k and n >= 1). -1 if out of memory.
-    cdef int mr, nr
-    _tile_shape(x, &mr, &nr)
+cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m, int threads,
+                    _HalfJob *first) noexcept nogil:
+    # Every layer of the chain (m >= 1 rows, every k and n >= 1; layers[l].split decided).
+    # -1 if out of memory.
     cdef long l, part_size = 0
     cdef int team = 1
-    cdef bint duo = threads >= 2 and m < ROW_PATH_MAX_M
-    cdef floating *part
+    if _chain_uses_duo(m, threads):
+        return _chain_on_duo(x, layers, nl, m, threads, first)
     for l in range(nl):
-        layers[l].split = _split(m, layers[l].n, layers[l].k, 1, threads, mr, nr)
         _count_team(&layers[l].split, m * layers[l].n, threads, &team, &part_size)
-        duo = duo and layers[l].split.kind != SPLIT_SLABS
-    if duo and team == 2:
-        part = <floating *> nn_scratch(2, part_size * sizeof(floating))
-        if part == NULL:
-            return -1
-        return _chain_on_duo(x, layers, nl, m, part)
     return _on_team(team, x, layers, NULL, nl, m, part_size)
+
+
+cdef inline bint _chain_uses_duo(long m, int threads) noexcept nogil:
+    return threads >= 2 and m < ROW_PATH_MAX_M
 
 
 cdef inline void _count_team(const _Split *s, long c_size, int threads, int *team,
@@ -1033,6 +1063,12 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     cdef const void *px = cnp.PyArray_DATA(x)
     cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     cdef cnp.npy_intp dims[2]
+    cdef int mr = _skernel.mr if single else _dkernel.mr
+    cdef int nr = _skernel.nr if single else _dkernel.nr
+    cdef bint duo = _chain_uses_duo(m, threads)
+    cdef _HalfJob first         # the first layer's second half, offered to the duo early
+    cdef void *part
+    first.offered = False
     try:
         # (the usual arrays answered through the C API; the named checks make the messages)
         for l in range(nl):
@@ -1071,6 +1107,17 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             layers[l].n = n
             layers[l].relu = act is not None
             empty = empty or n == 0
+            if not empty:
+                layers[l].split = _split(m, n, k, 1, threads, mr, nr)
+                if l == 0 and duo and layers[0].split.kind == SPLIT_HALVES:
+                    # offered now: the helper sees it while the other layers are checked
+                    part = nn_scratch(2, 2 * m * n * (sizeof(float) if single else
+                                                      sizeof(double)))
+                    if part == NULL:
+                        raise MemoryError("linear_chain_forward: cannot allocate the "
+                                          "partial products")
+                    _offer_half(&first, single, px, k, 1, layers[0].w, n, 1, part, m, n, k,
+                                layers[0].split.row_path)
             k = n
         if outs is not None:
             given = []
@@ -1081,6 +1128,9 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             _check_chain_overlap([x] + keep, given, False)
         if empty:
             # a dimension is zero: layer by layer (NumPy's answers: empty, or bias + ReLU)
+            if first.offered:
+                with nogil:
+                    _take_half(&first)      # (its partial C unused; slot 2 is free again)
             inp = x
             for l in range(nl):
                 _run(inp, False, keep[2 * l], False, results[l], layers[l].k, 1.0, 0.0,
@@ -1089,12 +1139,15 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
         else:
             with nogil:
                 if single:
-                    status = _chain_run(<const float *> px, layers, nl, m, threads)
+                    status = _chain_run(<const float *> px, layers, nl, m, threads, &first)
                 else:
-                    status = _chain_run(<const double *> px, layers, nl, m, threads)
+                    status = _chain_run(<const double *> px, layers, nl, m, threads, &first)
             if status != 0:
                 raise MemoryError("linear_chain_forward: cannot allocate the packing buffers")
     finally:
+        if first.offered:           # (a later layer's check raised): taken back first
+            with nogil:
+                _take_half(&first)
         PyMem_Free(layers)
     return tuple(results)
 

@@ -192,3 +192,59 @@ def test_a_forked_child_gets_a_helper_of_its_own(rng, threads):
     answer = os.read(read, 1)
     os.close(read)
     assert answer == b"\x00" and os.WEXITSTATUS(status) == 0, (answer, status)
+
+
+@two_or_three
+def test_a_chain_whose_later_layer_is_refused_takes_its_offered_half_back(rng, threads):
+    # the first layer's half is offered while the later layers are checked: a refused one
+    # raises only after that half is taken back (run once), and the duo is free again
+    x = randn(rng, (1, 784), np.float32)
+    good = [randn(rng, (784, 256), np.float32), randn(rng, (256, 10), np.float32)]
+    bad = [good[0], randn(rng, (255, 10), np.float32)]
+    before = sum(_gemm._duo_counts())
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        cnn_core.linear_chain_forward(x, bad, [None, None], ["relu", None])
+    assert sum(_gemm._duo_counts()) == before + 1
+    expected = one_thread(lambda: cnn_core.linear_chain_forward(x, good, [None, None],
+                                                                ["relu", None]))
+    got = []
+    assert calls_until_the_helper_took(lambda: got.append(cnn_core.linear_chain_forward(
+        x, good, [None, None], ["relu", None])), 10)
+    assert all(np.array_equal(g, e) for r in got for g, e in zip(r, expected))
+
+
+@two_or_three
+def test_a_chain_with_an_empty_later_layer_after_an_offered_half(rng, dtype, threads):
+    x = randn(rng, (2, 700), dtype)
+    weights = [randn(rng, (700, 300), dtype), np.zeros((300, 0), dtype)]
+    biases = [randn(rng, (300,), dtype), np.zeros(0, dtype)]
+    before = sum(_gemm._duo_counts())
+    h1, h2 = cnn_core.linear_chain_forward(x, weights, biases, ["relu", None])
+    # the first layer's half offered, taken back unused when the empty layer turned up;
+    # then the layers one by one, the first one's halves again on the duo
+    assert sum(_gemm._duo_counts()) == before + 2
+    assert h2.shape == (2, 0)
+    assert_close(h1, reference.linear_forward(x, weights[0], biases[0], activation="relu"),
+                 k=700)
+
+
+@two_or_three
+def test_few_rows_through_halves_serial_and_slab_layers(rng, dtype, threads):
+    # one sample: the first product in halves of k (the duo), the second on this thread,
+    # the third (140000 outputs) in column slabs on an OpenMP team; each layer with the
+    # bits of its own linear_forward on one thread
+    x = randn(rng, (1, 300), dtype)
+    weights = [randn(rng, (300, 512), dtype, 0.1), randn(rng, (512, 2), dtype, 0.1),
+               randn(rng, (2, 140_000), dtype)]
+    biases = [randn(rng, (512,), dtype), None, randn(rng, (140_000,), dtype)]
+    acts = ["relu", "relu", None]
+    expected, inp = [], x
+    for w, b, act in zip(weights, biases, acts):
+        expected.append(one_thread(lambda: cnn_core.linear_forward(inp, w, b, activation=act)))
+        assert_close(expected[-1], reference.linear_forward(inp, w, b, activation=act),
+                     k=w.shape[0])
+        inp = expected[-1]
+    taken, stolen = taken_and_stolen_during(
+        lambda: [np.testing.assert_array_equal(g, e) for g, e in zip(
+            cnn_core.linear_chain_forward(x, weights, biases, acts), expected)], 20)
+    assert taken + stolen == 20
