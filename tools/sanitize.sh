@@ -52,7 +52,7 @@ KERNEL_TESTS=(
     tests/test_gemm.py tests/test_activations.py tests/test_losses.py tests/test_optim.py
     tests/test_conv.py tests/test_batchnorm.py tests/test_kernel_validation.py
     tests/test_kernel_threads.py tests/test_kernels_hypothesis.py tests/test_fuzz.py
-    tests/test_chain.py tests/test_chain_backward.py
+    tests/test_chain.py tests/test_chain_backward.py tests/test_duo.py
 )
 if [ $# -gt 0 ]; then
     TESTS=("$@")
