@@ -832,9 +832,9 @@ cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long
     # Thread `tid`'s part of every layer, in order, in one parallel region of `team`
     # threads: each product is shared out exactly as gemm_parallel would share it (so every
     # output has the bits of one linear_forward per layer), and the threads meet at a
-    # barrier only where one reads what another wrote. A one-sample forward through
-    # 784-256-128-10 is one fork and one barrier: the first layer's halves on two threads;
-    # their sum and the two small layers on this one. Returns -1 if out of memory.
+    # barrier only where one reads what another wrote (chains of fewer than
+    # ROW_PATH_MAX_M rows take the duo instead: _chain_on_duo). Returns -1 if out of
+    # memory.
     cdef int status = 0, h
     cdef long l, t, k, n
     cdef bint prev_multi = False
@@ -1034,7 +1034,8 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     Returns the tuple (h_1, ..., h_L). Every h_l has the bits of
     ``linear_forward(h_(l-1), weights[l-1], biases[l-1], activation=activations[l-1])``;
     the layers run in one parallel region, the threads meeting only where one reads what
-    another wrote (a one-sample forward through a small MLP: one fork, one barrier).
+    another wrote -- or, for fewer than 4 rows (one sample), on this thread with the
+    duo's helper taking the second half of k of each product halved (src/nn_duo.h).
     """
     x = as_float_array("x", x, 2)
     dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> x)
