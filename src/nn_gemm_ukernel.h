@@ -193,6 +193,10 @@
                 acc[v] += ap * bv;                                                          \
             }                                                                               \
         }                                                                                   \
+        if (plain) {            /* (a partial product: the sums as they are, same bits) */ \
+            memcpy(c + j, acc, sizeof(acc));                                                \
+            continue;                                                                       \
+        }                                                                                   \
         T tile[(NRV) * (VL)];                                                               \
         memcpy(tile, acc, sizeof(tile));                                                    \
         for (int t = 0; t < (NRV) * (VL); ++t)                                              \
@@ -210,6 +214,8 @@
                             const T *restrict b, long ldb, T *restrict c, T alpha, T beta,  \
                             const T *restrict bias, int relu) {                             \
         long j = 0;                                                                         \
+        /* alpha 1, beta 0, no bias, no ReLU: r = 1 * acc is acc, stored whole */           \
+        const int plain = alpha == 1 && beta == 0 && bias == NULL && !relu;                 \
         if ((WIDE) > 8) {                                                                   \
             NN_ROW_CHUNKS(NAME, T, VL, WIDE)                                                \
         }                                                                                   \
