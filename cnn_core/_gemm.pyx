@@ -1071,6 +1071,13 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     cdef void *part
     first.offered = False
     try:
+        # the activations first: a str subclass's == may run Python code, which must not
+        # happen once the first layer's half is offered (it could call a kernel on this
+        # thread, and take the scratch memory the helper writes into)
+        for l in range(nl):
+            act = activations[l]
+            if act is not None and not (isinstance(act, str) and act == "relu"):
+                raise ValueError(f"activations[{l}] must be None or 'relu', got {act!r}")
         # (the usual arrays answered through the C API; the named checks make the messages)
         for l in range(nl):
             w = weights[l]
@@ -1088,9 +1095,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
                     check_same_dtype(_item(_B_NAMES, "biases", l), b, dtype)
                 if cnp.PyArray_DIM(<cnp.ndarray> b, 0) != n:
                     raise ValueError(f"biases[{l}] has shape {b.shape}, expected ({n},)")
-            act = activations[l]
-            if act is not None and not (isinstance(act, str) and act == "relu"):
-                raise ValueError(f"activations[{l}] must be None or 'relu', got {act!r}")
+            act = activations[l]        # (checked above)
             out = None if outs is None else outs[l]
             if out is None:         # (a new array made directly: `output`'s, without the tuple)
                 dims[0] = m
