@@ -119,6 +119,9 @@ cdef extern from "nn_scratch.h" nogil:
 cdef extern from "nn_duo.h" nogil:
     ctypedef void (*nn_duo_fn)(void *arg) noexcept nogil
     long nn_duo_offer(nn_duo_fn fn, void *arg)
+    int nn_duo_own()
+    void nn_duo_disown()
+    long nn_duo_post(nn_duo_fn fn, void *arg)
     void nn_duo_finish(long ticket, nn_duo_fn fn, void *arg)
     void nn_duo_hold(int hold)
     long nn_duo_taken()
@@ -417,7 +420,7 @@ ctypedef struct _HalfJob:
     long k
     bint row_path
     int status
-    long ticket       # the duo's ticket (0: nobody took the offer, the caller runs it)
+    long ticket       # the duo's ticket (0: the duo was not this caller's: it runs the half)
     bint offered      # offered, not yet taken back (_take_half)
 
 
@@ -433,9 +436,10 @@ cdef void _half_job(void *arg) noexcept nogil:
 
 cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long csa,
                       const void *b, long rsb, long csb, void *part, long m, long n, long k,
-                      bint row_path) noexcept nogil:
+                      bint row_path, bint owned=False) noexcept nogil:
     # the second half of k of A @ B, into its partial C, offered to the duo's helper thread
-    # (src/nn_duo.h); the caller does the first, then _take_half
+    # (src/nn_duo.h; `owned`: the duo is this caller's already, nn_duo_own); the caller
+    # does the first half, then _take_half
     job.single = single
     job.a = a
     job.rsa = rsa
@@ -449,7 +453,7 @@ cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long 
     job.k = k
     job.row_path = row_path
     job.status = 0
-    job.ticket = nn_duo_offer(_half_job, job)
+    job.ticket = nn_duo_post(_half_job, job) if owned else nn_duo_offer(_half_job, job)
     job.offered = True
 
 
@@ -1071,9 +1075,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     cdef void *part
     first.offered = False
     try:
-        # the activations first: a str subclass's == may run Python code, which must not
-        # happen once the first layer's half is offered (it could call a kernel on this
-        # thread, and take the scratch memory the helper writes into)
+        # the activations first (a str subclass's == may run Python code: before the offer)
         for l in range(nl):
             act = activations[l]
             if act is not None and not (isinstance(act, str) and act == "relu"):
@@ -1115,15 +1117,21 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             empty = empty or n == 0
             if not empty:
                 layers[l].split = _split(m, n, k, 1, threads, mr, nr)
-                if l == 0 and duo and layers[0].split.kind == SPLIT_HALVES:
-                    # offered now: the helper sees it while the other layers are checked
-                    part = nn_scratch(2, 2 * m * n * (sizeof(float) if single else
+                if (l == 0 and duo and layers[0].split.kind == SPLIT_HALVES
+                        and nn_duo_own()):
+                    # offered now: the helper sees it while the other layers are checked.
+                    # Python code may run meanwhile (an array subclass's properties, a
+                    # finalizer) and call kernels on this thread: the partial products go
+                    # to scratch slot 3, which only the duo's owner uses (they cannot own
+                    # it now), not to slot 2, which theirs would take
+                    part = nn_scratch(3, 2 * m * n * (sizeof(float) if single else
                                                       sizeof(double)))
                     if part == NULL:
+                        nn_duo_disown()
                         raise MemoryError("linear_chain_forward: cannot allocate the "
                                           "partial products")
                     _offer_half(&first, single, px, k, 1, layers[0].w, n, 1, part, m, n, k,
-                                layers[0].split.row_path)
+                                layers[0].split.row_path, True)
             k = n
         if outs is not None:
             given = []

@@ -15,7 +15,8 @@
  * The job is run exactly once, by whichever thread claims it first: the helper, or the
  * caller in nn_duo_finish when the helper has not started it (asleep, descheduled, or held
  * by nn_duo_hold). So the answer is the same computation whichever thread runs it, and a
- * busy second core costs at most the time of doing everything on one.
+ * second core that is busy before the job is claimed costs at most the time of doing
+ * everything on one (a helper preempted after claiming it makes the caller wait).
  *
  * One caller at a time owns the duo (an atomic flag); another thread calling meanwhile
  * gets ticket 0 and runs everything itself. The helper spins for NN_DUO_SPIN_NS after its
@@ -58,6 +59,7 @@ static struct {
     nn_duo_fn fn;
     void *arg;
     long ticket;                        /* the last ticket posted (owner only) */
+    pthread_t owner;                    /* the thread that owns the duo (while busy) */
     int started;                        /* 1 helper running, -1 it could not be started */
     int atfork;                         /* the fork handler is registered */
     pthread_mutex_t mutex;
@@ -109,16 +111,22 @@ static void *nn_duo_main(void *unused) {
 }
 
 static void nn_duo_after_fork(void) {
-    /* the child has the memory but not the helper thread (nor any other caller) */
+    /* the child has the memory but not the helper thread, nor any other caller. A job the
+     * forking thread had offered (and will take back) goes back to POSTED, for it to run
+     * itself; a duo another thread owned is free. */
     pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER;
     pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
     nn_duo.mutex = mutex;
     nn_duo.cond = cond;
-    atomic_store(&nn_duo.job, 0);
-    atomic_store(&nn_duo.busy, 0);
     atomic_store(&nn_duo.sleeping, 0);
-    nn_duo.ticket = 0;
     nn_duo.started = 0;
+    if (atomic_load(&nn_duo.busy) && pthread_equal(nn_duo.owner, pthread_self())) {
+        long job = atomic_load(&nn_duo.job);
+        if ((job & 3) != NN_DUO_DONE)
+            atomic_store(&nn_duo.job, (job & ~3L) | NN_DUO_POSTED);
+    } else {
+        atomic_store(&nn_duo.busy, 0);
+    }
 }
 
 static int nn_duo_start(void) {
@@ -142,9 +150,10 @@ static int nn_duo_start(void) {
     return made == 0 ? 1 : -1;
 }
 
-/* Offer fn(arg) to the helper: a ticket for nn_duo_finish, or 0 (the duo is owned by
- * another caller, or no helper could be started): the caller then runs fn(arg) itself. */
-static long nn_duo_offer(nn_duo_fn fn, void *arg) {
+/* The duo for this caller: 1 when it is now this thread's (then nn_duo_post and
+ * nn_duo_finish, or nn_duo_disown), 0 when another caller owns it -- or this thread does
+ * already (a kernel called from Python code run meanwhile) -- or no helper could start. */
+static int nn_duo_own(void) {
     int free_ = 0;
     if (!atomic_compare_exchange_strong(&nn_duo.busy, &free_, 1))
         return 0;
@@ -154,6 +163,14 @@ static long nn_duo_offer(nn_duo_fn fn, void *arg) {
         atomic_store(&nn_duo.busy, 0);
         return 0;
     }
+    nn_duo.owner = pthread_self();
+    return 1;
+}
+
+static void nn_duo_disown(void) { atomic_store(&nn_duo.busy, 0); }
+
+/* (owner only) offer fn(arg) to the helper: the ticket for nn_duo_finish */
+static long nn_duo_post(nn_duo_fn fn, void *arg) {
     nn_duo.fn = fn;
     nn_duo.arg = arg;
     long ticket = ++nn_duo.ticket;
@@ -164,6 +181,12 @@ static long nn_duo_offer(nn_duo_fn fn, void *arg) {
         pthread_mutex_unlock(&nn_duo.mutex);
     }
     return ticket;
+}
+
+/* Offer fn(arg) to the helper: a ticket for nn_duo_finish, or 0 (the duo is not this
+ * caller's to use, see nn_duo_own): the caller then runs fn(arg) itself. */
+static long nn_duo_offer(nn_duo_fn fn, void *arg) {
+    return nn_duo_own() ? nn_duo_post(fn, arg) : 0;
 }
 
 /* fn(arg) has run when this returns: on the helper, or here if the helper has not claimed

@@ -130,6 +130,8 @@ def test_an_asleep_helper_is_woken_or_its_half_done_here(rng, threads):
         assert np.array_equal(cnn_core.linear_forward(x, w, None), expected)
     taken, stolen = taken_and_stolen_during(call, 30)
     assert taken + stolen == 30
+    # and after the gaps the helper, woken, takes halves again (no wake-up lost)
+    assert calls_until_the_helper_took(lambda: cnn_core.linear_forward(x, w, None), 10)
 
 
 @two_or_three
@@ -248,3 +250,33 @@ def test_few_rows_through_halves_serial_and_slab_layers(rng, dtype, threads):
         lambda: [np.testing.assert_array_equal(g, e) for g, e in zip(
             cnn_core.linear_chain_forward(x, weights, biases, acts), expected)], 20)
     assert taken + stolen == 20
+
+
+class _CallsAKernelWhenAsked(np.ndarray):
+    """An array whose dtype, when asked, first runs a one-sample product on this thread:
+    Python code that runs while linear_chain_forward checks its later layers."""
+
+    @property
+    def dtype(self):
+        time.sleep(0.001)              # (the helper has written its half by now)
+        x, w = _CallsAKernelWhenAsked.inner
+        cnn_core.linear_forward(x, w, None)
+        return super().dtype
+
+
+@two_or_three
+def test_a_kernel_called_while_the_first_half_is_offered_leaves_it_alone(rng, threads):
+    # the later layer's checks run Python code (a subclass's property, not C-contiguous:
+    # the copying path) that calls a kernel on this thread with a larger halved product:
+    # the offered half's partial products are out of its reach (a segfault or wrong bits
+    # when they shared its scratch buffer)
+    x = randn(rng, (1, 784), np.float32)
+    w0, w1 = randn(rng, (784, 256), np.float32), randn(rng, (256, 10), np.float32)
+    expected = one_thread(lambda: cnn_core.linear_chain_forward(x, [w0, w1], [None, None],
+                                                                [None, None]))
+    _CallsAKernelWhenAsked.inner = (randn(rng, (1, 300), np.float32),
+                                    randn(rng, (300, 512), np.float32))
+    sneaky = np.asfortranarray(w1).view(_CallsAKernelWhenAsked)
+    for _ in range(20):
+        got = cnn_core.linear_chain_forward(x, [w0, sneaky], [None, None], [None, None])
+        assert all(np.array_equal(g, e) for g, e in zip(got, expected))
