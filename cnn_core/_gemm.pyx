@@ -478,7 +478,9 @@ cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b
 
 
 def _duo_counts():
-    """(jobs the duo's helper thread ran, jobs their callers ran themselves): for tests."""
+    """(jobs the duo's helper thread ran, jobs their callers took back and ran themselves):
+    for tests. A call that found the duo owned by another caller offered nothing and is
+    counted on neither side."""
     return nn_duo_taken(), nn_duo_stolen()
 
 
@@ -1038,8 +1040,9 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     Returns the tuple (h_1, ..., h_L). Every h_l has the bits of
     ``linear_forward(h_(l-1), weights[l-1], biases[l-1], activation=activations[l-1])``;
     the layers run in one parallel region, the threads meeting only where one reads what
-    another wrote -- or, for fewer than 4 rows (one sample), on this thread with the
-    duo's helper taking the second half of k of each product halved (src/nn_duo.h).
+    another wrote -- or, for fewer than 4 rows (one sample) on 2 threads or more, on this
+    thread with the duo's helper taking the second half of k of each product halved
+    (src/nn_duo.h).
     """
     x = as_float_array("x", x, 2)
     dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> x)
