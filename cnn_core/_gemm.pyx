@@ -464,6 +464,15 @@ cdef int _take_half(_HalfJob *job) noexcept nogil:
     return job.status
 
 
+cdef int _first_half_and_take(_HalfJob *j, floating *dummy) noexcept nogil:
+    # (after _offer_half) the first half of the offered product here, then the second
+    # taken back: both partial Cs in j.part. -1 if either ran out of memory.
+    cdef int status = _half_product(0, <const floating *> j.a, j.rsa, j.csa,
+                                    <const floating *> j.b, j.rsb, j.csb,
+                                    <floating *> j.part, j.m, j.n, j.k, j.row_path)
+    return -1 if _take_half(j) != 0 or status != 0 else 0
+
+
 cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b, long rsb,
                         long csb, floating *part, long m, long n, long k,
                         bint row_path) noexcept nogil:
@@ -473,8 +482,7 @@ cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b
     # on a team, whichever thread runs the second: the same bits.
     cdef _HalfJob job
     _offer_half(&job, floating is float, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
-    cdef int status = _half_product(0, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
-    return -1 if _take_half(&job) != 0 or status != 0 else 0
+    return _first_half_and_take(&job, part)
 
 
 def _duo_counts():
@@ -905,11 +913,9 @@ cdef int _chain_on_duo(const floating *x, _Layer *layers, long nl, long m, int t
                                    <floating *> L.out, L.n, m, L.n, L.k, 1, 0,
                                    <const floating *> L.bias, L.relu, threads)
         else:
-            if l == 0 and first.offered:
+            if l == 0 and first.offered:    # (offered by linear_chain_forward's checks)
                 part = <floating *> first.part
-                status = _half_product(0, a, L.k, 1, <const floating *> L.w, L.n, 1, part,
-                                       m, L.n, L.k, L.split.row_path)
-                status = -1 if _take_half(first) != 0 or status != 0 else 0
+                status = _first_half_and_take(first, part)
             else:
                 part = <floating *> nn_scratch(2, 2 * m * L.n * sizeof(floating))
                 status = -1 if part == NULL else _halves_on_duo(
@@ -1147,7 +1153,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             # a dimension is zero: layer by layer (NumPy's answers: empty, or bias + ReLU)
             if first.offered:
                 with nogil:
-                    _take_half(&first)      # (its partial C unused; slot 2 is free again)
+                    _take_half(&first)      # (its partial Cs unused)
             inp = x
             for l in range(nl):
                 _run(inp, False, keep[2 * l], False, results[l], layers[l].k, 1.0, 0.0,
