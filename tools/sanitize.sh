@@ -10,7 +10,7 @@
 # from and refuses to run if it is not the sanitized copy).
 # pytest arguments: replace the default list of kernel tests (KERNEL_TESTS below); paths
 # are relative to the checkout's root, e.g.
-#   tools/sanitize.sh /work/venv/bin/python tests/test_gemm.py -k trans
+#   tools/sanitize.sh /work/venv/bin/python tests/kernels/test_gemm.py -k trans
 #
 # How
 # ---
@@ -49,10 +49,13 @@ fi
 # the threaded paths with the micro-kernel fallbacks (all the code in cnn_core/*.pyx, src/).
 # The fuzz test's child processes inherit the environment, so they run sanitized as well.
 KERNEL_TESTS=(
-    tests/test_gemm.py tests/test_activations.py tests/test_losses.py tests/test_optim.py
-    tests/test_conv.py tests/test_batchnorm.py tests/test_kernel_validation.py
-    tests/test_kernel_threads.py tests/test_kernels_hypothesis.py tests/test_fuzz.py
-    tests/test_chain.py tests/test_chain_backward.py tests/test_duo.py
+    tests/kernels/test_gemm.py tests/kernels/test_activations.py tests/kernels/test_losses.py
+    tests/kernels/test_optim_kernels.py tests/kernels/test_conv.py
+    tests/kernels/test_batchnorm.py tests/kernels/test_kernel_validation.py
+    tests/kernels/test_kernel_threads.py tests/kernels/test_kernels_hypothesis.py
+    tests/kernels/test_fuzz.py tests/kernels/test_linear_chain.py
+    tests/kernels/test_linear_chain_backward.py tests/kernels/test_duo.py
+    tests/kernels/test_take_rows.py
 )
 if [ $# -gt 0 ]; then
     TESTS=("$@")

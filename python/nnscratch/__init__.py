@@ -12,15 +12,17 @@ Python layer on top, with the names PyTorch and Keras users know::
 """
 import importlib
 
+from . import models
 from ._random import seed
 from .backend import get_backend, get_num_threads, set_backend, set_num_threads
 from .callbacks import Callback, EarlyStopping, History
+from .conv import Conv2d, MaxPool2d
 from .gradcheck import gradcheck
-from .layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
-                     MaxPool2d, ReLU, Sigmoid, Softmax, Tanh)
+from .layers import Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .model import Sequential
-from .module import Module, Parameter
+from .module import Module, ModuleList, Parameter, register
+from .norm import BatchNorm1d, BatchNorm2d
 from .optim import SGD, Adam, AdamW, Optimizer
 from .schedules import CosineAnnealingLR, LRScheduler, StepLR
 from .serialization import load
@@ -28,15 +30,15 @@ from .serialization import load
 __version__ = "0.1.0"
 
 __all__ = [
-    "Parameter", "Module", "Sequential",
+    "Parameter", "Module", "ModuleList", "Sequential", "register",
     "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
-    "Conv2d", "MaxPool2d", "BatchNorm1d", "BatchNorm2d",
+    "Identity", "Conv2d", "MaxPool2d", "BatchNorm1d", "BatchNorm2d",
     "Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
     "Optimizer", "SGD", "Adam", "AdamW",
     "LRScheduler", "StepLR", "CosineAnnealingLR",
     "Callback", "EarlyStopping", "History",
     "seed", "set_backend", "get_backend", "set_num_threads", "get_num_threads",
-    "gradcheck", "load", "datasets", "__version__",
+    "gradcheck", "load", "models", "datasets", "__version__",
 ]
 
 _LAZY_SUBMODULES = ("datasets",)

@@ -7,6 +7,11 @@ the same functions with the same signatures (see ``cnn_core.reference``):
 * ``"numpy"``  — ``cnn_core.reference``, their NumPy twins: slower, but every formula
   can be read in a few lines, and a model can be run on both and compared.
 
+On the compiled kernels a `Sequential` also hands its layers to the fast path
+(``nnscratch._fast``: fused kernels, kept buffers), which gives the same bits as the
+layers' own code; ``set_fast_path(False)`` runs the layers' code on the compiled kernels
+too. On the NumPy backend the layers' code always runs: the textbook path, end to end.
+
 Layers, losses and optimizers look the backend up at every call with `kernels()`, so
 `set_backend` switches every existing model at once::
 
@@ -21,10 +26,11 @@ import cnn_core
 import cnn_core.reference as _reference
 
 __all__ = ["kernels", "set_backend", "get_backend", "using", "set_num_threads",
-           "get_num_threads", "cnn_core_module"]
+           "get_num_threads", "cnn_core_module", "fast_path", "set_fast_path"]
 
 _BACKENDS = {"cython": cnn_core, "numpy": _reference}
 _active = "cython"
+_fast_path_allowed = True
 
 
 def kernels():
@@ -56,6 +62,25 @@ def set_backend(name):
 def get_backend():
     """The active backend's name, ``"cython"`` or ``"numpy"``."""
     return _active
+
+
+def fast_path():
+    """True when `Sequential` hands its layers to the fast path: the compiled kernels are
+    active and the fast path was not switched off."""
+    return _active == "cython" and _fast_path_allowed
+
+
+def set_fast_path(enabled):
+    """Allow (True, the default) or forbid the fast path; returns the previous setting.
+
+    With False, models run their layers' own code on the compiled kernels: the same
+    numbers, bit for bit, more slowly (the tests compare the two).
+    """
+    global _fast_path_allowed
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False, got {enabled!r}")
+    previous, _fast_path_allowed = _fast_path_allowed, enabled
+    return previous
 
 
 @contextlib.contextmanager

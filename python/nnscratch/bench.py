@@ -127,23 +127,17 @@ def bench_gemm(rounds, torch, dtype=np.float32):
 # --- MLP and CNN epochs ---------------------------------------------------------------------
 
 def _mlp(sizes, dtype=np.float32):
-    import nnscratch as nn
+    """``nnscratch.models.mlp`` with layer sizes [in, hidden..., classes]."""
+    from . import models
 
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1], dtype=dtype))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return models.mlp(sizes[0], sizes[1:-1], sizes[-1], dtype=dtype)
 
 
 def _lenet():
-    """The issue's LeNet-style CNN: conv5x5 16, pool, conv5x5 32, pool, fc128, fc10."""
-    import nnscratch as nn
+    """``nnscratch.models.lenet``: conv5x5 16, pool, conv5x5 32, pool, fc128, fc10."""
+    from . import models
 
-    return nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+    return models.lenet()
 
 
 def _torch_twin(torch, model):
@@ -278,12 +272,12 @@ def bench_training(rounds, torch, quick, which):
         X = rng.random((n, 1, 28, 28), dtype=np.float32)
         y = rng.integers(0, 10, n)
 
-        from .cli import build_model
+        from . import models
 
         for label, build in [
                 ("LeNet CNN (conv5x5 16, pool, conv5x5 32, pool, fc128, fc10)", _lenet),
                 ("`train --model cnn` CNN (2 x conv3x3+BN+ReLU+pool, fc128, dropout)",
-                 lambda: build_model("cnn"))]:
+                 models.cnn)]:
             nn.seed(0)
             contenders = {"nnscratch": _epoch_runner(build(), X, y, 128, 0.01, "cython"),
                           "numpy": _epoch_runner(build(), X[:n_numpy], y[:n_numpy], 128, 0.01,

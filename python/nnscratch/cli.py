@@ -181,32 +181,15 @@ def _load_data(name, path, download, flatten, progress=True):
     return source, classes, train, test
 
 
-def build_model(kind, hidden=(256, 128), dropout=0.0, dtype=np.float32):
-    """The CLI's models: an MLP on flat (N, 784) images or a small CNN on (N, 1, 28, 28)."""
-    import nnscratch as nn
+def build_model(kind, hidden=(256, 128), dropout=0.0):
+    """The model `nnscratch train --model kind` trains (see ``nnscratch.models``): the MLP
+    on flat (N, 784) images, or the CNN on (N, 1, 28, 28) with dropout 0.25 unless given."""
+    from . import models
 
     if kind == "mlp":
-        layers, width = [], 784
-        for size in hidden:
-            layers += [nn.Linear(width, size, dtype=dtype), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, 10, dtype=dtype, init="xavier"))
-        return nn.Sequential(*layers)
+        return models.mlp(hidden=hidden, dropout=dropout)
     if kind == "cnn":
-        # two conv + batch-norm + pool blocks, then a small classifier head:
-        # (1, 28, 28) -> (32, 14, 14) -> (64, 7, 7) -> 128 -> 10
-        # (no conv bias before a batch norm: the norm's beta takes its place)
-        return nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1, bias=False, dtype=dtype),
-            nn.BatchNorm2d(32, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False, dtype=dtype),
-            nn.BatchNorm2d(64, dtype=dtype),
-            nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128, dtype=dtype), nn.ReLU(),
-            nn.Dropout(0.25) if dropout == 0 else nn.Dropout(dropout),
-            nn.Linear(128, 10, dtype=dtype, init="xavier"))
+        return models.cnn(dropout=dropout or 0.25)
     raise CLIError(f"unknown model {kind!r}")
 
 

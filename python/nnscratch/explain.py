@@ -27,11 +27,12 @@ import numpy as np
 
 from . import _random
 from .backend import get_backend, kernels
-from .layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
-                     MaxPool2d, ReLU, Sigmoid, Softmax, Tanh)
+from .conv import Conv2d, MaxPool2d
+from .layers import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from .norm import BatchNorm1d, BatchNorm2d
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
-from .model import Sequential, _refuse_repeated
-from .module import Module
+from .model import Sequential
+from .module import Module, repeated_modules
 from .optim import SGD, Adam, AdamW
 
 __all__ = ["explain_step", "explain_demo", "lr_find", "DEFAULT_LRS"]
@@ -168,7 +169,7 @@ def _update_formula(optimizer, name):
     return f"{name} updated by {optimizer!r}.step()"
 
 
-def _plan(layers):
+def _names(layers):
     """For each layer: (output name, {parameter attribute: display name}), seed-style.
 
     A Linear or Conv2d layer k outputs z<k> with parameters W<k>, b<k>; the activation
@@ -291,14 +292,16 @@ def explain_step(model, X, y, loss, optimizer, print_fn=print):
         raise TypeError(f"optimizer must be an Optimizer such as SGD(...), got "
                         f"{type(optimizer).__name__}")
     layers = _layers_of(model)
-    _refuse_repeated(layers)     # (the step runs the layers one by one, not via Sequential)
-    params = model.parameters()
+    problem = repeated_modules(model)
+    if problem:
+        raise ValueError(problem)
+    params = list(model.parameters())
     dtype = params[0].dtype if params else np.dtype(np.float32)
     X = np.asarray(X)
     if X.dtype.kind in "iub":
         X = X.astype(dtype)
     y = np.asarray(y)
-    plan = _plan(layers)
+    plan = _names(layers)
     names = ["X"] + [name for name, _ in plan]
     result = {"formulas": {}, "order": [], "layers": [name for name, _ in plan],
               "lr": getattr(optimizer, "lr", None)}

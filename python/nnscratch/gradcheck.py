@@ -45,7 +45,7 @@ def gradcheck(model, X, y, loss, eps=1e-6, *, check_input=False):
     ValueError
         When a parameter is not float64 (float32 differences are too coarse).
     """
-    named = model.named_parameters()
+    named = list(model.named_parameters())
     for name, p in named:
         if p.dtype != np.float64:
             raise ValueError(f"gradcheck needs float64 parameters; {name!r} is {p.dtype} "

@@ -1,8 +1,7 @@
 """Losses: ``value = loss_fn(pred, target)`` (a float), then ``loss_fn.backward()`` (dL/dpred).
 
-Each loss is one fused kernel that returns the mean loss and its gradient in one pass;
-the reduction is the mean, as in PyTorch. The gradient array is kept by the loss object
-and reused by its next call with the same shape (copy it to keep it).
+Each loss is one fused kernel that returns the mean loss and its gradient in one pass; the
+reduction is the mean, as in PyTorch. A loss of your own subclasses `Loss`.
 
 ============================  ===================================  ======================
 loss                          pred, target                         kernel
@@ -16,43 +15,44 @@ import math
 
 import numpy as np
 
-from . import _memory
+from . import _checks
 from .backend import kernels
 
 __all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "LOSSES"]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 class Loss:
-    """Base class: a mean loss computed by one kernel, with its gradient."""
+    """Base class of losses: ``value = loss_fn(pred, target)``, then ``loss_fn.backward()``.
 
-    def __init__(self):
-        self._grad = None
-        self._grads = {}
+    A loss of your own is a small subclass with two methods::
+
+        class MAELoss(nnscratch.Loss):
+            def forward(self, pred, target):      # the mean loss, a float
+                self._diff = pred - target         # keep what backward needs
+                return float(np.abs(self._diff).mean())
+            def backward(self):                    # dL/dpred, of pred's shape
+                return np.sign(self._diff) / self._diff.size
+
+    ``fit`` uses it as it uses the built-in ones (``prepare_targets`` may check and convert
+    the targets once before training; by default they are passed through).
+    """
 
     def __call__(self, pred, target):
         """The mean loss (a Python float); keeps dL/dpred for `backward`."""
-        pred = np.asarray(pred)
-        if pred.dtype not in _FLOATS:
-            raise TypeError(f"{self!r} expects float32 or float64 predictions, got {pred.dtype}")
-        target = self._as_target(pred, target)
-        grad = self._grads.get((pred.shape, pred.dtype))
-        if grad is None:
-            if len(self._grads) >= 8:
-                self._grads.clear()
-            grad = self._grads[(pred.shape, pred.dtype)] = _memory.empty(pred.shape, pred.dtype)
-        value, self._grad = self._kernel(kernels(), pred, target, grad)
-        return float(value)
+        return self.forward(pred, target)
+
+    def forward(self, pred, target):
+        raise NotImplementedError(
+            f"{type(self).__name__} has no forward(pred, target): a Loss subclass defines "
+            f"forward(pred, target) -> float and backward() -> dL/dpred (see nnscratch.Loss)")
 
     def backward(self):
-        """dL/dpred of the last call (reused by the next call of the same shape)."""
-        if self._grad is None:
-            raise RuntimeError(f"{self!r}: backward() called before the loss was computed")
-        return self._grad
+        raise NotImplementedError(
+            f"{type(self).__name__} has no backward(): a Loss subclass defines "
+            f"forward(pred, target) -> float and backward() -> dL/dpred (see nnscratch.Loss)")
 
     def prepare_targets(self, y, n, output_shape, dtype, name="y"):
-        """Check targets for ``fit`` / ``evaluate`` once, and convert them for the kernel.
+        """Check the targets of ``fit`` / ``evaluate`` once, and convert them.
 
         Parameters
         ----------
@@ -62,7 +62,19 @@ class Loss:
         dtype : the model's dtype
         name : str, the argument's name in error messages
         """
-        raise NotImplementedError
+        return np.asarray(y)
+
+    def _pred(self, pred):
+        pred = np.asarray(pred)
+        if pred.dtype not in _checks.FLOATS:
+            raise TypeError(f"{self!r} expects float32 or float64 predictions, got {pred.dtype}")
+        return pred
+
+    def _saved_grad(self):
+        grad = self.__dict__.get("_grad")
+        if grad is None:
+            raise RuntimeError(f"{self!r}: backward() called before the loss was computed")
+        return grad
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -78,14 +90,16 @@ class CrossEntropyLoss(Loss):
     Shape: pred (N, C) float, target (N,) integers in [0, C).
     """
 
-    def _as_target(self, pred, target):
-        target = np.asarray(target)
+    def forward(self, pred, target):
+        pred, target = self._pred(pred), np.asarray(target)
         if target.dtype.kind not in "iu":
             raise TypeError(f"{self!r} expects integer class labels, got dtype {target.dtype}")
-        return target
+        value, self._grad = kernels().softmax_cross_entropy(pred, target)
+        return float(value)
 
-    def _kernel(self, K, pred, target, grad):
-        return K.softmax_cross_entropy(pred, target, grad)
+    def backward(self):
+        """dL/dlogits = (softmax(logits) - onehot(y)) / N."""
+        return self._saved_grad()
 
     def prepare_targets(self, y, n, output_shape, dtype, name="y"):
         y = np.asarray(y)
@@ -107,9 +121,18 @@ class CrossEntropyLoss(Loss):
 
 
 class _ElementwiseLoss(Loss):
-    """A loss whose target has the prediction's shape (a (N,) target fits a (N, 1) output)."""
+    """A loss whose target has the prediction's shape (a (N,) target fits a (N, 1) output),
+    computed by one kernel ``_kernel(K, pred, target)`` -> (loss, dL/dpred)."""
 
-    def _as_target(self, pred, target):
+    def forward(self, pred, target):
+        pred = self._pred(pred)
+        value, self._grad = self._kernel(kernels(), pred, self._target(pred, target))
+        return float(value)
+
+    def backward(self):
+        return self._saved_grad()
+
+    def _target(self, pred, target):
         target = np.asarray(target)
         if target.dtype.kind not in "fiub":
             raise TypeError(f"{self!r} expects a real-valued target, got dtype {target.dtype}")
@@ -147,8 +170,8 @@ class MSELoss(_ElementwiseLoss):
     Gradient ``2 * (pred - target) / pred.size``. Shape: pred and target alike.
     """
 
-    def _kernel(self, K, pred, target, grad):
-        return K.mse(pred, target, grad)
+    def _kernel(self, K, pred, target):
+        return K.mse(pred, target)
 
 
 class BCEWithLogitsLoss(_ElementwiseLoss):
@@ -160,8 +183,8 @@ class BCEWithLogitsLoss(_ElementwiseLoss):
     logits with (N,) or (N, 1) labels 0/1.
     """
 
-    def _kernel(self, K, pred, target, grad):
-        return K.bce_with_logits(pred, target, grad)
+    def _kernel(self, K, pred, target):
+        return K.bce_with_logits(pred, target)
 
 
 LOSSES = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss, "bce_with_logits": BCEWithLogitsLoss}

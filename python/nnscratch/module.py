@@ -1,71 +1,89 @@
-"""`Parameter` and `Module`: the two base classes every layer is built from.
+"""`Parameter` and `Module`: what every layer and model is built from, as in PyTorch.
 
-A `Parameter` is a trainable array and its gradient. A `Module` computes ``forward(x)``,
-keeps what its ``backward`` needs, and ``backward(grad_out)`` returns the gradient with
-respect to its input while *adding* the gradients of its parameters into ``.grad``, as
-in PyTorch: call ``zero_grad()`` before each backward pass.
+A `Parameter` is a trainable array ``data`` and its gradient ``grad``. A `Module` computes
+``forward(x)``, keeps what its ``backward`` needs, and ``backward(grad_out)`` returns the
+gradient with respect to its input while *adding* its parameters' gradients into their
+``.grad`` (so call ``zero_grad()`` before each backward pass).
 
-Scratch arrays. In training mode a module writes its outputs and input gradients into
-arrays it keeps between calls (one per batch shape), so that a steady-state training
-step allocates nothing: the array returned by ``forward`` / ``backward`` in training mode
-is overwritten by the next call with the same batch shape. In eval mode every call returns
-a fresh array, and `infer` (what ``predict`` uses) never touches any state, so it may run
-from several threads at once.
+Assigning a `Parameter` or a `Module` to an attribute of a module registers it, as
+PyTorch's ``nn.Module`` does, so that a block written by hand is a real part of the model::
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+        def forward(self, x):
+            return x + self.body(x)              # y = x + body(x)
+        def backward(self, grad_out, *, compute_grad_input=True):
+            return grad_out + self.body.backward(grad_out)   # dL/dx through both paths
+
+    block = Block(8)
+    [name for name, _ in block.named_parameters()]   # ['body.0.weight', 'body.0.bias', ...]
+
+Writing your own layer -- the contract
+--------------------------------------
+``forward(x)``
+    Returns the output for a batch ``x`` (the batch is axis 0) and keeps, on ``self``, what
+    ``backward`` will need (the input, the output, a mask).
+``backward(grad_out, *, compute_grad_input=True)``
+    ``grad_out`` is dL/d(output), of the output's shape. *Adds* dL/dp into ``p.grad`` of each
+    of the module's own parameters (``p.grad += ...``: gradients accumulate until
+    ``zero_grad()``), calls ``backward`` of the sub-modules it used, and returns dL/d(input)
+    -- or may return None when ``compute_grad_input`` is False (the first layer of a model:
+    nobody needs it).
+``infer(x)`` (optional)
+    The eval-mode output, keeping no state: what ``predict`` calls, possibly from several
+    threads while another trains. The default runs ``forward`` with every sub-module called
+    as ``module(x)`` answering with its own ``infer``; override it when your ``forward``
+    keeps state or behaves differently in training mode.
+``get_config()`` (needed to save the model)
+    A JSON-serialisable dict of the constructor's arguments (sub-modules given to the
+    constructor may be values too), such that ``type(self)(**get_config())`` builds the
+    same architecture. Decorate the class with ``@nnscratch.register`` so that
+    ``nnscratch.load`` can find it.
+``output_shape(input_shape)``, ``flops(input_shape)`` (optional, for ``summary``)
+    The per-sample output shape (batch axis left out) and the floating-point operations of
+    one sample's forward pass; by default the shape is kept and 0 FLOPs are counted.
 """
+import collections
+import contextlib
+import threading
+
 import numpy as np
 
-from . import _memory
+from . import _checks, _memory
 
-__all__ = ["Parameter", "Module"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_MAX_SCRATCH = 16   # arrays per module; more batch shapes than this and the cache restarts
-
-
-def check_float_dtype(dtype, name="dtype"):
-    """``np.dtype(dtype)`` when it is float32 or float64, else TypeError."""
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{name} must be np.float32 or np.float64, got {dtype!r}") from None
-    if dtype not in _FLOATS:
-        raise TypeError(f"{name} must be np.float32 or np.float64, got {dtype}")
-    return dtype
+__all__ = ["Parameter", "Module", "ModuleSequence", "ModuleList", "register", "registered", "registered_name",
+           "repeated_modules", "IncompatibleKeys", "StateDictError"]
 
 
 class Parameter:
     """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype).
 
-    ``grad`` starts at zero; backward passes add into it and ``zero_grad()`` clears it.
-    The clearing is lazy: ``zero_grad()`` only marks the gradient as zero, and the next
-    backward pass *writes* it instead of adding to it (a layer whose kernel can overwrite
-    asks `grad_for_backward`), which saves a pass over every gradient per step; anything
-    that reads ``grad`` first gets the zeros filled in. Either way ``p.grad`` always reads
-    as what PyTorch's ``.grad`` would hold -- but an array taken from ``p.grad`` *before*
-    ``zero_grad()`` keeps its old values until the next backward pass or ``p.grad`` read
-    (read ``p.grad`` again rather than keeping the array across a ``zero_grad``).
-    Both arrays are C-contiguous and keep their identity for the parameter's lifetime:
-    assigning ``p.data = values`` copies `values` into the existing array (same shape
-    required), so optimizers and kernels that hold the array stay valid.
+    ``grad`` starts at zero; a backward pass adds into it and ``zero_grad()`` sets it back
+    to zero, as PyTorch's ``.grad``. ``p.grad = array`` replaces the gradient array (same
+    shape and dtype, C-contiguous, writeable) and ``p.grad = None`` clears it -- to a new
+    array of zeros: here a gradient is always an array, never None. ``p.data = values``
+    copies `values` into the parameter's array (same shape), so that whoever holds the
+    array (an optimizer's step) sees the new values.
+
+    ``_version`` counts the times the gradient array was replaced: the one signal the
+    library's fast path (``nnscratch._fast``) needs to refresh the arrays it holds.
 
     Parameters
     ----------
     data : array_like of float32 or float64
-        Copied.
+        Copied (into an array aligned to 64 bytes: a cache line, one AVX-512 vector).
     """
 
-    __slots__ = ("_data", "_grad", "_grad_zero", "_grad_finite")
+    __slots__ = ("_data", "_grad", "_version")
 
     def __init__(self, data):
         data = np.asarray(data)
-        check_float_dtype(data.dtype, "Parameter data")
-        self._data = _memory.copy(data)    # (64-byte aligned, as the gradient)
+        _checks.float_dtype(data.dtype, "Parameter data")
+        self._data = _memory.copy(data)
         self._grad = _memory.zeros(data.shape, data.dtype)
-        self._grad_zero = False   # True: grad is zero, its array not yet cleared
-        # True / False: the backward pass that last wrote the gradient checked it, and it
-        # holds no NaN/inf / holds one (fit's guard then needs no pass of its own); None:
-        # not known -- set back to None whenever the gradient is handed out
-        self._grad_finite = None
+        self._version = 0
 
     @property
     def data(self):
@@ -83,21 +101,22 @@ class Parameter:
     @property
     def grad(self):
         """dL/d(data), accumulated by backward passes (ndarray of data's shape and dtype)."""
-        if self._grad_zero:
-            self._grad.fill(0)
-            self._grad_zero = False
-        self._grad_finite = None
         return self._grad
 
-    def grad_for_backward(self):
-        """``(grad, accumulate)`` for a backward pass: when `accumulate` is False the
-        gradient is zero (a `zero_grad` since the last pass) and the caller must overwrite
-        every element of `grad` (``=`` rather than ``+=``); when True it adds as usual."""
-        self._grad_finite = None
-        if self._grad_zero:
-            self._grad_zero = False
-            return self._grad, False
-        return self._grad, True
+    @grad.setter
+    def grad(self, value):
+        if value is None:
+            value = _memory.zeros(self._data.shape, self._data.dtype)
+        elif not isinstance(value, np.ndarray) or value.shape != self._data.shape or \
+                value.dtype != self._data.dtype:
+            raise ValueError(f"Parameter.grad must be None or an ndarray of shape "
+                             f"{self._data.shape} and dtype {self._data.dtype}, got "
+                             f"{_describe(value)}")
+        elif not (value.flags.c_contiguous and value.flags.aligned and value.flags.writeable):
+            raise ValueError("Parameter.grad must be a C-contiguous, aligned, writeable array "
+                             "(backward passes add into it in place)")
+        self._grad = value
+        self._version += 1
 
     @property
     def shape(self):
@@ -111,96 +130,323 @@ class Parameter:
     def size(self):
         return self._data.size
 
+    @property
+    def ndim(self):
+        return self._data.ndim
+
     def zero_grad(self):
-        """Set the gradient to zero (lazily: see the class docstring)."""
-        self._grad_zero = True
-        self._grad_finite = None
+        """Set the gradient to zero, in place."""
+        self._grad.fill(0)
 
     def __repr__(self):
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
 
 
-class Module:
-    """Base class of layers and models.
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return type(value).__name__
 
-    Subclasses implement ``forward(x)``, ``backward(grad_out, *, compute_grad_input=True)``
-    and, when their shapes are known, ``output_shape(input_shape)``, ``flops(input_shape)``,
-    ``get_config()``; ``infer(x)`` when eval-mode forward must differ from `forward`.
-    Parameters are the attributes that hold a `Parameter`, in the order they were set.
+
+# While a thread predicts (`Module.infer`), every module it calls as ``module(x)`` answers
+# with its eval-mode, state-free ``infer``: a flag per thread, so that another thread may
+# train the same model meanwhile.
+class _PredictFlag(threading.local):
+    on = False
+
+
+_predicting = _PredictFlag()
+
+
+@contextlib.contextmanager
+def predicting():
+    """Inside the block, on this thread, ``module(x)`` calls ``module.infer(x)``."""
+    previous = _predicting.on
+    _predicting.on = True
+    try:
+        yield
+    finally:
+        _predicting.on = previous
+
+
+class Module:
+    """Base class of layers and models (see the module docstring for the contract).
+
+    Attributes holding a `Parameter`, a `Module` or (by ``register_buffer``) a buffer array
+    are registered, in the order they are set: ``named_parameters()``, ``children()``,
+    ``state_dict()`` and ``train()`` find them. A new module is in training mode.
     """
 
-    training = True   # a new module is in training mode, as in PyTorch
+    training = True
 
     def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_modules", {})
         self.training = True
-        self._scratch_arrays = {}
+
+    # --- registration ----------------------------------------------------------------
+
+    def __setattr__(self, name, value):
+        registries = self.__dict__.get("_parameters")
+        if registries is None:
+            if isinstance(value, (Parameter, Module)):
+                raise AttributeError(f"cannot assign {type(value).__name__} {name!r} before "
+                                     f"Module.__init__() was called (call super().__init__() "
+                                     f"first in {type(self).__name__}.__init__)")
+            object.__setattr__(self, name, value)
+            return
+        params, modules, buffers = self._parameters, self._modules, self._buffers
+        if isinstance(value, Parameter):
+            modules.pop(name, None)
+            buffers.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            buffers.pop(name, None)
+            modules[name] = value
+        elif name in params or name in modules:
+            if value is not None:
+                kind = "Parameter" if name in params else "Module"
+                raise TypeError(f"cannot assign {type(value).__name__} to {name!r} of "
+                                f"{type(self).__name__}: a {kind} (or None) expected")
+            (params if name in params else modules)[name] = None
+        elif name in buffers:
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"cannot assign {type(value).__name__} to buffer {name!r}: "
+                                f"an ndarray (or None) expected")
+            buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for registry in ("_parameters", "_modules", "_buffers"):
+            self.__dict__.get(registry, {}).pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, array):
+        """Keep `array` (e.g. a batch norm's running mean) as state that is saved with the
+        model but not trained: ``state_dict`` holds it, optimizers do not see it."""
+        if array is not None and not isinstance(array, np.ndarray):
+            raise TypeError(f"buffer {name!r} must be an ndarray or None, got "
+                            f"{type(array).__name__}")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers[name] = array
+        object.__setattr__(self, name, array)
+
+    def add_module(self, name, module):
+        """Register `module` under `name` (what ``self.<name> = module`` does)."""
+        if not isinstance(module, Module) and module is not None:
+            raise TypeError(f"{type(module).__name__} is not a Module")
+        setattr(self, name, module)
 
     # --- the computation -------------------------------------------------------------
 
     def forward(self, x):
-        """The layer's output for a batch ``x``; keeps what `backward` needs."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+        """The output for a batch ``x``; keeps what `backward` needs."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no forward(x): a Module subclass defines forward(x) "
+            f"and backward(grad_out, *, compute_grad_input=True) (see nnscratch.Module)")
 
     def backward(self, grad_out, *, compute_grad_input=True):
-        """Add the parameters' gradients into ``.grad``; return dL/dx (or None when
+        """Add dL/dp into each parameter's ``.grad``; return dL/dx (None allowed when
         ``compute_grad_input`` is False)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no backward(grad_out, *, compute_grad_input=True): "
+            f"it must add its parameters' gradients into p.grad and return dL/d(input) "
+            f"(see nnscratch.Module)")
 
     def infer(self, x):
-        """Eval-mode forward that keeps no state and reuses no buffer (thread-safe).
+        """The eval-mode output for x, keeping no state (what ``predict`` calls).
 
-        Used by ``predict``. The default calls `forward`; layers whose eval behaviour or
-        state differ override it.
+        By default `forward`, during which every sub-module called as ``module(x)``
+        answers with its own ``infer``.
         """
-        return self.forward(x)
+        with predicting():
+            return self.forward(x)
 
     def __call__(self, x):
+        if _predicting.on:
+            return self.infer(x)
         return self.forward(x)
 
-    # --- parameters and modes --------------------------------------------------------
+    def _saved(self, attr):
+        """What forward kept for backward (``self.<attr>``); RuntimeError before forward."""
+        value = self.__dict__.get(attr)
+        if value is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward()")
+        return value
 
-    def named_parameters(self):
-        """List of ``(name, Parameter)`` pairs."""
-        return [(name, value) for name, value in vars(self).items()
-                if isinstance(value, Parameter)]
+    def _input(self, x, dtype=None, check=None):
+        """`x` as an ndarray of `dtype`, with a clear error naming the layer.
 
-    def parameters(self):
-        """List of the module's `Parameter` objects."""
-        return [p for _, p in self.named_parameters()]
+        ``check(x)`` runs before any cast (it raises on a wrong shape). Real inputs of
+        another dtype (ints, bools, the other float) are cast: to `dtype` when given, else
+        floats keep theirs and the rest becomes float32.
+        """
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{self!r} expects a real-valued input, got dtype {x.dtype}")
+        if check is not None:
+            check(x)
+        if dtype is None:
+            dtype = x.dtype if x.dtype in _checks.FLOATS else np.dtype(np.float32)
+        return x.astype(dtype, copy=False)
 
-    def named_buffers(self):
-        """List of ``(name, ndarray)``: state that is not trained but is saved with the
-        model (e.g. a batch norm's running statistics). Empty by default."""
-        return []
+    def _grad_of(self, grad_out, shape, dtype):
+        """The incoming gradient as an ndarray of the forward output's shape and dtype."""
+        grad_out = np.asarray(grad_out)
+        if grad_out.shape != shape:
+            raise ValueError(f"{self!r}: grad_out has shape {grad_out.shape}, expected the "
+                             f"forward output's shape {shape}")
+        if grad_out.dtype.kind != "f":
+            raise TypeError(f"{self!r}: grad_out must be a float array, got {grad_out.dtype}")
+        return grad_out.astype(dtype, copy=False)
+
+    # --- the tree of modules -----------------------------------------------------------
+
+    def named_children(self):
+        """``(name, module)`` for each direct sub-module, in registration order."""
+        for name, module in self._modules.items():
+            if module is not None:
+                yield name, module
 
     def children(self):
-        """Sub-modules (none for a layer)."""
-        return []
+        """The direct sub-modules."""
+        for _, module in self.named_children():
+            yield module
 
-    def zero_grad(self):
-        """Set every parameter's gradient to zero."""
-        for p in self.parameters():
-            p.zero_grad()
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """``(dotted name, module)`` for this module (`prefix`, "" by default) and every
+        sub-module, depth first; a module reachable twice is listed once unless
+        `remove_duplicate` is False (`memo`: the ids already listed)."""
+        memo = set() if memo is None else memo
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
+        yield prefix, self
+        for name, module in self.named_children():
+            yield from module.named_modules(memo, f"{prefix}.{name}" if prefix else name,
+                                            remove_duplicate)
+
+    def modules(self):
+        """This module and every sub-module."""
+        for _, module in self.named_modules():
+            yield module
+
+    def named_parameters(self, prefix="", recurse=True):
+        """``(dotted name, Parameter)`` pairs, e.g. ``("1.body.0.weight", ...)``; a parameter
+        shared by two modules is listed once."""
+        seen = set()
+        modules = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
+        for module_prefix, module in modules:
+            for name, p in module._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{module_prefix}.{name}" if module_prefix else name), p
+
+    def parameters(self, recurse=True):
+        """The `Parameter` objects (as ``named_parameters``)."""
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix="", recurse=True):
+        """``(dotted name, ndarray)``: state saved with the model but not trained."""
+        modules = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
+        for module_prefix, module in modules:
+            for name, array in module._buffers.items():
+                if array is not None:
+                    yield (f"{module_prefix}.{name}" if module_prefix else name), array
+
+    def buffers(self, recurse=True):
+        for _, array in self.named_buffers(recurse=recurse):
+            yield array
+
+    # --- modes and gradients -----------------------------------------------------------
 
     def train(self, mode=True):
-        """Training mode (dropout active, scratch arrays reused); returns self."""
+        """Training mode for this module and every sub-module; returns self."""
         self.training = bool(mode)
         for child in self.children():
             child.train(mode)
         return self
 
     def eval(self):
-        """Eval mode (dropout off, fresh output arrays); returns self."""
+        """Eval mode (dropout off, batch norm on its running statistics); returns self."""
         return self.train(False)
 
-    # --- shapes, cost, serialisation -------------------------------------------------
+    def zero_grad(self):
+        """Set every parameter's gradient to zero."""
+        for p in self.parameters():
+            p.zero_grad()
+
+    # --- state -------------------------------------------------------------------------
+
+    def state_dict(self):
+        """An ordered ``{name: array}`` of every parameter's data and every buffer, with
+        the names of `named_parameters` (each module's parameters, then its buffers, then
+        its sub-modules'). The arrays are the model's own (copy them to keep a snapshot)."""
+        state = collections.OrderedDict()
+        for prefix, module in self.named_modules(remove_duplicate=False):
+            dot = f"{prefix}." if prefix else ""
+            for name, p in module._parameters.items():
+                if p is not None:
+                    state[dot + name] = p.data
+            for name, array in module._buffers.items():
+                if array is not None:
+                    state[dot + name] = array
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy the arrays of `state_dict` into the parameters and buffers of the same names.
+
+        Everything is checked before anything is copied: a key the model lacks
+        (unexpected), a key of the model the dict lacks (missing) -- both errors when
+        `strict` -- and an array whose shape differs (always an error) raise
+        `StateDictError` (a ValueError, and a RuntimeError as in PyTorch) naming every
+        such key. Values are cast to the model's dtype.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``, empty lists unless ``strict=False``.
+        """
+        if not isinstance(state_dict, collections.abc.Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, got "
+                            f"{type(state_dict).__name__}")
+        own = self.state_dict()
+        missing = [key for key in own if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in own]
+        problems, values = [], {}
+        for key, target in own.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(state_dict[key])
+            if value.dtype.kind not in "fiub":
+                problems.append(f"{key!r} has dtype {value.dtype}, not a real number type")
+            elif value.shape != target.shape:
+                problems.append(f"size mismatch for {key!r}: the dict has shape "
+                                f"{value.shape}, the model {target.shape}")
+            else:
+                values[key] = value
+        if strict and unexpected:
+            problems.insert(0, f"unexpected key(s): {', '.join(map(repr, unexpected))}")
+        if strict and missing:
+            problems.insert(0, f"missing key(s): {', '.join(map(repr, missing))}")
+        if problems:
+            raise StateDictError(f"error(s) in loading state_dict for {type(self).__name__}: "
+                                 + "; ".join(problems))
+        for key, value in values.items():
+            np.copyto(own[key], value, casting="unsafe")
+        return IncompatibleKeys(missing, unexpected)
+
+    # --- shapes, cost, description -----------------------------------------------------
 
     def output_shape(self, input_shape):
-        """Per-sample output shape for a per-sample input shape (the batch axis left out).
-
-        The default keeps the shape (element-wise layers); layers that change the shape
-        override it (``fit`` checks X and y against it).
-        """
+        """Per-sample output shape for a per-sample input shape (the batch axis left out);
+        the default keeps the shape."""
         return tuple(input_shape)
 
     def flops(self, input_shape):
@@ -208,75 +454,176 @@ class Module:
         return 0
 
     def get_config(self):
-        """The constructor arguments, JSON-serialisable (used by ``save``)."""
+        """The constructor's arguments (JSON values, or sub-modules), used by ``save``."""
         return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """A new module from `get_config()`'s dict (what ``nnscratch.load`` calls)."""
+        return cls(**config)
 
     def extra_repr(self):
         """The text inside the parentheses of ``repr(self)``."""
-        return ", ".join(f"{k}={v}" for k, v in self.get_config().items())
+        return ", ".join(f"{k}={v}" for k, v in self.get_config().items()
+                         if not isinstance(v, (Module, list, tuple)))
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({name}): " + repr(module).replace("\n", "\n  ")
+                 for name, module in self.named_children()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ")" if not lines else head + "\n" + "\n".join(lines) + "\n)"
 
-    # --- helpers for subclasses ------------------------------------------------------
 
-    def _scratch(self, name, shape, dtype, *reading):
-        """A kept array for output `name` in training mode; None (= allocate) in eval mode,
-        and when the kept array is one of `reading`, the arrays the output is computed from
-        (a layer fed its own kept buffer back: it must not be written while it is read)."""
-        if not self.training:
-            return None
-        arrays = self.__dict__.setdefault("_scratch_arrays", {})  # (subclass without __init__)
-        key = (name, shape, dtype)
-        array = arrays.get(key)
-        if array is None:
-            if len(arrays) >= _MAX_SCRATCH:
-                arrays.clear()
-            array = arrays[key] = _memory.empty(shape, dtype)
-        for other in reading:
-            if other is array:
-                return None
-        return array
+def repeated_modules(model):
+    """None, or why `model` cannot train: one module object appears in two places of it (a
+    layer keeps what its backward needs from its last forward)."""
+    first = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        seen = first.setdefault(id(module), name)
+        if seen != name:
+            return (f"layers {seen} and {name} are the same {type(module).__name__} object: a "
+                    f"layer keeps what its backward needs from its last forward, so one object "
+                    f"cannot run twice in a training model (eval mode is fine); use two layer "
+                    f"objects")
+    return None
 
-    def _as_input(self, x, dtype=None, check=None, name="input"):
-        """`x` as an ndarray of `dtype` (float32/float64) with a clear error naming the layer.
 
-        ``check(x)``, when given, runs before any cast (it raises on a wrong shape). Real
-        inputs (floats, ints, bools) of another dtype are cast: to `dtype` when given,
-        else float inputs keep float32/float64 and anything else becomes float32.
-        """
-        if type(x) is np.ndarray and x.dtype is dtype:    # the usual case, quickly
-            if check is not None:
-                check(x)
-            return x
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"{self!r} expects a real-valued {name}, got dtype {x.dtype}")
-        if check is not None:
-            check(x)
-        if dtype is None:
-            dtype = x.dtype if x.dtype in _FLOATS else np.dtype(np.float32)
-        if x.dtype != dtype:
-            x = x.astype(dtype)
-        return x
+class ModuleSequence(Module):
+    """A module whose sub-modules form a list, registered as ``"0"``, ``"1"``, ...: indexing,
+    slicing, ``len``, iteration, ``append``, ``extend``, ``insert``, ``pop``, ``m[i] = module``
+    and ``del m[i]``. The base of `ModuleList` and `Sequential`."""
 
-    def _as_grad(self, grad_out, shape, dtype):
-        """The incoming gradient, checked against the forward output's shape."""
-        if not isinstance(grad_out, np.ndarray):
-            grad_out = np.asarray(grad_out)
-        if grad_out.shape != shape:
-            raise ValueError(f"{self!r}: grad_out has shape {grad_out.shape}, expected the "
-                             f"forward output's shape {shape}")
-        if grad_out.dtype != dtype:
-            if grad_out.dtype.kind != "f":
-                raise TypeError(f"{self!r}: grad_out must be a float array, got "
-                                f"{grad_out.dtype}")
-            grad_out = grad_out.astype(dtype)
-        return grad_out
+    def __init__(self, modules=()):
+        super().__init__()
+        self._set_items(modules)
 
-    def _saved(self, attr):
-        value = getattr(self, attr, None)
-        if value is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward()")
-        return value
+    def _set_items(self, modules):
+        modules = list(modules)
+        for i, module in enumerate(modules):
+            if not isinstance(module, Module):
+                raise TypeError(f"{type(self).__name__} takes Module instances; argument {i} "
+                                f"is {type(module).__name__}")
+        for name in list(self._modules):
+            delattr(self, name)
+        for i, module in enumerate(modules):
+            setattr(self, str(i), module)
+
+    def _items(self):
+        return list(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._of(self._items()[index])
+        return self._items()[index]
+
+    @classmethod
+    def _of(cls, modules):
+        """A new container of this kind holding `modules` (what slicing returns)."""
+        return cls(modules)
+
+    def __setitem__(self, index, module):
+        items = self._items()
+        items[index] = module
+        self._set_items(items)
+
+    def __delitem__(self, index):
+        items = self._items()
+        del items[index]
+        self._set_items(items)
+
+    def append(self, module):
+        self._set_items(self._items() + [module])
+        return self
+
+    def extend(self, modules):
+        self._set_items(self._items() + list(modules))
+        return self
+
+    def insert(self, index, module):
+        items = self._items()
+        items.insert(index, module)
+        self._set_items(items)
+
+    def pop(self, index=-1):
+        items = self._items()
+        module = items.pop(index)
+        self._set_items(items)
+        return module
+
+
+class ModuleList(ModuleSequence):
+    """A list of modules; a module that keeps its layers in a ModuleList owns their
+    parameters (a plain Python list would hide them from ``parameters()``).
+
+    It has no forward of its own: the module that holds it decides how its entries run.
+    """
+
+    def get_config(self):
+        return {"modules": list(self)}
+
+
+class StateDictError(ValueError, RuntimeError):
+    """`load_state_dict` refused a dict (PyTorch raises RuntimeError; here it is both)."""
+
+
+IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+# --- the table `nnscratch.load` builds modules from ----------------------------------------
+
+_REGISTRY = {}
+
+
+def register(cls=None, *, name=None):
+    """Class decorator: let ``nnscratch.load`` rebuild saved modules of this class.
+
+    The saved architecture names each module's class and its ``get_config()``; loading
+    looks the name up here and calls ``cls(**config)``. Use it on your own layers::
+
+        @nnscratch.register
+        class Scale(nnscratch.Module):
+            ...
+
+    Parameters
+    ----------
+    name : str, optional
+        The name in saved files (default: the class's ``__name__``). Registering another
+        class under a name already taken is a ValueError.
+    """
+    def decorate(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Module)):
+            raise TypeError(f"register takes a Module subclass, got {cls!r}")
+        key = cls.__name__ if name is None else name
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"name must be a non-empty str, got {key!r}")
+        known = _REGISTRY.get(key)
+        if known is not None and known is not cls and (
+                known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"{key!r} is already registered for {known.__module__}."
+                             f"{known.__qualname__}; pass register(name=...) to save this "
+                             f"class under another name")
+        _REGISTRY[key] = cls
+        return cls
+    return decorate if cls is None else decorate(cls)
+
+
+def registered(name):
+    """The class registered under `name`, or None."""
+    return _REGISTRY.get(name)
+
+
+def registered_name(cls):
+    """The name `cls` itself is registered under (not a parent class's), or None."""
+    for key, known in _REGISTRY.items():
+        if known is cls:
+            return key
+    return None
+
+
+register(ModuleList)

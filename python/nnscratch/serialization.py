@@ -3,17 +3,19 @@
 The file is a NumPy ``.npz`` zip holding
 
 * ``__architecture__``: a uint8 array, the UTF-8 bytes of a JSON document
-  ``{"format": "nnscratch", "version": 1, "layers": [{"type": "Linear", "config":
-  {...}}, ...]}``;
-* one array per parameter, named as ``model.named_parameters()`` names it
-  (``"0.weight"``, ``"0.bias"``, ...), and one per saved buffer (``model.named_buffers()``,
-  e.g. a batch norm's running statistics).
+  ``{"format": "nnscratch", "version": 2, "type": "Sequential", "config": {"layers":
+  [{"type": "Linear", "config": {...}}, ...]}}``: each module's registered class name and
+  its ``get_config()``, sub-modules nested the same way;
+* the model's ``state_dict()``: one array per parameter and buffer, named as
+  ``named_parameters()`` names them (``"0.weight"``, ``"1.body.0.bias"``,
+  ``"3.running_mean"``, ...).
 
 Anyone can read it with ``np.load(path)``. Saving writes a temporary file in the same
 directory, flushes and fsyncs it, then renames it to exactly `path` (``os.replace``): a
 crash leaves either the old file or the new one, never half of one. Loading uses
-``allow_pickle=False`` and accepts only the layer types of ``nnscratch.layers``; anything
-else — not a zip, truncated, edited, or another program's ``.npz`` — is a ``ValueError``.
+``allow_pickle=False`` and builds only classes registered with ``nnscratch.register``
+(the built-in layers are); anything else -- not a zip, truncated, edited, another
+program's ``.npz`` -- is a ``ValueError``. Files of version 1 (a list of layers) load too.
 """
 import json
 import os
@@ -23,11 +25,13 @@ import time
 import numpy as np
 
 from . import _random
-from .layers import LAYERS
+from .module import Module, registered, registered_name
 
-__all__ = ["save", "load", "model_arrays", "model_from_arrays", "write_npz", "read_npz"]
+__all__ = ["save", "load", "model_arrays", "model_from_arrays", "write_npz", "read_npz",
+           "architecture", "build"]
 
-FORMAT, VERSION = "nnscratch", 1
+FORMAT, VERSION = "nnscratch", 2
+MAX_DEPTH = 64        # modules nested deeper than this in a file are refused
 ARCHITECTURE_KEY = "__architecture__"
 EXTRA_PREFIX = "checkpoint/"   # entries a checkpoint adds; `load` reads past them
 
@@ -45,14 +49,38 @@ def save(model, path):
 
 
 def model_arrays(model):
-    """{name: array} of everything `save` writes: the architecture, parameters, buffers."""
-    document = {"format": FORMAT, "version": VERSION, **model.get_config()}
+    """{name: array} of everything `save` writes: the architecture and the state_dict."""
+    document = {"format": FORMAT, "version": VERSION, **architecture(model)}
     arrays = {ARCHITECTURE_KEY: np.frombuffer(json.dumps(document).encode("utf-8"), np.uint8)}
-    for name, param in model.named_parameters():
-        arrays[name] = param.data
-    for name, buffer in model.named_buffers():
-        arrays[name] = buffer
+    arrays.update(model.state_dict())
     return arrays
+
+
+def architecture(module):
+    """``{"type": registered name, "config": get_config()}`` of `module`, its sub-modules
+    (values of the config) described the same way; ValueError for an unregistered class."""
+    name = registered_name(type(module))
+    if name is None:
+        raise ValueError(
+            f"{type(module).__name__} cannot be saved: nnscratch.load could not rebuild it. "
+            f"Decorate the class with @nnscratch.register and give it get_config() (the "
+            f"constructor's arguments)")
+    return {"type": name, "config": _described(module.get_config(), type(module).__name__)}
+
+
+def _described(value, where):
+    if isinstance(value, Module):
+        return {"__module__": architecture(value)}
+    if isinstance(value, dict):
+        return {str(k): _described(v, where) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_described(v, where) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise ValueError(f"{where}.get_config() holds a {type(value).__name__}, which a saved "
+                     f"file cannot describe (JSON values and modules only)")
 
 
 def write_npz(path, arrays):
@@ -160,12 +188,12 @@ def read_npz(path):
 
 
 def model_from_arrays(path, arrays):
-    """The Sequential described by `model_arrays`-style {name: array} (read from `path`)."""
-    from .model import Sequential   # model imports this module
+    """The model described by `model_arrays`-style {name: array} (read from `path`)."""
+    def bad(reason):
+        return ValueError(f"{path!r} is not a valid nnscratch model file: {reason}")
 
-    model = Sequential(*_build_layers(path, arrays))
-    expected = {name: p.data for name, p in model.named_parameters()}
-    expected.update(model.named_buffers())
+    model = _build_model(arrays, bad)
+    expected = model.state_dict()
     stored = {k: v for k, v in arrays.items() if k != ARCHITECTURE_KEY}
     if set(stored) != set(expected):
         missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
@@ -177,15 +205,12 @@ def model_from_arrays(path, arrays):
             raise ValueError(f"{path!r}: weight {name!r} has shape {value.shape} and dtype "
                              f"{value.dtype}, the architecture needs {target.shape} "
                              f"{target.dtype}")
-        np.copyto(target, value)
+    model.load_state_dict(stored)
     return model
 
 
-def _build_layers(path, arrays):
-    """The layers the file's architecture describes (with throw-away initial weights)."""
-    def bad(reason):
-        return ValueError(f"{path!r} is not a valid nnscratch model file: {reason}")
-
+def _build_model(arrays, bad):
+    """The module the file's architecture describes (with throw-away initial weights)."""
     raw = arrays.get(ARCHITECTURE_KEY)
     if raw is None:
         raise bad(f"no {ARCHITECTURE_KEY!r} entry (not written by nnscratch)")
@@ -197,35 +222,46 @@ def _build_layers(path, arrays):
         raise bad(f"the architecture is not valid JSON ({err})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise bad("the architecture has no 'format': 'nnscratch' entry")
-    if document.get("version") != VERSION:
-        raise bad(f"unsupported format version {document.get('version')!r} (this is "
-                  f"version {VERSION})")
-    specs = document.get("layers")
-    if not isinstance(specs, list):
-        raise bad("the architecture has no list of layers")
+    version = document.get("version")
+    if version == 1:        # the first format: the layers of a Sequential
+        specs = document.get("layers")
+        if not isinstance(specs, list):
+            raise bad("the architecture has no list of layers")
+        document = {"type": "Sequential", "config": {"layers": [
+            {"__module__": spec} for spec in specs]}}
+    elif version != VERSION:
+        raise bad(f"unsupported format version {version!r} (this is version {VERSION})")
     state = _random.get_state()     # building layers draws initial weights: put them back
     try:
-        return [_build_layer(spec, f"layer {i}", bad) for i, spec in enumerate(specs)]
+        return build(document, bad)
     finally:
         _random.set_state(state)
 
 
-def _build_layer(spec, where, bad):
-    """One layer from its {"type", "config"} entry; a nested Sequential recursively."""
-    from .model import Sequential
-
+def build(spec, bad, where="the model", depth=0):
+    """The module ``{"type": ..., "config": ...}`` describes (see `architecture`); `bad`
+    makes the exception for a reason."""
+    if depth > MAX_DEPTH:
+        raise bad(f"modules nested deeper than {MAX_DEPTH}")
     if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
-        raise bad(f"{where} is not a layer entry: {spec!r}")
+        raise bad(f"{where} is not a module entry: {spec!r}")
     kind, config = spec.get("type"), spec.get("config", {})
-    if kind == "Sequential":
-        children = config.get("layers")
-        if not isinstance(children, list) or set(config) != {"layers"}:
-            raise bad(f"{where} (Sequential) has a bad config")
-        return Sequential(*[_build_layer(child, f"{where}.{j}", bad)
-                            for j, child in enumerate(children)])
-    if kind not in LAYERS:
-        raise bad(f"{where} is not a known layer: {spec!r}")
+    cls = registered(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise bad(f"{where} is of type {kind!r}, which is not a registered module class (a "
+                  f"layer of your own must be decorated with @nnscratch.register, and the "
+                  f"module defining it imported before nnscratch.load)")
+    arguments = {key: _built(value, bad, f"{where}.{key}", depth)
+                 for key, value in config.items()}
     try:
-        return LAYERS[kind](**config)
+        return cls.from_config(arguments)
     except (TypeError, ValueError) as err:
         raise bad(f"{where} ({kind}) has a bad config: {err}") from None
+
+
+def _built(value, bad, where, depth):
+    if isinstance(value, dict) and set(value) == {"__module__"}:
+        return build(value["__module__"], bad, where, depth + 1)
+    if isinstance(value, list):
+        return [_built(v, bad, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    return value

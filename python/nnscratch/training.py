@@ -1,7 +1,7 @@
 """The training loop and inference in batches: `fit`, `evaluate`, `predict`, `predict_proba`.
 
 These are the methods of ``Sequential`` (``model.fit(...)``); they take the model as
-their first argument here. One step of `fit` is the seed's training loop::
+their first argument here. One step of `fit` is the textbook training loop (`_Step`)::
 
     out = model(xb)                       # forward
     value = loss(out, yb)                 # loss
@@ -9,9 +9,10 @@ their first argument here. One step of `fit` is the seed's training loop::
     model.backward(loss.backward())       # backward
     optimizer.step()                      # update
 
-Arguments are checked once, before the first epoch, with a ``ValueError`` / ``TypeError``
-naming the argument. Batches are gathered into kept arrays (the ``take_rows`` kernel), so
-that on the cython backend a steady-state step allocates no new arrays.
+On the compiled kernels the same step runs as ``nnscratch._fast.TrainStep``: the same
+numbers, bit for bit, with the batch gathered into kept arrays and no pass to zero the
+gradients. Arguments are checked once, before the first epoch, with a ``ValueError`` /
+``TypeError`` naming the argument.
 """
 import math
 import numbers
@@ -19,12 +20,12 @@ import time
 
 import numpy as np
 
-from . import _memory, _random
-from .backend import kernels
+from . import _checks, _fast, _random
+from .backend import fast_path, kernels
 from .callbacks import Callback, History
 from .layers import Sigmoid, Softmax
 from .losses import LOSSES, BCEWithLogitsLoss, CrossEntropyLoss, Loss
-from .module import Module
+from .module import repeated_modules
 
 __all__ = ["fit", "evaluate", "predict", "predict_proba"]
 
@@ -32,14 +33,6 @@ __all__ = ["fit", "evaluate", "predict", "predict_proba"]
 # --------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
 
 def _model_dtype(model):
     return model.dtype if model.dtype is not None else np.dtype(np.float32)
@@ -97,37 +90,17 @@ def _as_loss(loss):
 
 
 class _Accuracy:
-    """Counts correct predictions into kept arrays (no allocation per batch).
-
-    "multiclass": argmax over the classes equals the label; "binary": the logit's sign
-    agrees with the 0/1 target.
-    """
+    """Counts correct predictions: "multiclass", the largest output is the label's;
+    "binary", the logit's sign agrees with the 0/1 target."""
 
     def __init__(self, kind):
         self.kind = kind
-        self._arrays = {}
-
-    def _array(self, name, shape, dtype):
-        key = (name, shape)
-        if key not in self._arrays:
-            if len(self._arrays) >= 8:
-                self._arrays.clear()
-            self._arrays[key] = _memory.empty(shape, dtype)
-        return self._arrays[key]
 
     def correct(self, out, target):
         """(number correct, number of predictions) for one batch."""
         if self.kind == "multiclass":
-            n = out.shape[0]
-            # (the arrays' own methods: NumPy's module functions add a dispatch layer that
-            # costs a microsecond a call, as much as the work here)
-            predicted = out.argmax(axis=1, out=self._array("argmax", (n,), np.intp))
-            hits = np.equal(predicted, target, out=self._array("hits", (n,), np.bool_))
-            return int(np.count_nonzero(hits)), n
-        positive = np.greater(out, 0, out=self._array("positive", out.shape, np.bool_))
-        truth = np.greater(target, 0.5, out=self._array("truth", out.shape, np.bool_))
-        hits = np.equal(positive, truth, out=positive)
-        return int(np.count_nonzero(hits)), out.size
+            return int(np.count_nonzero(out.argmax(axis=1) == target)), out.shape[0]
+        return int(np.count_nonzero((out > 0) == (target > 0.5))), out.size
 
 
 # --------------------------------------------------------------------------------------
@@ -191,9 +164,9 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         naming the epoch, the batch and the layer.
     """
     loss = _as_loss(loss)
-    epochs = _check_int("epochs", epochs, 0)
-    initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    epochs = _checks.integer("epochs", epochs, 0)
+    initial_epoch = _checks.integer("initial_epoch", initial_epoch, 0)
+    batch_size = _checks.integer("batch_size", batch_size, 1)
     if isinstance(progress, str):
         try:
             progress.format(epoch=1, epochs=epochs)
@@ -219,10 +192,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
 
     X, y, accuracy_kind = _as_data(model, loss, X, y)
-    # a model holding one layer object twice cannot train (see Sequential): refused before
-    # fit changes anything
-    from .model import _refuse_repeated
-    _refuse_repeated(model.children())
+    # a model holding one layer object twice cannot train: refused before fit changes anything
+    problem = repeated_modules(model)
+    if problem:
+        raise ValueError(problem)
     if validation_data is not None:
         if validation_split:
             raise ValueError("give validation_data or validation_split, not both")
@@ -253,8 +226,9 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     for cb in callbacks:
         cb.set_model(model)
         cb.on_train_begin({"metrics": list(metrics)})
-    loop = _EpochLoop(model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks,
-                      bool(check_finite))
+    step_kind = _fast.TrainStep if fast_path() and _fast.plannable(model) else _Step
+    loop = _EpochLoop(model, step_kind(model, loss, optimizer, bool(check_finite)), X, y,
+                      batch_size, accuracy_kind, callbacks)
     try:
         order = np.arange(len(X), dtype=np.int64)   # take_rows takes int64 indices
         for epoch in range(initial_epoch, epochs):
@@ -275,70 +249,52 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     return history
 
 
-class _EpochLoop:
-    """One epoch of mini-batch steps, with the kept arrays the batches are gathered into."""
+class _Step:
+    """fit's training step, as the seed writes it: forward, loss, zero_grad, backward,
+    update. ``step(xb, yb)`` returns ``(out, value, bad)``: the output, the loss, and None
+    -- or, when checking, "loss" if the loss is NaN/inf, or the name of the first parameter
+    whose gradient is (in both cases before anything is updated)."""
 
-    def __init__(self, model, loss, optimizer, X, y, batch_size, accuracy_kind, callbacks,
-                 check_finite=True):
-        self.model, self.loss, self.optimizer = model, loss, optimizer
-        self.check_finite = check_finite
-        self.named_params = list(model.named_parameters())
+    def __init__(self, model, loss, optimizer, check_finite):
+        self.model, self.loss, self.optimizer, self.check = model, loss, optimizer, check_finite
+        self.named = list(model.named_parameters())
+        known = {id(p) for _, p in self.named}
+        self.named += [(f"{i} of the optimizer", p)
+                       for i, p in enumerate(getattr(optimizer, "params", []))
+                       if id(p) not in known]
+
+    def gather(self, X, y, rows):
+        return kernels().take_rows(X, rows), y[rows]
+
+    def __call__(self, xb, yb):
+        out = self.model(xb)                                        # forward
+        value = self.loss(out, yb)                                  # loss
+        if self.check and not math.isfinite(value):
+            return out, value, "loss"
+        self.model.zero_grad()
+        self.model.backward(self.loss.backward(), compute_grad_input=False)   # backward
+        if self.check:
+            for name, p in self.named:
+                if not kernels().all_finite(p.grad):
+                    return out, value, name
+        self.optimizer.step()                                       # update
+        return out, value, None
+
+
+class _EpochLoop:
+    """One epoch of mini-batch steps."""
+
+    def __init__(self, model, step, X, y, batch_size, accuracy_kind, callbacks):
+        self.model, self.step, self.loss = model, step, step.loss
         self.X, self.y, self.batch_size = X, y, batch_size
         self.accuracy = _Accuracy(accuracy_kind) if accuracy_kind else None
         self.callbacks = callbacks
-        self._batches = {}
-        # the gradient check: parameters the optimizer does not update are checked here,
-        # the others by the optimizer's own step
-        # (an optimizer that is not an nnscratch.Optimizer: all checked here, then step())
-        self._fused_check = callable(getattr(optimizer, "_checked_step", None))
-        optimized = {id(p) for p in getattr(optimizer, "params", [])} \
-            if self._fused_check else set()
-        self._unoptimized = [(name, p) for name, p in self.named_params
-                             if id(p) not in optimized]
-        self._names = {id(p): name for name, p in self.named_params}
-        # zero_grad over the parameters listed once here (Module.zero_grad walks the
-        # modules for parameters(), the list of named_parameters(), every call: ~4 us a
-        # step), unless the model has its own zero_grad or its own parameters()
-        self._params = [p for _, p in self.named_params]
-        self._own_zero_grad = (type(model).zero_grad is not Module.zero_grad
-                               or type(model).parameters is not Module.parameters)
-
-    def _checked_step(self, where):
-        """The optimizer's step, after every gradient is checked for NaN/inf (by the
-        optimizer's own kernel call for SGD and Adam: one pass, see sgd_step)."""
-        bad = None
-        for name, p in self._unoptimized:
-            if not kernels().all_finite(p.grad):
-                bad = name
-                break
-        if bad is None and not self._fused_check:
-            self.optimizer.step()
-            return
-        if bad is None:
-            index = self.optimizer._checked_step()
-            if index is None:
-                return
-            bad = self._names.get(id(self.optimizer.params[index]), f"{index} of the optimizer")
-        raise FloatingPointError(
-            f"the gradient of {_layer_of(self.model, bad)} became NaN or infinite at "
-            f"{_where(*where)}: lower the learning rate or check the data (fit(check_finite="
-            f"False) trains on regardless)")
 
     def _gather(self, order, start, stop):
         """Batch [start, stop) of the epoch: rows order[start:stop] (or a slice)."""
         if order is None:
             return self.X[start:stop], self.y[start:stop]
-        m = stop - start
-        buffers = self._batches.get(m)
-        if buffers is None:
-            buffers = self._batches[m] = (_memory.empty((m,) + self.X.shape[1:], self.X.dtype),
-                                          np.empty((m,) + self.y.shape[1:], self.y.dtype))
-        rows = order[start:stop]
-        # the samples: copied by the threads together (take_rows); the targets are small
-        kernels().take_rows(self.X, rows, out=buffers[0])
-        # mode="clip": no hidden temporary (mode="raise" buffers `out`); rows are valid
-        self.y.take(rows, axis=0, out=buffers[1], mode="clip")
-        return buffers
+        return self.step.gather(self.X, self.y, order[start:stop])
 
     def run(self, epoch, epochs, order, progress, X_val, y_val):
         model, loss = self.model, self.loss
@@ -351,38 +307,17 @@ class _EpochLoop:
         # REFRESH seconds, as often as tqdm redraws it anyway: formatting the figures on
         # every batch cost a tenth of a batch-16 epoch
         pending, next_refresh = 0, 0.0
-        # a Sequential's chains of Linear layers check their gradients as they write them,
-        # so that the guard below needs no pass of its own over them
-        checking = self.check_finite and hasattr(model, "_check_gradients")
-        if checking:
-            model._check_gradients = True
         try:
             for batch, start in enumerate(range(0, n, self.batch_size)):
                 stop = min(start + self.batch_size, n)
                 xb, yb = self._gather(order, start, stop)
-                out = model(xb)
-                value = loss(out, yb)
-                where = (epoch, epochs, batch, n_batches)   # for the error messages
-                if self.check_finite and not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"the loss became {value} at {_where(*where)}; "
-                        f"{_locate_non_finite(model, xb)}"
-                        f": lower the learning rate or check the data (fit(check_finite="
-                        f"False) trains on regardless)")
+                out, value, bad = self.step(xb, yb)
+                if bad is not None:
+                    _refuse(model, xb, bad, value, (epoch, epochs, batch, n_batches))
                 if self.accuracy is not None:
                     hits, total = self.accuracy.correct(out, yb)
                     correct += hits
                     counted += total
-                if self._own_zero_grad:
-                    model.zero_grad()
-                else:
-                    for p in self._params:
-                        p.zero_grad()
-                model.backward(loss.backward(), compute_grad_input=False)
-                if self.check_finite:
-                    self._checked_step(where)
-                else:
-                    self.optimizer.step()
                 loss_sum += value * (stop - start)
                 seen += stop - start
                 for cb in self.callbacks:
@@ -407,8 +342,6 @@ class _EpochLoop:
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=True)
         finally:
-            if checking:
-                model._check_gradients = False
             if bar is not None:
                 bar.close()
         return logs
@@ -419,15 +352,24 @@ def _where(epoch, epochs, batch, n_batches):
     return f"epoch {epoch + 1}/{epochs}, batch {batch + 1}/{n_batches}"
 
 
+def _refuse(model, xb, bad, value, where):
+    """The FloatingPointError for a NaN/inf loss (`bad` == "loss") or gradient."""
+    hint = ("lower the learning rate or check the data (fit(check_finite=False) trains on "
+            "regardless)")
+    if bad == "loss":
+        raise FloatingPointError(f"the loss became {value} at {_where(*where)}; "
+                                 f"{_locate_non_finite(model, xb)}: {hint}")
+    raise FloatingPointError(f"the gradient of {_layer_of(model, bad)} became NaN or infinite "
+                             f"at {_where(*where)}: {hint}")
+
+
 def _layer_of(model, name):
-    """'2.weight' -> 'layer 2 (Linear)'; nested names resolve through Sequentials."""
-    node, path = model, name.split(".")[:-1]
-    try:
-        for part in path:
-            node = node[int(part)]
-    except (ValueError, IndexError, TypeError):
+    """'2.weight' -> 'layer 2 (Linear), parameter 2.weight'; nested names likewise."""
+    owner = name.rpartition(".")[0]
+    modules = dict(model.named_modules())
+    if "." not in name or owner not in modules:
         return f"parameter {name}"
-    return f"layer {'.'.join(path)} ({type(node).__name__}), parameter {name}"
+    return f"layer {owner} ({type(modules[owner]).__name__}), parameter {name}"
 
 
 def _locate_non_finite(model, xb):
@@ -438,9 +380,9 @@ def _locate_non_finite(model, xb):
         if not K.all_finite(p.data):
             return f"the weights of {_layer_of(model, name)} are not finite"
     out = xb
-    layers = getattr(model, "layers", [model])
+    layers = list(model.children()) or [model]
     for i, layer in enumerate(layers):
-        out = layer.forward(out)
+        out = layer(out)
         if out.dtype.kind == "f" and not K.all_finite(out):
             return (f"the first non-finite output is that of layer {i} "
                     f"({type(layer).__name__})")
@@ -500,7 +442,7 @@ def evaluate(model, X, y, loss=None, batch_size=256):
         if loss is None:
             raise ValueError("evaluate() needs loss= (the model has not been fit yet)")
     loss = _as_loss(loss)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = _checks.integer("batch_size", batch_size, 1)
     X, y, kind = _as_data(model, loss, X, y)
     return _evaluate_arrays(model, loss, X, y, _Accuracy(kind) if kind else None, batch_size)
 
@@ -511,7 +453,7 @@ def predict(model, X, batch_size=256):
     Does not change the model's mode and keeps no state, so several threads may call it
     at once; returns a fresh array of the model's dtype, shape (N,) + output shape.
     """
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = _checks.integer("batch_size", batch_size, 1)
     X, output_shape = _as_features(model, X, "X", check_finite=False)
     result = np.empty((len(X),) + tuple(output_shape), _model_dtype(model))
     for start in range(0, len(X), batch_size):

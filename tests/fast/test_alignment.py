@@ -62,7 +62,8 @@ def test_parameters_gradients_state_and_batches_are_aligned(make):
         assert aligned(p.data) and aligned(p.grad)
     arrays = [v for entry in opt.state for v in entry.values() if isinstance(v, np.ndarray)]
     assert arrays and all(aligned(a) for a in arrays)
-    assert aligned(model[0]._x)                  # fit's gathered batch, kept by the layer
+    from nnscratch._fast.plan import plan_of
+    assert aligned(plan_of(model).steps[0].x)    # fit's gathered batch, kept by the plan
     out = model(X[:8])                           # training mode: a kept buffer
     assert aligned(out)
     # restored optimizer state is aligned too, with the same values

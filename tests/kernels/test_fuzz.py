@@ -19,7 +19,7 @@ instead of killing pytest. `tools/sanitize.sh` runs this test under ASan/UBSan.
 
 Huge integer arguments (beyond C's long) and 0-d arrays have their own tests at the end.
 
-    python tests/test_fuzz.py [seed] [calls]     # the child by hand, e.g. to reproduce
+    python tests/kernels/test_fuzz.py [seed] [calls]     # the child by hand, e.g. to reproduce
 """
 import inspect
 import json

@@ -5,8 +5,8 @@ The kernel is held against its NumPy twin (random shapes with 1, odd and prime s
 dtypes, ReLU masks or none, accumulating or overwriting), against one `relu_backward` and
 `linear_backward` per layer bit for bit (every way a product is shared out among threads:
 one thread, slabs along m and n, halves of k; 1 to 3 threads; a smaller OpenMP team than
-asked for) and against PyTorch's autograd. Sequential runs a chain's backward as one call;
-the gradients it leaves are those of the layers' own backward, bit for bit.
+asked for) and against PyTorch's autograd. (How the fast path uses it for a Sequential:
+tests/fast/test_paths.py.)
 """
 import textwrap
 
@@ -14,11 +14,8 @@ import numpy as np
 import pytest
 
 import cnn_core
-import nnscratch as nn
 from cnn_core import reference
 from conftest import assert_close, nan_array, outputs_under_thread_limits, randn
-from nnscratch.bench import _mlp
-from nnscratch.model import _LinearChain
 
 BOTH = [cnn_core, reference]
 
@@ -364,157 +361,6 @@ def test_matches_torch_autograd(rng):
 
 
 # ---------------------------------------------------------------------------------------
-# Sequential
-
-def mlp(dtype=np.float32, sizes=(784, 256, 128, 10)):
-    nn.seed(3)
-    return _mlp(list(sizes), dtype)     # Linear, ReLU, ..., Linear
-
-
-def backward_by_hand(model, grad, compute_grad_input=True):
-    """The layers' own backward, one by one from the last, without the chain."""
-    layers = model.layers
-    for i in range(len(layers) - 1, 0, -1):
-        grad = layers[i].backward(grad)
-    return layers[0].backward(grad, compute_grad_input=compute_grad_input)
-
-
-def chained(model):
-    return any(type(layer) is _LinearChain for layer, _ in model._plan()[1])
-
-
-@pytest.mark.parametrize("n", [1, 3, 128])
-@pytest.mark.parametrize("compute_grad_input", [True, False])
-def test_sequential_backward_is_the_layers_own(rng, dtype, n, compute_grad_input):
-    model, twin = mlp(dtype), mlp(dtype)
-    assert chained(model)
-    x = randn(rng, (n, 784), dtype)
-    for step in range(2):           # zeroed gradients (overwritten), then accumulated ones
-        model(x)
-        twin(x)
-        g = randn(rng, (n, 10), dtype)
-        if step == 0:
-            model.zero_grad()
-            twin.zero_grad()
-        gx = model.backward(g.copy(), compute_grad_input=compute_grad_input)
-        gx_twin = backward_by_hand(twin, g.copy(), compute_grad_input)
-        assert (gx is None) == (not compute_grad_input)
-        if compute_grad_input:
-            assert same_bits(gx, gx_twin)
-        for p, q in zip(model.parameters(), twin.parameters()):
-            assert same_bits(p.grad, q.grad)
-
-
-def test_sequential_chain_ending_in_a_relu_and_without_biases(rng, dtype):
-    # a chain whose last layer has a ReLU (here before a Dropout), some layers without bias,
-    # one whose bias alone was zeroed
-    nn.seed(4)
-    make = lambda: nn.Sequential(nn.Linear(9, 7, bias=False, dtype=dtype), nn.ReLU(),  # noqa
-                                 nn.Linear(7, 5, dtype=dtype), nn.ReLU(), nn.Dropout(0.0),
-                                 nn.Linear(5, 3, dtype=dtype))
-    nn.seed(4)
-    model = make()
-    nn.seed(4)
-    twin = make()
-    kinds = [type(layer).__name__ for layer, _ in model._plan()[1]]
-    assert kinds == ["_LinearChain", "Dropout", "Linear"]
-    x = randn(rng, (4, 9), dtype)
-    model(x)
-    twin(x)
-    model.layers[2].bias.zero_grad()
-    twin.layers[2].bias.zero_grad()
-    g = randn(rng, (4, 3), dtype)
-    assert same_bits(model.backward(g.copy()), backward_by_hand(twin, g.copy()))
-    for p, q in zip(model.parameters(), twin.parameters()):
-        assert same_bits(p.grad, q.grad)
-
-
-def test_sequential_chain_of_float64_gradchecks():
-    nn.seed(0)
-    model = nn.Sequential(nn.Linear(5, 4, dtype=np.float64), nn.ReLU(),
-                          nn.Linear(4, 3, dtype=np.float64), nn.ReLU(),
-                          nn.Linear(3, 2, dtype=np.float64))
-    assert chained(model)
-    rng = np.random.default_rng(0)
-    for layer in model.layers[::2]:     # off zero: no pre-activation sits on ReLU's kink
-        layer.bias.data = 0.5 + rng.random(layer.bias.shape)
-    X = rng.standard_normal((6, 5))
-    y = np.array([0, 1, 1, 0, 1, 0])
-    errors = nn.gradcheck(model, X, y, nn.CrossEntropyLoss())
-    assert max(errors.values()) < 1e-6, errors
-
-
-def test_a_linear_with_its_own_backward_runs_it():
-    class Halving(nn.Linear):
-        def backward(self, grad_out, *, compute_grad_input=True):
-            return super().backward(grad_out / 2, compute_grad_input=compute_grad_input)
-
-    nn.seed(1)
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), Halving(3, 2))
-    nn.seed(1)
-    twin = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), Halving(3, 2))
-    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
-    model(x)
-    twin(x)
-    g = np.ones((5, 2), np.float32)
-    assert_close(model.backward(g), backward_by_hand(twin, g))
-    for p, q in zip(model.parameters(), twin.parameters()):
-        assert np.array_equal(p.grad, q.grad)
-
-
-def test_layers_run_apart_fall_back_to_their_own_backward(rng):
-    # the layers hold the state of different forwards (one run alone with another batch):
-    # each layer's own backward, and its own error
-    model = mlp(sizes=(6, 5, 4))
-    model(randn(rng, (3, 6), np.float32))
-    model.layers[2].forward(randn(rng, (2, 5), np.float32))
-    with pytest.raises(ValueError, match="grad_out has shape"):
-        model.backward(np.ones((3, 4), np.float32))
-    g = np.ones((2, 4), np.float32)
-    with pytest.raises(ValueError, match=r"ReLU\(\): grad_out has shape \(2, 5\)"):
-        model.backward(g)
-
-
-def test_a_rejected_backward_leaves_zeroed_gradients_zero(rng, monkeypatch):
-    from nnscratch import backend
-
-    model = mlp(sizes=(6, 5, 4))
-    model(randn(rng, (3, 6), np.float32))
-    for p in model.parameters():
-        p.grad[...] = 7
-    model.zero_grad()
-    K = backend.kernels()
-
-    def failing(*args, **kwargs):
-        raise MemoryError("no memory")
-
-    monkeypatch.setattr(K, "linear_chain_backward", failing)
-    with pytest.raises(MemoryError):
-        model.backward(np.ones((3, 4), np.float32))
-    for p in model.parameters():
-        assert not p.grad.any()
-
-
-def test_fit_trains_through_the_chain_as_layer_by_layer(rng):
-    # the same fit twice, the second with the chain's backward run layer by layer: the
-    # same weights, bit for bit
-    X = rng.random((300, 20), dtype=np.float32)
-    y = rng.integers(0, 4, 300)
-    weights = []
-    for by_layer in (False, True):
-        model = mlp(sizes=(20, 16, 8, 4))
-        if by_layer:
-            chain = model._plan()[1][0][0]
-            chain.one_backward = False
-        model.fit(X, y, loss=nn.CrossEntropyLoss(), optimizer=nn.SGD(model.parameters(), 0.1,
-                                                                     momentum=0.9),
-                  epochs=2, batch_size=32, seed=0, progress=False)
-        weights.append([p.data.copy() for p in model.parameters()])
-    for a, b in zip(*weights):
-        assert same_bits(a, b)
-
-
-# ---------------------------------------------------------------------------------------
 # check_finite: each gradient checked for NaN/inf as it is written (fit's guard)
 
 CHECKED = SHARED_OUT + [
@@ -593,61 +439,3 @@ def test_check_finite_on_every_isa(rng, isa):
     finally:
         _gemm._set_isa(None)
     assert finite == ((False, True), (True, True))
-
-
-class _HugeGradientLoss(nn.CrossEntropyLoss):
-    """Cross-entropy whose gradient is replaced by 3e38 everywhere: finite, but any sum of
-    two of them overflows."""
-
-    def _kernel(self, K, pred, target, grad):
-        value, grad = super()._kernel(K, pred, target, grad)
-        grad[...] = 3e38
-        return value, grad
-
-
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # (the twin's NumPy overflows)
-@pytest.mark.parametrize("backend", ["cython", "numpy"])
-def test_fit_stops_before_a_poisoned_update_found_in_the_chain(backend):
-    # the last layer's weight gradient overflows (its weights are zero, so no other layer's
-    # gradient does): fit names it, and no parameter is updated
-    rng = np.random.default_rng(0)
-    X = rng.random((64, 20), dtype=np.float32)
-    y = rng.integers(0, 4, 64)
-    model = mlp(sizes=(20, 16, 8, 4))
-    assert chained(model)
-    model.layers[4].weight.data = np.zeros((8, 4), np.float32)
-    before = [p.data.copy() for p in model.parameters()]
-    with nn.backend.using(backend):
-        with pytest.raises(FloatingPointError, match=r"parameter 4\.weight became NaN or "
-                                                     r"infinite at epoch 1/1, batch 1/2"):
-            model.fit(X, y, loss=_HugeGradientLoss(),
-                      optimizer=nn.SGD(model.parameters(), 0.1, momentum=0.9), epochs=1,
-                      batch_size=32, seed=0, progress=False)
-    for p, b in zip(model.parameters(), before):
-        assert np.array_equal(p.data, b)
-    assert model._check_gradients is False      # fit's guard flag is put back
-
-
-def test_a_checked_gradient_forgets_the_check_when_handed_out(rng):
-    # what the backward found holds only until the gradient is handed out again (a user
-    # may write into it): then fit's guard checks it itself
-    model = mlp(sizes=(6, 5, 4))
-    model._check_gradients = True
-    model(randn(rng, (3, 6), np.float32))
-    model.zero_grad()
-    model.backward(np.ones((3, 4), np.float32))
-    params = model.parameters()
-    assert all(p._grad_finite is True for p in params)
-    params[0].grad[0, 0] = np.nan               # through .grad: the check is forgotten
-    assert params[0]._grad_finite is None
-    opt = nn.SGD(params, 0.1)
-    before = [p.data.copy() for p in params]
-    assert opt._checked_step() == 0             # found by the check pass: nothing updated
-    assert all(np.array_equal(p.data, b) for p, b in zip(params, before))
-    for p in params:
-        p.zero_grad()
-        assert p._grad_finite is None
-    model._check_gradients = False
-    model(randn(rng, (3, 6), np.float32))
-    model.backward(np.ones((3, 4), np.float32))
-    assert all(p._grad_finite is None for p in params)      # not asked: not checked

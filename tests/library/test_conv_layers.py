@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import nnscratch as nn
-from conftest import run_in_threads, step_allocation_peaks
+from nnscratch.serialization import architecture
+from conftest import run_in_threads
 from nnscratch import backend
 
 GRAD_TOL = 1e-6
@@ -362,7 +363,7 @@ def test_maxpool2d_stride_defaults_to_kernel_size():
     assert nn.MaxPool2d(3, 1).stride == 1
     x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
     np.testing.assert_array_equal(nn.MaxPool2d(2)(x), x[:, :, 1::2, 1::2])
-    assert not nn.MaxPool2d(2).parameters()
+    assert not list(nn.MaxPool2d(2).parameters())
 
 
 def test_conv2d_forward_formula_and_input_cast():
@@ -509,7 +510,7 @@ def test_reprs_and_configs():
     assert repr(nn.BatchNorm1d(4, dtype=F64)) == \
         "BatchNorm1d(num_features=4, eps=1e-05, momentum=0.1, dtype=float64)"
     for cls in (nn.Conv2d, nn.MaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d):
-        assert nn.layers.LAYERS[cls.__name__] is cls and cls.__name__ in nn.__all__
+        assert nn.module.registered(cls.__name__) is cls and cls.__name__ in nn.__all__
 
 
 # --------------------------------------------------------------------------------------
@@ -544,7 +545,7 @@ def test_save_load_round_trip_of_a_cnn_with_batchnorm(tmp_path):
     nn.seed(51)                                          # the loaded weights win, not the seed
     loaded = nn.load(tmp_path / "cnn.npz")
     assert repr(loaded) == repr(model)
-    assert loaded.get_config() == model.get_config()
+    assert architecture(loaded) == architecture(model)
     assert loaded[0].kernel_size == (3, 2) and loaded[0].stride == (1, 2)
     assert loaded[3].kernel_size == 2 and loaded[3].stride == 1
     for (name, a), (_, b) in zip(model.named_buffers(), loaded.named_buffers()):
@@ -575,40 +576,6 @@ def test_backends_agree_on_a_short_cnn_training_run():
     for a, b in zip(p_c + b_c, p_n + b_n):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(out_c, out_n, rtol=1e-8, atol=1e-10)
-
-
-def test_cnn_training_step_reuses_its_arrays():
-    nn.seed(53)
-    model = _small_cnn(np.float32, dropout=0.2)
-    X = _images((8, 2, 8, 8), seed=19).astype(np.float32)
-    y = _labels(8)
-    loss_fn = nn.CrossEntropyLoss()
-    out = model(X)
-    loss_fn(out, y)
-    model.backward(loss_fn.backward())
-    ids = {id(a) for layer in model for a in layer._scratch_arrays.values()}
-    assert model(X) is out
-    model.backward(loss_fn.backward())
-    assert {id(a) for layer in model for a in layer._scratch_arrays.values()} == ids
-
-
-def test_steady_state_cnn_training_step_allocates_no_arrays():
-    if backend.get_backend() != "cython":
-        pytest.skip("the allocation-free promise is for the cython backend")
-    # every per-batch array is at least 256 * 16 * 4 bytes = 16 KiB (the logits); Python's
-    # own objects of one step (views, memoryviews, floats) stay far below 8 KiB
-    nn.seed(54)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
-                          nn.Dropout(0.2), nn.Linear(4 * 4 * 4, 32), nn.BatchNorm1d(32),
-                          nn.ReLU(), nn.Linear(32, 16))
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = nn.Adam(model.parameters())
-    X = _images((256, 1, 12, 12), seed=20).astype(np.float32)
-    y = _labels(256, classes=16)
-
-    peaks = step_allocation_peaks(model, loss_fn, optimizer, X, y)
-    assert max(peaks) < 8192, peaks
 
 
 def test_predict_from_four_threads_on_a_cnn():
@@ -737,17 +704,22 @@ def test_cli_cnn_learns_the_fashion_mnist_sample():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_before_maxpool_runs_after_it_with_identical_results(dtype):
-    # Sequential runs a ReLU that precedes a MaxPool2d after the pooling (a quarter of the
-    # elements): output, input gradient and every parameter gradient must equal, bit for
+    # the fast path runs a ReLU that precedes a MaxPool2d after the pooling (a quarter of
+    # the elements): output, input gradient and every parameter gradient must equal, bit for
     # bit, running the layers in their listed order -- also where whole windows are <= 0
     # (their gradient is zero either way) and where there are ties and NaN
-    from nnscratch.model import _order
+    from nnscratch._fast.plan import plan_of
+    from nnscratch._fast.steps import PoolStep
+
+    def pool_steps(layers):
+        return [(type(s).__name__, s.relu is not None) for s in
+                plan_of(nn.Sequential(*layers)).steps if isinstance(s, PoolStep)]
 
     nn.seed(5)
     layers = [nn.Conv2d(2, 4, 3, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
               nn.Linear(4 * 3 * 3, 5, dtype=dtype), nn.ReLU(), nn.Linear(5, 3, dtype=dtype)]
     model = nn.Sequential(*layers)
-    assert _order(model.layers) == [0, 2, 1, 3, 4, 5, 6]
+    assert pool_steps(layers) == [("PoolStep", True)]
     layers[0].bias.data = np.array([-0.5, 0.0, 0.3, -3.0])   # many windows entirely <= 0
     x = _images((6, 2, 8, 8), seed=3).astype(dtype)
     x[0, 0, 2:4, 2:4] = 0.0                                   # ties
@@ -777,6 +749,6 @@ def test_relu_before_maxpool_runs_after_it_with_identical_results(dtype):
     model.train()
     np.testing.assert_array_equal(model(x), listed_order()[0])
     # a ReLU fused into a Linear keeps its place; a lone ReLU or MaxPool is not moved
-    assert _order([nn.ReLU(), nn.Flatten(), nn.MaxPool2d(2)]) == [0, 1, 2]
-    assert _order([nn.MaxPool2d(2), nn.ReLU()]) == [0, 1]
-    assert _order([nn.Linear(2, 2), nn.ReLU(), nn.MaxPool2d(2)]) == [0, 1, 2]
+    assert pool_steps([nn.ReLU(), nn.Flatten(), nn.MaxPool2d(2)]) == [("PoolStep", False)]
+    assert pool_steps([nn.MaxPool2d(2), nn.ReLU()]) == [("PoolStep", False)]
+    assert pool_steps([nn.Linear(2, 2), nn.ReLU(), nn.MaxPool2d(2)]) == [("PoolStep", False)]

@@ -303,18 +303,25 @@ def test_train_cnn(capsys, tmp_path):
 # --- resume ---------------------------------------------------------------------------------
 
 def interrupt_at_step(monkeypatch, optimizer_class, step):
-    """Raise KeyboardInterrupt (as Ctrl-C would) inside the `step`-th optimizer step
-    (`_update`: what both `step` and fit's `_checked_step` run)."""
-    original = optimizer_class._update
+    """Raise KeyboardInterrupt (as Ctrl-C would) at the `step`-th optimizer update of fit,
+    after the backward pass and before the weights change: in the fast path's update
+    (`TrainStep._update`) on the compiled kernels, else in `optimizer_class.step`."""
+    from nnscratch._fast.train import TrainStep
+
     calls = []
 
-    def step_or_interrupt(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == step:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
+    def interrupting(original):
+        def update_or_interrupt(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == step:
+                raise KeyboardInterrupt
+            return original(self, *args, **kwargs)
+        return update_or_interrupt
 
-    monkeypatch.setattr(optimizer_class, "_update", step_or_interrupt)
+    if nn.backend.fast_path():
+        monkeypatch.setattr(TrainStep, "_update", interrupting(TrainStep._update))
+    else:
+        monkeypatch.setattr(optimizer_class, "step", interrupting(optimizer_class.step))
 
 
 # name: (optimizer class, arguments, --limit, optimizer steps per epoch at batch size 64)

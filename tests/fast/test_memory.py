@@ -8,7 +8,7 @@ warm-up (layer buffers, per-thread packing buffers, allocator pools), after whic
 must stay under a bound: a leak of one batch-sized array per step would exceed it many
 times over.
 
-    python tests/test_memory.py mlp|cnn|kernels|threads     # the child by hand
+    python tests/fast/test_memory.py mlp|cnn|kernels|threads     # the child by hand
 """
 import gc
 import json

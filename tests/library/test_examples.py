@@ -14,7 +14,7 @@ import pytest
 import cnn_core
 import nnscratch
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # script -> a line (part of one) its output must contain
 EXPECTED = {

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import nnscratch as nn
+from nnscratch.serialization import architecture
 from nnscratch import _random
 
 
@@ -24,7 +25,7 @@ def test_round_trip_keeps_architecture_and_weights(tmp_path, dtype):
     model.save(path)
     loaded = nn.load(path)
     assert repr(loaded) == repr(model)
-    assert loaded.get_config() == model.get_config()
+    assert architecture(loaded) == architecture(model)
     assert [n for n, _ in loaded.named_parameters()] == [n for n, _ in model.named_parameters()]
     for (_, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
         assert q.dtype == dtype
@@ -48,27 +49,23 @@ def test_nested_sequential_round_trip(tmp_path):
     assert repr(loaded[0]) == repr(block)
 
 
+@nn.register
 class _Shift(nn.Module):
     """A layer with saved, untrained state (as a batch norm's running statistics)."""
 
     def __init__(self, size=3):
         super().__init__()
         self.size = size
-        self.offset = np.zeros(size)
+        self.register_buffer("offset", np.zeros(size))
 
     def forward(self, x):
         return x
-
-    def named_buffers(self):
-        return [("offset", self.offset)]
 
     def get_config(self):
         return {"size": self.size}
 
 
-def test_buffers_are_saved_and_restored(tmp_path, monkeypatch):
-    from nnscratch import layers
-    monkeypatch.setitem(layers.LAYERS, "_Shift", _Shift)
+def test_buffers_are_saved_and_restored(tmp_path):
     model = nn.Sequential(nn.Linear(2, 3), _Shift())
     model[1].offset[...] = [1.0, 2.0, 3.0]
     assert [n for n, _ in model.named_buffers()] == ["1.offset"]
@@ -88,8 +85,9 @@ def test_writes_exactly_the_given_path_and_nothing_else(tmp_path):
     with np.load(tmp_path / "weights.bin", allow_pickle=False) as archive:   # plain npz
         document = json.loads(archive["__architecture__"].tobytes())
         assert document["format"] == "nnscratch"
-        assert [layer["type"] for layer in document["layers"]][:3] == ["Flatten", "Linear",
-                                                                        "LeakyReLU"]
+        assert document["type"] == "Sequential"
+        assert [layer["__module__"]["type"] for layer in document["config"]["layers"]][:3] == [
+            "Flatten", "Linear", "LeakyReLU"]
         assert archive["1.weight"].shape == (6, 8)
 
 
@@ -161,13 +159,21 @@ def _tampered(tmp_path, edit_document=None, edit_arrays=None):
     return path
 
 
+def _layer(document, i):
+    """The i-th layer's entry of a saved Sequential's architecture."""
+    return document["config"]["layers"][i]["__module__"]
+
+
 @pytest.mark.parametrize("edit_document, edit_arrays, message", [
-    (lambda d: d["layers"].__setitem__(1, {"type": "os.system", "config": {}}), None,
-     "not a known layer"),
-    (lambda d: d["layers"][1]["config"].__setitem__("out_features", 9), None,
+    (lambda d: d["config"]["layers"].__setitem__(1, {"__module__": {"type": "os.system",
+                                                                    "config": {}}}), None,
+     "not a registered module class"),
+    (lambda d: _layer(d, 1)["config"].__setitem__("out_features", 9), None,
      "weights do not match|has shape"),
-    (lambda d: d["layers"][1]["config"].__setitem__("bogus", 1), None, "bad config"),
-    (lambda d: d["layers"][3]["config"].__setitem__("p", 2.0), None, "bad config"),
+    (lambda d: _layer(d, 1)["config"].__setitem__("bogus", 1), None, "bad config"),
+    (lambda d: _layer(d, 3)["config"].__setitem__("p", 2.0), None, "bad config"),
+    (lambda d: d.__setitem__("type", "Linear"), None, "bad config"),
+    (lambda d: d.__setitem__("config", {"layers": 3}), None, "bad config"),
     (lambda d: d.__setitem__("format", "keras"), None, "'format'"),
     (lambda d: d.__setitem__("version", 99), None, "version 99"),
     (None, lambda a: a.pop("1.bias"), "missing \\['1.bias'\\]"),

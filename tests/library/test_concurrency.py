@@ -7,8 +7,8 @@ GIL for the whole call would only ever be seen before (all NaN) or after (all wr
 That a new thread count takes effect is shown by the OpenMP workers it starts (counted in
 /proc/self/task, in a fresh child process) and by unchanged results.
 
-Complements tests/test_kernel_threads.py (every threaded kernel at 1, 2, 3, 5 threads;
-concurrent gemm/conv calls of different sizes) and tests/test_model.py (four threads
+Complements tests/kernels/test_kernel_threads.py (every threaded kernel at 1, 2, 3, 5 threads;
+concurrent gemm/conv calls of different sizes) and tests/library/test_model.py (four threads
 predicting with one model).
 """
 import json
@@ -160,7 +160,9 @@ def child_thread_counts():
 @pytest.mark.skipif(not cnn_core.openmp_enabled(), reason="a build without OpenMP has 1 thread")
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
 def test_set_num_threads_takes_effect_without_a_restart(tmp_path):
-    env = dict(os.environ)
+    env = dict(os.environ)      # (the child imports conftest, from tests/)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(HERE)),
+                                         env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, HERE], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -181,7 +183,7 @@ def _cnn(dtype=np.float32):
 
 def test_predictions_do_not_depend_on_the_thread_count():
     # the forward kernels sum every output element in one fixed order, whatever the
-    # number of threads (tests/test_kernel_threads.py checks the gemm alone)
+    # number of threads (tests/kernels/test_kernel_threads.py checks the gemm alone)
     nn.seed(4)
     model = _cnn()
     X = np.random.default_rng(4).standard_normal((70, 3, 16, 16)).astype(np.float32)

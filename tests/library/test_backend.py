@@ -129,7 +129,8 @@ def test_layers_compute_only_through_the_backend_kernels(monkeypatch):
                      "linear_forward", "sigmoid_forward", "softmax_forward", "mse",
                      "softmax_backward", "sigmoid_backward", "linear_backward",
                      "dropout_backward", "leaky_relu_backward", "linear_backward",
-                     "adam_step"]      # the whole model's update in one call
+                     "adam_update", "adam_update", "adam_update", "adam_update"]
+    # (one update per parameter: the textbook step)
 
 
 def test_only_backend_module_imports_cnn_core():

@@ -1,0 +1,73 @@
+"""The argument checks of the Python layer: one place, one style.
+
+Every public constructor and function checks its arguments up front with these helpers, so
+that bad input is a `TypeError` (wrong kind) or a `ValueError` (wrong value) whose message
+names the argument -- never a crash or a wrong answer later. (The kernels check their own
+arrays: ``cnn_core._checks`` and ``cnn_core.reference._checks``.)
+"""
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["integer", "real", "boolean", "float_dtype", "FLOATS"]
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def integer(name, value, minimum=None, maximum=None):
+    """`value` as an int in [minimum, maximum] (either bound may be None).
+
+    Raises TypeError for a non-integer (bools included), ValueError out of range.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def real(name, value, low=-math.inf, high=math.inf, *, low_open=False, high_open=False):
+    """`value` as a finite float in the interval from `low` to `high` (an open end excludes
+    the bound itself).
+
+    The message reads ``Invalid <name>: <value> (must be ...)``, the form PyTorch's
+    optimizers use. Raises ValueError for anything else, including a bool, a NaN and a
+    non-number.
+    """
+    ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+          and math.isfinite(value))
+    if ok:
+        v = float(value)
+        ok = (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+    if not ok:
+        raise ValueError(f"Invalid {name}: {value!r} (must be {_interval(low, high, low_open, high_open)})")
+    return float(value)
+
+
+def _interval(low, high, low_open, high_open):
+    if high == math.inf:
+        return f"a finite number {'>' if low_open else '>='} {low:g}" if low > -math.inf \
+            else "a finite number"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def boolean(name, value):
+    """`value` as a bool; only True and False (NumPy's too) are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def float_dtype(dtype, name="dtype"):
+    """``np.dtype(dtype)`` when it is float32 or float64, else TypeError."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be np.float32 or np.float64, got {dtype!r}") from None
+    if dtype not in FLOATS:
+        raise TypeError(f"{name} must be np.float32 or np.float64, got {dtype}")
+    return dtype

@@ -1,0 +1,42 @@
+"""The fast path: how `Sequential` runs when the compiled kernels are active.
+
+The layers, `Sequential`, the losses and the optimizers are written as a textbook would
+write them: one kernel call per layer each way, fresh arrays, gradients added into
+``.grad``. That path runs end to end with ``nnscratch.set_backend("numpy")`` (and with
+``nnscratch.backend.set_fast_path(False)`` on the compiled kernels).
+
+With the compiled kernels, `Sequential` hands its layers to this package instead, which
+computes the same numbers bit for bit (``tests/fast`` holds the two paths against each
+other) with less work around the kernels:
+
+* ``plan.py`` -- a plan of the model's module tree: fused Linear+ReLU, runs of Linear
+  layers in one kernel call each way, ReLU after max pool, made once and kept;
+* ``steps.py`` -- one step per layer or fused group, the layers' own kernel calls into
+  kept buffers;
+* ``pool.py`` -- the one buffer pool those buffers come from (a training step allocates
+  nothing);
+* ``train.py`` -- fit's step: no pass to zero the gradients, the NaN/inf guard inside the
+  kernels, the whole optimizer update in one call.
+
+Nothing here is needed to understand what a model computes; see docs/design.md for why its
+results are the textbook path's.
+"""
+from .plan import inline, plan_of, plannable
+from .train import TrainStep
+
+__all__ = ["forward", "backward", "infer", "inline", "plannable", "TrainStep"]
+
+
+def forward(model, x):
+    """``model.forward(x)`` for a `Sequential` on the fast path."""
+    return plan_of(model).forward(x, model.training)
+
+
+def backward(model, grad_out, compute_grad_input):
+    """``model.backward(grad_out, compute_grad_input=...)`` on the fast path."""
+    return plan_of(model).backward(grad_out, compute_grad_input)
+
+
+def infer(model, x):
+    """``model.infer(x)`` on the fast path: eval mode, fresh arrays, no state."""
+    return plan_of(model).infer(x)

@@ -1,0 +1,256 @@
+"""Plans: how a `Sequential` runs on the fast path.
+
+A plan is made from the tree of modules the first time a model runs on the compiled kernels
+and kept on the model; it is made again when a container's list of modules changed (checked
+at every call: the children's identities). It walks into containers that
+only run their modules in order (a `Sequential` inside a `Sequential`) and turns the
+modules, in order, into steps (``steps.py``):
+
+* a `Linear` directly followed by a `ReLU` is one step (the ReLU in the GEMM's write-back);
+* two or more such Linear steps whose features follow on are one chain step (one kernel
+  call for all of them, each way);
+* a `ReLU` directly followed by a `MaxPool2d` runs after the pool (on fewer values);
+* `Conv2d`, `MaxPool2d`, batch norm, the activations, `Dropout` and `Flatten` are one step
+  each; an `Identity` is no step;
+* any other module -- a user's layer or block, or a subclass that changes a layer's
+  computation -- is a step that calls its own ``forward`` / ``backward`` / ``infer`` (a
+  `Sequential` inside such a block makes its own plan when the block calls it).
+
+Only the layers' classes decide: a layer is planned as its class when the class keeps that
+class's ``forward``, ``backward`` and ``infer``.
+"""
+import numpy as np
+
+from ..conv import Conv2d, MaxPool2d
+from ..layers import Dropout, Flatten, Identity, Linear, ReLU, _Activation
+from ..module import Module, repeated_modules
+from ..norm import _BatchNorm
+from .pool import BufferPool
+from .steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutStep,
+                    FlattenStep, LinearStep, ModuleStep, PoolStep)
+
+__all__ = ["Plan", "Run", "plan_of", "inline", "plannable", "step_modules"]
+
+# classes whose forward runs their sub-modules in order and nothing else: walked into
+_INLINED = []
+
+
+def inline(cls):
+    """Plan the modules of a `cls` (e.g. `Sequential`) as if they stood in its place."""
+    _INLINED.append(cls)
+    return cls
+
+
+def plannable(model):
+    """True when `model`'s own class is walked into (a plan can run it)."""
+    return any(_keeps_methods(model, cls) for cls in _INLINED)
+
+
+def _keeps_methods(module, cls):
+    """`module` is a `cls` computed by cls's own forward, backward and infer."""
+    kind = type(module)
+    return (isinstance(module, cls) and kind.forward is cls.forward
+            and kind.backward is cls.backward and kind.infer is cls.infer
+            and kind.__call__ is Module.__call__
+            and not ({"forward", "backward", "infer"} & module.__dict__.keys()))
+
+
+def _is_relu(module):
+    return (module is not None and _keeps_methods(module, _Activation) and isinstance(module, ReLU)
+            and type(module)._f is ReLU._f and type(module)._df is ReLU._df)
+
+
+class Run:
+    """What the steps of one pass are told.
+
+    pool
+        The plan's `BufferPool`.
+    pooled
+        Write outputs into the pool (training mode) rather than into fresh arrays.
+    zeroed
+        None, or the set of parameters whose gradient is to be read as zero but was not
+        yet cleared (fit's step: ``zero_grad`` then ``backward``). A step that writes such a
+        gradient overwrites it (`accumulate` answers False) instead of adding to it.
+    finite
+        None, or a dict in which steps whose kernel checks the gradients it writes record
+        ``{parameter: all finite}`` (fit's NaN/inf guard then skips them).
+    """
+
+    __slots__ = ("pool", "pooled", "zeroed", "finite")
+
+    def __init__(self, pool, pooled, zeroed=None, finite=None):
+        self.pool, self.pooled, self.zeroed, self.finite = pool, pooled, zeroed, finite
+
+    def accumulate(self, *params):
+        """False when every parameter given (None ignored) is in `zeroed`: the kernel then
+        writes their gradients (taken out of `zeroed`). Otherwise the zeroed ones are
+        cleared and True is returned: the kernel adds."""
+        zeroed = self.zeroed
+        if not zeroed:
+            return True
+        params = [p for p in params if p is not None]
+        if all(p in zeroed for p in params):
+            zeroed.difference_update(params)
+            return False
+        self.materialize(*params)
+        return True
+
+    def materialize(self, *params):
+        """Clear the gradients of those of `params` that are in `zeroed`, now."""
+        zeroed = self.zeroed
+        if zeroed:
+            for p in params:
+                if p is not None and p in zeroed:
+                    p.grad.fill(0)
+                    zeroed.discard(p)
+
+
+class Plan:
+    """The steps of a model, the containers they came from, and the buffer pool."""
+
+    __slots__ = ("steps", "containers", "repeated", "pool", "train_run", "eval_run")
+
+    def __init__(self, model):
+        self.containers = []
+        modules = []
+        self._walk(model, modules)
+        self.steps = _steps(modules)
+        self.repeated = repeated_modules(model)
+        self.pool = BufferPool()
+        self.train_run, self.eval_run = Run(self.pool, True), Run(self.pool, False)
+
+    def _walk(self, container, modules):
+        children = tuple(container._modules.values())
+        # (ids, compared by value: the plan holds the children, so no id is reused while it
+        # lives; a module's own __eq__ is never asked)
+        self.containers.append((container, tuple(map(id, children)), children))
+        for child in children:
+            if child is None or isinstance(child, Identity) and _keeps_methods(child, Identity):
+                continue
+            if any(_keeps_methods(child, cls) for cls in _INLINED):
+                self._walk(child, modules)
+            else:
+                modules.append(child)
+
+    def valid(self):
+        """True while no container's list of modules has changed since the plan was made."""
+        for container, ids, _ in self.containers:
+            if tuple(map(id, container._modules.values())) != ids:
+                return False
+        return True
+
+    def forward(self, x, training):
+        """The model's output; in training mode into pooled arrays (overwritten by the next
+        call with the same batch shape), in eval mode fresh ones."""
+        if training and self.repeated:
+            raise ValueError(self.repeated)
+        run = self.train_run if training else self.eval_run
+        out = x
+        for step in self.steps:
+            out = step.forward(out, run)
+        return out if training else _fresh(out, x)
+
+    def backward(self, grad_out, compute_grad_input, run=None):
+        """dL/d(input) through the steps in reverse (None unless `compute_grad_input`)."""
+        if self.repeated:
+            raise ValueError(self.repeated)
+        run = run if run is not None else self.train_run
+        g, steps = grad_out, self.steps
+        for i in range(len(steps) - 1, -1, -1):
+            g = steps[i].backward(g, compute_grad_input or i > 0, run)
+        return g if compute_grad_input else None
+
+    def infer(self, x):
+        """Eval-mode output, keeping no state: fresh arrays, safe from several threads."""
+        out = x
+        for step in self.steps:
+            out = step.infer(out)
+        return _fresh(out, x)
+
+
+def _fresh(out, x):
+    """`out`, copied when it is `x` or a view of it (a model of reshapes only)."""
+    if out is x or (out.base is not None and np.may_share_memory(out, x)):
+        return np.array(out, copy=True)
+    return out
+
+
+def plan_of(model):
+    """The model's plan, made (again) when needed."""
+    plan = model.__dict__.get("_fast_plan")
+    if plan is None or not plan.valid():
+        plan = Plan(model)
+        object.__setattr__(model, "_fast_plan", plan)    # (not a registered attribute)
+    return plan
+
+
+def step_modules(step):
+    """The modules a step computes, in forward order (for profiles and messages)."""
+    if isinstance(step, ChainStep):
+        return tuple(m for pair in zip(step.linears, step.relus) for m in pair if m is not None)
+    if isinstance(step, LinearStep):
+        return (step.linear,) if step.relu is None else (step.linear, step.relu)
+    if isinstance(step, PoolStep):
+        return (step.pool,) if step.relu is None else (step.relu, step.pool)
+    for attribute in ("conv", "norm", "layer", "module"):
+        if hasattr(step, attribute):
+            return (getattr(step, attribute),)
+    return ()
+
+
+def _steps(modules):
+    """The steps for `modules` (a flat list, in order)."""
+    steps, i = [], 0
+    while i < len(modules):
+        module = modules[i]
+        following = modules[i + 1] if i + 1 < len(modules) else None
+        if _keeps_methods(module, Linear):
+            relu = following if _is_relu(following) else None
+            steps.append(LinearStep(module, relu))
+            i += 2 if relu is not None else 1
+            continue
+        if _is_relu(module) and following is not None and _keeps_methods(following, MaxPool2d):
+            steps.append(PoolStep(following, module))
+            i += 2
+            continue
+        if _keeps_methods(module, Conv2d):
+            steps.append(ConvStep(module))
+        elif _keeps_methods(module, MaxPool2d):
+            steps.append(PoolStep(module))
+        elif _keeps_methods(module, _BatchNorm):
+            steps.append(BatchNormStep(module))
+        elif _keeps_methods(module, _Activation):
+            steps.append(ActivationStep(module))
+        elif _keeps_methods(module, Dropout):
+            steps.append(DropoutStep(module))
+        elif _keeps_methods(module, Flatten):
+            steps.append(FlattenStep(module))
+        else:
+            steps.append(ModuleStep(module))
+        i += 1
+    return _chained(steps)
+
+
+def _chained(steps):
+    """`steps` with every run of two or more Linear steps whose features and dtypes follow
+    on replaced by one chain step."""
+    result, run = [], []
+
+    def flush():
+        if len(run) >= 2:
+            result.append(ChainStep([(step.linear, step.relu) for step in run]))
+        else:
+            result.extend(run)
+        run.clear()
+
+    for step in steps:
+        if type(step) is LinearStep:
+            if run and (run[-1].linear.out_features != step.linear.in_features
+                        or run[-1].linear.dtype != step.linear.dtype):
+                flush()
+            run.append(step)
+            continue
+        flush()
+        result.append(step)
+    flush()
+    return result

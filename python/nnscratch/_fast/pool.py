@@ -1,0 +1,53 @@
+"""The fast path's one buffer pool: arrays kept from one call to the next.
+
+A training step writes every layer output, every gradient passed down, the loss gradient
+and the gathered batch into arrays it got here, so that a steady-state step allocates
+nothing. Each array is asked for by a key (the step and what it holds), a shape and a dtype;
+the same request gets the same array back. When the pool holds more than `limit` arrays
+(many batch sizes) it starts again.
+
+An array a call reads must not be the array it writes: a pooled output fed back as an input
+(``model(model(x))``) would be written while it is read. `arrays` then answers None for it
+(the kernel allocates a fresh one).
+"""
+from .. import _memory
+
+__all__ = ["BufferPool"]
+
+
+class BufferPool:
+    """Aligned arrays kept by ``(key, shape, dtype)``."""
+
+    __slots__ = ("_arrays", "limit")
+
+    def __init__(self, limit=256):
+        self._arrays = {}
+        self.limit = limit
+
+    def arrays(self, key, shapes, dtype, reading=()):
+        """A list of arrays, one per shape in `shapes` (None for a None shape), kept under
+        `key`; an entry that shares its memory with an array of `reading` is None."""
+        entry = self._arrays.get(key)
+        if entry is None or entry[0] != shapes or entry[1] != dtype:
+            if len(self._arrays) >= self.limit:
+                self._arrays.clear()
+            entry = (shapes, dtype, [None if shape is None else _memory.empty(shape, dtype)
+                                     for shape in shapes])
+            self._arrays[key] = entry
+        kept = entry[2]
+        for array in reading:
+            if array is None:
+                continue
+            base = array.base if array.base is not None else array
+            for other in kept:
+                if other is not None and (other is array or other.base is base):
+                    return [None if (k is not None and (k is array or k.base is base)) else k
+                            for k in kept]
+        return kept
+
+    def array(self, key, shape, dtype, reading=()):
+        """One kept array (see `arrays`)."""
+        return self.arrays(key, (shape,), dtype, reading)[0]
+
+    def clear(self):
+        self._arrays.clear()

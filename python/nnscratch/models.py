@@ -1,0 +1,76 @@
+"""Model recipes: the networks the command line, the benchmarks and the examples train.
+
+    import nnscratch as nn
+    model = nn.models.mlp()                 # 784-256-128-10, ReLU
+    model = nn.models.cnn()                 # nnscratch train --model cnn
+    model = nn.models.lenet()               # the benchmarks' LeNet-style CNN
+
+Each returns a new `Sequential` whose initial weights come from the library generator
+(``nnscratch.seed``).
+"""
+import numpy as np
+
+from . import _checks
+from .conv import Conv2d, MaxPool2d
+from .layers import Dropout, Flatten, Linear, ReLU
+from .model import Sequential
+from .norm import BatchNorm2d
+
+__all__ = ["mlp", "cnn", "lenet"]
+
+
+def mlp(in_features=784, hidden=(256, 128), num_classes=10, dropout=0.0, dtype=np.float32):
+    """A multilayer perceptron: ``Linear -> ReLU [-> Dropout]`` per hidden size, then a
+    Linear to the classes (Glorot-initialised: its outputs are logits, not ReLU inputs).
+
+    Parameters
+    ----------
+    in_features : int, default 784 (a flattened 28x28 image)
+    hidden : sequence of int, default (256, 128)
+    num_classes : int, default 10
+    dropout : float in [0, 1), default 0 (no Dropout layers)
+    dtype : np.float32 (default) or np.float64
+    """
+    width = _checks.integer("in_features", in_features, 1)
+    dropout = _checks.real("dropout", dropout, 0.0, 1.0, high_open=True)
+    layers = []
+    for i, size in enumerate(hidden):
+        size = _checks.integer(f"hidden[{i}]", size, 1)
+        layers += [Linear(width, size, dtype=dtype), ReLU()]
+        if dropout > 0:
+            layers.append(Dropout(dropout))
+        width = size
+    layers.append(Linear(width, _checks.integer("num_classes", num_classes, 1), dtype=dtype,
+                         init="xavier"))
+    return Sequential(*layers)
+
+
+def cnn(in_channels=1, num_classes=10, image_size=28, dropout=0.25, dtype=np.float32):
+    """The command line's CNN: two blocks of conv3x3 (no bias) + batch norm + ReLU + 2x2 max
+    pool, then Flatten, Linear(., 128), ReLU, Dropout, Linear(128, classes).
+
+    For 28x28 images: (1, 28, 28) -> (32, 14, 14) -> (64, 7, 7) -> 128 -> 10, 421,738
+    parameters. (A convolution followed by batch norm has no bias: the norm's beta takes its
+    place.)
+    """
+    in_channels = _checks.integer("in_channels", in_channels, 1)
+    side = _checks.integer("image_size", image_size, 4) // 4
+    return Sequential(
+        Conv2d(in_channels, 32, 3, padding=1, bias=False, dtype=dtype),
+        BatchNorm2d(32, dtype=dtype), ReLU(), MaxPool2d(2),
+        Conv2d(32, 64, 3, padding=1, bias=False, dtype=dtype),
+        BatchNorm2d(64, dtype=dtype), ReLU(), MaxPool2d(2),
+        Flatten(), Linear(64 * side * side, 128, dtype=dtype), ReLU(), Dropout(dropout),
+        Linear(128, _checks.integer("num_classes", num_classes, 1), dtype=dtype,
+               init="xavier"))
+
+
+def lenet(in_channels=1, num_classes=10, dtype=np.float32):
+    """A LeNet-style CNN for 28x28 images: conv5x5 16, ReLU, 2x2 max pool, conv5x5 32, ReLU,
+    2x2 max pool, Flatten, Linear(512, 128), ReLU, Linear(128, classes)."""
+    in_channels = _checks.integer("in_channels", in_channels, 1)
+    return Sequential(
+        Conv2d(in_channels, 16, 5, dtype=dtype), ReLU(), MaxPool2d(2),
+        Conv2d(16, 32, 5, dtype=dtype), ReLU(), MaxPool2d(2), Flatten(),
+        Linear(32 * 4 * 4, 128, dtype=dtype), ReLU(),
+        Linear(128, _checks.integer("num_classes", num_classes, 1), dtype=dtype))
