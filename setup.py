@@ -25,7 +25,7 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("NNSCRATCH_DEBUG", "") not in ("", "0")
 
-# module name -> its .pyx; one kernel family per file (STYLE.md, rule 5)
+# module name -> its .pyx; one kernel family per file (docs/design.md)
 EXTENSIONS = {
     "cnn_core._parallel": "cnn_core/_parallel.pyx",
     "cnn_core._checks": "cnn_core/_checks.pyx",

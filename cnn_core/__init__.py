@@ -3,7 +3,7 @@
 Every public function here has a NumPy twin of the same name and signature in
 `cnn_core.reference`; the tests hold the two against each other. All arrays are float32
 or float64 (one dtype per call); `out=`/`grad=` buffers are optional and, when given, are
-written in place and returned. See DESIGN.md, "Kernel contract".
+written in place and returned. See docs/design.md, "The kernel contract".
 """
 try:
     from cnn_core._parallel import set_num_threads, get_num_threads, openmp_enabled, cpu_features

@@ -1,6 +1,6 @@
 """Validation shared by every public kernel: each check names the argument it rejects.
 
-Rules (DESIGN.md, "Kernel contract"): arrays are numpy.ndarray of float32 or float64, one
+Rules (docs/design.md, "The kernel contract"): arrays are numpy.ndarray of float32 or float64, one
 dtype per call; inputs that are not C-contiguous are copied; `out=`/`grad=` buffers and
 arrays updated in place must already be C-contiguous, writeable, of the exact shape and
 dtype, because a copy would silently not be the caller's array.

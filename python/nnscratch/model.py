@@ -43,7 +43,7 @@ class Sequential(ModuleSequence):
         super().__init__(layers)
         self.stop_training = False
         self._last_loss = None     # the loss of the last fit: evaluate's default
-        self._sample_shape = None  # the per-sample shape of the last input: summary's default
+        self._sample_shape = None  # the per-sample shape of fit's/predict's X: summary's default
 
     # --- the computation -------------------------------------------------------------
 
@@ -53,7 +53,6 @@ class Sequential(ModuleSequence):
         On the compiled kernels, in training mode, the returned array is a kept buffer,
         overwritten by the next forward with the same batch shape.
         """
-        self._sample_shape = np.shape(x)[1:]
         if fast_path():
             return _fast.forward(self, x)
         for layer in self:
@@ -131,8 +130,8 @@ class Sequential(ModuleSequence):
         Parameters
         ----------
         input_shape : tuple, optional
-            Shape of one sample. By default that of the last input seen, else the
-            ``in_features`` of a first `Linear` layer.
+            Shape of one sample. By default that of the samples of the last ``fit``,
+            ``evaluate`` or ``predict``, else the ``in_features`` of a first `Linear` layer.
         print_fn : callable or None, default print
         """
         shape = self._summary_input_shape(input_shape)

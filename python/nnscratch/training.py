@@ -51,6 +51,8 @@ def _as_features(model, X, name, check_finite=True):
         raise ValueError(f"{name} has samples of shape {X.shape[1:]}, which the model does "
                          f"not accept: {err}") from None
     X = np.require(X, _model_dtype(model), ["C", "A"])   # contiguous and aligned
+    if hasattr(model, "_sample_shape"):
+        model._sample_shape = X.shape[1:]                # (summary()'s default)
     # the bit-test kernel: no boolean temporary the size of X (47 MB for Fashion-MNIST)
     if check_finite and not kernels().all_finite(X):
         raise ValueError(f"{name} contains NaN or infinity")

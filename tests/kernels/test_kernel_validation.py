@@ -1,6 +1,6 @@
 """Argument checking of every public kernel, on both backends.
 
-The contract (notes/KERNEL_API.md): a bad argument is a TypeError (not an ndarray, not
+The contract (docs/design.md, "The kernel contract"): a bad argument is a TypeError (not an ndarray, not
 float32/float64, a dtype that disagrees with the first input) or a ValueError (wrong
 ndim, shapes that do not fit, a bad out=/grad= or in-place buffer, labels out of range,
 a bad hyper-parameter), and the message names the argument.

@@ -21,7 +21,7 @@ other) with less work around the kernels:
 Nothing here is needed to understand what a model computes; see docs/design.md for why its
 results are the textbook path's.
 """
-from .plan import inline, plan_of, plannable
+from .plan import inline, plan_of, plannable, replan
 from .train import TrainStep
 
 __all__ = ["forward", "backward", "infer", "inline", "plannable", "TrainStep"]
@@ -29,7 +29,10 @@ __all__ = ["forward", "backward", "infer", "inline", "plannable", "TrainStep"]
 
 def forward(model, x):
     """``model.forward(x)`` for a `Sequential` on the fast path."""
-    return plan_of(model).forward(x, model.training)
+    plan = model.__dict__.get("_fast_plan")      # (plan_of, inline: one-sample inference
+    if plan is None or not plan.valid():         # is a few microseconds in all)
+        plan = replan(model)
+    return plan.forward(x, model.training)
 
 
 def backward(model, grad_out, compute_grad_input):

@@ -19,6 +19,8 @@ modules, in order, into steps (``steps.py``):
 Only the layers' classes decide: a layer is planned as its class when the class keeps that
 class's ``forward``, ``backward`` and ``infer``.
 """
+from operator import is_
+
 import numpy as np
 
 from ..conv import Conv2d, MaxPool2d
@@ -29,7 +31,7 @@ from .pool import BufferPool
 from .steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutStep,
                     FlattenStep, LinearStep, ModuleStep, PoolStep)
 
-__all__ = ["Plan", "Run", "plan_of", "inline", "plannable", "step_modules"]
+__all__ = ["Plan", "Run", "plan_of", "replan", "inline", "plannable", "step_modules"]
 
 # classes whose forward runs their sub-modules in order and nothing else: walked into
 _INLINED = []
@@ -121,9 +123,7 @@ class Plan:
 
     def _walk(self, container, modules):
         children = tuple(container._modules.values())
-        # (ids, compared by value: the plan holds the children, so no id is reused while it
-        # lives; a module's own __eq__ is never asked)
-        self.containers.append((container, tuple(map(id, children)), children))
+        self.containers.append((container._modules, children))
         for child in children:
             if child is None or isinstance(child, Identity) and _keeps_methods(child, Identity):
                 continue
@@ -134,8 +134,9 @@ class Plan:
 
     def valid(self):
         """True while no container's list of modules has changed since the plan was made."""
-        for container, ids, _ in self.containers:
-            if tuple(map(id, container._modules.values())) != ids:
+        for modules, children in self.containers:
+            # by identity (a module's own __eq__ is never asked)
+            if len(modules) != len(children) or not all(map(is_, modules.values(), children)):
                 return False
         return True
 
@@ -148,7 +149,9 @@ class Plan:
         out = x
         for step in self.steps:
             out = step.forward(out, run)
-        return out if training else _fresh(out, x)
+        if training or not (out is x or out.base is not None):
+            return out
+        return _fresh(out, x)
 
     def backward(self, grad_out, compute_grad_input, run=None):
         """dL/d(input) through the steps in reverse (None unless `compute_grad_input`)."""
@@ -179,8 +182,14 @@ def plan_of(model):
     """The model's plan, made (again) when needed."""
     plan = model.__dict__.get("_fast_plan")
     if plan is None or not plan.valid():
-        plan = Plan(model)
-        object.__setattr__(model, "_fast_plan", plan)    # (not a registered attribute)
+        plan = replan(model)
+    return plan
+
+
+def replan(model):
+    """A new plan for `model`, kept on it (as a plain attribute, not a registered one)."""
+    plan = Plan(model)
+    object.__setattr__(model, "_fast_plan", plan)
     return plan
 
 

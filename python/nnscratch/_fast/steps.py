@@ -80,7 +80,7 @@ class ChainStep:
     ``linear_chain_forward`` / ``linear_chain_backward`` call each way, one parallel region
     for all of them, with the bits of one call per layer."""
 
-    __slots__ = ("linears", "relus", "activations", "dtype", "features", "params", "weights",
+    __slots__ = ("linears", "relus", "activations", "dtype", "features", "held", "weights",
                  "biases", "x", "ys")
 
     def __init__(self, pairs):
@@ -88,18 +88,22 @@ class ChainStep:
         self.relus = tuple(relu for _, relu in pairs)
         self.activations = tuple(None if relu is None else "relu" for relu in self.relus)
         self.dtype, self.features = self.linears[0].dtype, self.linears[0].in_features
-        self.params = None      # the Parameters the arrays below were taken from
+        self.held = ()          # (layer, weight, bias): the Parameters the arrays below are of
         self.weights = self.biases = ()
         self.x = self.ys = None
 
     def _arrays(self):
         """The layers' weight and bias arrays: looked up again only when a layer's weight or
         bias was assigned another Parameter (a Parameter keeps its array for life)."""
-        params = tuple([(lin.weight, lin.bias) for lin in self.linears])
-        if params != self.params:
-            self.weights = tuple(w.data for w, _ in params)
-            self.biases = tuple(None if b is None else b.data for _, b in params)
-            self.params = params
+        for lin, weight, bias in self.held:
+            if lin.weight is not weight or lin.bias is not bias:
+                break
+        else:
+            if self.held:
+                return self.weights, self.biases
+        self.held = tuple((lin, lin.weight, lin.bias) for lin in self.linears)
+        self.weights = tuple(weight.data for _, weight, _ in self.held)
+        self.biases = tuple(None if bias is None else bias.data for _, _, bias in self.held)
         return self.weights, self.biases
 
     def _input(self, x):
