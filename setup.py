@@ -30,6 +30,7 @@ EXTENSIONS = {
     "cnn_core._parallel": "cnn_core/_parallel.pyx",
     "cnn_core._checks": "cnn_core/_checks.pyx",
     "cnn_core._gemm": "cnn_core/_gemm.pyx",
+    "cnn_core._linear": "cnn_core/_linear.pyx",
     "cnn_core._activations": "cnn_core/_activations.pyx",
     "cnn_core._losses": "cnn_core/_losses.pyx",
     "cnn_core._optim": "cnn_core/_optim.pyx",

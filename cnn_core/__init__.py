@@ -13,8 +13,9 @@ except ImportError as _exc:  # pragma: no cover - the message is the point
         f"{__path__[0]!r}, not an installed build: install with `pip install .` (or "
         f"`pip install -e .` to build in place), and run Python from outside the checkout "
         f"(or with the installed package first on sys.path).") from None
-from cnn_core._gemm import (gemm, gemm_naive, linear_forward, linear_backward, linear_chain_forward,
-                            linear_chain_backward, gemm_kernel_name)
+from cnn_core._gemm import gemm, gemm_naive, gemm_kernel_name
+from cnn_core._linear import (linear_forward, linear_backward, linear_chain_forward,
+                              linear_chain_backward)
 from cnn_core._activations import (
     relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward,
     sigmoid_forward, sigmoid_backward, tanh_forward, tanh_backward,

@@ -1,3 +1,157 @@
+# The GEMM (cnn_core/_gemm.pyx) as the other kernel families see it.
+#
+# * sgemm_serial / dgemm_serial: the single-thread GEMM on raw pointers, for families that
+#   run their own threads (the convolutions).
+# * For the linear layers' kernels (cnn_core/_linear.pyx), which share each product out
+#   exactly as gemm_parallel would (so the same bits): the micro-kernel tables (their tile
+#   shape), how a product is shared out (_Split, _split, _slab_bounds, _slab, gemm_slab,
+#   gemm_parallel), the halves of k and their sum (_half_product, _sum_on_two, _sum_share,
+#   _sum_halves), the duo's helper thread taking a second half (_HalfJob, _offer_half,
+#   _take_half, _first_half_and_take, _halves_on_duo, _duo_own, _duo_disown: the duo's state
+#   is static in src/nn_duo.h, one per module that includes it, so only _gemm touches it),
+#   and the Python wrappers' shared pieces (_check_pair, _run, _refuse_overlap,
+#   _overlap_error).
+#
+# The small helpers called per tile, row or slab are `cdef inline` here: compiled into every
+# module that cimports this file, not called through a pointer. The other functions are
+# _gemm's, which other modules call through its C API (once per product or per layer).
+
+cimport numpy as cnp
+from cython cimport floating
+
+from cnn_core._finite cimport all_finite_span
+
+cdef extern from "nn_gemm_ukernel.h" nogil:
+    ctypedef int (*nn_sgemm_ukr_t)(long, const float *, long, const float *, long, float *,
+                                    long, float, float, const float *, int, int, int)
+    ctypedef int (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
+                                    long, double, double, const double *, int, int, int)
+    ctypedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long,
+                                    float *, float, float, const float *, int)
+    ctypedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long,
+                                    double *, double, double, const double *, int)
+    ctypedef void (*nn_spack_b_t)(long, const float *, long, float *)
+    ctypedef void (*nn_dpack_b_t)(long, const double *, long, double *)
+    ctypedef void (*nn_spack_at_t)(long, const float *, long, float *)
+    ctypedef void (*nn_dpack_at_t)(long, const double *, long, double *)
+    ctypedef int (*nn_spack_bt_t)(long, const float *, long, int, float *)
+    ctypedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *)
+    ctypedef struct nn_sgemm_kernel_t:
+        nn_sgemm_ukr_t ukr[4]
+        nn_sgemm_ukr_t ukr_half[4]
+        nn_sgemm_row_t row
+        nn_spack_b_t pack_b
+        nn_spack_at_t pack_at
+        nn_spack_bt_t pack_bt
+        int mr
+        int nr
+        int nblock
+        const char *name
+    ctypedef struct nn_dgemm_kernel_t:
+        nn_dgemm_ukr_t ukr[4]
+        nn_dgemm_ukr_t ukr_half[4]
+        nn_dgemm_row_t row
+        nn_dpack_b_t pack_b
+        nn_dpack_at_t pack_at
+        nn_dpack_bt_t pack_bt
+        int mr
+        int nr
+        int nblock
+        const char *name
+    int NN_RELU, NN_CHECK_FINITE
+
+# The micro-kernel tables this CPU runs (float32, float64): _gemm's module variables, set at
+# its import and by its test hook _set_isa. Another module reads _gemm's very variables
+# (through a pointer the cimport fills in), so _set_isa switches every module's kernels.
+cdef nn_sgemm_kernel_t _skernel
+cdef nn_dgemm_kernel_t _dkernel
+
+cdef enum:
+    # products of at most this many rows read row-major B in place, unpacked (no copy of B:
+    # the convolutions orient their products by it)
+    B_IN_PLACE_MAX_M = 32
+    # a product with fewer rows than this (and B not transposed): no packing, the row
+    # kernel streams B. Decided on the whole product, never per thread slab, so that the
+    # summation order (and so every bit) does not depend on the thread count.
+    ROW_PATH_MAX_M = 4
+    # how a product is shared out among the threads (_split)
+    SPLIT_SERIAL = 0
+    SPLIT_HALVES = 1
+    SPLIT_SLABS = 2
+
+
+ctypedef struct _Split:
+    # how gemm_parallel shares out one product among the threads (decided by _split)
+    int kind          # SPLIT_SERIAL, SPLIT_HALVES or SPLIT_SLABS
+    bint row_path     # the unpacked row kernel (few rows, row-major B)
+    bint split_n      # slabs of columns (else of rows)
+    long tile         # slabs start on multiples of this many columns (rows)
+    long extent       # n (m)
+    long parts        # slabs; the first r take q + 1 tiles, the others q
+    long q
+    long r
+
+
+ctypedef struct _HalfJob:
+    # the second half of a product (_half_product's arguments), for the duo's helper
+    bint single       # float32 (else float64)
+    const void *a
+    long rsa
+    long csa
+    const void *b
+    long rsb
+    long csb
+    void *part
+    long m
+    long n
+    long k
+    bint row_path
+    int status
+    long ticket       # the duo's ticket (0: the duo was not this caller's: it runs the half)
+    bint offered      # offered, not yet taken back (_take_half)
+
+
+cdef inline long _ceil_div(long a, long b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline long _min(long a, long b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline bint _sum_on_two(long m, long n, int team) noexcept nogil:
+    # the halves' sum is cut by rows between two threads (when it is large enough)
+    return team > 1 and m * n >= 4096
+
+
+cdef inline void _slab_bounds(const _Split *s, long t, long *start, long *size) noexcept nogil:
+    # slab t of a SPLIT_SLABS product: columns (split_n) or rows [start, start + size) of C
+    start[0] = (t * s.q + _min(t, s.r)) * s.tile
+    size[0] = _min((s.q + (1 if t < s.r else 0)) * s.tile, s.extent - start[0])
+
+
+cdef inline void _tile_shape(const floating *dummy, int *mr, int *nr) noexcept nogil:
+    # the micro-kernel's tile for the dtype (dummy only picks the fused specialisation)
+    if floating is float:
+        mr[0] = _skernel.mr
+        nr[0] = _skernel.nr
+    else:
+        mr[0] = _dkernel.mr
+        nr[0] = _dkernel.nr
+
+
+cdef inline bint _rows_finite(const floating *c, long ldc, long i0, long i1, long j0,
+                              long j1) noexcept nogil:
+    # rows [i0, i1), columns [j0, j1) of c hold no NaN/inf
+    cdef long i
+    if j0 == 0 and j1 == ldc:
+        return all_finite_span(c + i0 * ldc, (i1 - i0) * ldc)
+    for i in range(i0, i1):
+        if not all_finite_span(c + i * ldc + j0, j1 - j0):
+            return False
+    return True
+
+
 # Single-thread GEMM on raw pointers, for other kernel families (convolution) that run their
 # own threads: C (m x n) = alpha * A @ B + beta * C, element (i, p) of A at a[i*rsa + p*csa],
 # (p, j) of B at b[p*rsb + j*csb], C row-major with leading dimension ldc; bias (n,) or NULL
@@ -9,7 +163,45 @@ cdef int dgemm_serial(const double *a, long rsa, long csa, const double *b, long
                       double *c, long ldc, long m, long n, long k, double alpha, double beta,
                       const double *bias, int relu) noexcept nogil
 
-cdef enum:
-    # products of at most this many rows read row-major B in place, unpacked (no copy of B:
-    # the convolutions orient their products by it)
-    B_IN_PLACE_MAX_M = 32
+# One product, or one thread's share of it, as gemm's own threads run it (_gemm.pyx says
+# what each does). Fused over float / double.
+cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
+                   floating *c, long ldc, long m, long n, long k, floating alpha, floating beta,
+                   const floating *bias, int relu, bint row_path) noexcept nogil
+cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                       long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
+                       floating beta, const floating *bias, int relu, int threads) noexcept nogil
+cdef _Split _split(long m, long n, long k, long csb, int threads, int mr,
+                   int nr) noexcept nogil
+cdef int _slab(const _Split *s, long t, const floating *a, long rsa, long csa,
+               const floating *b, long rsb, long csb, floating *c, long ldc, long m, long n,
+               long k, floating alpha, floating beta, const floating *bias,
+               int relu) noexcept nogil
+cdef int _half_product(int h, const floating *a, long rsa, long csa, const floating *b,
+                       long rsb, long csb, floating *part, long m, long n, long k,
+                       bint row_path) noexcept nogil
+cdef void _sum_halves(const floating *part, floating *c, long ldc, long i0, long i1, long m,
+                      long n, floating alpha, floating beta, const floating *bias,
+                      int relu) noexcept nogil
+cdef void _sum_share(int tid, const floating *part, floating *c, long ldc, long m, long n,
+                     floating alpha, floating beta, const floating *bias, int relu,
+                     bint on_two) noexcept nogil
+
+# The duo (src/nn_duo.h): the second half of k offered to its helper thread, taken back.
+cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long csa,
+                      const void *b, long rsb, long csb, void *part, long m, long n, long k,
+                      bint row_path, bint owned=*) noexcept nogil
+cdef int _take_half(_HalfJob *job) noexcept nogil
+cdef int _first_half_and_take(_HalfJob *j, floating *dummy) noexcept nogil
+cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b, long rsb,
+                        long csb, floating *part, long m, long n, long k,
+                        bint row_path) noexcept nogil
+cdef int _duo_own() noexcept nogil
+cdef void _duo_disown() noexcept nogil
+
+# The Python wrappers' shared pieces: argument checks, and a checked product run
+cdef _check_pair(str name_a, object a, str name_b, object b)
+cdef object _overlap_error(str name, str other)
+cdef _refuse_overlap(str name, object buf, tuple named)
+cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndarray c, long k,
+              double alpha, double beta, object bias, int relu, bint naive) except -1

@@ -7,9 +7,9 @@
  * threads leave nothing behind.
  * The variables are `static`: every extension module that includes this header has its own
  * set, so the slots mean what that module says (_gemm: 0 = packed A, 1 = packed B,
- * 2 = the two partial products of _k_halves, 3 = those of a chain's first layer while
- * its half is offered to the duo: only the duo's owner uses it, so a kernel called from
- * Python code run in the meantime cannot take it);
+ * 2 = the two partial products of _k_halves; _linear: 2 = those of a chain's halves of k,
+ * 3 = those of a chain's first layer while its half is offered to the duo: only the duo's
+ * owner uses it, so a kernel called from Python code run in the meantime cannot take it);
  * _conv: 0 = im2col columns, 1 = weight-gradient partials (and each sample's bias sums),
  * 2 = grouped GEMM output or grad_out; _norm: 0 = each sample's sums per channel and the
  * per-channel figures).

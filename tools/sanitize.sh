@@ -132,11 +132,12 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
 echo "== sanitize: which cnn_core the tests import"
 (cd "$TREE" && LD_PRELOAD="$LIBASAN" "$PY" -c "
-import sys, cnn_core, cnn_core._gemm as g
+import sys, cnn_core, cnn_core._gemm as g, cnn_core._linear as lin
 print('   cnn_core from', cnn_core.__file__)
 print('   _gemm from   ', g.__file__)
+print('   _linear from ', lin.__file__)
 print('   micro-kernel', cnn_core.gemm_kernel_name(), '| openmp', cnn_core.openmp_enabled())
-sys.exit(0 if g.__file__.startswith('$TREE/') else 1)
+sys.exit(0 if all(m.__file__.startswith('$TREE/') for m in (g, lin)) else 1)
 ") || { echo "sanitize: the sanitized cnn_core is not the one imported" >&2; exit 1; }
 
 echo "== sanitize: pytest ${TESTS[*]}"
