@@ -495,7 +495,7 @@ def test_summary_of_a_cnn(capsys):
     assert f"Total params: {params:,} (float32)" in text
     flops = (2 * 9 + 1) * 4 * 784 + 2 * 4 * 784 + 4 * 784 + 3 * 4 * 196 + (2 * 784 * 10 + 10)
     assert f"Forward FLOPs per sample: {flops:,}" in text
-    model(np.zeros((2, 1, 28, 28), np.float32))                 # remembers the last input
+    model.predict(np.zeros((2, 1, 28, 28), np.float32))         # remembers predict's X
     assert model.summary(print_fn=None) == text
 
 

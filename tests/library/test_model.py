@@ -59,7 +59,7 @@ def test_summary_lists_shapes_params_and_flops(capsys):
     assert "Total params: 77 (float32)" in text            # 12*5+5 + 5*2+2
     assert "Forward FLOPs per sample: 152" in text         # (2*12*5+5) + 5 + (2*5*2+2)
     assert nn.Sequential(nn.Linear(3, 2)).summary(print_fn=None).count("Linear") == 1
-    model(np.zeros((1, 3, 4)))                              # remembers the last input
+    model.predict(np.zeros((1, 3, 4)))                      # remembers predict's X
     assert model.summary(print_fn=None) == text
 
 
