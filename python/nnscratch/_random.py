@@ -8,9 +8,9 @@ otherwise.
 
 Layers read the generator through `generator()` at call time, never keep a reference.
 """
-import numbers
-
 import numpy as np
+
+from . import _checks
 
 __all__ = ["seed", "generator", "get_state", "set_state"]
 
@@ -25,11 +25,8 @@ def seed(n):
     n : int >= 0
     """
     global _generator
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"seed must be >= 0, got {n}")
-    _generator = np.random.Generator(np.random.PCG64(int(n)))
+    n = _checks.integer("seed", n, 0)
+    _generator = np.random.Generator(np.random.PCG64(n))
 
 
 def generator():

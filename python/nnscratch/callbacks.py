@@ -9,9 +9,10 @@ training by setting ``model.stop_training = True``. Epochs and batches count fro
 The learning-rate schedules (``nnscratch.schedules``) are callbacks too.
 """
 import math
-import numbers
 
 import numpy as np
+
+from . import _checks
 
 __all__ = ["Callback", "History", "EarlyStopping"]
 
@@ -72,7 +73,8 @@ class EarlyStopping(Callback):
     mode : {"auto", "min", "max"}, default "auto"
         "auto" maximises metrics whose name contains "acc" and minimises the others.
     restore_best_weights : bool, default False
-        At the end of training, put back the parameters of the best epoch.
+        At the end of training, put back the parameters and buffers (``state_dict``) of
+        the best epoch.
 
     Attributes
     ----------
@@ -81,12 +83,8 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
                  restore_best_weights=False):
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
-                or patience < 0:
-            raise ValueError(f"patience must be an int >= 0, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) \
-                or not min_delta >= 0:
-            raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}")
+        patience = _checks.integer("patience", patience, 0)
+        min_delta = _checks.real("min_delta", min_delta, 0.0)
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.monitor = monitor
@@ -141,13 +139,13 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs=None):
         if (self.restore_best_weights and self._best_weights is not None
                 and self.best_epoch != self._last_epoch):
-            for p, best in zip(self.model.parameters(), self._best_weights):
-                np.copyto(p.data, best)
+            self.model.load_state_dict(self._best_weights)
 
     def _save_weights(self):
-        params = self.model.parameters()
+        # the state_dict: parameters and buffers (a batch norm's running statistics)
+        state = self.model.state_dict()
         if self._best_weights is None:
-            self._best_weights = [p.data.copy() for p in params]
+            self._best_weights = {name: array.copy() for name, array in state.items()}
         else:
-            for best, p in zip(self._best_weights, params):
-                np.copyto(best, p.data)
+            for name, array in state.items():
+                np.copyto(self._best_weights[name], array)

@@ -21,11 +21,10 @@ Every number here comes from the layers, losses and optimizers themselves (on th
 backend); this module only calls them one at a time and copies what they return.
 """
 import math
-import numbers
 
 import numpy as np
 
-from . import _random
+from . import _checks, _random
 from .backend import get_backend, kernels
 from .conv import Conv2d, MaxPool2d
 from .layers import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
@@ -531,15 +530,11 @@ def lr_find(model_factory, X, y, lrs=None, *, epochs=1, batch_size=64, loss=None
     lrs = default_lrs if lrs is None else lrs
     checked = []
     for lr in lrs:
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) \
-                or lr <= 0:
-            raise ValueError(f"Invalid learning rate: {lr!r} (must be a finite number > 0)")
-        checked.append(float(lr))
+        checked.append(_checks.real("learning rate", lr, 0.0, low_open=True))
     if not checked:
         raise ValueError("lrs is empty: give at least one learning rate")
     lrs = sorted(set(checked))
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    epochs = _checks.integer("epochs", epochs, 1)
     if loss is None:
         loss = CrossEntropyLoss()
     if plot is not None:

@@ -14,8 +14,6 @@ On the compiled kernels a Sequential hands its layers to the fast path
 (``nnscratch._fast``), which computes the same numbers with fused kernels and kept
 buffers; the loops below are what it computes, and what runs on the NumPy backend.
 """
-import numpy as np
-
 from . import _fast, serialization, training
 from .backend import fast_path
 from .layers import Flatten

@@ -9,8 +9,8 @@ epoch::
               callbacks=[schedule])
 """
 import math
-import numbers
 
+from . import _checks
 from .callbacks import Callback
 
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR"]
@@ -49,15 +49,6 @@ class LRScheduler(Callback):
         self.step()
 
 
-def _check(value, name, integer=False, low=0.0, strict=False):
-    kinds = numbers.Integral if integer else numbers.Real
-    ok = (not isinstance(value, bool) and isinstance(value, kinds) and math.isfinite(value)
-          and (value > low if strict else value >= low))
-    if not ok:
-        raise ValueError(f"Invalid {name}: {value!r}")
-    return value
-
-
 class StepLR(LRScheduler):
     """Multiply the learning rate by ``gamma`` every ``step_size`` epochs:
     ``lr = base_lr * gamma ** (epoch // step_size)``.
@@ -70,8 +61,8 @@ class StepLR(LRScheduler):
     """
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size = int(_check(step_size, "step_size", integer=True, low=1))
-        self.gamma = float(_check(gamma, "gamma", strict=True))
+        self.step_size = _checks.integer("step_size", step_size, 1)
+        self.gamma = _checks.real("gamma", gamma, 0.0, low_open=True)
         super().__init__(optimizer)
 
     def get_lr(self, epoch):
@@ -90,8 +81,8 @@ class CosineAnnealingLR(LRScheduler):
     """
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.T_max = int(_check(T_max, "T_max", integer=True, low=1))
-        self.eta_min = float(_check(eta_min, "eta_min"))
+        self.T_max = _checks.integer("T_max", T_max, 1)
+        self.eta_min = _checks.real("eta_min", eta_min, 0.0)
         super().__init__(optimizer)
 
     def get_lr(self, epoch):

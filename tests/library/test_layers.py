@@ -198,36 +198,32 @@ def test_parameter_gradients_accumulate_until_zero_grad():
 
 
 @pytest.mark.parametrize("backend", ["cython", "numpy"])
-def test_zero_grad_is_lazy_and_the_next_backward_overwrites(backend):
-    # zero_grad only marks the gradients; Linear's backward then writes them (beta = 0 in
-    # the GEMM) instead of adding: the result must equal fill-then-add, whatever garbage
-    # the arrays held, and a read before any backward must see zeros
+def test_zero_grad_clears_in_place_and_backward_adds(backend):
+    # zero_grad fills the gradients with zeros in place, whatever they held (NaN too), and
+    # each backward adds its gradients to what is there
     nn.seed(12)
     rng = np.random.default_rng(12)
     x, g = rng.normal(size=(6, 5)), rng.normal(size=(6, 3))
     with nn.backend.using(backend):
         for bias in (True, False):
             layer = nn.Linear(5, 3, bias=bias, dtype=np.float64)
-            params = layer.parameters()
+            params = list(layer.parameters())
+            assert len(params) == (2 if bias else 1)
             layer(x)
             layer.backward(g)
             expected = [p.grad.copy() for p in params]
+            arrays = [p.grad for p in params]
             for p in params:
-                p._grad.fill(np.nan)         # stale contents the overwrite must not read
+                p.grad.fill(np.nan)
             layer.zero_grad()
-            assert all(p._grad_zero for p in params)
+            assert all(p.grad is a and not p.grad.any() for p, a in zip(params, arrays))
             layer(x)
             layer.backward(g)
             for p, e in zip(params, expected):
-                assert not p._grad_zero
                 np.testing.assert_allclose(p.grad, e, rtol=1e-12, atol=1e-12)
-            # accumulation resumes after the overwrite
             layer.backward(g)
             for p, e in zip(params, expected):
                 np.testing.assert_allclose(p.grad, 2 * e, rtol=1e-12, atol=1e-12)
-            # reading the gradient after zero_grad fills the zeros
-            layer.zero_grad()
-            assert all(not p.grad.any() for p in params)
     # only one of the two parameters zeroed: the other keeps accumulating
     layer = nn.Linear(5, 3, dtype=np.float64)
     layer(x)

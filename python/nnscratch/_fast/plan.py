@@ -83,18 +83,18 @@ class Run:
     def __init__(self, pool, pooled, zeroed=None, finite=None):
         self.pool, self.pooled, self.zeroed, self.finite = pool, pooled, zeroed, finite
 
-    def accumulate(self, *params):
-        """False when every parameter given (None ignored) is in `zeroed`: the kernel then
-        writes their gradients (taken out of `zeroed`). Otherwise the zeroed ones are
+    def accumulate(self, weight, bias=None):
+        """False when `weight` and `bias` (unless None) are both in `zeroed`: the kernel
+        then writes their gradients (taken out of `zeroed`). Otherwise the zeroed one is
         cleared and True is returned: the kernel adds."""
         zeroed = self.zeroed
         if not zeroed:
             return True
-        params = [p for p in params if p is not None]
-        if all(p in zeroed for p in params):
-            zeroed.difference_update(params)
+        if weight in zeroed and (bias is None or bias in zeroed):
+            zeroed.discard(weight)
+            zeroed.discard(bias)
             return False
-        self.materialize(*params)
+        self.materialize(weight, bias)
         return True
 
     def materialize(self, *params):

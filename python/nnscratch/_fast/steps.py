@@ -13,13 +13,15 @@ Every step has ``forward(x, run)``, ``backward(g, need, run)`` and ``infer(x)``:
 * ``infer`` is the eval-mode output with fresh arrays and no state (``predict``).
 
 Why the bits equal the textbook path's: each step makes the layer's own kernel calls with
-the same arguments, except in three places where a different call gives the same bits --
-``linear_forward(..., activation="relu")`` computes relu(x @ W + b) in the GEMM's
-write-back, the value ``ReLU.forward`` computes from the layer's output; a chain of Linear
-layers is one ``linear_chain_forward`` / ``linear_chain_backward`` call whose products are
-those of one ``linear_forward`` / ``linear_backward`` per layer (tested in the kernels'
-tests); and a ReLU directly followed by a max pool runs after the pool (max and ReLU
-commute exactly, and so do their gradients: both route to the same position or to none).
+the same arguments, except where a different call gives the same bits (docs/design.md
+lists the five cases) -- here: ``linear_forward(..., activation="relu")`` computes
+relu(x @ W + b) in the GEMM's write-back, the value ``ReLU.forward`` computes from the
+layer's output; a chain of Linear layers is one ``linear_chain_forward`` /
+``linear_chain_backward`` call whose products are those of one ``linear_forward`` /
+``linear_backward`` per layer (tested in the kernels' tests); a ReLU directly followed by
+a max pool runs after the pool (max and ReLU commute exactly, and so do their gradients:
+both route to the same position or to none); and a gradient written where it was zeroed
+holds ``acc`` where the textbook one holds ``0 + acc``.
 """
 import numpy as np
 

@@ -8,8 +8,8 @@ The textbook step (``nnscratch.training``) is::
 
 and this one computes the same numbers bit for bit, with four savings:
 
-* the batch is gathered by the threads together into a pooled array (``take_rows``), and
-  the built-in losses write their gradient into a pooled array;
+* the batch is gathered by the threads together into an array of the plan's buffer pool
+  (``take_rows``), and the built-in losses write their gradient into one;
 * ``zero_grad`` clears nothing: the backward pass *writes* the gradients it is the first to
   reach instead of adding them to zeros (``Run.zeroed``; the others are cleared after);
 * the NaN/inf guard needs no pass of its own for the gradients that a chain of Linear
@@ -24,7 +24,6 @@ from ..backend import kernels
 from ..losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from ..optim import SGD, Adam, Optimizer
 from .plan import Run, plan_of
-from .pool import BufferPool
 
 __all__ = ["TrainStep"]
 
@@ -53,7 +52,6 @@ class TrainStep:
     def __init__(self, model, loss, optimizer, check_finite):
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.check = check_finite
-        self.pool = BufferPool()
         self.loss_kernel = _loss_kernel(loss)
         named = list(model.named_parameters())
         self.params = [p for _, p in named]
@@ -64,9 +62,9 @@ class TrainStep:
 
     def gather(self, X, y, rows):
         """Rows `rows` of X and y, into pooled arrays (the threads copy X's together)."""
-        m = len(rows)
-        xb = self.pool.array(("xb", m), (m,) + X.shape[1:], X.dtype)
-        yb = self.pool.array(("yb", m), (m,) + y.shape[1:], y.dtype)
+        m, pool = len(rows), plan_of(self.model).pool
+        xb = pool.array(("xb", m), (m,) + X.shape[1:], X.dtype)
+        yb = pool.array(("yb", m), (m,) + y.shape[1:], y.dtype)
         kernels().take_rows(X, rows, out=xb)
         y.take(rows, axis=0, out=yb, mode="clip")      # (rows are valid: no temporary)
         return xb, yb
@@ -75,7 +73,7 @@ class TrainStep:
         plan = plan_of(self.model)
         out = plan.forward(xb, True)
         if self.loss_kernel is not None:
-            grad = self.pool.array(("loss", out.shape, out.dtype), out.shape, out.dtype, (out,))
+            grad = plan.pool.array(("loss", out.shape, out.dtype), out.shape, out.dtype, (out,))
             value, grad = getattr(kernels(), self.loss_kernel)(out, yb, grad)
             value = float(value)
         else:
@@ -84,6 +82,8 @@ class TrainStep:
         if self.check and not math.isfinite(value):
             return out, value, "loss"
         run = Run(plan.pool, True, set(self.params), {} if self.check else None)
+        # (zeroed: every parameter's gradient reads as zero now -- zero_grad -- but none was
+        # cleared; the backward pass writes those it reaches first, the rest are cleared after)
         try:
             plan.backward(self.loss.backward() if grad is None else grad, False, run)
         except BaseException:
