@@ -115,6 +115,34 @@ def test_seed_pages_name_a_twin_and_a_kernel():
             f"{name}: no link to a kernel file"
 
 
+README = ROOT / "README.md"
+
+
+def test_readme_links_and_names_exist():
+    text = README.read_text()
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        assert (ROOT / target.split("#")[0]).exists(), f"README.md: link to {target}"
+    for name in sorted(set(DOTTED.findall(text))):
+        _resolve(name)
+
+
+def test_readme_python_runs(tmp_path):
+    # the example and the hand-written loop, one after the other, as a reader would paste them
+    import subprocess
+    import sys
+
+    blocks = [code for language, code in FENCE.findall(README.read_text()) if language == "python"]
+    assert len(blocks) == 2
+    script = tmp_path / "readme.py"
+    script.write_text("\n".join(blocks) + "\nprint('loss', loss)\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "'accuracy'" in proc.stdout and "loss " in proc.stdout
+
+
 def test_checker_catches_a_wrong_name(tmp_path):
     # the checks above are not vacuous
     with pytest.raises(AttributeError):
