@@ -112,7 +112,7 @@ extensions = [
 ]
 
 setup(
-    packages=["cnn_core", "cnn_core.reference", "nnscratch", "nnscratch.data"],
+    packages=["cnn_core", "cnn_core.reference", "nnscratch", "nnscratch._fast", "nnscratch.data"],
     package_dir={"cnn_core": "cnn_core", "nnscratch": "python/nnscratch"},
     package_data={"cnn_core": ["*.pxd", "*.pyx"], "nnscratch.data": ["*.npz", "*.md"]},
     ext_modules=cythonize(

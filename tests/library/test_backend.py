@@ -139,6 +139,21 @@ def test_only_backend_module_imports_cnn_core():
     assert importers == ["backend.py"]
 
 
+def test_setup_installs_every_package_of_the_source_tree():
+    # a subpackage missing from setup.py's list works in an editable install and breaks
+    # every other one (the installed nnscratch could not import its fast path)
+    root = pathlib.Path(__file__).resolve().parents[2]
+    text = (root / "setup.py").read_text()
+    listed = set(re.search(r"packages=\[([^\]]*)\]", text).group(1).replace('"', "")
+                 .replace(" ", "").split(","))
+    found = set()
+    for base, top in ((root / "python" / "nnscratch", "nnscratch"), (root / "cnn_core", "cnn_core")):
+        for init in base.rglob("__init__.py"):
+            parts = init.parent.relative_to(base).parts
+            found.add(".".join((top,) + parts))
+    assert found == listed
+
+
 def test_import_is_light_and_exports_the_api(tmp_path):
     code = ("import sys, nnscratch; "
             "print(sorted(m for m in ('torch', 'matplotlib', 'tqdm') if m in sys.modules))")
