@@ -38,8 +38,11 @@ def real(name, value, low=-math.inf, high=math.inf, *, low_open=False, high_open
     optimizers use. Raises ValueError for anything else, including a bool, a NaN and a
     non-number.
     """
-    ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
-          and math.isfinite(value))
+    try:
+        ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+              and math.isfinite(value))
+    except OverflowError:           # an int too large for a float (10**400)
+        ok = False
     if ok:
         v = float(value)
         ok = (low < v if low_open else low <= v) and (v < high if high_open else v <= high)

@@ -24,7 +24,9 @@ Writing your own layer -- the contract
 --------------------------------------
 ``forward(x)``
     Returns the output for a batch ``x`` (the batch is axis 0) and keeps, on ``self``, what
-    ``backward`` will need (the input, the output, a mask).
+    ``backward`` will need (the input, the output, a mask). It must not change ``x`` in
+    place: the layer before may keep that array for its own backward (a sigmoid keeps its
+    output).
 ``backward(grad_out, *, compute_grad_input=True)``
     ``grad_out`` is dL/d(output), of the output's shape. *Adds* dL/dp into ``p.grad`` of each
     of the module's own parameters (``p.grad += ...``: gradients accumulate until
@@ -67,23 +69,19 @@ class Parameter:
     copies `values` into the parameter's array (same shape), so that whoever holds the
     array (an optimizer's step) sees the new values.
 
-    ``_version`` counts the times the gradient array was replaced: the one signal the
-    library's fast path (``nnscratch._fast``) needs to refresh the arrays it holds.
-
     Parameters
     ----------
     data : array_like of float32 or float64
         Copied (into an array aligned to 64 bytes: a cache line, one AVX-512 vector).
     """
 
-    __slots__ = ("_data", "_grad", "_version")
+    __slots__ = ("_data", "_grad")
 
     def __init__(self, data):
         data = np.asarray(data)
         _checks.float_dtype(data.dtype, "Parameter data")
         self._data = _memory.copy(data)
         self._grad = _memory.zeros(data.shape, data.dtype)
-        self._version = 0
 
     @property
     def data(self):
@@ -116,7 +114,6 @@ class Parameter:
             raise ValueError("Parameter.grad must be a C-contiguous, aligned, writeable array "
                              "(backward passes add into it in place)")
         self._grad = value
-        self._version += 1
 
     @property
     def shape(self):
@@ -197,6 +194,15 @@ class Module:
             object.__setattr__(self, name, value)
             return
         params, modules, buffers = self._parameters, self._modules, self._buffers
+        if value is not None and not isinstance(value, (Parameter, Module)):
+            if name in params or name in modules:
+                kind = "Parameter" if name in params else "Module"
+                raise TypeError(f"cannot assign {type(value).__name__} to {name!r} of "
+                                f"{type(self).__name__}: a {kind} (or None) expected")
+            if name in buffers and not isinstance(value, np.ndarray):
+                raise TypeError(f"cannot assign {type(value).__name__} to buffer {name!r}: "
+                                f"an ndarray (or None) expected")
+        object.__setattr__(self, name, value)     # (first: a read-only attribute raises here)
         if isinstance(value, Parameter):
             modules.pop(name, None)
             buffers.pop(name, None)
@@ -205,18 +211,10 @@ class Module:
             params.pop(name, None)
             buffers.pop(name, None)
             modules[name] = value
-        elif name in params or name in modules:
-            if value is not None:
-                kind = "Parameter" if name in params else "Module"
-                raise TypeError(f"cannot assign {type(value).__name__} to {name!r} of "
-                                f"{type(self).__name__}: a {kind} (or None) expected")
-            (params if name in params else modules)[name] = None
-        elif name in buffers:
-            if value is not None and not isinstance(value, np.ndarray):
-                raise TypeError(f"cannot assign {type(value).__name__} to buffer {name!r}: "
-                                f"an ndarray (or None) expected")
-            buffers[name] = value
-        object.__setattr__(self, name, value)
+        else:
+            for registry in (params, modules, buffers):
+                if name in registry:
+                    registry[name] = value
 
     def __delattr__(self, name):
         for registry in ("_parameters", "_modules", "_buffers"):
@@ -226,6 +224,7 @@ class Module:
     def register_buffer(self, name, array):
         """Keep `array` (e.g. a batch norm's running mean) as state that is saved with the
         model but not trained: ``state_dict`` holds it, optimizers do not see it."""
+        self._check_name(name)
         if array is not None and not isinstance(array, np.ndarray):
             raise TypeError(f"buffer {name!r} must be an ndarray or None, got "
                             f"{type(array).__name__}")
@@ -236,9 +235,21 @@ class Module:
 
     def add_module(self, name, module):
         """Register `module` under `name` (what ``self.<name> = module`` does)."""
+        self._check_name(name)
         if not isinstance(module, Module) and module is not None:
             raise TypeError(f"{type(module).__name__} is not a Module")
         setattr(self, name, module)
+
+    def _check_name(self, name):
+        """A name for a buffer or a sub-module: a non-empty str without a dot, not already
+        an attribute that is neither."""
+        if not isinstance(name, str):
+            raise TypeError(f"a module or buffer name must be a str, got {type(name).__name__}")
+        if not name or "." in name:
+            raise KeyError(f"a module or buffer name must be non-empty and without a dot, "
+                           f"got {name!r}")
+        if hasattr(self, name) and name not in self._modules and name not in self._buffers:
+            raise KeyError(f"attribute {name!r} already exists")
 
     # --- the computation -------------------------------------------------------------
 
@@ -406,7 +417,8 @@ class Module:
         (unexpected), a key of the model the dict lacks (missing) -- both errors when
         `strict` -- and an array whose shape differs (always an error) raise
         `StateDictError` (a ValueError, and a RuntimeError as in PyTorch) naming every
-        such key. Values are cast to the model's dtype.
+        such key. Values (arrays, or Parameters) are cast to the model's dtype (float64 to
+        float32 and back; never a float into an integer buffer).
 
         Returns
         -------
@@ -423,9 +435,12 @@ class Module:
         for key, target in own.items():
             if key not in state_dict:
                 continue
-            value = np.asarray(state_dict[key])
-            if value.dtype.kind not in "fiub":
-                problems.append(f"{key!r} has dtype {value.dtype}, not a real number type")
+            value = state_dict[key]
+            value = np.asarray(value.data if isinstance(value, Parameter) else value)
+            if value.dtype.kind not in "fiub" or not np.can_cast(value.dtype, target.dtype,
+                                                                  "same_kind"):
+                problems.append(f"{key!r} has dtype {value.dtype}, which does not fit the "
+                                f"model's {target.dtype}")
             elif value.shape != target.shape:
                 problems.append(f"size mismatch for {key!r}: the dict has shape "
                                 f"{value.shape}, the model {target.shape}")

@@ -32,6 +32,7 @@ __all__ = ["save", "load", "model_arrays", "model_from_arrays", "write_npz", "re
 
 FORMAT, VERSION = "nnscratch", 2
 MAX_DEPTH = 64        # modules nested deeper than this in a file are refused
+MAX_NESTING = 256     # and lists and modules nested deeper than this
 ARCHITECTURE_KEY = "__architecture__"
 EXTRA_PREFIX = "checkpoint/"   # entries a checkpoint adds; `load` reads past them
 
@@ -152,7 +153,8 @@ def _fsync_directory(directory):
 
 
 def load(path):
-    """Read a model written by ``model.save``; returns a Sequential in training mode.
+    """Read a model written by ``model.save``: the saved module (a `Sequential` for the
+    models of this library), in training mode.
 
     Raises
     ------
@@ -238,9 +240,9 @@ def _build_model(arrays, bad):
         _random.set_state(state)
 
 
-def build(spec, bad, where="the model", depth=0):
+def build(spec, bad, where="the model", depth=0, nesting=0):
     """The module ``{"type": ..., "config": ...}`` describes (see `architecture`); `bad`
-    makes the exception for a reason."""
+    makes the exception for a reason. Whatever a constructor raises is that exception."""
     if depth > MAX_DEPTH:
         raise bad(f"modules nested deeper than {MAX_DEPTH}")
     if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
@@ -251,17 +253,22 @@ def build(spec, bad, where="the model", depth=0):
         raise bad(f"{where} is of type {kind!r}, which is not a registered module class (a "
                   f"layer of your own must be decorated with @nnscratch.register, and the "
                   f"module defining it imported before nnscratch.load)")
-    arguments = {key: _built(value, bad, f"{where}.{key}", depth)
+    arguments = {key: _built(value, bad, f"{where}.{key}", depth, nesting)
                  for key, value in config.items()}
     try:
         return cls.from_config(arguments)
-    except (TypeError, ValueError) as err:
-        raise bad(f"{where} ({kind}) has a bad config: {err}") from None
+    except MemoryError:
+        raise bad(f"{where} ({kind}) needs more memory than there is") from None
+    except Exception as err:     # (a file must not reach a user class's other exceptions)
+        raise bad(f"{where} ({kind}) has a bad config: {err!r}") from None
 
 
-def _built(value, bad, where, depth):
+def _built(value, bad, where, depth, nesting):
+    if nesting > MAX_NESTING:
+        raise bad(f"{where}: lists and modules nested deeper than {MAX_NESTING}")
     if isinstance(value, dict) and set(value) == {"__module__"}:
-        return build(value["__module__"], bad, where, depth + 1)
+        return build(value["__module__"], bad, where, depth + 1, nesting + 1)
     if isinstance(value, list):
-        return [_built(v, bad, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return [_built(v, bad, f"{where}[{i}]", depth, nesting + 1)
+                for i, v in enumerate(value)]
     return value

@@ -14,6 +14,7 @@ numbers, bit for bit, with the batch gathered into kept arrays and no pass to ze
 gradients. Arguments are checked once, before the first epoch, with a ``ValueError`` /
 ``TypeError`` naming the argument.
 """
+import copy
 import math
 import numbers
 import time
@@ -151,6 +152,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         or infinite, naming the epoch, the batch and the layer (for the loss: the first
         layer whose output is not finite). False opts out: training goes on regardless.
 
+    The model trains in training mode: a model in eval mode is put in training mode (every
+    module of it); in a model already in training mode, a module put in eval mode (say, a
+    frozen batch norm) stays in eval mode. Every module's mode is put back afterwards.
+
     Returns
     -------
     History
@@ -221,8 +226,12 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     rng = np.random.Generator(np.random.PCG64(seed)) if seed is not None else \
         _random.generator()
     history = History()
-    was_training = model.training
-    model.train()
+    # training mode: a model in eval mode is put in training mode, every module of it; in a
+    # model already training, a module the user put in eval mode (a frozen batch norm)
+    # stays so. Each module's mode is put back at the end.
+    modes = [(module, module.training) for module in model.modules()]
+    if not model.training:
+        model.train()
     model.stop_training = False
     model._last_loss = loss
     for cb in callbacks:
@@ -247,7 +256,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         for cb in callbacks:
             cb.on_train_end()
     finally:
-        model.train(was_training)
+        for module, training in modes:      # each module's own mode, as it was
+            module.training = training
     return history
 
 
@@ -443,7 +453,7 @@ def evaluate(model, X, y, loss=None, batch_size=256):
         loss = model._last_loss
         if loss is None:
             raise ValueError("evaluate() needs loss= (the model has not been fit yet)")
-    loss = _as_loss(loss)
+    loss = copy.copy(_as_loss(loss))   # (its own: fit may be using the loss in another thread)
     batch_size = _checks.integer("batch_size", batch_size, 1)
     X, y, kind = _as_data(model, loss, X, y)
     return _evaluate_arrays(model, loss, X, y, _Accuracy(kind) if kind else None, batch_size)

@@ -201,3 +201,48 @@ def test_pickled_object_arrays_are_refused(tmp_path):
     np.savez(path, __architecture__=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="not a valid nnscratch model file"):
         nn.load(path)
+
+
+@nn.register
+class _Fussy(nn.Module):
+    """A registered layer whose constructor raises what a crafted config provokes."""
+
+    def __init__(self, factor=1):
+        super().__init__()
+        self.factor = 1 / factor
+
+    def forward(self, x):
+        return x
+
+    def get_config(self):
+        return {"factor": 1 / self.factor}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: _layer(d, 2)["config"].__setitem__("negative_slope", 10 ** 400), "bad config"),
+    (lambda d: _layer(d, 3)["config"].__setitem__("p", 10 ** 400), "bad config"),
+    (lambda d: _layer(d, 1)["config"].__setitem__("in_features", 2 ** 62), "bad config"),
+    (lambda d: d["config"]["layers"].__setitem__(
+        0, {"__module__": {"type": "_Fussy", "config": {"factor": 0}}}), "ZeroDivisionError"),
+    (lambda d: _layer(d, 3)["config"].__setitem__("p", _nested(900)), "nested deeper"),
+])
+def test_crafted_configs_are_value_errors(tmp_path, edit, message):
+    path = _tampered(tmp_path, edit)
+    with pytest.raises(ValueError, match=message):
+        nn.load(path)
+
+
+def _nested(depth):
+    value = 0.5
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_forty_nested_sequentials_load(tmp_path):
+    model = nn.Linear(2, 2)
+    for _ in range(40):
+        model = nn.Sequential(model)
+    model.save(tmp_path / "deep.npz")
+    assert [n for n, _ in nn.load(tmp_path / "deep.npz").named_parameters()] == \
+        [n for n, _ in model.named_parameters()]

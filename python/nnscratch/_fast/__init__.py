@@ -21,6 +21,9 @@ other) with less work around the kernels:
 Nothing here is needed to understand what a model computes; see docs/design.md for why its
 results are the textbook path's.
 """
+from operator import is_
+
+from ..module import _predicting
 from .plan import inline, plan_of, plannable, replan
 from .train import TrainStep
 
@@ -29,15 +32,26 @@ __all__ = ["forward", "backward", "infer", "inline", "plannable", "TrainStep"]
 
 def forward(model, x):
     """``model.forward(x)`` for a `Sequential` on the fast path."""
-    plan = model.__dict__.get("_fast_plan")      # (plan_of, inline: one-sample inference
-    if plan is None or not plan.valid():         # is a few microseconds in all)
+    # (plan_of and Plan.valid, inline: one-sample inference is a few microseconds in all)
+    plan = model.__dict__.get("_fast_plan")
+    if plan is None:
         plan = replan(model)
+    else:
+        modules, children, nested = plan.top
+        if len(modules) != len(children) or not all(map(is_, modules.values(), children)) \
+                or (nested and not plan.valid()):
+            plan = replan(model)
+    if _predicting.on:      # a module's infer called this forward: eval mode, no state
+        return plan.infer(x)
     return plan.forward(x, model.training)
 
 
 def backward(model, grad_out, compute_grad_input):
-    """``model.backward(grad_out, compute_grad_input=...)`` on the fast path."""
-    return plan_of(model).backward(grad_out, compute_grad_input)
+    """``model.backward(grad_out, compute_grad_input=...)`` on the fast path (in training
+    mode into kept buffers, in eval mode into fresh arrays)."""
+    plan = plan_of(model)
+    return plan.backward(grad_out, compute_grad_input,
+                         plan.train_run if model.training else plan.eval_run)
 
 
 def infer(model, x):

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..conv import Conv2d, MaxPool2d
 from ..layers import Dropout, Flatten, Identity, Linear, ReLU, _Activation
-from ..module import Module, repeated_modules
+from ..module import repeated_modules
 from ..norm import _BatchNorm
 from .pool import BufferPool
 from .steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutStep,
@@ -48,18 +48,26 @@ def plannable(model):
     return any(_keeps_methods(model, cls) for cls in _INLINED)
 
 
-def _keeps_methods(module, cls):
-    """`module` is a `cls` computed by cls's own forward, backward and infer."""
+# the methods a step stands in for: a module whose class replaced one of them (or that
+# holds one as an instance attribute) is not planned as its class. (The helpers a step calls
+# -- _input, _check, _grad_of, _f, ... -- are the layer's own, overridden or not.)
+_METHODS = ("forward", "backward", "infer", "__call__")
+# a chain reads a Linear's input and bias itself: only for layers that keep Linear's
+_CHAIN_METHODS = ("_input", "_check", "_bias")
+
+
+def _keeps_methods(module, cls, names=_METHODS):
+    """`module` is a `cls` computed by cls's own `names` methods."""
     kind = type(module)
-    return (isinstance(module, cls) and kind.forward is cls.forward
-            and kind.backward is cls.backward and kind.infer is cls.infer
-            and kind.__call__ is Module.__call__
-            and not ({"forward", "backward", "infer"} & module.__dict__.keys()))
+    return (isinstance(module, cls)
+            and all(getattr(kind, name, None) is getattr(cls, name, None) for name in names)
+            and not (set(names) & module.__dict__.keys()))
 
 
 def _is_relu(module):
-    return (module is not None and _keeps_methods(module, _Activation) and isinstance(module, ReLU)
-            and type(module)._f is ReLU._f and type(module)._df is ReLU._df)
+    """A ReLU whose every method is ReLU's (a fused step computes it without calling them)."""
+    return module is not None and _keeps_methods(
+        module, ReLU, _METHODS + ("_input", "_check", "_grad_of", "_f", "_df"))
 
 
 class Run:
@@ -110,15 +118,20 @@ class Run:
 class Plan:
     """The steps of a model, the containers they came from, and the buffer pool."""
 
-    __slots__ = ("steps", "containers", "repeated", "pool", "train_run", "eval_run")
+    __slots__ = ("steps", "containers", "repeated", "pool", "train_run", "eval_run", "top")
 
     def __init__(self, model):
         self.containers = []
         modules = []
         self._walk(model, modules)
+        # the model's own registry and children, and whether there are nested containers
+        # too: what `_fast.forward` checks inline
+        self.top = self.containers[0] + (len(self.containers) > 1,)
         self.steps = _steps(modules)
         self.repeated = repeated_modules(model)
-        self.pool = BufferPool()
+        # (a few arrays per step and batch shape: room for two batch shapes, e.g. an epoch's
+        # last, smaller batch, without starting again)
+        self.pool = BufferPool(limit=max(256, 16 * len(self.steps)))
         self.train_run, self.eval_run = Run(self.pool, True), Run(self.pool, False)
 
     def _walk(self, container, modules):
@@ -145,6 +158,8 @@ class Plan:
         call with the same batch shape), in eval mode fresh ones."""
         if training and self.repeated:
             raise ValueError(self.repeated)
+        if training and self.pool.owns(x):   # e.g. model(model(x)): its steps keep their
+            x = np.array(x, copy=True)        # inputs, and may write that buffer again
         run = self.train_run if training else self.eval_run
         out = x
         for step in self.steps:
@@ -153,11 +168,10 @@ class Plan:
             return out
         return _fresh(out, x)
 
-    def backward(self, grad_out, compute_grad_input, run=None):
+    def backward(self, grad_out, compute_grad_input, run):
         """dL/d(input) through the steps in reverse (None unless `compute_grad_input`)."""
         if self.repeated:
             raise ValueError(self.repeated)
-        run = run if run is not None else self.train_run
         g, steps = grad_out, self.steps
         for i in range(len(steps) - 1, -1, -1):
             g = steps[i].backward(g, compute_grad_input or i > 0, run)
@@ -253,7 +267,7 @@ def _chained(steps):
         run.clear()
 
     for step in steps:
-        if type(step) is LinearStep:
+        if type(step) is LinearStep and _keeps_methods(step.linear, Linear, _CHAIN_METHODS):
             if run and (run[-1].linear.out_features != step.linear.in_features
                         or run[-1].linear.dtype != step.linear.dtype):
                 flush()

@@ -7,8 +7,9 @@ the same request gets the same array back. When the pool holds more than `limit`
 (many batch sizes) it starts again.
 
 An array a call reads must not be the array it writes: a pooled output fed back as an input
-(``model(model(x))``) would be written while it is read. `arrays` then answers None for it
-(the kernel allocates a fresh one).
+would be written while it is read. `arrays` then answers None for it (the kernel allocates
+a fresh one), and `owns` tells a plan that an input is one of its buffers (it copies it:
+its steps keep their inputs for backward, and a later step may write that buffer).
 """
 from .. import _memory
 
@@ -18,10 +19,11 @@ __all__ = ["BufferPool"]
 class BufferPool:
     """Aligned arrays kept by ``(key, shape, dtype)``."""
 
-    __slots__ = ("_arrays", "limit")
+    __slots__ = ("_arrays", "_bases", "limit")
 
     def __init__(self, limit=256):
         self._arrays = {}
+        self._bases = set()      # ids of the memory blocks of the kept arrays
         self.limit = limit
 
     def arrays(self, key, shapes, dtype, reading=()):
@@ -30,10 +32,11 @@ class BufferPool:
         entry = self._arrays.get(key)
         if entry is None or entry[0] != shapes or entry[1] != dtype:
             if len(self._arrays) >= self.limit:
-                self._arrays.clear()
+                self.clear()
             entry = (shapes, dtype, [None if shape is None else _memory.empty(shape, dtype)
                                      for shape in shapes])
             self._arrays[key] = entry
+            self._bases.update(id(a.base) for a in entry[2] if a is not None)
         kept = entry[2]
         for array in reading:
             if array is None:
@@ -49,5 +52,11 @@ class BufferPool:
         """One kept array (see `arrays`)."""
         return self.arrays(key, (shape,), dtype, reading)[0]
 
+    def owns(self, array):
+        """True when `array` is (a view of) one of the kept arrays."""
+        base = getattr(array, "base", None)
+        return base is not None and id(base) in self._bases
+
     def clear(self):
         self._arrays.clear()
+        self._bases.clear()

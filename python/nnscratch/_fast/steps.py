@@ -5,23 +5,31 @@ Every step has ``forward(x, run)``, ``backward(g, need, run)`` and ``infer(x)``:
 
 * ``forward`` checks and casts its input with the layer's own ``_input`` (the same errors,
   the same dtype), calls the layer's kernel -- writing into the pool when ``run.pooled`` --
-  and keeps what its backward needs on the step (not on the layer);
+  and leaves on each layer what that layer's own forward would leave there (``_x``,
+  ``_kept``, ...), so that a layer's own ``backward`` called afterwards works as usual;
 * ``backward`` returns dL/d(input) (None when ``need`` is False and the kernel can skip it)
   and adds the parameters' gradients -- or writes them, for the parameters `run` says were
   zeroed and not yet touched (see `Run.accumulate`): the same values as zeros plus the
-  gradient, without a pass that writes the zeros;
+  gradient, without a pass that writes the zeros. When a layer's state is no longer the
+  one this step left (the layer ran its own forward since), it runs the layers' own
+  backward instead: what the textbook path would compute;
 * ``infer`` is the eval-mode output with fresh arrays and no state (``predict``).
 
 Why the bits equal the textbook path's: each step makes the layer's own kernel calls with
 the same arguments, except where a different call gives the same bits (docs/design.md
-lists the five cases) -- here: ``linear_forward(..., activation="relu")`` computes
+lists the cases) -- here: ``linear_forward(..., activation="relu")`` computes
 relu(x @ W + b) in the GEMM's write-back, the value ``ReLU.forward`` computes from the
-layer's output; a chain of Linear layers is one ``linear_chain_forward`` /
+layer's output, and the ReLU keeps relu(z) where it would keep z (relu(z) > 0 exactly
+where z > 0); a chain of Linear layers is one ``linear_chain_forward`` /
 ``linear_chain_backward`` call whose products are those of one ``linear_forward`` /
 ``linear_backward`` per layer (tested in the kernels' tests); a ReLU directly followed by
 a max pool runs after the pool (max and ReLU commute exactly, and so do their gradients:
 both route to the same position or to none); and a gradient written where it was zeroed
 holds ``acc`` where the textbook one holds ``0 + acc``.
+
+Layer state is written with ``layer.__dict__[name] = value``: the same attribute a
+layer's ``self.name = value`` sets, without the registry check of ``Module.__setattr__``
+(these are never parameters or modules).
 """
 import numpy as np
 
@@ -36,6 +44,20 @@ def _missing(layer):
     return RuntimeError(f"{layer!r}: backward() called before forward()")
 
 
+def _kept(run, key, shape, dtype, reading=()):
+    """A pooled array when the run keeps buffers, else None (the kernel allocates)."""
+    return run.pool.array(key, shape, dtype, reading) if run.pooled else None
+
+
+def _own_backward(layers, g, need, run):
+    """The layers' own backward, from the last: the textbook path for these layers."""
+    for layer in layers:
+        run.materialize(*layer._parameters.values())
+    for i in range(len(layers) - 1, 0, -1):
+        g = layers[i].backward(g)
+    return layers[0].backward(g, compute_grad_input=need)
+
+
 class LinearStep:
     """A `Linear`, and the `ReLU` after it when there is one (fused into the GEMM)."""
 
@@ -48,23 +70,30 @@ class LinearStep:
     def forward(self, x, run):
         lin = self.linear
         x = lin._input(x, lin.dtype, lin._check)
-        out = run.pool.array((self, x.shape[0]), (x.shape[0], lin.out_features), lin.dtype,
-                             (x,)) if run.pooled else None
+        out = _kept(run, (self, x.shape[0]), (x.shape[0], lin.out_features), lin.dtype, (x,))
         y = kernels().linear_forward(x, lin.weight.data, lin._bias(), out,
                                      activation=None if self.relu is None else "relu")
         self.x, self.y = x, y
+        lin.__dict__["_x"] = x
+        if self.relu is not None:
+            self.relu.__dict__["_kept"] = y
         return y
 
+    def _current(self):
+        return (self.x is not None and self.linear.__dict__.get("_x") is self.x and
+                (self.relu is None or self.relu.__dict__.get("_kept") is self.y))
+
     def backward(self, g, need, run):
-        lin, x, K = self.linear, self.x, kernels()
-        if x is None:
-            raise _missing(lin if self.relu is None else self.relu)
+        lin, relu = self.linear, self.relu
+        if not self._current():
+            return _own_backward((lin,) if relu is None else (lin, relu), g, need, run)
+        x, K = self.x, kernels()
         n = x.shape[0]
-        g = lin._grad_of(g, (n, lin.out_features), lin.dtype)
-        if self.relu is not None:        # ReLU.backward: g * (z > 0), and z > 0 iff relu(z) > 0
-            g = K.relu_backward(g, self.y, run.pool.array((self, "g", n), g.shape, g.dtype,
-                                                          (g, self.y)))
-        grad_x = run.pool.array((self, "x", n), x.shape, lin.dtype, (g, x)) if need else None
+        g = (lin if relu is None else relu)._grad_of(g, (n, lin.out_features), lin.dtype)
+        if relu is not None:        # ReLU.backward: g * (z > 0), and z > 0 iff relu(z) > 0
+            g = K.relu_backward(g, self.y, _kept(run, (self, "g", n), g.shape, g.dtype,
+                                                 (g, self.y)))
+        grad_x = _kept(run, (self, "x", n), x.shape, lin.dtype, (g, x)) if need else None
         accumulate = run.accumulate(lin.weight, lin.bias)
         return K.linear_backward(g, x, lin.weight.data, lin.weight.grad,
                                  None if lin.bias is None else lin.bias.grad, grad_x,
@@ -82,36 +111,44 @@ class ChainStep:
     ``linear_chain_forward`` / ``linear_chain_backward`` call each way, one parallel region
     for all of them, with the bits of one call per layer."""
 
-    __slots__ = ("linears", "relus", "activations", "dtype", "features", "held", "weights",
-                 "biases", "x", "ys")
+    __slots__ = ("linears", "relus", "activations", "dtype", "features", "arrays", "x", "ys",
+                 "states")
 
     def __init__(self, pairs):
         self.linears = tuple(linear for linear, _ in pairs)
         self.relus = tuple(relu for _, relu in pairs)
         self.activations = tuple(None if relu is None else "relu" for relu in self.relus)
+        # where the layers keep their state, and which of (x, y_1, ..., y_L) goes there: a
+        # Linear its input, a ReLU its output
+        self.states = tuple((lin.__dict__, "_x", i) for i, lin in enumerate(self.linears)) + \
+            tuple((relu.__dict__, "_kept", i + 1) for i, relu in enumerate(self.relus)
+                  if relu is not None)
         self.dtype, self.features = self.linears[0].dtype, self.linears[0].in_features
-        self.held = ()          # (layer, weight, bias): the Parameters the arrays below are of
-        self.weights = self.biases = ()
+        # ((layer's __dict__, weight, bias) each, weight arrays, bias arrays): one tuple,
+        # replaced whole, so that threads calling at once read one consistent set
+        self.arrays = ((), (), ())
         self.x = self.ys = None
 
     def _arrays(self):
         """The layers' weight and bias arrays: looked up again only when a layer's weight or
         bias was assigned another Parameter (a Parameter keeps its array for life)."""
-        for lin, weight, bias in self.held:
-            if lin.weight is not weight or lin.bias is not bias:
+        arrays = self.arrays
+        for state, weight, bias in arrays[0]:
+            if state["weight"] is not weight or state.get("bias") is not bias:
                 break
         else:
-            if self.held:
-                return self.weights, self.biases
-        self.held = tuple((lin, lin.weight, lin.bias) for lin in self.linears)
-        self.weights = tuple(weight.data for _, weight, _ in self.held)
-        self.biases = tuple(None if bias is None else bias.data for _, _, bias in self.held)
-        return self.weights, self.biases
+            if arrays[0]:
+                return arrays[1], arrays[2]
+        held = tuple((lin.__dict__, lin.weight, lin.bias) for lin in self.linears)
+        arrays = (held, tuple(weight.data for _, weight, _ in held),
+                  tuple(None if bias is None else bias.data for _, _, bias in held))
+        self.arrays = arrays
+        return arrays[1], arrays[2]
 
     def _input(self, x):
         if type(x) is np.ndarray and x.dtype is self.dtype and x.ndim == 2 and \
                 x.shape[1] == self.features:
-            return x                      # (the usual case, without the layer's checks)
+            return x                      # (the usual case; what the layer's _input returns)
         first = self.linears[0]
         return first._input(x, first.dtype, first._check)
 
@@ -123,28 +160,53 @@ class ChainStep:
             n = x.shape[0]
             outs = run.pool.arrays((self, n), tuple((n, lin.out_features)
                                                     for lin in self.linears), self.dtype, (x,))
-        self.ys = kernels().linear_chain_forward(x, weights, biases, self.activations, outs)
-        self.x = x
-        return self.ys[-1]
+        ys = kernels().linear_chain_forward(x, weights, biases, self.activations, outs)
+        self.x, self.ys = x, ys
+        values = (x,) + ys
+        for state, name, i in self.states:
+            state[name] = values[i]
+        return ys[-1]
+
+    def _layers(self):
+        return tuple(m for pair in zip(self.linears, self.relus) for m in pair if m is not None)
+
+    def _current(self):
+        """The layers hold what the last forward left, and no parameter or gradient array is
+        shared between them (tied weights: the kernel writes each gradient once)."""
+        if self.x is None:
+            return False
+        inp = self.x
+        for lin, relu, y in zip(self.linears, self.relus, self.ys):
+            if lin.__dict__.get("_x") is not inp or (relu is not None and
+                                                     relu.__dict__.get("_kept") is not y):
+                return False
+            inp = y
+        grads = [id(p.grad) for lin in self.linears for p in (lin.weight, lin.bias)
+                 if p is not None]
+        return len(set(grads)) == len(grads)
 
     def backward(self, g, need, run):
+        if not self._current():
+            return _own_backward(self._layers(), g, need, run)
         x, ys = self.x, self.ys
-        if x is None:
-            raise _missing(self.linears[-1] if self.relus[-1] is None else self.relus[-1])
         n, last, dtype = x.shape[0], self.linears[-1], self.dtype
-        g = last._grad_of(g, (n, last.out_features), dtype)
+        g = (last if self.relus[-1] is None else self.relus[-1])._grad_of(
+            g, (n, last.out_features), dtype)
         masks = tuple(y if relu is not None else None for y, relu in zip(ys, self.relus))
         # g_l of each layer (the top one's only when it has a ReLU), and dL/dx
-        shapes = tuple((n, lin.out_features) for lin in self.linears[:-1]) + (
-            None if self.relus[-1] is None else (n, last.out_features),
-            (n, self.features) if need else None)
-        kept = run.pool.arrays((self, "g", n), shapes, dtype, (g, x) + ys)
+        work = grad_x = None
+        if run.pooled:
+            shapes = tuple((n, lin.out_features) for lin in self.linears[:-1]) + (
+                None if self.relus[-1] is None else (n, last.out_features),
+                (n, self.features) if need else None)
+            kept = run.pool.arrays((self, "g", n), shapes, dtype, (g, x) + ys)
+            work, grad_x = kept[:-1], kept[-1]
         weights, _ = self._arrays()
         accumulate = [run.accumulate(lin.weight, lin.bias) for lin in self.linears]
         result = kernels().linear_chain_backward(
             g, (x,) + ys[:-1], weights, [lin.weight.grad for lin in self.linears],
             [None if lin.bias is None else lin.bias.grad for lin in self.linears], masks,
-            kept[-1], compute_grad_x=need, accumulate=accumulate, work=kept[:-1],
+            grad_x, compute_grad_x=need, accumulate=accumulate, work=work,
             check_finite=run.finite is not None)
         if run.finite is not None:      # the kernel checked each gradient as it wrote it
             for lin, (weight_ok, bias_ok) in zip(self.linears, result[2]):
@@ -170,19 +232,18 @@ class ConvStep:
     def forward(self, x, run):
         conv = self.conv
         x = conv._input(x, conv.dtype, conv._check)
-        out = run.pool.array((self, x.shape), conv._out_shape(x.shape, conv.out_channels),
-                             conv.dtype, (x,)) if run.pooled else None
-        self.x = x
+        out = _kept(run, (self, x.shape), conv._out_shape(x.shape, conv.out_channels),
+                    conv.dtype, (x,))
+        self.x = conv.__dict__["_x"] = x
         return kernels().conv2d_forward(x, conv.weight.data, conv._bias(), out,
                                         stride=conv._stride, padding=conv._padding)
 
     def backward(self, g, need, run):
         conv, x = self.conv, self.x
-        if x is None:
-            raise _missing(conv)
+        if x is None or conv.__dict__.get("_x") is not x:
+            return _own_backward((conv,), g, need, run)
         g = conv._grad_of(g, conv._out_shape(x.shape, conv.out_channels), conv.dtype)
-        grad_x = run.pool.array((self, "x", x.shape), x.shape, conv.dtype, (g, x)) \
-            if need else None
+        grad_x = _kept(run, (self, "x", x.shape), x.shape, conv.dtype, (g, x)) if need else None
         run.materialize(conv.weight, conv.bias)     # (the kernel adds into the gradients)
         return kernels().conv2d_backward(g, x, conv.weight.data, conv.weight.grad,
                                          None if conv.bias is None else conv.bias.grad, grad_x,
@@ -197,39 +258,44 @@ class PoolStep:
     """A `MaxPool2d`, and a `ReLU` that came directly before it, run after it on the
     pooled (smaller) output: the same bits (see the module docstring)."""
 
-    __slots__ = ("pool", "relu", "shape", "dtype", "indices", "y")
+    __slots__ = ("pool", "relu", "x", "indices", "y")
 
     def __init__(self, pool, relu=None):
         self.pool, self.relu = pool, relu
-        self.shape = self.indices = self.y = None
+        self.x = self.indices = self.y = None
 
     def forward(self, x, run):
-        layer, K = self.pool, kernels()
-        if self.relu is not None:
-            x = self.relu._input(x, check=self.relu._check)   # (what ReLU.forward takes)
+        layer, relu, K = self.pool, self.relu, kernels()
+        if relu is not None:
+            x = relu._input(x, check=relu._check)        # (what ReLU.forward takes)
         x = layer._input(x, check=layer._check)
         shape = layer._out_shape(x.shape, x.shape[1])
         out = indices = relu_out = None
         if run.pooled:
             out, relu_out = run.pool.arrays((self, x.shape), (
-                shape, None if self.relu is None else shape), x.dtype, (x,))
+                shape, None if relu is None else shape), x.dtype, (x,))
             indices = run.pool.array((self, "i", x.shape), shape, np.dtype(np.int64))
-        y, self.indices = K.maxpool2d_forward(x, layer._kernel, layer._stride, out, indices)
-        if self.relu is not None:
+        y, indices = K.maxpool2d_forward(x, layer._kernel, layer._stride, out, indices)
+        if relu is not None:
             y = K.relu_forward(y, relu_out)
-        self.shape, self.dtype, self.y = x.shape, x.dtype, y
+            relu.__dict__["_kept"] = x                   # a ReLU keeps its input
+        d = layer.__dict__
+        d["_x_shape"], d["_dtype"], d["_indices"] = x.shape, x.dtype, indices
+        self.x, self.indices, self.y = x, indices, y
         return y
 
     def backward(self, g, need, run):
-        if self.shape is None:
-            raise _missing(self.relu if self.relu is not None else self.pool)
-        K, n_shape = kernels(), self.indices.shape
-        g = self.pool._grad_of(g, n_shape, self.dtype)
-        if self.relu is not None:       # ReLU.backward on the pooled values
-            g = K.relu_backward(g, self.y, run.pool.array((self, "g", self.shape), n_shape,
-                                                          self.dtype, (g, self.y)))
-        return K.maxpool2d_backward(g, self.indices, self.shape, run.pool.array(
-            (self, "x", self.shape), self.shape, self.dtype, (g,)))
+        layer, relu = self.pool, self.relu
+        if self.x is None or layer.__dict__.get("_indices") is not self.indices or (
+                relu is not None and relu.__dict__.get("_kept") is not self.x):
+            return _own_backward((layer,) if relu is None else (relu, layer), g, need, run)
+        K, shape, x = kernels(), self.indices.shape, self.x
+        g = (layer if relu is None else relu)._grad_of(g, shape, x.dtype)
+        if relu is not None:       # ReLU.backward on the pooled values
+            g = K.relu_backward(g, self.y, _kept(run, (self, "g", x.shape), shape, x.dtype,
+                                                 (g, self.y)))
+        return K.maxpool2d_backward(g, self.indices, x.shape, _kept(
+            run, (self, "x", x.shape), x.shape, x.dtype, (g,)))
 
     def infer(self, x):
         y = self.pool.infer(x if self.relu is None else self.relu._input(x))
@@ -239,10 +305,10 @@ class PoolStep:
 class BatchNormStep:
     """A `BatchNorm1d` / `BatchNorm2d`."""
 
-    __slots__ = ("norm", "x", "shape", "mean", "invstd", "batch_statistics")
+    __slots__ = ("norm", "x", "mean")
 
     def __init__(self, norm):
-        self.norm, self.x, self.shape = norm, None, None
+        self.norm, self.x, self.mean = norm, None, None
 
     def forward(self, x, run):
         norm = self.norm
@@ -253,27 +319,32 @@ class BatchNormStep:
         c, out = norm.num_features, None
         mean = invstd = None
         if run.pooled:
-            out, = run.pool.arrays((self, x4.shape), (x4.shape,), norm.dtype, (x4,))
+            out = run.pool.array((self, x4.shape), x4.shape, norm.dtype, (x4,))
             mean, invstd = run.pool.arrays((self, "s"), ((c,), (c,)), norm.dtype)
-        y, self.mean, self.invstd = kernels().batchnorm_forward(
+        y, mean, invstd = kernels().batchnorm_forward(
             x4, norm.weight.data, norm.bias.data, norm.running_mean, norm.running_var,
             training=norm.training, momentum=norm.momentum, eps=norm.eps, out=out,
             save_mean=mean, save_invstd=invstd)
-        self.x, self.shape, self.batch_statistics = x4, x.shape, norm.training
+        d = norm.__dict__
+        d["_x"], d["_mean"], d["_invstd"], d["_batch_statistics"] = x, mean, invstd, \
+            norm.training
+        self.x, self.mean = x, mean
         return y.reshape(x.shape) if x.ndim == 3 else y
 
     def backward(self, g, need, run):
-        norm, x4, shape = self.norm, self.x, self.shape
-        if x4 is None:
-            raise _missing(norm)
-        g = norm._grad_of(g, shape, norm.dtype).reshape(x4.shape)
-        grad_x = run.pool.array((self, "x", x4.shape), x4.shape, norm.dtype, (g, x4)) \
+        norm, x = self.norm, self.x
+        d = norm.__dict__
+        if x is None or d.get("_x") is not x or d.get("_mean") is not self.mean:
+            return _own_backward((norm,), g, need, run)
+        x4 = x.reshape(x.shape + (1,)) if x.ndim == 3 else x
+        g = norm._grad_of(g, x.shape, norm.dtype).reshape(x4.shape)
+        grad_x = _kept(run, (self, "x", x4.shape), x4.shape, norm.dtype, (g, x4)) \
             if need else None
         run.materialize(norm.weight, norm.bias)
         grad_x = kernels().batchnorm_backward(
-            g, x4, norm.weight.data, self.mean, self.invstd, norm.weight.grad, norm.bias.grad,
-            grad_x, training=self.batch_statistics, compute_grad_x=need)
-        return None if grad_x is None else grad_x.reshape(shape)
+            g, x4, norm.weight.data, self.mean, d["_invstd"], norm.weight.grad, norm.bias.grad,
+            grad_x, training=d["_batch_statistics"], compute_grad_x=need)
+        return None if grad_x is None else grad_x.reshape(x.shape)
 
     def infer(self, x):
         return self.norm.infer(x)
@@ -291,19 +362,17 @@ class ActivationStep:
     def forward(self, x, run):
         layer = self.layer
         x = layer._input(x, check=layer._check)
-        out = run.pool.array((self, x.shape, x.dtype), x.shape, x.dtype, (x,)) \
-            if run.pooled else None
-        y = layer._f(kernels(), x, out)
-        self.kept = x if layer._keeps == "input" else y
+        y = layer._f(kernels(), x, _kept(run, (self, x.shape, x.dtype), x.shape, x.dtype, (x,)))
+        self.kept = layer.__dict__["_kept"] = x if layer._keeps == "input" else y
         return y
 
     def backward(self, g, need, run):
-        kept = self.kept
-        if kept is None:
-            raise _missing(self.layer)
-        g = self.layer._grad_of(g, kept.shape, kept.dtype)
-        return self.layer._df(kernels(), g, kept, run.pool.array(
-            (self, "x", kept.shape, kept.dtype), kept.shape, kept.dtype, (g, kept)))
+        layer, kept = self.layer, self.kept
+        if kept is None or layer.__dict__.get("_kept") is not kept:
+            return _own_backward((layer,), g, need, run)
+        g = layer._grad_of(g, kept.shape, kept.dtype)
+        return layer._df(kernels(), g, kept, _kept(run, (self, "x", kept.shape, kept.dtype),
+                                                   kept.shape, kept.dtype, (g, kept)))
 
     def infer(self, x):
         return self.layer.infer(x)
@@ -312,7 +381,7 @@ class ActivationStep:
 class DropoutStep:
     """A `Dropout`: the same mask drawn from the library generator, into pooled arrays."""
 
-    __slots__ = ("layer", "shape", "dtype", "mask")
+    __slots__ = ("layer", "shape", "mask")
 
     def __init__(self, layer):
         self.layer, self.shape, self.mask = layer, None, None
@@ -320,51 +389,53 @@ class DropoutStep:
     def forward(self, x, run):
         layer = self.layer
         x = layer._input(x)
-        self.shape, self.dtype = x.shape, x.dtype
+        d = layer.__dict__
+        self.shape = d["_shape"] = x.shape
+        d["_dtype"] = x.dtype
         if not layer.training or layer.p == 0.0:
-            self.mask = None
+            self.mask = d["_mask"] = None
             return x
         if not run.pooled:
-            self.mask = (_random.generator().random(x.shape, dtype=np.float32)
-                         >= layer.p).view(np.uint8)
-            return kernels().dropout_forward(x, self.mask, layer.scale)
-        uniform = run.pool.array((self, "u", x.shape), x.shape, np.dtype(np.float32))
-        mask = run.pool.array((self, "m", x.shape), x.shape, np.dtype(np.uint8))
-        _random.generator().random(dtype=np.float32, out=uniform)   # (the same draws)
-        np.greater_equal(uniform, layer.p, out=mask.view(np.bool_))
-        self.mask = mask
-        return kernels().dropout_forward(x, mask, layer.scale, run.pool.array(
-            (self, x.shape, x.dtype), x.shape, x.dtype, (x,)))
+            mask = (_random.generator().random(x.shape, dtype=np.float32)
+                    >= layer.p).view(np.uint8)
+            out = None
+        else:
+            uniform = run.pool.array((self, "u", x.shape), x.shape, np.dtype(np.float32))
+            mask = run.pool.array((self, "m", x.shape), x.shape, np.dtype(np.uint8))
+            _random.generator().random(dtype=np.float32, out=uniform)   # (the same draws)
+            np.greater_equal(uniform, layer.p, out=mask.view(np.bool_))
+            out = run.pool.array((self, x.shape, x.dtype), x.shape, x.dtype, (x,))
+        self.mask = d["_mask"] = mask
+        return kernels().dropout_forward(x, mask, layer.scale, out)
 
     def backward(self, g, need, run):
-        if self.shape is None:
-            raise _missing(self.layer)
-        g = self.layer._grad_of(g, self.shape, self.dtype)
+        layer, d = self.layer, self.layer.__dict__
+        if self.shape is None or d.get("_shape") is not self.shape or \
+                d.get("_mask") is not self.mask:
+            return _own_backward((layer,), g, need, run)
+        g = layer._grad_of(g, self.shape, d["_dtype"])
         if self.mask is None:
             return g
-        return kernels().dropout_backward(g, self.mask, self.layer.scale, run.pool.array(
-            (self, "x", self.shape), self.shape, self.dtype, (g,)))
+        return kernels().dropout_backward(g, self.mask, layer.scale, _kept(
+            run, (self, "x", self.shape), self.shape, g.dtype, (g,)))
 
     def infer(self, x):
         return self.layer.infer(x)
 
 
 class FlattenStep:
-    """A `Flatten`: a reshape each way."""
+    """A `Flatten`: a reshape each way (the layer's own code: there is nothing to fuse)."""
 
-    __slots__ = ("layer", "shape")
+    __slots__ = ("layer",)
 
     def __init__(self, layer):
-        self.layer, self.shape = layer, None
+        self.layer = layer
 
     def forward(self, x, run):
-        self.shape = np.shape(x)
-        return self.layer.infer(x)
+        return self.layer.forward(x)
 
     def backward(self, g, need, run):
-        if self.shape is None:
-            raise _missing(self.layer)
-        return self.layer._unflatten(g, self.shape)
+        return self.layer.backward(g, compute_grad_input=need)
 
     def infer(self, x):
         return self.layer.infer(x)
@@ -372,7 +443,8 @@ class FlattenStep:
 
 class ModuleStep:
     """Any other module (a user's layer or block): its own forward, backward and infer.
-    Its parameters' gradients are made zero before its backward adds into them."""
+    Every gradient still waiting to be cleared is cleared before its backward runs (its
+    code may add into any parameter's gradient, not only its own)."""
 
     __slots__ = ("module",)
 
@@ -384,7 +456,7 @@ class ModuleStep:
 
     def backward(self, g, need, run):
         if run.zeroed:
-            run.materialize(*self.module.parameters())
+            run.materialize(*run.zeroed)
         if need:
             return self.module.backward(g)
         return self.module.backward(g, compute_grad_input=False)

@@ -24,6 +24,7 @@ from ..backend import kernels
 from ..losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from ..optim import SGD, Adam, Optimizer
 from .plan import Run, plan_of
+from .pool import BufferPool
 
 __all__ = ["TrainStep"]
 
@@ -32,11 +33,16 @@ _LOSS_KERNELS = ((CrossEntropyLoss, "softmax_cross_entropy"), (MSELoss, "mse"),
                  (BCEWithLogitsLoss, "bce_with_logits"))
 
 
+_LOSS_METHODS = ("__call__", "forward", "backward", "_kernel", "_target", "_pred",
+                 "_saved_grad")
+
+
 def _loss_kernel(loss):
-    """The kernel name of a built-in loss whose computation is its class's own, else None."""
+    """The kernel name of a built-in loss whose computation is its class's own (no method
+    replaced by a subclass or the instance), else None."""
     for cls, name in _LOSS_KERNELS:
-        if type(loss) is cls or (isinstance(loss, cls) and type(loss).forward is cls.forward
-                                 and type(loss).__call__ is cls.__call__):
+        if isinstance(loss, cls) and not (set(_LOSS_METHODS) & vars(loss).keys()) and all(
+                getattr(type(loss), m, None) is getattr(cls, m, None) for m in _LOSS_METHODS):
             return name
     return None
 
@@ -52,6 +58,8 @@ class TrainStep:
     def __init__(self, model, loss, optimizer, check_finite):
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.check = check_finite
+        # the batch and the loss's gradient: the plan's inputs, so not in the plan's own pool
+        self.pool = BufferPool()
         self.loss_kernel = _loss_kernel(loss)
         named = list(model.named_parameters())
         self.params = [p for _, p in named]
@@ -62,9 +70,9 @@ class TrainStep:
 
     def gather(self, X, y, rows):
         """Rows `rows` of X and y, into pooled arrays (the threads copy X's together)."""
-        m, pool = len(rows), plan_of(self.model).pool
-        xb = pool.array(("xb", m), (m,) + X.shape[1:], X.dtype)
-        yb = pool.array(("yb", m), (m,) + y.shape[1:], y.dtype)
+        m = len(rows)
+        xb = self.pool.array(("xb", m), (m,) + X.shape[1:], X.dtype)
+        yb = self.pool.array(("yb", m), (m,) + y.shape[1:], y.dtype)
         kernels().take_rows(X, rows, out=xb)
         y.take(rows, axis=0, out=yb, mode="clip")      # (rows are valid: no temporary)
         return xb, yb
@@ -73,7 +81,7 @@ class TrainStep:
         plan = plan_of(self.model)
         out = plan.forward(xb, True)
         if self.loss_kernel is not None:
-            grad = plan.pool.array(("loss", out.shape, out.dtype), out.shape, out.dtype, (out,))
+            grad = self.pool.array(("loss", out.shape, out.dtype), out.shape, out.dtype, (out,))
             value, grad = getattr(kernels(), self.loss_kernel)(out, yb, grad)
             value = float(value)
         else:
@@ -81,9 +89,17 @@ class TrainStep:
             grad = None
         if self.check and not math.isfinite(value):
             return out, value, "loss"
-        run = Run(plan.pool, True, set(self.params), {} if self.check else None)
-        # (zeroed: every parameter's gradient reads as zero now -- zero_grad -- but none was
-        # cleared; the backward pass writes those it reaches first, the rest are cleared after)
+        # zeroed: every parameter's gradient reads as zero now -- zero_grad -- but none was
+        # cleared; the backward pass writes those it reaches first, the rest are cleared after
+        # (gradient arrays shared by two parameters are cleared now: both add into them)
+        zeroed = set(self.params)
+        grads = [id(p.grad) for p in self.params]
+        if len(set(grads)) != len(grads):
+            for p in self.params:
+                if grads.count(id(p.grad)) > 1:
+                    p.grad.fill(0)
+                    zeroed.discard(p)
+        run = Run(plan.pool, True, zeroed, {} if self.check else None)
         try:
             plan.backward(self.loss.backward() if grad is None else grad, False, run)
         except BaseException:
@@ -100,17 +116,25 @@ class TrainStep:
         if self.check:
             for name, p in self.unoptimized:
                 if not finite.get(p, False) and not K.all_finite(p.grad):
-                    return name
+                    return self._first_bad(p)
         if self.fused is None:
             if self.check:
                 for p in self.optimizer.params:
                     if not finite.get(p, False) and not K.all_finite(p.grad):
-                        return self.names.get(p, "a parameter of the optimizer")
+                        return self._first_bad(p)
             self.optimizer.step()
             return None
         bad = self.fused(self.optimizer, finite)
-        return None if bad is None else self.names.get(self.optimizer.params[bad],
-                                                        f"{bad} of the optimizer")
+        return None if bad is None else self._first_bad(self.optimizer.params[bad])
+
+    def _first_bad(self, found):
+        """The name of the first parameter, in the model's order, whose gradient holds
+        NaN/inf (the textbook step's answer; `found` is one of them)."""
+        K = kernels()
+        for p in self.params:
+            if not K.all_finite(p.grad):
+                return self.names[p]
+        return self.names.get(found, "a parameter of the optimizer")
 
 
 def _fused_update(optimizer):
