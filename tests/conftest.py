@@ -203,3 +203,16 @@ def threads(request):
 @pytest.fixture(params=BACKENDS, ids=BACKEND_IDS)
 def backend(request):
     return request.param
+
+
+@contextlib.contextmanager
+def textbook():
+    """Inside the block, models run their layers' own code (the textbook path) on the
+    compiled kernels: nnscratch.backend.set_fast_path(False)."""
+    from nnscratch import backend
+
+    previous = backend.set_fast_path(False)
+    try:
+        yield
+    finally:
+        backend.set_fast_path(previous)

@@ -12,17 +12,9 @@ import numpy as np
 import pytest
 
 import nnscratch as nn
+from conftest import textbook
 from nnscratch import backend
 from nnscratch._fast.plan import plan_of
-
-
-@contextlib.contextmanager
-def textbook():
-    previous = backend.set_fast_path(False)
-    try:
-        yield
-    finally:
-        backend.set_fast_path(previous)
 
 
 def both(build, fn, seed=11):

@@ -12,20 +12,11 @@ import numpy as np
 import pytest
 
 import nnscratch as nn
-from conftest import randn
+from conftest import randn, textbook
 from nnscratch import backend
 from nnscratch._fast.plan import plan_of
 from nnscratch._fast.steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep,
                                    DropoutStep, FlattenStep, LinearStep, ModuleStep, PoolStep)
-
-
-@contextlib.contextmanager
-def textbook():
-    previous = backend.set_fast_path(False)
-    try:
-        yield
-    finally:
-        backend.set_fast_path(previous)
 
 
 def same(a, b):
