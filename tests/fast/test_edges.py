@@ -13,7 +13,6 @@ import pytest
 
 import nnscratch as nn
 from conftest import textbook
-from nnscratch import backend
 from nnscratch._fast.plan import plan_of
 
 
