@@ -1,6 +1,7 @@
-"""Step 2: the seed's two-layer network, equation by equation, on "two moons".
+"""Step 2: the two-layer network of the seed, equation by equation, on "two moons".
 
-The seed writes forward propagation as
+The seed -- the short text this project began from, which explains a network in nine
+concepts (docs/README.md) -- writes forward propagation as
 
     z1 = X @ W1 + b1        # linear
     a1 = ReLU(z1)           # activation
@@ -13,7 +14,7 @@ chain rule, and update W = W - lr * dL/dW, b = b - lr * dL/db.
 Here those lines are written out in plain NumPy, next to the same network built from
 nnscratch layers, both starting from the same weights and trained on the same batches.
 At the end the two sets of weights must agree to rounding (float64): the library
-computes exactly the seed's equations.
+computes exactly those equations.
 
 Run:  python examples/02_two_layer_toy.py
 """

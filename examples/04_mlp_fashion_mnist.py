@@ -1,7 +1,7 @@
 """Step 4: a multi-layer perceptron on real images (Fashion-MNIST, the bundled sample).
 
 28x28 grey images of clothes, flattened to 784 numbers in [0, 1], ten classes. The
-network is the seed's, only wider and deeper:
+network is the two-layer one of docs/README.md (the seed's), only wider and deeper:
 
     z1 = X @ W1 + b1,  a1 = ReLU(z1)       (784 -> 256)
     z2 = a1 @ W2 + b2, a2 = ReLU(z2)       (256 -> 128)

@@ -2,7 +2,8 @@
 
 `explain_step` runs ONE step of the training loop -- forward, loss, backward, update --
 layer by layer, and prints every intermediate with its shape and the formula that
-produced it, in the seed's notation::
+produced it, in the notation of docs/README.md (the seed's: the text this project began
+from)::
 
     z1 = X @ W1 + b1          a1 = ReLU(z1)          z2 = a1 @ W2 + b2
     p = softmax(z2)           loss = mean(-log p[i, y_i])
@@ -15,7 +16,7 @@ so that a learner can do the same step with pencil and paper and compare number 
 `explain_demo` does it for a tiny 2-2-2 network with round weights (``nnscratch explain``).
 
 `lr_find` trains a fresh copy of a model once per learning rate and prints a table of the
-loss each one reaches: the seed's "too low = slow, too high = unstable", measured.
+loss each one reaches: "too low = slow, too high = unstable", measured.
 
 Every number here comes from the layers, losses and optimizers themselves (on the active
 backend); this module only calls them one at a time and copies what they return.
@@ -38,7 +39,7 @@ __all__ = ["explain_step", "explain_demo", "lr_find", "DEFAULT_LRS"]
 
 
 # --------------------------------------------------------------------------------------
-# Names and formulas, in the seed's notation
+# Names and formulas, in the notation of docs/README.md
 # --------------------------------------------------------------------------------------
 
 _ACTIVATIONS = (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax)
