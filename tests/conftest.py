@@ -216,3 +216,23 @@ def textbook():
         yield
     finally:
         backend.set_fast_path(previous)
+
+
+def png_with_header(path, width, height, filter_type=4):
+    """A PNG whose header declares width x height (grey), its rows of `filter_type`:
+    mostly zeros, so that it compresses to almost nothing."""
+    import struct
+    import zlib
+
+    from nnscratch._png import SIGNATURE
+
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    row = bytes([filter_type]) + bytes(width)
+    data = zlib.compress(row * min(height, 64), 9)
+    path.write_bytes(SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8,
+                                                                 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path

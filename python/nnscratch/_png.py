@@ -13,6 +13,22 @@ import numpy as np
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 4: 2, 2: 3, 6: 4}  # PNG colour type -> samples per pixel
+MAX_PIXELS = 1 << 20    # larger images are refused by their header, before any decoding
+
+
+def read_size(path):
+    """(width, height) from a PNG file's header (its first 33 bytes): nothing decoded."""
+    name = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if not head.startswith(SIGNATURE):
+        raise ValueError(f"{name}: not a PNG file (bad signature)")
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise ValueError(f"{name}: a PNG file must start with its IHDR header chunk")
+    (length,) = struct.unpack(">I", head[8:12])
+    if length != 13:
+        raise ValueError(f"{name}: PNG header chunk IHDR has {length} bytes, not 13")
+    return struct.unpack(">II", head[16:24])
 
 
 def _chunks(data, name):
@@ -69,13 +85,19 @@ def _unfilter(raw, height, stride, bpp, name):
     return out
 
 
-def read_png(path):
-    """A PNG file as a uint8 greyscale array (height, width)."""
+def read_png(path, max_pixels=MAX_PIXELS):
+    """A PNG file as a uint8 greyscale array (height, width).
+
+    An image of more than `max_pixels` pixels is refused by its header, before its data
+    is read; the image data is decompressed to at most the size the header declares.
+    """
     name = os.fspath(path)
+    width, height = read_size(path)
+    if width * height > max_pixels:
+        raise ValueError(f"{name}: a {width}x{height} image is larger than {max_pixels:,} "
+                         f"pixels; refused before decoding")
     with open(path, "rb") as f:
         data = f.read()
-    if not data.startswith(SIGNATURE):
-        raise ValueError(f"{name}: not a PNG file (bad signature)")
     header, idat = None, []
     for kind, body in _chunks(data, name):
         if kind == b"IHDR":
@@ -93,12 +115,13 @@ def read_png(path):
         raise ValueError(f"{name}: only 8-bit non-interlaced grey/RGB(A) PNGs are supported "
                          f"(bit depth {depth}, colour type {ctype}, interlace {interlace})")
     channels = _CHANNELS[ctype]
-    try:
-        raw = zlib.decompress(b"".join(idat))
+    stride = width * channels
+    expected = height * (stride + 1)
+    try:            # (never more than the header declares: a small file cannot expand)
+        raw = zlib.decompressobj().decompress(b"".join(idat), expected + 1)
     except zlib.error as exc:
         raise ValueError(f"{name}: corrupt PNG image data ({exc})") from None
-    stride = width * channels
-    if len(raw) != height * (stride + 1):
+    if len(raw) != expected:
         raise ValueError(f"{name}: PNG image data has the wrong length")
     pixels = _unfilter(raw, height, stride, channels, name).reshape(height, width, channels)
     if channels >= 3:

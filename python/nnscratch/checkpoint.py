@@ -10,10 +10,11 @@ caller adds). No pickle anywhere; a crash while saving leaves the previous check
     set_optimizer_state(optimizer, optimizer_state)     # a new optimizer over model.parameters()
 """
 import json
+import os
 
 import numpy as np
 
-from .serialization import EXTRA_PREFIX, model_arrays, model_from_arrays, read_npz, write_npz
+from .serialization import EXTRA_PREFIX, Archive, model_arrays, read_model, write_npz
 
 __all__ = ["save_checkpoint", "load_checkpoint", "set_optimizer_state"]
 
@@ -38,32 +39,42 @@ def save_checkpoint(path, model, optimizer, meta=None):
 
 
 def load_checkpoint(path):
-    """(model, optimizer_state, meta) from a checkpoint; ValueError for a broken file."""
-    arrays = read_npz(path)
-    raw = arrays.get(META_KEY)
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ValueError(f"{path!r} is not an nnscratch checkpoint (no {META_KEY!r} entry)")
-    try:
-        document = json.loads(raw.tobytes().decode("utf-8"))
-        scalars = document["optimizer"]["scalars"]
-        lr = float(document["optimizer"]["lr"])
-        kind = document["optimizer"].get("type")
-        meta = document["meta"]
-        if not (isinstance(scalars, list) and all(isinstance(s, dict) for s in scalars)
-                and isinstance(meta, dict) and (kind is None or isinstance(kind, str))):
-            raise ValueError("unexpected types")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
-            AttributeError, RecursionError) as err:
-        raise ValueError(f"{path!r}: the checkpoint's metadata is damaged ({err})") from None
-    model = model_from_arrays(path, {k: v for k, v in arrays.items()
-                                     if not k.startswith(EXTRA_PREFIX)})
-    entries = [dict(s) for s in scalars]
-    for key, value in arrays.items():
-        if key.startswith(OPTIM_PREFIX):
-            index, _, name = key[len(OPTIM_PREFIX):].partition("/")
-            if not index.isdigit() or int(index) >= len(entries):
+    """(model, optimizer_state, meta) from a checkpoint; ValueError for a broken file.
+
+    Every member is checked from its header before anything is read (see
+    ``nnscratch.load``); the optimizer's arrays must have their parameters' shapes."""
+    path = os.fspath(path)
+    with Archive(path) as archive:
+        if META_KEY not in archive.headers:
+            raise ValueError(f"{path!r} is not an nnscratch checkpoint (no {META_KEY!r} entry)")
+        try:
+            document = archive.json(META_KEY)
+            scalars = document["optimizer"]["scalars"]
+            lr = float(document["optimizer"]["lr"])
+            kind = document["optimizer"].get("type")
+            meta = document["meta"]
+            if not (isinstance(scalars, list) and all(isinstance(s, dict) for s in scalars)
+                    and isinstance(meta, dict) and (kind is None or isinstance(kind, str))):
+                raise ValueError("unexpected types")
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            raise ValueError(f"{path!r}: the checkpoint's metadata is damaged ({err})") from None
+        model = read_model(archive)
+        shapes = [p.shape for p in model.parameters()]
+        entries = [dict(s) for s in scalars]
+        found = []
+        for key in archive.headers:
+            if key.startswith(OPTIM_PREFIX):
+                index, _, name = key[len(OPTIM_PREFIX):].partition("/")
+                if not index.isdigit() or int(index) >= len(entries) or \
+                        int(index) >= len(shapes) or \
+                        archive.headers[key][0] != shapes[int(index)]:
+                    raise ValueError(f"{path!r}: unexpected checkpoint entry {key!r} (shape "
+                                     f"{archive.headers[key][0]})")
+                found.append((int(index), name, key))
+            elif key.startswith(EXTRA_PREFIX) and key != META_KEY:
                 raise ValueError(f"{path!r}: unexpected checkpoint entry {key!r}")
-            entries[int(index)][name] = value
+        for index, name, key in found:
+            entries[index][name] = archive.read(key)
     state = {"lr": lr, "state": entries, "type": kind}
     return model, state, meta
 

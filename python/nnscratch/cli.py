@@ -53,6 +53,7 @@ def _number(kind, accept, requirement):
 
 
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
+_threads = _number(int, lambda v: 1 <= v <= 4096, "in [1, 4096]")
 _non_negative_int = _number(int, lambda v: v >= 0, ">= 0")
 _positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 _fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
@@ -66,7 +67,12 @@ def _hidden(text):
             f"expected comma-separated layer sizes like 256,128, got {text!r}") from None
     if not sizes or any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
+    if any(s > MAX_WIDTH for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be <= {MAX_WIDTH:,}, got {text!r}")
     return sizes
+
+
+MAX_WIDTH = 1 << 20      # a hidden layer wider than this is a typing slip
 
 
 def build_parser():
@@ -90,7 +96,9 @@ def build_parser():
                    help="MLP hidden layer sizes (default 256,128)")
     t.add_argument("--dropout", type=_fraction, default=0.0, help="MLP dropout after each "
                    "hidden layer (default 0)")
-    t.add_argument("--epochs", type=_non_negative_int, default=10)
+    t.add_argument("--epochs", type=_non_negative_int, default=None,
+                   help="epochs to train (default 10; with --resume, the checkpoint's, or more "
+                   "to extend a finished run)")
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adam")
     t.add_argument("--lr", type=_positive_float, default=None,
@@ -105,13 +113,15 @@ def build_parser():
     t.add_argument("--limit", type=_positive_int, default=None,
                    help="use only the first N training images (quick runs)")
     t.add_argument("--seed", type=_non_negative_int, default=0)
-    t.add_argument("--threads", type=_positive_int, default=None)
+    t.add_argument("--threads", type=_threads, default=None)
     t.add_argument("--backend", choices=["cython", "numpy"], default="cython")
     t.add_argument("--save", default=None, help="write the trained model here (.npz)")
     t.add_argument("--checkpoint", default=None,
-                   help="checkpoint file (default: <save>.ckpt.npz or nnscratch-checkpoint.npz)")
+                   help="checkpoint file, kept after the run (default: one in the user cache, "
+                   "~/.cache/nnscratch/checkpoints, removed when the run finishes)")
     t.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint after the last finished epoch")
+                   help="continue from the checkpoint after the last finished epoch (or from "
+                   "the --save file of a finished run, to train more --epochs)")
     t.add_argument("--lr-find", action="store_true",
                    help="instead of training: one epoch per learning rate over a range, and "
                    "a table of the final losses (too low = slow, too high = unstable)")
@@ -148,12 +158,37 @@ def build_parser():
 
     b = sub.add_parser("bench", help="speed against NumPy and PyTorch, in one table")
     b.add_argument("--quick", action="store_true", help="about a minute")
-    b.add_argument("--threads", type=_positive_int, default=None)
+    b.add_argument("--threads", type=_threads, default=None)
     b.add_argument("--only", choices=["gemm", "mlp", "cnn", "memory", "all"], default="all")
     return parser
 
 
 # --- data and models --------------------------------------------------------------------
+
+def _first_line(exc):
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _writable_file(path, option):
+    """CLIError, before any work, when `path` cannot be written: a folder, a missing folder
+    or one we may not write in, a file name too long."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise CLIError(f"{option} {path}: is a folder, not a file name")
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise CLIError(f"{option} {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise CLIError(f"{option} {path}: cannot write in {folder}")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    if len(os.fsencode(os.path.basename(path))) > limit:
+        raise CLIError(f"{option} {path}: the file name is longer than {limit} bytes")
+
 
 def _load_data(name, path, download, flatten, progress=True):
     """(source description, class names, (X_train, y_train), (X_test, y_test))."""
@@ -173,6 +208,9 @@ def _load_data(name, path, download, flatten, progress=True):
         except FileNotFoundError as exc:
             hint = "" if download else " (add --download to fetch it, or use --data sample)"
             raise CLIError(f"{exc}{hint}") from None
+        except OSError as exc:      # no network, a mirror down, a full disk
+            raise CLIError(f"{_first_line(exc)} (no network? --data sample trains on the "
+                           f"images shipped with nnscratch)") from None
     try:
         train, test = datasets.load_dataset(source, flatten=flatten)
     except ValueError as exc:   # a truncated or foreign IDX file
@@ -230,11 +268,9 @@ def cmd_train(args, out=None):
     if args.weight_decay is not None and not (args.weight_decay >= 0
                                               and math.isfinite(args.weight_decay)):
         raise CLIError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
-    ckpt_path = args.checkpoint or (
-        (os.path.splitext(args.save)[0] + ".ckpt.npz") if args.save
-        else "nnscratch-checkpoint.npz")
-    if args.resume and not os.path.exists(ckpt_path):
-        raise CLIError(f"--resume: no checkpoint at {ckpt_path}")
+    for option in ("save", "checkpoint", "plot", "plot_weights"):   # before any work
+        _writable_file(getattr(args, option), "--" + option.replace("_", "-"))
+    ckpt_path = args.checkpoint or _default_checkpoint(args.save)
     if args.plot or args.plot_weights:
         from .plotting import require_matplotlib
 
@@ -242,26 +278,17 @@ def cmd_train(args, out=None):
             require_matplotlib()
         except ImportError as exc:
             raise CLIError(str(exc)) from None
-    if args.plot_weights and args.model != "mlp":
-        raise CLIError("--plot-weights shows an MLP's first Linear layer; use --model mlp")
 
     resumed = None
     if args.resume:
         # read before the data: the checkpoint's --model decides flat or image input,
         # its --data, --limit and --validation-split which images are trained on
-        try:
-            model, opt_state, meta = checkpoint.load_checkpoint(ckpt_path)
-            saved = meta["args"]
-            start, history, base_lr = int(meta["epoch"]), dict(meta["history"]), meta["base_lr"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CLIError(f"--resume: {ckpt_path} is not a usable nnscratch train checkpoint"
-                           f" ({exc})") from None
-        resumed = (model, opt_state, meta)
-        for key in RESUME_KEYS:
-            if key in saved and saved[key] != getattr(args, key):
-                print(f"note: resuming with the checkpoint's --{key.replace('_', '-')} "
-                      f"{saved[key]} (not {getattr(args, key)})", file=out)
-                setattr(args, key, saved[key])
+        resumed = _read_checkpoint(args, ckpt_path, out)
+    if args.epochs is None:
+        args.epochs = 10
+    if args.plot_weights and args.model != "mlp":
+        raise CLIError("--plot-weights shows an MLP's first Linear layer; use --model mlp")
+    _check_memory(args)
 
     progress = not args.no_progress
     source, classes, (X, y), (X_test, y_test) = _load_data(
@@ -283,22 +310,14 @@ def cmd_train(args, out=None):
         return _lr_find(args, X, y, out)
 
     if resumed is not None:
-        model, opt_state, meta = resumed
-        optimizer = _make_optimizer(args, model.parameters(), **{
-            k: saved[k] for k in ("optimizer", "lr", "momentum", "weight_decay") if k in saved})
-        try:
-            checkpoint.set_optimizer_state(optimizer, opt_state)
-        except ValueError as exc:
-            raise CLIError(f"--resume: {ckpt_path}: {exc}") from None
-        if "rng" in meta:   # the library generator (dropout masks) where the run left it
-            try:
-                _random.set_state(meta["rng"])
-            except (TypeError, ValueError, KeyError) as exc:
-                raise CLIError(f"--resume: {ckpt_path}: bad generator state ({exc})") from None
-        print(f"resumed from {ckpt_path}: {start} of {args.epochs} epochs done", file=out)
+        model, optimizer, start, history, base_lr, where = resumed
+        print(f"resumed from {where}: {start} of {args.epochs} epochs done", file=out)
     else:
         nn.seed(args.seed)
-        model = build_model(args.model, args.hidden, args.dropout)
+        try:
+            model = build_model(args.model, args.hidden, args.dropout)
+        except MemoryError:
+            raise CLIError(f"not enough memory for --hidden {args.hidden}") from None
         optimizer = _make_optimizer(args, model.parameters())
         start, history, base_lr = 0, {}, optimizer.lr
     print(f"model: {args.model}, {sum(p.data.size for p in model.parameters()):,} parameters;"
@@ -307,6 +326,12 @@ def cmd_train(args, out=None):
 
     loss_fn = nn.CrossEntropyLoss()
     epoch_times = list(history.get("seconds", []))
+
+    def state(epoch):
+        return {"epoch": epoch, "history": history, "base_lr": base_lr,
+                "args": _args_record(args), "data": source.description,
+                "rng": _random.get_state()}
+
     for epoch in range(start, args.epochs):
         optimizer.lr = _schedule_lr(base_lr, epoch, args.epochs, args.schedule)
         tick = time.perf_counter()
@@ -330,10 +355,8 @@ def cmd_train(args, out=None):
             line += (f"  val_loss {history['val_loss'][-1]:.4f}  "
                      f"val_accuracy {history['val_accuracy'][-1]:.4f}")
         line += f"  lr {optimizer.lr:.2e}  {seconds:.2f} s"
-        checkpoint.save_checkpoint(ckpt_path, model, optimizer, meta={
-            "epoch": epoch + 1, "history": history, "base_lr": base_lr,
-            "args": _args_record(args), "data": source.description,
-            "rng": _random.get_state()})
+        os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
+        checkpoint.save_checkpoint(ckpt_path, model, optimizer, meta=state(epoch + 1))
         print(line, file=out, flush=True)   # after the save: a printed epoch is a saved one
 
     result = model.evaluate(X_test, y_test, loss=loss_fn)
@@ -341,8 +364,12 @@ def cmd_train(args, out=None):
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  "
           f"({per_epoch:.2f} s per epoch, median of {len(epoch_times)})", file=out)
     if args.save:
-        model.save(args.save)
+        # the model, and what --resume needs to train it more epochs (nnscratch.load reads
+        # it as a model)
+        checkpoint.save_checkpoint(args.save, model, optimizer, meta=state(args.epochs))
         print(f"saved the model to {args.save}", file=out)
+    if args.checkpoint is None and os.path.exists(ckpt_path):
+        os.unlink(ckpt_path)        # the run is done: its checkpoint in the cache goes
     if args.plot:
         from .plotting import plot_history
 
@@ -356,9 +383,144 @@ def cmd_train(args, out=None):
     return result
 
 
+def _default_checkpoint(save):
+    """Where a run keeps its checkpoint unless --checkpoint says: in the user cache, named
+    after the --save file (or the current folder), so that the same command with --resume
+    finds it."""
+    import hashlib
+
+    from .datasets import default_cache_dir
+
+    anchor = os.path.abspath(save) if save else os.path.abspath(os.getcwd())
+    key = hashlib.sha256(anchor.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    name = os.path.splitext(os.path.basename(save))[0][:40] if save else "run"
+    return str(default_cache_dir() / "checkpoints" / f"{name}-{key}.ckpt.npz")
+
+
 # what a resumed run takes from its checkpoint (a different value prints a note)
-RESUME_KEYS = ("model", "optimizer", "batch_size", "epochs", "seed", "schedule", "data",
-               "data_path", "limit", "validation_split")
+RESUME_KEYS = ("model", "hidden", "dropout", "optimizer", "lr", "momentum", "weight_decay",
+               "batch_size", "seed", "schedule", "data", "data_path", "limit",
+               "validation_split")
+
+
+def _read_checkpoint(args, ckpt_path, out):
+    """`--resume`: (model, optimizer, epochs done, history, base lr, where) from the
+    checkpoint, or from the --save file of a finished run; the run's settings are taken
+    from it (a note for each that differs), and --epochs may extend it."""
+    from . import checkpoint
+
+    where = ckpt_path
+    if not os.path.exists(ckpt_path):
+        if args.save and os.path.exists(args.save):
+            where = args.save
+        else:
+            raise CLIError(f"--resume: no checkpoint at {ckpt_path}"
+                           + (f" and no {args.save}" if args.save else ""))
+    shown = where
+    try:
+        model, opt_state, meta = checkpoint.load_checkpoint(where)
+        done, history, base_lr, saved = _check_meta(meta)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"--resume: {shown} is not a usable nnscratch train checkpoint"
+                       f" ({_first_line(exc)})") from None
+    for key in RESUME_KEYS:
+        if key in saved and args.__dict__.get(key) != saved[key]:
+            if not (key == "lr" and args.lr is None):
+                print(f"note: resuming with the checkpoint's --{key.replace('_', '-')} "
+                      f"{saved[key]} (not {args.__dict__.get(key)})", file=out)
+            setattr(args, key, saved[key])
+    if args.epochs is None or args.epochs < done:
+        if args.epochs is not None:
+            print(f"note: resuming with the checkpoint's --epochs {saved['epochs']} (not "
+                  f"{args.epochs}: {done} are done)", file=out)
+        args.epochs = saved["epochs"]
+    elif args.epochs != saved["epochs"]:
+        print(f"note: training {args.epochs} epochs, not the checkpoint's {saved['epochs']}"
+              + (" (the schedule is stretched over the new total)"
+                 if args.schedule != "none" else ""), file=out)
+    optimizer = _make_optimizer(args, model.parameters())
+    try:
+        checkpoint.set_optimizer_state(optimizer, opt_state)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"--resume: {shown}: {_first_line(exc)}") from None
+    if "rng" in meta:   # the library generator (dropout masks) where the run left it
+        try:
+            _random.set_state(meta["rng"])
+        except Exception as exc:       # (a hand-edited state: any kind of error)
+            raise CLIError(f"--resume: {shown}: bad generator state ({_first_line(exc)})"
+                           ) from None
+    return model, optimizer, done, history, base_lr, shown
+
+
+def _check_meta(meta):
+    """(epochs done, history, base lr, the run's settings) of a checkpoint's record, every
+    value checked as a command-line value would be; ValueError naming the bad entry."""
+    def fail(what, value):
+        raise ValueError(f"its record has a bad {what}: {value!r}")
+
+    saved = meta.get("args")
+    if not isinstance(saved, dict):
+        fail("'args'", saved)
+    checks = {
+        "model": lambda v: v in ("mlp", "cnn"),
+        "hidden": lambda v: isinstance(v, list) and v and all(
+            type(s) is int and 1 <= s <= MAX_WIDTH for s in v),
+        "dropout": lambda v: _real(v, 0.0, 1.0, high_open=True),
+        "epochs": lambda v: type(v) is int and 0 <= v <= 10**6,
+        "batch_size": lambda v: type(v) is int and v >= 1,
+        "optimizer": lambda v: v in ("sgd", "adam", "adamw"),
+        "lr": lambda v: v is None or _real(v, 0.0, low_open=True),
+        "momentum": lambda v: _real(v, 0.0, 1.0, high_open=True),
+        "weight_decay": lambda v: v is None or _real(v, 0.0),
+        "schedule": lambda v: v in ("none", "cosine"),
+        "seed": lambda v: type(v) is int and 0 <= v < 2 ** 63,
+        "data": lambda v: v in ("auto", "fashion-mnist", "mnist", "sample"),
+        "data_path": lambda v: v is None or isinstance(v, str),
+        "limit": lambda v: v is None or (type(v) is int and v >= 1),
+        "validation_split": lambda v: _real(v, 0.0, 1.0, high_open=True),
+    }
+    for key, ok in checks.items():
+        if key not in saved or not ok(saved[key]):
+            fail(f"--{key.replace('_', '-')}", saved.get(key))
+    done = meta.get("epoch")
+    if type(done) is not int or not 0 <= done <= saved["epochs"]:
+        fail("epoch count", done)
+    base_lr = meta.get("base_lr")
+    if not _real(base_lr, 0.0, low_open=True):
+        fail("base learning rate", base_lr)
+    history = meta.get("history", {})
+    if not isinstance(history, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and len(v) <= done + 10**6
+            and all(_real(x) for x in v) for k, v in history.items()):
+        fail("history", history)
+    return done, {k: list(v) for k, v in history.items()}, float(base_lr), saved
+
+
+def _real(value, low=-math.inf, high=math.inf, *, low_open=False, high_open=False):
+    from . import _checks
+
+    try:
+        _checks.real("value", value, low, high, low_open=low_open, high_open=high_open)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_memory(args):
+    """CLIError when the model asked for cannot fit in memory (before anything is built)."""
+    widths = [784] + list(args.hidden) + [10] if args.model == "mlp" else []
+    params = sum(a * b + b for a, b in zip(widths, widths[1:])) if widths else 421_738
+    largest = max((a * b for a, b in zip(widths, widths[1:])), default=0)
+    # weights, gradients, two arrays of optimizer state (float32), and the float64 draw of
+    # the largest layer's initial weights
+    needed = 16 * params + 8 * largest
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > available:
+        raise CLIError(f"--hidden {','.join(map(str, args.hidden))}: the model needs about "
+                       f"{needed / 2**30:.1f} GiB, this machine has {available / 2**30:.1f}")
 
 
 def _lr_find(args, X, y, out):
@@ -406,9 +568,23 @@ def confusion_matrix(y_true, y_pred, n_classes):
 
 def _load_model(path):
     import nnscratch as nn
+    from ._png import SIGNATURE
 
     if not os.path.exists(path):
         raise CLIError(f"no model file at {path}")
+    if os.path.isdir(path):
+        raise CLIError(f"{path} is a folder, not an nnscratch model file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head == SIGNATURE:
+        raise CLIError(f"{path} is a PNG image, not an nnscratch model file (a model is "
+                       f"written by nnscratch train --save or model.save)")
+    if not head.startswith(b"PK"):
+        raise CLIError(f"{path} is not an nnscratch model file (not a zip archive: a model "
+                       f"is written by nnscratch train --save or model.save)")
     try:
         model = nn.load(path)
     except (ValueError, OSError) as exc:
@@ -479,7 +655,7 @@ def cmd_evaluate(args, out=None):
 
 def _read_images(paths, invert):
     from . import datasets
-    from ._png import SIGNATURE, read_png
+    from ._png import SIGNATURE, read_png, read_size
 
     images, names = [], []
     for path in paths:
@@ -494,12 +670,13 @@ def _read_images(paths, invert):
             raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
         if head == SIGNATURE:
             try:
+                width, height = read_size(path)      # the header first: nothing decoded
+                if (width, height) != (28, 28):
+                    raise CLIError(f"{path}: the model takes 28x28 images, this one is "
+                                   f"{width}x{height}")
                 img = read_png(path)
             except ValueError as exc:
                 raise CLIError(str(exc)) from None
-            if img.shape != (28, 28):
-                raise CLIError(f"{path}: the model takes 28x28 images, this one is "
-                               f"{img.shape[1]}x{img.shape[0]}")
             if invert:
                 img = 255 - img
             images.append(img)
@@ -512,6 +689,8 @@ def _read_images(paths, invert):
             if arr.ndim != 3 or arr.shape[1:] != (28, 28):
                 raise CLIError(f"{path}: expected IDX images of shape (N, 28, 28), "
                                f"got {arr.shape}")
+            if len(arr) == 0:
+                raise CLIError(f"{path}: the IDX file holds no images")
             images.extend(arr)
             names.extend(f"{path}[{i}]" for i in range(len(arr)))
     return np.stack(images).astype(np.float32) / 255.0, names
@@ -587,6 +766,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         parser.exit(130, "\nnnscratch: interrupted (train: --resume continues from the last "
                          "finished epoch)\n")
+    except MemoryError:
+        parser.exit(2, "nnscratch: error: not enough memory for this (a smaller model, "
+                       "--batch-size or --limit?)\n")
+    except OSError as exc:      # the file system or the network: the environment, not a bug
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        parser.exit(2, f"nnscratch: error: {where}{exc.strerror or _first_line(exc)}\n")
     return 0
 
 

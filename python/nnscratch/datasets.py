@@ -119,11 +119,32 @@ def read_idx(source: Union[PathLike, BinaryIO]) -> np.ndarray:
     else:
         raw = source.read()
     if raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{name}: corrupt or truncated gzip data ({e})") from None
+        raw = _gunzip_idx(raw, name)
     return _parse_idx(raw, name)
+
+
+MAX_IDX_BYTES = 1 << 34     # 16 GiB: far beyond any MNIST-style data set
+
+
+def _gunzip_idx(raw: bytes, name: str) -> bytes:
+    """The IDX bytes in a gzip stream, decompressed only as far as the IDX header says
+    (plus one byte, to see trailing data): a small file cannot inflate to gigabytes."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            head = stream.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            head += stream.read(4 * ndim)
+            size = _IDX_DTYPES[head[2]].itemsize if len(head) >= 4 and \
+                head[2] in _IDX_DTYPES else 1
+            for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4) \
+                    if len(head) == 4 + 4 * ndim else ():
+                size *= int(d)
+            if size > MAX_IDX_BYTES:
+                raise ValueError(f"{name}: the IDX header declares {size:,} bytes of data, "
+                                 f"more than {MAX_IDX_BYTES:,}")
+            return head + stream.read(size + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{name}: corrupt or truncated gzip data ({e})") from None
 
 
 def _parse_idx(raw: bytes, name: str) -> np.ndarray:
@@ -591,9 +612,9 @@ def load_dataset(name: Union[str, DataSource], path: Optional[PathLike] = None, 
         return _load_sample_file(source.location, flatten, dt)
     f = source.files
     train = _split(_read_role(f, "train_images"), _read_role(f, "train_labels"),
-                   "train", flatten, dt)
+                   f"train ({f['train_images']}, {f['train_labels']})", flatten, dt)
     test = _split(_read_role(f, "test_images"), _read_role(f, "test_labels"),
-                  "test", flatten, dt)
+                  f"test ({f['test_images']}, {f['test_labels']})", flatten, dt)
     return train, test
 
 

@@ -426,8 +426,14 @@ DEFAULT_LRS["adamw"] = DEFAULT_LRS["adam"]
 _OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
+GOOD = 0.8   # a learning rate is "good" when its run made this much of the best run's progress
+
+
 def _verdicts(rows):
-    """One word of advice per row of (lr, start, final)."""
+    """One word of advice per row of (lr, start, final), from the rows' own numbers: the
+    lowest final loss is "best"; a run that made at least GOOD of the best run's progress
+    (the drop of the loss) is "good"; one that made less is "too low = slow" below the best
+    learning rate and "too high = unstable" above it."""
     finite = [(final, lr, start) for lr, start, final in rows if math.isfinite(final)]
     if not finite:
         return ["too high = unstable (diverged)"] * len(rows)
@@ -437,12 +443,12 @@ def _verdicts(rows):
     for lr, start, final in rows:
         if not math.isfinite(final):
             verdicts.append("too high = unstable (diverged)")
+        elif lr == best_lr:
+            verdicts.append("best")
         elif final >= start:
             verdicts.append("too high = unstable (the loss went up)" if lr > best_lr
                             else "too low = slow (no progress)")
-        elif lr == best_lr:
-            verdicts.append("best")
-        elif start - final < 0.5 * best_drop:
+        elif start - final < GOOD * best_drop:
             verdicts.append("too low = slow" if lr < best_lr else "too high = unstable")
         else:
             verdicts.append("good")

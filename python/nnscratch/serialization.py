@@ -17,17 +17,19 @@ crash leaves either the old file or the new one, never half of one. Loading uses
 (the built-in layers are); anything else -- not a zip, truncated, edited, another
 program's ``.npz`` -- is a ``ValueError``. Files of version 1 (a list of layers) load too.
 """
+import hashlib
 import json
 import os
 import secrets
 import time
+import zipfile
 
 import numpy as np
 
 from . import _random
 from .module import Module, registered, registered_name
 
-__all__ = ["save", "load", "model_arrays", "model_from_arrays", "write_npz", "read_npz",
+__all__ = ["save", "load", "model_arrays", "write_npz", "Archive", "read_model",
            "architecture", "build"]
 
 FORMAT, VERSION = "nnscratch", 2
@@ -108,10 +110,19 @@ def write_npz(path, arrays):
 STALE_SECONDS = 600   # a temporary file untouched this long belongs to a save that died
 
 
+def _temp_stem(name):
+    """The start of a temporary file's name for a save of `name`: `.<name>.`, or for a long
+    name (a temporary name must fit in 255 bytes too) its first 100 characters and a hash."""
+    if len(os.fsencode(name)) <= 200:
+        return f".{name}."
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return f".{name[:100]}~{digest}."
+
+
 def _remove_stale_temps(directory, name):
     """Delete what saves of `name` killed mid-write left behind (`.<name>.<hex>.tmp` older
     than STALE_SECONDS: a live concurrent save keeps its file fresh)."""
-    prefix, now = f".{name}.", time.time()
+    prefix, now = _temp_stem(name), time.time()
     try:
         entries = os.listdir(directory)
     except OSError:
@@ -131,7 +142,7 @@ def _create_temp(directory, name):
     (tempfile.mkstemp's 0o600 would survive the rename); (fd, path)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(directory, f"{_temp_stem(name)}{secrets.token_hex(6)}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
@@ -156,6 +167,11 @@ def load(path):
     """Read a model written by ``model.save``: the saved module (a `Sequential` for the
     models of this library), in training mode.
 
+    Every member of the file is checked from the zip directory and its ``.npy`` header --
+    names, shapes, dtypes, sizes, against the architecture where the layers are known --
+    before the model is built or any array is decompressed: a small file cannot make this
+    allocate or inflate more than it honestly holds.
+
     Raises
     ------
     FileNotFoundError
@@ -163,65 +179,163 @@ def load(path):
     ValueError
         When the file is not a valid nnscratch model file.
     """
-    path = os.fspath(path)
-    arrays = read_npz(path)
-    return model_from_arrays(path, {k: v for k, v in arrays.items()
-                                    if not k.startswith(EXTRA_PREFIX)})
+    with Archive(path) as archive:
+        return read_model(archive)
 
 
-def read_npz(path):
-    """{name: array} of an .npz file, without pickle; ValueError for anything else."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such file: {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            arrays = {key: archive[key] for key in archive.files}
-    except MemoryError:
-        raise
-    except Exception as err:
-        # a damaged zip raises many kinds (BadZipFile, zlib.error, NotImplementedError for an
-        # unknown compression, RuntimeError for "encrypted", tokenize errors in a bad .npy
-        # header, TypeError for an .npy that is no archive): all mean "not a model file"
-        raise ValueError(f"{path!r} is not a valid nnscratch model file: {err}") from None
-    return arrays
+MAX_JSON = 16 << 20     # a JSON member (architecture, checkpoint record) larger is refused
+_ARRAY_KINDS = "fiub"   # numbers only: never an object array
 
 
-def model_from_arrays(path, arrays):
-    """The model described by `model_arrays`-style {name: array} (read from `path`)."""
-    def bad(reason):
-        return ValueError(f"{path!r} is not a valid nnscratch model file: {reason}")
+class Archive:
+    """An ``.npz`` file, read member by member: the zip directory and every member's
+    ``.npy`` header are checked when it is opened (no duplicate names, only ``.npy``
+    members, numeric dtypes, a declared size equal to what the header's shape needs),
+    and `read` decompresses one member, at most its declared size."""
 
-    model = _build_model(arrays, bad)
-    expected = model.state_dict()
-    stored = {k: v for k, v in arrays.items() if k != ARCHITECTURE_KEY}
-    if set(stored) != set(expected):
-        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
-        raise ValueError(f"{path!r}: the weights do not match the architecture (missing "
-                         f"{missing}, unexpected {extra})")
-    for name, target in expected.items():
-        value = stored[name]
-        if value.shape != target.shape or value.dtype != target.dtype:
-            raise ValueError(f"{path!r}: weight {name!r} has shape {value.shape} and dtype "
-                             f"{value.dtype}, the architecture needs {target.shape} "
-                             f"{target.dtype}")
-    model.load_state_dict(stored)
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"No such file: {self.path!r}")
+        if os.path.isdir(self.path):
+            raise self.bad("it is a folder")
+        with open(self.path, "rb") as f:
+            head = f.read(4)
+        if head == b"\x89PNG":
+            raise self.bad("it is a PNG image")
+        if head[:2] != b"PK":
+            raise self.bad("not a zip archive (an .npz file is one)")
+        try:
+            self.zip = zipfile.ZipFile(self.path)
+            infos = self.zip.infolist()
+        except Exception as err:    # (BadZipFile, NotImplementedError for a version or
+            raise self.bad(f"a damaged zip archive ({err!r})") from None   # method, ...)
+        try:
+            self.members, self.headers = {}, {}
+            for info in infos:
+                self._check_member(info)
+        except BaseException:
+            self.zip.close()
+            raise
+
+    def bad(self, reason):
+        return ValueError(f"{self.path!r} is not a valid nnscratch model file: {reason}")
+
+    def _check_member(self, info):
+        name = info.filename
+        if not name.endswith(".npy"):
+            raise self.bad(f"member {name!r} is not an .npy array")
+        key = name[:-4]
+        if key in self.members:
+            raise self.bad(f"member {name!r} is there twice")
+        try:
+            with self.zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+                offset = f.tell()
+        except Exception as err:          # (zip, zlib, header syntax: all "damaged")
+            raise self.bad(f"member {name!r} has a damaged header ({err})") from None
+        if dtype.hasobject or dtype.kind not in _ARRAY_KINDS or dtype.fields is not None:
+            raise self.bad(f"member {name!r} has dtype {dtype}, not a number type")
+        size = dtype.itemsize
+        for d in shape:
+            size *= d
+        if info.file_size != offset + size:
+            raise self.bad(f"member {name!r} declares {offset + size} bytes for shape "
+                           f"{shape} {dtype}, the zip directory {info.file_size}")
+        self.members[key] = info
+        self.headers[key] = (tuple(shape), dtype, size)
+
+    def nbytes(self, keys=None):
+        keys = self.headers if keys is None else keys
+        return sum(self.headers[k][2] for k in keys)
+
+    def read(self, key):
+        """The array of member `key` (its header was checked when the file was opened)."""
+        try:
+            with self.zip.open(self.members[key]) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        except MemoryError:
+            raise self.bad(f"member {key!r} needs more memory than there is") from None
+        except Exception as err:
+            raise self.bad(f"member {key!r} is damaged ({err})") from None
+
+    def json(self, key):
+        """The JSON document stored as a 1-D uint8 member `key`."""
+        if key not in self.headers:
+            raise self.bad(f"no {key!r} entry (not written by nnscratch)")
+        shape, dtype, size = self.headers[key]
+        if dtype != np.uint8 or len(shape) != 1:
+            raise self.bad(f"{key!r} must be a 1-D uint8 array")
+        if size > MAX_JSON:
+            raise self.bad(f"{key!r} is larger than {MAX_JSON} bytes")
+        try:
+            return json.loads(self.read(key).tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise self.bad(f"the architecture is not valid JSON ({err})") from None
+
+    def close(self):
+        self.zip.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_model(archive):
+    """The model stored in an open `Archive` (members under ``checkpoint/`` left alone)."""
+    document = archive.json(ARCHITECTURE_KEY)
+    root = _document_root(document, archive.bad)
+    keys = [k for k in archive.headers
+            if k != ARCHITECTURE_KEY and not k.startswith(EXTRA_PREFIX)]
+    expected = _expected_state(root)
+    for key in keys:
+        shape = archive.headers[key][0]
+        want = expected.get(key)
+        if want is not None and want != shape:
+            raise ValueError(f"{archive.path!r}: weight {key!r} has shape {shape}, the "
+                             f"architecture needs {want}")
+    missing = sorted(k for k in expected if k not in archive.headers)
+    if missing:
+        raise ValueError(f"{archive.path!r}: the weights do not match the architecture "
+                         f"(missing {missing})")
+    _check_memory(archive, keys)
+    model = _build_model(root, archive.bad)
+    state = model.state_dict()
+    if set(keys) != set(state):
+        missing, extra = sorted(set(state) - set(keys)), sorted(set(keys) - set(state))
+        raise ValueError(f"{archive.path!r}: the weights do not match the architecture "
+                         f"(missing {missing}, unexpected {extra})")
+    for key, target in state.items():
+        shape, dtype = archive.headers[key][:2]
+        if shape != target.shape or dtype != target.dtype:
+            raise ValueError(f"{archive.path!r}: weight {key!r} has shape {shape} and dtype "
+                             f"{dtype}, the architecture needs {target.shape} {target.dtype}")
+    model.load_state_dict({key: archive.read(key) for key in state})
     return model
 
 
-def _build_model(arrays, bad):
-    """The module the file's architecture describes (with throw-away initial weights)."""
-    raw = arrays.get(ARCHITECTURE_KEY)
-    if raw is None:
-        raise bad(f"no {ARCHITECTURE_KEY!r} entry (not written by nnscratch)")
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise bad(f"{ARCHITECTURE_KEY!r} must be a 1-D uint8 array")
+def _check_memory(archive, keys):
+    """ValueError when the arrays declared need more memory than the machine has."""
+    needed = archive.nbytes(keys)
     try:
-        document = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise bad(f"the architecture is not valid JSON ({err})") from None
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > available:
+        raise archive.bad(f"its arrays need {needed / 2**30:.1f} GiB, this machine has "
+                          f"{available / 2**30:.1f}")
+
+
+def _document_root(document, bad):
+    """The architecture's root module entry, in the current format (version 1 read too)."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise bad("the architecture has no 'format': 'nnscratch' entry")
     version = document.get("version")
@@ -229,13 +343,53 @@ def _build_model(arrays, bad):
         specs = document.get("layers")
         if not isinstance(specs, list):
             raise bad("the architecture has no list of layers")
-        document = {"type": "Sequential", "config": {"layers": [
+        return {"type": "Sequential", "config": {"layers": [
             {"__module__": spec} for spec in specs]}}
-    elif version != VERSION:
+    if version != VERSION:
         raise bad(f"unsupported format version {version!r} (this is version {VERSION})")
+    return document
+
+
+def _expected_state(spec, prefix="", depth=0):
+    """{state_dict name: shape} that the built-in layers of an architecture will have,
+    worked out from their configs without building them (modules of other kinds are
+    checked once built): so that a file declaring a layer larger than its weights is
+    refused before that layer allocates anything."""
+    expected = {}
+    if not isinstance(spec, dict) or depth > MAX_DEPTH:
+        return expected
+    kind, config = spec.get("type"), spec.get("config")
+    if not isinstance(config, dict):
+        return expected
+    ints = {k: v for k, v in config.items() if type(v) is int}
+    if kind in ("Sequential", "ModuleList"):
+        items = config.get("layers" if kind == "Sequential" else "modules")
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if isinstance(item, dict) and set(item) == {"__module__"}:
+                expected.update(_expected_state(item["__module__"], f"{prefix}{i}.",
+                                                depth + 1))
+    elif kind == "Linear" and {"in_features", "out_features"} <= ints.keys():
+        expected[prefix + "weight"] = (ints["in_features"], ints["out_features"])
+        if config.get("bias", True) is True:
+            expected[prefix + "bias"] = (ints["out_features"],)
+    elif kind == "Conv2d" and {"in_channels", "out_channels"} <= ints.keys():
+        k = config.get("kernel_size")
+        size = (k, k) if type(k) is int else tuple(k) if isinstance(k, list) else ()
+        if len(size) == 2 and all(type(v) is int for v in size):
+            expected[prefix + "weight"] = (ints["out_channels"], ints["in_channels"]) + size
+            if config.get("bias", True) is True:
+                expected[prefix + "bias"] = (ints["out_channels"],)
+    elif kind in ("BatchNorm1d", "BatchNorm2d") and "num_features" in ints:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            expected[prefix + name] = (ints["num_features"],)
+    return expected
+
+
+def _build_model(root, bad):
+    """The module the architecture describes (with throw-away initial weights)."""
     state = _random.get_state()     # building layers draws initial weights: put them back
     try:
-        return build(document, bad)
+        return build(root, bad)
     finally:
         _random.set_state(state)
 

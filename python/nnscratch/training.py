@@ -177,7 +177,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     if isinstance(progress, str):
         try:
             progress.format(epoch=1, epochs=epochs)
-        except (KeyError, IndexError, ValueError) as exc:
+        except Exception as exc:       # KeyError, IndexError, ValueError, AttributeError...
             raise ValueError(f"progress must be True, False or a label such as "
                              f"'Epoch {{epoch}}/{{epochs}}', got {progress!r} ({exc!r})") from None
     elif not isinstance(progress, (bool, np.bool_)):
@@ -223,6 +223,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     metrics = ["loss"] + (["accuracy"] if accuracy_kind else [])
     if X_val is not None:
         metrics += [f"val_{m}" for m in metrics]
+    if seed is not None:
+        seed = _checks.integer("seed", seed, 0)
     rng = np.random.Generator(np.random.PCG64(seed)) if seed is not None else \
         _random.generator()
     history = History()
@@ -344,6 +346,8 @@ class _EpochLoop:
                         bar.set_postfix(postfix, refresh=False)
                         bar.update(pending)
                         pending, next_refresh = 0, now + REFRESH
+            if self.step.check:
+                _refuse_non_finite_weights(model, (epoch, epochs, n_batches - 1, n_batches))
             logs = {"loss": loss_sum / seen}
             if self.accuracy is not None:
                 logs["accuracy"] = correct / counted
@@ -373,6 +377,18 @@ def _refuse(model, xb, bad, value, where):
                                  f"{_locate_non_finite(model, xb)}: {hint}")
     raise FloatingPointError(f"the gradient of {_layer_of(model, bad)} became NaN or infinite "
                              f"at {_where(*where)}: {hint}")
+
+
+def _refuse_non_finite_weights(model, where):
+    """FloatingPointError when an update left a weight NaN or infinite (the last step of an
+    epoch is checked here: the steps before it by the next step's loss and gradients)."""
+    K = kernels()
+    for name, p in model.named_parameters():
+        if not K.all_finite(p.data):
+            raise FloatingPointError(
+                f"the weights of {_layer_of(model, name)} became NaN or infinite at "
+                f"{_where(*where)} (the update overflowed): lower the learning rate or check "
+                f"the data (fit(check_finite=False) trains on regardless)")
 
 
 def _layer_of(model, name):

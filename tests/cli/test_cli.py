@@ -3,9 +3,9 @@
 Most tests call `nnscratch.cli.main([...])` in-process and read what it printed (capsys);
 a few run the real thing in a fresh interpreter (`python -m nnscratch.cli`) for the exit
 codes, and to interrupt a training run with SIGINT and resume it in another process.
-Every test runs in its own empty temporary directory (the default checkpoint,
-`nnscratch-checkpoint.npz`, lands in the current directory), and training always uses the
-bundled Fashion-MNIST sample, cut with `--limit`, so the whole file takes seconds.
+Every test runs in its own empty temporary directory, with its own user cache ($XDG_CACHE_HOME,
+where a run keeps its checkpoint unless --checkpoint is given), and training always uses
+the bundled Fashion-MNIST sample, cut with `--limit`, so the whole file takes seconds.
 """
 import contextlib
 import gzip
@@ -44,8 +44,10 @@ ACCURACY_FLOOR_2000x2 = 0.68
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """Run in an empty directory; put back the global state the CLI changes."""
+    """Run in an empty directory, with an empty cache of its own; put back the global state
+    the CLI changes."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path.parent / f"{tmp_path.name}-cache"))
     backend, threads = nn.get_backend(), nn.get_num_threads()
     state = _random.get_state()
     yield
@@ -79,15 +81,30 @@ def files_in(folder):
     return sorted(os.listdir(folder))
 
 
+def cached_checkpoints():
+    """The checkpoints in this test's user cache (a run's, until it finishes)."""
+    folder = datasets.default_cache_dir() / "checkpoints"
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+def cached_checkpoint(save=None):
+    """Where a run with this --save (or none) in the current folder keeps its checkpoint."""
+    return cli._default_checkpoint(save)
+
+
 def arrays_of(path):
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
 def assert_same_arrays(a_path, b_path):
+    """The same weights and optimizer state, bit for bit (the run's record, with its
+    timings, aside)."""
     a, b = arrays_of(a_path), arrays_of(b_path)
     assert sorted(a) == sorted(b)
     for key in a:
+        if key == checkpoint.META_KEY:
+            continue
         assert a[key].dtype == b[key].dtype, key
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
@@ -113,16 +130,25 @@ def trained(tmp_path_factory):
     """An MLP trained by `nnscratch train` (2 epochs, 2000 sample images): its output,
     the saved model and the checkpoint."""
     folder = tmp_path_factory.mktemp("trained")
-    model, ckpt = folder / "model.npz", folder / "model.ckpt.npz"
+    cache = tmp_path_factory.mktemp("trained-cache")
+    model = folder / "model.npz"
     buffer = io.StringIO()
     backend, threads = nn.get_backend(), nn.get_num_threads()
-    with contextlib.redirect_stdout(buffer):
-        code = cli.main(["train", "--data", "sample", "--limit", "2000", "--epochs", "2",
-                         "--no-progress", "--save", str(model)])
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        with contextlib.redirect_stdout(buffer):
+            code = cli.main(["train", "--data", "sample", "--limit", "2000", "--epochs", "2",
+                             "--no-progress", "--save", str(model)])
+    finally:
+        if previous is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = previous
     nn.set_backend(backend)
     nn.set_num_threads(threads)
     assert code == 0
-    return {"out": buffer.getvalue(), "model": model, "checkpoint": ckpt, "folder": folder}
+    return {"out": buffer.getvalue(), "model": model, "folder": folder, "cache": cache}
 
 
 # --- train ----------------------------------------------------------------------------------
@@ -143,8 +169,10 @@ def test_train_prints_data_model_epochs_and_test_accuracy(trained):
     assert float(test[1]) >= ACCURACY_FLOOR_2000x2, out
     assert test[4] == "2"
     assert f"saved the model to {trained['model']}" in out
-    # written: exactly the model and its checkpoint (<save>.ckpt.npz), no temporary files
-    assert files_in(trained["folder"]) == ["model.ckpt.npz", "model.npz"]
+    # written: exactly the model, no temporary files; the checkpoint kept in the cache
+    # while the run went on is gone
+    assert files_in(trained["folder"]) == ["model.npz"]
+    assert os.listdir(trained["cache"] / "nnscratch" / "checkpoints") == []
 
 
 def test_train_saves_a_loadable_model_with_the_printed_accuracy(trained):
@@ -154,27 +182,34 @@ def test_train_saves_a_loadable_model_with_the_printed_accuracy(trained):
     _, (X_test, y_test) = datasets.load_sample()
     accuracy = float(np.mean(model.predict(X_test).argmax(axis=1) == y_test))
     assert f"{accuracy:.4f}" == final_line(trained["out"])[1]
-    # the checkpoint is a model file too, with the same weights, and records the run
-    assert_same_arrays_subset(trained["model"], trained["checkpoint"])
-    _, state, meta = checkpoint.load_checkpoint(trained["checkpoint"])
+    # the model file holds the training state too (what --resume needs to train more
+    # epochs): the optimizer's, and the run's record
+    _, state, meta = checkpoint.load_checkpoint(trained["model"])
     assert meta["epoch"] == 2 and len(meta["history"]["loss"]) == 2
     assert meta["args"]["limit"] == 2000 and meta["args"]["optimizer"] == "adam"
     assert state["type"] == "Adam" and all(e["step"] == 2 * 16 for e in state["state"])
 
 
-def assert_same_arrays_subset(model_path, ckpt_path):
-    model, ckpt = arrays_of(model_path), arrays_of(ckpt_path)
-    assert set(model) <= set(ckpt)
-    for key, value in model.items():
-        np.testing.assert_array_equal(value, ckpt[key], err_msg=key)
+def test_train_leaves_no_checkpoint_behind(capsys, tmp_path, monkeypatch):
+    # a run keeps its checkpoint in the user cache while it trains, and removes it at the end
+    seen = []
+    original = checkpoint.save_checkpoint
 
+    def save(path, *args, **kwargs):
+        seen.append(os.fspath(path))
+        return original(path, *args, **kwargs)
 
-def test_train_default_checkpoint_goes_to_the_current_directory(capsys, tmp_path):
-    code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "200", "--epochs", "1",
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "200", "--epochs", "2",
                        "--hidden", "16", "--no-progress")
     assert code == 0
-    assert files_in(tmp_path) == ["nnscratch-checkpoint.npz"]
+    assert seen == [cached_checkpoint()] * 2
+    assert files_in(tmp_path) == [] and cached_checkpoints() == []
     assert "saved the model" not in out
+    # an explicit --checkpoint is kept
+    code, _, _ = run(capsys, "train", "--data", "sample", "--limit", "200", "--epochs", "1",
+                     "--hidden", "16", "--no-progress", "--checkpoint", "c.npz")
+    assert code == 0 and files_in(tmp_path) == ["c.npz"] and cached_checkpoints() == []
 
 
 def test_train_progress_bars_count_the_run_s_epochs(capsys, tmp_path):
@@ -352,21 +387,23 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(capsys, monkey
     assert code == 130
     assert "--resume continues from the last finished epoch" in err
     assert len(epoch_lines(out)) == 1
-    assert files_in(tmp_path) == ["full.ckpt.npz", "full.npz", "part.ckpt.npz"]
-    assert checkpoint.load_checkpoint(tmp_path / "part.ckpt.npz")[2]["epoch"] == 1
+    assert files_in(tmp_path) == ["full.npz"]
+    assert cached_checkpoints() == [os.path.basename(cached_checkpoint("part.npz"))]
+    assert checkpoint.load_checkpoint(cached_checkpoint("part.npz"))[2]["epoch"] == 1
 
     nn.seed(424242)   # a fresh process: the library generator is anywhere
     code, out, _ = run(capsys, *argv, "--save", "part.npz", "--resume")
     assert code == 0
-    assert "resumed from part.ckpt.npz: 1 of 3 epochs done" in out
+    assert f"resumed from {cached_checkpoint('part.npz')}: 1 of 3 epochs done" in out
     assert "note:" not in out
+    assert cached_checkpoints() == []
     # epochs 2 and 3 print what they printed in the uninterrupted run (but the time)
     strip = [m[0].rsplit("  ", 1)[0] for m in epoch_lines(out)]
     assert strip == [m[0].rsplit("  ", 1)[0] for m in epoch_lines(full)][1:]
     assert final_line(out).group(1, 2) == final_line(full).group(1, 2)
     assert_same_arrays(tmp_path / "full.npz", tmp_path / "part.npz")   # bit for bit
-    full_meta = checkpoint.load_checkpoint(tmp_path / "full.ckpt.npz")[2]
-    part_meta = checkpoint.load_checkpoint(tmp_path / "part.ckpt.npz")[2]
+    full_meta = checkpoint.load_checkpoint(tmp_path / "full.npz")[2]
+    part_meta = checkpoint.load_checkpoint(tmp_path / "part.npz")[2]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert full_meta["history"].get(key) == part_meta["history"].get(key)
 
@@ -377,7 +414,8 @@ def test_resume_in_a_fresh_process_after_sigint(tmp_path):
     argv = ["train", "--data", "sample", "--limit", "1500", "--batch-size", "32", "--epochs",
             "20", "--hidden", "48", "--dropout", "0.2", "--seed", "3", "--threads", "2",
             "--no-progress"]
-    cmd = [sys.executable, "-m", "nnscratch.cli", *argv, "--save", "part.npz"]
+    cmd = [sys.executable, "-m", "nnscratch.cli", *argv, "--save", "part.npz",
+           "--checkpoint", "part.ckpt.npz"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -397,8 +435,8 @@ def test_resume_in_a_fresh_process_after_sigint(tmp_path):
     assert [f for f in files_in(tmp_path) if f.endswith(".tmp")] == []
 
     result = subprocess.run([sys.executable, "-m", "nnscratch.cli", *argv, "--save",
-                             "part.npz", "--resume"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+                             "part.npz", "--checkpoint", "part.ckpt.npz", "--resume"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"resumed from part.ckpt.npz: {done} of 20 epochs done" in result.stdout
 
@@ -423,15 +461,34 @@ def test_resume_takes_the_settings_of_the_checkpoint(capsys, monkeypatch, tmp_pa
                          "100", "--schedule", "none", "--hidden", "16", "--optimizer", "sgd",
                          "--lr", "0.03")
     assert code == 130
-    code, out, _ = run(capsys, *argv, "--resume", "--limit", "100", "--epochs", "5")
+    code, out, _ = run(capsys, *argv, "--resume", "--limit", "100", "--lr", "0.5")
     assert code == 0
-    for note in ("--epochs 3 (not 5)", "--limit 400 (not 100)", "--batch-size 100 (not 128)",
-                 "--schedule none (not cosine)", "--optimizer sgd (not adam)"):
+    for note in ("--limit 400 (not 100)", "--batch-size 100 (not 128)", "--lr 0.03 (not 0.5)",
+                 "--schedule none (not cosine)", "--optimizer sgd (not adam)",
+                 "--hidden [16] (not [256, 128])"):
         assert f"note: resuming with the checkpoint's {note}" in out
     assert "400 training images" in out
     assert "SGD(lr=0.03" in out
     assert [(m[1], m[2], m[7]) for m in epoch_lines(out)] == [("2", "3", "3.00e-02"),
                                                              ("3", "3", "3.00e-02")]
+
+
+def test_resume_with_more_epochs_extends_a_run(capsys, tmp_path):
+    # a finished run with --save: --resume --epochs 3 trains epochs 2 and 3 from its state,
+    # and says so; the result is the run of 3 epochs with the same schedule-free recipe
+    argv = ["train", "--data", "sample", "--limit", "300", "--batch-size", "100",
+            "--hidden", "16", "--schedule", "none", "--no-progress"]
+    assert run(capsys, *argv, "--epochs", "1", "--save", "short.npz")[0] == 0
+    code, out, _ = run(capsys, *argv, "--epochs", "3", "--save", "short.npz", "--resume")
+    assert code == 0
+    assert "note: training 3 epochs, not the checkpoint's 1" in out
+    assert "resumed from short.npz: 1 of 3 epochs done" in out
+    assert [m[1] for m in epoch_lines(out)] == ["2", "3"]
+    assert run(capsys, *argv, "--epochs", "3", "--save", "long.npz")[0] == 0
+    assert_same_arrays(tmp_path / "short.npz", tmp_path / "long.npz")
+    # fewer epochs than are done: the checkpoint's count, said so
+    code, out, _ = run(capsys, *argv, "--epochs", "2", "--save", "long.npz", "--resume")
+    assert code == 0 and "note: resuming with the checkpoint's --epochs 3 (not 2" in out
 
 
 @needs_cnn
@@ -453,21 +510,26 @@ def test_resume_when_every_epoch_is_done_only_evaluates(capsys, tmp_path):
             "--no-progress"]
     code, first, _ = run(capsys, *argv)
     assert code == 0
-    code, out, _ = run(capsys, *argv, "--resume")
+    code, out, err = run(capsys, *argv, "--resume")
+    assert code == 2 and "no checkpoint at" in err      # a finished run's is gone
+    code, first, _ = run(capsys, *argv, "--save", "m.npz")
+    code, out, _ = run(capsys, *argv, "--save", "m.npz", "--resume")
     assert code == 0
-    assert "resumed from nnscratch-checkpoint.npz: 1 of 1 epochs done" in out
+    assert "resumed from m.npz: 1 of 1 epochs done" in out
     assert not epoch_lines(out)
     assert final_line(out).group(1, 2) == final_line(first).group(1, 2)
 
 
 def test_resume_without_a_checkpoint_names_the_path(capsys, tmp_path):
+    os.mkdir(tmp_path / "sub")
     code, out, err = run(capsys, "train", "--data", "sample", "--resume", "--save",
                          "sub/model.npz")
     assert code == 2
-    assert "nnscratch: error: --resume: no checkpoint at sub/model.ckpt.npz" in err
+    assert (f"nnscratch: error: --resume: no checkpoint at {cached_checkpoint('sub/model.npz')} "
+            f"and no sub/model.npz") in err
     code, out, err = run(capsys, "train", "--data", "sample", "--resume")
-    assert code == 2 and "no checkpoint at nnscratch-checkpoint.npz" in err
-    assert files_in(tmp_path) == []
+    assert code == 2 and f"no checkpoint at {cached_checkpoint()}" in err
+    assert files_in(tmp_path) == ["sub"]
 
 
 @pytest.mark.parametrize("content", ["garbage", "model"])
@@ -506,7 +568,7 @@ def test_resume_from_a_file_that_is_no_checkpoint(capsys, tmp_path, content):
     (["--model", "rnn"], "argument --model: invalid choice: 'rnn'"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["--backend", "cuda"], "argument --backend: invalid choice: 'cuda'"),
-    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    (["--threads", "0"], "argument --threads: must be in [1, 4096], got 0"),
     (["--limit", "0"], "argument --limit: must be >= 1, got 0"),
     (["--seed", "-3"], "argument --seed: must be >= 0, got -3"),
     (["--weight-decay", "-1"], "nnscratch: error: --weight-decay must be a finite number >= 0"),
@@ -660,7 +722,9 @@ def test_evaluate_plot_and_backend_numpy(capsys, tmp_path, trained):
 
 
 def test_evaluate_reads_a_checkpoint_as_a_model(capsys, trained):
-    code, out, _ = run(capsys, "evaluate", trained["checkpoint"], "--data", "sample")
+    # (the --save file of `nnscratch train` is a checkpoint too: it holds the training state)
+    assert checkpoint.META_KEY in arrays_of(trained["model"])
+    code, out, _ = run(capsys, "evaluate", trained["model"], "--data", "sample")
     assert code == 0
     assert re.search(r"^test accuracy (\d\.\d{4})$", out, re.M)[1] == \
         final_line(trained["out"])[1]
@@ -680,7 +744,15 @@ def test_evaluate_bad_model_files(capsys, tmp_path):
     assert code == 2 and "nnscratch: error: no model file at missing.npz" in err
     (tmp_path / "notes.txt").write_text("not a model")
     code, _, err = run(capsys, "evaluate", "notes.txt", "--data", "sample")
-    assert code == 2 and "nnscratch: error: cannot load notes.txt" in err
+    assert code == 2 and "nnscratch: error: notes.txt is not an nnscratch model file" in err
+    images, _ = sample_images()
+    _png.write_png(tmp_path / "digit.png", images[0])      # an image where a model belongs
+    code, _, err = run(capsys, "evaluate", "digit.png", "--data", "sample")
+    assert code == 2 and "digit.png is a PNG image, not an nnscratch model file" in err
+    assert "pickle" not in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "fake.npz").write_bytes(b"PK\x03\x04 not a zip")
+    code, _, err = run(capsys, "evaluate", "fake.npz", "--data", "sample")
+    assert code == 2 and "cannot load fake.npz" in err and "damaged zip" in err
 
 
 # --- predict --------------------------------------------------------------------------------

@@ -182,7 +182,8 @@ def _layer(document, i):
     (None, lambda a: a.__setitem__("1.weight", np.ones((8, 6), np.float32)), "shape"),
     (None, lambda a: a.__setitem__("__architecture__", np.frombuffer(b"{nope", np.uint8)),
      "not valid JSON"),
-    (None, lambda a: a.__setitem__("__architecture__", np.array(["x"])), "uint8"),
+    (None, lambda a: a.__setitem__("__architecture__", np.array(["x"])),
+     "uint8|not a number type"),
 ])
 def test_tampered_files_are_value_errors(tmp_path, edit_document, edit_arrays, message):
     path = _tampered(tmp_path, edit_document, edit_arrays)
@@ -221,7 +222,8 @@ class _Fussy(nn.Module):
 @pytest.mark.parametrize("edit, message", [
     (lambda d: _layer(d, 2)["config"].__setitem__("negative_slope", 10 ** 400), "bad config"),
     (lambda d: _layer(d, 3)["config"].__setitem__("p", 10 ** 400), "bad config"),
-    (lambda d: _layer(d, 1)["config"].__setitem__("in_features", 2 ** 62), "bad config"),
+    (lambda d: _layer(d, 1)["config"].__setitem__("in_features", 2 ** 62),
+     "bad config|architecture needs"),
     (lambda d: d["config"]["layers"].__setitem__(
         0, {"__module__": {"type": "_Fussy", "config": {"factor": 0}}}), "ZeroDivisionError"),
     (lambda d: _layer(d, 3)["config"].__setitem__("p", _nested(900)), "nested deeper"),
