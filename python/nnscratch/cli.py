@@ -566,6 +566,15 @@ def confusion_matrix(y_true, y_pred, n_classes):
     return matrix
 
 
+def _head(path):
+    """The first 8 bytes of a file (enough to tell a PNG from a zip), or a CLIError."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def _load_model(path):
     import nnscratch as nn
     from ._png import SIGNATURE
@@ -574,11 +583,7 @@ def _load_model(path):
         raise CLIError(f"no model file at {path}")
     if os.path.isdir(path):
         raise CLIError(f"{path} is a folder, not an nnscratch model file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
+    head = _head(path)
     if head == SIGNATURE:
         raise CLIError(f"{path} is a PNG image, not an nnscratch model file (a model is "
                        f"written by nnscratch train --save or model.save)")
@@ -663,11 +668,7 @@ def _read_images(paths, invert):
             raise CLIError(f"no such file: {path}")
         if not os.path.isfile(path):
             raise CLIError(f"{path}: not a file")
-        try:
-            with open(path, "rb") as f:
-                head = f.read(8)
-        except OSError as exc:
-            raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
+        head = _head(path)
         if head == SIGNATURE:
             try:
                 width, height = read_size(path)      # the header first: nothing decoded
