@@ -37,6 +37,7 @@ EXTENSIONS = {
     "cnn_core._conv": "cnn_core/_conv.pyx",
     "cnn_core._norm": "cnn_core/_norm.pyx",
     "cnn_core._data": "cnn_core/_data.pyx",
+    "cnn_core._budget": "cnn_core/_budget.pyx",
 }
 
 DIRECTIVES = {

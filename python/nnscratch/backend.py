@@ -109,3 +109,11 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads the compiled kernels use."""
     return cnn_core.get_num_threads()
+
+
+def memory_budget(nbytes):
+    """A context in which NumPy grants this thread at most `nbytes` in all, then raises
+    ``MemoryError`` (``nnscratch.load`` builds a model from a file in one: cnn_core._budget)."""
+    from cnn_core._budget import budget
+
+    return budget(nbytes)

@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from . import _random
+from . import _random, backend
 from .module import Module, registered, registered_name
 
 __all__ = ["save", "load", "model_arrays", "write_npz", "Archive", "read_model",
@@ -169,8 +169,10 @@ def load(path):
 
     Every member of the file is checked from the zip directory and its ``.npy`` header --
     names, shapes, dtypes, sizes, against the architecture where the layers are known --
-    before the model is built or any array is decompressed: a small file cannot make this
-    allocate or inflate more than it honestly holds.
+    before the model is built or any array is decompressed, and the model is built with at
+    most ``BUILD_FACTOR`` times the bytes of its weights (a layer of one's own, whose sizes
+    only its constructor knows, is refused when it asks for more): a small file cannot make
+    this allocate or inflate more than it honestly holds.
 
     Raises
     ------
@@ -276,8 +278,8 @@ class Archive:
             raise self.bad(f"{key!r} is larger than {MAX_JSON} bytes")
         try:
             return json.loads(self.read(key).tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise self.bad(f"the architecture is not valid JSON ({err})") from None
+        except (ValueError, RecursionError) as err:   # (bad UTF-8, JSON, 5000-digit ints)
+            raise self.bad(f"{key!r} is not valid JSON ({err})") from None
 
     def close(self):
         self.zip.close()
@@ -307,7 +309,7 @@ def read_model(archive):
         raise ValueError(f"{archive.path!r}: the weights do not match the architecture "
                          f"(missing {missing})")
     _check_memory(archive, keys)
-    model = _build_model(root, archive.bad)
+    model = _build_model(root, archive.bad, BUILD_FACTOR * archive.nbytes(keys) + BUILD_SLACK)
     state = model.state_dict()
     if set(keys) != set(state):
         missing, extra = sorted(set(state) - set(keys)), sorted(set(keys) - set(state))
@@ -385,11 +387,21 @@ def _expected_state(spec, prefix="", depth=0):
     return expected
 
 
-def _build_model(root, bad):
-    """The module the architecture describes (with throw-away initial weights)."""
+# Building the model may allocate (NumPy arrays: initial weights, their float64 draws,
+# gradients) at most this many times the bytes of the weights the file holds, plus the slack:
+# a layer of one's own is only known by constructing it, and one whose config declares more
+# than the file holds is refused as soon as its constructor asks for more (cnn_core._budget).
+BUILD_FACTOR = 8
+BUILD_SLACK = 1 << 20
+
+
+def _build_model(root, bad, nbytes):
+    """The module the architecture describes (with throw-away initial weights), built with
+    at most `nbytes` of NumPy allocations."""
     state = _random.get_state()     # building layers draws initial weights: put them back
     try:
-        return build(root, bad)
+        with backend.memory_budget(nbytes):
+            return build(root, bad)
     finally:
         _random.set_state(state)
 
@@ -412,7 +424,8 @@ def build(spec, bad, where="the model", depth=0, nesting=0):
     try:
         return cls.from_config(arguments)
     except MemoryError:
-        raise bad(f"{where} ({kind}) needs more memory than there is") from None
+        raise bad(f"{where} ({kind}) needs more memory than the weights in the file (or "
+                  f"than there is)") from None
     except Exception as err:     # (a file must not reach a user class's other exceptions)
         raise bad(f"{where} ({kind}) has a bad config: {err!r}") from None
 

@@ -22,7 +22,7 @@ import pytest
 
 import nnscratch as nn
 from nnscratch import _png, checkpoint
-from conftest import png_with_header
+from conftest import png_with_header, resident
 from nnscratch.explain import _verdicts
 
 
@@ -257,3 +257,41 @@ def test_lr_find_verdicts_follow_its_own_numbers():
     for (lr, start, final), verdict in zip(rows, verdicts):
         if verdict == "good":
             assert start - final >= 0.8 * best_drop
+
+
+@nn.register
+class _Wide(nn.Module):
+    """A layer of one's own: its sizes are only known by constructing it."""
+
+    def __init__(self, width=4):
+        super().__init__()
+        self.width = width
+        self.inner = nn.Linear(width, width)
+
+    def get_config(self):
+        return {"width": self.width}
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def backward(self, grad_out):
+        return self.inner.backward(grad_out)
+
+
+@pytest.mark.parametrize("width", [6000, 10 ** 6])
+def test_a_layer_of_ones_own_declaring_more_than_the_file_holds_is_refused(tmp_path, width):
+    """The built-in layers are checked against the file's sizes before they are built; a
+    layer of one's own is built, and refused as soon as it asks for more memory than the
+    file's weights account for (6000: 288 MB of float64 draws; 10**6: 8 TB)."""
+    nn.seed(0)
+    path = tmp_path / "m.npz"
+    nn.Sequential(_Wide(4)).save(path)
+    _with_architecture(path, lambda d: _first_layer(d).update(width=width))
+    assert os.path.getsize(path) < 4096
+    start_bytes, peak = resident()
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="_Wide.*needs more memory than the weights"):
+        nn.load(path)
+    assert peak() - start_bytes < 16 << 20 and time.perf_counter() - start < 2.0
+    nn.Sequential(_Wide(4)).save(path)             # an honest file of the same layer loads
+    assert isinstance(nn.load(path)[0], _Wide)
