@@ -18,9 +18,9 @@ def relu_forward(x, out=None):
     out : ndarray of x's shape
     """
     # x (...) -> out (...)
-    x, out = _checks.elementwise("x", x, out)
-    out[...] = np.maximum(x, 0)
-    return out
+    x, result = _checks.elementwise("x", x, out)
+    result[...] = np.maximum(x, 0)
+    return _checks.given(out, result)
 
 
 def relu_backward(grad_out, x, out=None):
@@ -40,9 +40,9 @@ def relu_backward(grad_out, x, out=None):
     out : ndarray, dL/dx
     """
     # grad_out (...), x (...) -> out (...)
-    grad_out, x, out = _checks.elementwise("grad_out", grad_out, out, "x", x)
-    out[...] = grad_out * (x > 0)
-    return out
+    grad_out, x, result = _checks.elementwise("grad_out", grad_out, out, "x", x)
+    result[...] = grad_out * (x > 0)
+    return _checks.given(out, result)
 
 
 def leaky_relu_forward(x, negative_slope=0.01, out=None):
@@ -59,9 +59,9 @@ def leaky_relu_forward(x, negative_slope=0.01, out=None):
     out : ndarray of x's shape
     """
     # x (...) -> out (...)
-    x, slope, out = _checks.elementwise("x", x, out, negative_slope=negative_slope)
-    out[...] = np.where(x > 0, x, slope * x)
-    return out
+    x, slope, result = _checks.elementwise("x", x, out, negative_slope=negative_slope)
+    result[...] = np.where(x > 0, x, slope * x)
+    return _checks.given(out, result)
 
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01, out=None):
@@ -80,10 +80,10 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01, out=None):
     out : ndarray, dL/dx
     """
     # grad_out (...), x (...) -> out (...)
-    grad_out, x, slope, out = _checks.elementwise("grad_out", grad_out, out, "x", x,
+    grad_out, x, slope, result = _checks.elementwise("grad_out", grad_out, out, "x", x,
                                                   negative_slope=negative_slope)
-    out[...] = np.where(x > 0, grad_out, slope * grad_out)
-    return out
+    result[...] = np.where(x > 0, grad_out, slope * grad_out)
+    return _checks.given(out, result)
 
 
 def sigmoid_forward(x, out=None):
@@ -102,10 +102,10 @@ def sigmoid_forward(x, out=None):
     out : ndarray of x's shape, values in [0, 1]
     """
     # x (...) -> out (...)
-    x, out = _checks.elementwise("x", x, out)
+    x, result = _checks.elementwise("x", x, out)
     e = np.exp(-np.abs(x))
-    out[...] = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-    return out
+    result[...] = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return _checks.given(out, result)
 
 
 def sigmoid_backward(grad_out, y, out=None):
@@ -126,9 +126,9 @@ def sigmoid_backward(grad_out, y, out=None):
     out : ndarray, dL/dx
     """
     # grad_out (...), y (...) -> out (...)
-    grad_out, y, out = _checks.elementwise("grad_out", grad_out, out, "y", y)
-    out[...] = grad_out * y * (1 - y)
-    return out
+    grad_out, y, result = _checks.elementwise("grad_out", grad_out, out, "y", y)
+    result[...] = grad_out * y * (1 - y)
+    return _checks.given(out, result)
 
 
 def tanh_forward(x, out=None):
@@ -144,9 +144,9 @@ def tanh_forward(x, out=None):
     out : ndarray of x's shape, values in [-1, 1]
     """
     # x (...) -> out (...)
-    x, out = _checks.elementwise("x", x, out)
-    out[...] = np.tanh(x)
-    return out
+    x, result = _checks.elementwise("x", x, out)
+    result[...] = np.tanh(x)
+    return _checks.given(out, result)
 
 
 def tanh_backward(grad_out, y, out=None):
@@ -164,9 +164,9 @@ def tanh_backward(grad_out, y, out=None):
     out : ndarray, dL/dx
     """
     # grad_out (...), y (...) -> out (...)
-    grad_out, y, out = _checks.elementwise("grad_out", grad_out, out, "y", y)
-    out[...] = grad_out * (1 - y * y)
-    return out
+    grad_out, y, result = _checks.elementwise("grad_out", grad_out, out, "y", y)
+    result[...] = grad_out * (1 - y * y)
+    return _checks.given(out, result)
 
 
 def softmax_forward(x, out=None):
@@ -186,12 +186,12 @@ def softmax_forward(x, out=None):
     out : ndarray (N, C), each row sums to 1
     """
     # x (N, C) -> out (N, C)
-    x, out = _checks.elementwise("x", x, out, ndim=2)
+    x, result = _checks.elementwise("x", x, out, ndim=2)
     if x.size == 0:                            # no row has a maximum; nothing to compute
-        return out
+        return _checks.given(out, result)
     e = np.exp(x - x.max(axis=1, keepdims=True))
-    out[...] = e / e.sum(axis=1, keepdims=True)
-    return out
+    result[...] = e / e.sum(axis=1, keepdims=True)
+    return _checks.given(out, result)
 
 
 def softmax_backward(grad_out, y, out=None):
@@ -213,9 +213,9 @@ def softmax_backward(grad_out, y, out=None):
     out : ndarray (N, C), dL/dx
     """
     # grad_out (N, C), y (N, C) -> out (N, C)
-    grad_out, y, out = _checks.elementwise("grad_out", grad_out, out, "y", y, ndim=2)
-    out[...] = y * (grad_out - np.sum(grad_out * y, axis=1, keepdims=True))
-    return out
+    grad_out, y, result = _checks.elementwise("grad_out", grad_out, out, "y", y, ndim=2)
+    result[...] = y * (grad_out - np.sum(grad_out * y, axis=1, keepdims=True))
+    return _checks.given(out, result)
 
 
 def dropout_forward(x, mask, scale, out=None):
@@ -236,9 +236,9 @@ def dropout_forward(x, mask, scale, out=None):
     out : ndarray of x's shape
     """
     # x (...), mask (...) -> out (...)
-    x, mask, scale, out = _checks.dropout_args("x", x, mask, scale, out)
-    out[...] = x * mask * scale
-    return out
+    x, mask, scale, result = _checks.dropout_args("x", x, mask, scale, out)
+    result[...] = x * mask * scale
+    return _checks.given(out, result)
 
 
 def dropout_backward(grad_out, mask, scale, out=None):
@@ -257,6 +257,6 @@ def dropout_backward(grad_out, mask, scale, out=None):
     out : ndarray, dL/dx
     """
     # grad_out (...), mask (...) -> out (...)
-    grad_out, mask, scale, out = _checks.dropout_args("grad_out", grad_out, mask, scale, out)
-    out[...] = grad_out * mask * scale
-    return out
+    grad_out, mask, scale, result = _checks.dropout_args("grad_out", grad_out, mask, scale, out)
+    result[...] = grad_out * mask * scale
+    return _checks.given(out, result)
