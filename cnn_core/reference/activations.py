@@ -12,6 +12,7 @@ def relu_forward(x, out=None):
     ----------
     x : ndarray, any shape
     out : ndarray of x's shape, optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -34,6 +35,7 @@ def relu_backward(grad_out, x, out=None):
     x : ndarray of grad_out's shape
         The forward input.
     out : ndarray, optional
+        May be grad_out or x itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -53,6 +55,7 @@ def leaky_relu_forward(x, negative_slope=0.01, out=None):
     x : ndarray, any shape
     negative_slope : float
     out : ndarray, optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -74,6 +77,7 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01, out=None):
         The forward input.
     negative_slope : float
     out : ndarray, optional
+        May be grad_out or x itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -96,6 +100,7 @@ def sigmoid_forward(x, out=None):
     ----------
     x : ndarray, any shape
     out : ndarray, optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -120,6 +125,7 @@ def sigmoid_backward(grad_out, y, out=None):
     y : ndarray of grad_out's shape
         The forward output, ``sigmoid(x)``.
     out : ndarray, optional
+        May be grad_out or y itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -138,6 +144,7 @@ def tanh_forward(x, out=None):
     ----------
     x : ndarray, any shape
     out : ndarray, optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -158,6 +165,7 @@ def tanh_backward(grad_out, y, out=None):
     y : ndarray of grad_out's shape
         The forward output, ``tanh(x)``.
     out : ndarray, optional
+        May be grad_out or y itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -180,6 +188,7 @@ def softmax_forward(x, out=None):
     x : ndarray (N, C)
         One row of C scores per sample.
     out : ndarray (N, C), optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -207,6 +216,7 @@ def softmax_backward(grad_out, y, out=None):
     y : ndarray (N, C)
         The forward output.
     out : ndarray (N, C), optional
+        May be grad_out or y itself (in place); no other view of its memory.
 
     Returns
     -------
@@ -230,6 +240,7 @@ def dropout_forward(x, mask, scale, out=None):
     mask : ndarray of x's shape, uint8 or bool
     scale : float
     out : ndarray, optional
+        May be x itself (in place); no other view of its memory (not the mask).
 
     Returns
     -------
@@ -251,6 +262,7 @@ def dropout_backward(grad_out, mask, scale, out=None):
         The mask of the forward pass.
     scale : float
     out : ndarray, optional
+        May be grad_out itself (in place); no other view of its memory (not the mask).
 
     Returns
     -------
