@@ -235,7 +235,7 @@ def dropout_backward(grad_out, mask, scale, out=None):
 
 cdef _dropout(x, str name, mask, scale, out):
     mask = plain(mask)
-    if not isinstance(mask, np.ndarray):
+    if type(mask) is not np.ndarray:
         raise TypeError(f"mask must be a numpy.ndarray, got {type(mask).__name__}")
     if mask.dtype != np.uint8 and mask.dtype != np.bool_:
         raise TypeError(f"mask must be uint8 or bool, got {mask.dtype}")

@@ -49,7 +49,9 @@ cdef object _F64 = np.dtype(np.float64)
 
 
 cdef object plain(object x):
-    """x itself, unless it is an ndarray subclass: then a base-class view of its memory."""
+    """x itself, unless it is an ndarray subclass: then a base-class view of its memory.
+    After it, an array is exactly np.ndarray: test with PyArray_Check or type(x) is
+    np.ndarray, not isinstance (which believes a __class__ property)."""
     if cnp.PyArray_CheckExact(x) or not cnp.PyArray_Check(x):
         return x
     return nn_base_view(x)

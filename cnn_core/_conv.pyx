@@ -808,7 +808,7 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
     if grad_out.ndim != 4:
         raise ValueError(f"grad_out must be 4-D (N, C, OH, OW), got shape {grad_out.shape}")
     indices = plain(indices)
-    if not isinstance(indices, np.ndarray):
+    if type(indices) is not np.ndarray:
         raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
     if indices.dtype != np.int64:
         raise TypeError(f"indices must be int64 (from maxpool2d_forward), got {indices.dtype}")

@@ -57,7 +57,7 @@ def take_rows(x, rows, out=None):
     copied.
     """
     x = plain(x)
-    if not isinstance(x, np.ndarray):
+    if type(x) is not np.ndarray:
         raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype != np.float32 and x.dtype != np.float64:
         raise TypeError(f"x has dtype {x.dtype}; the kernels take float32 or float64")
@@ -67,7 +67,7 @@ def take_rows(x, rows, out=None):
         raise ValueError("x must be C-contiguous and aligned (a data set is not copied per "
                          "batch: make it contiguous once, np.ascontiguousarray)")
     rows = plain(rows)
-    if not isinstance(rows, np.ndarray):
+    if type(rows) is not np.ndarray:
         raise TypeError(f"rows must be a numpy.ndarray, got {type(rows).__name__}")
     if rows.dtype != np.int64:
         raise TypeError(f"rows must be int64, got {rows.dtype}")

@@ -129,7 +129,7 @@ cdef long _one_array(char *p, char *g, char *a, char *b, long n, int kind, doubl
 cdef tuple _param_and_grad(param, grad):
     # (param, grad) checked: a subclass's base-class view, a gradient copied if need be
     param = plain(param)
-    if not isinstance(param, np.ndarray):
+    if type(param) is not np.ndarray:
         raise TypeError(f"param must be a numpy.ndarray, got {type(param).__name__}")
     if param.dtype != np.float32 and param.dtype != np.float64:
         raise TypeError(f"param has dtype {param.dtype}; the kernels take float32 or float64")
@@ -361,14 +361,14 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     if not _all_ready(params, grads, a_list, b_list, n, tl):
         # the named checks (a subclass through its base-class view, kept alive in tl.views)
         first = plain(params[0])
-        if not isinstance(first, np.ndarray):
+        if type(first) is not np.ndarray:
             raise TypeError(f"params[0] must be a numpy.ndarray, got {type(first).__name__}")
         dtype = first.dtype
         if dtype != np.float32 and dtype != np.float64:
             raise TypeError(f"params[0] has dtype {dtype}; the kernels take float32 or float64")
         for i in range(n):
             param = plain(params[i])
-            if not isinstance(param, np.ndarray):
+            if type(param) is not np.ndarray:
                 raise TypeError(f"params[{i}] must be a numpy.ndarray, got "
                                 f"{type(param).__name__}")
             param = check_buffer(f"params[{i}]", param, param.shape, dtype)

@@ -13,7 +13,8 @@ array's description told by a smaller, other-typed, strided or read-only one. Th
 give exactly what it gives when that argument is the plain array behind the lies: the same
 values (bit for bit) in what it returns and in every array it writes, or the same TypeError
 or ValueError (naming the argument); and where it returns a given buffer, it returns the
-caller's own (lying) object.
+caller's own (lying) object. An object that is no array but whose __class__ says ndarray
+(isinstance believes it) is a TypeError or ValueError naming the argument.
 
 The calls run in a child process (this file as a script) so that a crash fails the tests of
 that kernel instead of killing pytest; after a crash, or a call that hangs, the child is
@@ -23,6 +24,7 @@ started again at the next kernel.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -30,7 +32,8 @@ import traceback
 import numpy as np
 import pytest
 
-from tricky_arrays import CALLS, array_arguments, get, lies_about, lying, put
+from tricky_arrays import (CALLS, IMPOSTOR, Impostor, array_arguments, get, lies_about, lying,
+                           put)
 
 HERE = os.path.abspath(__file__)
 BACKENDS = ("cython", "numpy")
@@ -47,6 +50,7 @@ def cases():
             kw = CALLS[kernel](DTYPE)
             for arg in array_arguments(kw):
                 found += [(backend, kernel, arg, what) for what, _, _ in lies_about(get(kw, arg))]
+                found.append((backend, kernel, arg, IMPOSTOR))
     return found
 
 
@@ -87,6 +91,15 @@ def one_case(backend, kernel, arg, what):
     """None, or what went wrong (a string)."""
     make = CALLS[kernel]
     valid = get(make(DTYPE), arg)
+    if what == IMPOSTOR:          # no memory to read: an error naming the argument
+        kw = make(DTYPE)
+        put(kw, arg, Impostor(valid))
+        got = _outcome(getattr(backend, kernel), kw)
+        named = rf"(?<![\w\[]){re.escape(arg)}(?![\w\[])"
+        if got[0] != "raised" or got[1] not in ("TypeError", "ValueError") or \
+                not re.search(named, got[2]):
+            return f"{_brief(got)}, not a TypeError or ValueError naming {arg}"
+        return None
     (real,) = [m for w, m, _ in lies_about(valid) if w == what]
     (lies,) = [t for w, _, t in lies_about(valid) if w == what]
     function = getattr(backend, kernel)

@@ -5,7 +5,8 @@ test_overlapping_buffers.py and the fuzz driver (test_fuzz.py).
 * `Lying`: an ndarray subclass whose Python properties (shape, strides, dtype, itemsize,
   ndim, size, nbytes, flags, len) say what it is told; its memory -- what NumPy's C code
   and the kernels' loops use -- is the truth. `lies_about(v)` lists the lies to try on an
-  argument whose valid value is v.
+  argument whose valid value is v. `Impostor(v)`: no array at all, but isinstance(...,
+  np.ndarray) says it is one and its attributes describe v.
 * `CALLS`: a valid call of every public kernel (dtype -> keyword arguments), small arrays;
   list arguments (weights, xs, params, ...) hold arrays too. Names of arguments inside
   lists are written `weights[1]` (`get`, `put`).
@@ -56,6 +57,22 @@ class Lying(np.ndarray):
     def __len__(self):
         lies = self.__dict__.get("lies", {})
         return lies["len"] if "len" in lies else np.ndarray.__len__(self)
+
+
+class Impostor:
+    """Not an array, but says it is one: its __class__ is np.ndarray (isinstance believes
+    it) and its attributes describe the array v."""
+
+    def __init__(self, v):
+        self.__dict__.update(description(v))
+
+    __class__ = property(lambda self: np.ndarray)
+
+    def __len__(self):
+        return self.__dict__.get("len", 0)
+
+
+IMPOSTOR = "a non-array that says it is v"
 
 
 def lying(real, lies):
