@@ -41,7 +41,7 @@ from libc.string cimport memcpy, memset
 from libc.stdint cimport int64_t, INT32_MAX
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
-                              output, plain, refuse_overlaps)
+                              output, plain, refuse_overlap, refuse_overlaps)
 from cnn_core._gemm cimport sgemm_serial, dgemm_serial, B_IN_PLACE_MAX_M
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 from cnn_core._lanes cimport lane_sum, LANE_SUM
@@ -565,7 +565,9 @@ def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
     b = _check_bias("b", b, s.O, x.dtype)
     y = output("out", out, (s.N, s.O, s.OH, s.OW), x.dtype)
     if out is not None:
-        refuse_overlaps((("out", y, ()),), (("x", x), ("w", w), ("b", b)))
+        refuse_overlap("out", y, "x", x)
+        refuse_overlap("out", y, "w", w)
+        refuse_overlap("out", y, "b", b)
     if s.C == 0 or s.H == 0 or s.W == 0:
         # no products (no channels, or windows only over padding): each output is its bias
         y[...] = 0 if b is None else b[:, None, None]
@@ -824,7 +826,8 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
     hw = x_shape[2] * x_shape[3]
     gx = output("out", out, x_shape, grad_out.dtype)
     if out is not None:
-        refuse_overlaps((("out", gx, ()),), (("grad_out", grad_out), ("indices", indices)))
+        refuse_overlap("out", gx, "grad_out", grad_out)
+        refuse_overlap("out", gx, "indices", indices)
     if gx.size == 0:
         if indices.size:   # windows into an empty plane: no index can be valid
             raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}")

@@ -13,7 +13,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 cimport numpy as cnp
 
-from cnn_core._checks cimport output, plain, refuse_overlaps
+from cnn_core._checks cimport output, plain, refuse_overlap
 from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN
 
 cnp.import_array()
@@ -78,7 +78,8 @@ def take_rows(x, rows, out=None):
     given = out
     out = output("out", out, (rows.shape[0],) + x.shape[1:], x.dtype)
     if given is not None:       # (the rows are copied by several threads)
-        refuse_overlaps((("out", out, ()),), (("x", x), ("rows", rows)))
+        refuse_overlap("out", out, "x", x)
+        refuse_overlap("out", out, "rows", rows)
     cdef long count = rows.shape[0]
     cdef long row_bytes = x.itemsize
     cdef long n_rows = x.shape[0], bad = 0, d
