@@ -11,6 +11,12 @@ Softmax works on rows of a 2-D array, threads over rows.
     softmax     y_i = exp(x_i - max) / sum_j exp(x_j - max)
                 dx_i = y_i * (dy_i - sum_j dy_j * y_j)
     dropout     y = x * mask * scale           dx = dy * mask * scale
+                (a uint8 mask's values as they are: 0..255; a bool mask's as 0 and 1)
+
+In place: `out` may be the input array itself (relu_forward(x, out=x); a backward's out may
+be grad_out or its x / y): every value is read before it is written, by the thread that
+writes it. Any other overlap of out with an input (a shifted view of it, the dropout mask)
+is a ValueError: out would overwrite values not yet read.
 """
 import numpy as np
 
@@ -18,12 +24,13 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, tanh as c_tanh, expf, tanhf
 
-from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, output, check_scalar
+from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, output,
+                              check_scalar, plain, refuse_overlap, READ, IN_PLACE)
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS, SPAN_MIN
 
 cdef enum Op:
     RELU_FWD, RELU_BWD, LEAKY_FWD, LEAKY_BWD, SIGMOID_FWD, SIGMOID_BWD, TANH_FWD, TANH_BWD
-    DROPOUT
+    DROPOUT, DROPOUT_BOOL
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -83,8 +90,12 @@ cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned
             y[i] = g[i] * (1 - x[i] * x[i])
     elif op == DROPOUT:
         for i in range(n):
-            xi = s if mask[i] else 0            # x * mask * scale, as the twin
-            y[i] = x[i] * xi
+            xi = mask[i]                        # (x * mask) * scale, as the twin: for a
+            y[i] = x[i] * xi * s                # 0/1 mask, x * scale (x * 1 is exact)
+    elif op == DROPOUT_BOOL:
+        for i in range(n):
+            xi = 1 if mask[i] else 0            # a bool's byte may be any nonzero: True
+            y[i] = x[i] * xi * s
 
 
 cdef void unary(Op op, const floating *x, const floating *g, const unsigned char *mask,
@@ -136,8 +147,12 @@ cdef _apply(Op op, x, g, mask, y, double s):
 
 cdef _forward(Op op, x, out, double s=0):
     x = as_float_array("x", x)
-    out = output("out", out, x.shape, x.dtype)
-    return _apply(op, x, None, None, out, s)
+    y = output("out", out, x.shape, x.dtype)
+    if out is None:
+        return _apply(op, x, None, None, y, s)
+    refuse_overlap("out", y, "x", x, IN_PLACE)
+    _apply(op, x, None, None, y, s)
+    return out                  # the caller's object (a subclass was written through a view)
 
 
 cdef _backward(Op op, grad_out, str name, saved, out, double s=0):
@@ -145,76 +160,96 @@ cdef _backward(Op op, grad_out, str name, saved, out, double s=0):
     saved = as_float_array(name, saved)
     check_same_dtype(name, saved, grad_out.dtype)
     check_same_shape(name, saved, grad_out.shape)
-    out = output("out", out, grad_out.shape, grad_out.dtype)
-    return _apply(op, saved, grad_out, None, out, s)
+    y = output("out", out, grad_out.shape, grad_out.dtype)
+    if out is None:
+        return _apply(op, saved, grad_out, None, y, s)
+    refuse_overlap("out", y, "grad_out", grad_out, IN_PLACE)
+    refuse_overlap("out", y, name, saved, IN_PLACE)
+    _apply(op, saved, grad_out, None, y, s)
+    return out
 
 
 def relu_forward(x, out=None):
-    """ReLU: out = max(x, 0), elementwise. x any shape -> out same shape."""
+    """ReLU: out = max(x, 0), elementwise. x any shape -> out same shape; out may be x
+    itself (in place: relu_forward(x, out=x)), and must not overlap x otherwise."""
     return _forward(RELU_FWD, x, out)
 
 
 def relu_backward(grad_out, x, out=None):
-    """ReLU backward: out = grad_out * (x > 0); x is the forward input."""
+    """ReLU backward: out = grad_out * (x > 0); x is the forward input. out may be grad_out
+    or x itself (in place), and must not overlap them otherwise."""
     return _backward(RELU_BWD, grad_out, "x", x, out)
 
 
 def leaky_relu_forward(x, negative_slope=0.01, out=None):
-    """Leaky ReLU: out = x if x > 0 else negative_slope * x."""
+    """Leaky ReLU: out = x if x > 0 else negative_slope * x. out may be x itself."""
     s = check_scalar("negative_slope", negative_slope)
     return _forward(LEAKY_FWD, x, out, s)
 
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01, out=None):
-    """Leaky ReLU backward: out = grad_out * (1 if x > 0 else negative_slope)."""
+    """Leaky ReLU backward: out = grad_out * (1 if x > 0 else negative_slope). out may be
+    grad_out or x itself."""
     s = check_scalar("negative_slope", negative_slope)
     return _backward(LEAKY_BWD, grad_out, "x", x, out, s)
 
 
 def sigmoid_forward(x, out=None):
-    """Logistic sigmoid: out = 1 / (1 + exp(-x)), computed without overflow for any x."""
+    """Logistic sigmoid: out = 1 / (1 + exp(-x)), computed without overflow for any x. out
+    may be x itself."""
     return _forward(SIGMOID_FWD, x, out)
 
 
 def sigmoid_backward(grad_out, y, out=None):
-    """Sigmoid backward from its output y: out = grad_out * y * (1 - y)."""
+    """Sigmoid backward from its output y: out = grad_out * y * (1 - y). out may be grad_out
+    or y itself."""
     return _backward(SIGMOID_BWD, grad_out, "y", y, out)
 
 
 def tanh_forward(x, out=None):
-    """Hyperbolic tangent, elementwise."""
+    """Hyperbolic tangent, elementwise. out may be x itself."""
     return _forward(TANH_FWD, x, out)
 
 
 def tanh_backward(grad_out, y, out=None):
-    """Tanh backward from its output y: out = grad_out * (1 - y**2)."""
+    """Tanh backward from its output y: out = grad_out * (1 - y**2). out may be grad_out or y
+    itself."""
     return _backward(TANH_BWD, grad_out, "y", y, out)
 
 
 def dropout_forward(x, mask, scale, out=None):
     """Dropout with a given keep-mask: out = x * mask * scale (inverted dropout: scale = 1/(1-p)).
 
-    mask: uint8 or bool array of x's shape (1 keeps, 0 drops)."""
+    mask: uint8 or bool array of x's shape (1 keeps, 0 drops; a uint8 mask's other values
+    multiply as they are, 2 doubles). out may be x itself (in place), and must not overlap
+    x otherwise, nor the mask."""
     x = as_float_array("x", x)
     return _dropout(x, "x", mask, scale, out)
 
 
 def dropout_backward(grad_out, mask, scale, out=None):
-    """Dropout backward: out = grad_out * mask * scale."""
+    """Dropout backward: out = grad_out * mask * scale. out may be grad_out itself."""
     grad_out = as_float_array("grad_out", grad_out)
     return _dropout(grad_out, "grad_out", mask, scale, out)
 
 
 cdef _dropout(x, str name, mask, scale, out):
-    if not isinstance(mask, np.ndarray):
+    mask = plain(mask)
+    if type(mask) is not np.ndarray:
         raise TypeError(f"mask must be a numpy.ndarray, got {type(mask).__name__}")
     if mask.dtype != np.uint8 and mask.dtype != np.bool_:
         raise TypeError(f"mask must be uint8 or bool, got {mask.dtype}")
     check_same_shape("mask", mask, x.shape)
     s = check_scalar("scale", scale, 0.0)
+    cdef Op op = DROPOUT_BOOL if mask.dtype == np.bool_ else DROPOUT
     mask = np.array(mask, order="C", copy=not mask.flags.c_contiguous).view(np.uint8)
-    out = output("out", out, x.shape, x.dtype)
-    return _apply(DROPOUT, x, None, mask, out, s)
+    y = output("out", out, x.shape, x.dtype)
+    if out is None:
+        return _apply(op, x, None, mask, y, s)
+    refuse_overlap("out", y, name, x, IN_PLACE)
+    refuse_overlap("out", y, "mask", mask, READ)
+    _apply(op, x, None, mask, y, s)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,27 +325,33 @@ cdef _rows(bint backward, const floating[:, ::1] a, const floating[:, ::1] b, fl
 def softmax_forward(x, out=None):
     """Softmax of each row: out[i] = exp(x[i] - max(x[i])) / sum(exp(x[i] - max(x[i]))).
 
-    x (N, C) -> out (N, C); stable for any finite x."""
+    x (N, C) -> out (N, C); stable for any finite x. out may be x itself (each row is read
+    before it is written), and must not overlap x otherwise."""
     x = as_float_array("x", x, 2)
-    out = output("out", out, x.shape, x.dtype)
+    y = output("out", out, x.shape, x.dtype)
+    if out is not None:
+        refuse_overlap("out", y, "x", x, IN_PLACE)
     if x.dtype == np.float32:
-        _rows[float](False, x, None, out)
+        _rows[float](False, x, None, y)
     else:
-        _rows[double](False, x, None, out)
-    return out
+        _rows[double](False, x, None, y)
+    return y if out is None else out
 
 
 def softmax_backward(grad_out, y, out=None):
     """Softmax backward from its output y: out = y * (grad_out - sum(grad_out * y, axis=1)).
 
-    grad_out (N, C), y (N, C) -> out (N, C)."""
+    grad_out (N, C), y (N, C) -> out (N, C); out may be grad_out or y itself."""
     grad_out = as_float_array("grad_out", grad_out, 2)
     y = as_float_array("y", y, 2)
     check_same_dtype("y", y, grad_out.dtype)
     check_same_shape("y", y, grad_out.shape)
-    out = output("out", out, grad_out.shape, grad_out.dtype)
+    dx = output("out", out, grad_out.shape, grad_out.dtype)
+    if out is not None:
+        refuse_overlap("out", dx, "grad_out", grad_out, IN_PLACE)
+        refuse_overlap("out", dx, "y", y, IN_PLACE)
     if grad_out.dtype == np.float32:
-        _rows[float](True, grad_out, y, out)
+        _rows[float](True, grad_out, y, dx)
     else:
-        _rows[double](True, grad_out, y, out)
-    return out
+        _rows[double](True, grad_out, y, dx)
+    return dx if out is None else out

@@ -1,4 +1,7 @@
 # Argument checks shared by the public kernel wrappers (validate once, then run nogil).
+# Every check returns an ndarray subclass as a base-class view of it (plain): use what it
+# returns, and return the caller's own object where a given buffer is returned.
+cdef object plain(object x)
 cdef object as_float_array(str name, object x, int ndim=*)
 cdef object check_same_dtype(str name, object x, object dtype)
 cdef object check_same_shape(str name, object x, tuple shape)
@@ -12,3 +15,16 @@ cdef double check_scalar(str name, object value, double low=*, bint low_inclusiv
 # the array unchanged; False means "ask the named check" (which copies or raises).
 cdef bint is_ready(object x, int ndim, object dtype)
 cdef bint is_buffer(object buf, Py_ssize_t d0, Py_ssize_t d1, object dtype)
+
+# Buffers that share memory with what is read or with each other (the byte spans of
+# C-contiguous arrays compared in C): how the other array is used.
+cdef enum:
+    READ = 0           # read while the buffer is written: no overlap at all
+    WRITTEN = 1        # another buffer written: no overlap at all
+    IN_PLACE = 2       # read: the buffer may be exactly it (same memory and layout), no other view
+cdef bint span(object a, char **lo, char **hi) noexcept
+cdef bint overlap(object a, object b)
+cdef bint same_layout(object a, object b)
+cdef object overlap_error(str name, str other, int how)
+cdef int refuse_overlap(str name, object buf, str other, object arr, int how=*) except -1
+cdef int refuse_overlaps(tuple written, tuple read) except -1

@@ -28,6 +28,10 @@ column buffers are per-thread scratch reused across calls: no allocation in stea
 
 Max pooling keeps, for every output, the flat index (ih * W + iw) of its maximum within
 its (H, W) plane, as torch's return_indices; backward routes the gradient there.
+
+No buffer written here may share memory with what is read or with another buffer written
+(ValueError naming the two): windows overlap and samples run on several threads, so no
+output can be computed in place over its input.
 """
 import numpy as np
 
@@ -36,7 +40,8 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from libc.stdint cimport int64_t, INT32_MAX
 
-from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output
+from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
+                              output, plain, refuse_overlap, refuse_overlaps)
 from cnn_core._gemm cimport sgemm_serial, dgemm_serial, B_IN_PLACE_MAX_M
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 from cnn_core._lanes cimport lane_sum, LANE_SUM
@@ -558,16 +563,19 @@ def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
     check_same_dtype("w", w, x.dtype)
     cdef ConvShape s = _conv_shape(x, w, stride, padding)
     b = _check_bias("b", b, s.O, x.dtype)
-    out = output("out", out, (s.N, s.O, s.OH, s.OW), x.dtype)
+    y = output("out", out, (s.N, s.O, s.OH, s.OW), x.dtype)
+    if out is not None:
+        refuse_overlap("out", y, "x", x)
+        refuse_overlap("out", y, "w", w)
+        refuse_overlap("out", y, "b", b)
     if s.C == 0 or s.H == 0 or s.W == 0:
         # no products (no channels, or windows only over padding): each output is its bias
-        out[...] = 0 if b is None else b[:, None, None]
-        return out
-    if x.dtype == np.float32:
-        _forward_typed[float](x, w, b, out, s)
+        y[...] = 0 if b is None else b[:, None, None]
+    elif x.dtype == np.float32:
+        _forward_typed[float](x, w, b, y, s)
     else:
-        _forward_typed[double](x, w, b, out, s)
-    return out
+        _forward_typed[double](x, w, b, y, s)
+    return y if out is None else out        # (the caller's object: a subclass was viewed)
 
 
 cdef _backward_typed(const floating[:, :, :, ::1] g, const floating[:, :, :, ::1] x,
@@ -613,18 +621,19 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
     check_same_dtype("grad_out", grad_out, x.dtype)
     cdef ConvShape s = _conv_shape(x, w, stride, padding)
     check_same_shape("grad_out", grad_out, (s.N, s.O, s.OH, s.OW))
-    check_buffer("grad_w", grad_w, w.shape, x.dtype)
+    grad_w = check_buffer("grad_w", grad_w, w.shape, x.dtype)
     if grad_b is not None:
-        check_buffer("grad_b", grad_b, (s.O,), x.dtype)
-    if compute_grad_x:
-        grad_x = output("grad_x", grad_x, x.shape, x.dtype)
-    else:
-        grad_x = None
+        grad_b = check_buffer("grad_b", grad_b, (s.O,), x.dtype)
+    given = compute_grad_x and grad_x is not None
+    gx = output("grad_x", grad_x, x.shape, x.dtype) if compute_grad_x else None
+    refuse_overlaps((("grad_w", grad_w, ()), ("grad_b", grad_b, ()),
+                     ("grad_x", gx if given else None, ())),
+                    (("grad_out", grad_out), ("x", x), ("w", w)))
     if x.dtype == np.float32:
-        _backward_typed[float](grad_out, x, w, grad_w, grad_b, grad_x, s)
+        _backward_typed[float](grad_out, x, w, grad_w, grad_b, gx, s)
     else:
-        _backward_typed[double](grad_out, x, w, grad_w, grad_b, grad_x, s)
-    return grad_x
+        _backward_typed[double](grad_out, x, w, grad_w, grad_b, gx, s)
+    return grad_x if given else gx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -754,13 +763,16 @@ def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
     if H < kh or W < kw:
         raise ValueError(f"x: input {H}x{W} is smaller than the pooling window {kh}x{kw}")
     shape = (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1)
-    out = output("out", out, shape, x.dtype)
-    indices = output("indices", indices, shape, np.dtype(np.int64))
+    y = output("out", out, shape, x.dtype)
+    idx = output("indices", indices, shape, np.dtype(np.int64))
+    if out is not None or indices is not None:
+        refuse_overlaps((("out", y if out is not None else None, ()),
+                         ("indices", idx if indices is not None else None, ())), (("x", x),))
     if x.dtype == np.float32:
-        _pool_typed[float](x, out, indices, kh, kw, sh, sw)
+        _pool_typed[float](x, y, idx, kh, kw, sh, sw)
     else:
-        _pool_typed[double](x, out, indices, kh, kw, sh, sw)
-    return out, indices
+        _pool_typed[double](x, y, idx, kh, kw, sh, sw)
+    return (y if out is None else out), (idx if indices is None else indices)
 
 
 cdef long _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :, ::1] idx,
@@ -797,7 +809,8 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
     grad_out = as_float_array("grad_out", grad_out)
     if grad_out.ndim != 4:
         raise ValueError(f"grad_out must be 4-D (N, C, OH, OW), got shape {grad_out.shape}")
-    if not isinstance(indices, np.ndarray):
+    indices = plain(indices)
+    if type(indices) is not np.ndarray:
         raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
     if indices.dtype != np.int64:
         raise TypeError(f"indices must be int64 (from maxpool2d_forward), got {indices.dtype}")
@@ -811,16 +824,20 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
     if not (indices.flags.c_contiguous and indices.flags.aligned):
         indices = np.array(indices, order="C")
     hw = x_shape[2] * x_shape[3]
-    out = output("out", out, x_shape, grad_out.dtype)
-    if out.size == 0:
+    gx = output("out", out, x_shape, grad_out.dtype)
+    if out is not None:
+        refuse_overlap("out", gx, "grad_out", grad_out)
+        refuse_overlap("out", gx, "indices", indices)
+    if gx.size == 0:
         if indices.size:   # windows into an empty plane: no index can be valid
             raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}")
-        return out
-    # the kernel checks every index as it scatters (no separate min/max passes)
-    if grad_out.dtype == np.float32:
-        bad = _pool_backward_typed[float](grad_out, indices, out)
     else:
-        bad = _pool_backward_typed[double](grad_out, indices, out)
-    if bad:
-        raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}: {bad} are not")
-    return out
+        # the kernel checks every index as it scatters (no separate min/max passes)
+        if grad_out.dtype == np.float32:
+            bad = _pool_backward_typed[float](grad_out, indices, gx)
+        else:
+            bad = _pool_backward_typed[double](grad_out, indices, gx)
+        if bad:
+            raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}: {bad} "
+                             f"are not")
+    return gx if out is None else out

@@ -13,7 +13,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 cimport numpy as cnp
 
-from cnn_core._checks cimport output
+from cnn_core._checks cimport output, plain, refuse_overlap
 from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN
 
 cnp.import_array()
@@ -52,10 +52,12 @@ def take_rows(x, rows, out=None):
     """The mini-batch ``x[rows]``: out[i] = x[rows[i]] (np.take(x, rows, axis=0)).
 
     x (N, ...) float32/float64, C-contiguous (it is never copied: a data set is large);
-    rows (B,) int64 indices in [0, N); out (B, ...) of x's dtype, optional, not overlapping
-    x. An index out of range raises ValueError after the valid rows are copied.
+    rows (B,) int64 indices in [0, N); out (B, ...) of x's dtype, optional, sharing no
+    memory with x or rows. An index out of range raises ValueError after the valid rows are
+    copied.
     """
-    if not isinstance(x, np.ndarray):
+    x = plain(x)
+    if type(x) is not np.ndarray:
         raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype != np.float32 and x.dtype != np.float64:
         raise TypeError(f"x has dtype {x.dtype}; the kernels take float32 or float64")
@@ -64,7 +66,8 @@ def take_rows(x, rows, out=None):
     if not (x.flags.c_contiguous and x.flags.aligned):
         raise ValueError("x must be C-contiguous and aligned (a data set is not copied per "
                          "batch: make it contiguous once, np.ascontiguousarray)")
-    if not isinstance(rows, np.ndarray):
+    rows = plain(rows)
+    if type(rows) is not np.ndarray:
         raise TypeError(f"rows must be a numpy.ndarray, got {type(rows).__name__}")
     if rows.dtype != np.int64:
         raise TypeError(f"rows must be int64, got {rows.dtype}")
@@ -72,9 +75,11 @@ def take_rows(x, rows, out=None):
         raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
     if not (rows.flags.c_contiguous and rows.flags.aligned):
         rows = np.array(rows, order="C")      # a fresh array: contiguous and aligned
+    given = out
     out = output("out", out, (rows.shape[0],) + x.shape[1:], x.dtype)
-    if np.may_share_memory(out, x):
-        raise ValueError("out overlaps x (the rows are copied in place, by several threads)")
+    if given is not None:       # (the rows are copied by several threads)
+        refuse_overlap("out", out, "x", x)
+        refuse_overlap("out", out, "rows", rows)
     cdef long count = rows.shape[0]
     cdef long row_bytes = x.itemsize
     cdef long n_rows = x.shape[0], bad = 0, d
@@ -85,7 +90,7 @@ def take_rows(x, rows, out=None):
             raise ValueError(f"rows must be in [0, {n_rows}) (x has no rows)")
         if count and (rows.min() < 0 or rows.max() >= n_rows):
             raise ValueError(f"rows must be in [0, {n_rows})")
-        return out
+        return out if given is None else given
     cdef const int64_t[::1] r = rows
     cdef char *src = <char *> cnp.PyArray_DATA(<cnp.ndarray> x)
     cdef char *dst = <char *> cnp.PyArray_DATA(<cnp.ndarray> out)
@@ -93,4 +98,4 @@ def take_rows(x, rows, out=None):
         bad = _gather(src, n_rows, &r[0], count, row_bytes, dst)
     if bad:
         raise ValueError(f"rows must be in [0, {n_rows}): {bad} are not")
-    return out
+    return out if given is None else given

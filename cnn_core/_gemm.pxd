@@ -9,8 +9,7 @@
 #   _sum_halves), the duo's helper thread taking a second half (_HalfJob, _offer_half,
 #   _take_half, _first_half_and_take, _halves_on_duo, _duo_own, _duo_disown: the duo's state
 #   is static in src/nn_duo.h, one per module that includes it, so only _gemm touches it),
-#   and the Python wrappers' shared pieces (_check_pair, _run, _refuse_overlap,
-#   _overlap_error).
+#   and the Python wrappers' shared pieces (_check_pair, _run, _refuse_overlap).
 #
 # The small helpers called per tile, row or slab are `cdef inline` here: compiled into every
 # module that cimports this file, not called through a pointer. The other functions are
@@ -201,7 +200,6 @@ cdef void _duo_disown() noexcept nogil
 
 # The Python wrappers' shared pieces: argument checks, and a checked product run
 cdef _check_pair(str name_a, object a, str name_b, object b)
-cdef object _overlap_error(str name, str other)
 cdef _refuse_overlap(str name, object buf, tuple named)
 cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndarray c, long k,
               double alpha, double beta, object bias, int relu, bint naive) except -1

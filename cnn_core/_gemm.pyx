@@ -57,7 +57,8 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from cnn_core._checks cimport as_float_array, check_same_dtype, output, check_scalar
+from cnn_core._checks cimport (as_float_array, check_same_dtype, output, check_scalar,
+                              refuse_overlap)
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
 
 # (the kernel tables' types, NN_RELU and NN_CHECK_FINITE: _gemm.pxd)
@@ -653,12 +654,11 @@ cdef _gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta, bint naive):
     beta = check_scalar("beta", beta)
     if beta != 0 and out is None:
         raise ValueError("out is required when beta != 0 (it is read)")
-    given = out is not None
-    out = output("out", out, (m, n), a.dtype)
-    if given:
-        _refuse_overlap("out", out, ("a", a, "b", b))
-    _run(a, trans_a, b, trans_b, out, k, alpha, beta, None, 0, naive)
-    return out
+    c = output("out", out, (m, n), a.dtype)
+    if out is not None:
+        _refuse_overlap("out", c, ("a", a, "b", b))
+    _run(a, trans_a, b, trans_b, c, k, alpha, beta, None, 0, naive)
+    return c if out is None else out        # (the caller's object: a subclass was viewed)
 
 
 def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
@@ -685,29 +685,13 @@ def gemm_naive(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=
     return _gemm(a, b, out, trans_a, trans_b, alpha, beta, True)
 
 
-cdef bint _overlap(object a, object b):
-    # two C-contiguous arrays (or None) whose bytes overlap
-    if a is None or b is None:
-        return False
-    cdef char *pa = <char *> cnp.PyArray_DATA(<cnp.ndarray> a)
-    cdef char *pb = <char *> cnp.PyArray_DATA(<cnp.ndarray> b)
-    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray> a)
-    cdef Py_ssize_t nb = cnp.PyArray_NBYTES(<cnp.ndarray> b)
-    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
-
-
-cdef object _overlap_error(str name, str other):
-    return ValueError(f"{name} overlaps {other} (it is written while that is read)")
-
-
 cdef _refuse_overlap(str name, object buf, tuple named):
     # `buf` is written while the arrays in `named` (name, array-or-None pairs, flattened)
     # are read -- by several threads: one that shares memory with any of them would give a
     # silent wrong answer, so it is refused
     cdef Py_ssize_t i
     for i in range(0, len(named), 2):
-        if _overlap(buf, named[i + 1]):
-            raise _overlap_error(name, named[i])
+        refuse_overlap(name, buf, named[i], named[i + 1])
 
 
 def gemm_kernel_name(dtype=np.float32):

@@ -51,7 +51,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memchr, memset
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_buffer, output,
-                              is_ready, is_buffer)
+                              is_ready, is_buffer, span, overlap_error, READ, WRITTEN)
 from cnn_core._parallel cimport num_threads, MAX_PARTS
 from cnn_core._finite cimport all_finite_span
 from cnn_core._gemm cimport (
@@ -59,7 +59,7 @@ from cnn_core._gemm cimport (
     SPLIT_SLABS, _Split, _HalfJob, _slab_bounds, _tile_shape, _sum_on_two, _rows_finite,
     gemm_slab, gemm_parallel, _split, _slab, _half_product, _sum_halves, _sum_share,
     _offer_half, _take_half, _first_half_and_take, _halves_on_duo, _duo_own, _duo_disown,
-    _check_pair, _overlap_error, _refuse_overlap, _run)
+    _check_pair, _refuse_overlap, _run)
 
 cnp.import_array()
 
@@ -104,13 +104,12 @@ def linear_forward(x, w, b, out=None, *, activation=None):
         check_same_dtype("b", b, x.dtype)
         if b.shape[0] != m:
             raise ValueError(f"b has shape {b.shape}, expected ({m},)")
-    given = out is not None
-    out = output("out", out, (n, m), x.dtype)
-    if given:
-        _refuse_overlap("out", out, ("x", x, "w", w, "b", b))
+    c = output("out", out, (n, m), x.dtype)
+    if out is not None:
+        _refuse_overlap("out", c, ("x", x, "w", w, "b", b))
     cdef int relu = activation == "relu"
-    _run(x, False, w, False, out, d, 1.0, 0.0, b, relu, False)
-    return out
+    _run(x, False, w, False, c, d, 1.0, 0.0, b, relu, False)
+    return c if out is None else out        # (the caller's object: a subclass was viewed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +349,8 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     cdef long m = cnp.PyArray_DIM(<cnp.ndarray> x, 0), k = cnp.PyArray_DIM(<cnp.ndarray> x, 1), n
     cdef bint empty = m == 0 or k == 0
     cdef list keep = []          # the checked arrays (maybe copies), alive until the end
-    cdef list results = []
+    cdef list bufs = []          # the layers' outputs as written (a subclass's view)
+    cdef list results = []       # ... as returned (the caller's objects)
     cdef _Layer *layers = <_Layer *> PyMem_Malloc(nl * sizeof(_Layer))
     if layers == NULL:
         raise MemoryError()
@@ -388,16 +388,19 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
                 if cnp.PyArray_DIM(<cnp.ndarray> b, 0) != n:
                     raise ValueError(f"biases[{l}] has shape {b.shape}, expected ({n},)")
             act = activations[l]        # (checked above)
-            out = None if outs is None else outs[l]
-            if out is None:         # (a new array made directly: `output`'s, without the tuple)
+            given = None if outs is None else outs[l]
+            if given is None:       # (a new array made directly: `output`'s, without the tuple)
                 dims[0] = m
                 dims[1] = n
                 out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32 if single else cnp.NPY_FLOAT64, 0)
-            elif not is_buffer(out, m, n, dtype):
-                out = output(_item(_OUT_NAMES, "outs", l), out, (m, n), dtype)
+            elif not is_buffer(given, m, n, dtype):
+                out = output(_item(_OUT_NAMES, "outs", l), given, (m, n), dtype)
+            else:
+                out = given
             keep.append(w)
             keep.append(b)
-            results.append(out)
+            bufs.append(out)
+            results.append(out if given is None else given)
             layers[l].w = cnp.PyArray_DATA(w)
             layers[l].bias = cnp.PyArray_DATA(b) if b is not None and n > 0 else NULL
             layers[l].out = cnp.PyArray_DATA(out)
@@ -428,7 +431,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
             for l in range(nl):
                 if outs[l] is not None:
                     given.append(_item(_OUT_NAMES, "outs", l))
-                    given.append(results[l])
+                    given.append(bufs[l])
             _check_chain_overlap([x] + keep, given, False)
         if empty:
             # a dimension is zero: layer by layer (NumPy's answers: empty, or bias + ReLU)
@@ -437,9 +440,9 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
                     _take_half(&first)      # (its partial Cs unused)
             inp = x
             for l in range(nl):
-                _run(inp, False, keep[2 * l], False, results[l], layers[l].k, 1.0, 0.0,
+                _run(inp, False, keep[2 * l], False, bufs[l], layers[l].k, 1.0, 0.0,
                      keep[2 * l + 1], layers[l].relu, False)
-                inp = results[l]
+                inp = bufs[l]
         else:
             with nogil:
                 if single:
@@ -501,26 +504,25 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
         raise ValueError(f"w has shape {w.shape}, expected (D, {m}) to match grad_out")
     if x.shape != (n, d):
         raise ValueError(f"x has shape {x.shape}, expected ({n}, {d})")
-    check_buffer("grad_w", grad_w, (d, m), dtype)
+    grad_w = check_buffer("grad_w", grad_w, (d, m), dtype)
     if grad_b is not None:
-        check_buffer("grad_b", grad_b, (m,), dtype)
+        grad_b = check_buffer("grad_b", grad_b, (m,), dtype)
     given = compute_grad_x and grad_x is not None
-    if compute_grad_x:
-        grad_x = output("grad_x", grad_x, (n, d), dtype)
+    gx = output("grad_x", grad_x, (n, d), dtype) if compute_grad_x else None
     _refuse_overlap("grad_w", grad_w, ("grad_out", grad_out, "x", x, "w", w, "grad_b", grad_b))
     if grad_b is not None:
         _refuse_overlap("grad_b", grad_b, ("grad_out", grad_out, "x", x, "w", w))
     if given:
-        _refuse_overlap("grad_x", grad_x, ("grad_out", grad_out, "x", x, "w", w,
-                                           "grad_w", grad_w, "grad_b", grad_b))
+        _refuse_overlap("grad_x", gx, ("grad_out", grad_out, "x", x, "w", w,
+                                       "grad_w", grad_w, "grad_b", grad_b))
     # the arrays are checked: straight to the products (no second round of checks)
     _run(x, True, grad_out, False, grad_w, n, 1.0, 1.0 if accumulate else 0.0, None, 0, False)
     if grad_b is not None:
         _add_column_sums(grad_out, grad_b, accumulate)
     if not compute_grad_x:
         return None
-    _run(grad_out, False, w, True, grad_x, m, 1.0, 0.0, None, 0, False)
-    return grad_x
+    _run(grad_out, False, w, True, gx, m, 1.0, 0.0, None, 0, False)
+    return grad_x if given else gx          # (the caller's object: a subclass was viewed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,6 +708,7 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     one parallel region, each layer's dW and dX products side by side, the ReLU applied to
     each share of dX as it is written.
     """
+    grad_out_arg = grad_out
     grad_out = as_float_array("grad_out", grad_out, 2)
     dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> grad_out)
     xs = _sequence("xs", xs)
@@ -737,6 +740,7 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     cdef list ins = [grad_out]       # read (maybe copies): none may overlap an output
     cdef list outs = []              # written, given by the caller: (name, array) pairs
     cdef list ws = [], xl = [], gws = [], gbs = [], mks = [], gs = []
+    cdef list returned = []          # gs as returned: the caller's objects
     # (the usual arrays answered through the C API; the named checks make the messages)
     for l in range(nl):
         w = weights[l]
@@ -757,10 +761,10 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
             raise ValueError(f"xs[{l}] has shape {x.shape}, expected ({m}, {k})")
         gw = grads_w[l]
         if not is_buffer(gw, k, n, dtype):
-            check_buffer(_item(_GW_NAMES, "grads_w", l), gw, (k, n), dtype)
+            gw = check_buffer(_item(_GW_NAMES, "grads_w", l), gw, (k, n), dtype)
         gb = grads_b[l]
         if gb is not None and not is_buffer(gb, n, -1, dtype):
-            check_buffer(_item(_GB_NAMES, "grads_b", l), gb, (n,), dtype)
+            gb = check_buffer(_item(_GB_NAMES, "grads_b", l), gb, (n,), dtype)
         mk = masks[l]
         if mk is not None:
             if not is_ready(mk, 2, dtype):
@@ -790,33 +794,39 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
         n = cnp.PyArray_DIM(<cnp.ndarray> ws[l], 1)
         if l == nl - 1 and mks[l] is None:
             gs.append(grad_out)
+            # grad_out itself (a subclass's view: the caller's object; a copy: the copy)
+            returned.append(grad_out_arg if _is_view_of(grad_out, grad_out_arg) else grad_out)
             continue
-        buf = work[l] if work is not None else None
-        if buf is None:
+        given = work[l] if work is not None else None
+        if given is None:
             buf = output("", None, (m, n), dtype)
         else:
+            buf = given
             if not is_buffer(buf, m, n, dtype):
-                check_buffer(_item(_WORK_NAMES, "work", l), buf, (m, n), dtype)
+                buf = check_buffer(_item(_WORK_NAMES, "work", l), buf, (m, n), dtype)
             outs.append(_item(_WORK_NAMES, "work", l))
             outs.append(buf)
         gs.append(buf)
+        returned.append(buf if given is None else given)
+    gx = None
     if compute_grad_x:
         k = cnp.PyArray_DIM(<cnp.ndarray> ws[0], 0)
         if grad_x is None:
-            grad_x = output("grad_x", None, (m, k), dtype)
+            gx = grad_x = output("grad_x", None, (m, k), dtype)
         else:
-            if not is_buffer(grad_x, m, k, dtype):
-                check_buffer("grad_x", grad_x, (m, k), dtype)
+            gx = grad_x
+            if not is_buffer(gx, m, k, dtype):
+                gx = check_buffer("grad_x", gx, (m, k), dtype)
             outs.append("grad_x")
-            outs.append(grad_x)
+            outs.append(gx)
     else:
         grad_x = None
     _check_chain_overlap(ins, outs, True)
     if empty or nl > 64:
-        _chain_back_by_layer(grad_out, xl, ws, gws, gbs, mks, gs, grad_x, accumulate)
+        _chain_back_by_layer(grad_out, xl, ws, gws, gbs, mks, gs, gx, accumulate)
         if not check_finite:
-            return grad_x, tuple(gs)
-        return grad_x, tuple(gs), tuple(
+            return grad_x, tuple(returned)
+        return grad_x, tuple(returned), tuple(
             (_finite_array(gws[l]), gbs[l] is None or _finite_array(gbs[l])) for l in range(nl))
     cdef _BackLayer *layers = <_BackLayer *> PyMem_Malloc(nl * sizeof(_BackLayer))
     if layers == NULL:
@@ -835,7 +845,7 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
             L.gw = cnp.PyArray_DATA(<cnp.ndarray> gws[l])
             L.gb = cnp.PyArray_DATA(<cnp.ndarray> gbs[l]) if gbs[l] is not None else NULL
             L.g = cnp.PyArray_DATA(<cnp.ndarray> gs[l])
-            below = gs[l - 1] if l > 0 else grad_x
+            below = gs[l - 1] if l > 0 else gx
             L.gx = cnp.PyArray_DATA(<cnp.ndarray> below) if below is not None else NULL
             L.mask = (cnp.PyArray_DATA(<cnp.ndarray> mks[l - 1])
                       if l > 0 and mks[l - 1] is not None else NULL)
@@ -858,8 +868,8 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     finally:
         PyMem_Free(layers)
     if check_finite:
-        return grad_x, tuple(gs), finite
-    return grad_x, tuple(gs)
+        return grad_x, tuple(returned), finite
+    return grad_x, tuple(returned)
 
 
 cdef bint _finite_array(cnp.ndarray a):
@@ -871,13 +881,11 @@ cdef bint _finite_array(cnp.ndarray a):
     return all_finite_span(<const double *> p, n)
 
 
-cdef inline void _span(object a, char **lo, char **hi) noexcept:
-    # the bytes of a C-contiguous array (or None, or an empty one: none) as [lo, hi)
-    if a is None or cnp.PyArray_NBYTES(<cnp.ndarray> a) == 0:
-        lo[0] = hi[0] = NULL
-        return
-    lo[0] = <char *> cnp.PyArray_DATA(<cnp.ndarray> a)
-    hi[0] = lo[0] + cnp.PyArray_NBYTES(<cnp.ndarray> a)
+cdef bint _is_view_of(object view, object arg):
+    # view (a checked array) is arg's memory as it is: arg itself, or its base-class view
+    return view is arg or (cnp.PyArray_Check(arg)
+                           and cnp.PyArray_DATA(<cnp.ndarray> view)
+                           == cnp.PyArray_DATA(<cnp.ndarray> arg))
 
 
 cdef _check_chain_overlap(list ins, list outs, bint backward):
@@ -894,19 +902,19 @@ cdef _check_chain_overlap(list ins, list outs, bint backward):
     cdef char **outs_hi = spans + 2 * ni + no
     try:
         for j in range(ni):
-            _span(ins[j], &ins_lo[j], &ins_hi[j])
+            span(ins[j], &ins_lo[j], &ins_hi[j])
         for i in range(no):
-            _span(outs[2 * i + 1], &outs_lo[i], &outs_hi[i])
+            span(outs[2 * i + 1], &outs_lo[i], &outs_hi[i])
         for i in range(no):
             if outs_lo[i] == NULL:
                 continue
             for j in range(ni):
                 if ins_lo[j] != NULL and outs_lo[i] < ins_hi[j] and ins_lo[j] < outs_hi[i]:
-                    raise _overlap_error(outs[2 * i], _chain_input_name(j, backward))
+                    raise overlap_error(outs[2 * i], _chain_input_name(j, backward), READ)
             for j in range(no):
                 if (j != i and outs_lo[j] != NULL and outs_lo[i] < outs_hi[j]
                         and outs_lo[j] < outs_hi[i]):
-                    raise _overlap_error(outs[2 * i], outs[2 * j])
+                    raise overlap_error(outs[2 * i], outs[2 * j], WRITTEN)
     finally:
         PyMem_Free(spans)
 

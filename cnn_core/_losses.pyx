@@ -8,6 +8,10 @@
 
 Sums are accumulated in double, in a fixed order (contiguous spans per thread, partial sums
 added in span order), so the loss is reproducible for a given thread count.
+
+In place: `grad` may be the logits (pred) array itself -- each row, or value, is read
+before it is written -- and, for mse and bce_with_logits, the target itself; any other
+overlap with them, and any overlap with the labels, is a ValueError.
 """
 import numpy as np
 
@@ -17,7 +21,8 @@ from libc.math cimport exp, expf, log, log1p, fabs
 from libc.stdint cimport int64_t
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, output,
-                               as_labels, label_range_error)
+                               as_labels, label_range_error, plain, refuse_overlap, READ,
+                               IN_PLACE)
 from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS, SPAN_MIN
 
 cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, long n, long c,
@@ -26,12 +31,14 @@ cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, l
     # grad[i, j] = (softmax(z_i)_j - [j == y_i]) * inv_batch, softmax as exp(z - max) / total
     # (exact to rounding even for huge logits, where exp(z - lse) would lose digits).
     # A label outside [0, c) is counted in *bad and its row skipped (the caller raises).
+    # (in place, grad = z: each value of the row is read before it is written over)
     cdef long i, j
-    cdef double mx, e, total, lse, scale, loss = 0
+    cdef double mx, e, total, lse, scale, zy, loss = 0
     for i in range(n):
         if labels[i] < 0 or labels[i] >= c:
             bad[0] += 1
             continue
+        zy = z[i * c + labels[i]]
         mx = z[i * c]
         for j in range(1, c):
             if z[i * c + j] > mx:
@@ -45,7 +52,7 @@ cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, l
             total += e
             grad[i * c + j] = <floating> e
         lse = mx + log(total)
-        loss += lse - z[i * c + labels[i]]
+        loss += lse - zy
         scale = inv_batch / total
         for j in range(c):
             grad[i * c + j] = <floating> (grad[i * c + j] * scale)
@@ -97,7 +104,8 @@ def softmax_cross_entropy(logits, labels, grad=None):
 
     logits (N, C) float, labels (N,) integer in [0, C) -> (float, grad (N, C)).
     loss = mean_i (log sum_j exp(z_ij) - z_i,y_i); grad = (softmax(z) - onehot(y)) / N.
-    Stable for any finite logits (the row maximum is subtracted before exp).
+    Stable for any finite logits (the row maximum is subtracted before exp). grad may be
+    logits itself (in place), and must not overlap logits otherwise, nor the labels.
     """
     logits = as_float_array("logits", logits, 2)
     cdef long n = logits.shape[0], c = logits.shape[1]
@@ -106,17 +114,20 @@ def softmax_cross_entropy(logits, labels, grad=None):
     if c == 0:
         raise ValueError("logits: no classes (C = 0)")
     # the label range is checked in C before the kernel runs (no NumPy min/max passes)
-    labels_in = labels
-    labels = as_labels("labels", labels, n, c, False)
-    grad = output("grad", grad, logits.shape, logits.dtype)
+    labels_in = plain(labels)
+    labels = as_labels("labels", labels_in, n, c, False)
+    g = output("grad", grad, logits.shape, logits.dtype)
+    if grad is not None:
+        refuse_overlap("grad", g, "logits", logits, IN_PLACE)
+        refuse_overlap("grad", g, "labels", labels, READ)
     cdef long bad = 0
     if logits.dtype == np.float32:
-        loss = _sce[float](logits, labels, grad, &bad)
+        loss = _sce[float](logits, labels, g, &bad)
     else:
-        loss = _sce[double](logits, labels, grad, &bad)
+        loss = _sce[double](logits, labels, g, &bad)
     if bad:
         raise label_range_error("labels", labels_in, c)
-    return loss, grad
+    return loss, (g if grad is None else grad)
 
 
 cdef double mse_span(const floating *p, const floating *t, floating *g, long n,
@@ -184,18 +195,22 @@ cdef _pointwise_loss(bint bce, str name_a, a, str name_b, b, grad):
     check_same_shape(name_b, b, a.shape)
     if a.size == 0:
         raise ValueError(f"{name_a}: empty input; the mean loss is undefined")
-    grad = output("grad", grad, a.shape, a.dtype)
+    g = output("grad", grad, a.shape, a.dtype)
+    if grad is not None:
+        refuse_overlap("grad", g, name_a, a, IN_PLACE)
+        refuse_overlap("grad", g, name_b, b, IN_PLACE)
     if a.dtype == np.float32:
-        loss = _pointwise[float](bce, a.reshape(-1), b.reshape(-1), grad.reshape(-1))
+        loss = _pointwise[float](bce, a.reshape(-1), b.reshape(-1), g.reshape(-1))
     else:
-        loss = _pointwise[double](bce, a.reshape(-1), b.reshape(-1), grad.reshape(-1))
-    return loss, grad
+        loss = _pointwise[double](bce, a.reshape(-1), b.reshape(-1), g.reshape(-1))
+    return loss, (g if grad is None else grad)
 
 
 def mse(pred, target, grad=None):
     """Mean squared error: (mean((pred - target)^2), 2 (pred - target) / pred.size).
 
-    pred and target: the same shape and dtype."""
+    pred and target: the same shape and dtype. grad may be pred or target itself (in
+    place), and must not overlap them otherwise."""
     return _pointwise_loss(False, "pred", pred, "target", target, grad)
 
 
@@ -203,5 +218,6 @@ def bce_with_logits(logits, target, grad=None):
     """Binary cross-entropy on logits, fused with the sigmoid and stable for any finite z:
     (mean(max(z, 0) - z t + log(1 + exp(-|z|))), (sigmoid(z) - t) / size).
 
-    logits and target (probabilities in [0, 1]): the same shape and dtype."""
+    logits and target (probabilities in [0, 1]): the same shape and dtype. grad may be
+    logits or target itself (in place), and must not overlap them otherwise."""
     return _pointwise_loss(True, "logits", logits, "target", target, grad)

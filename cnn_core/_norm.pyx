@@ -17,6 +17,11 @@ Threads take contiguous ranges of samples (as the convolutions and pooling do: e
 then reads what it wrote); each sample's sums per channel are in double, in 32 interleaved
 lanes (_lanes.pxd, src/nn_lanes.h: the same bits on every ISA), and each channel's total
 adds them in sample order on one thread, so the bits do not depend on the thread count.
+
+In place: the forward's out may be x itself, the backward's grad_x may be grad_out or x
+itself (the statistics and sums are taken over the whole input first, then each value is
+read before it is written). Any other overlap between the arrays of a call -- a shifted
+view, a statistic in another buffer, the running statistics -- is a ValueError.
 """
 import numpy as np
 
@@ -24,7 +29,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, output, check_scalar
+from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
+                              output, check_scalar, refuse_overlaps)
 from cnn_core._parallel cimport num_threads, span_parts
 from cnn_core._lanes cimport lane_sum, LANE_SUM, LANE_SUM_SQ_DEV, LANE_SUM_G_DEV
 
@@ -256,7 +262,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training, mo
     gamma, beta, running_mean, running_var: (C,). training=True normalises with the batch's
     statistics and updates the running ones in place; training=False uses the running ones.
     Returns (out, save_mean, save_invstd): the normalised output (x's shape) and the mean
-    and 1/sqrt(var + eps) used, (C,) each, which batchnorm_backward needs.
+    and 1/sqrt(var + eps) used, (C,) each, which batchnorm_backward needs. out may be x
+    itself (in place); no other two arrays of the call may share memory.
     """
     x = as_float_array("x", x)
     N, C, S = _ncs(x)
@@ -265,30 +272,37 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training, mo
     beta = check_same_dtype("beta", as_float_array("beta", beta, 1), dtype)
     check_same_shape("gamma", gamma, (C,))
     check_same_shape("beta", beta, (C,))
-    check_buffer("running_mean", running_mean, (C,), dtype)
-    check_buffer("running_var", running_var, (C,), dtype)
+    running_mean = check_buffer("running_mean", running_mean, (C,), dtype)
+    running_var = check_buffer("running_var", running_var, (C,), dtype)
     m = check_scalar("momentum", momentum, 0.0, True, 1.0, True)
     e = check_scalar("eps", eps, 0.0, False)
     if training and N * S <= 1 and C > 0:
         raise ValueError(f"x: batch normalisation in training mode needs more than 1 value "
                          f"per channel, got shape {x.shape}")
-    out = output("out", out, x.shape, dtype)
-    save_mean = output("save_mean", save_mean, (C,), dtype)
-    save_invstd = output("save_invstd", save_invstd, (C,), dtype)
+    given = (out, save_mean, save_invstd)
+    y = output("out", out, x.shape, dtype)
+    mean = output("save_mean", save_mean, (C,), dtype)
+    invstd = output("save_invstd", save_invstd, (C,), dtype)
+    refuse_overlaps((("running_mean", running_mean, ()), ("running_var", running_var, ()),
+                     ("out", y if out is not None else None, ("x",)),
+                     ("save_mean", mean if save_mean is not None else None, ()),
+                     ("save_invstd", invstd if save_invstd is not None else None, ())),
+                    (("x", x), ("gamma", gamma), ("beta", beta)))
     if C == 0:
-        return out, save_mean, save_invstd
-    if N * S == 0:
+        pass
+    elif N * S == 0:
         # nothing to normalise; eval-mode statistics still describe the layer
-        np.copyto(save_mean, running_mean)
-        np.copyto(save_invstd, 1 / np.sqrt(running_var + e))
-        return out, save_mean, save_invstd
-    args = (x.reshape(-1), out.reshape(-1), N, C, S, gamma, beta, running_mean, running_var,
-            save_mean, save_invstd, bool(training), m, e)
-    if dtype == np.float32:
-        _forward_typed[float](*args)
+        np.copyto(mean, running_mean)
+        np.copyto(invstd, 1 / np.sqrt(running_var + e))
     else:
-        _forward_typed[double](*args)
-    return out, save_mean, save_invstd
+        args = (x.reshape(-1), y.reshape(-1), N, C, S, gamma, beta, running_mean, running_var,
+                mean, invstd, bool(training), m, e)
+        if dtype == np.float32:
+            _forward_typed[float](*args)
+        else:
+            _forward_typed[double](*args)
+    # (the caller's objects: a subclass was written through a view)
+    return tuple(made if g is None else g for made, g in zip((y, mean, invstd), given))
 
 
 def batchnorm_backward(grad_out, x, gamma, save_mean, save_invstd, grad_gamma, grad_beta,
@@ -296,7 +310,8 @@ def batchnorm_backward(grad_out, x, gamma, save_mean, save_invstd, grad_gamma, g
     """Backward of batchnorm_forward, accumulating grad_gamma and grad_beta (C,) in place.
 
     grad_out and x: (N, C) or (N, C, H, W); save_mean, save_invstd: from the forward pass.
-    Returns grad_x (x's shape), or None when compute_grad_x is False.
+    Returns grad_x (x's shape), or None when compute_grad_x is False. grad_x may be grad_out
+    or x itself (in place); no other two arrays of the call may share memory.
     """
     grad_out = as_float_array("grad_out", grad_out)
     dtype = grad_out.dtype
@@ -309,15 +324,19 @@ def batchnorm_backward(grad_out, x, gamma, save_mean, save_invstd, grad_gamma, g
                                    dtype)
     for name, arr in (("gamma", gamma), ("save_mean", save_mean), ("save_invstd", save_invstd)):
         check_same_shape(name, arr, (C,))
-    check_buffer("grad_gamma", grad_gamma, (C,), dtype)
-    check_buffer("grad_beta", grad_beta, (C,), dtype)
-    grad_x = output("grad_x", grad_x, x.shape, dtype) if compute_grad_x else None
-    if C == 0 or N * S == 0:
-        return grad_x
-    args = (grad_out.reshape(-1), x.reshape(-1), grad_x.reshape(-1) if grad_x is not None else None,
-            N, C, S, gamma, save_mean, save_invstd, grad_gamma, grad_beta, bool(training))
-    if dtype == np.float32:
-        _backward_typed[float](*args)
-    else:
-        _backward_typed[double](*args)
-    return grad_x
+    grad_gamma = check_buffer("grad_gamma", grad_gamma, (C,), dtype)
+    grad_beta = check_buffer("grad_beta", grad_beta, (C,), dtype)
+    given = compute_grad_x and grad_x is not None
+    gx = output("grad_x", grad_x, x.shape, dtype) if compute_grad_x else None
+    refuse_overlaps((("grad_gamma", grad_gamma, ()), ("grad_beta", grad_beta, ()),
+                     ("grad_x", gx if given else None, ("grad_out", "x"))),
+                    (("grad_out", grad_out), ("x", x), ("gamma", gamma),
+                     ("save_mean", save_mean), ("save_invstd", save_invstd)))
+    if C > 0 and N * S > 0:
+        args = (grad_out.reshape(-1), x.reshape(-1), gx.reshape(-1) if gx is not None else None,
+                N, C, S, gamma, save_mean, save_invstd, grad_gamma, grad_beta, bool(training))
+        if dtype == np.float32:
+            _backward_typed[float](*args)
+        else:
+            _backward_typed[double](*args)
+    return grad_x if given else gx

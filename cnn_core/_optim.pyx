@@ -15,6 +15,11 @@ arithmetic on subnormals is ~100x slower.
 
 The arithmetic is done in the parameter's dtype, in the order torch.optim does it, so a
 float64 step equals PyTorch's to rounding.
+
+No array of an update shares memory with another: a parameter, velocity or moment written
+while a gradient (or another of them) is read would change what the rest of the update
+reads (ValueError naming the two). Gradients may share memory with each other (two
+parameters with one gradient array): they are only read.
 """
 import numpy as np
 
@@ -22,10 +27,12 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 from libc.stdint cimport uint32_t, uint64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, free, qsort
+from libc.stdint cimport uintptr_t
 cimport numpy as cnp
 
-from cnn_core._checks cimport as_float_array, check_same_dtype, check_same_shape, check_buffer, check_scalar
+from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
+                              check_scalar, plain, refuse_overlaps)
 from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN, MAX_PARTS
 from cnn_core._finite cimport all_finite_span
 
@@ -119,8 +126,10 @@ cdef long _one_array(char *p, char *g, char *a, char *b, long n, int kind, doubl
                      decay, dummy)
 
 
-cdef _param_and_grad(param, grad):
-    if not isinstance(param, np.ndarray):
+cdef tuple _param_and_grad(param, grad):
+    # (param, grad) checked: a subclass's base-class view, a gradient copied if need be
+    param = plain(param)
+    if type(param) is not np.ndarray:
         raise TypeError(f"param must be a numpy.ndarray, got {type(param).__name__}")
     if param.dtype != np.float32 and param.dtype != np.float64:
         raise TypeError(f"param has dtype {param.dtype}; the kernels take float32 or float64")
@@ -128,7 +137,7 @@ cdef _param_and_grad(param, grad):
     grad = as_float_array("grad", grad)
     check_same_dtype("grad", grad, param.dtype)
     check_same_shape("grad", grad, param.shape)
-    return grad
+    return param, grad
 
 
 def sgd_update(param, grad, lr, *, momentum=0.0, velocity=None, weight_decay=0.0,
@@ -138,8 +147,9 @@ def sgd_update(param, grad, lr, *, momentum=0.0, velocity=None, weight_decay=0.0
     d = grad + weight_decay * param; with momentum: velocity = momentum * velocity + d and
     d = d + momentum * velocity (Nesterov) or d = velocity; param -= lr * d.
     `velocity` (zeros at the start, owned by the caller) is required when momentum != 0.
+    No two of param, grad and velocity may share memory.
     """
-    grad = _param_and_grad(param, grad)
+    param, grad = _param_and_grad(param, grad)
     lr = check_scalar("lr", lr, 0.0)
     mu = check_scalar("momentum", momentum, 0.0)
     wd = check_scalar("weight_decay", weight_decay, 0.0)
@@ -148,10 +158,12 @@ def sgd_update(param, grad, lr, *, momentum=0.0, velocity=None, weight_decay=0.0
     if mu != 0:
         if velocity is None:
             raise ValueError("velocity is required when momentum != 0")
-        check_buffer("velocity", velocity, param.shape, param.dtype)
-        velocity = velocity.reshape(-1)
+        velocity = check_buffer("velocity", velocity, param.shape, param.dtype)
     else:
         velocity = None
+    refuse_overlaps((("param", param, ()), ("velocity", velocity, ())), (("grad", grad),))
+    if velocity is not None:
+        velocity = velocity.reshape(-1)
     if param.dtype == np.float32:
         _sgd[float](param.reshape(-1), grad.reshape(-1), velocity, lr, mu, wd, bool(nesterov))
     else:
@@ -181,11 +193,13 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0
     """One step of Adam (torch.optim.Adam), or AdamW with decoupled=True, in place on
     `param`, `m` and `v` (first and second moments, zeros at the start, owned by the caller).
 
-    `step` counts from 1 and includes this update (bias corrections 1 - beta**step).
+    `step` counts from 1 and includes this update (bias corrections 1 - beta**step). No two
+    of param, grad, m and v may share memory.
     """
-    grad = _param_and_grad(param, grad)
-    check_buffer("m", m, param.shape, param.dtype)
-    check_buffer("v", v, param.shape, param.dtype)
+    param, grad = _param_and_grad(param, grad)
+    m = check_buffer("m", m, param.shape, param.dtype)
+    v = check_buffer("v", v, param.shape, param.dtype)
+    refuse_overlaps((("param", param, ()), ("m", m, ()), ("v", v, ())), (("grad", grad),))
     args = (param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1)) + \
         _adam_scalars(step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if param.dtype == np.float32:
@@ -250,9 +264,12 @@ cdef struct _Tensors:
 
 
 cdef class _TensorList:
-    # the raw pointers of a list of (param, grad, a, b) arrays, held alive by `keep`
+    # the raw pointers of a list of (param, grad, a, b) arrays, held alive by `keep` (the
+    # gradients as read) and `views` (the views of subclasses); `single`: float32
     cdef _Tensors t
     cdef list keep
+    cdef list views
+    cdef bint single
 
     def __dealloc__(self):
         free(self.t.p)
@@ -267,9 +284,10 @@ cdef inline char *_data(object arr):
 
 
 cdef inline bint _like(object x, cnp.ndarray param, bint written):
-    # x: an ndarray of param's dtype object and shape, C-contiguous and aligned (and
-    # writeable when written in place) -- what the named checks below accept unchanged
-    if not cnp.PyArray_Check(x):
+    # x: an ndarray (not a subclass) of param's dtype object and shape, C-contiguous and
+    # aligned (and writeable when written in place) -- what the named checks below accept
+    # unchanged
+    if not cnp.PyArray_CheckExact(x):
         return False
     cdef cnp.ndarray a = <cnp.ndarray> x
     cdef int i, nd = cnp.PyArray_NDIM(param)
@@ -290,11 +308,13 @@ cdef bint _all_ready(list params, list grads, list a_list, list b_list, long n,
     # (tl to be filled again) when anything would need the named checks.
     cdef long i, total = 0
     cdef cnp.ndarray param
+    if not cnp.PyArray_CheckExact(params[0]):
+        return False
     cdef object dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> params[0])
     if dtype is not _F32 and dtype is not _F64:
         return False
     for i in range(n):
-        if not cnp.PyArray_Check(params[i]):
+        if not cnp.PyArray_CheckExact(params[i]):
             return False
         param = <cnp.ndarray> params[i]
         if (<object> cnp.PyArray_DESCR(param) is not dtype or not _like(param, param, True)
@@ -310,6 +330,7 @@ cdef bint _all_ready(list params, list grads, list a_list, list b_list, long n,
         total += cnp.PyArray_SIZE(param)
     tl.t.offset[n] = total
     tl.keep = grads
+    tl.single = dtype is _F32
     return True
 
 
@@ -327,6 +348,7 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     if b_list is not None and len(b_list) != n:
         raise ValueError(f"{b_name} has {len(b_list)} arrays, params {n}")
     tl.keep = []
+    tl.views = []
     tl.t.count = n
     tl.t.p = <char **> malloc(n * sizeof(char *))
     tl.t.g = <char **> malloc(n * sizeof(char *))
@@ -336,37 +358,100 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     if (tl.t.p == NULL or tl.t.g == NULL or tl.t.a == NULL or tl.t.b == NULL
             or tl.t.offset == NULL):
         raise MemoryError()
-    first = params[0]
-    if not isinstance(first, np.ndarray):
-        raise TypeError(f"params[0] must be a numpy.ndarray, got {type(first).__name__}")
-    dtype = first.dtype
-    if dtype != np.float32 and dtype != np.float64:
-        raise TypeError(f"params[0] has dtype {dtype}; the kernels take float32 or float64")
-    if _all_ready(params, grads, a_list, b_list, n, tl):
-        tl.t.parts = span_parts(tl.t.offset[n], SPAN_MIN, num_threads())
-        return tl
-    for i in range(n):
-        param = params[i]
-        if not isinstance(param, np.ndarray):
-            raise TypeError(f"params[{i}] must be a numpy.ndarray, got {type(param).__name__}")
-        check_buffer(f"params[{i}]", param, param.shape, dtype)
-        grad = as_float_array(f"grads[{i}]", grads[i])     # copied if not contiguous
-        check_same_dtype(f"grads[{i}]", grad, dtype)
-        check_same_shape(f"grads[{i}]", grad, param.shape)
-        tl.keep.append(grad)
-        tl.t.p[i] = _data(param)
-        tl.t.g[i] = _data(grad)
-        tl.t.a[i] = NULL
-        tl.t.b[i] = NULL
-        if a_list is not None:
-            tl.t.a[i] = _data(check_buffer(f"{a_name}[{i}]", a_list[i], param.shape, dtype))
-        if b_list is not None:
-            tl.t.b[i] = _data(check_buffer(f"{b_name}[{i}]", b_list[i], param.shape, dtype))
-        tl.t.offset[i] = total
-        total += param.size
-    tl.t.offset[n] = total
-    tl.t.parts = span_parts(total, SPAN_MIN, num_threads())
+    if not _all_ready(params, grads, a_list, b_list, n, tl):
+        # the named checks (a subclass through its base-class view, kept alive in tl.views)
+        first = plain(params[0])
+        if type(first) is not np.ndarray:
+            raise TypeError(f"params[0] must be a numpy.ndarray, got {type(first).__name__}")
+        dtype = first.dtype
+        if dtype != np.float32 and dtype != np.float64:
+            raise TypeError(f"params[0] has dtype {dtype}; the kernels take float32 or float64")
+        for i in range(n):
+            param = plain(params[i])
+            if type(param) is not np.ndarray:
+                raise TypeError(f"params[{i}] must be a numpy.ndarray, got "
+                                f"{type(param).__name__}")
+            param = check_buffer(f"params[{i}]", param, param.shape, dtype)
+            grad = as_float_array(f"grads[{i}]", grads[i])     # copied if not contiguous
+            check_same_dtype(f"grads[{i}]", grad, dtype)
+            check_same_shape(f"grads[{i}]", grad, param.shape)
+            tl.keep.append(grad)
+            tl.views.append(param)
+            tl.t.p[i] = _data(param)
+            tl.t.g[i] = _data(grad)
+            tl.t.a[i] = NULL
+            tl.t.b[i] = NULL
+            if a_list is not None:
+                a = check_buffer(f"{a_name}[{i}]", a_list[i], param.shape, dtype)
+                tl.views.append(a)
+                tl.t.a[i] = _data(a)
+            if b_list is not None:
+                b = check_buffer(f"{b_name}[{i}]", b_list[i], param.shape, dtype)
+                tl.views.append(b)
+                tl.t.b[i] = _data(b)
+            tl.t.offset[i] = total
+            total += param.size
+        tl.t.offset[n] = total
+        tl.single = dtype == np.float32
+    tl.t.parts = span_parts(tl.t.offset[n], SPAN_MIN, num_threads())
+    cdef int met = _spans_meet(&tl.t, sizeof(float) if tl.single else sizeof(double))
+    if met < 0:
+        raise MemoryError()
+    if met:         # name the first overlap, in the order the NumPy twin searches
+        written = [(f"params[{i}]", plain(params[i]), ()) for i in range(n)]
+        for name, arrays in ((a_name, a_list), (b_name, b_list)):
+            if arrays is not None:
+                written += [(f"{name}[{i}]", plain(arrays[i]), ()) for i in range(n)]
+        refuse_overlaps(tuple(written), tuple((f"grads[{i}]", tl.keep[i]) for i in range(n)))
     return tl
+
+
+cdef struct _Span:
+    uintptr_t lo
+    uintptr_t hi
+    bint written
+
+
+cdef int _by_start(const void *a, const void *b) noexcept nogil:
+    cdef uintptr_t x = (<const _Span *> a).lo, y = (<const _Span *> b).lo
+    return -1 if x < y else (1 if x > y else 0)
+
+
+cdef int _spans_meet(_Tensors *t, size_t itemsize) noexcept nogil:
+    # 1 when an array the step writes (a parameter, velocity or moment) shares memory with
+    # any other array of the lists (gradients may share with each other: they are only
+    # read); -1 when out of memory. The spans sorted by start: each one meets a span before
+    # it exactly when it starts before the farthest end of those (of the written ones, for
+    # a gradient).
+    cdef long n = t.count, i, k = 0, which
+    cdef size_t size
+    cdef char *ptr
+    cdef uintptr_t reach_all = 0, reach_written = 0
+    cdef int met = 0
+    cdef _Span *s = <_Span *> malloc(4 * n * sizeof(_Span) + 1)
+    if s == NULL:
+        return -1
+    for i in range(n):
+        size = (t.offset[i + 1] - t.offset[i]) * itemsize
+        for which in range(4):
+            ptr = (t.p[i] if which == 0 else t.g[i] if which == 1 else
+                   t.a[i] if which == 2 else t.b[i])
+            if ptr != NULL and size > 0:
+                s[k].lo = <uintptr_t> ptr
+                s[k].hi = <uintptr_t> ptr + size
+                s[k].written = which != 1
+                k += 1
+    qsort(s, k, sizeof(_Span), _by_start)
+    for i in range(k):
+        if s[i].lo < (reach_all if s[i].written else reach_written):
+            met = 1
+            break
+        if s[i].hi > reach_all:
+            reach_all = s[i].hi
+        if s[i].written and s[i].hi > reach_written:
+            reach_written = s[i].hi
+    free(s)
+    return met
 
 
 cdef bint _piece(_Tensors *t, long i, long off, long n, int kind, floating lr, floating mu,
@@ -441,11 +526,11 @@ cdef long _step_all(_Tensors *t, int kind, bint check, double lr, double mu, dou
     return -1
 
 
-cdef long _run_step(_TensorList tl, object dtype, int kind, bint check, double lr, double mu,
-                    double wd, bint nesterov, double step_size, double bc2_sqrt, double b1,
-                    double b2, double eps, double decay):
+cdef long _run_step(_TensorList tl, int kind, bint check, double lr, double mu, double wd,
+                    bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
+                    double eps, double decay):
     cdef long result
-    cdef bint single = dtype == np.float32
+    cdef bint single = tl.single
     with nogil:
         if single:
             result = _step_all(&tl.t, kind, check, lr, mu, wd, nesterov, step_size, bc2_sqrt,
@@ -473,7 +558,7 @@ def sgd_step(params, grads, velocities, lr, *, momentum=0.0, weight_decay=0.0,
         raise ValueError("velocities are required when momentum != 0")
     vel = list(velocities) if mu != 0 else None
     cdef _TensorList tl = _tensor_list(params, grads, vel, "velocities", None, "")
-    return _run_step(tl, params[0].dtype, KIND_SGD, bool(check_finite), lr, mu, wd,
+    return _run_step(tl, KIND_SGD, bool(check_finite), lr, mu, wd,
                      bool(nesterov), 0, 0, 0, 0, 0, 1)
 
 
@@ -488,5 +573,5 @@ def adam_step(params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay=0
     step_size, bc2_sqrt, b1, b2, eps, wd, decay = _adam_scalars(
         step, lr, beta1, beta2, eps, weight_decay, decoupled)
     cdef _TensorList tl = _tensor_list(params, grads, list(ms), "ms", list(vs), "vs")
-    return _run_step(tl, params[0].dtype, KIND_ADAM, bool(check_finite), 0, 0, wd, False,
+    return _run_step(tl, KIND_ADAM, bool(check_finite), 0, 0, wd, False,
                      step_size, bc2_sqrt, b1, b2, eps, decay)

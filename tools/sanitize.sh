@@ -55,7 +55,8 @@ KERNEL_TESTS=(
     tests/kernels/test_kernel_threads.py tests/kernels/test_kernels_hypothesis.py
     tests/kernels/test_fuzz.py tests/kernels/test_linear_chain.py
     tests/kernels/test_linear_chain_backward.py tests/kernels/test_duo.py
-    tests/kernels/test_take_rows.py
+    tests/kernels/test_take_rows.py tests/kernels/test_lying_arrays.py
+    tests/kernels/test_overlapping_buffers.py
 )
 if [ $# -gt 0 ]; then
     TESTS=("$@")

@@ -12,9 +12,10 @@ The kernel contract both follow (in full in ``docs/design.md``): arrays are
 else a ``TypeError`` naming the argument; shapes that do not fit are a ``ValueError``
 naming it; ``out=`` / ``grad=`` buffers and arrays updated in place must be C-contiguous,
 writeable, of the exact shape and dtype (they are written and returned: a training step
-allocates nothing), and those of gemm and the linear kernels must not share memory with
-their inputs or each other; zero-size dimensions give NumPy's result, but a loss over an
-empty batch is an error.
+allocates nothing), and must not share memory with the inputs or each other -- except
+exactly the input they are computed from, where a kernel allows it in place (its docstring
+says so); an ndarray subclass is read as the memory it views, whatever its properties say;
+zero-size dimensions give NumPy's result, but a loss over an empty batch is an error.
 
 =================  ==============================  ===================================
 module             compiled kernels it mirrors     twins

@@ -12,15 +12,16 @@ def relu_forward(x, out=None):
     ----------
     x : ndarray, any shape
     out : ndarray of x's shape, optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray of x's shape
     """
     # x (...) -> out (...)
-    x, out = _checks.elementwise("x", x, out)
-    out[...] = np.maximum(x, 0)
-    return out
+    x, result = _checks.elementwise("x", x, out)
+    result[...] = np.maximum(x, 0)
+    return _checks.given(out, result)
 
 
 def relu_backward(grad_out, x, out=None):
@@ -34,15 +35,16 @@ def relu_backward(grad_out, x, out=None):
     x : ndarray of grad_out's shape
         The forward input.
     out : ndarray, optional
+        May be grad_out or x itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray, dL/dx
     """
     # grad_out (...), x (...) -> out (...)
-    grad_out, x, out = _checks.elementwise("grad_out", grad_out, out, "x", x)
-    out[...] = grad_out * (x > 0)
-    return out
+    grad_out, x, result = _checks.elementwise("grad_out", grad_out, out, "x", x)
+    result[...] = grad_out * (x > 0)
+    return _checks.given(out, result)
 
 
 def leaky_relu_forward(x, negative_slope=0.01, out=None):
@@ -53,15 +55,16 @@ def leaky_relu_forward(x, negative_slope=0.01, out=None):
     x : ndarray, any shape
     negative_slope : float
     out : ndarray, optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray of x's shape
     """
     # x (...) -> out (...)
-    x, slope, out = _checks.elementwise("x", x, out, negative_slope=negative_slope)
-    out[...] = np.where(x > 0, x, slope * x)
-    return out
+    x, slope, result = _checks.elementwise("x", x, out, negative_slope=negative_slope)
+    result[...] = np.where(x > 0, x, slope * x)
+    return _checks.given(out, result)
 
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01, out=None):
@@ -74,16 +77,17 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01, out=None):
         The forward input.
     negative_slope : float
     out : ndarray, optional
+        May be grad_out or x itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray, dL/dx
     """
     # grad_out (...), x (...) -> out (...)
-    grad_out, x, slope, out = _checks.elementwise("grad_out", grad_out, out, "x", x,
+    grad_out, x, slope, result = _checks.elementwise("grad_out", grad_out, out, "x", x,
                                                   negative_slope=negative_slope)
-    out[...] = np.where(x > 0, grad_out, slope * grad_out)
-    return out
+    result[...] = np.where(x > 0, grad_out, slope * grad_out)
+    return _checks.given(out, result)
 
 
 def sigmoid_forward(x, out=None):
@@ -96,16 +100,17 @@ def sigmoid_forward(x, out=None):
     ----------
     x : ndarray, any shape
     out : ndarray, optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray of x's shape, values in [0, 1]
     """
     # x (...) -> out (...)
-    x, out = _checks.elementwise("x", x, out)
+    x, result = _checks.elementwise("x", x, out)
     e = np.exp(-np.abs(x))
-    out[...] = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-    return out
+    result[...] = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return _checks.given(out, result)
 
 
 def sigmoid_backward(grad_out, y, out=None):
@@ -120,15 +125,16 @@ def sigmoid_backward(grad_out, y, out=None):
     y : ndarray of grad_out's shape
         The forward output, ``sigmoid(x)``.
     out : ndarray, optional
+        May be grad_out or y itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray, dL/dx
     """
     # grad_out (...), y (...) -> out (...)
-    grad_out, y, out = _checks.elementwise("grad_out", grad_out, out, "y", y)
-    out[...] = grad_out * y * (1 - y)
-    return out
+    grad_out, y, result = _checks.elementwise("grad_out", grad_out, out, "y", y)
+    result[...] = grad_out * y * (1 - y)
+    return _checks.given(out, result)
 
 
 def tanh_forward(x, out=None):
@@ -138,15 +144,16 @@ def tanh_forward(x, out=None):
     ----------
     x : ndarray, any shape
     out : ndarray, optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray of x's shape, values in [-1, 1]
     """
     # x (...) -> out (...)
-    x, out = _checks.elementwise("x", x, out)
-    out[...] = np.tanh(x)
-    return out
+    x, result = _checks.elementwise("x", x, out)
+    result[...] = np.tanh(x)
+    return _checks.given(out, result)
 
 
 def tanh_backward(grad_out, y, out=None):
@@ -158,15 +165,16 @@ def tanh_backward(grad_out, y, out=None):
     y : ndarray of grad_out's shape
         The forward output, ``tanh(x)``.
     out : ndarray, optional
+        May be grad_out or y itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray, dL/dx
     """
     # grad_out (...), y (...) -> out (...)
-    grad_out, y, out = _checks.elementwise("grad_out", grad_out, out, "y", y)
-    out[...] = grad_out * (1 - y * y)
-    return out
+    grad_out, y, result = _checks.elementwise("grad_out", grad_out, out, "y", y)
+    result[...] = grad_out * (1 - y * y)
+    return _checks.given(out, result)
 
 
 def softmax_forward(x, out=None):
@@ -180,18 +188,19 @@ def softmax_forward(x, out=None):
     x : ndarray (N, C)
         One row of C scores per sample.
     out : ndarray (N, C), optional
+        May be x itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray (N, C), each row sums to 1
     """
     # x (N, C) -> out (N, C)
-    x, out = _checks.elementwise("x", x, out, ndim=2)
+    x, result = _checks.elementwise("x", x, out, ndim=2)
     if x.size == 0:                            # no row has a maximum; nothing to compute
-        return out
+        return _checks.given(out, result)
     e = np.exp(x - x.max(axis=1, keepdims=True))
-    out[...] = e / e.sum(axis=1, keepdims=True)
-    return out
+    result[...] = e / e.sum(axis=1, keepdims=True)
+    return _checks.given(out, result)
 
 
 def softmax_backward(grad_out, y, out=None):
@@ -207,15 +216,16 @@ def softmax_backward(grad_out, y, out=None):
     y : ndarray (N, C)
         The forward output.
     out : ndarray (N, C), optional
+        May be grad_out or y itself (in place); no other view of its memory.
 
     Returns
     -------
     out : ndarray (N, C), dL/dx
     """
     # grad_out (N, C), y (N, C) -> out (N, C)
-    grad_out, y, out = _checks.elementwise("grad_out", grad_out, out, "y", y, ndim=2)
-    out[...] = y * (grad_out - np.sum(grad_out * y, axis=1, keepdims=True))
-    return out
+    grad_out, y, result = _checks.elementwise("grad_out", grad_out, out, "y", y, ndim=2)
+    result[...] = y * (grad_out - np.sum(grad_out * y, axis=1, keepdims=True))
+    return _checks.given(out, result)
 
 
 def dropout_forward(x, mask, scale, out=None):
@@ -230,15 +240,16 @@ def dropout_forward(x, mask, scale, out=None):
     mask : ndarray of x's shape, uint8 or bool
     scale : float
     out : ndarray, optional
+        May be x itself (in place); no other view of its memory (not the mask).
 
     Returns
     -------
     out : ndarray of x's shape
     """
     # x (...), mask (...) -> out (...)
-    x, mask, scale, out = _checks.dropout_args("x", x, mask, scale, out)
-    out[...] = x * mask * scale
-    return out
+    x, mask, scale, result = _checks.dropout_args("x", x, mask, scale, out)
+    result[...] = x * mask * scale
+    return _checks.given(out, result)
 
 
 def dropout_backward(grad_out, mask, scale, out=None):
@@ -251,12 +262,13 @@ def dropout_backward(grad_out, mask, scale, out=None):
         The mask of the forward pass.
     scale : float
     out : ndarray, optional
+        May be grad_out itself (in place); no other view of its memory (not the mask).
 
     Returns
     -------
     out : ndarray, dL/dx
     """
     # grad_out (...), mask (...) -> out (...)
-    grad_out, mask, scale, out = _checks.dropout_args("grad_out", grad_out, mask, scale, out)
-    out[...] = grad_out * mask * scale
-    return out
+    grad_out, mask, scale, result = _checks.dropout_args("grad_out", grad_out, mask, scale, out)
+    result[...] = grad_out * mask * scale
+    return _checks.given(out, result)

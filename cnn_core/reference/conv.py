@@ -31,6 +31,7 @@ def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
         One (C, KH, KW) filter per output channel.
     b : ndarray (O,) or None
     out : ndarray (N, O, OH, OW), optional
+        Shares no memory with x, w or b.
     stride : int or (int, int), >= 1
     padding : int or (int, int), >= 0
 
@@ -39,14 +40,14 @@ def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
     out : ndarray (N, O, OH, OW)
     """
     # x (N, C, H, W) * w (O, C, KH, KW) + b (O,) -> out (N, O, OH, OW)
-    x, w, b, out, stride, (ph, pw) = _checks.conv2d_forward_args(x, w, b, out, stride, padding)
+    x, w, b, y, stride, (ph, pw) = _checks.conv2d_forward_args(x, w, b, out, stride, padding)
     xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     windows = _windows(xpad, w.shape[2:], stride)                   # (N, C, OH, OW, KH, KW)
     z = np.einsum("nchwpq,ocpq->nohw", windows, w, optimize=True)  # one dot per window
     if b is not None:
         z += b[:, None, None]                                        # one bias per channel
-    out[...] = z
-    return out
+    y[...] = z
+    return _checks.given(out, y)
 
 
 def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, padding=0,
@@ -75,12 +76,15 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
     stride, padding : as in ``conv2d_forward``
     compute_grad_x : bool
 
+    No buffer (grad_w, grad_b, grad_x) shares memory with another or with what is read.
+
     Returns
     -------
     grad_x : ndarray (N, C, H, W), or None when ``compute_grad_x`` is false
     """
     # g (N, O, OH, OW), x (N, C, H, W), w (O, C, KH, KW) -> grad_w +=, grad_b +=, grad_x
-    grad_out, x, w, grad_x, (sh, sw), (ph, pw) = _checks.conv2d_backward_args(
+    given = grad_x
+    grad_out, x, w, grad_w, grad_b, grad_x, (sh, sw), (ph, pw) = _checks.conv2d_backward_args(
         grad_out, x, w, grad_w, grad_b, grad_x, stride, padding, compute_grad_x)
     oh, ow = grad_out.shape[2:]
     xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
@@ -97,7 +101,7 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
         grad_xpad[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += np.einsum(
             "nohw,oc->nchw", grad_out, w[:, :, p, q], optimize=True)
     grad_x[...] = grad_xpad[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
-    return grad_x
+    return _checks.given(given, grad_x)
 
 
 def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
@@ -119,6 +123,7 @@ def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
     stride : int or (int, int), >= 1; default ``kernel_size``
     out : ndarray (N, C, OH, OW), optional
     indices : ndarray (N, C, OH, OW) of int64, optional
+        Neither shares memory with x or with the other.
 
     Returns
     -------
@@ -126,17 +131,17 @@ def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
     indices : ndarray (N, C, OH, OW), int64
     """
     # x (N, C, H, W) -> out (N, C, OH, OW), indices (N, C, OH, OW)
-    x, (kh, kw), (sh, sw), out, indices = _checks.maxpool_forward_args(
+    x, (kh, kw), (sh, sw), y, where = _checks.maxpool_forward_args(
         x, kernel_size, stride, out, indices)
     n, c, _, w = x.shape
-    oh, ow = out.shape[2:]                        # (H - KH) // sh + 1, (W - KW) // sw + 1
+    oh, ow = y.shape[2:]                          # (H - KH) // sh + 1, (W - KW) // sw + 1
     windows = _windows(x, (kh, kw), (sh, sw)).reshape(n, c, oh, ow, kh * kw)
     best = np.argmax(windows, axis=-1)            # first maximum (or first NaN) per window
-    out[...] = np.take_along_axis(windows, best[..., None], axis=-1)[..., 0]
+    y[...] = np.take_along_axis(windows, best[..., None], axis=-1)[..., 0]
     rows = np.arange(oh)[:, None] * sh + best // kw          # where in x the maximum was
     cols = np.arange(ow)[None, :] * sw + best % kw
-    indices[...] = rows * w + cols
-    return out, indices
+    where[...] = rows * w + cols
+    return _checks.given(out, y), _checks.given(indices, where)
 
 
 def maxpool2d_backward(grad_out, indices, x_shape, out=None):
@@ -155,16 +160,17 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
     x_shape : tuple (N, C, H, W)
         The forward input's shape.
     out : ndarray of x_shape, optional
+        Shares no memory with grad_out or indices.
 
     Returns
     -------
     grad_x : ndarray of x_shape
     """
     # grad_out (N, C, OH, OW), indices (N, C, OH, OW) -> grad_x (N, C, H, W)
-    grad_out, indices, (n, c, h, w), out = _checks.maxpool_backward_args(
+    grad_out, indices, (n, c, h, w), grad_x = _checks.maxpool_backward_args(
         grad_out, indices, x_shape, out)
-    planes = out.reshape(n, c, h * w)             # a view: writing it writes out
+    planes = grad_x.reshape(n, c, h * w)          # a view: writing it writes grad_x
     planes[...] = 0
     batch, channel = np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None]
     np.add.at(planes, (batch, channel, indices), grad_out)   # add.at: repeated indices add up
-    return out
+    return _checks.given(out, grad_x)

@@ -16,7 +16,7 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     b : ndarray, (K, N), or (N, K) when ``trans_b``
     out : ndarray (M, N), optional
         Written in place and returned. Required when ``beta != 0``. With ``beta == 0``
-        its old contents are never read (they may be NaN).
+        its old contents are never read (they may be NaN). It shares no memory with a or b.
     trans_a, trans_b : bool
     alpha, beta : float
 
@@ -25,12 +25,12 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     out : ndarray (M, N)
     """
     # op(a) (M, K) @ op(b) (K, N) -> out (M, N)
-    op_a, op_b, alpha, beta, out = _checks.gemm_args(a, b, out, trans_a, trans_b, alpha, beta)
+    op_a, op_b, alpha, beta, c = _checks.gemm_args(a, b, out, trans_a, trans_b, alpha, beta)
     if beta == 0:
-        out[...] = alpha * (op_a @ op_b)       # never reads out: it may hold NaN
+        c[...] = alpha * (op_a @ op_b)         # never reads out: it may hold NaN
     else:
-        out[...] = alpha * (op_a @ op_b) + beta * out
-    return out
+        c[...] = alpha * (op_a @ op_b) + beta * c
+    return _checks.given(out, c)
 
 
 # The compiled module keeps a plain triple loop beside its blocked GEMM; here the two are one.

@@ -26,12 +26,12 @@ def linear_forward(x, w, b, out=None, *, activation=None):
     out : ndarray (N, M)
     """
     # x (N, D) @ w (D, M) + b (M,) -> out (N, M)
-    x, w, b, out = _checks.linear_args(x, w, b, out, activation)
+    x, w, b, y = _checks.linear_args(x, w, b, out, activation)
     z = x @ w
     if b is not None:
         z = z + b                              # broadcast: the same bias for every row
-    out[...] = np.maximum(z, 0) if activation == "relu" else z
-    return out
+    y[...] = np.maximum(z, 0) if activation == "relu" else z
+    return _checks.given(out, y)
 
 
 def linear_chain_forward(x, weights, biases, activations, outs=None):
@@ -55,9 +55,9 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     # x (N, D_0) -> h_1 (N, D_1) -> ... -> h_L (N, D_L)
     x, layers = _checks.linear_chain_args(x, weights, biases, activations, outs)
     h, results = x, []
-    for w, b, activation, out in layers:
+    for l, (w, b, activation, out) in enumerate(layers):
         h = linear_forward(h, w, b, out, activation=activation)
-        results.append(h)
+        results.append(_checks.given(None if outs is None else outs[l], h))
     return tuple(results)
 
 
@@ -98,8 +98,9 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
     grad_x : ndarray (N, D), or None when ``compute_grad_x`` is false
     """
     # g (N, M), x (N, D), w (D, M) -> grad_w (D, M) +=, grad_b (M,) +=, grad_x (N, D)
-    grad_out, x, w, grad_x = _checks.linear_backward_args(grad_out, x, w, grad_w, grad_b,
-                                                          grad_x, compute_grad_x)
+    given = grad_x
+    grad_out, x, w, grad_w, grad_b, grad_x = _checks.linear_backward_args(
+        grad_out, x, w, grad_w, grad_b, grad_x, compute_grad_x)
     if not accumulate:
         grad_w[...] = 0
         if grad_b is not None:
@@ -110,7 +111,7 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
     if not compute_grad_x:
         return None
     grad_x[...] = grad_out @ w.T
-    return grad_x
+    return _checks.given(given, grad_x)
 
 
 def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x=None, *,
@@ -157,7 +158,7 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     """
     # g (N, D_L) -> per layer l, from the last: grads_w[l] +=, grads_b[l] +=, g_l (N, D_(l+1));
     # then grad_x (N, D_0)
-    grad_out, layers, gs, grad_x = _checks.linear_chain_backward_args(
+    grad_out, layers, gs, grad_x, returned = _checks.linear_chain_backward_args(
         grad_out, xs, weights, grads_w, grads_b, masks, grad_x, compute_grad_x, accumulate, work)
     g = grad_out
     for l in range(len(layers) - 1, -1, -1):
@@ -171,8 +172,8 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     if grad_x is not None:
         grad_x[...] = g
     if not check_finite:
-        return grad_x, tuple(gs)
+        return returned
     finite = tuple((bool(np.isfinite(grad_w).all()),
                     grad_b is None or bool(np.isfinite(grad_b).all()))
                    for _, _, _, grad_w, grad_b, _ in layers)
-    return grad_x, tuple(gs), finite
+    return returned + (finite,)

@@ -22,6 +22,8 @@ def softmax_cross_entropy(logits, labels, grad=None):
     logits : ndarray (N, C)
     labels : ndarray (N,), any integer dtype, values in [0, C)
     grad : ndarray (N, C), optional
+        May be logits itself (in place: the loss is taken before it is written); it shares
+        no memory with logits otherwise, nor with labels.
 
     Returns
     -------
@@ -29,17 +31,17 @@ def softmax_cross_entropy(logits, labels, grad=None):
     grad : ndarray (N, C)
     """
     # logits (N, C), labels (N,) -> loss (), grad (N, C)
-    logits, labels, grad = _checks.cross_entropy_args(logits, labels, grad)
+    logits, labels, g = _checks.cross_entropy_args(logits, labels, grad)
     n = logits.shape[0]
     rows = np.arange(n)
     shifted = logits - logits.max(axis=1, keepdims=True)   # each row's max becomes 0
     e = np.exp(shifted)
     sum_e = e.sum(axis=1)
     loss = np.mean(np.log(sum_e) - shifted[rows, labels], dtype=np.float64)
-    grad[...] = e / sum_e[:, None]                          # softmax
-    grad[rows, labels] -= 1                                 # - onehot
-    grad /= n
-    return float(loss), grad
+    g[...] = e / sum_e[:, None]                             # softmax
+    g[rows, labels] -= 1                                    # - onehot
+    g /= n
+    return float(loss), _checks.given(grad, g)
 
 
 def mse(pred, target, grad=None):
@@ -55,6 +57,7 @@ def mse(pred, target, grad=None):
     pred : ndarray, any shape
     target : ndarray of pred's shape and dtype
     grad : ndarray, optional
+        May be pred or target itself (in place), and shares no memory with them otherwise.
 
     Returns
     -------
@@ -62,11 +65,11 @@ def mse(pred, target, grad=None):
     grad : ndarray of pred's shape
     """
     # pred (...), target (...) -> loss (), grad (...)
-    pred, target, grad = _checks.mean_loss_args("pred", pred, target, grad)
+    pred, target, g = _checks.mean_loss_args("pred", pred, target, grad)
     diff = pred - target
     loss = np.mean(diff * diff, dtype=np.float64)
-    grad[...] = 2 * diff / pred.size
-    return float(loss), grad
+    g[...] = 2 * diff / pred.size
+    return float(loss), _checks.given(grad, g)
 
 
 def bce_with_logits(logits, target, grad=None):
@@ -83,6 +86,7 @@ def bce_with_logits(logits, target, grad=None):
     logits : ndarray, any shape
     target : ndarray of logits' shape and dtype
     grad : ndarray, optional
+        May be logits or target itself (in place), and shares no memory with them otherwise.
 
     Returns
     -------
@@ -90,8 +94,8 @@ def bce_with_logits(logits, target, grad=None):
     grad : ndarray of logits' shape
     """
     # logits (...), target (...) -> loss (), grad (...)
-    z, t, grad = _checks.mean_loss_args("logits", logits, target, grad)
+    z, t, g = _checks.mean_loss_args("logits", logits, target, grad)
     losses = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
     loss = np.mean(losses, dtype=np.float64)
-    grad[...] = (sigmoid_forward(z) - t) / z.size
-    return float(loss), grad
+    g[...] = (sigmoid_forward(z) - t) / z.size
+    return float(loss), _checks.given(grad, g)

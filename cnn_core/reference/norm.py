@@ -40,17 +40,22 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training, mo
     save_mean, save_invstd : ndarray (C,), optional
         Receive the mean and invstd used, which ``batchnorm_backward`` needs.
 
+    out may be x itself (in place: the statistics are taken first); no other two arrays of
+    the call may share memory.
+
     Returns
     -------
     out, save_mean, save_invstd
     """
     # x (N, C[, H, W]), gamma/beta/running stats (C,) -> out (x's shape), mean (C,), invstd (C,)
-    x, gamma, beta, momentum, eps, out, save_mean, save_invstd = _checks.batchnorm_forward_args(
-        x, gamma, beta, running_mean, running_var, training, momentum, eps, out, save_mean,
-        save_invstd)
+    given = (out, save_mean, save_invstd)
+    x, gamma, beta, running_mean, running_var, momentum, eps, out, save_mean, save_invstd = \
+        _checks.batchnorm_forward_args(x, gamma, beta, running_mean, running_var, training,
+                                       momentum, eps, out, save_mean, save_invstd)
+    returned = tuple(map(_checks.given, given, (out, save_mean, save_invstd)))
     c = x.shape[1]
     if c == 0:
-        return out, save_mean, save_invstd
+        return returned
     axes, channel_shape = _channel_axes(x)
     m = x.size // c                                  # values per channel
 
@@ -65,7 +70,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training, mo
         + beta.reshape(channel_shape)
     save_mean[...] = mean
     save_invstd[...] = invstd
-    return out, save_mean, save_invstd
+    return returned
 
 
 def batchnorm_backward(grad_out, x, gamma, save_mean, save_invstd, grad_gamma, grad_beta,
@@ -93,14 +98,18 @@ def batchnorm_backward(grad_out, x, gamma, save_mean, save_invstd, grad_gamma, g
         The mode of the forward pass.
     compute_grad_x : bool
 
+    grad_x may be grad_out or x itself (in place: the sums are taken first); no other two
+    arrays of the call may share memory.
+
     Returns
     -------
     grad_x : ndarray of x's shape, or None when ``compute_grad_x`` is false
     """
     # g (N, C[, H, W]), x (same), gamma/mean/invstd (C,) -> grad_gamma +=, grad_beta +=, grad_x
-    grad_out, x, gamma, mean, invstd, grad_x = _checks.batchnorm_backward_args(
-        grad_out, x, gamma, save_mean, save_invstd, grad_gamma, grad_beta, grad_x,
-        compute_grad_x)
+    given = grad_x
+    grad_out, x, gamma, mean, invstd, grad_gamma, grad_beta, grad_x = \
+        _checks.batchnorm_backward_args(grad_out, x, gamma, save_mean, save_invstd, grad_gamma,
+                                        grad_beta, grad_x, compute_grad_x)
     axes, channel_shape = _channel_axes(x)
     c = x.shape[1]
     m = x.size // c if c else 0                      # values per channel
@@ -117,4 +126,4 @@ def batchnorm_backward(grad_out, x, gamma, save_mean, save_invstd, grad_gamma, g
         grad_x[...] = gamma * invstd / m * (m * grad_out - sum_g - xhat * sum_g_xhat)
     else:
         grad_x[...] = gamma * invstd * grad_out
-    return grad_x
+    return _checks.given(given, grad_x)

@@ -32,9 +32,11 @@ def sgd_update(param, grad, lr, *, momentum=0.0, velocity=None, weight_decay=0.0
         in place. Required when ``momentum != 0``.
     nesterov : bool
         Needs ``momentum > 0``.
+
+    No two of param, grad and velocity may share memory.
     """
     # param (...), grad (...), velocity (...) -> param, velocity updated in place
-    param, grad, lr, momentum, weight_decay = _checks.sgd_update_args(
+    param, grad, lr, momentum, weight_decay, velocity = _checks.sgd_update_args(
         param, grad, lr, momentum, velocity, weight_decay, nesterov)
     d = grad + weight_decay * param if weight_decay != 0 else grad
     if momentum != 0:
@@ -70,9 +72,11 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0
     beta1, beta2 : float, in [0, 1)
     decoupled : bool
         Decoupled weight decay (AdamW) instead of an L2 term in the gradient.
+
+    No two of param, grad, m and v may share memory.
     """
     # param (...), grad (...), m (...), v (...) -> param, m, v updated in place
-    param, grad, lr, beta1, beta2, eps, weight_decay = _checks.adam_update_args(
+    param, grad, m, v, lr, beta1, beta2, eps, weight_decay = _checks.adam_update_args(
         param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
     if decoupled:
         param *= 1 - lr * weight_decay
@@ -93,7 +97,8 @@ def sgd_step(params, grads, velocities, lr, *, momentum=0.0, weight_decay=0.0,
     ``params[i]``, ``grads[i]``, ``velocities[i]`` belong to parameter i (velocities None
     when momentum is 0). With ``check_finite`` every gradient is checked first: the index
     of the first one holding NaN/inf is returned and nothing is updated. Returns -1 after
-    updating every parameter.
+    updating every parameter. No parameter or velocity may share memory with another array
+    of the lists (gradients may share with each other).
     """
     # params[i] (...), grads[i] (...), velocities[i] (...) -> params, velocities in place
     params, grads = _checks.sgd_step_args(params, grads, velocities, momentum)
@@ -112,7 +117,8 @@ def adam_step(params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay=0
     """A whole model's Adam (AdamW) step: `adam_update` on each parameter of the lists, all
     at the same `step`. With ``check_finite`` every gradient is checked first: the index of
     the first one holding NaN/inf is returned and nothing is updated. Returns -1 after
-    updating every parameter.
+    updating every parameter. No parameter or moment may share memory with another array
+    of the lists (gradients may share with each other).
     """
     # params[i] (...), grads[i] (...), ms[i] (...), vs[i] (...) -> params, ms, vs in place
     params, grads = _checks.adam_step_args(params, grads, ms, vs)

@@ -176,6 +176,37 @@ def test_dropout_bool_mask(rng, dtype):
     np.testing.assert_array_equal(cnn_core.dropout_forward(x, bmask, 2.5)[~bmask], 0)
 
 
+@pytest.mark.parametrize("kernel", ["dropout_forward", "dropout_backward"])
+def test_dropout_multiplies_by_the_uint8_masks_values(backend, dtype, kernel):
+    # out = x * mask * scale with the mask's values as they are: [0, 1, 2, 3] -> x * [0, s,
+    # 2s, 3s] (the compiled kernel took any nonzero byte for 1), rounded as (x * m) * s
+    x = np.array([1.5, -2.0, 0.75, 3.25, -0.0, 7.0, 1e-3, -4.5], dtype)
+    mask = np.array([0, 1, 2, 3, 3, 255, 2, 1], np.uint8)
+    expected = (x * mask.astype(dtype)) * dtype(DROP_SCALE)
+    got = getattr(backend, kernel)(x, mask, DROP_SCALE)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got[:4], np.array([0, -2, 1.5, 9.75], dtype) * dtype(DROP_SCALE))
+    # the library's 0/1 masks (uint8 or bool): x * scale where kept, x * 0 where dropped
+    keep = (mask % 2).astype(np.uint8)
+    for m in (keep, keep.astype(bool)):
+        np.testing.assert_array_equal(getattr(backend, kernel)(x, m, DROP_SCALE),
+                                      np.where(keep == 1, x * dtype(DROP_SCALE), x * dtype(0)))
+
+
+@pytest.mark.parametrize("shape", [(4,), (3, 5), (300, 257)])
+def test_dropout_masks_0_to_3_agree_with_the_twin_bit_for_bit(rng, dtype, shape):
+    # every value of a 0..3 mask, on the threaded path too; a bool mask whose bytes are not
+    # 0/1 (a view of a uint8 array) counts each nonzero byte as True, as NumPy does
+    x, g, _ = _make_inputs(rng, shape, dtype)
+    mask = rng.integers(0, 4, size=shape).astype(np.uint8)
+    for kernel, v in (("dropout_forward", x), ("dropout_backward", g)):
+        for m in (mask, mask.view(np.bool_)):
+            np.testing.assert_array_equal(getattr(cnn_core, kernel)(v, m, DROP_SCALE),
+                                          getattr(reference, kernel)(v, m, DROP_SCALE))
+    np.testing.assert_array_equal(cnn_core.dropout_forward(x, mask.view(np.bool_), 2.0),
+                                  cnn_core.dropout_forward(x, (mask > 0).astype(np.uint8), 2.0))
+
+
 @pytest.mark.parametrize("name", ["sigmoid_forward", "tanh_forward"])
 def test_saturating_extremes(dtype, name):
     x = np.array([-1e4, -745.0, -100.0, -89.0, -20.0, -1e-8, 0.0, 1e-8, 20.0, 89.0, 100.0, 1e4],

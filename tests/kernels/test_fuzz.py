@@ -5,14 +5,18 @@ shapes, zero-size ones included, dtypes, buffers, hyper-parameters), then breaks
 three of its arguments at random: wrong type, dtype, ndim or shape; non-contiguous,
 negative-stride, broadcast (zero-stride), Fortran-ordered, unaligned or read-only arrays;
 NaN/inf/huge values; out-of-range labels; bad strides and paddings (0, negative, 2**62,
-floats, wrong length); wrong `out=` buffers; unknown or missing keywords.
+floats, wrong length); wrong `out=` buffers; unknown or missing keywords; ndarray
+subclasses whose properties lie (shape, strides, dtype, itemsize, ndim, flags: about the
+array itself, or a smaller, other-typed, strided or read-only array told to be the valid
+one); a buffer written that is exactly, or one element off, an array the kernel reads or
+another buffer (tricky_arrays.py).
 
 Every call must return or raise TypeError, ValueError or MemoryError; anything else is
 printed with a reproducer (seed, call number, arguments) and fails the test. Calls left
 valid, or only laid out differently in memory (strided, Fortran, broadcast, unaligned,
-read-only), are also run on the NumPy twin (`cnn_core.reference`): both must return the
-same values or raise the same exception, so a kernel that silently computes garbage on an
-odd layout fails as well. The driver runs in a child process (this file, run as a script,
+read-only, a subclass lying about itself, or a buffer overlapping an input), are also run
+on the NumPy twin (`cnn_core.reference`): both must return the same values or raise the
+same exception, so a kernel that silently computes garbage on an odd layout fails as well. The driver runs in a child process (this file, run as a script,
 from a temporary directory so that the checkout's uncompiled `cnn_core/` cannot shadow the
 built one) so that a crash — a segfault, an abort, a sanitizer report — fails the test
 instead of killing pytest. `tools/sanitize.sh` runs this test under ASan/UBSan.
@@ -32,6 +36,9 @@ import warnings
 
 import numpy as np
 import pytest
+
+from tricky_arrays import (OVERLAPS, description, get, lies_about, lying, overlapping, put,
+                           shift_for)
 
 HERE = os.path.abspath(__file__)
 ALLOWED = (TypeError, ValueError, MemoryError)
@@ -554,7 +561,42 @@ def break_array(rng, a):
         return "huge size-0 array", np.zeros(((0, 2**40) + (1,) * (a.ndim - 2))[:a.ndim], a.dtype)
     if kind == 25 and a.dtype.kind in "iu":
         return "float labels", a.astype(np.float64)
+    if kind == 26:              # lies about the array itself: it still means the same
+        lies = lies_about(a)[int(rng.integers(6))][2]
+        return "lying subclass", lying(a, lies)
+    if kind == 27 and a.size:   # another array (smaller, other dtype, strided, read-only)
+        _, real, _ = lies_about(a)[int(rng.integers(6, 10))]
+        return "another array told to be valid", lying(real(), description(a))
     return "unchanged", a
+
+
+def overlap_buffers(rng, name, kw):
+    """A buffer of the call made exactly, or one element off, an array the kernel reads or
+    another buffer (OVERLAPS); a description, or None when the call has no such pair."""
+    def present(arg):
+        try:
+            return isinstance(get(kw, arg), np.ndarray)
+        except (KeyError, IndexError, TypeError, ValueError):
+            return False
+
+    pairs = [(buf, other) for buf, other, _ in OVERLAPS.get(name, ())
+             if present(buf) and present(other)]
+    if not pairs:
+        return None
+    buf, other = pairs[int(rng.integers(len(pairs)))]
+    b, o = np.asarray(get(kw, buf)), np.asarray(get(kw, other))
+    if b.dtype.kind not in "fiub" or o.dtype.kind not in "fiub":
+        return None                 # (an earlier break made one an object array)
+    if b.shape == o.shape and b.dtype == o.dtype and rng.random() < 0.5:
+        put(kw, buf, get(kw, other))
+        return f"{buf}, {other}: the same array"
+    shift = shift_for(b, o)
+    if shift is None:
+        return None
+    b, o, _ = overlapping(b, o, shift if rng.random() < 0.5 else -shift)
+    put(kw, buf, b)
+    put(kw, other, o)
+    return f"{buf}, {other}: overlapping"
 
 
 def break_scalar(rng, v):
@@ -598,6 +640,11 @@ def break_call(rng, name, kw, kernel):
             if key in params and params[key].default is inspect.Parameter.empty:
                 del kw[key]
                 done.append(f"missing {key}")
+                continue
+        if 0.2 <= r < 0.28:
+            what = overlap_buffers(rng, name, kw)
+            if what:
+                done.append(what)
                 continue
         if r < 0.2:
             # an optional buffer that was not given: a random array
@@ -654,10 +701,13 @@ def break_call(rng, name, kw, kernel):
 
 def _describe(v):
     if isinstance(v, np.ndarray):
+        kind, v = type(v).__name__, np.asarray(v)        # (what a Lying array really is)
         flags = "".join(f for f, on in (("C", v.flags.c_contiguous), ("F", v.flags.f_contiguous),
                                         ("W", v.flags.writeable), ("A", v.flags.aligned)) if on)
         return (f"ndarray{v.shape} {v.dtype} strides={v.strides} flags={flags} "
-                f"type={type(v).__name__}")
+                f"type={kind}")
+    if isinstance(v, (list, tuple)) and any(isinstance(e, np.ndarray) for e in v):
+        return "[" + ", ".join(map(_describe, v)) + "]"     # (never a Lying array's repr)
     text = repr(v)
     return text if len(text) < 80 else text[:77] + "..."
 
@@ -679,10 +729,12 @@ def _close(actual, expected, dtype):
     return np.allclose(actual, expected, rtol=1e-8, atol=1e-10 * scale, equal_nan=True)
 
 
-# Breaks after which the call means the same thing (only the memory layout differs): the
-# kernel and its twin must then agree (both return the same values, or both raise).
+# Breaks after which the call means the same thing (only the memory layout differs, or a
+# subclass lies about itself), or after which both backends must refuse or compute the
+# same (a buffer overlapping another array): the kernel and its twin must then agree (both
+# return the same values, or both raise).
 LAYOUT_ONLY = {"strided view", "negative strides", "Fortran order", "broadcast (zero strides)",
-               "read-only", "unaligned"}
+               "read-only", "unaligned", "lying subclass", "the same array", "overlapping"}
 NOT_COMPARED = {"set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features",
                 "gemm_kernel_name"}
 
@@ -692,7 +744,7 @@ def _writeable_arrays(kw):
     found = {}
     for k, v in kw.items():
         for i, a in enumerate(v if isinstance(v, list) else [v]):
-            if isinstance(a, np.ndarray) and a.flags.writeable:
+            if isinstance(a, np.ndarray) and np.asarray(a).flags.writeable:
                 found[f"{k}[{i}]" if isinstance(v, list) else k] = a
     return found
 
