@@ -5,19 +5,16 @@ Every extension is built from the one table EXTENSIONS below, with the same flag
 Environment switches
 --------------------
 NNSCRATCH_DEBUG=1     bounds checks, wraparound and initialised-memoryview checks back on,
-                      -O0 -g, no OpenMP: for a debugging or sanitizer build.
-NNSCRATCH_NO_OPENMP=1 build without OpenMP even where the compiler has it.
+                      -O0 -g: for a debugging or sanitizer build.
 NNSCRATCH_CFLAGS      extra compiler flags (e.g. "-fsanitize=address,undefined").
 NNSCRATCH_LDFLAGS     extra linker flags.
 
-No -march=native and no -ffast-math (only -fno-trapping-math, which changes no result): one build runs on any x86-64, and the GEMM picks its
-AVX-512 / AVX2 / portable micro-kernel at run time (src/nn_cpu.h).
+No -march=native and no -ffast-math (only -fno-trapping-math, which changes no result): one
+build runs on any x86-64, and the GEMM picks its AVX-512 / AVX2 / portable micro-kernel at run
+time (src/nn_cpu.h). No OpenMP: the kernels' threads are the library's own (src/nn_team.h,
+POSIX threads), so any C11 compiler builds the same threaded library.
 """
 import os
-import subprocess
-import sys
-import sysconfig
-import tempfile
 
 import numpy as np
 from Cython.Build import cythonize
@@ -51,53 +48,15 @@ DIRECTIVES = {
 }
 
 
-def _compiler_command():
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    return cc.split()
-
-
-def openmp_flags():
-    """Probe-compile a tiny OpenMP program; return the flags that work, or None."""
-    if DEBUG or os.environ.get("NNSCRATCH_NO_OPENMP", "") not in ("", "0"):
-        return None
-    source = (
-        "#include <omp.h>\n"
-        "int main(void) { int n = 0;\n"
-        "#pragma omp parallel reduction(+:n)\n"
-        "n += 1; return n > 0 ? 0 : 1; }\n"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "probe.c")
-        with open(path, "w") as f:
-            f.write(source)
-        for flag in ("-fopenmp", "-Xpreprocessor -fopenmp"):
-            cmd = _compiler_command() + flag.split() + [path, "-o", os.path.join(tmp, "probe")]
-            try:
-                ok = subprocess.run(cmd, capture_output=True).returncode == 0
-            except OSError:
-                ok = False
-            if ok:
-                return flag.split()
-    return None
-
-
-OPENMP = openmp_flags()
-if OPENMP is None:
-    print("nnscratch: building WITHOUT OpenMP (kernels run on one thread)", file=sys.stderr)
-
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
-compile_args += ["-std=gnu11", "-Wno-unused-function", "-Wno-unreachable-code"]
+compile_args += ["-std=gnu11", "-pthread", "-Wno-unused-function", "-Wno-unreachable-code"]
 # FP exceptions are never trapped (CPython runs with them masked), so let the compiler
 # compute both sides of a select: branch-free, vectorised elementwise loops. Unlike
 # -ffast-math this changes no result: rounding, NaN and infinity rules are kept.
 compile_args += ["-fno-trapping-math"]
 compile_args += os.environ.get("NNSCRATCH_CFLAGS", "").split()
-link_args = os.environ.get("NNSCRATCH_LDFLAGS", "").split()
+link_args = ["-pthread"] + os.environ.get("NNSCRATCH_LDFLAGS", "").split()
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-if OPENMP:
-    compile_args += OPENMP
-    link_args += OPENMP
-    macros.append(("NN_OPENMP", "1"))
 
 extensions = [
     Extension(

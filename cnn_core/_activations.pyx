@@ -21,12 +21,11 @@ is a ValueError: out would overwrite values not yet read.
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.math cimport exp, tanh as c_tanh, expf, tanhf
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, output,
                               check_scalar, plain, refuse_overlap, READ, IN_PLACE)
-from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS, SPAN_MIN
+from cnn_core._parallel cimport num_threads, span_parts, run_parts, MAX_PARTS, SPAN_MIN
 
 cdef enum Op:
     RELU_FWD, RELU_BWD, LEAKY_FWD, LEAKY_BWD, SIGMOID_FWD, SIGMOID_BWD, TANH_FWD, TANH_BWD
@@ -98,6 +97,38 @@ cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned
             y[i] = x[i] * xi * s
 
 
+ctypedef struct _Unary:
+    # unary_span over [0, n) in contiguous spans of `step`, a part each (float32 or float64
+    # behind the pointers)
+    Op op
+    bint single
+    const void *x
+    const void *g
+    const unsigned char *mask
+    void *y
+    long n
+    long step
+    double s
+
+
+cdef void _unary_part(void *ctx, long t) noexcept nogil:
+    cdef _Unary *u = <_Unary *> ctx
+    cdef long start = t * u.step, count = u.n - start
+    if count > u.step:
+        count = u.step
+    if count <= 0:
+        return
+    cdef const unsigned char *mask = u.mask + start if u.mask != NULL else NULL
+    if u.single:
+        unary_span(u.op, <const float *> u.x + start,
+                   <const float *> u.g + start if u.g != NULL else NULL, mask,
+                   <float *> u.y + start, count, <float> u.s)
+    else:
+        unary_span(u.op, <const double *> u.x + start,
+                   <const double *> u.g + start if u.g != NULL else NULL, mask,
+                   <double *> u.y + start, count, u.s)
+
+
 cdef void unary(Op op, const floating *x, const floating *g, const unsigned char *mask,
                 floating *y, long n, floating s, int threads) noexcept nogil:
     # unary_span over [0, n), in `parts` contiguous spans, one per thread
@@ -105,13 +136,17 @@ cdef void unary(Op op, const floating *x, const floating *g, const unsigned char
     if parts <= 1:
         unary_span(op, x, g, mask, y, n, s)
         return
-    cdef long step = (n + parts - 1) // parts, t, start
-    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
-        start = t * step
-        if start < n:
-            unary_span(op, x + start, g + start if g != NULL else NULL,
-                       mask + start if mask != NULL else NULL, y + start,
-                       n - start if n - start < step else step, s)
+    cdef _Unary u
+    u.op = op
+    u.single = floating is float
+    u.x = x
+    u.g = g
+    u.mask = mask
+    u.y = y
+    u.n = n
+    u.step = (n + parts - 1) // parts
+    u.s = s
+    run_parts(_unary_part, &u, parts)
 
 
 cdef _apply(Op op, x, g, mask, y, double s):
@@ -290,6 +325,40 @@ cdef void softmax_backward_rows(const floating *g, const floating *y, floating *
             dx[i * c + j] = <floating> (y[i * c + j] * (g[i * c + j] - dot))
 
 
+ctypedef struct _Rows:
+    # softmax (or its backward) over rows, `step` rows a part
+    bint backward
+    bint single
+    const void *a
+    const void *b
+    void *y
+    long n
+    long c
+    long step
+
+
+cdef void _rows_part(void *ctx, long t) noexcept nogil:
+    cdef _Rows *r = <_Rows *> ctx
+    cdef long start = t * r.step, rows = r.n - start, at
+    if rows > r.step:
+        rows = r.step
+    if rows <= 0:
+        return
+    at = start * r.c
+    if r.single:
+        if r.backward:
+            softmax_backward_rows(<const float *> r.a + at, <const float *> r.b + at,
+                                  <float *> r.y + at, rows, r.c)
+        else:
+            softmax_rows(<const float *> r.a + at, <float *> r.y + at, rows, r.c)
+    else:
+        if r.backward:
+            softmax_backward_rows(<const double *> r.a + at, <const double *> r.b + at,
+                                  <double *> r.y + at, rows, r.c)
+        else:
+            softmax_rows(<const double *> r.a + at, <double *> r.y + at, rows, r.c)
+
+
 cdef void rows_parallel(bint backward, const floating *a, const floating *b, floating *y, long n,
                         long c, int threads) noexcept nogil:
     cdef long parts = span_parts(n * c, SPAN_MIN, threads)
@@ -301,15 +370,16 @@ cdef void rows_parallel(bint backward, const floating *a, const floating *b, flo
         else:
             softmax_rows(a, y, n, c)
         return
-    cdef long step = (n + parts - 1) // parts, t, start, rows
-    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
-        start = t * step
-        rows = n - start if n - start < step else step
-        if rows > 0:
-            if backward:
-                softmax_backward_rows(a + start * c, b + start * c, y + start * c, rows, c)
-            else:
-                softmax_rows(a + start * c, y + start * c, rows, c)
+    cdef _Rows r
+    r.backward = backward
+    r.single = floating is float
+    r.a = a
+    r.b = b
+    r.y = y
+    r.n = n
+    r.c = c
+    r.step = (n + parts - 1) // parts
+    run_parts(_rows_part, &r, parts)
 
 
 cdef _rows(bint backward, const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] y):

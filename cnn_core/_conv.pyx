@@ -36,14 +36,13 @@ output can be computed in place over its input.
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from libc.stdint cimport int64_t, INT32_MAX
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
                               output, plain, refuse_overlap, refuse_overlaps)
 from cnn_core._gemm cimport sgemm_serial, dgemm_serial, B_IN_PLACE_MAX_M
-from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
+from cnn_core._parallel cimport num_threads, span_parts, run_parts, MAX_PARTS
 from cnn_core._lanes cimport lane_sum, LANE_SUM
 
 cdef extern from *:
@@ -420,23 +419,79 @@ cdef long _conv_parts(ConvShape s, int threads) noexcept nogil:
     return parts
 
 
+ctypedef struct _ConvJob:
+    # a convolution's samples in spans of `step`, a part each (float32 or float64 behind the
+    # pointers); forward: x, w, b -> out; backward: g, x, w -> partials (a slab a part), gx
+    ConvShape s
+    bint single
+    long step
+    const void *g
+    const void *x
+    const void *w
+    const void *b
+    void *out
+    void *partials
+    void *sums
+    int status[MAX_PARTS]
+
+
+cdef inline long _span_end(long n0, long step, long n) noexcept nogil:
+    return n0 + step if n0 + step < n else n
+
+
+cdef void _forward_part(void *ctx, long t) noexcept nogil:
+    cdef _ConvJob *j = <_ConvJob *> ctx
+    cdef long n0 = t * j.step, n1 = _span_end(n0, j.step, j.s.N)
+    j.status[t] = 0
+    if n0 >= j.s.N:
+        return
+    if j.single:
+        j.status[t] = conv_forward_samples(<const float *> j.x, <const float *> j.w,
+                                           <const float *> j.b, <float *> j.out, j.s, n0, n1)
+    else:
+        j.status[t] = conv_forward_samples(<const double *> j.x, <const double *> j.w,
+                                           <const double *> j.b, <double *> j.out, j.s, n0, n1)
+
+
 cdef int conv_forward(const floating *x, const floating *w, const floating *b, floating *out,
                       ConvShape s, int threads) noexcept nogil:
-    cdef long parts = _conv_parts(s, threads)
-    cdef long step = (s.N + parts - 1) // parts, t, n0
-    cdef int status[MAX_PARTS]
+    cdef long parts = _conv_parts(s, threads), t
+    cdef _ConvJob j
     cdef int failed = 0
     if parts == 1:
         return conv_forward_samples(x, w, b, out, s, 0, s.N)
-    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
-        n0 = t * step
-        status[t] = 0
-        if n0 < s.N:
-            status[t] = conv_forward_samples(x, w, b, out, s, n0,
-                                             n0 + step if n0 + step < s.N else s.N)
+    j.s = s
+    j.single = floating is float
+    j.step = (s.N + parts - 1) // parts
+    j.x = x
+    j.w = w
+    j.b = b
+    j.out = out
+    run_parts(_forward_part, &j, parts)
     for t in range(parts):
-        failed = failed | status[t]
+        failed = failed | j.status[t]
     return failed
+
+
+cdef void _backward_part(void *ctx, long t) noexcept nogil:
+    cdef _ConvJob *j = <_ConvJob *> ctx
+    cdef long ckk = j.s.C * j.s.KH * j.s.KW
+    cdef long n0 = t * j.step, n1 = _span_end(n0, j.step, j.s.N), at = t * j.s.O * ckk
+    j.status[t] = 0
+    if j.single:
+        if n0 < j.s.N:
+            j.status[t] = conv_backward_samples(
+                <const float *> j.g, <const float *> j.x, <const float *> j.w,
+                <float *> j.partials + at, <float *> j.out, <float *> j.sums, j.s, n0, n1)
+        else:
+            memset(<float *> j.partials + at, 0, j.s.O * ckk * sizeof(float))
+    else:
+        if n0 < j.s.N:
+            j.status[t] = conv_backward_samples(
+                <const double *> j.g, <const double *> j.x, <const double *> j.w,
+                <double *> j.partials + at, <double *> j.out, <double *> j.sums, j.s, n0, n1)
+        else:
+            memset(<double *> j.partials + at, 0, j.s.O * ckk * sizeof(double))
 
 
 cdef int conv_backward(const floating *g, const floating *x, const floating *w, floating *gw,
@@ -449,22 +504,24 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
     cdef long step = (s.N + parts - 1) // parts, t, n0, i, n, o, p, q
     cdef const floating *part
     cdef bint by_rows = _gw_by_rows(s)     # (the partials are then (CKK, O))
-    cdef int status[MAX_PARTS]
+    cdef _ConvJob job
     cdef int failed = 0
     cdef floating acc
     if parts == 1:
         failed = conv_backward_samples(g, x, w, partials, gx, sums, s, 0, s.N)
     else:
-        for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
-            n0 = t * step
-            status[t] = 0
-            if n0 < s.N:
-                status[t] = conv_backward_samples(g, x, w, partials + t * s.O * ckk, gx, sums,
-                                                  s, n0, n0 + step if n0 + step < s.N else s.N)
-            else:
-                memset(partials + t * s.O * ckk, 0, s.O * ckk * sizeof(floating))
+        job.s = s
+        job.single = floating is float
+        job.step = step
+        job.g = g
+        job.x = x
+        job.w = w
+        job.partials = partials
+        job.out = gx
+        job.sums = sums
+        run_parts(_backward_part, &job, parts)
         for t in range(parts):
-            failed = failed | status[t]
+            failed = failed | job.status[t]
     if failed:
         return -1
     for t in range(parts):
@@ -725,12 +782,46 @@ cdef long maxpool_backward_planes(const floating *g, const int64_t *idx, floatin
     return bad
 
 
+ctypedef struct _PoolJob:
+    # max pooling (or its backward) over planes in spans of `step`, a part each
+    bint single
+    long planes
+    long step
+    const void *x          # forward: x -> out, idx; backward: g (here), idx -> gx (out)
+    void *out
+    int64_t *idx
+    long H
+    long W
+    long KH
+    long KW
+    long sh
+    long sw
+    long OH
+    long OW
+    long bad[MAX_PARTS]    # backward: indices out of range, per part
+
+
+cdef void _pool_part(void *ctx, long t) noexcept nogil:
+    cdef _PoolJob *j = <_PoolJob *> ctx
+    cdef long q0 = t * j.step, count = _span_end(q0, j.step, j.planes) - q0
+    if count <= 0:
+        return
+    if j.single:
+        maxpool_planes(<const float *> j.x + q0 * j.H * j.W, <float *> j.out + q0 * j.OH * j.OW,
+                       j.idx + q0 * j.OH * j.OW, count, j.H, j.W, j.KH, j.KW, j.sh, j.sw, j.OH,
+                       j.OW)
+    else:
+        maxpool_planes(<const double *> j.x + q0 * j.H * j.W,
+                       <double *> j.out + q0 * j.OH * j.OW, j.idx + q0 * j.OH * j.OW, count, j.H,
+                       j.W, j.KH, j.KW, j.sh, j.sw, j.OH, j.OW)
+
+
 cdef _pool_typed(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] idx,
                  long KH, long KW, long sh, long sw):
     cdef long N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef long OH = out.shape[2], OW = out.shape[3], planes = N * C
     cdef long parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
-    cdef long step = (planes + parts - 1) // parts, t, q0
+    cdef _PoolJob j
     if planes == 0:
         return
     with nogil:
@@ -738,13 +829,14 @@ cdef _pool_typed(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int
             maxpool_planes(&x[0, 0, 0, 0], &out[0, 0, 0, 0], &idx[0, 0, 0, 0], planes, H, W,
                            KH, KW, sh, sw, OH, OW)
         else:
-            for t in prange(parts, num_threads=parts, schedule="static"):
-                q0 = t * step
-                if q0 < planes:
-                    maxpool_planes(&x[0, 0, 0, 0] + q0 * H * W, &out[0, 0, 0, 0] + q0 * OH * OW,
-                                   &idx[0, 0, 0, 0] + q0 * OH * OW,
-                                   step if q0 + step <= planes else planes - q0,
-                                   H, W, KH, KW, sh, sw, OH, OW)
+            j.single = floating is float
+            j.planes = planes
+            j.step = (planes + parts - 1) // parts
+            j.x = &x[0, 0, 0, 0]
+            j.out = &out[0, 0, 0, 0]
+            j.idx = &idx[0, 0, 0, 0]
+            j.H, j.W, j.KH, j.KW, j.sh, j.sw, j.OH, j.OW = H, W, KH, KW, sh, sw, OH, OW
+            run_parts(_pool_part, &j, parts)
 
 
 def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
@@ -775,13 +867,29 @@ def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
     return (y if out is None else out), (idx if indices is None else indices)
 
 
+cdef void _pool_backward_part(void *ctx, long t) noexcept nogil:
+    cdef _PoolJob *j = <_PoolJob *> ctx
+    cdef long q0 = t * j.step, count = _span_end(q0, j.step, j.planes) - q0
+    cdef long HW = j.H * j.W, OHW = j.OH * j.OW
+    j.bad[t] = 0
+    if count <= 0:
+        return
+    if j.single:
+        j.bad[t] = maxpool_backward_planes(<const float *> j.x + q0 * OHW, j.idx + q0 * OHW,
+                                           <float *> j.out + q0 * HW, count, HW, OHW)
+    else:
+        j.bad[t] = maxpool_backward_planes(<const double *> j.x + q0 * OHW, j.idx + q0 * OHW,
+                                           <double *> j.out + q0 * HW, count, HW, OHW)
+
+
 cdef long _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :, ::1] idx,
                                floating[:, :, :, ::1] gx):
     # returns how many indices were out of range (skipped)
     cdef long planes = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
     cdef long OHW = g.shape[2] * g.shape[3]
     cdef long parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
-    cdef long step = (planes + parts - 1) // parts, t, q0, bad = 0
+    cdef long t, bad = 0
+    cdef _PoolJob j
     if planes == 0:
         return 0
     with nogil:
@@ -789,13 +897,16 @@ cdef long _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, 
             bad = maxpool_backward_planes(&g[0, 0, 0, 0], &idx[0, 0, 0, 0], &gx[0, 0, 0, 0],
                                           planes, HW, OHW)
         else:
-            for t in prange(parts, num_threads=parts, schedule="static"):
-                q0 = t * step
-                if q0 < planes:
-                    bad += maxpool_backward_planes(
-                        &g[0, 0, 0, 0] + q0 * OHW, &idx[0, 0, 0, 0] + q0 * OHW,
-                        &gx[0, 0, 0, 0] + q0 * HW, step if q0 + step <= planes else planes - q0,
-                        HW, OHW)
+            j.single = floating is float
+            j.planes = planes
+            j.step = (planes + parts - 1) // parts
+            j.x = &g[0, 0, 0, 0]
+            j.out = &gx[0, 0, 0, 0]
+            j.idx = <int64_t *> &idx[0, 0, 0, 0]
+            j.H, j.W, j.OH, j.OW = gx.shape[2], gx.shape[3], g.shape[2], g.shape[3]
+            run_parts(_pool_backward_part, &j, parts)
+            for t in range(parts):
+                bad += j.bad[t]
     return bad
 
 

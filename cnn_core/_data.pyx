@@ -8,13 +8,12 @@ split among the threads (each copies a contiguous run of the batch), so the trip
 """
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 cimport numpy as cnp
 
 from cnn_core._checks cimport output, plain, refuse_overlap
-from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN
+from cnn_core._parallel cimport num_threads, span_parts, run_parts, SPAN_MIN, MAX_PARTS
 
 cnp.import_array()
 
@@ -33,18 +32,39 @@ cdef long _copy_rows(const char *x, long n_rows, const int64_t *rows, long lo, l
     return bad
 
 
+ctypedef struct _Gather:
+    # the batch's rows in spans of `step`, a part each; each part's bad indices in its slot
+    const char *x
+    long n_rows
+    const int64_t *rows
+    long count
+    long row_bytes
+    char *out
+    long step
+    long bad[MAX_PARTS]
+
+
+cdef void _gather_part(void *ctx, long t) noexcept nogil:
+    cdef _Gather *j = <_Gather *> ctx
+    cdef long lo = t * j.step, hi = lo + j.step
+    if hi > j.count:
+        hi = j.count
+    j.bad[t] = _copy_rows(j.x, j.n_rows, j.rows, lo, hi, j.row_bytes, j.out) if lo < hi else 0
+
+
 cdef long _gather(const char *x, long n_rows, const int64_t *rows, long count, long row_bytes,
                   char *out) noexcept nogil:
     # spans of the batch per thread, at least SPAN_MIN bytes each
     cdef long parts = span_parts(count * row_bytes, SPAN_MIN * 4, num_threads())
-    cdef long step = (count + parts - 1) // parts, t, lo, bad = 0
+    cdef long t, bad = 0
+    cdef _Gather j
     if parts == 1:
         return _copy_rows(x, n_rows, rows, 0, count, row_bytes, out)
-    for t in prange(parts, num_threads=parts, schedule="static"):
-        lo = t * step
-        if lo < count:
-            bad += _copy_rows(x, n_rows, rows, lo, lo + step if lo + step < count else count,
-                              row_bytes, out)
+    j.x, j.n_rows, j.rows, j.count, j.row_bytes, j.out = x, n_rows, rows, count, row_bytes, out
+    j.step = (count + parts - 1) // parts
+    run_parts(_gather_part, &j, parts)
+    for t in range(parts):
+        bad += j.bad[t]
     return bad
 
 

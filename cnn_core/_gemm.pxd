@@ -7,8 +7,8 @@
 #   shape), how a product is shared out (_Split, _split, _slab_bounds, _slab, gemm_slab,
 #   gemm_parallel), the halves of k and their sum (_half_product, _sum_on_two, _sum_share,
 #   _sum_halves), the duo's helper thread taking a second half (_HalfJob, _offer_half,
-#   _take_half, _first_half_and_take, _halves_on_duo, _duo_own, _duo_disown: the duo's state
-#   is static in src/nn_duo.h, one per module that includes it, so only _gemm touches it),
+#   _take_half, _first_half_and_take, _halves_on_duo, _duo_own, _duo_disown, on the team of
+#   src/nn_team.h through _parallel's duo_* functions),
 #   and the Python wrappers' shared pieces (_check_pair, _run, _refuse_overlap).
 #
 # The small helpers called per tile, row or slab are `cdef inline` here: compiled into every
@@ -106,8 +106,50 @@ ctypedef struct _HalfJob:
     long k
     bint row_path
     int status
-    long ticket       # the duo's ticket (0: the duo was not this caller's: it runs the half)
+    long ticket       # the team's job (0: the team was not this caller's: it runs the half)
     bint offered      # offered, not yet taken back (_take_half)
+
+
+ctypedef struct _Halves:
+    # both halves of k of a product, a part each (_k_halves)
+    _HalfJob job
+    int status[2]
+
+
+ctypedef struct _SlabJob:
+    # a product in slabs, a part each (gemm_parallel); float32 or float64 behind the pointers
+    const _Split *split
+    bint single
+    const void *a
+    long rsa
+    long csa
+    const void *b
+    long rsb
+    long csb
+    void *c
+    long ldc
+    long m
+    long n
+    long k
+    double alpha      # (a float's value is a double's exactly)
+    double beta
+    const void *bias
+    int relu
+    int status[64]    # MAX_PARTS
+
+
+ctypedef struct _SumJob:
+    # the halves' sum, by rows on two threads (_sum_share)
+    bint single
+    const void *part
+    void *c
+    long ldc
+    long m
+    long n
+    double alpha
+    double beta
+    const void *bias
+    int relu
 
 
 cdef inline long _ceil_div(long a, long b) noexcept nogil:
@@ -186,7 +228,7 @@ cdef void _sum_share(int tid, const floating *part, floating *c, long ldc, long 
                      floating alpha, floating beta, const floating *bias, int relu,
                      bint on_two) noexcept nogil
 
-# The duo (src/nn_duo.h): the second half of k offered to its helper thread, taken back.
+# The duo (src/nn_team.h's split phase): the second half of k offered to a worker, taken back.
 cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long csa,
                       const void *b, long rsb, long csb, void *part, long m, long n, long k,
                       bint row_path, bint owned=*) noexcept nogil

@@ -32,10 +32,10 @@ Cs, then added (_k_halves) -- decided from the shape alone, so again the same bi
 number of threads. `_split` makes the choice.
 
 On two threads or more, a product of fewer than ROW_PATH_MAX_M rows (one-sample inference)
-cut so starts no OpenMP team: its second half is offered to the duo's one helper thread
-(src/nn_duo.h; _halves_on_duo), the first summed on the calling thread, then the second
-taken back -- run by the helper, or by the caller when the helper had not started it. The
-same _half_product calls either way: the same bits.
+cut so offers its second half to the team's workers (the "duo": src/nn_team.h's split phase,
+through _parallel; _halves_on_duo), sums the first on the calling thread, then takes the
+second back -- run by a worker, or by the caller when no worker had started it. The same
+_half_product calls either way: the same bits.
 
 `gemm_naive` is the textbook triple loop, kept as reference and fallback.
 
@@ -55,11 +55,13 @@ import numpy as np
 
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, output, check_scalar,
                               refuse_overlap)
-from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS
+from cnn_core._parallel cimport (num_threads, span_parts, MAX_PARTS, part_fn, run_parts_on,
+                                duo_own, duo_disown, duo_post, duo_offer, duo_finish)
+from cnn_core._parallel import _team_counts, _team_hold
+from libc.stdlib cimport malloc, free
 
 # (the kernel tables' types, NN_RELU and NN_CHECK_FINITE: _gemm.pxd)
 cdef extern from "nn_gemm_ukernel.h" nogil:
@@ -75,17 +77,6 @@ cdef extern from "nn_peak.h" nogil:
 
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
-
-cdef extern from "nn_duo.h" nogil:
-    ctypedef void (*nn_duo_fn)(void *arg) noexcept nogil
-    long nn_duo_offer(nn_duo_fn fn, void *arg)
-    int nn_duo_own()
-    void nn_duo_disown()
-    long nn_duo_post(nn_duo_fn fn, void *arg)
-    void nn_duo_finish(long ticket, nn_duo_fn fn, void *arg)
-    void nn_duo_hold(int hold)
-    long nn_duo_taken()
-    long nn_duo_stolen()
 
 # Cache blocking (elements). kc x n_block of B stays in L2; n_block is the kernel table's
 # `nblock`, chosen per ISA for its machines' L2 (src/nn_gemm_ukernel.h: float 240 columns,
@@ -351,7 +342,7 @@ cdef int _half_product(int h, const floating *a, long rsa, long csa, const float
                      row_path)
 
 
-cdef void _half_job(void *arg) noexcept nogil:
+cdef void _half_job(void *arg, long unused) noexcept nogil:
     cdef _HalfJob *j = <_HalfJob *> arg
     if j.single:
         j.status = _half_product(1, <const float *> j.a, j.rsa, j.csa, <const float *> j.b,
@@ -361,12 +352,9 @@ cdef void _half_job(void *arg) noexcept nogil:
                                  j.rsb, j.csb, <double *> j.part, j.m, j.n, j.k, j.row_path)
 
 
-cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long csa,
-                      const void *b, long rsb, long csb, void *part, long m, long n, long k,
-                      bint row_path, bint owned=False) noexcept nogil:
-    # the second half of k of A @ B, into its partial C, offered to the duo's helper thread
-    # (src/nn_duo.h; `owned`: the duo is this caller's already, nn_duo_own); the caller
-    # does the first half, then _take_half
+cdef void _set_half_job(_HalfJob *job, bint single, const void *a, long rsa, long csa,
+                        const void *b, long rsb, long csb, void *part, long m, long n,
+                        long k, bint row_path) noexcept nogil:
     job.single = single
     job.a = a
     job.rsa = rsa
@@ -380,13 +368,22 @@ cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long 
     job.k = k
     job.row_path = row_path
     job.status = 0
-    job.ticket = nn_duo_post(_half_job, job) if owned else nn_duo_offer(_half_job, job)
+
+
+cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long csa,
+                      const void *b, long rsb, long csb, void *part, long m, long n, long k,
+                      bint row_path, bint owned=False) noexcept nogil:
+    # the second half of k of A @ B, into its partial C, offered to the team's workers
+    # (src/nn_team.h; `owned`: the team is this caller's already, duo_own); the caller
+    # does the first half, then _take_half
+    _set_half_job(job, single, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
+    job.ticket = duo_post(_half_job, job) if owned else duo_offer(_half_job, job)
     job.offered = True
 
 
 cdef int _take_half(_HalfJob *job) noexcept nogil:
-    # the offered half done when this returns: by the helper, or here if it had not started
-    nn_duo_finish(job.ticket, _half_job, job)
+    # the offered half done when this returns: by a worker, or here if none had started it
+    duo_finish(job.ticket, _half_job, job)
     job.offered = False
     return job.status
 
@@ -403,37 +400,37 @@ cdef int _first_half_and_take(_HalfJob *j, floating *dummy) noexcept nogil:
 cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b, long rsb,
                         long csb, floating *part, long m, long n, long k,
                         bint row_path) noexcept nogil:
-    # Both halves of k into their partial Cs, the second offered to the duo's helper, the
-    # first here: for the few-row products (one-sample inference), where an OpenMP fork,
-    # barrier and join cost as much as half the product. The same _half_product calls as
-    # on a team, whichever thread runs the second: the same bits.
+    # Both halves of k into their partial Cs, the second offered to the team's workers,
+    # the first here: for the few-row products (one-sample inference), where waiting for a
+    # whole job costs as much as half the product. The same _half_product calls whichever
+    # thread runs the second: the same bits.
     cdef _HalfJob job
     _offer_half(&job, floating is float, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
     return _first_half_and_take(&job, part)
 
 
 def _duo_counts():
-    """(jobs the duo's helper thread ran, jobs their callers took back and ran themselves):
-    for tests. A call that found the duo owned by another caller offered nothing and is
-    counted on neither side."""
-    return nn_duo_taken(), nn_duo_stolen()
+    """(offered halves a worker ran, offered halves their callers took back and ran
+    themselves): for tests. A call that found the team owned by another caller offered
+    nothing and is counted on neither side."""
+    return _team_counts(offered=True)
 
 
 def _duo_hold(hold):
-    """Tests: True keeps the duo's helper from claiming jobs (each caller then runs its
-    offered half itself), False lets it claim them again."""
-    nn_duo_hold(1 if hold else 0)
+    """Tests: True keeps the team's workers from claiming parts (each caller then runs its
+    offered half, and every part, itself), False lets them claim them again."""
+    _team_hold(hold)
 
 
 cdef int _duo_own() noexcept nogil:
-    # make the duo this caller's (nonzero), for _offer_half(owned=True); 0 when another
-    # caller owns it. (The duo's state is this module's: src/nn_duo.h's is static.)
-    return nn_duo_own()
+    # make the team this caller's (nonzero), for _offer_half(owned=True); 0 when another
+    # caller owns it
+    return duo_own()
 
 
 cdef void _duo_disown() noexcept nogil:
-    # give back a duo owned with _duo_own that was offered nothing
-    nn_duo_disown()
+    # give back a team owned with _duo_own that was offered nothing
+    duo_disown()
 
 
 cdef void _sum_share(int tid, const floating *part, floating *c, long ldc, long m, long n,
@@ -470,26 +467,66 @@ cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, lon
     cdef floating *part = <floating *> nn_scratch(2, 2 * m * n * sizeof(floating))
     if part == NULL:
         return -1
-    cdef long h
-    cdef int status[2]
+    cdef _Halves job
     cdef int team = 2 if threads >= 2 else 1
     if team == 2 and row_path:
         if _halves_on_duo(a, rsa, csa, b, rsb, csb, part, m, n, k, row_path) != 0:
             return -1
     else:
-        for h in prange(2, nogil=True, num_threads=team, schedule="static"):
-            status[h] = _half_product(<int> h, a, rsa, csa, b, rsb, csb, part, m, n, k,
-                                      row_path)
-        if status[0] != 0 or status[1] != 0:
+        _set_half_job(&job.job, floating is float, a, rsa, csa, b, rsb, csb, part, m, n, k,
+                      row_path)
+        run_parts_on(_halves_part, &job, 2, team)
+        if job.status[0] != 0 or job.status[1] != 0:
             return -1
     # the sum (by rows, on both threads when there are many; here after the duo)
     cdef bint on_two = _sum_on_two(m, n, team) and not row_path
+    cdef _SumJob total
     if not on_two:
         _sum_share(0, part, c, ldc, m, n, alpha, beta, bias, relu, False)
     else:
-        for h in prange(2, nogil=True, num_threads=2, schedule="static"):
-            _sum_share(<int> h, part, c, ldc, m, n, alpha, beta, bias, relu, True)
+        _set_sum_job(&total, part, c, ldc, m, n, alpha, beta, bias, relu)
+        run_parts_on(_sum_part, &total, 2, 2)
     return 0
+
+
+cdef void _halves_part(void *ctx, long h) noexcept nogil:
+    cdef _Halves *j = <_Halves *> ctx
+    if j.job.single:
+        j.status[h] = _half_product(<int> h, <const float *> j.job.a, j.job.rsa, j.job.csa,
+                                    <const float *> j.job.b, j.job.rsb, j.job.csb,
+                                    <float *> j.job.part, j.job.m, j.job.n, j.job.k,
+                                    j.job.row_path)
+    else:
+        j.status[h] = _half_product(<int> h, <const double *> j.job.a, j.job.rsa, j.job.csa,
+                                    <const double *> j.job.b, j.job.rsb, j.job.csb,
+                                    <double *> j.job.part, j.job.m, j.job.n, j.job.k,
+                                    j.job.row_path)
+
+
+cdef void _set_sum_job(_SumJob *j, const floating *part, floating *c, long ldc, long m,
+                       long n, floating alpha, floating beta, const floating *bias,
+                       int relu) noexcept nogil:
+    j.single = floating is float
+    j.part = part
+    j.c = c
+    j.ldc = ldc
+    j.m = m
+    j.n = n
+    j.alpha = alpha
+    j.beta = beta
+    j.bias = bias
+    j.relu = relu
+
+
+cdef void _sum_part(void *ctx, long h) noexcept nogil:
+    # half h of the rows of the halves' sum (_sum_share on two threads)
+    cdef _SumJob *j = <_SumJob *> ctx
+    if j.single:
+        _sum_share(<int> h, <const float *> j.part, <float *> j.c, j.ldc, j.m, j.n,
+                   <float> j.alpha, <float> j.beta, <const float *> j.bias, j.relu, True)
+    else:
+        _sum_share(<int> h, <const double *> j.part, <double *> j.c, j.ldc, j.m, j.n,
+                   j.alpha, j.beta, <const double *> j.bias, j.relu, True)
 
 
 cdef _Split _split(long m, long n, long k, long csb, int threads, int mr,
@@ -555,16 +592,44 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     if s.kind == SPLIT_SERIAL:
         return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
                          s.row_path)
-    cdef int status[MAX_PARTS]
+    cdef _SlabJob job
     cdef long t
-    cdef int failed = 0
-    for t in prange(s.parts, nogil=True, num_threads=s.parts, schedule="static"):
-        status[t] = _slab(&s, t, a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta,
-                          bias, relu)
+    job.split = &s
+    job.single = floating is float
+    job.a = a
+    job.rsa = rsa
+    job.csa = csa
+    job.b = b
+    job.rsb = rsb
+    job.csb = csb
+    job.c = c
+    job.ldc = ldc
+    job.m = m
+    job.n = n
+    job.k = k
+    job.alpha = alpha
+    job.beta = beta
+    job.bias = bias
+    job.relu = relu
+    run_parts_on(_slab_part, &job, s.parts, <int> s.parts)
     for t in range(s.parts):
-        if status[t] != 0:
-            failed = 1
-    return -1 if failed else 0
+        if job.status[t] != 0:
+            return -1
+    return 0
+
+
+cdef void _slab_part(void *ctx, long t) noexcept nogil:
+    # slab t of a product in slabs (gemm_parallel)
+    cdef _SlabJob *j = <_SlabJob *> ctx
+    if j.single:
+        j.status[t] = _slab(j.split, t, <const float *> j.a, j.rsa, j.csa,
+                            <const float *> j.b, j.rsb, j.csb, <float *> j.c, j.ldc, j.m,
+                            j.n, j.k, <float> j.alpha, <float> j.beta,
+                            <const float *> j.bias, j.relu)
+    else:
+        j.status[t] = _slab(j.split, t, <const double *> j.a, j.rsa, j.csa,
+                            <const double *> j.b, j.rsb, j.csb, <double *> j.c, j.ldc, j.m,
+                            j.n, j.k, j.alpha, j.beta, <const double *> j.bias, j.relu)
 
 
 cdef void gemm_naive_kernel(const floating *a, long rsa, long csa, const floating *b, long rsb,
@@ -760,6 +825,12 @@ cdef int _no_products(floating *c, long ldc, long m, long n, floating beta,
     return 0
 
 
+ctypedef struct _PeakJob:
+    int isa
+    long reps
+    double *flops
+
+
 def _fma_peak(long reps=10_000_000, int threads=1):
     """The measured multiply-add peak (float32 GFLOP/s) that the benchmark's "% of peak"
     divides by: `threads` threads each issue `reps` x 24 independent vector FMAs of the
@@ -767,11 +838,23 @@ def _fma_peak(long reps=10_000_000, int threads=1):
     import time
     if threads < 1 or reps < 1:
         raise ValueError(f"threads and reps must be >= 1, got {threads}, {reps}")
-    cdef int isa = nn_cpu_best_isa()
-    cdef double flops = 0
+    cdef _PeakJob job
     cdef int t
-    start = time.perf_counter()
-    with nogil:
-        for t in prange(threads, num_threads=threads, schedule="static"):
-            flops += nn_fma_peak_loop(isa, reps)
-    return flops / (time.perf_counter() - start) / 1e9
+    job.isa = nn_cpu_best_isa()
+    job.reps = reps
+    job.flops = <double *> malloc(threads * sizeof(double))
+    if job.flops == NULL:
+        raise MemoryError()
+    try:
+        start = time.perf_counter()
+        with nogil:
+            run_parts_on(_peak_part, &job, threads, threads)
+        elapsed = time.perf_counter() - start
+        return sum(job.flops[t] for t in range(threads)) / elapsed / 1e9
+    finally:
+        free(job.flops)
+
+
+cdef void _peak_part(void *ctx, long t) noexcept nogil:
+    cdef _PeakJob *j = <_PeakJob *> ctx
+    j.flops[t] = nn_fma_peak_loop(j.isa, j.reps)

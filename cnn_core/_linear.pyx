@@ -15,29 +15,35 @@ gradient summed by columns, rows in order (_column_sums).
 
 Chains of layers (Sequential's Linear[-ReLU] stacks)
 ----------------------------------------------------
-`linear_chain_forward` runs several linear layers in one parallel region, each thread taking
-the share `_split` (cnn_core/_gemm.pyx) gives it per layer -- exactly what gemm_parallel
-would give it, so every output has the bits of one linear_forward per layer -- the threads
-meeting at a barrier only where one reads what another wrote (_on_team, _chain_share)::
+`linear_chain_forward` runs several linear layers as a few jobs of the team
+(src/nn_team.h), share t of each job being what `_split` (cnn_core/_gemm.pyx) gives thread t
+per layer -- exactly what gemm_parallel would give it, so every output has the bits of one
+linear_forward per layer. A new job starts only where one share reads what another wrote (a
+"meeting point"); between two, a share is a "stretch" of its layers (_on_team,
+_chain_share)::
 
-    for each layer l:                           in one region of `team` threads
-        [barrier, when l's input or its threads are not all this thread's]
-        SPLIT_SERIAL   thread 0: gemm_slab on the whole product
-        SPLIT_SLABS    thread t: slabs t, t + team, ... (_slab)
-        SPLIT_HALVES   thread h % team: half h of k (_half_product); barrier; the sum
-                       (_sum_share: by rows on two threads when it is large)
+    for each layer l:                           share t of `team`
+        [meeting point, when l's input or its shares are not all share t's]
+        SPLIT_SERIAL   share 0: gemm_slab on the whole product
+        SPLIT_SLABS    share t: slabs t, t + team, ... (_slab)
+        SPLIT_HALVES   share h % team: half h of k (_half_product); meeting point; the sum
+                       (_sum_share: by rows on two shares when it is large)
 
-A chain of fewer than ROW_PATH_MAX_M rows (one sample) on 2 threads or more opens no region:
+There is no barrier: a stretch's shares are parts of one job, claimed by whichever thread is
+awake (each thread its own share first: the same core keeps the same rows), so a thread the
+OS has parked holds nobody up.
+
+A chain of fewer than ROW_PATH_MAX_M rows (one sample) on 2 threads or more posts no job:
 its layers run in order on the calling thread (_chain_on_duo), the second half of k of each
-halved product taken by the duo's helper thread (src/nn_duo.h, _gemm's), a product in slabs
-on an OpenMP team (gemm_parallel). A halved first layer's half is offered while the other
+halved product offered to the team's workers (src/nn_team.h's split phase, _gemm's), a
+product in slabs on the team (gemm_parallel). A halved first layer's half is offered while the other
 layers are still being checked.
 
-`linear_chain_backward` runs from the last layer down in one region (_chain_back_share):
+`linear_chain_backward` runs from the last layer down the same way (_chain_back_share):
 layer l's dW = x^T @ g, its column sums and dX = g @ w^T -- which read only g, x and w -- side
 by side, each product shared out as linear_backward's would be, the ReLU mask of the layer
-below applied to each share of dX by the thread that wrote it; the threads meet at a barrier
-before each layer below. With check_finite each share of a gradient is tested for NaN/inf
+below applied to each share of dX by the thread that wrote it; a meeting point before each
+layer below. With check_finite each share of a gradient is tested for NaN/inf
 by the thread that wrote it, while it is in that core's cache.
 
 What this module uses of the GEMM is declared in cnn_core/_gemm.pxd.
@@ -46,13 +52,12 @@ import numpy as np
 
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport parallel, threadid
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memchr, memset
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_buffer, output,
                               is_ready, is_buffer, span, overlap_error, READ, WRITTEN)
-from cnn_core._parallel cimport num_threads, MAX_PARTS
+from cnn_core._parallel cimport num_threads, MAX_PARTS, run_parts_on
 from cnn_core._finite cimport all_finite_span
 from cnn_core._gemm cimport (
     _skernel, _dkernel, NN_CHECK_FINITE, ROW_PATH_MAX_M, SPLIT_SERIAL, SPLIT_HALVES,
@@ -62,24 +67,6 @@ from cnn_core._gemm cimport (
     _check_pair, _refuse_overlap, _run)
 
 cnp.import_array()
-
-cdef extern from *:
-    """
-    /* the team of the enclosing OpenMP parallel region: its size, and a barrier for all of
-       it (an orphaned barrier: it binds to whatever region the caller runs in) */
-    #ifdef _OPENMP
-    #include <omp.h>
-    static void nn_team_barrier(void) {
-    #pragma omp barrier
-    }
-    static int nn_team_size(void) { return omp_get_num_threads(); }
-    #else
-    static void nn_team_barrier(void) { }
-    static int nn_team_size(void) { return 1; }
-    #endif
-    """
-    void nn_team_barrier() nogil
-    int nn_team_size() nogil
 
 cdef extern from "nn_scratch.h" nogil:
     # this module's own per-thread buffers (src/nn_scratch.h): 2 = the two partial products
@@ -146,12 +133,20 @@ ctypedef struct _BackLayer:
     char bad_b              # ... in grad_b
 
 
-cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long nl, long m,
-                      floating *part) noexcept nogil:
-    # Thread `tid`'s part of every layer, in order, in one parallel region of `team`
-    # threads: each product is shared out exactly as gemm_parallel would share it (so every
-    # output has the bits of one linear_forward per layer), and the threads meet at a
-    # barrier only where one reads what another wrote (chains of fewer than
+ctypedef struct _Seg:
+    # which stretch of a share to run: the stretches between two meeting points (where one
+    # thread reads what another wrote) are counted from 0 as a share runs (`at`), and only
+    # the statements of stretch `want` are executed
+    int want
+    int at
+
+
+cdef int _chain_share(int tid, int team, _Seg *g, const floating *x, _Layer *layers, long nl,
+                      long m, floating *part) noexcept nogil:
+    # Share `tid` of every layer, in order, of `team` shares: each product is shared out
+    # exactly as gemm_parallel would share it (so every output has the bits of one
+    # linear_forward per layer); only stretch g.want runs, the stretches ending where one
+    # share reads what another wrote (chains of fewer than
     # ROW_PATH_MAX_M rows take the duo instead: _chain_on_duo). Returns -1 if out of
     # memory.
     cdef int status = 0, h
@@ -170,26 +165,29 @@ cdef int _chain_share(int tid, int team, const floating *x, _Layer *layers, long
         bias = <const floating *> L.bias
         c = <floating *> L.out
         if l > 0 and team > 1 and (prev_multi or L.split.kind != SPLIT_SERIAL):
-            nn_team_barrier()       # this layer's input, or its threads, are not all ours
+            g.at += 1               # this layer's input, or its threads, are not all ours
         if L.split.kind == SPLIT_SERIAL:
-            if tid == 0 and gemm_slab(a, k, 1, w, n, 1, c, n, m, n, k, 1, 0, bias, L.relu,
-                                      L.split.row_path) != 0:
+            if g.at == g.want and tid == 0 and gemm_slab(a, k, 1, w, n, 1, c, n, m, n, k, 1,
+                                                         0, bias, L.relu,
+                                                         L.split.row_path) != 0:
                 status = -1
             prev_multi = False
         elif L.split.kind == SPLIT_SLABS:
             for t in range(L.split.parts):
-                if t % team == tid and _slab(&L.split, t, a, k, 1, w, n, 1, c, n, m, n, k, 1, 0,
-                                             bias, L.relu) != 0:
+                if g.at == g.want and t % team == tid and _slab(
+                        &L.split, t, a, k, 1, w, n, 1, c, n, m, n, k, 1, 0, bias,
+                        L.relu) != 0:
                     status = -1
             prev_multi = True
         else:   # the halves of k, then their sum (as _k_halves)
             for h in range(2):
-                if h % team == tid and _half_product(h, a, k, 1, w, n, 1, part, m, n, k,
-                                                     L.split.row_path) != 0:
+                if g.at == g.want and h % team == tid and _half_product(
+                        h, a, k, 1, w, n, 1, part, m, n, k, L.split.row_path) != 0:
                     status = -1
-            nn_team_barrier()
+            g.at += 1
             prev_multi = _sum_on_two(m, n, team)
-            _sum_share(tid, part, c, n, m, n, 1, 0, bias, L.relu, prev_multi)
+            if g.at == g.want:
+                _sum_share(tid, part, c, n, m, n, 1, 0, bias, L.relu, prev_multi)
         a = c
     return status
 
@@ -199,7 +197,7 @@ cdef int _chain_on_duo(const floating *x, _Layer *layers, long nl, long m, int t
     # The chain's layers in order on this thread, for few rows (m < ROW_PATH_MAX_M): each
     # product's halves of k with the duo (the first layer's second half maybe offered
     # already: `first`, by linear_chain_forward while it checked the other layers), a
-    # product in slabs on an OpenMP team (gemm_parallel). A one-sample forward through
+    # product in slabs on the team (gemm_parallel). A one-sample forward through
     # 784-256-128-10 offers the duo one job and takes it back once. Each product shared
     # out as _chain_share would: the same bits.
     cdef long l
@@ -263,35 +261,83 @@ cdef inline void _count_team(const _Split *s, long c_size, int threads, int *tea
         team[0] = max(team[0], <int> s.parts)
 
 
-cdef inline int _share(int tid, int team, const floating *x, _Layer *layers, _BackLayer *back,
-                       long nl, long m, floating *part) noexcept nogil:
+cdef inline int _share(int tid, int team, _Seg *g, const floating *x, _Layer *layers,
+                       _BackLayer *back, long nl, long m, floating *part) noexcept nogil:
     if back != NULL:
-        return _chain_back_share(tid, team, back, nl, m, part)
-    return _chain_share(tid, team, x, layers, nl, m, part)
+        return _chain_back_share(tid, team, g, back, nl, m, part)
+    return _chain_share(tid, team, g, x, layers, nl, m, part)
+
+
+ctypedef struct _TeamJob:
+    # one stretch of every share of a chain (_team_part: part tid = thread tid's share)
+    int seg
+    int team
+    bint single
+    const void *x
+    _Layer *layers
+    _BackLayer *back
+    long nl
+    long m
+    void *part
+    int status[MAX_PARTS]
+
+
+cdef void _team_part(void *ctx, long tid) noexcept nogil:
+    cdef _TeamJob *j = <_TeamJob *> ctx
+    cdef _Seg g
+    cdef int r
+    g.want = j.seg
+    g.at = 0
+    if j.single:
+        r = _share(<int> tid, j.team, &g, <const float *> j.x, j.layers, j.back, j.nl, j.m,
+                   <float *> j.part)
+    else:
+        r = _share(<int> tid, j.team, &g, <const double *> j.x, j.layers, j.back, j.nl, j.m,
+                   <double *> j.part)
+    if r != 0:
+        j.status[tid] = r
 
 
 cdef int _on_team(int team, const floating *x, _Layer *layers, _BackLayer *back, long nl,
                   long m, long part_size) noexcept nogil:
-    # The shares of a chain's forward (layers) or backward (back) on `team` threads, in one
-    # parallel region (none for a team of one). -1 if out of memory.
+    # The shares of a chain's forward (layers) or backward (back), thread t's share being
+    # part t of `team`: stretch by stretch -- between two meeting points, one job of the
+    # team (src/nn_team.h) each, so that a thread the OS has parked holds nobody up: its
+    # share is run by whoever is free. -1 if out of memory.
     cdef floating *part = NULL
-    cdef int tid, size
+    cdef _TeamJob job
+    cdef _Seg g
+    cdef int tid, seg, segments
     if part_size > 0:
         part = <floating *> nn_scratch(2, part_size * sizeof(floating))
         if part == NULL:
             return -1
+    g.want = -1                 # a dry run: counts the stretches, runs nothing
+    g.at = 0
+    _share(0, team, &g, x, layers, back, nl, m, part)
+    segments = g.at + 1
     if team == 1:
-        return _share(0, 1, x, layers, back, nl, m, part)
-    cdef int status[MAX_PARTS]
+        for seg in range(segments):
+            g.want = seg
+            g.at = 0
+            if _share(0, 1, &g, x, layers, back, nl, m, part) != 0:
+                return -1
+        return 0
+    job.team = team
+    job.single = floating is float
+    job.x = x
+    job.layers = layers
+    job.back = back
+    job.nl = nl
+    job.m = m
+    job.part = part
     for tid in range(team):
-        status[tid] = 0
-    size = 1
-    with parallel(num_threads=team):
-        tid = threadid()
-        size = nn_team_size()       # (the team OpenMP gave, maybe fewer than asked for)
-        status[tid] = _share(tid, size, x, layers, back, nl, m, part)
+        job.status[tid] = 0
+    for seg in range(segments):
+        job.seg = seg
+        run_parts_on(_team_part, &job, team, team)
     for tid in range(team):
-        if status[tid] != 0:
+        if job.status[tid] != 0:
             return -1
     return 0
 
@@ -325,10 +371,10 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     sharing no memory with x, the weights, the biases or each other.
     Returns the tuple (h_1, ..., h_L). Every h_l has the bits of
     ``linear_forward(h_(l-1), weights[l-1], biases[l-1], activation=activations[l-1])``;
-    the layers run in one parallel region, the threads meeting only where one reads what
+    the layers run as a few jobs of the team, a new one only where a share reads what
     another wrote -- or, for fewer than 4 rows (one sample) on 2 threads or more, on this
-    thread with the duo's helper taking the second half of k of each product halved
-    (src/nn_duo.h).
+    thread with a worker taking the second half of k of each product halved
+    (src/nn_team.h).
     """
     x = as_float_array("x", x, 2)
     dtype = <object> cnp.PyArray_DESCR(<cnp.ndarray> x)
@@ -542,14 +588,13 @@ cdef void _relu_mask(floating *c, const floating *mask, long ld, long i0, long i
             row[j] = row[j] if keep[j] > 0 else 0
 
 
-cdef int _share_product(int tid, int team, const _Split *s, int serial_tid,
+cdef int _share_product(int tid, int team, _Seg *g, const _Split *s, int serial_tid,
                         const floating *a, long rsa, long csa, const floating *b, long rsb,
                         long csb, floating *c, long ldc, long m, long n, long k, floating beta,
                         const floating *mask, bint check, floating *part) noexcept nogil:
     # Thread tid's share of C (m x n) = A @ B + beta * C, shared out as gemm_parallel would
     # (so the same bits), then -- when mask is given -- ReLU's backward on what it wrote.
-    # Every thread of the team calls this for every product (a halves product meets at a
-    # barrier). With `check`, each value written is tested for NaN/inf as it is written
+    # Every share calls this for every product (a halves product has a meeting point). With `check`, each value written is tested for NaN/inf as it is written
     # (in the micro-kernels' registers; the sum of halves and the row kernel's rows in
     # cache, by the thread that wrote them). Returns -1 if out of memory, 1 if checked and
     # a value of its share is NaN or infinite, else 0.
@@ -558,7 +603,7 @@ cdef int _share_product(int tid, int team, const _Split *s, int serial_tid,
     cdef long t, start, size, rows = (m + 1) // 2
     cdef bint on_two
     if s.kind == SPLIT_SERIAL:
-        if tid == serial_tid % team:
+        if g.at == g.want and tid == serial_tid % team:
             r = gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, flags,
                           s.row_path)
             status = -1 if r < 0 else 0
@@ -567,7 +612,7 @@ cdef int _share_product(int tid, int team, const _Split *s, int serial_tid,
                 _relu_mask(c, mask, ldc, 0, m, 0, n)
     elif s.kind == SPLIT_SLABS:
         for t in range(s.parts):
-            if t % team != tid:
+            if g.at != g.want or t % team != tid:
                 continue
             r = _slab(s, t, a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, flags)
             if r < 0:
@@ -581,13 +626,14 @@ cdef int _share_product(int tid, int team, const _Split *s, int serial_tid,
                     _relu_mask(c, mask, ldc, start, start + size, 0, n)
     else:   # the halves of k, then their sum (as _k_halves), its rows checked after it
         for h in range(2):
-            if h % team == tid and _half_product(h, a, rsa, csa, b, rsb, csb, part, m, n, k,
-                                                 s.row_path) != 0:
+            if g.at == g.want and h % team == tid and _half_product(
+                    h, a, rsa, csa, b, rsb, csb, part, m, n, k, s.row_path) != 0:
                 status = -1
-        nn_team_barrier()
+        g.at += 1                   # (the sum reads both halves)
         on_two = _sum_on_two(m, n, team)
-        _sum_share(tid, part, c, ldc, m, n, 1, beta, NULL, 0, on_two)
-        if (not on_two and tid == 0) or (on_two and tid < 2):
+        if g.at == g.want:
+            _sum_share(tid, part, c, ldc, m, n, 1, beta, NULL, 0, on_two)
+        if g.at == g.want and ((not on_two and tid == 0) or (on_two and tid < 2)):
             start = 0 if not on_two or tid == 0 else rows
             size = (m if not on_two else rows) if tid == 0 else m - rows
             if mask != NULL:
@@ -599,13 +645,13 @@ cdef int _share_product(int tid, int team, const _Split *s, int serial_tid,
     return 1 if bad else 0
 
 
-cdef int _chain_back_share(int tid, int team, _BackLayer *layers, long nl, long m,
+cdef int _chain_back_share(int tid, int team, _Seg *g, _BackLayer *layers, long nl, long m,
                            floating *part) noexcept nogil:
-    # Thread tid's part of every layer's backward, from the last layer down, in one
-    # parallel region of `team` threads. Layer l's three pieces -- dW = x^T @ g, the column
-    # sums, dX = g @ w^T with the ReLU mask of the layer below -- read only g, x and w, so
-    # they run side by side; the threads meet at a barrier before each layer below, which
-    # reads the g the dX shares wrote. Returns -1 if out of memory.
+    # Share tid of every layer's backward, from the last layer down, of `team` shares (only
+    # stretch g.want runs). Layer l's three pieces -- dW = x^T @ g, the column sums,
+    # dX = g @ w^T with the ReLU mask of the layer below -- read only g, x and w, so they
+    # run side by side; a meeting point before each layer below, which reads the g the dX
+    # shares wrote. Returns -1 if out of memory.
     cdef int status = 0, r
     cdef long l
     cdef _BackLayer *L
@@ -613,23 +659,23 @@ cdef int _chain_back_share(int tid, int team, _BackLayer *layers, long nl, long 
     for l in range(nl - 1, -1, -1):
         L = &layers[l]
         if l < nl - 1 and team > 1:
-            nn_team_barrier()       # this layer's g was written by the shares of the last
+            g.at += 1               # this layer's g was written by the shares of the last
         beta = 1 if L.accumulate else 0
         # grad_w (k x n) (+)= x^T (k x m) @ g (m x n)
-        r = _share_product(tid, team, &L.split_w, L.tid_w, <const floating *> L.x, 1, L.k,
+        r = _share_product(tid, team, g, &L.split_w, L.tid_w, <const floating *> L.x, 1, L.k,
                            <const floating *> L.g, L.n, 1, <floating *> L.gw, L.n, L.k, L.n,
                            m, beta, NULL, L.check, part)
         if r < 0:
             status = -1
         elif r > 0:
             L.bad_w[tid] = 1
-        if L.gb != NULL and tid == L.tid_b % team:
+        if g.at == g.want and L.gb != NULL and tid == L.tid_b % team:
             _column_sums(<const floating *> L.g, m, L.n, <floating *> L.gb, L.accumulate)
             if L.check and not all_finite_span(<const floating *> L.gb, L.n):
                 L.bad_b = 1
         # gx (m x k) = g (m x n) @ w^T (n x k), then the ReLU below (mask)
         if L.gx != NULL and _share_product(
-                tid, team, &L.split_x, L.tid_x, <const floating *> L.g, L.n, 1,
+                tid, team, g, &L.split_x, L.tid_x, <const floating *> L.g, L.n, 1,
                 <const floating *> L.w, 1, L.n, <floating *> L.gx, L.k, m, L.k, L.n, 0,
                 <const floating *> L.mask, False, part) < 0:
             status = -1
@@ -652,7 +698,7 @@ cdef int _chain_back_run(_BackLayer *layers, long nl, long m, int threads,
         if L.gx != NULL:
             _count_team(&L.split_x, m * L.k, threads, &team, &part_size)
     # the pieces one thread does (serial products, column sums) go round the team, from the
-    # top layer down: in a parallel region anyway, they run side by side
+    # top layer down: in the same jobs, they run side by side
     for l in range(nl - 1, -1, -1):
         L = &layers[l]
         L.tid_w = serial % team
@@ -704,8 +750,8 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
     holds no NaN/inf, grads_b[l] holds none (True when None)) -- each share of a gradient
     checked by the thread that wrote it, while it is in that core's cache (fit's guard
     against a poisoned update, without a pass of its own over the gradients). Every array
-    has the bits of one `relu_backward` and `linear_backward` per layer; the layers run in
-    one parallel region, each layer's dW and dX products side by side, the ReLU applied to
+    has the bits of one `relu_backward` and `linear_backward` per layer; the layers run as
+    a few jobs of the team, each layer's dW and dX products side by side, the ReLU applied to
     each share of dX as it is written.
     """
     grad_out_arg = grad_out

@@ -16,14 +16,13 @@ overlap with them, and any overlap with the labels, is a ValueError.
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.math cimport exp, expf, log, log1p, fabs
 from libc.stdint cimport int64_t
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, output,
                                as_labels, label_range_error, plain, refuse_overlap, READ,
                                IN_PLACE)
-from cnn_core._parallel cimport num_threads, span_parts, MAX_PARTS, SPAN_MIN
+from cnn_core._parallel cimport num_threads, span_parts, run_parts, MAX_PARTS, SPAN_MIN
 
 cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, long n, long c,
                      double inv_batch, long *bad) noexcept nogil:
@@ -60,27 +59,59 @@ cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, l
     return loss
 
 
+ctypedef struct _Sce:
+    # sce_rows over `step` rows a part; each part's loss and bad labels in its own slot
+    bint single
+    const void *z
+    const int64_t *labels
+    void *grad
+    long n
+    long c
+    long step
+    double inv_batch
+    double partial[MAX_PARTS]
+    long bad[MAX_PARTS]
+
+
+cdef void _sce_part(void *ctx, long t) noexcept nogil:
+    cdef _Sce *j = <_Sce *> ctx
+    cdef long start = t * j.step, rows = j.n - start, at
+    j.partial[t] = 0
+    j.bad[t] = 0
+    if rows > j.step:
+        rows = j.step
+    if rows <= 0:
+        return
+    at = start * j.c
+    if j.single:
+        j.partial[t] = sce_rows(<const float *> j.z + at, j.labels + start,
+                                <float *> j.grad + at, rows, j.c, j.inv_batch, &j.bad[t])
+    else:
+        j.partial[t] = sce_rows(<const double *> j.z + at, j.labels + start,
+                                <double *> j.grad + at, rows, j.c, j.inv_batch, &j.bad[t])
+
+
 cdef double sce_parallel(const floating *z, const int64_t *labels, floating *grad, long n,
                          long c, int threads, long *bad) noexcept nogil:
     cdef long parts = span_parts(n * c, SPAN_MIN, threads)
     cdef double inv_batch = 1.0 / n
     if parts <= 1:
         return sce_rows(z, labels, grad, n, c, inv_batch, bad)
-    cdef double partial[MAX_PARTS]
-    cdef long bad_part[MAX_PARTS]
-    cdef long step = (n + parts - 1) // parts, t, start, rows
+    cdef _Sce j
+    cdef long t
     cdef double loss = 0
-    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
-        start = t * step
-        rows = n - start if n - start < step else step
-        partial[t] = 0
-        bad_part[t] = 0
-        if rows > 0:
-            partial[t] = sce_rows(z + start * c, labels + start, grad + start * c, rows, c,
-                                  inv_batch, &bad_part[t])
-    for t in range(parts):
-        loss += partial[t]
-        bad[0] += bad_part[t]
+    j.single = floating is float
+    j.z = z
+    j.labels = labels
+    j.grad = grad
+    j.n = n
+    j.c = c
+    j.step = (n + parts - 1) // parts
+    j.inv_batch = inv_batch
+    run_parts(_sce_part, &j, parts)
+    for t in range(parts):                       # (in part order: the same sum every time)
+        loss += j.partial[t]
+        bad[0] += j.bad[t]
     return loss
 
 
@@ -156,26 +187,63 @@ cdef double bce_span(const floating *z, const floating *t, floating *g, long n,
     return total
 
 
+ctypedef struct _Pointwise:
+    # mse_span or bce_span over spans of `step`; each part's sum in its own slot
+    bint bce
+    bint single
+    const void *a
+    const void *b
+    void *g
+    long n
+    long step
+    double scale
+    double partial[MAX_PARTS]
+
+
+cdef void _pointwise_part(void *ctx, long t) noexcept nogil:
+    cdef _Pointwise *j = <_Pointwise *> ctx
+    cdef long start = t * j.step, size = j.n - start
+    j.partial[t] = 0
+    if size > j.step:
+        size = j.step
+    if size <= 0:
+        return
+    if j.single:
+        if j.bce:
+            j.partial[t] = bce_span(<const float *> j.a + start, <const float *> j.b + start,
+                                    <float *> j.g + start, size, j.scale)
+        else:
+            j.partial[t] = mse_span(<const float *> j.a + start, <const float *> j.b + start,
+                                    <float *> j.g + start, size, j.scale)
+    else:
+        if j.bce:
+            j.partial[t] = bce_span(<const double *> j.a + start, <const double *> j.b + start,
+                                    <double *> j.g + start, size, j.scale)
+        else:
+            j.partial[t] = mse_span(<const double *> j.a + start, <const double *> j.b + start,
+                                    <double *> j.g + start, size, j.scale)
+
+
 cdef double pointwise_parallel(bint bce, const floating *a, const floating *b, floating *g,
                                long n, int threads) noexcept nogil:
     cdef long parts = span_parts(n, SPAN_MIN, threads)
     cdef double scale = (1.0 if bce else 2.0) / n
     if parts <= 1:
         return bce_span(a, b, g, n, scale) if bce else mse_span(a, b, g, n, scale)
-    cdef double partial[MAX_PARTS]
-    cdef long step = (n + parts - 1) // parts, t, start, size
+    cdef _Pointwise j
+    cdef long t
     cdef double total = 0
-    for t in prange(parts, nogil=True, num_threads=parts, schedule="static"):
-        start = t * step
-        size = n - start if n - start < step else step
-        partial[t] = 0
-        if size > 0:
-            if bce:
-                partial[t] = bce_span(a + start, b + start, g + start, size, scale)
-            else:
-                partial[t] = mse_span(a + start, b + start, g + start, size, scale)
-    for t in range(parts):
-        total += partial[t]
+    j.bce = bce
+    j.single = floating is float
+    j.a = a
+    j.b = b
+    j.g = g
+    j.n = n
+    j.step = (n + parts - 1) // parts
+    j.scale = scale
+    run_parts(_pointwise_part, &j, parts)
+    for t in range(parts):                       # (in part order: the same sum every time)
+        total += j.partial[t]
     return total
 
 

@@ -26,12 +26,11 @@ view, a statistic in another buffer, the running statistics -- is a ValueError.
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.math cimport sqrt
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
                               output, check_scalar, refuse_overlaps)
-from cnn_core._parallel cimport num_threads, span_parts
+from cnn_core._parallel cimport num_threads, span_parts, run_parts
 from cnn_core._lanes cimport lane_sum, LANE_SUM, LANE_SUM_SQ_DEV, LANE_SUM_G_DEV
 
 cdef extern from "nn_scratch.h" nogil:
@@ -148,13 +147,74 @@ cdef long _parts(long N, long C, long S) noexcept nogil:
     return span_parts(N, 1, num_threads())
 
 
+cdef enum Stage:
+    SUMS, SQ_DEV_SUMS, NORMALISE, GRAD_SUMS, GRAD_X
+
+
+ctypedef struct _NormJob:
+    # one stage of a batch norm over the samples, `step` of them a part (float32 or float64
+    # behind the pointers)
+    Stage stage
+    bint single
+    long N
+    long C
+    long S
+    long step
+    const void *g
+    const void *x
+    void *y
+    const void *mean          # (the data's precision: GRAD_SUMS, GRAD_X)
+    const void *invstd
+    const double *dmean       # (SQ_DEV_SUMS)
+    double *sums
+    const double *a           # NORMALISE: scale, shift; GRAD_X: k, mean_g, mean_gx
+    const double *b
+    const double *c
+    bint training
+
+
+cdef void _stage(_NormJob *j, const floating *g, const floating *x, floating *y,
+                 const floating *mean, const floating *invstd, long n0, long n1) noexcept nogil:
+    if j.stage == SUMS:
+        _sample_sums(x, n0, n1, j.C, j.S, NULL, LANE_SUM, j.sums)
+    elif j.stage == SQ_DEV_SUMS:
+        _sample_sums(x, n0, n1, j.C, j.S, j.dmean, LANE_SUM_SQ_DEV, j.sums)
+    elif j.stage == NORMALISE:
+        _normalise(x, y, n0, n1, j.C, j.S, j.a, j.b)
+    elif j.stage == GRAD_SUMS:
+        _sample_grad_sums(g, x, n0, n1, j.C, j.S, mean, j.sums, j.sums + j.N * j.C)
+    else:
+        _grad_x(g, x, y, n0, n1, j.C, j.S, j.a, j.b, j.c, mean, invstd, j.training)
+
+
+cdef void _stage_part(void *ctx, long t) noexcept nogil:
+    cdef _NormJob *j = <_NormJob *> ctx
+    cdef long n0 = _lo(t, j.step, j.N), n1 = _lo(t + 1, j.step, j.N)
+    if j.single:
+        _stage(j, <const float *> j.g, <const float *> j.x, <float *> j.y,
+               <const float *> j.mean, <const float *> j.invstd, n0, n1)
+    else:
+        _stage(j, <const double *> j.g, <const double *> j.x, <double *> j.y,
+               <const double *> j.mean, <const double *> j.invstd, n0, n1)
+
+
+cdef void _run_stage(_NormJob *j, Stage stage, long parts) noexcept nogil:
+    # the stage over all samples: on the team when there are parts, else here (no job to
+    # post: a small batch's is most of its cost)
+    j.stage = stage
+    if parts == 1:
+        _stage_part(j, 0)
+    else:
+        run_parts(_stage_part, j, parts)
+
+
 cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long S,
                     const floating[::1] gamma, const floating[::1] beta, floating[::1] rmean,
                     floating[::1] rvar, floating[::1] smean, floating[::1] sinvstd,
                     bint training, double momentum, double eps):
     # training: per-sample sums (threads over samples), each channel's mean from them in
     # sample order (one thread); the same for the squared deviations; then y, by samples
-    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, t, n0, n1, c
+    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, c
     cdef double *sums = <double *> nn_scratch(0, (N * C + 3 * C) * sizeof(double))
     if sums == NULL:
         raise MemoryError("batchnorm_forward: cannot allocate the per-sample sums")
@@ -163,24 +223,22 @@ cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long
     cdef double *shift = scale + C
     cdef double var, invstd
     cdef long M = N * S
+    cdef _NormJob j
+    j.single = floating is float
+    j.N, j.C, j.S, j.step = N, C, S, step
+    j.g = NULL
+    j.x = &x[0]
+    j.y = &y[0]
+    j.sums = sums
+    j.dmean = mean
+    j.a = scale
+    j.b = shift
     with nogil:
         if training:
-            if parts == 1:      # (no parallel region: a small batch's is most of its cost)
-                _sample_sums(&x[0], 0, N, C, S, NULL, LANE_SUM, sums)
-            else:
-                for t in prange(parts, num_threads=parts, schedule="static"):
-                    n0 = _lo(t, step, N)    # (assigned here: private to the thread)
-                    n1 = _lo(t + 1, step, N)
-                    _sample_sums(&x[0], n0, n1, C, S, NULL, LANE_SUM, sums)
+            _run_stage(&j, SUMS, parts)
             for c in range(C):
                 mean[c] = _channel_total(sums, N, C, c) / M
-            if parts == 1:
-                _sample_sums(&x[0], 0, N, C, S, mean, LANE_SUM_SQ_DEV, sums)
-            else:
-                for t in prange(parts, num_threads=parts, schedule="static"):
-                    n0 = _lo(t, step, N)
-                    n1 = _lo(t + 1, step, N)
-                    _sample_sums(&x[0], n0, n1, C, S, mean, LANE_SUM_SQ_DEV, sums)
+            _run_stage(&j, SQ_DEV_SUMS, parts)
         for c in range(C):
             if training:
                 var = _channel_total(sums, N, C, c) / M
@@ -194,13 +252,7 @@ cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long
             sinvstd[c] = <floating> invstd
             scale[c] = gamma[c] * invstd
             shift[c] = beta[c] - mean[c] * scale[c]
-        if parts == 1:
-            _normalise(&x[0], &y[0], 0, N, C, S, scale, shift)
-        else:
-            for t in prange(parts, num_threads=parts, schedule="static"):
-                n0 = _lo(t, step, N)
-                n1 = _lo(t + 1, step, N)
-                _normalise(&x[0], &y[0], n0, n1, C, S, scale, shift)
+        _run_stage(&j, NORMALISE, parts)
 
 
 cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1] dx, long N, long C, long S,
@@ -208,7 +260,7 @@ cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1]
                      floating[::1] dgamma, floating[::1] dbeta, bint training):
     # per-sample sums of g and g (x - mean) (threads over samples), each channel's from them
     # in sample order (one thread), then dx by samples
-    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, t, n0, n1, n, c
+    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, n, c
     cdef double *sums = <double *> nn_scratch(0, (2 * N * C + 3 * C) * sizeof(double))
     if sums == NULL:
         raise MemoryError("batchnorm_backward: cannot allocate the per-sample sums")
@@ -216,14 +268,21 @@ cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1]
     cdef double *mean_g = k + C
     cdef double *mean_gx = mean_g + C
     cdef double sum_g, sum_gx, M = N * S
+    cdef _NormJob j
+    j.single = floating is float
+    j.N, j.C, j.S, j.step = N, C, S, step
+    j.g = &g[0]
+    j.x = &x[0]
+    j.y = &dx[0] if dx is not None else NULL
+    j.mean = &smean[0]
+    j.invstd = &sinvstd[0]
+    j.sums = sums
+    j.a = k
+    j.b = mean_g
+    j.c = mean_gx
+    j.training = training
     with nogil:
-        if parts == 1:      # (no parallel region: a small batch's is most of its cost)
-            _sample_grad_sums(&g[0], &x[0], 0, N, C, S, &smean[0], sums, sums + N * C)
-        else:
-            for t in prange(parts, num_threads=parts, schedule="static"):
-                n0 = _lo(t, step, N)    # (assigned here: private to the thread)
-                n1 = _lo(t + 1, step, N)
-                _sample_grad_sums(&g[0], &x[0], n0, n1, C, S, &smean[0], sums, sums + N * C)
+        _run_stage(&j, GRAD_SUMS, parts)
         for c in range(C):
             sum_g = 0       # (the two totals in one loop: two dependency chains side by side)
             sum_gx = 0
@@ -237,15 +296,7 @@ cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1]
             mean_g[c] = sum_g / M
             mean_gx[c] = sum_gx / M
         if dx is not None:
-            if parts == 1:
-                _grad_x(&g[0], &x[0], &dx[0], 0, N, C, S, k, mean_g, mean_gx, &smean[0],
-                        &sinvstd[0], training)
-            else:
-                for t in prange(parts, num_threads=parts, schedule="static"):
-                    n0 = _lo(t, step, N)
-                    n1 = _lo(t + 1, step, N)
-                    _grad_x(&g[0], &x[0], &dx[0], n0, n1, C, S, k, mean_g, mean_gx,
-                            &smean[0], &sinvstd[0], training)
+            _run_stage(&j, GRAD_X, parts)
 
 
 cdef tuple _ncs(x):

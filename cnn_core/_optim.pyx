@@ -24,7 +24,6 @@ parameters with one gradient array): they are only read.
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, free, qsort
@@ -33,7 +32,7 @@ cimport numpy as cnp
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
                               check_scalar, plain, refuse_overlaps)
-from cnn_core._parallel cimport num_threads, span_parts, SPAN_MIN, MAX_PARTS
+from cnn_core._parallel cimport num_threads, span_parts, run_parts, SPAN_MIN, MAX_PARTS
 from cnn_core._finite cimport all_finite_span
 
 cnp.import_array()
@@ -236,7 +235,7 @@ def all_finite(x):
 # ---------------------------------------------------------------------------------------------
 # The whole model's update in one call: sgd_step / adam_step take lists of arrays (one per
 # parameter), check every gradient first if asked (fit's NaN/inf guard), and then update
-# them all, in one parallel region per pass however many arrays there are: each thread
+# them all, in one job of the team per pass however many arrays there are: each part
 # takes one contiguous piece of every array (for a weight matrix, a block of whole rows).
 # With two threads these are the halves of the first layer's weights that the same cores
 # read in the forward product (gemm's _k_halves) and write in the weight gradient, so a
@@ -260,7 +259,7 @@ cdef struct _Tensors:
     char **a          # velocities (SGD, NULL entries without momentum) / first moments
     char **b          # second moments (Adam)
     long *offset      # tensor i has offset[i + 1] - offset[i] elements (offset[count]: all)
-    long parts        # threads in the parallel region
+    long parts        # parts of a pass (one per thread)
 
 
 cdef class _TensorList:
@@ -495,6 +494,36 @@ cdef long _visit(_Tensors *t, long part, int kind, floating lr, floating mu, flo
     return bad
 
 
+ctypedef struct _StepJob:
+    # a pass over every tensor, part by part (_visit); the scalars as doubles (a float's
+    # value is a double's exactly), used in the tensors' precision
+    _Tensors *t
+    int kind
+    bint single
+    double lr
+    double mu
+    double wd
+    bint nesterov
+    double step_size
+    double bc2_sqrt
+    double b1
+    double b2
+    double eps
+    double decay
+    long found[MAX_PARTS]
+
+
+cdef void _visit_part(void *ctx, long part) noexcept nogil:
+    cdef _StepJob *j = <_StepJob *> ctx
+    if j.single:
+        j.found[part] = _visit(j.t, part, j.kind, <float> j.lr, <float> j.mu, <float> j.wd,
+                               j.nesterov, <float> j.step_size, <float> j.bc2_sqrt,
+                               <float> j.b1, <float> j.b2, <float> j.eps, <float> j.decay)
+    else:
+        j.found[part] = _visit(j.t, part, j.kind, j.lr, j.mu, j.wd, j.nesterov, j.step_size,
+                               j.bc2_sqrt, j.b1, j.b2, j.eps, j.decay)
+
+
 cdef long _step_all(_Tensors *t, int kind, bint check, double lr, double mu, double wd,
                     bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
                     double eps, double decay, floating dummy) noexcept nogil:
@@ -502,25 +531,23 @@ cdef long _step_all(_Tensors *t, int kind, bint check, double lr, double mu, dou
     # the first tensor index with a NaN/inf gradient a check pass found (nothing updated
     # then), or -1
     cdef long parts = t.parts, part, bad = t.count
-    cdef long found[MAX_PARTS]
-    cdef int run, pass_kind
+    cdef _StepJob j
+    cdef int run
+    j.t = t
+    j.single = floating is float
+    j.lr, j.mu, j.wd, j.nesterov, j.step_size = lr, mu, wd, nesterov, step_size
+    j.bc2_sqrt, j.b1, j.b2, j.eps, j.decay = bc2_sqrt, b1, b2, eps, decay
     for run in range(2):
         if run == 0 and not check:
             continue
-        pass_kind = KIND_CHECK if run == 0 else kind
+        j.kind = KIND_CHECK if run == 0 else kind
         if parts == 1:
-            found[0] = _visit(t, 0, pass_kind, <floating> lr, <floating> mu, <floating> wd,
-                              nesterov, <floating> step_size, <floating> bc2_sqrt,
-                              <floating> b1, <floating> b2, <floating> eps, <floating> decay)
+            _visit_part(&j, 0)
         else:
-            for part in prange(parts, num_threads=parts, schedule="static"):
-                found[part] = _visit(t, part, pass_kind, <floating> lr, <floating> mu,
-                                     <floating> wd, nesterov, <floating> step_size,
-                                     <floating> bc2_sqrt, <floating> b1, <floating> b2,
-                                     <floating> eps, <floating> decay)
+            run_parts(_visit_part, &j, parts)
         for part in range(parts):       # (an update pass finds none: _visit gives count)
-            if found[part] < bad:
-                bad = found[part]
+            if j.found[part] < bad:
+                bad = j.found[part]
         if bad < t.count:
             return bad
     return -1

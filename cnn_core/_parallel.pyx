@@ -1,41 +1,111 @@
-"""Thread count for the kernels, and what this build and CPU can do.
+"""The kernels' threads, and what this build and CPU can do.
 
-Every kernel module cimports `num_threads()` from here, so one call to
-`set_num_threads(n)` changes them all, effective at the next kernel call.
+The threads are the library's own (src/nn_team.h): a kernel cuts its work into parts fixed
+by the thread count and the shape, and the calling thread and the team's workers claim
+them -- each its own first, then whatever is left -- so no thread ever waits for one the OS
+has parked or put to sleep, and the bits do not depend on who ran which part.
+
+Every kernel module cimports `num_threads()` and `run_parts()` from here, so one call to
+`set_num_threads(n)` changes them all, effective at the next kernel call. The default is
+the number of CPUs this process may run on (its affinity), lowered by NNSCRATCH_NUM_THREADS
+or OMP_NUM_THREADS when set (`thread_count_reason()` says which).
 """
+import os
+
 cdef extern from "nn_cpu.h" nogil:
     int nn_cpu_has_avx2_fma()
     int nn_cpu_has_avx512f()
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int nn_openmp_enabled(void) { return 1; }
-    static int nn_omp_max_threads(void) { return omp_get_num_procs(); }
-    #else
-    static int nn_openmp_enabled(void) { return 0; }
-    static int nn_omp_max_threads(void) { return 1; }
-    #endif
-    """
-    int nn_openmp_enabled() nogil
-    int nn_omp_max_threads() nogil
+cdef extern from "nn_team.h" nogil:
+    ctypedef void (*nn_team_fn)(void *ctx, long part) noexcept nogil
+    void nn_team_run(nn_team_fn fn, void *ctx, long parts, int threads)
+    int nn_team_own(int threads)
+    void nn_team_disown()
+    unsigned long long nn_team_post(nn_team_fn fn, void *ctx, long parts, int size, int offer)
+    void nn_team_finish(unsigned long long job, nn_team_fn fn, void *ctx, long parts, int size)
+    void nn_team_hold(int hold)
+    long nn_team_by_workers(int offered)
+    long nn_team_taken_back(int offered)
+    int nn_team_workers()
+    int NN_TEAM_MAX
 
-cdef int _num_threads = nn_omp_max_threads()
+MAX_THREADS = 4096
+
+
+def _default_threads():
+    """(threads, why): the CPUs of this process's affinity, lowered by the environment."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        why = f"{cpus} CPUs this process may run on"
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+        why = f"{cpus} CPUs"
+    threads = cpus
+    for name in ("NNSCRATCH_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            wanted = int(value.split(",")[0])    # (OpenMP's "4,2": the outer level's count)
+        except ValueError:
+            continue                              # (as OpenMP does with a value it cannot read)
+        if 1 <= wanted < threads:
+            threads, why = wanted, f"{name}={value} ({why})"
+        elif wanted >= threads:
+            why = f"{why}; {name}={value} asks for no fewer"
+        break
+    return min(threads, MAX_THREADS), why
+
+
+_threads_default, _reason = _default_threads()
+cdef int _num_threads = _threads_default
 
 
 cdef int num_threads() noexcept nogil:
     return _num_threads
 
 
+cdef void run_parts(part_fn fn, void *ctx, long parts) noexcept nogil:
+    nn_team_run(fn, ctx, parts, _num_threads)
+
+
+cdef void run_parts_on(part_fn fn, void *ctx, long parts, int threads) noexcept nogil:
+    nn_team_run(fn, ctx, parts, threads)
+
+
+cdef int duo_own() noexcept nogil:
+    return 1 if nn_team_own(2) >= 2 else 0
+
+
+cdef void duo_disown() noexcept nogil:
+    nn_team_disown()
+
+
+cdef long duo_post(part_fn fn, void *ctx) noexcept nogil:
+    return <long> nn_team_post(fn, ctx, 1, 2, 1)
+
+
+cdef long duo_offer(part_fn fn, void *ctx) noexcept nogil:
+    return duo_post(fn, ctx) if duo_own() else 0
+
+
+cdef void duo_finish(long ticket, part_fn fn, void *ctx) noexcept nogil:
+    if ticket == 0:
+        fn(ctx, 0)
+    else:
+        nn_team_finish(<unsigned long long> ticket, fn, ctx, 1, 2)
+
+
 def set_num_threads(n):
-    """Use `n` threads in the kernels (effective at the next call). Without OpenMP, 1."""
-    global _num_threads
+    """Use `n` threads in the kernels (effective at the next call)."""
+    global _num_threads, _reason
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 1 or n > 4096:
-        raise ValueError(f"n must be in [1, 4096], got {n}")
-    _num_threads = n if nn_openmp_enabled() else 1
+    if n < 1 or n > MAX_THREADS:
+        raise ValueError(f"n must be in [1, {MAX_THREADS}], got {n}")
+    if n != _num_threads:
+        _reason = "set_num_threads" if n != _threads_default else _default_threads()[1]
+    _num_threads = n
 
 
 def get_num_threads():
@@ -43,9 +113,33 @@ def get_num_threads():
     return _num_threads
 
 
+def thread_count_reason():
+    """Why the kernels use get_num_threads() threads: the CPUs of the process's affinity,
+    an environment variable, or set_num_threads."""
+    return _reason
+
+
 def openmp_enabled():
-    """True when the extensions were built with OpenMP."""
-    return bool(nn_openmp_enabled())
+    """False: the kernels' threads are the library's own (src/nn_team.h), not OpenMP's --
+    kept for code written for earlier versions, whose threads were OpenMP's."""
+    return False
+
+
+def _team_counts(offered=False):
+    """Tests: (parts the team's workers ran, parts of the workers' blocks their callers
+    ran) since the start, of the jobs run in parts (or, `offered`, of the parts offered to
+    a worker: a one-sample product's second half)."""
+    return nn_team_by_workers(1 if offered else 0), nn_team_taken_back(1 if offered else 0)
+
+
+def _team_workers():
+    """Tests: the worker threads this process has started."""
+    return nn_team_workers()
+
+
+def _team_hold(hold):
+    """Tests: True keeps the workers from claiming parts (each caller runs them all)."""
+    nn_team_hold(1 if hold else 0)
 
 
 def cpu_features():

@@ -95,7 +95,7 @@ def using(name):
 
 
 def set_num_threads(n):
-    """Number of threads the kernels use (both backends; 1 without OpenMP).
+    """Number of threads the kernels use (both backends), from the next kernel call on.
 
     Raises
     ------
@@ -109,6 +109,15 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads the compiled kernels use."""
     return cnn_core.get_num_threads()
+
+
+def thread_count_reason():
+    """Why the kernels use ``get_num_threads()`` threads, in words: the CPUs this process
+    may run on (its affinity), lowered by ``NNSCRATCH_NUM_THREADS`` or ``OMP_NUM_THREADS``
+    when set, or ``set_num_threads``."""
+    from cnn_core._parallel import thread_count_reason as reason
+
+    return reason()
 
 
 def memory_budget(nbytes):

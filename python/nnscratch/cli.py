@@ -322,7 +322,7 @@ def cmd_train(args, out=None):
         start, history, base_lr = 0, {}, optimizer.lr
     print(f"model: {args.model}, {sum(p.data.size for p in model.parameters()):,} parameters;"
           f" {optimizer!r}; batch {args.batch_size}; backend {nn.get_backend()}, "
-          f"{nn.get_num_threads()} threads", file=out)
+          f"{_threads_said(args)}", file=out)
 
     loss_fn = nn.CrossEntropyLoss()
     epoch_times = list(history.get("seconds", []))
@@ -717,6 +717,15 @@ def cmd_predict(args, out=None):
     return proba
 
 
+def _threads_said(args):
+    """'2 threads (why)' for the training header."""
+    from .backend import get_num_threads, thread_count_reason
+
+    n = get_num_threads()
+    why = f"--threads {n}" if args.threads is not None else thread_count_reason()
+    return f"{n} thread{'s' if n != 1 else ''} ({why})"
+
+
 # --- info, bench ------------------------------------------------------------------------
 
 def cmd_info(args, out=None):
@@ -728,7 +737,7 @@ def cmd_info(args, out=None):
     print(f"nnscratch {__version__} (numpy {np.__version__}, Python {sys.version.split()[0]})",
           file=out)
     print(f"backend: {nn.get_backend()}; threads: {nn.get_num_threads()} "
-          f"(OpenMP {'on' if core.openmp_enabled() else 'off: one thread'})", file=out)
+          f"({backend.thread_count_reason()})", file=out)
     features = core.cpu_features()
     print("CPU features used: " + (", ".join(k for k, v in features.items() if v) or "none"),
           file=out)

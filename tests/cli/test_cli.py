@@ -160,6 +160,10 @@ def test_train_prints_data_model_epochs_and_test_accuracy(trained):
     assert "2000 training images, 1000 test images" in lines[1]
     assert lines[2].startswith("model: mlp, 235,146 parameters; Adam(lr=0.001")
     assert "batch 128; backend cython" in lines[2]
+    # how many threads, and why (no --threads given: the default's reason)
+    n = nn.get_num_threads()
+    assert lines[2].endswith(f", {n} thread{'s' if n != 1 else ''} "
+                             f"({nn.backend.thread_count_reason()})"), lines[2]
     epochs = epoch_lines(out)
     assert [(m[1], m[2]) for m in epochs] == [("1", "2"), ("2", "2")]
     assert [m[7] for m in epochs] == ["1.00e-03", "5.00e-04"]   # cosine over 2 epochs
@@ -865,10 +869,8 @@ def test_info(capsys, no_data_anywhere):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"nnscratch {nn.__version__} (numpy {np.__version__}, Python ")
-    openmp = "OpenMP on" if cnn_core.openmp_enabled() else "OpenMP off"
     assert lines[1] == (f"backend: {nn.get_backend()}; threads: {nn.get_num_threads()} "
-                        f"({openmp}" + ("" if cnn_core.openmp_enabled() else ": one thread")
-                        + ")")
+                        f"({nn.backend.thread_count_reason()})")
     used = [k for k, v in cnn_core.cpu_features().items() if v]
     assert lines[2] == "CPU features used: " + (", ".join(used) or "none")
     assert lines[3] == (f"GEMM micro-kernels: float32 {cnn_core.gemm_kernel_name(np.float32)}"

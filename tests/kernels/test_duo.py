@@ -1,9 +1,10 @@
-"""The duo (src/nn_duo.h): the helper thread that takes the second half of k of a few-row
-product (one-sample inference), instead of an OpenMP team.
+"""The duo: the second half of k of a few-row product (one-sample inference) offered to the
+team's workers (src/nn_team.h's split phase) while the caller sums the first -- "the
+helper" below is whichever worker claims it.
 
-Whichever thread runs that half -- the helper, or the caller when the helper has not
-claimed it (held, asleep, or owned by another caller) -- the answer has the same bits as
-on one thread. The counters `_duo_counts()` (jobs the helper ran, jobs their callers ran
+Whichever thread runs that half -- a worker, or the caller when no worker has claimed it
+(held, asleep, or the team owned by another caller) -- the answer has the same bits as on
+one thread. The counters `_duo_counts()` (jobs the helper ran, jobs their callers ran
 themselves) show which path a call took, so each test can tell that it exercised the one
 it is about.
 """
@@ -233,7 +234,7 @@ def test_a_chain_with_an_empty_later_layer_after_an_offered_half(rng, dtype, thr
 @two_or_three
 def test_few_rows_through_halves_serial_and_slab_layers(rng, dtype, threads):
     # one sample: the first product in halves of k (the duo), the second on this thread,
-    # the third (140000 outputs) in column slabs on an OpenMP team; each layer with the
+    # the third (140000 outputs) in column slabs on the team; each layer with the
     # bits of its own linear_forward on one thread
     x = randn(rng, (1, 300), dtype)
     weights = [randn(rng, (300, 512), dtype, 0.1), randn(rng, (512, 2), dtype, 0.1),

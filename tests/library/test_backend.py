@@ -99,7 +99,7 @@ def test_set_num_threads_reaches_both_backends(threads):
     assert nn.get_num_threads() == 1 == cnn_core.reference.get_num_threads()
     nn.set_num_threads(2)
     assert cnn_core.reference.get_num_threads() == 2
-    assert nn.get_num_threads() == (2 if cnn_core.openmp_enabled() else 1)
+    assert nn.get_num_threads() == 2
     with pytest.raises(ValueError):
         nn.set_num_threads(0)
 

@@ -4,8 +4,8 @@ and models can be used (and trained) from several Python threads at once.
 No timing assertions. That a kernel releases the GIL is shown by what another Python
 thread sees while the kernel runs: its output buffer half written. A kernel that kept the
 GIL for the whole call would only ever be seen before (all NaN) or after (all written).
-That a new thread count takes effect is shown by the OpenMP workers it starts (counted in
-/proc/self/task, in a fresh child process) and by unchanged results.
+That a new thread count takes effect is shown by the workers it starts (the team of
+src/nn_team.h, counted in /proc/self/task, in a fresh child process) and by unchanged results.
 
 Complements tests/kernels/test_kernel_threads.py (every threaded kernel at 1, 2, 3, 5 threads;
 concurrent gemm/conv calls of different sizes) and tests/library/test_model.py (four threads
@@ -157,7 +157,6 @@ def child_thread_counts():
     return counts
 
 
-@pytest.mark.skipif(not cnn_core.openmp_enabled(), reason="a build without OpenMP has 1 thread")
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
 def test_set_num_threads_takes_effect_without_a_restart(tmp_path):
     env = dict(os.environ)      # (the child imports conftest, from tests/)
@@ -168,8 +167,8 @@ def test_set_num_threads_takes_effect_without_a_restart(tmp_path):
     assert proc.returncode == 0, proc.stderr
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     start = counts[0][1]
-    # one kernel thread: the calling thread alone, no OpenMP worker; two: OpenMP starts
-    # one worker, at once, in the same process; back to one: the worker stays (idle);
+    # one kernel thread: the calling thread alone, no worker; two: the team starts one
+    # worker, at once, in the same process; back to one: the worker stays (asleep);
     # three: one more worker
     assert [c for _, c in counts] == [start, start, start + 1, start + 1, start + 2], counts
 
@@ -192,7 +191,7 @@ def test_predictions_do_not_depend_on_the_thread_count():
         results = {}
         for n in (1, 2, 3, 1):
             nn.set_num_threads(n)
-            assert nn.get_num_threads() == (n if cnn_core.openmp_enabled() else 1)
+            assert nn.get_num_threads() == n
             results[n] = model.predict(X, batch_size=32)
     finally:
         nn.set_num_threads(before)

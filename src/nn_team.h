@@ -1,0 +1,348 @@
+/* nn_team.h -- the kernels' threads: work in parts that whoever is awake claims.
+ *
+ * A kernel cuts its work into `parts` (fixed by the thread count and the shape, never by
+ * who is running: so the bits are too) and calls
+ *
+ *     nn_team_run(fn, ctx, parts, threads);     // fn(ctx, p) for every p, each once
+ *
+ * The caller is participant 0 and `threads - 1` worker threads are participants 1, 2, ...
+ * Each participant has a home block of parts (part p of `threads` parts is participant p's:
+ * the same core takes the same rows step after step); it runs its own block from the front,
+ * then takes parts from the back of the others' blocks. A part is claimed with one
+ * compare-and-swap on its block's word, which also carries the job's number: a worker that
+ * wakes up late finds the job over and claims nothing. So:
+ *
+ *   - nobody waits for a thread that has not started: a worker the OS has parked, or that
+ *     is asleep, simply finds its parts done by the others (the caller included);
+ *   - the caller waits only for parts that another thread claimed and is running, spinning
+ *     briefly (giving the core away now and then: the thread it waits for may be parked
+ *     on it), then sleeping until the last part is done;
+ *   - there is no barrier: a worker that runs late never holds anyone.
+ *
+ * Idle workers spin for NN_TEAM_SPIN_NS after their last part (a training step calls a
+ * kernel every few microseconds), yielding the core every few microseconds, then sleep on a
+ * condition variable until the next job. One caller at a time owns the team (a kernel
+ * called from another Python thread meanwhile, or from inside a part, runs its parts
+ * itself, in order: the same bits). After fork() the child has no workers: the first job it
+ * runs starts new ones.
+ *
+ * Split phase (nn_team_offer / nn_team_join): the caller offers parts to the workers only,
+ * does other work, then joins -- running any part no worker has claimed yet itself. The
+ * one-sample products use it to give the second half of a product to a worker while the
+ * caller sums the first.
+ *
+ * State is `static`: include this header in one extension module only (_parallel); the
+ * others reach it through that module's cdef functions. */
+#ifndef NN_TEAM_H
+#define NN_TEAM_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define NN_TEAM_PAUSE() __builtin_ia32_pause()
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define NN_TEAM_PAUSE() __asm__ __volatile__("yield")
+#else
+#define NN_TEAM_PAUSE() atomic_signal_fence(memory_order_seq_cst)
+#endif
+
+#define NN_TEAM_MAX 64            /* participants: the caller and up to 63 workers */
+#define NN_TEAM_MAX_PARTS 65535   /* parts of one job (16 bits of a block word) */
+/* how long an idle worker waits for the next job awake; a gap ten times as long as a
+ * training step's between two kernels sends it to sleep */
+#define NN_TEAM_SPIN_NS 50000L
+/* how long a caller spins for the parts others are running before it sleeps */
+#define NN_TEAM_WAIT_NS 50000L
+/* spins between two sched_yield calls (about 2-4 us of PAUSE) */
+#define NN_TEAM_YIELD_EVERY 256
+
+typedef void (*nn_team_fn)(void *ctx, long part);
+
+typedef struct {
+    _Alignas(64) atomic_uint_least64_t word;   /* job << 32 | front << 16 | back */
+} nn_team_block;
+
+static struct {
+    _Alignas(64) atomic_uint_least64_t job;    /* the current job's number */
+    _Atomic(nn_team_fn) fn;                    /* the job (written before `job`) */
+    _Atomic(void *) ctx;
+    atomic_long parts;
+    atomic_int size;                           /* participants 0 .. size-1 take part */
+    atomic_int offer;                          /* the caller's block is empty */
+    _Alignas(64) atomic_long done;             /* parts finished */
+    atomic_int caller_sleeping;
+    _Alignas(64) atomic_int busy;              /* a caller owns the team */
+    atomic_int sleepers;                       /* workers in (or going into) cond_wait */
+    atomic_int hold;                           /* tests: workers claim nothing */
+    /* tests: parts run by the workers, and parts of the workers' blocks run by the caller,
+     * of jobs run (index 0) and of jobs offered (index 1) */
+    atomic_long by_workers[2], taken_back[2];
+    nn_team_block block[NN_TEAM_MAX];
+    uint64_t number;                           /* the last job number (owner only) */
+    int workers;                               /* started (owner only) */
+    int failed;                                /* a worker could not be started */
+    int atfork;                                /* the fork handler is registered */
+    pthread_mutex_t mutex;
+    pthread_cond_t work;                       /* workers wait here for a job */
+    pthread_cond_t finished;                   /* the caller waits here for the last part */
+} nn_team = {.mutex = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER,
+             .finished = PTHREAD_COND_INITIALIZER};
+
+static long nn_team_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long)t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static inline uint64_t nn_team_word(uint64_t job, long front, long back) {
+    return (job << 32) | ((uint64_t)front << 16) | (uint64_t)back;
+}
+
+/* Claim a part of participant q's block for job `job`: from the front (q's own) or the
+ * back (another's); -1 when the block is empty or the job is over. */
+static long nn_team_claim(int q, uint64_t job, int from_front) {
+    atomic_uint_least64_t *w = &nn_team.block[q].word;
+    uint64_t old = atomic_load_explicit(w, memory_order_acquire);
+    for (;;) {
+        long front = (long)((old >> 16) & 0xffff), back = (long)(old & 0xffff);
+        if ((old >> 32) != (job & 0xffffffffu) || front >= back)
+            return -1;
+        uint64_t new_ = from_front ? nn_team_word(job & 0xffffffffu, front + 1, back)
+                                   : nn_team_word(job & 0xffffffffu, front, back - 1);
+        if (atomic_compare_exchange_weak_explicit(w, &old, new_, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return from_front ? front : back - 1;
+    }
+}
+
+static void nn_team_part_done(long parts) {
+    if (atomic_fetch_add(&nn_team.done, 1) + 1 == parts && atomic_load(&nn_team.caller_sleeping)) {
+        pthread_mutex_lock(&nn_team.mutex);
+        pthread_cond_signal(&nn_team.finished);
+        pthread_mutex_unlock(&nn_team.mutex);
+    }
+}
+
+/* participant `me`'s work on job `job`: its own block, then the others' from the back.
+ * The parts run; *others: how many of them were from the others' blocks. */
+static long nn_team_work(int me, uint64_t job, nn_team_fn fn, void *ctx, long parts, int size,
+                         long *others) {
+    long p, own = 0, taken = 0;
+    while ((p = nn_team_claim(me, job, 1)) >= 0) {
+        fn(ctx, p);
+        ++own;
+        nn_team_part_done(parts);
+    }
+    for (int i = 1; i < size; ++i) {
+        int q = (me + i) % size;
+        while ((p = nn_team_claim(q, job, 0)) >= 0) {
+            fn(ctx, p);
+            ++taken;
+            nn_team_part_done(parts);
+        }
+    }
+    *others = taken;
+    return own + taken;
+}
+
+static void *nn_team_main(void *arg) {
+    int me = (int)(intptr_t)arg;
+    uint64_t seen = atomic_load(&nn_team.job);
+    long since = nn_team_now_ns();
+    for (unsigned spins = 1;; ++spins) {
+        uint64_t job = atomic_load_explicit(&nn_team.job, memory_order_acquire);
+        if (job != seen) {
+            seen = job;
+            nn_team_fn fn = atomic_load_explicit(&nn_team.fn, memory_order_relaxed);
+            void *ctx = atomic_load_explicit(&nn_team.ctx, memory_order_relaxed);
+            long parts = atomic_load_explicit(&nn_team.parts, memory_order_relaxed);
+            int size = atomic_load_explicit(&nn_team.size, memory_order_relaxed);
+            int offer = atomic_load_explicit(&nn_team.offer, memory_order_relaxed);
+            if (me < size && !atomic_load_explicit(&nn_team.hold, memory_order_relaxed)) {
+                long others;
+                long ran = nn_team_work(me, job, fn, ctx, parts, size, &others);
+                if (ran)
+                    atomic_fetch_add_explicit(&nn_team.by_workers[offer != 0], ran,
+                                              memory_order_relaxed);
+            }
+            since = nn_team_now_ns();
+            continue;
+        }
+        NN_TEAM_PAUSE();
+        if (spins % 32 != 0)
+            continue;
+        if (spins % NN_TEAM_YIELD_EVERY == 0)
+            sched_yield();              /* (a thread waiting for this core gets it) */
+        if (nn_team_now_ns() - since < NN_TEAM_SPIN_NS)
+            continue;
+        /* asleep until the next job: the caller stores `job`, then reads `sleepers`; we
+         * count ourselves in `sleepers`, then read `job` (both sequentially consistent):
+         * one of us sees the other's store, so no job is missed */
+        pthread_mutex_lock(&nn_team.mutex);
+        atomic_fetch_add(&nn_team.sleepers, 1);
+        while (atomic_load(&nn_team.job) == seen)
+            pthread_cond_wait(&nn_team.work, &nn_team.mutex);
+        atomic_fetch_sub(&nn_team.sleepers, 1);
+        pthread_mutex_unlock(&nn_team.mutex);
+        since = nn_team_now_ns();
+    }
+    return NULL;
+}
+
+static void nn_team_after_fork(void) {
+    /* the child has the memory but none of the workers, and no other caller */
+    pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t work = PTHREAD_COND_INITIALIZER, finished = PTHREAD_COND_INITIALIZER;
+    nn_team.mutex = mutex;
+    nn_team.work = work;
+    nn_team.finished = finished;
+    nn_team.workers = 0;
+    nn_team.failed = 0;
+    atomic_store(&nn_team.sleepers, 0);
+    atomic_store(&nn_team.caller_sleeping, 0);
+    atomic_store(&nn_team.busy, 0);
+}
+
+/* (owner only) workers 1 .. n-1 running; the number running */
+static int nn_team_start(int n) {
+    if (n > NN_TEAM_MAX)
+        n = NN_TEAM_MAX;
+    if (!nn_team.atfork) {
+        if (pthread_atfork(NULL, NULL, nn_team_after_fork) != 0)
+            return nn_team.workers;
+        nn_team.atfork = 1;
+    }
+    while (nn_team.workers + 1 < n && !nn_team.failed) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        sigset_t all, old;
+        if (pthread_attr_init(&attr) != 0) {
+            nn_team.failed = 1;
+            break;
+        }
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        sigfillset(&all);                       /* signals go to the other threads */
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        int made = pthread_create(&thread, &attr, nn_team_main,
+                                  (void *)(intptr_t)(nn_team.workers + 1));
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+        if (made != 0) {
+            nn_team.failed = 1;
+            break;
+        }
+        nn_team.workers += 1;
+    }
+    return nn_team.workers;
+}
+
+/* The team for this caller, with room for `threads` participants: the number it has (2 or
+ * more: then nn_team_post ... nn_team_finish, or nn_team_disown), or 0 when another
+ * caller owns it -- or this thread does already -- or no worker could be started. */
+static int nn_team_own(int threads) {
+    int free_ = 0;
+    if (threads < 2 || !atomic_compare_exchange_strong(&nn_team.busy, &free_, 1))
+        return 0;
+    int size = nn_team_start(threads) + 1;
+    if (size < 2) {
+        atomic_store(&nn_team.busy, 0);
+        return 0;
+    }
+    return size < threads ? size : threads;
+}
+
+static void nn_team_disown(void) { atomic_store_explicit(&nn_team.busy, 0, memory_order_release); }
+
+/* (owner only) post a job of `parts` parts to `size` participants; `offer`: the caller's
+ * block is empty (the workers' blocks share the parts), else part blocks as even as they
+ * go, participant 0 first. The job's number, for nn_team_finish. */
+static uint64_t nn_team_post(nn_team_fn fn, void *ctx, long parts, int size, int offer) {
+    uint64_t job = ++nn_team.number & 0xffffffffu;
+    if (job == 0)
+        job = ++nn_team.number & 0xffffffffu;   /* (0 never names a job) */
+    atomic_store_explicit(&nn_team.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&nn_team.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&nn_team.parts, parts, memory_order_relaxed);
+    atomic_store_explicit(&nn_team.size, size, memory_order_relaxed);
+    atomic_store_explicit(&nn_team.offer, offer, memory_order_relaxed);
+    atomic_store_explicit(&nn_team.done, 0, memory_order_relaxed);
+    int first = offer ? 1 : 0, sharers = size - first;
+    for (int q = 0; q < size; ++q) {
+        long front = 0, back = 0;
+        if (q >= first) {
+            int i = q - first;
+            if (parts <= sharers) {
+                front = i < parts ? i : parts;
+                back = i < parts ? i + 1 : parts;
+            } else {
+                front = parts * i / sharers;
+                back = parts * (i + 1) / sharers;
+            }
+        }
+        atomic_store_explicit(&nn_team.block[q].word, nn_team_word(job, front, back),
+                              memory_order_relaxed);
+    }
+    atomic_store(&nn_team.job, job);              /* (seq_cst: see nn_team_main) */
+    if (atomic_load(&nn_team.sleepers)) {
+        pthread_mutex_lock(&nn_team.mutex);
+        pthread_cond_broadcast(&nn_team.work);
+        pthread_mutex_unlock(&nn_team.mutex);
+    }
+    return job;
+}
+
+/* (owner only) the job's parts all done when this returns: those nobody claimed run here,
+ * then the caller waits for the ones others are running. Gives the team back. */
+static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, long parts, int size) {
+    long others;
+    nn_team_work(0, job, fn, ctx, parts, size, &others);
+    if (others)
+        atomic_fetch_add_explicit(&nn_team.taken_back[atomic_load_explicit(
+            &nn_team.offer, memory_order_relaxed) != 0], others, memory_order_relaxed);
+    if (atomic_load_explicit(&nn_team.done, memory_order_acquire) != parts) {
+        long start = nn_team_now_ns();
+        for (unsigned spins = 1;
+             atomic_load_explicit(&nn_team.done, memory_order_acquire) != parts; ++spins) {
+            NN_TEAM_PAUSE();
+            if (spins % 32 != 0)
+                continue;
+            if (spins % NN_TEAM_YIELD_EVERY == 0)
+                sched_yield();          /* (the thread running a part may be parked here) */
+            if (nn_team_now_ns() - start < NN_TEAM_WAIT_NS)
+                continue;
+            pthread_mutex_lock(&nn_team.mutex);
+            atomic_store(&nn_team.caller_sleeping, 1);
+            while (atomic_load(&nn_team.done) != parts)
+                pthread_cond_wait(&nn_team.finished, &nn_team.mutex);
+            atomic_store(&nn_team.caller_sleeping, 0);
+            pthread_mutex_unlock(&nn_team.mutex);
+            break;
+        }
+    }
+    nn_team_disown();
+}
+
+/* fn(ctx, p) for p in [0, parts), on up to `threads` threads, the caller one of them */
+static void nn_team_run(nn_team_fn fn, void *ctx, long parts, int threads) {
+    int size = parts >= 2 && parts <= NN_TEAM_MAX_PARTS ? nn_team_own(threads) : 0;
+    if (size == 0) {
+        for (long p = 0; p < parts; ++p)
+            fn(ctx, p);
+        return;
+    }
+    nn_team_finish(nn_team_post(fn, ctx, parts, size, 0), fn, ctx, parts, size);
+}
+
+/* tests: hold the workers (they claim nothing: the callers run every part), or let them
+ * go; and how many parts each side ran */
+static void nn_team_hold(int hold) { atomic_store(&nn_team.hold, hold != 0); }
+static long nn_team_by_workers(int offered) { return atomic_load(&nn_team.by_workers[offered != 0]); }
+static long nn_team_taken_back(int offered) { return atomic_load(&nn_team.taken_back[offered != 0]); }
+static int nn_team_workers(void) { return nn_team.workers; }
+
+#endif /* NN_TEAM_H */
