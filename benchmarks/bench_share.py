@@ -1,16 +1,18 @@
 """Speed on a shared CPU: an MLP epoch of nnscratch and of PyTorch, alone and beside other work.
 
-    python benchmarks/bench_share.py [--trials 10] [--epochs 5] [--threads 2] [--only nnscratch]
+    python benchmarks/bench_share.py [--trials 10] [--neighbour-trials 5] [--epochs 5]
+                                     [--threads 2] [--only nnscratch]
 
 The model is README's MLP (784-256-128-10, batch 128, SGD) on 12,800 images; an "epoch" is
 one pass over them. Each situation runs the contender in a fresh process and reports its
-median epoch time over its idle median (1.00 = unaffected); a situation with trials reports
-the worst trial (the median of trials beside it):
+median epoch time over its idle median (1.00 = unaffected); every situation but the first
+and the last runs several trials and reports the worst (each trial ratio is listed below the
+table):
 
   alone             the contender by itself (the idle figure, seconds)
-  busy loop         beside one process spinning in `while True: pass`
-  numpy matmul      beside a NumPy (OpenBLAS) float32 matmul loop on 2 threads
-  torch training    beside a PyTorch process training the same MLP (2 threads)
+  busy loop         beside one process spinning in `while True: pass` (trials)
+  numpy matmul      beside a NumPy (OpenBLAS) float32 matmul loop on 2 threads (trials)
+  torch training    beside a PyTorch process training the same MLP, 2 threads (trials)
   two at once       two processes of the contender at once, --threads each (trials)
   two at once, 1t   the same with 1 thread each (trials)
   after fork        the contender trains in its parent, then in a forked child: the
@@ -155,7 +157,7 @@ def _stop(proc):
     proc.wait()
 
 
-def situations(name, threads, epochs, trials):
+def situations(name, threads, epochs, trials, neighbour_trials):
     """{situation: (median seconds of the worst trial, ratio over alone, trial ratios)}."""
     def median_of(times):
         return statistics.median(times) if times else None
@@ -166,14 +168,18 @@ def situations(name, threads, epochs, trials):
     for label, cmd in NEIGHBOURS.items():
         if label == "torch training" and not _have_torch():
             continue
-        neighbour = _start(cmd, NEIGHBOUR_ENV.get(label))
-        time.sleep(1.0 if label == "torch training" else 0.3)   # let it get going
-        try:
-            t = median_of(_result(_contender(name, threads, epochs)))
-        finally:
-            _stop(neighbour)
-        table[label] = (t, t / idle if t else None, [])
-        time.sleep(0.3)
+        ratios, worst = [], None
+        for _ in range(neighbour_trials):
+            neighbour = _start(cmd, NEIGHBOUR_ENV.get(label))
+            time.sleep(1.0 if label == "torch training" else 0.3)   # let it get going
+            try:
+                t = median_of(_result(_contender(name, threads, epochs)))
+            finally:
+                _stop(neighbour)
+            ratios.append(t / idle if t else float("inf"))
+            worst = t if worst is None or t is None or (worst and t > worst) else worst
+            time.sleep(0.3)
+        table[label] = (worst, max(ratios), ratios)
     for label, per in (("two at once", threads), ("two at once, 1t", 1)):
         base = idle if per == threads else statistics.median(
             [median_of(_result(_contender(name, 1, epochs))) for _ in range(3)])
@@ -203,6 +209,7 @@ def _have_torch():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--neighbour-trials", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["nnscratch", "torch"])
@@ -213,10 +220,12 @@ def main(argv=None):
         return worker(args.worker, args.threads, args.epochs, args.fork)
 
     names = [args.only] if args.only else ["nnscratch"] + (["torch"] if _have_torch() else [])
-    tables = {name: situations(name, args.threads, args.epochs, args.trials) for name in names}
+    tables = {name: situations(name, args.threads, args.epochs, args.trials,
+                               args.neighbour_trials) for name in names}
     print(f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, {N} images; {args.threads} "
           f"threads; {os.cpu_count()} CPUs; median of {args.epochs} epochs; "
-          f"{args.trials} trials of two at once (worst shown)")
+          f"{args.neighbour_trials} trials beside each neighbour, {args.trials} of two at "
+          f"once (worst shown)")
     header = f"{'situation':<18}" + "".join(f"{n:>26}" for n in names)
     print(header)
     print("-" * len(header))
@@ -232,9 +241,9 @@ def main(argv=None):
                 cells.append(f"{ratio:.2f}x ({t:.3f} s)")
         print(f"{label:<18}" + "".join(f"{c:>26}" for c in cells))
     for name in names:
-        for label in ("two at once", "two at once, 1t"):
-            ratios = tables[name][label][2]
-            print(f"{name} {label}: trial ratios " + " ".join(f"{r:.2f}" for r in ratios))
+        for label, (_, _, ratios) in tables[name].items():
+            if ratios:
+                print(f"{name} {label}: trial ratios " + " ".join(f"{r:.2f}" for r in ratios))
 
 
 if __name__ == "__main__":

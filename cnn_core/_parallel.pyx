@@ -27,6 +27,8 @@ cdef extern from "nn_team.h" nogil:
     long nn_team_by_workers(int offered)
     long nn_team_taken_back(int offered)
     int nn_team_workers()
+    long nn_team_lates()
+    void nn_team_slow(long ns)
     int NN_TEAM_MAX
 
 MAX_THREADS = 4096
@@ -135,6 +137,18 @@ def _team_counts(offered=False):
 def _team_workers():
     """Tests: the worker threads this process has started."""
     return nn_team_workers()
+
+
+def _team_lates():
+    """Tests and benchmarks: the jobs so far whose caller found a worker late (descheduled
+    in the middle of a part) and then ran its jobs alone for a while (src/nn_team.h)."""
+    return nn_team_lates()
+
+
+def _team_slow(seconds):
+    """Tests: a worker naps `seconds` after claiming each part (0: no nap) -- a worker the
+    OS parked in the middle of a part."""
+    nn_team_slow(<long> (seconds * 1e9))
 
 
 def _team_hold(hold):

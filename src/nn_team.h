@@ -26,8 +26,9 @@
  * itself, in order: the same bits). After fork() the child has no workers: the first job it
  * runs starts new ones.
  *
- * Split phase (nn_team_offer / nn_team_join): the caller offers parts to the workers only,
- * does other work, then joins -- running any part no worker has claimed yet itself. The
+ * Split phase (nn_team_own, nn_team_post with `offer`, nn_team_finish): the caller offers
+ * parts to the workers only, does other work, then finishes -- running any part no worker
+ * has claimed yet itself. The
  * one-sample products use it to give the second half of a product to a worker while the
  * caller sums the first.
  *
@@ -60,6 +61,17 @@
 #define NN_TEAM_WAIT_NS 50000L
 /* spins between two sched_yield calls (about 2-4 us of PAUSE) */
 #define NN_TEAM_YIELD_EVERY 256
+/* a job is "late" when the caller, done with every part it could claim, waits longer than
+ * this and longer than its own share took, for parts a worker claimed and has not
+ * finished: the worker was descheduled mid-part (the machine is busy). The caller then
+ * runs its jobs alone for a while -- the same parts, the same bits -- NN_TEAM_SOLO_MIN_NS
+ * at first, twice as long after each late job that follows within NN_TEAM_CALM_NS of the
+ * last, up to NN_TEAM_SOLO_MAX_NS: on a machine that stays busy, a worker is tried again
+ * about five times a second. */
+#define NN_TEAM_LATE_NS 200000L
+#define NN_TEAM_SOLO_MIN_NS 2000000L
+#define NN_TEAM_SOLO_MAX_NS 200000000L
+#define NN_TEAM_CALM_NS 1000000000L
 
 typedef void (*nn_team_fn)(void *ctx, long part);
 
@@ -79,6 +91,10 @@ static struct {
     _Alignas(64) atomic_int busy;              /* a caller owns the team */
     atomic_int sleepers;                       /* workers in (or going into) cond_wait */
     atomic_int hold;                           /* tests: workers claim nothing */
+    atomic_long solo_until;                    /* no worker is offered a job before then */
+    atomic_long lates;                         /* late jobs (tests, benchmarks) */
+    atomic_long slow_ns;                       /* tests: a worker naps this long per part */
+    long posted_ns, solo_ns, last_late_ns;     /* (owner only) */
     /* tests: parts run by the workers, and parts of the workers' blocks run by the caller,
      * of jobs run (index 0) and of jobs offered (index 1) */
     atomic_long by_workers[2], taken_back[2];
@@ -128,26 +144,42 @@ static void nn_team_part_done(long parts) {
     }
 }
 
+/* tests: a worker that has claimed a part naps first, as if the OS had parked it there */
+static void nn_team_nap(void) {
+    long ns = atomic_load_explicit(&nn_team.slow_ns, memory_order_relaxed);
+    if (ns > 0) {
+        struct timespec t = {ns / 1000000000L, ns % 1000000000L};
+        nanosleep(&t, NULL);
+    }
+}
+
 /* participant `me`'s work on job `job`: its own block, then the others' from the back.
- * The parts run; *others: how many of them were from the others' blocks. */
-static long nn_team_work(int me, uint64_t job, nn_team_fn fn, void *ctx, long parts, int size,
-                         long *others) {
-    long p, own = 0, taken = 0;
+ * Each part is counted (tests) before it is reported done: in *ran (any part) and in
+ * *others (a part of another's block), where not NULL. */
+static void nn_team_work(int me, uint64_t job, nn_team_fn fn, void *ctx, long parts, int size,
+                         atomic_long *ran, atomic_long *others) {
+    long p;
     while ((p = nn_team_claim(me, job, 1)) >= 0) {
+        if (me != 0)
+            nn_team_nap();
         fn(ctx, p);
-        ++own;
+        if (ran)
+            atomic_fetch_add_explicit(ran, 1, memory_order_relaxed);
         nn_team_part_done(parts);
     }
     for (int i = 1; i < size; ++i) {
         int q = (me + i) % size;
         while ((p = nn_team_claim(q, job, 0)) >= 0) {
+            if (me != 0)
+                nn_team_nap();
             fn(ctx, p);
-            ++taken;
+            if (ran)
+                atomic_fetch_add_explicit(ran, 1, memory_order_relaxed);
+            if (others)
+                atomic_fetch_add_explicit(others, 1, memory_order_relaxed);
             nn_team_part_done(parts);
         }
     }
-    *others = taken;
-    return own + taken;
 }
 
 static void *nn_team_main(void *arg) {
@@ -163,13 +195,9 @@ static void *nn_team_main(void *arg) {
             long parts = atomic_load_explicit(&nn_team.parts, memory_order_relaxed);
             int size = atomic_load_explicit(&nn_team.size, memory_order_relaxed);
             int offer = atomic_load_explicit(&nn_team.offer, memory_order_relaxed);
-            if (me < size && !atomic_load_explicit(&nn_team.hold, memory_order_relaxed)) {
-                long others;
-                long ran = nn_team_work(me, job, fn, ctx, parts, size, &others);
-                if (ran)
-                    atomic_fetch_add_explicit(&nn_team.by_workers[offer != 0], ran,
-                                              memory_order_relaxed);
-            }
+            if (me < size && !atomic_load_explicit(&nn_team.hold, memory_order_relaxed))
+                nn_team_work(me, job, fn, ctx, parts, size, &nn_team.by_workers[offer != 0],
+                             NULL);
             since = nn_team_now_ns();
             continue;
         }
@@ -246,7 +274,9 @@ static int nn_team_start(int n) {
  * caller owns it -- or this thread does already -- or no worker could be started. */
 static int nn_team_own(int threads) {
     int free_ = 0;
-    if (threads < 2 || !atomic_compare_exchange_strong(&nn_team.busy, &free_, 1))
+    if (threads < 2 || nn_team_now_ns() < atomic_load_explicit(&nn_team.solo_until,
+                                                               memory_order_relaxed) ||
+        !atomic_compare_exchange_strong(&nn_team.busy, &free_, 1))
         return 0;
     int size = nn_team_start(threads) + 1;
     if (size < 2) {
@@ -262,6 +292,7 @@ static void nn_team_disown(void) { atomic_store_explicit(&nn_team.busy, 0, memor
  * block is empty (the workers' blocks share the parts), else part blocks as even as they
  * go, participant 0 first. The job's number, for nn_team_finish. */
 static uint64_t nn_team_post(nn_team_fn fn, void *ctx, long parts, int size, int offer) {
+    nn_team.posted_ns = nn_team_now_ns();
     uint64_t job = ++nn_team.number & 0xffffffffu;
     if (job == 0)
         job = ++nn_team.number & 0xffffffffu;   /* (0 never names a job) */
@@ -299,13 +330,10 @@ static uint64_t nn_team_post(nn_team_fn fn, void *ctx, long parts, int size, int
 /* (owner only) the job's parts all done when this returns: those nobody claimed run here,
  * then the caller waits for the ones others are running. Gives the team back. */
 static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, long parts, int size) {
-    long others;
-    nn_team_work(0, job, fn, ctx, parts, size, &others);
-    if (others)
-        atomic_fetch_add_explicit(&nn_team.taken_back[atomic_load_explicit(
-            &nn_team.offer, memory_order_relaxed) != 0], others, memory_order_relaxed);
+    int offer = atomic_load_explicit(&nn_team.offer, memory_order_relaxed) != 0;
+    nn_team_work(0, job, fn, ctx, parts, size, NULL, &nn_team.taken_back[offer]);
     if (atomic_load_explicit(&nn_team.done, memory_order_acquire) != parts) {
-        long start = nn_team_now_ns();
+        long start = nn_team_now_ns(), waited;
         for (unsigned spins = 1;
              atomic_load_explicit(&nn_team.done, memory_order_acquire) != parts; ++spins) {
             NN_TEAM_PAUSE();
@@ -323,6 +351,21 @@ static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, long parts, i
             pthread_mutex_unlock(&nn_team.mutex);
             break;
         }
+        long now = nn_team_now_ns();
+        waited = now - start;
+        if (waited > NN_TEAM_LATE_NS && waited > start - nn_team.posted_ns) {
+            /* late: alone for a while (longer if the last late job was recent) */
+            nn_team.solo_ns = now - nn_team.last_late_ns < NN_TEAM_CALM_NS
+                                  ? nn_team.solo_ns * 2 : NN_TEAM_SOLO_MIN_NS;
+            if (nn_team.solo_ns < NN_TEAM_SOLO_MIN_NS)
+                nn_team.solo_ns = NN_TEAM_SOLO_MIN_NS;
+            if (nn_team.solo_ns > NN_TEAM_SOLO_MAX_NS)
+                nn_team.solo_ns = NN_TEAM_SOLO_MAX_NS;
+            nn_team.last_late_ns = now;
+            atomic_store_explicit(&nn_team.solo_until, now + nn_team.solo_ns,
+                                  memory_order_relaxed);
+            atomic_fetch_add_explicit(&nn_team.lates, 1, memory_order_relaxed);
+        }
     }
     nn_team_disown();
 }
@@ -339,10 +382,16 @@ static void nn_team_run(nn_team_fn fn, void *ctx, long parts, int threads) {
 }
 
 /* tests: hold the workers (they claim nothing: the callers run every part), or let them
- * go; and how many parts each side ran */
-static void nn_team_hold(int hold) { atomic_store(&nn_team.hold, hold != 0); }
+ * go; how many parts each side ran; how many jobs were late */
+static void nn_team_hold(int hold) {
+    atomic_store(&nn_team.hold, hold != 0);
+    if (hold)       /* (and jobs are posted again at once: a held worker is never late) */
+        atomic_store(&nn_team.solo_until, 0);
+}
 static long nn_team_by_workers(int offered) { return atomic_load(&nn_team.by_workers[offered != 0]); }
 static long nn_team_taken_back(int offered) { return atomic_load(&nn_team.taken_back[offered != 0]); }
 static int nn_team_workers(void) { return nn_team.workers; }
+static long nn_team_lates(void) { return atomic_load(&nn_team.lates); }
+static void nn_team_slow(long ns) { atomic_store(&nn_team.slow_ns, ns); }
 
 #endif /* NN_TEAM_H */

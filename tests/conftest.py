@@ -7,8 +7,6 @@ worked out by hand, so that a wrong twin fails too.
 import builtins
 import contextlib
 import math
-import os
-import subprocess
 import sys
 import threading
 
@@ -118,18 +116,20 @@ def no_matplotlib(monkeypatch):
     yield
 
 
-def outputs_under_thread_limits(script, args, limits=("1", "3")):
-    """What `python script *args` prints under each OMP_THREAD_LIMIT of `limits` (OpenMP
-    then gives a parallel region at most that many threads, maybe fewer than asked for)."""
-    env = dict(os.environ)
-    outputs = []
-    for limit in limits:
-        env["OMP_THREAD_LIMIT"] = limit
-        proc = subprocess.run([sys.executable, str(script), *map(str, args)], env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        outputs.append(proc.stdout)
-    return outputs
+@contextlib.contextmanager
+def workers_held():
+    """Within: the team's workers (src/nn_team.h) claim no part of any job -- as if the OS
+    had parked every one of them -- so each caller runs every part itself. Yields a
+    function giving (parts the workers ran, parts of the workers' blocks the callers ran)
+    since the block began; the first must stay 0."""
+    from cnn_core._parallel import _team_counts, _team_hold
+
+    _team_hold(True)
+    start = _team_counts()
+    try:
+        yield lambda: tuple(now - was for now, was in zip(_team_counts(), start))
+    finally:
+        _team_hold(False)
 
 
 def run_in_threads(work, count):

@@ -5,14 +5,13 @@ dtypes), against one `linear_forward` per layer bit for bit (every way a product
 out among threads: one thread, slabs, halves of k; 1 to 3 threads) and against PyTorch.
 (How the fast path uses it for a Sequential: tests/fast/test_paths.py.)
 """
-import textwrap
 
 import numpy as np
 import pytest
 
 import cnn_core
 from cnn_core import reference
-from conftest import assert_close, nan_array, outputs_under_thread_limits, randn
+from conftest import assert_close, nan_array, randn, workers_held
 
 BOTH = [cnn_core, reference]
 
@@ -101,27 +100,22 @@ def test_outs_written_in_place(rng, dtype, mod):
         assert_close(g, e, k=9)
 
 
-def test_a_smaller_team_than_asked_for(tmp_path):
-    # OpenMP may give the parallel region fewer threads than asked for (here one, under
-    # OMP_THREAD_LIMIT=1): that one runs every share, and the bits stay the same
-    script = tmp_path / "team.py"
-    script.write_text(textwrap.dedent('''
-        import sys
-        import numpy as np
-        import cnn_core
-        rng = np.random.default_rng(0)
-        n, features = int(sys.argv[1]), [int(f) for f in sys.argv[2:]]
-        x = rng.standard_normal((n, features[0])).astype(np.float32)
-        ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(features, features[1:])]
-        bs = [rng.standard_normal(b).astype(np.float32) for b in features[1:]]
-        acts = ["relu"] * (len(ws) - 1) + [None]
-        cnn_core.set_num_threads(3)
-        out = cnn_core.linear_chain_forward(x, ws, bs, acts)[-1]
-        sys.stdout.write(out.tobytes().hex())
-    '''))
-    for n, features in [(1, [784, 256, 10]), (128, [784, 256, 128, 10]), (300, [13, 40, 3])]:
-        outputs = outputs_under_thread_limits(script, [n, *features])
-        assert outputs[0] == outputs[1] and len(outputs[0]) == 2 * 4 * n * features[-1]
+def test_a_team_whose_workers_take_nothing(rng):
+    # a worker the OS has parked claims nothing: the caller runs every share itself -- the
+    # shares meant for the workers too -- and the bits stay the same
+    before = cnn_core.get_num_threads()
+    cnn_core.set_num_threads(3)
+    try:
+        for n, features in [(1, [784, 256, 10]), (128, [784, 256, 128, 10]), (300, [13, 40, 3])]:
+            x, ws, bs, acts = chain_args(rng, np.float32, n, features)
+            free = cnn_core.linear_chain_forward(x, ws, bs, acts)
+            with workers_held() as counts:
+                held = cnn_core.linear_chain_forward(x, ws, bs, acts)
+                ran, taken_back = counts()
+            assert ran == 0 and (taken_back > 0 or n == 1), (n, ran, taken_back)
+            assert all(np.array_equal(a, b) for a, b in zip(free, held)), n
+    finally:
+        cnn_core.set_num_threads(before)
 
 
 def test_relu_and_nan(dtype):

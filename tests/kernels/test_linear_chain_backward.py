@@ -4,18 +4,17 @@ Sequential's use of it.
 The kernel is held against its NumPy twin (random shapes with 1, odd and prime sizes, both
 dtypes, ReLU masks or none, accumulating or overwriting), against one `relu_backward` and
 `linear_backward` per layer bit for bit (every way a product is shared out among threads:
-one thread, slabs along m and n, halves of k; 1 to 3 threads; a smaller OpenMP team than
-asked for) and against PyTorch's autograd. (How the fast path uses it for a Sequential:
+one thread, slabs along m and n, halves of k; 1 to 3 threads; a team whose workers take
+nothing) and against PyTorch's autograd. (How the fast path uses it for a Sequential:
 tests/fast/test_paths.py.)
 """
-import textwrap
 
 import numpy as np
 import pytest
 
 import cnn_core
 from cnn_core import reference
-from conftest import assert_close, nan_array, outputs_under_thread_limits, randn
+from conftest import assert_close, nan_array, randn, workers_held
 
 BOTH = [cnn_core, reference]
 
@@ -144,30 +143,35 @@ def test_bits_of_one_backward_per_layer(rng, dtype, n, features):
         cnn_core.set_num_threads(before)
 
 
-def test_a_smaller_team_than_asked_for(tmp_path):
-    # OpenMP may give the parallel region fewer threads than asked for (here one, under
-    # OMP_THREAD_LIMIT=1): that one runs every share -- the pieces meant for the others
-    # too -- and the bits stay the same
-    script = tmp_path / "team.py"
-    script.write_text(textwrap.dedent('''
-        import sys
-        import numpy as np
-        import cnn_core
-        rng = np.random.default_rng(0)
-        n, features = int(sys.argv[1]), [int(f) for f in sys.argv[2:]]
-        f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
-        xs = [np.maximum(f32(n, f), 0) for f in features[:-1]]
-        ws = [f32(a, b) for a, b in zip(features, features[1:])]
-        gws = [np.zeros(w.shape, np.float32) for w in ws]
-        gbs = [np.zeros(w.shape[1], np.float32) for w in ws]
-        masks = xs[1:] + [None]
-        cnn_core.set_num_threads(3)
-        gx, gs = cnn_core.linear_chain_backward(f32(n, features[-1]), xs, ws, gws, gbs, masks)
-        sys.stdout.write("".join(a.tobytes().hex() for a in [gx] + gws + gbs))
-    '''))
-    for n, features in [(16, [784, 256, 128, 10]), (2000, [64, 64, 32, 8]), (300, [13, 40, 3])]:
-        outputs = outputs_under_thread_limits(script, [n, *features])
-        assert outputs[0] == outputs[1] and len(outputs[0]) > 2 * 4 * n * features[0]
+def test_a_team_whose_workers_take_nothing(rng):
+    # a worker the OS has parked claims nothing: the caller runs every share -- the pieces
+    # meant for the others too -- and the bits stay the same
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    before = cnn_core.get_num_threads()
+    cnn_core.set_num_threads(3)
+    try:
+        for n, features in [(16, [784, 256, 128, 10]), (2000, [64, 64, 32, 8]),
+                            (300, [13, 40, 3])]:
+            xs = [np.maximum(f32(n, f), 0) for f in features[:-1]]
+            ws = [f32(a, b) for a, b in zip(features, features[1:])]
+            g = f32(n, features[-1])
+            masks = xs[1:] + [None]
+
+            def backward():
+                gws = [np.zeros(w.shape, np.float32) for w in ws]
+                gbs = [np.zeros(w.shape[1], np.float32) for w in ws]
+                gx, _ = cnn_core.linear_chain_backward(g, xs, ws, gws, gbs, masks)
+                return [gx] + gws + gbs
+            free = backward()
+            with workers_held() as counts:
+                held = backward()
+                ran, taken_back = counts()
+            assert ran == 0 and taken_back > 0, (n, ran, taken_back)
+            assert all(np.array_equal(a, b) for a, b in zip(free, held)), n
+    finally:
+        cnn_core.set_num_threads(before)
 
 
 @pytest.mark.parametrize("mod", BOTH, ids=["cython", "numpy"])
