@@ -29,6 +29,7 @@ cdef extern from "nn_team.h" nogil:
     int nn_team_workers()
     long nn_team_lates()
     void nn_team_slow(long ns)
+    void nn_team_tune(long late_ns, long solo_min_ns, long solo_max_ns)
     int NN_TEAM_MAX
 
 MAX_THREADS = 4096
@@ -149,6 +150,14 @@ def _team_slow(seconds):
     """Tests: a worker naps `seconds` after claiming each part (0: no nap) -- a worker the
     OS parked in the middle of a part."""
     nn_team_slow(<long> (seconds * 1e9))
+
+
+def _team_tune(late=1e-3, solo_min=2e-3, solo_max=0.2):
+    """Benchmarks: a job is late when its caller waited `late` seconds (and longer than its
+    own share took) for a worker's part; the caller then runs alone for `solo_min` seconds,
+    doubling while jobs keep being late, up to `solo_max` (0: never alone). Call it while
+    no kernel runs."""
+    nn_team_tune(<long> (late * 1e9), <long> (solo_min * 1e9), <long> (solo_max * 1e9))
 
 
 def _team_hold(hold):

@@ -23,7 +23,7 @@ from nnscratch import backend
 (X_train, y_train), (X_test, y_test) = nn.datasets.load_sample()
 fast = backend.cnn_core_module()
 print(f"compiled kernels: GEMM micro-kernel {fast.gemm_kernel_name()!r}, "
-      f"{nn.get_num_threads()} threads, OpenMP {fast.openmp_enabled()}")
+      f"{nn.get_num_threads()} threads ({backend.thread_count_reason()})")
 
 
 def build():

@@ -65,13 +65,14 @@
  * this and longer than its own share took, for parts a worker claimed and has not
  * finished: the worker was descheduled mid-part (the machine is busy). The caller then
  * runs its jobs alone for a while -- the same parts, the same bits -- NN_TEAM_SOLO_MIN_NS
- * at first, twice as long after each late job that follows within NN_TEAM_CALM_NS of the
- * last, up to NN_TEAM_SOLO_MAX_NS: on a machine that stays busy, a worker is tried again
- * about five times a second. */
-#define NN_TEAM_LATE_NS 200000L
+ * at first, twice as long when a job is late again within NN_TEAM_AGAIN_NS (plus the last
+ * time alone) of the end of the last time alone, up to NN_TEAM_SOLO_MAX_NS: on a machine
+ * that stays busy, a worker is tried again about five times a second; on an idle one, a
+ * late job now and then costs 2 ms alone. */
+#define NN_TEAM_LATE_NS 1000000L
 #define NN_TEAM_SOLO_MIN_NS 2000000L
 #define NN_TEAM_SOLO_MAX_NS 200000000L
-#define NN_TEAM_CALM_NS 1000000000L
+#define NN_TEAM_AGAIN_NS 10000000L
 
 typedef void (*nn_team_fn)(void *ctx, long part);
 
@@ -94,7 +95,8 @@ static struct {
     atomic_long solo_until;                    /* no worker is offered a job before then */
     atomic_long lates;                         /* late jobs (tests, benchmarks) */
     atomic_long slow_ns;                       /* tests: a worker naps this long per part */
-    long posted_ns, solo_ns, last_late_ns;     /* (owner only) */
+    long posted_ns, solo_ns;                   /* (owner only) */
+    long late_ns, solo_min_ns, solo_max_ns;    /* NN_TEAM_LATE_NS ... (benchmarks may tune) */
     /* tests: parts run by the workers, and parts of the workers' blocks run by the caller,
      * of jobs run (index 0) and of jobs offered (index 1) */
     atomic_long by_workers[2], taken_back[2];
@@ -107,7 +109,8 @@ static struct {
     pthread_cond_t work;                       /* workers wait here for a job */
     pthread_cond_t finished;                   /* the caller waits here for the last part */
 } nn_team = {.mutex = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER,
-             .finished = PTHREAD_COND_INITIALIZER};
+             .finished = PTHREAD_COND_INITIALIZER, .late_ns = NN_TEAM_LATE_NS,
+             .solo_min_ns = NN_TEAM_SOLO_MIN_NS, .solo_max_ns = NN_TEAM_SOLO_MAX_NS};
 
 static long nn_team_now_ns(void) {
     struct timespec t;
@@ -353,15 +356,18 @@ static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, long parts, i
         }
         long now = nn_team_now_ns();
         waited = now - start;
-        if (waited > NN_TEAM_LATE_NS && waited > start - nn_team.posted_ns) {
-            /* late: alone for a while (longer if the last late job was recent) */
-            nn_team.solo_ns = now - nn_team.last_late_ns < NN_TEAM_CALM_NS
-                                  ? nn_team.solo_ns * 2 : NN_TEAM_SOLO_MIN_NS;
-            if (nn_team.solo_ns < NN_TEAM_SOLO_MIN_NS)
-                nn_team.solo_ns = NN_TEAM_SOLO_MIN_NS;
-            if (nn_team.solo_ns > NN_TEAM_SOLO_MAX_NS)
-                nn_team.solo_ns = NN_TEAM_SOLO_MAX_NS;
-            nn_team.last_late_ns = now;
+        if (waited > nn_team.late_ns && waited > start - nn_team.posted_ns) {
+            /* late: alone for a while -- twice as long as last time if this is one of
+             * the first jobs after that time alone (the machine is still busy), else the
+             * shortest time (a late job now and then on an idle machine: a page fault, a
+             * virtual CPU descheduled by its host) */
+            long since = now - atomic_load_explicit(&nn_team.solo_until, memory_order_relaxed);
+            nn_team.solo_ns = since < nn_team.solo_ns + NN_TEAM_AGAIN_NS
+                                  ? nn_team.solo_ns * 2 : nn_team.solo_min_ns;
+            if (nn_team.solo_ns < nn_team.solo_min_ns)
+                nn_team.solo_ns = nn_team.solo_min_ns;
+            if (nn_team.solo_ns > nn_team.solo_max_ns)
+                nn_team.solo_ns = nn_team.solo_max_ns;
             atomic_store_explicit(&nn_team.solo_until, now + nn_team.solo_ns,
                                   memory_order_relaxed);
             atomic_fetch_add_explicit(&nn_team.lates, 1, memory_order_relaxed);
@@ -393,5 +399,12 @@ static long nn_team_taken_back(int offered) { return atomic_load(&nn_team.taken_
 static int nn_team_workers(void) { return nn_team.workers; }
 static long nn_team_lates(void) { return atomic_load(&nn_team.lates); }
 static void nn_team_slow(long ns) { atomic_store(&nn_team.slow_ns, ns); }
+/* benchmarks: how late is late, and the shortest and longest time alone after it (only
+ * while no kernel runs) */
+static void nn_team_tune(long late_ns, long solo_min_ns, long solo_max_ns) {
+    nn_team.late_ns = late_ns;
+    nn_team.solo_min_ns = solo_min_ns;
+    nn_team.solo_max_ns = solo_max_ns;
+}
 
 #endif /* NN_TEAM_H */

@@ -21,8 +21,8 @@
 # * NNSCRATCH_DEBUG=1: Cython's bounds, wraparound, initialised-view and None checks on,
 #   -O0 -g (setup.py). NNSCRATCH_CFLAGS adds -fsanitize=address,undefined
 #   -fno-omit-frame-pointer and -O1 (the level ASan's documentation suggests; it comes
-#   after -O0 and wins). OpenMP, which the debug build leaves out, is put back with
-#   -fopenmp so that the threaded paths (prange slabs, per-thread scratch) are checked too.
+#   after -O0 and wins). The team's threads (src/nn_team.h) run in the debug build as in
+#   any other, so the threaded paths (slabs, per-thread scratch) are checked too.
 #   Note: CPython builds extensions with -fwrapv, so signed overflow wraps (no UBSan report).
 # * The tests run with the GCC ASan runtime in LD_PRELOAD (Python itself is not
 #   instrumented), ASAN_OPTIONS=detect_leaks=0 (CPython keeps objects alive at exit by
@@ -113,8 +113,8 @@ SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer"
 (
     cd "$TREE"
     NNSCRATCH_DEBUG=1 \
-    NNSCRATCH_CFLAGS="$SAN_FLAGS -O1 -g -fopenmp" \
-    NNSCRATCH_LDFLAGS="$SAN_FLAGS -fopenmp" \
+    NNSCRATCH_CFLAGS="$SAN_FLAGS -O1 -g" \
+    NNSCRATCH_LDFLAGS="$SAN_FLAGS" \
         "$PY" setup.py -q build_ext --inplace --parallel 2 >"$WORK/build.log" 2>&1
 ) || { tail -n 60 "$WORK/build.log" >&2; echo "sanitize: build failed" >&2; exit 1; }
 echo "   built in $(( $(date +%s) - start )) s"
@@ -137,7 +137,7 @@ import sys, cnn_core, cnn_core._gemm as g, cnn_core._linear as lin
 print('   cnn_core from', cnn_core.__file__)
 print('   _gemm from   ', g.__file__)
 print('   _linear from ', lin.__file__)
-print('   micro-kernel', cnn_core.gemm_kernel_name(), '| openmp', cnn_core.openmp_enabled())
+print('   micro-kernel', cnn_core.gemm_kernel_name(), '| threads', cnn_core.get_num_threads())
 sys.exit(0 if all(m.__file__.startswith('$TREE/') for m in (g, lin)) else 1)
 ") || { echo "sanitize: the sanitized cnn_core is not the one imported" >&2; exit 1; }
 

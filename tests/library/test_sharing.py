@@ -24,7 +24,7 @@ import pytest
 import cnn_core
 import nnscratch as nn
 from cnn_core._parallel import (_team_counts, _team_hold, _team_lates, _team_slow,
-                                 _team_workers)
+                                 _team_tune, _team_workers)
 from conftest import randn, run_in_threads, workers_held
 
 TIMEOUT = 120          # seconds for a child process: a hang fails the test, never blocks
@@ -300,6 +300,32 @@ def test_a_late_worker_sends_the_caller_alone_for_a_while(rng, threads):
         if _team_counts()[0] > ran:
             break
     assert _team_counts()[0] > ran              # the workers take parts again
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_no_time_alone_when_tuned_so(rng, threads):
+    # bench_share's knob: with no time alone after a late job, the next job is offered to
+    # the workers at once
+    a, b = randn(rng, (300, 300), np.float32), randn(rng, (300, 300), np.float32)
+    expected = cnn_core.gemm(a, b)
+    start = _team_lates()
+    _team_tune(solo_min=0, solo_max=0)
+    _team_slow(0.005)
+    try:
+        for _ in range(500):
+            np.testing.assert_array_equal(cnn_core.gemm(a, b), expected)
+            if _team_lates() - start >= 3:
+                break
+        assert _team_lates() - start >= 3
+        _team_slow(0)
+        posted = sum(_team_counts())
+        np.testing.assert_array_equal(cnn_core.gemm(a, b), expected)
+        # the next job was posted: its parts ran on a worker or were taken back (by the
+        # default tuning, the caller would now be alone for 8 ms or more: neither count)
+        assert sum(_team_counts()) > posted
+    finally:
+        _team_slow(0)
+        _team_tune()
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="affinity is Linux-only")
