@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -34,7 +35,9 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-o
 
 def run_python(code, *args, env=None, **kwargs):
     """Run `code` with `args` in a fresh interpreter, with a timeout; its completed
-    process."""
+    process. (From outside the checkout by default: its source folder cnn_core/ would
+    shadow the installed build.)"""
+    kwargs.setdefault("cwd", tempfile.gettempdir())
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
                           env=dict(os.environ if env is None else env), capture_output=True,
                           text=True, timeout=TIMEOUT, **kwargs)
