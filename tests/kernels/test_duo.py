@@ -16,6 +16,7 @@ import pytest
 
 import cnn_core
 from cnn_core import _gemm, reference
+from cnn_core._parallel import _team_tune
 from conftest import assert_close, randn, run_in_threads
 
 # few rows (the row kernel, m < 4) and enough multiply-adds for two threads: halves of k
@@ -28,8 +29,13 @@ two_or_three = pytest.mark.parametrize("threads", [2, 3], indirect=True)
 
 @pytest.fixture(autouse=True)
 def let_the_helper_go():
+    # every call offers its half here: a caller that met a late worker (a slow build, a
+    # busy machine) would otherwise run alone for a while, offering nothing, and the
+    # counts below would come out short (tests/library/test_sharing.py tests that rule)
+    _team_tune(solo_min=0, solo_max=0)
     yield
     _gemm._duo_hold(False)
+    _team_tune()
 
 
 def one_thread(fn):
