@@ -27,6 +27,8 @@ cdef extern from "nn_team.h" nogil:
     long nn_team_by_workers(int offered)
     long nn_team_taken_back(int offered)
     int nn_team_workers()
+    int nn_team_threads()
+    void nn_team_set_threads(int n)
     long nn_team_lates()
     void nn_team_slow(long ns)
     void nn_team_tune(long late_ns, long solo_min_ns, long solo_max_ns)
@@ -61,15 +63,15 @@ def _default_threads():
 
 
 _threads_default, _reason = _default_threads()
-cdef int _num_threads = _threads_default
+nn_team_set_threads(_threads_default)     # (an atomic: kernels read it from any thread)
 
 
 cdef int num_threads() noexcept nogil:
-    return _num_threads
+    return nn_team_threads()
 
 
 cdef void run_parts(part_fn fn, void *ctx, long parts) noexcept nogil:
-    nn_team_run(fn, ctx, parts, _num_threads)
+    nn_team_run(fn, ctx, parts, nn_team_threads())
 
 
 cdef void run_parts_on(part_fn fn, void *ctx, long parts, int threads) noexcept nogil:
@@ -101,19 +103,19 @@ cdef void duo_finish(long ticket, part_fn fn, void *ctx) noexcept nogil:
 
 def set_num_threads(n):
     """Use `n` threads in the kernels (effective at the next call)."""
-    global _num_threads, _reason
+    global _reason
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 1 or n > MAX_THREADS:
         raise ValueError(f"n must be in [1, {MAX_THREADS}], got {n}")
-    if n != _num_threads:
+    if n != nn_team_threads():
         _reason = "set_num_threads" if n != _threads_default else _default_threads()[1]
-    _num_threads = n
+    nn_team_set_threads(n)
 
 
 def get_num_threads():
     """The number of threads the kernels use."""
-    return _num_threads
+    return nn_team_threads()
 
 
 def thread_count_reason():

@@ -14,6 +14,7 @@
 #define NN_X86 0
 #endif
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,14 +51,18 @@ static int nn_cpu_best_isa(void) {
     return best;
 }
 
-/* nn_cpu_best_isa's answer, asked once per module at the first call (a benign race: every
- * thread finds the same): for the kernels that dispatch per call */
-static int nn_cpu_isa_level = -1;
+/* nn_cpu_best_isa's answer, asked once per module at the first call (threads that get
+ * there together each ask, and find the same; relaxed atomics: no data race): for the
+ * kernels that dispatch per call */
+static _Atomic int nn_cpu_isa_level = -1;
 
 static inline int nn_cpu_isa(void) {
-    if (nn_cpu_isa_level < 0)
-        nn_cpu_isa_level = nn_cpu_best_isa();
-    return nn_cpu_isa_level;
+    int level = atomic_load_explicit(&nn_cpu_isa_level, memory_order_relaxed);
+    if (level < 0) {
+        level = nn_cpu_best_isa();
+        atomic_store_explicit(&nn_cpu_isa_level, level, memory_order_relaxed);
+    }
+    return level;
 }
 
 /* Flush-to-zero and denormals-are-zero for the calling thread, for loops where numbers

@@ -65,8 +65,8 @@
  * this and longer than its own share took, for parts a worker claimed and has not
  * finished: the worker was descheduled mid-part (the machine is busy). The caller then
  * runs its jobs alone for a while -- the same parts, the same bits -- NN_TEAM_SOLO_MIN_NS
- * at first, twice as long when a job is late again within NN_TEAM_AGAIN_NS (plus the last
- * time alone) of the end of the last time alone, up to NN_TEAM_SOLO_MAX_NS: on a machine
+ * at first, twice as long when a job posted within NN_TEAM_AGAIN_NS (plus the last time
+ * alone) of the end of the last time alone is late too, up to NN_TEAM_SOLO_MAX_NS: on a machine
  * that stays busy, a worker is tried again about five times a second; on an idle one, a
  * late job now and then costs 2 ms alone. */
 #define NN_TEAM_LATE_NS 1000000L
@@ -357,11 +357,12 @@ static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, long parts, i
         long now = nn_team_now_ns();
         waited = now - start;
         if (waited > nn_team.late_ns && waited > start - nn_team.posted_ns) {
-            /* late: alone for a while -- twice as long as last time if this is one of
-             * the first jobs after that time alone (the machine is still busy), else the
+            /* late: alone for a while -- twice as long as last time if this job was
+             * posted soon after that time alone (the machine is still busy), else the
              * shortest time (a late job now and then on an idle machine: a page fault, a
              * virtual CPU descheduled by its host) */
-            long since = now - atomic_load_explicit(&nn_team.solo_until, memory_order_relaxed);
+            long since = nn_team.posted_ns -
+                         atomic_load_explicit(&nn_team.solo_until, memory_order_relaxed);
             nn_team.solo_ns = since < nn_team.solo_ns + NN_TEAM_AGAIN_NS
                                   ? nn_team.solo_ns * 2 : nn_team.solo_min_ns;
             if (nn_team.solo_ns < nn_team.solo_min_ns)
@@ -386,6 +387,11 @@ static void nn_team_run(nn_team_fn fn, void *ctx, long parts, int threads) {
     }
     nn_team_finish(nn_team_post(fn, ctx, parts, size, 0), fn, ctx, parts, size);
 }
+
+/* The thread count the kernels use (set_num_threads; read by kernels in any thread) */
+static atomic_int nn_team_count = 1;
+static int nn_team_threads(void) { return atomic_load_explicit(&nn_team_count, memory_order_relaxed); }
+static void nn_team_set_threads(int n) { atomic_store_explicit(&nn_team_count, n, memory_order_relaxed); }
 
 /* tests: hold the workers (they claim nothing: the callers run every part), or let them
  * go; how many parts each side ran; how many jobs were late */

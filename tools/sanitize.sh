@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build cnn_core with AddressSanitizer + UndefinedBehaviorSanitizer and run the kernel tests
-# under it; exit non-zero on any test failure or any sanitizer report.
+# under it -- or, with NNSCRATCH_SANITIZER=thread, with ThreadSanitizer and run the threaded
+# tests under it; exit non-zero on any test failure or any sanitizer report.
 #
 #   tools/sanitize.sh [PYTHON] [pytest arguments...]
+#   NNSCRATCH_SANITIZER=thread tools/sanitize.sh [PYTHON] [pytest arguments...]
 #
 # PYTHON: the interpreter to build and test with (default: $PYTHON, else python3). It needs
 # numpy, Cython >= 3, setuptools and pytest; the package may be pip-installed there, the
@@ -31,6 +33,13 @@
 #   the process with a non-zero status, which fails pytest (or the test whose child it
 #   was). The output is also searched for reports, in case a test ignored a child's status.
 #
+# * ThreadSanitizer (NNSCRATCH_SANITIZER=thread): -fsanitize=thread -O1 -g without the debug
+#   checks, libtsan in LD_PRELOAD, TSAN_OPTIONS=halt_on_error=1, OPENBLAS_NUM_THREADS=1
+#   (OpenBLAS's own threads are not instrumented: TSan cannot see their synchronisation).
+#   The tests that fork a multi-threaded process are left out (TSan does not support
+#   threads in such a child), and so is the test that counts the process's threads (TSan
+#   adds one). It checks the team (src/nn_team.h) and every kernel's parts for data races.
+#
 # Environment: PYTHON, CC (default gcc), NNSCRATCH_SANITIZE_KEEP=1 keeps the temporary
 # directory (printed) for a look at the build (build.log) or the test output (pytest.log).
 # Takes ~1-2 min on 2 cores: the build ~35-90 s, the tests ~20-30 s.
@@ -58,11 +67,27 @@ KERNEL_TESTS=(
     tests/kernels/test_take_rows.py tests/kernels/test_lying_arrays.py
     tests/kernels/test_overlapping_buffers.py
 )
+# ThreadSanitizer: the tests that run kernels on several threads, or from several threads
+THREAD_TESTS=(
+    tests/kernels/test_kernel_threads.py tests/kernels/test_duo.py
+    tests/kernels/test_linear_chain.py tests/kernels/test_linear_chain_backward.py
+    tests/kernels/test_conv.py tests/kernels/test_batchnorm.py tests/kernels/test_optim_kernels.py
+    tests/kernels/test_take_rows.py tests/kernels/test_activations.py tests/kernels/test_losses.py
+    tests/library/test_sharing.py tests/library/test_concurrency.py tests/library/test_model.py
+)
+MODE="${NNSCRATCH_SANITIZER:-address}"
+case "$MODE" in
+    address) DEFAULT_TESTS=("${KERNEL_TESTS[@]}"); SELECT=() ;;
+    thread) DEFAULT_TESTS=("${THREAD_TESTS[@]}")
+            SELECT=(-k "not fork and not pool and not issues and not takes_effect") ;;
+    *) echo "sanitize: NNSCRATCH_SANITIZER must be address or thread, got '$MODE'" >&2; exit 2 ;;
+esac
 if [ $# -gt 0 ]; then
     TESTS=("$@")
+    SELECT=()
 else
     TESTS=()
-    for t in "${KERNEL_TESTS[@]}"; do
+    for t in "${DEFAULT_TESTS[@]}"; do
         if [ -e "$ROOT/$t" ]; then TESTS+=("$t"); fi
     done
 fi
@@ -73,10 +98,11 @@ if ! "$PY" -c "import Cython, numpy, setuptools, pytest" 2>/dev/null; then
          "(pip install 'Cython>=3.0' setuptools pytest)" >&2
     exit 2
 fi
-LIBASAN="$("$CC" -print-file-name=libasan.so)"
+RUNTIME_NAME=$([ "$MODE" = thread ] && echo libtsan || echo libasan)
+LIBASAN="$("$CC" -print-file-name=$RUNTIME_NAME.so)"
 if [ "${LIBASAN#/}" = "$LIBASAN" ] || [ ! -e "$LIBASAN" ]; then
-    echo "sanitize: $CC has no AddressSanitizer runtime (libasan.so); install it (Debian:" \
-         "apt-get install libasan8, part of gcc)" >&2
+    echo "sanitize: $CC has no $MODE sanitizer runtime ($RUNTIME_NAME.so); install it (Debian:" \
+         "apt-get install libasan8 / libtsan2, part of gcc)" >&2
     exit 2
 fi
 
@@ -107,20 +133,27 @@ fi
 # (a Python 3.11 venv's own) does not trip over the [project] table's newer fields
 rm -f "$TREE/pyproject.toml"
 
-echo "== sanitize: build (ASan + UBSan, Cython checks on) with $PY"
 start=$(date +%s)
-SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer"
+if [ "$MODE" = thread ]; then
+    echo "== sanitize: build (ThreadSanitizer) with $PY"
+    SAN_FLAGS="-fsanitize=thread"
+    DEBUG=0
+else
+    echo "== sanitize: build (ASan + UBSan, Cython checks on) with $PY"
+    SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer"
+    DEBUG=1
+fi
 (
     cd "$TREE"
-    NNSCRATCH_DEBUG=1 \
+    NNSCRATCH_DEBUG=$DEBUG \
     NNSCRATCH_CFLAGS="$SAN_FLAGS -O1 -g" \
     NNSCRATCH_LDFLAGS="$SAN_FLAGS" \
         "$PY" setup.py -q build_ext --inplace --parallel 2 >"$WORK/build.log" 2>&1
 ) || { tail -n 60 "$WORK/build.log" >&2; echo "sanitize: build failed" >&2; exit 1; }
 echo "   built in $(( $(date +%s) - start )) s"
 for so in "$TREE"/cnn_core/*.so; do
-    if ! readelf -d "$so" | grep -q 'libasan'; then
-        echo "sanitize: $so is not linked with libasan" >&2
+    if ! readelf -d "$so" | grep -q "$RUNTIME_NAME"; then
+        echo "sanitize: $so is not linked with $RUNTIME_NAME" >&2
         exit 1
     fi
 done
@@ -130,6 +163,8 @@ export PYTHONPATH="$TREE:$TREE/python${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:max_allocation_size_mb=4096"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0"
+if [ "$MODE" = thread ]; then export OPENBLAS_NUM_THREADS=1; fi
 
 echo "== sanitize: which cnn_core the tests import"
 (cd "$TREE" && LD_PRELOAD="$LIBASAN" "$PY" -c "
@@ -145,12 +180,12 @@ echo "== sanitize: pytest ${TESTS[*]}"
 start=$(date +%s)
 set +e
 (cd "$TREE" && LD_PRELOAD="$LIBASAN" "$PY" -m pytest -p no:cacheprovider -q -rfE \
-    "${TESTS[@]}") 2>&1 | tee "$WORK/pytest.log"
+    "${TESTS[@]}" "${SELECT[@]}") 2>&1 | tee "$WORK/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
 echo "   tests ran in $(( $(date +%s) - start )) s (pytest exit status $status)"
 
-if grep -qE 'runtime error:|ERROR: AddressSanitizer|SUMMARY: (Address|UndefinedBehavior)Sanitizer' \
+if grep -qE 'runtime error:|ERROR: AddressSanitizer|SUMMARY: (Address|UndefinedBehavior|Thread)Sanitizer|WARNING: ThreadSanitizer' \
         "$WORK/pytest.log"; then
     echo "sanitize: the output holds sanitizer reports (above)" >&2
     [ "$status" -ne 0 ] || status=1
@@ -158,6 +193,6 @@ fi
 if [ "$status" -ne 0 ]; then
     echo "sanitize: FAILED" >&2
 else
-    echo "sanitize: clean (no ASan/UBSan report, all tests passed)"
+    echo "sanitize: clean (no $([ "$MODE" = thread ] && echo TSan || echo ASan/UBSan) report, all tests passed)"
 fi
 exit "$status"
