@@ -258,3 +258,25 @@ def resident():
         def peak():
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
         return peak(), peak
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Tests that did not run for want of an optional package (PyTorch, the oracle of the
+    comparison tests) are listed at the end, loudly, with the command that installs it:
+    never a silent skip of what README says is tested."""
+    missing = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "could not import" in reason:
+            name = reason.split("'")[1] if "'" in reason else reason
+            missing.setdefault(name.split(".")[0], []).append(report.nodeid)
+    for package, nodeids in sorted(missing.items()):
+        install = "torch" if package == "torch" else package
+        terminalreporter.write_sep("=", f"NOT RUN: {len(nodeids)} tests (or files) need "
+                                        f"{package}", red=True, bold=True)
+        terminalreporter.write_line(f"{package} is not installed, so these tests did not run "
+                                    f"(they are not passes): pip install {install}, then pytest")
+        for nodeid in nodeids[:10]:
+            terminalreporter.write_line(f"  {nodeid}")
+        if len(nodeids) > 10:
+            terminalreporter.write_line(f"  ... and {len(nodeids) - 10} more")
