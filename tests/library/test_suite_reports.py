@@ -8,13 +8,13 @@ import textwrap
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_tests_without_torch_are_listed_as_not_run(tmp_path):
-    # torch hidden (None in sys.modules: its import fails), the optimizer comparisons with
-    # torch.optim are collected, skipped, and listed under a NOT RUN banner with the
-    # command that installs it
+def torch_comparisons(tmp_path, hide_torch):
+    """pytest's output for the optimizer comparisons with torch.optim, run in a child
+    interpreter -- with torch hidden (None in sys.modules: its import fails) if asked."""
     script = textwrap.dedent(f"""
         import sys
-        sys.modules["torch"] = None
+        if {hide_torch!r}:
+            sys.modules["torch"] = None
         import pytest
         sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", {TESTS!r},
                               {os.path.join(TESTS, "library", "test_optimizers.py")!r},
@@ -23,23 +23,20 @@ def test_tests_without_torch_are_listed_as_not_run(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
+    return proc.stdout
+
+
+def test_tests_without_torch_are_listed_as_not_run(tmp_path):
+    # collected, skipped, and listed under a NOT RUN banner with the command that installs it
+    lines = torch_comparisons(tmp_path, hide_torch=True).splitlines()
     banner = [i for i, line in enumerate(lines) if "NOT RUN:" in line]
-    assert len(banner) == 1, proc.stdout
+    assert len(banner) == 1, lines
     assert "tests (or files) need torch" in lines[banner[0]]
     assert "pip install torch" in lines[banner[0] + 1]
     assert any("test_steps_equal_torch_optim" in line for line in lines[banner[0] + 2:])
 
 
 def test_no_banner_when_every_test_ran(tmp_path):
-    script = textwrap.dedent(f"""
-        import sys, pytest
-        sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", {TESTS!r},
-                              {os.path.join(TESTS, "library", "test_optimizers.py")!r},
-                              "-k", "torch"]))
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "NOT RUN" not in proc.stdout
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout
+    out = torch_comparisons(tmp_path, hide_torch=False)
+    assert "NOT RUN" not in out
+    assert " passed" in out and "skipped" not in out
