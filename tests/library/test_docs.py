@@ -128,6 +128,19 @@ def test_readme_links_and_names_exist():
         _resolve(name)
 
 
+def test_ci_runs_readmes_two_commands_verbatim():
+    # README's first two shell blocks (install and train; run the tests) are what a new user
+    # types: .ci/run runs each of them, character for character
+    blocks = [code.strip() for language, code in FENCE.findall(README.read_text())
+              if language == "bash"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert len(blocks) >= 2
+    first, second = blocks[0], blocks[1]
+    assert first.count("\n") == 0 and second.count("\n") == 0, (first, second)
+    assert f"bash -c '{first}'" in ci, first
+    assert any(line.strip().startswith(f"{second} ||") for line in ci.splitlines()), second
+
+
 def test_readme_python_runs(tmp_path):
     # the example and the hand-written loop, one after the other, as a reader would paste them
     import subprocess
