@@ -60,7 +60,6 @@ from cnn_core._checks cimport (as_float_array, check_same_dtype, output, check_s
                               refuse_overlap)
 from cnn_core._parallel cimport (num_threads, span_parts, MAX_PARTS, part_fn, run_parts_on,
                                 duo_own, duo_disown, duo_post, duo_offer, duo_finish)
-from cnn_core._parallel import _team_counts, _team_hold
 from libc.stdlib cimport malloc, free
 
 # (the kernel tables' types, NN_RELU and NN_CHECK_FINITE: _gemm.pxd)
@@ -407,19 +406,6 @@ cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b
     cdef _HalfJob job
     _offer_half(&job, floating is float, a, rsa, csa, b, rsb, csb, part, m, n, k, row_path)
     return _first_half_and_take(&job, part)
-
-
-def _duo_counts():
-    """(offered halves a worker ran, offered halves their callers took back and ran
-    themselves): for tests. A call that found the team owned by another caller offered
-    nothing and is counted on neither side."""
-    return _team_counts(offered=True)
-
-
-def _duo_hold(hold):
-    """Tests: True keeps the team's workers from claiming parts (each caller then runs its
-    offered half, and every part, itself), False lets them claim them again."""
-    _team_hold(hold)
 
 
 cdef int _duo_own() noexcept nogil:

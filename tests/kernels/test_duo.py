@@ -4,7 +4,7 @@ helper" below is whichever worker claims it.
 
 Whichever thread runs that half -- a worker, or the caller when no worker has claimed it
 (held, asleep, or the team owned by another caller) -- the answer has the same bits as on
-one thread. The counters `_duo_counts()` (jobs the helper ran, jobs their callers ran
+one thread. The counters `duo_counts()` (jobs the helper ran, jobs their callers ran
 themselves) show which path a call took, so each test can tell that it exercised the one
 it is about.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import cnn_core
-from cnn_core import _gemm, reference
-from cnn_core._parallel import _team_tune
+from cnn_core import reference
+from cnn_core._parallel import _team_counts, _team_hold, _team_tune
 from conftest import assert_close, randn, run_in_threads
 
 # few rows (the row kernel, m < 4) and enough multiply-adds for two threads: halves of k
@@ -34,8 +34,15 @@ def let_the_helper_go():
     # counts below would come out short (tests/library/test_sharing.py tests that rule)
     _team_tune(solo_min=0, solo_max=0)
     yield
-    _gemm._duo_hold(False)
+    _team_hold(False)
     _team_tune()
+
+
+def duo_counts():
+    """(offered halves a worker ran, offered halves their callers took back and ran
+    themselves). A call that found the team owned by another caller offered nothing and is
+    counted on neither side."""
+    return _team_counts(offered=True)
 
 
 def one_thread(fn):
@@ -55,10 +62,10 @@ def chain(rng, dtype, m, k, n):
 
 
 def taken_and_stolen_during(fn, calls):
-    taken, stolen = _gemm._duo_counts()
+    taken, stolen = duo_counts()
     for _ in range(calls):
         fn()
-    now_taken, now_stolen = _gemm._duo_counts()
+    now_taken, now_stolen = duo_counts()
     return now_taken - taken, now_stolen - stolen
 
 
@@ -67,9 +74,9 @@ def calls_until_the_helper_took(fn, jobs, seconds=20.0):
     (False). Not at once: another pool's threads (OpenBLAS's, after the NumPy twin's
     product) spin on the cores for about 0.1 s after each call, and while they do the
     helper hardly runs -- the callers then do their halves themselves."""
-    start = _gemm._duo_counts()[0]
+    start = duo_counts()[0]
     deadline = time.monotonic() + seconds
-    while _gemm._duo_counts()[0] - start < jobs:
+    while duo_counts()[0] - start < jobs:
         if time.monotonic() > deadline:
             return False
         for _ in range(50):
@@ -95,7 +102,7 @@ def test_the_helper_takes_the_half_and_the_bits_are_one_threads(rng, dtype, thre
 def test_a_held_helper_leaves_the_half_to_the_caller(rng, dtype, threads, m, k, n):
     args = chain(rng, dtype, m, k, n)
     expected = one_thread(lambda: cnn_core.linear_chain_forward(*args))
-    _gemm._duo_hold(True)
+    _team_hold(True)
     results = []
     taken, stolen = taken_and_stolen_during(
         lambda: results.append(cnn_core.linear_chain_forward(*args)), 50)
@@ -147,7 +154,7 @@ def test_callers_in_several_threads_at_once(rng, dtype, threads):
     cases = [chain(rng, dtype, m, k, n) for m, k, n in SHAPES]
     expected = [one_thread(lambda args=args: cnn_core.linear_chain_forward(*args))
                 for args in cases]
-    taken, stolen = _gemm._duo_counts()
+    taken, stolen = duo_counts()
 
     def work(i):
         for r in range(300):
@@ -155,7 +162,7 @@ def test_callers_in_several_threads_at_once(rng, dtype, threads):
             got = cnn_core.linear_chain_forward(*cases[j])
             assert all(np.array_equal(g, e) for g, e in zip(got, expected[j])), (i, r)
     run_in_threads(work, 4)
-    now_taken, now_stolen = _gemm._duo_counts()
+    now_taken, now_stolen = duo_counts()
     # every call whose duo was free offered its half, and each half ran once: no more
     # jobs than calls were counted
     assert 0 < (now_taken - taken) + (now_stolen - stolen) <= 4 * 300
@@ -210,10 +217,10 @@ def test_a_chain_whose_later_layer_is_refused_takes_its_offered_half_back(rng, t
     x = randn(rng, (1, 784), np.float32)
     good = [randn(rng, (784, 256), np.float32), randn(rng, (256, 10), np.float32)]
     bad = [good[0], randn(rng, (255, 10), np.float32)]
-    before = sum(_gemm._duo_counts())
+    before = sum(duo_counts())
     with pytest.raises(ValueError, match=r"weights\[1\]"):
         cnn_core.linear_chain_forward(x, bad, [None, None], ["relu", None])
-    assert sum(_gemm._duo_counts()) == before + 1
+    assert sum(duo_counts()) == before + 1
     expected = one_thread(lambda: cnn_core.linear_chain_forward(x, good, [None, None],
                                                                 ["relu", None]))
     got = []
@@ -227,11 +234,11 @@ def test_a_chain_with_an_empty_later_layer_after_an_offered_half(rng, dtype, thr
     x = randn(rng, (2, 700), dtype)
     weights = [randn(rng, (700, 300), dtype), np.zeros((300, 0), dtype)]
     biases = [randn(rng, (300,), dtype), np.zeros(0, dtype)]
-    before = sum(_gemm._duo_counts())
+    before = sum(duo_counts())
     h1, h2 = cnn_core.linear_chain_forward(x, weights, biases, ["relu", None])
     # the first layer's half offered, taken back unused when the empty layer turned up;
     # then the layers one by one, the first one's halves again on the duo
-    assert sum(_gemm._duo_counts()) == before + 2
+    assert sum(duo_counts()) == before + 2
     assert h2.shape == (2, 0)
     assert_close(h1, reference.linear_forward(x, weights[0], biases[0], activation="relu"),
                  k=700)

@@ -274,6 +274,17 @@ def test_parked_workers_are_never_waited_for(rng, threads):
         np.testing.assert_array_equal(held[name], free[name], err_msg=name)
 
 
+def gemm_until_late(a, b, expected, lates):
+    """Call gemm (checking each answer) until `lates` more jobs have been late -- at most
+    500 calls; fails if they were not."""
+    start = _team_lates()
+    for _ in range(500):
+        np.testing.assert_array_equal(cnn_core.gemm(a, b), expected)
+        if _team_lates() - start >= lates:
+            return
+    pytest.fail(f"{_team_lates() - start} late jobs in 500 calls, wanted {lates}")
+
+
 @pytest.mark.parametrize("threads", [2], indirect=True)
 def test_a_late_worker_sends_the_caller_alone_for_a_while(rng, threads):
     # a worker parked in the middle of a part it claimed (here: napping 20 ms) makes its
@@ -282,15 +293,10 @@ def test_a_late_worker_sends_the_caller_alone_for_a_while(rng, threads):
     # then it offers the workers jobs again
     a, b = randn(rng, (300, 300), np.float32), randn(rng, (300, 300), np.float32)
     expected = cnn_core.gemm(a, b)
-    start = _team_lates()
     _team_tune(solo_min=0.5, solo_max=1.0)
     _team_slow(0.02)
     try:
-        for _ in range(500):
-            np.testing.assert_array_equal(cnn_core.gemm(a, b), expected)
-            if _team_lates() > start:
-                break
-        assert _team_lates() > start
+        gemm_until_late(a, b, expected, 1)
         ran = _team_counts()[0]
         for _ in range(3):
             np.testing.assert_array_equal(cnn_core.gemm(a, b), expected)
@@ -314,15 +320,10 @@ def test_no_time_alone_when_tuned_so(rng, threads):
     # the workers at once
     a, b = randn(rng, (300, 300), np.float32), randn(rng, (300, 300), np.float32)
     expected = cnn_core.gemm(a, b)
-    start = _team_lates()
     _team_tune(solo_min=0, solo_max=0)
     _team_slow(0.005)
     try:
-        for _ in range(500):
-            np.testing.assert_array_equal(cnn_core.gemm(a, b), expected)
-            if _team_lates() - start >= 3:
-                break
-        assert _team_lates() - start >= 3
+        gemm_until_late(a, b, expected, 3)
         _team_slow(0)
         posted = sum(_team_counts())
         np.testing.assert_array_equal(cnn_core.gemm(a, b), expected)
