@@ -50,13 +50,20 @@ DIRECTIVES = {
 
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
 compile_args += ["-std=gnu11", "-pthread", "-Wno-unused-function", "-Wno-unreachable-code"]
+# a C function used without its declaration (e.g. a NumPy C-API call newer than the NumPy
+# target below) is a build error here, not an "undefined symbol" at import time
+compile_args += ["-Werror=implicit-function-declaration"]
 # FP exceptions are never trapped (CPython runs with them masked), so let the compiler
 # compute both sides of a select: branch-free, vectorised elementwise loops. Unlike
 # -ffast-math this changes no result: rounding, NaN and infinity rules are kept.
 compile_args += ["-fno-trapping-math"]
 compile_args += os.environ.get("NNSCRATCH_CFLAGS", "").split()
 link_args = ["-pthread"] + os.environ.get("NNSCRATCH_LDFLAGS", "").split()
-macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+# The NumPy C API: no deprecated names, and the oldest NumPy the modules run with is the
+# oldest pyproject.toml allows (numpy>=1.23), whatever NumPy the build itself compiles against
+# (a build with NumPy 2.x makes modules that import under NumPy 1.23 .. 2.x).
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+          ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")]
 
 extensions = [
     Extension(
@@ -74,7 +81,11 @@ extensions = [
 setup(
     packages=["cnn_core", "cnn_core.reference", "nnscratch", "nnscratch._fast", "nnscratch.data"],
     package_dir={"cnn_core": "cnn_core", "nnscratch": "python/nnscratch"},
+    # the wheel: compiled modules, the Python packages, the kernels' Cython sources (the
+    # learner reads them beside the twins) and the sample; never the generated C (MANIFEST.in
+    # says what the sdist holds)
     package_data={"cnn_core": ["*.pxd", "*.pyx"], "nnscratch.data": ["*.npz", "*.md"]},
+    exclude_package_data={"cnn_core": ["*.c"]},
     ext_modules=cythonize(
         extensions,
         compiler_directives=DIRECTIVES,

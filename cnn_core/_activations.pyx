@@ -48,12 +48,12 @@ cdef inline floating _sigmoid(floating x) noexcept nogil:
 
 
 cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned char *mask,
-                     floating *y, long n, floating s) noexcept nogil:
+                     floating *y, Py_ssize_t n, floating s) noexcept nogil:
     # y[i] = f(x[i]) (forward) or g[i] * f'(...) (backward), for i < n; s: the op's scalar
     # every loop body loads its operands unconditionally and selects between values (never
     # between computations, which the compiler may not speculate), so that it becomes vector
     # compares and masks instead of unpredictable branches
-    cdef long i
+    cdef Py_ssize_t i
     cdef floating gi, xi
     if op == RELU_FWD:
         for i in range(n):
@@ -106,14 +106,14 @@ ctypedef struct _Unary:
     const void *g
     const unsigned char *mask
     void *y
-    long n
-    long step
+    Py_ssize_t n
+    Py_ssize_t step
     double s
 
 
-cdef void _unary_part(void *ctx, long t) noexcept nogil:
+cdef void _unary_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _Unary *u = <_Unary *> ctx
-    cdef long start = t * u.step, count = u.n - start
+    cdef Py_ssize_t start = t * u.step, count = u.n - start
     if count > u.step:
         count = u.step
     if count <= 0:
@@ -130,9 +130,9 @@ cdef void _unary_part(void *ctx, long t) noexcept nogil:
 
 
 cdef void unary(Op op, const floating *x, const floating *g, const unsigned char *mask,
-                floating *y, long n, floating s, int threads) noexcept nogil:
+                floating *y, Py_ssize_t n, floating s, int threads) noexcept nogil:
     # unary_span over [0, n), in `parts` contiguous spans, one per thread
-    cdef long parts = span_parts(n, SPAN_MIN, threads)
+    cdef Py_ssize_t parts = span_parts(n, SPAN_MIN, threads)
     if parts <= 1:
         unary_span(op, x, g, mask, y, n, s)
         return
@@ -151,7 +151,7 @@ cdef void unary(Op op, const floating *x, const floating *g, const unsigned char
 
 cdef _apply(Op op, x, g, mask, y, double s):
     # typed dispatch: views over the flattened arrays
-    cdef long n = x.size
+    cdef Py_ssize_t n = x.size
     if n == 0:
         return y
     cdef int threads = num_threads()
@@ -290,9 +290,9 @@ cdef _dropout(x, str name, mask, scale, out):
 # ---------------------------------------------------------------------------------------------
 # softmax over rows
 
-cdef void softmax_rows(const floating *x, floating *y, long n, long c) noexcept nogil:
+cdef void softmax_rows(const floating *x, floating *y, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
     # y[i, :] = exp(x[i, :] - max_i) / sum(exp(x[i, :] - max_i)) for each row i < n
-    cdef long i, j
+    cdef Py_ssize_t i, j
     cdef floating mx, v
     cdef double total
     for i in range(n):
@@ -312,10 +312,10 @@ cdef void softmax_rows(const floating *x, floating *y, long n, long c) noexcept 
             y[i * c + j] = <floating> (y[i * c + j] / total)
 
 
-cdef void softmax_backward_rows(const floating *g, const floating *y, floating *dx, long n,
-                                long c) noexcept nogil:
+cdef void softmax_backward_rows(const floating *g, const floating *y, floating *dx, Py_ssize_t n,
+                                Py_ssize_t c) noexcept nogil:
     # dx[i, j] = y[i, j] * (g[i, j] - sum_k g[i, k] * y[i, k])
-    cdef long i, j
+    cdef Py_ssize_t i, j
     cdef double dot
     for i in range(n):
         dot = 0
@@ -332,14 +332,14 @@ ctypedef struct _Rows:
     const void *a
     const void *b
     void *y
-    long n
-    long c
-    long step
+    Py_ssize_t n
+    Py_ssize_t c
+    Py_ssize_t step
 
 
-cdef void _rows_part(void *ctx, long t) noexcept nogil:
+cdef void _rows_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _Rows *r = <_Rows *> ctx
-    cdef long start = t * r.step, rows = r.n - start, at
+    cdef Py_ssize_t start = t * r.step, rows = r.n - start, at
     if rows > r.step:
         rows = r.step
     if rows <= 0:
@@ -359,9 +359,9 @@ cdef void _rows_part(void *ctx, long t) noexcept nogil:
             softmax_rows(<const double *> r.a + at, <double *> r.y + at, rows, r.c)
 
 
-cdef void rows_parallel(bint backward, const floating *a, const floating *b, floating *y, long n,
-                        long c, int threads) noexcept nogil:
-    cdef long parts = span_parts(n * c, SPAN_MIN, threads)
+cdef void rows_parallel(bint backward, const floating *a, const floating *b, floating *y, Py_ssize_t n,
+                        Py_ssize_t c, int threads) noexcept nogil:
+    cdef Py_ssize_t parts = span_parts(n * c, SPAN_MIN, threads)
     if parts > n:
         parts = n
     if parts <= 1:
@@ -383,7 +383,7 @@ cdef void rows_parallel(bint backward, const floating *a, const floating *b, flo
 
 
 cdef _rows(bint backward, const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] y):
-    cdef long n = y.shape[0], c = y.shape[1]
+    cdef Py_ssize_t n = y.shape[0], c = y.shape[1]
     if n == 0 or c == 0:
         return
     cdef int threads = num_threads()

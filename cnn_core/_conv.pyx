@@ -48,18 +48,18 @@ from cnn_core._lanes cimport lane_sum, LANE_SUM
 cdef extern from *:
     """
     /* dst[i] += src[i]: the two never overlap (restrict lets the compiler use vectors) */
-    static void nn_sadd(float *restrict dst, const float *restrict src, long n) {
-        for (long i = 0; i < n; ++i) dst[i] += src[i];
+    static void nn_sadd(float *restrict dst, const float *restrict src, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; ++i) dst[i] += src[i];
     }
-    static void nn_dadd(double *restrict dst, const double *restrict src, long n) {
-        for (long i = 0; i < n; ++i) dst[i] += src[i];
+    static void nn_dadd(double *restrict dst, const double *restrict src, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; ++i) dst[i] += src[i];
     }
     """
-    void nn_sadd(float *dst, const float *src, long n) nogil
-    void nn_dadd(double *dst, const double *src, long n) nogil
+    void nn_sadd(float *dst, const float *src, Py_ssize_t n) nogil
+    void nn_dadd(double *dst, const double *src, Py_ssize_t n) nogil
 
 
-cdef inline void _add_run(floating *dst, const floating *src, long n) noexcept nogil:
+cdef inline void _add_run(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
     if floating is float:
         nn_sadd(dst, src, n)
     else:
@@ -70,7 +70,7 @@ cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
 cdef extern from "nn_pool.h" nogil:
-    void nn_maxpool2x2_row_avx512(const float *r0, const float *r1, long OW, long base, long W,
+    void nn_maxpool2x2_row_avx512(const float *r0, const float *r1, Py_ssize_t OW, Py_ssize_t base, Py_ssize_t W,
                                   float *out, int64_t *idx)
 
 cdef extern from "nn_cpu.h" nogil:
@@ -82,11 +82,11 @@ cdef extern from "nn_cpu.h" nogil:
 cdef bint _pool_avx512 = nn_cpu_isa() >= NN_ISA_AVX512
 
 cdef extern from "nn_im2col.h" nogil:
-    void nn_im2col_row_s1_avx512(const float *plane, long H, long W, long kh, long kw, long sh,
-                                 long ph, long pw, long OH, long OW, long ow_lo, long ow_hi,
+    void nn_im2col_row_s1_avx512(const float *plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ow_lo, Py_ssize_t ow_hi,
                                  float *dst)
-    void nn_col2im_plane_s1_avx512(const float *col, long ldc, long H, long W, long KH,
-                                   long KW, long sh, long ph, long pw, long OH, long OW,
+    void nn_col2im_plane_s1_avx512(const float *col, Py_ssize_t ldc, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
+                                   Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW,
                                    float *plane)
 
 # im2col / col2im rows by AVX-512 masks (float32, unit column stride): src/nn_im2col.h
@@ -109,17 +109,17 @@ cdef enum:
     GROUP_COLUMNS = 512
 
 
-cdef inline long _floor_div(long a, long b) noexcept nogil:
+cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     # floor(a / b) for b > 0 and any sign of a (C division truncates toward zero)
     return a // b if a >= 0 else -((-a + b - 1) // b)
 
 
-cdef inline long _clamp(long v, long lo, long hi) noexcept nogil:
+cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     return lo if v < lo else (hi if v > hi else v)
 
 
-cdef inline int _gemm(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                      long csb, floating *c, long ldc, long m, long n, long k,
+cdef inline int _gemm(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                      Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                       floating beta) noexcept nogil:
     if floating is float:
         return sgemm_serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0)
@@ -127,18 +127,18 @@ cdef inline int _gemm(const floating *a, long rsa, long csa, const floating *b, 
         return dgemm_serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0)
 
 
-cdef inline void _valid_columns(long kw, long sw, long pw, long W, long OW, long *lo,
-                                long *hi) noexcept nogil:
+cdef inline void _valid_columns(Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pw, Py_ssize_t W, Py_ssize_t OW, Py_ssize_t *lo,
+                                Py_ssize_t *hi) noexcept nogil:
     # [lo, hi): the output columns ow whose input column iw = ow*sw - pw + kw is inside [0, W)
     lo[0] = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
     hi[0] = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, lo[0], OW)
 
 
-cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, long sh, long sw,
-                 long ph, long pw, long OH, long OW, floating *col, long ldc) noexcept nogil:
+cdef void im2col(const floating *x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW, floating *col, Py_ssize_t ldc) noexcept nogil:
     # x (C, H, W) -> col (C*KH*KW, OH*OW), row r at col + r*ldc (ldc >= OH*OW: a column
     # block of a wider matrix); positions in the zero padding read as 0
-    cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, ow_lo, ow_hi
     cdef floating *dst
     cdef const floating *src
     if floating is float:
@@ -186,11 +186,11 @@ cdef void im2col(const floating *x, long C, long H, long W, long KH, long KW, lo
                         dst[oh * OW + ow] = 0
 
 
-cdef void col2im(const floating *col, long C, long H, long W, long KH, long KW, long sh,
-                 long sw, long ph, long pw, long OH, long OW, floating *x, long ldc) noexcept nogil:
+cdef void col2im(const floating *col, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
+                 Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW, floating *x, Py_ssize_t ldc) noexcept nogil:
     # adds col (C*KH*KW, OH*OW; row r at col + r*ldc) back into x (C, H, W), which the caller
     # zeroed: the adjoint of im2col
-    cdef long c, kh, kw, oh, ow, ih, ow_lo, ow_hi
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, ow_lo, ow_hi
     cdef const floating *src
     cdef floating *dst
     if floating is float:
@@ -219,7 +219,7 @@ cdef void col2im(const floating *col, long C, long H, long W, long KH, long KW, 
 
 
 cdef struct ConvShape:
-    long N, C, H, W, O, KH, KW, sh, sw, ph, pw, OH, OW
+    Py_ssize_t N, C, H, W, O, KH, KW, sh, sw, ph, pw, OH, OW
 
 
 cdef inline bint _is_pointwise(ConvShape s) noexcept nogil:
@@ -227,17 +227,17 @@ cdef inline bint _is_pointwise(ConvShape s) noexcept nogil:
     return s.KH == 1 and s.KW == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
 
 
-cdef inline long _group(ConvShape s, long samples) noexcept nogil:
+cdef inline Py_ssize_t _group(ConvShape s, Py_ssize_t samples) noexcept nogil:
     # samples per GEMM: enough that the product has ~GROUP_COLUMNS columns (small feature
     # maps would otherwise give GEMMs too thin to run at speed); 1 for a 1x1 convolution
-    cdef long P = s.OH * s.OW, g
+    cdef Py_ssize_t P = s.OH * s.OW, g
     if _is_pointwise(s):
         return 1
     g = (GROUP_COLUMNS + P - 1) // P
     return g if g < samples else samples
 
 
-cdef inline long _padded(long m, long n) noexcept nogil:
+cdef inline Py_ssize_t _padded(Py_ssize_t m, Py_ssize_t n) noexcept nogil:
     # the work of an m x n product in whole register tiles (12 rows by 16-column halves of
     # the AVX-512 float tile): what the micro-kernels spend on it, edges included. (The same
     # rule for every dtype and ISA -- a guess for their other tiles -- so that the choice
@@ -245,11 +245,11 @@ cdef inline long _padded(long m, long n) noexcept nogil:
     return (m + 11) // 12 * 12 * ((n + 15) // 16 * 16)
 
 
-cdef void _transpose_block(const floating *src, long lds, floating *dst, long rows,
-                           long cols) noexcept nogil:
+cdef void _transpose_block(const floating *src, Py_ssize_t lds, floating *dst, Py_ssize_t rows,
+                           Py_ssize_t cols) noexcept nogil:
     # dst (cols x rows, row-major) = src (rows x cols, leading dimension lds).T, by 16 x 16
     # blocks: each block's source lines stay in L1 while its destination lines are written
-    cdef long i0, j0, i, j, i1, j1
+    cdef Py_ssize_t i0, j0, i, j, i1, j1
     for i0 in range(0, rows, 16):
         i1 = i0 + 16 if i0 + 16 < rows else rows
         for j0 in range(0, cols, 16):
@@ -259,7 +259,7 @@ cdef void _transpose_block(const floating *src, long lds, floating *dst, long ro
                     dst[j * rows + i] = src[i * lds + j]
 
 
-cdef inline bint _transpose_fits(long rows, long cols) noexcept nogil:
+cdef inline bint _transpose_fits(Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
     # the transpose (cols x rows) of a rows x cols product wastes less of its tiles: 64
     # channels by 588 pixels, say, as 588 x 64 are 49 x 2 whole tiles, where 64 rows fill
     # five and a third of a sixth in every column. Decided from the shape alone
@@ -279,12 +279,12 @@ cdef inline bint _forward_by_rows(ConvShape s) noexcept nogil:
 
 
 cdef int conv_forward_samples(const floating *x, const floating *w, const floating *b,
-                              floating *out, ConvShape s, long n0, long n1) noexcept nogil:
+                              floating *out, ConvShape s, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     # samples [n0, n1), G at a time: col (CKK, G*P) = [im2col(x[n]) for the G samples],
     # prod (O, G*P) = w @ col, out[n] = prod's block of sample n + b -- or, when its tiles
     # waste less (_forward_by_rows), prod (G*P, O) = col.T @ w.T, each block transposed
-    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
-    cdef long G = _group(s, n1 - n0), group, n, g, j, o, p, width
+    cdef Py_ssize_t ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
+    cdef Py_ssize_t G = _group(s, n1 - n0), group, n, g, j, o, p, width
     cdef bint transposed = _forward_by_rows(s)
     cdef floating *col = NULL
     cdef floating *prod = NULL
@@ -342,14 +342,14 @@ cdef inline bint _gw_by_rows(ConvShape s) noexcept nogil:
 
 cdef int conv_backward_samples(const floating *g, const floating *x, const floating *w,
                                floating *gw_partial, floating *gx, floating *sums, ConvShape s,
-                               long n0, long n1) noexcept nogil:
+                               Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     # samples [n0, n1), G at a time, with col (CKK, G*P) and gg (O, G*P) = their grad_out:
     #   gw_partial (O, CKK) (+)= gg @ col.T;  dcol = w.T @ gg;  gx[n] = col2im(dcol block n)
     # (gw_partial as its transpose (CKK, O) += col @ gg.T when _gw_by_rows)
     # and, unless sums is NULL, sums (N, O)[n, o] = the sum of g[n, o] (for the bias: summed
     # here, by the thread that reads these samples anyway, not all of g by one thread after)
-    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
-    cdef long G = _group(s, n1 - n0), group, n, cnt, j, o, p, width
+    cdef Py_ssize_t ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
+    cdef Py_ssize_t G = _group(s, n1 - n0), group, n, cnt, j, o, p, width
     cdef bint pointwise = _is_pointwise(s), by_rows = _gw_by_rows(s)
     cdef floating *col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
     cdef floating *gg = NULL
@@ -410,10 +410,10 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
     return 0
 
 
-cdef long _conv_parts(ConvShape s, int threads) noexcept nogil:
+cdef Py_ssize_t _conv_parts(ConvShape s, int threads) noexcept nogil:
     # threads over samples, but only as many as the work pays for
-    cdef long fmas = s.N * s.O * s.OH * s.OW * s.C * s.KH * s.KW
-    cdef long parts = span_parts(s.N, 1, threads)
+    cdef Py_ssize_t fmas = s.N * s.O * s.OH * s.OW * s.C * s.KH * s.KW
+    cdef Py_ssize_t parts = span_parts(s.N, 1, threads)
     while parts > 1 and fmas // parts < CONV_MIN_FMAS_PER_THREAD:
         parts -= 1
     return parts
@@ -424,7 +424,7 @@ ctypedef struct _ConvJob:
     # pointers); forward: x, w, b -> out; backward: g, x, w -> partials (a slab a part), gx
     ConvShape s
     bint single
-    long step
+    Py_ssize_t step
     const void *g
     const void *x
     const void *w
@@ -435,13 +435,13 @@ ctypedef struct _ConvJob:
     int status[MAX_PARTS]
 
 
-cdef inline long _span_end(long n0, long step, long n) noexcept nogil:
+cdef inline Py_ssize_t _span_end(Py_ssize_t n0, Py_ssize_t step, Py_ssize_t n) noexcept nogil:
     return n0 + step if n0 + step < n else n
 
 
-cdef void _forward_part(void *ctx, long t) noexcept nogil:
+cdef void _forward_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _ConvJob *j = <_ConvJob *> ctx
-    cdef long n0 = t * j.step, n1 = _span_end(n0, j.step, j.s.N)
+    cdef Py_ssize_t n0 = t * j.step, n1 = _span_end(n0, j.step, j.s.N)
     j.status[t] = 0
     if n0 >= j.s.N:
         return
@@ -455,7 +455,7 @@ cdef void _forward_part(void *ctx, long t) noexcept nogil:
 
 cdef int conv_forward(const floating *x, const floating *w, const floating *b, floating *out,
                       ConvShape s, int threads) noexcept nogil:
-    cdef long parts = _conv_parts(s, threads), t
+    cdef Py_ssize_t parts = _conv_parts(s, threads), t
     cdef _ConvJob j
     cdef int failed = 0
     if parts == 1:
@@ -473,10 +473,10 @@ cdef int conv_forward(const floating *x, const floating *w, const floating *b, f
     return failed
 
 
-cdef void _backward_part(void *ctx, long t) noexcept nogil:
+cdef void _backward_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _ConvJob *j = <_ConvJob *> ctx
-    cdef long ckk = j.s.C * j.s.KH * j.s.KW
-    cdef long n0 = t * j.step, n1 = _span_end(n0, j.step, j.s.N), at = t * j.s.O * ckk
+    cdef Py_ssize_t ckk = j.s.C * j.s.KH * j.s.KW
+    cdef Py_ssize_t n0 = t * j.step, n1 = _span_end(n0, j.step, j.s.N), at = t * j.s.O * ckk
     j.status[t] = 0
     if j.single:
         if n0 < j.s.N:
@@ -496,12 +496,12 @@ cdef void _backward_part(void *ctx, long t) noexcept nogil:
 
 cdef int conv_backward(const floating *g, const floating *x, const floating *w, floating *gw,
                        floating *gb, floating *gx, floating *partials, ConvShape s,
-                       long parts) noexcept nogil:
+                       Py_ssize_t parts) noexcept nogil:
     # partials: (parts, O, CKK) scratch, then (N, O) more when gb is not NULL; gw (+)= their
     # sum in part order; gb += sum of g (each sample's sums, added in sample order)
-    cdef long ckk = s.C * s.KH * s.KW, P = s.OH * s.OW
+    cdef Py_ssize_t ckk = s.C * s.KH * s.KW, P = s.OH * s.OW
     cdef floating *sums = partials + parts * s.O * ckk if gb != NULL else NULL
-    cdef long step = (s.N + parts - 1) // parts, t, n0, i, n, o, p, q
+    cdef Py_ssize_t step = (s.N + parts - 1) // parts, t, n0, i, n, o, p, q
     cdef const floating *part
     cdef bint by_rows = _gw_by_rows(s)     # (the partials are then (CKK, O))
     cdef _ConvJob job
@@ -545,7 +545,7 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
 # ---------------------------------------------------------------------------------------------
 # Python wrappers
 
-cdef tuple _pair(str name, object v, long minimum):
+cdef tuple _pair(str name, object v, Py_ssize_t minimum):
     if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
         v = (int(v), int(v))
     if (not isinstance(v, (tuple, list)) or len(v) != 2
@@ -581,7 +581,7 @@ cdef ConvShape _conv_shape(x, w, stride, padding):
     return s
 
 
-cdef _check_bias(str name, b, long o, dtype):
+cdef _check_bias(str name, b, Py_ssize_t o, dtype):
     if b is None:
         return None
     b = as_float_array(name, b, 1)
@@ -639,8 +639,8 @@ cdef _backward_typed(const floating[:, :, :, ::1] g, const floating[:, :, :, ::1
                      const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gw, floating[::1] gb,
                      floating[:, :, :, ::1] gx, ConvShape s):
     cdef int threads = num_threads(), status
-    cdef long parts = _conv_parts(s, threads)
-    cdef long ckk = s.C * s.KH * s.KW
+    cdef Py_ssize_t parts = _conv_parts(s, threads)
+    cdef Py_ssize_t ckk = s.C * s.KH * s.KW
     cdef floating *partials
     if s.N == 0 or s.O == 0 or s.C == 0 or s.H == 0 or s.W == 0:
         if gx is not None:
@@ -696,17 +696,17 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
 # ---------------------------------------------------------------------------------------------
 # max pooling
 
-cdef inline void _take(floating v, long pos, floating *best, long *best_pos) noexcept nogil:
+cdef inline void _take(floating v, Py_ssize_t pos, floating *best, Py_ssize_t *best_pos) noexcept nogil:
     # the window scan's step: v wins if larger, or if it is a NaN and the best is not
     cdef bint take = (v > best[0]) | ((v != v) & (best[0] == best[0]))
     best[0] = v if take else best[0]
     best_pos[0] = pos if take else best_pos[0]
 
 
-cdef void maxpool_planes_2x2(const floating *x, floating *out, int64_t *idx, long planes,
-                             long H, long W, long OH, long OW) noexcept nogil:
+cdef void maxpool_planes_2x2(const floating *x, floating *out, int64_t *idx, Py_ssize_t planes,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
     # the common 2x2 window with stride 2, unrolled: the same scan order and tie rule
-    cdef long q, oh, ow, c, base, best_pos
+    cdef Py_ssize_t q, oh, ow, c, base, best_pos
     cdef floating best
     cdef const floating *r0
     cdef const floating *r1
@@ -735,12 +735,12 @@ cdef void maxpool_planes_2x2(const floating *x, floating *out, int64_t *idx, lon
                 idx[(q * OH + oh) * OW + ow] = best_pos
 
 
-cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, long planes, long H,
-                         long W, long KH, long KW, long sh, long sw, long OH,
-                         long OW) noexcept nogil:
+cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, Py_ssize_t planes, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t OH,
+                         Py_ssize_t OW) noexcept nogil:
     # for each (H, W) plane: out[i, j] = max of the KH x KW window at (i sh, j sw), idx its
     # flat position; the first maximum wins ties, a NaN wins over numbers (as PyTorch)
-    cdef long q, oh, ow, kh, kw, pos, best_pos
+    cdef Py_ssize_t q, oh, ow, kh, kw, pos, best_pos
     cdef floating v, best
     cdef bint take
     cdef const floating *plane
@@ -765,11 +765,11 @@ cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, long pl
                 idx[(q * OH + oh) * OW + ow] = best_pos
 
 
-cdef long maxpool_backward_planes(const floating *g, const int64_t *idx, floating *gx,
-                                  long planes, long HW, long OHW) noexcept nogil:
+cdef Py_ssize_t maxpool_backward_planes(const floating *g, const int64_t *idx, floating *gx,
+                                  Py_ssize_t planes, Py_ssize_t HW, Py_ssize_t OHW) noexcept nogil:
     # gx plane = zeros, plus g routed to the recorded argmax positions. An index outside
     # [0, HW) (not from maxpool2d_forward) is skipped and counted: the caller raises.
-    cdef long q, i, bad = 0
+    cdef Py_ssize_t q, i, bad = 0
     cdef int64_t j
     for q in range(planes):
         memset(gx + q * HW, 0, HW * sizeof(floating))
@@ -785,25 +785,25 @@ cdef long maxpool_backward_planes(const floating *g, const int64_t *idx, floatin
 ctypedef struct _PoolJob:
     # max pooling (or its backward) over planes in spans of `step`, a part each
     bint single
-    long planes
-    long step
+    Py_ssize_t planes
+    Py_ssize_t step
     const void *x          # forward: x -> out, idx; backward: g (here), idx -> gx (out)
     void *out
     int64_t *idx
-    long H
-    long W
-    long KH
-    long KW
-    long sh
-    long sw
-    long OH
-    long OW
-    long bad[MAX_PARTS]    # backward: indices out of range, per part
+    Py_ssize_t H
+    Py_ssize_t W
+    Py_ssize_t KH
+    Py_ssize_t KW
+    Py_ssize_t sh
+    Py_ssize_t sw
+    Py_ssize_t OH
+    Py_ssize_t OW
+    Py_ssize_t bad[MAX_PARTS]    # backward: indices out of range, per part
 
 
-cdef void _pool_part(void *ctx, long t) noexcept nogil:
+cdef void _pool_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _PoolJob *j = <_PoolJob *> ctx
-    cdef long q0 = t * j.step, count = _span_end(q0, j.step, j.planes) - q0
+    cdef Py_ssize_t q0 = t * j.step, count = _span_end(q0, j.step, j.planes) - q0
     if count <= 0:
         return
     if j.single:
@@ -817,10 +817,10 @@ cdef void _pool_part(void *ctx, long t) noexcept nogil:
 
 
 cdef _pool_typed(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] idx,
-                 long KH, long KW, long sh, long sw):
-    cdef long N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef long OH = out.shape[2], OW = out.shape[3], planes = N * C
-    cdef long parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
+                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3], planes = N * C
+    cdef Py_ssize_t parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
     cdef _PoolJob j
     if planes == 0:
         return
@@ -867,10 +867,10 @@ def maxpool2d_forward(x, kernel_size, stride=None, out=None, indices=None):
     return (y if out is None else out), (idx if indices is None else indices)
 
 
-cdef void _pool_backward_part(void *ctx, long t) noexcept nogil:
+cdef void _pool_backward_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _PoolJob *j = <_PoolJob *> ctx
-    cdef long q0 = t * j.step, count = _span_end(q0, j.step, j.planes) - q0
-    cdef long HW = j.H * j.W, OHW = j.OH * j.OW
+    cdef Py_ssize_t q0 = t * j.step, count = _span_end(q0, j.step, j.planes) - q0
+    cdef Py_ssize_t HW = j.H * j.W, OHW = j.OH * j.OW
     j.bad[t] = 0
     if count <= 0:
         return
@@ -882,13 +882,13 @@ cdef void _pool_backward_part(void *ctx, long t) noexcept nogil:
                                            <double *> j.out + q0 * HW, count, HW, OHW)
 
 
-cdef long _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :, ::1] idx,
+cdef Py_ssize_t _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :, ::1] idx,
                                floating[:, :, :, ::1] gx):
     # returns how many indices were out of range (skipped)
-    cdef long planes = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
-    cdef long OHW = g.shape[2] * g.shape[3]
-    cdef long parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
-    cdef long t, bad = 0
+    cdef Py_ssize_t planes = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
+    cdef Py_ssize_t OHW = g.shape[2] * g.shape[3]
+    cdef Py_ssize_t parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
+    cdef Py_ssize_t t, bad = 0
     cdef _PoolJob j
     if planes == 0:
         return 0

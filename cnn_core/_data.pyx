@@ -18,10 +18,10 @@ from cnn_core._parallel cimport num_threads, span_parts, run_parts, SPAN_MIN, MA
 cnp.import_array()
 
 
-cdef long _copy_rows(const char *x, long n_rows, const int64_t *rows, long lo, long hi,
-                     long row_bytes, char *out) noexcept nogil:
+cdef Py_ssize_t _copy_rows(const char *x, Py_ssize_t n_rows, const int64_t *rows, Py_ssize_t lo, Py_ssize_t hi,
+                     Py_ssize_t row_bytes, char *out) noexcept nogil:
     # out rows [lo, hi) from x; returns how many indices were out of [0, n_rows) (skipped)
-    cdef long i, bad = 0
+    cdef Py_ssize_t i, bad = 0
     cdef int64_t r
     for i in range(lo, hi):
         r = rows[i]
@@ -35,28 +35,28 @@ cdef long _copy_rows(const char *x, long n_rows, const int64_t *rows, long lo, l
 ctypedef struct _Gather:
     # the batch's rows in spans of `step`, a part each; each part's bad indices in its slot
     const char *x
-    long n_rows
+    Py_ssize_t n_rows
     const int64_t *rows
-    long count
-    long row_bytes
+    Py_ssize_t count
+    Py_ssize_t row_bytes
     char *out
-    long step
-    long bad[MAX_PARTS]
+    Py_ssize_t step
+    Py_ssize_t bad[MAX_PARTS]
 
 
-cdef void _gather_part(void *ctx, long t) noexcept nogil:
+cdef void _gather_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _Gather *j = <_Gather *> ctx
-    cdef long lo = t * j.step, hi = lo + j.step
+    cdef Py_ssize_t lo = t * j.step, hi = lo + j.step
     if hi > j.count:
         hi = j.count
     j.bad[t] = _copy_rows(j.x, j.n_rows, j.rows, lo, hi, j.row_bytes, j.out) if lo < hi else 0
 
 
-cdef long _gather(const char *x, long n_rows, const int64_t *rows, long count, long row_bytes,
+cdef Py_ssize_t _gather(const char *x, Py_ssize_t n_rows, const int64_t *rows, Py_ssize_t count, Py_ssize_t row_bytes,
                   char *out) noexcept nogil:
     # spans of the batch per thread, at least SPAN_MIN bytes each
-    cdef long parts = span_parts(count * row_bytes, SPAN_MIN * 4, num_threads())
-    cdef long t, bad = 0
+    cdef Py_ssize_t parts = span_parts(count * row_bytes, SPAN_MIN * 4, num_threads())
+    cdef Py_ssize_t t, bad = 0
     cdef _Gather j
     if parts == 1:
         return _copy_rows(x, n_rows, rows, 0, count, row_bytes, out)
@@ -100,9 +100,9 @@ def take_rows(x, rows, out=None):
     if given is not None:       # (the rows are copied by several threads)
         refuse_overlap("out", out, "x", x)
         refuse_overlap("out", out, "rows", rows)
-    cdef long count = rows.shape[0]
-    cdef long row_bytes = x.itemsize
-    cdef long n_rows = x.shape[0], bad = 0, d
+    cdef Py_ssize_t count = rows.shape[0]
+    cdef Py_ssize_t row_bytes = x.itemsize
+    cdef Py_ssize_t n_rows = x.shape[0], bad = 0, d
     for d in x.shape[1:]:
         row_bytes *= d
     if count == 0 or row_bytes == 0:

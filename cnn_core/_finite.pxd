@@ -5,11 +5,11 @@
 from cython cimport floating
 
 cdef extern from "nn_finite.h" nogil:
-    int nn_all_finite_f32(const float *x, long n)
-    int nn_all_finite_f64(const double *x, long n)
+    int nn_all_finite_f32(const float *x, Py_ssize_t n)
+    int nn_all_finite_f64(const double *x, Py_ssize_t n)
 
 
-cdef inline bint all_finite_span(const floating *x, long n) noexcept nogil:
+cdef inline bint all_finite_span(const floating *x, Py_ssize_t n) noexcept nogil:
     # x[0:n] holds no NaN and no infinity
     if floating is float:
         return nn_all_finite_f32(x, n) != 0

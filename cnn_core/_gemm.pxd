@@ -21,20 +21,20 @@ from cython cimport floating
 from cnn_core._finite cimport all_finite_span
 
 cdef extern from "nn_gemm_ukernel.h" nogil:
-    ctypedef int (*nn_sgemm_ukr_t)(long, const float *, long, const float *, long, float *,
-                                    long, float, float, const float *, int, int, int)
-    ctypedef int (*nn_dgemm_ukr_t)(long, const double *, long, const double *, long, double *,
-                                    long, double, double, const double *, int, int, int)
-    ctypedef void (*nn_sgemm_row_t)(long, long, const float *, long, const float *, long,
+    ctypedef int (*nn_sgemm_ukr_t)(Py_ssize_t, const float *, Py_ssize_t, const float *, Py_ssize_t, float *,
+                                    Py_ssize_t, float, float, const float *, int, int, int)
+    ctypedef int (*nn_dgemm_ukr_t)(Py_ssize_t, const double *, Py_ssize_t, const double *, Py_ssize_t, double *,
+                                    Py_ssize_t, double, double, const double *, int, int, int)
+    ctypedef void (*nn_sgemm_row_t)(Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t, const float *, Py_ssize_t,
                                     float *, float, float, const float *, int)
-    ctypedef void (*nn_dgemm_row_t)(long, long, const double *, long, const double *, long,
+    ctypedef void (*nn_dgemm_row_t)(Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t, const double *, Py_ssize_t,
                                     double *, double, double, const double *, int)
-    ctypedef void (*nn_spack_b_t)(long, const float *, long, float *)
-    ctypedef void (*nn_dpack_b_t)(long, const double *, long, double *)
-    ctypedef void (*nn_spack_at_t)(long, const float *, long, float *)
-    ctypedef void (*nn_dpack_at_t)(long, const double *, long, double *)
-    ctypedef int (*nn_spack_bt_t)(long, const float *, long, int, float *)
-    ctypedef int (*nn_dpack_bt_t)(long, const double *, long, int, double *)
+    ctypedef void (*nn_spack_b_t)(Py_ssize_t, const float *, Py_ssize_t, float *)
+    ctypedef void (*nn_dpack_b_t)(Py_ssize_t, const double *, Py_ssize_t, double *)
+    ctypedef void (*nn_spack_at_t)(Py_ssize_t, const float *, Py_ssize_t, float *)
+    ctypedef void (*nn_dpack_at_t)(Py_ssize_t, const double *, Py_ssize_t, double *)
+    ctypedef int (*nn_spack_bt_t)(Py_ssize_t, const float *, Py_ssize_t, int, float *)
+    ctypedef int (*nn_dpack_bt_t)(Py_ssize_t, const double *, Py_ssize_t, int, double *)
     ctypedef struct nn_sgemm_kernel_t:
         nn_sgemm_ukr_t ukr[4]
         nn_sgemm_ukr_t ukr_half[4]
@@ -84,29 +84,29 @@ ctypedef struct _Split:
     int kind          # SPLIT_SERIAL, SPLIT_HALVES or SPLIT_SLABS
     bint row_path     # the unpacked row kernel (few rows, row-major B)
     bint split_n      # slabs of columns (else of rows)
-    long tile         # slabs start on multiples of this many columns (rows)
-    long extent       # n (m)
-    long parts        # slabs; the first r take q + 1 tiles, the others q
-    long q
-    long r
+    Py_ssize_t tile         # slabs start on multiples of this many columns (rows)
+    Py_ssize_t extent       # n (m)
+    Py_ssize_t parts        # slabs; the first r take q + 1 tiles, the others q
+    Py_ssize_t q
+    Py_ssize_t r
 
 
 ctypedef struct _HalfJob:
     # the second half of a product (_half_product's arguments), for the duo's helper
     bint single       # float32 (else float64)
     const void *a
-    long rsa
-    long csa
+    Py_ssize_t rsa
+    Py_ssize_t csa
     const void *b
-    long rsb
-    long csb
+    Py_ssize_t rsb
+    Py_ssize_t csb
     void *part
-    long m
-    long n
-    long k
+    Py_ssize_t m
+    Py_ssize_t n
+    Py_ssize_t k
     bint row_path
     int status
-    long ticket       # the team's job (0: the team was not this caller's: it runs the half)
+    Py_ssize_t ticket       # the team's job (0: the team was not this caller's: it runs the half)
     bint offered      # offered, not yet taken back (_take_half)
 
 
@@ -121,16 +121,16 @@ ctypedef struct _SlabJob:
     const _Split *split
     bint single
     const void *a
-    long rsa
-    long csa
+    Py_ssize_t rsa
+    Py_ssize_t csa
     const void *b
-    long rsb
-    long csb
+    Py_ssize_t rsb
+    Py_ssize_t csb
     void *c
-    long ldc
-    long m
-    long n
-    long k
+    Py_ssize_t ldc
+    Py_ssize_t m
+    Py_ssize_t n
+    Py_ssize_t k
     double alpha      # (a float's value is a double's exactly)
     double beta
     const void *bias
@@ -143,29 +143,29 @@ ctypedef struct _SumJob:
     bint single
     const void *part
     void *c
-    long ldc
-    long m
-    long n
+    Py_ssize_t ldc
+    Py_ssize_t m
+    Py_ssize_t n
     double alpha
     double beta
     const void *bias
     int relu
 
 
-cdef inline long _ceil_div(long a, long b) noexcept nogil:
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
-cdef inline long _min(long a, long b) noexcept nogil:
+cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
-cdef inline bint _sum_on_two(long m, long n, int team) noexcept nogil:
+cdef inline bint _sum_on_two(Py_ssize_t m, Py_ssize_t n, int team) noexcept nogil:
     # the halves' sum is cut by rows between two threads (when it is large enough)
     return team > 1 and m * n >= 4096
 
 
-cdef inline void _slab_bounds(const _Split *s, long t, long *start, long *size) noexcept nogil:
+cdef inline void _slab_bounds(const _Split *s, Py_ssize_t t, Py_ssize_t *start, Py_ssize_t *size) noexcept nogil:
     # slab t of a SPLIT_SLABS product: columns (split_n) or rows [start, start + size) of C
     start[0] = (t * s.q + _min(t, s.r)) * s.tile
     size[0] = _min((s.q + (1 if t < s.r else 0)) * s.tile, s.extent - start[0])
@@ -181,10 +181,10 @@ cdef inline void _tile_shape(const floating *dummy, int *mr, int *nr) noexcept n
         nr[0] = _dkernel.nr
 
 
-cdef inline bint _rows_finite(const floating *c, long ldc, long i0, long i1, long j0,
-                              long j1) noexcept nogil:
+cdef inline bint _rows_finite(const floating *c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                              Py_ssize_t j1) noexcept nogil:
     # rows [i0, i1), columns [j0, j1) of c hold no NaN/inf
-    cdef long i
+    cdef Py_ssize_t i
     if j0 == 0 and j1 == ldc:
         return all_finite_span(c + i0 * ldc, (i1 - i0) * ldc)
     for i in range(i0, i1):
@@ -197,45 +197,45 @@ cdef inline bint _rows_finite(const floating *c, long ldc, long i0, long i1, lon
 # own threads: C (m x n) = alpha * A @ B + beta * C, element (i, p) of A at a[i*rsa + p*csa],
 # (p, j) of B at b[p*rsb + j*csb], C row-major with leading dimension ldc; bias (n,) or NULL
 # added per column; relu != 0 applies max(., 0). Returns -1 when out of memory.
-cdef int sgemm_serial(const float *a, long rsa, long csa, const float *b, long rsb, long csb,
-                      float *c, long ldc, long m, long n, long k, float alpha, float beta,
+cdef int sgemm_serial(const float *a, Py_ssize_t rsa, Py_ssize_t csa, const float *b, Py_ssize_t rsb, Py_ssize_t csb,
+                      float *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha, float beta,
                       const float *bias, int relu) noexcept nogil
-cdef int dgemm_serial(const double *a, long rsa, long csa, const double *b, long rsb, long csb,
-                      double *c, long ldc, long m, long n, long k, double alpha, double beta,
+cdef int dgemm_serial(const double *a, Py_ssize_t rsa, Py_ssize_t csa, const double *b, Py_ssize_t rsb, Py_ssize_t csb,
+                      double *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha, double beta,
                       const double *bias, int relu) noexcept nogil
 
 # One product, or one thread's share of it, as gemm's own threads run it (_gemm.pyx says
 # what each does). Fused over float / double.
-cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
-                   floating *c, long ldc, long m, long n, long k, floating alpha, floating beta,
+cdef int gemm_slab(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
+                   floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
                    const floating *bias, int relu, bint row_path) noexcept nogil
-cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                       long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
+cdef int gemm_parallel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                       Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                        floating beta, const floating *bias, int relu, int threads) noexcept nogil
-cdef _Split _split(long m, long n, long k, long csb, int threads, int mr,
+cdef _Split _split(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t csb, int threads, int mr,
                    int nr) noexcept nogil
-cdef int _slab(const _Split *s, long t, const floating *a, long rsa, long csa,
-               const floating *b, long rsb, long csb, floating *c, long ldc, long m, long n,
-               long k, floating alpha, floating beta, const floating *bias,
+cdef int _slab(const _Split *s, Py_ssize_t t, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+               const floating *b, Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
+               Py_ssize_t k, floating alpha, floating beta, const floating *bias,
                int relu) noexcept nogil
-cdef int _half_product(int h, const floating *a, long rsa, long csa, const floating *b,
-                       long rsb, long csb, floating *part, long m, long n, long k,
+cdef int _half_product(int h, const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                       Py_ssize_t rsb, Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        bint row_path) noexcept nogil
-cdef void _sum_halves(const floating *part, floating *c, long ldc, long i0, long i1, long m,
-                      long n, floating alpha, floating beta, const floating *bias,
+cdef void _sum_halves(const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t m,
+                      Py_ssize_t n, floating alpha, floating beta, const floating *bias,
                       int relu) noexcept nogil
-cdef void _sum_share(int tid, const floating *part, floating *c, long ldc, long m, long n,
+cdef void _sum_share(int tid, const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
                      floating alpha, floating beta, const floating *bias, int relu,
                      bint on_two) noexcept nogil
 
 # The duo (src/nn_team.h's split phase): the second half of k offered to a worker, taken back.
-cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long csa,
-                      const void *b, long rsb, long csb, void *part, long m, long n, long k,
+cdef void _offer_half(_HalfJob *job, bint single, const void *a, Py_ssize_t rsa, Py_ssize_t csa,
+                      const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                       bint row_path, bint owned=*) noexcept nogil
 cdef int _take_half(_HalfJob *job) noexcept nogil
 cdef int _first_half_and_take(_HalfJob *j, floating *dummy) noexcept nogil
-cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                        long csb, floating *part, long m, long n, long k,
+cdef int _halves_on_duo(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                        Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                         bint row_path) noexcept nogil
 cdef int _duo_own() noexcept nogil
 cdef void _duo_disown() noexcept nogil
@@ -243,5 +243,5 @@ cdef void _duo_disown() noexcept nogil
 # The Python wrappers' shared pieces: argument checks, and a checked product run
 cdef _check_pair(str name_a, object a, str name_b, object b)
 cdef _refuse_overlap(str name, object buf, tuple named)
-cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndarray c, long k,
+cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndarray c, Py_ssize_t k,
               double alpha, double beta, object bias, int relu, bint naive) except -1

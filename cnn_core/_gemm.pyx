@@ -72,14 +72,14 @@ cdef extern from "nn_gemm_ukernel.h" nogil:
 cnp.import_array()
 
 cdef extern from "nn_peak.h" nogil:
-    double nn_fma_peak_loop(int isa, long reps)
+    double nn_fma_peak_loop(int isa, Py_ssize_t reps)
 
 cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
 # Cache blocking (elements). kc x n_block of B stays in L2; n_block is the kernel table's
 # `nblock`, chosen per ISA for its machines' L2 (src/nn_gemm_ukernel.h: float 240 columns,
-# 960 KiB, with AVX-512 on a 2 MiB L2; 120 with AVX2 on a 512 KiB one). A long kc (a whole
+# 960 KiB, with AVX-512 on a 2 MiB L2; 120 with AVX2 on a 512 KiB one). A Py_ssize_t kc (a whole
 # 784- or 1024-long sum in one block) was measured best on both: each C tile is written
 # once instead of once per k block, and fewer micro-kernel calls share the fixed cost of
 # the write-back -- although the A micro-panel (12 x 1024 x 4 B = 48 KiB) then streams
@@ -107,15 +107,15 @@ _skernel = nn_sgemm_kernel_for(nn_cpu_best_isa())
 _dkernel = nn_dgemm_kernel_for(nn_cpu_best_isa())
 
 
-cdef inline long _round_up(long a, long b) noexcept nogil:
+cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return _ceil_div(a, b) * b
 
 
-cdef void pack_a_mcxkc(const floating *a, long rsa, long csa, long mc, long kc, int mr,
+cdef void pack_a_mcxkc(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, Py_ssize_t mc, Py_ssize_t kc, int mr,
                        floating *dst) noexcept nogil:
     # A block (mc x kc), element (i, p) at a[i*rsa + p*csa] -> ceil(mc/MR) micro-panels,
     # each kc x MR: dst[panel*kc*MR + p*MR + i]; rows past mc are zeros.
-    cdef long ir_index, ir, i, p, rows
+    cdef Py_ssize_t ir_index, ir, i, p, rows
     cdef floating *panel
     cdef const floating *src
     for ir_index in range(_ceil_div(mc, mr)):
@@ -143,11 +143,11 @@ cdef void pack_a_mcxkc(const floating *a, long rsa, long csa, long mc, long kc, 
                 panel[p * mr + i] = 0
 
 
-cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, int nr,
+cdef void pack_b_kcxnc(const floating *b, Py_ssize_t rsb, Py_ssize_t csb, Py_ssize_t kc, Py_ssize_t nc, int nr,
                        floating *dst) noexcept nogil:
     # B block (kc x nc), element (p, j) at b[p*rsb + j*csb] -> ceil(nc/NR) micro-panels,
     # each kc x NR: dst[panel*kc*NR + p*NR + j]; columns past nc are zeros.
-    cdef long jr_index, jr, j, p, cols
+    cdef Py_ssize_t jr_index, jr, j, p, cols
     cdef floating *panel
     cdef const floating *src
     for jr_index in range(_ceil_div(nc, nr)):
@@ -181,8 +181,8 @@ cdef void pack_b_kcxnc(const floating *b, long rsb, long csb, long kc, long nc, 
                     panel[p * nr + j] = 0
 
 
-cdef inline int _ukernel(long kc, const floating *a, long lda, const floating *b, long ldb,
-                         floating *c, long ldc, floating alpha, floating beta,
+cdef inline int _ukernel(Py_ssize_t kc, const floating *a, Py_ssize_t lda, const floating *b, Py_ssize_t ldb,
+                         floating *c, Py_ssize_t ldc, floating alpha, floating beta,
                          const floating *bias, int relu, int mr, int nr) noexcept nogil:
     # lda == 0: a is a packed micro-panel; else MR whole rows of row-major A, lda apart.
     # ldb == 0: b is a packed micro-panel; else NR whole columns of row-major B, rows ldb apart.
@@ -203,8 +203,8 @@ cdef inline int _ukernel(long kc, const floating *a, long lda, const floating *b
         return _dkernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
 
 
-cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
-                   floating *c, long ldc, long m, long n, long k, floating alpha, floating beta,
+cdef int gemm_slab(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
+                   floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
                    const floating *bias, int relu, bint row_path) noexcept nogil:
     # One thread's share: C (m x n) = alpha * A (m x k) @ B (k x n) + beta * C (+ bias, ReLU).
     # relu: the epilogue flags, NN_RELU and NN_CHECK_FINITE (see nn_gemm_ukernel.h).
@@ -212,7 +212,7 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     # Returns -1 when the packing buffers cannot be allocated; 1 when NN_CHECK_FINITE was
     # asked and a value written is NaN or infinite; else 0.
     cdef int mr, nr
-    cdef long kc_max, nb_max
+    cdef Py_ssize_t kc_max, nb_max
     if floating is float:
         mr = _skernel.mr
         nr = _skernel.nr
@@ -223,7 +223,7 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
         nr = _dkernel.nr
         kc_max = KC_DOUBLE
         nb_max = _dkernel.nblock
-    cdef long i, kc, nb, mb
+    cdef Py_ssize_t i, kc, nb, mb
     if row_path:
         for i in range(m):
             if floating is float:
@@ -243,8 +243,8 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     cdef floating *b_packed = <floating *> nn_scratch(1, nb * kc * sizeof(floating))
     if a_packed == NULL or b_packed == NULL:
         return -1
-    cdef long ic_index, pc_index, jc_index, ir_index, jr_index
-    cdef long ic, pc, jc, ir, jr, mc, kcur, nc, full = 0, lda, ldb, b_full = 0
+    cdef Py_ssize_t ic_index, pc_index, jc_index, ir_index, jr_index
+    cdef Py_ssize_t ic, pc, jc, ir, jr, mc, kcur, nc, full = 0, lda, ldb, b_full = 0
     cdef const floating *a_panel
     cdef const floating *b_panel
     # row-major A needs no packing: the micro-kernel broadcasts from MR rows in place
@@ -312,12 +312,12 @@ cdef int gemm_slab(const floating *a, long rsa, long csa, const floating *b, lon
     return 1 if bad else 0
 
 
-cdef void _sum_halves(const floating *part, floating *c, long ldc, long i0, long i1, long m,
-                      long n, floating alpha, floating beta, const floating *bias,
+cdef void _sum_halves(const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t m,
+                      Py_ssize_t n, floating alpha, floating beta, const floating *bias,
                       int relu) noexcept nogil:
     # rows [i0, i1) of c = alpha * (first + last) + beta * c (+ bias, ReLU), the two
     # partial products m x n, one after the other in `part`
-    cdef long i, j
+    cdef Py_ssize_t i, j
     cdef floating r
     for i in range(i0, i1):
         for j in range(n):
@@ -331,17 +331,17 @@ cdef void _sum_halves(const floating *part, floating *c, long ldc, long i0, long
             c[i * ldc + j] = r
 
 
-cdef int _half_product(int h, const floating *a, long rsa, long csa, const floating *b,
-                       long rsb, long csb, floating *part, long m, long n, long k,
+cdef int _half_product(int h, const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                       Py_ssize_t rsb, Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        bint row_path) noexcept nogil:
     # half h (0: the first k // 2 rows of B, 1: the rest) of A @ B into its partial C
-    cdef long half = k // 2
+    cdef Py_ssize_t half = k // 2
     return gemm_slab(a + h * half * csa, rsa, csa, b + h * half * rsb, rsb, csb,
                      part + h * m * n, n, m, n, half if h == 0 else k - half, 1, 0, NULL, 0,
                      row_path)
 
 
-cdef void _half_job(void *arg, long unused) noexcept nogil:
+cdef void _half_job(void *arg, Py_ssize_t unused) noexcept nogil:
     cdef _HalfJob *j = <_HalfJob *> arg
     if j.single:
         j.status = _half_product(1, <const float *> j.a, j.rsa, j.csa, <const float *> j.b,
@@ -351,9 +351,9 @@ cdef void _half_job(void *arg, long unused) noexcept nogil:
                                  j.rsb, j.csb, <double *> j.part, j.m, j.n, j.k, j.row_path)
 
 
-cdef void _set_half_job(_HalfJob *job, bint single, const void *a, long rsa, long csa,
-                        const void *b, long rsb, long csb, void *part, long m, long n,
-                        long k, bint row_path) noexcept nogil:
+cdef void _set_half_job(_HalfJob *job, bint single, const void *a, Py_ssize_t rsa, Py_ssize_t csa,
+                        const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m, Py_ssize_t n,
+                        Py_ssize_t k, bint row_path) noexcept nogil:
     job.single = single
     job.a = a
     job.rsa = rsa
@@ -369,8 +369,8 @@ cdef void _set_half_job(_HalfJob *job, bint single, const void *a, long rsa, lon
     job.status = 0
 
 
-cdef void _offer_half(_HalfJob *job, bint single, const void *a, long rsa, long csa,
-                      const void *b, long rsb, long csb, void *part, long m, long n, long k,
+cdef void _offer_half(_HalfJob *job, bint single, const void *a, Py_ssize_t rsa, Py_ssize_t csa,
+                      const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                       bint row_path, bint owned=False) noexcept nogil:
     # the second half of k of A @ B, into its partial C, offered to the team's workers
     # (src/nn_team.h; `owned`: the team is this caller's already, duo_own); the caller
@@ -396,8 +396,8 @@ cdef int _first_half_and_take(_HalfJob *j, floating *dummy) noexcept nogil:
     return -1 if _take_half(j) != 0 or status != 0 else 0
 
 
-cdef int _halves_on_duo(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                        long csb, floating *part, long m, long n, long k,
+cdef int _halves_on_duo(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                        Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                         bint row_path) noexcept nogil:
     # Both halves of k into their partial Cs, the second offered to the team's workers,
     # the first here: for the few-row products (one-sample inference), where waiting for a
@@ -419,12 +419,12 @@ cdef void _duo_disown() noexcept nogil:
     duo_disown()
 
 
-cdef void _sum_share(int tid, const floating *part, floating *c, long ldc, long m, long n,
+cdef void _sum_share(int tid, const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
                      floating alpha, floating beta, const floating *bias, int relu,
                      bint on_two) noexcept nogil:
     # thread tid's rows of the halves' sum: all of them on thread 0, or the first half of
     # the rows on thread 0 and the rest on thread 1 (`on_two`)
-    cdef long rows = (m + 1) // 2
+    cdef Py_ssize_t rows = (m + 1) // 2
     if not on_two:
         if tid == 0:
             _sum_halves(part, c, ldc, 0, m, m, n, alpha, beta, bias, relu)
@@ -434,8 +434,8 @@ cdef void _sum_share(int tid, const floating *part, floating *c, long ldc, long 
         _sum_halves(part, c, ldc, rows, m, m, n, alpha, beta, bias, relu)
 
 
-cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                   long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
+cdef int _k_halves(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                   Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                    floating beta, const floating *bias, int relu, int threads,
                    bint row_path) noexcept nogil:
     # A product with few rows for its k (one-sample inference; a batch of 128 through a
@@ -475,7 +475,7 @@ cdef int _k_halves(const floating *a, long rsa, long csa, const floating *b, lon
     return 0
 
 
-cdef void _halves_part(void *ctx, long h) noexcept nogil:
+cdef void _halves_part(void *ctx, Py_ssize_t h) noexcept nogil:
     cdef _Halves *j = <_Halves *> ctx
     if j.job.single:
         j.status[h] = _half_product(<int> h, <const float *> j.job.a, j.job.rsa, j.job.csa,
@@ -489,8 +489,8 @@ cdef void _halves_part(void *ctx, long h) noexcept nogil:
                                     j.job.row_path)
 
 
-cdef void _set_sum_job(_SumJob *j, const floating *part, floating *c, long ldc, long m,
-                       long n, floating alpha, floating beta, const floating *bias,
+cdef void _set_sum_job(_SumJob *j, const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                       Py_ssize_t n, floating alpha, floating beta, const floating *bias,
                        int relu) noexcept nogil:
     j.single = floating is float
     j.part = part
@@ -504,7 +504,7 @@ cdef void _set_sum_job(_SumJob *j, const floating *part, floating *c, long ldc, 
     j.relu = relu
 
 
-cdef void _sum_part(void *ctx, long h) noexcept nogil:
+cdef void _sum_part(void *ctx, Py_ssize_t h) noexcept nogil:
     # half h of the rows of the halves' sum (_sum_share on two threads)
     cdef _SumJob *j = <_SumJob *> ctx
     if j.single:
@@ -515,7 +515,7 @@ cdef void _sum_part(void *ctx, long h) noexcept nogil:
                    j.alpha, j.beta, <const double *> j.bias, j.relu, True)
 
 
-cdef _Split _split(long m, long n, long k, long csb, int threads, int mr,
+cdef _Split _split(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t csb, int threads, int mr,
                    int nr) noexcept nogil:
     # Cut C into `parts` slabs (along n if n >= m, else along m, at tile boundaries), or
     # sum two halves of k (_k_halves), or leave the product to one thread. Needs k >= 1.
@@ -547,12 +547,12 @@ cdef _Split _split(long m, long n, long k, long csb, int threads, int mr,
     return s
 
 
-cdef int _slab(const _Split *s, long t, const floating *a, long rsa, long csa,
-               const floating *b, long rsb, long csb, floating *c, long ldc, long m, long n,
-               long k, floating alpha, floating beta, const floating *bias,
+cdef int _slab(const _Split *s, Py_ssize_t t, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+               const floating *b, Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
+               Py_ssize_t k, floating alpha, floating beta, const floating *bias,
                int relu) noexcept nogil:
     # slab t of a SPLIT_SLABS product (gemm_slab on its rows or columns of C)
-    cdef long start, size
+    cdef Py_ssize_t start, size
     _slab_bounds(s, t, &start, &size)
     if size <= 0:
         return 0
@@ -564,8 +564,8 @@ cdef int _slab(const _Split *s, long t, const floating *a, long rsa, long csa,
                      alpha, beta, bias, relu, s.row_path)
 
 
-cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                       long csb, floating *c, long ldc, long m, long n, long k, floating alpha,
+cdef int gemm_parallel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                       Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                        floating beta, const floating *bias, int relu, int threads) noexcept nogil:
     # C = alpha * A @ B + beta * C (+ bias, ReLU) on up to `threads` threads, shared out as
     # _split decides. Needs k >= 1. Returns -1 if any thread ran out of memory.
@@ -579,7 +579,7 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
         return gemm_slab(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu,
                          s.row_path)
     cdef _SlabJob job
-    cdef long t
+    cdef Py_ssize_t t
     job.split = &s
     job.single = floating is float
     job.a = a
@@ -604,7 +604,7 @@ cdef int gemm_parallel(const floating *a, long rsa, long csa, const floating *b,
     return 0
 
 
-cdef void _slab_part(void *ctx, long t) noexcept nogil:
+cdef void _slab_part(void *ctx, Py_ssize_t t) noexcept nogil:
     # slab t of a product in slabs (gemm_parallel)
     cdef _SlabJob *j = <_SlabJob *> ctx
     if j.single:
@@ -618,11 +618,11 @@ cdef void _slab_part(void *ctx, long t) noexcept nogil:
                             j.n, j.k, j.alpha, j.beta, <const double *> j.bias, j.relu)
 
 
-cdef void gemm_naive_kernel(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                            long csb, floating *c, long ldc, long m, long n, long k,
+cdef void gemm_naive_kernel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                            Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                             floating alpha, floating beta) noexcept nogil:
     # c[i, j] = alpha * sum_p a[i, p] * b[p, j] + beta * c[i, j]; the textbook loop order
-    cdef long i, j, p
+    cdef Py_ssize_t i, j, p
     cdef floating acc
     for i in range(m):
         for j in range(n):
@@ -645,8 +645,8 @@ cdef _check_pair(str name_a, object a, str name_b, object b):
     return a, b
 
 
-cdef int _run_typed(const floating *a, long rsa, long csa, const floating *b, long rsb,
-                    long csb, floating *c, long m, long n, long k, double alpha, double beta,
+cdef int _run_typed(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                    Py_ssize_t csb, floating *c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha, double beta,
                     const floating *bias, int relu, bint naive, int threads) noexcept nogil:
     if k == 0:       # no products to sum: NumPy's answer, beta * C (+ bias, ReLU)
         return _no_products(c, n, m, n, <floating> beta, bias, relu)
@@ -658,16 +658,16 @@ cdef int _run_typed(const floating *a, long rsa, long csa, const floating *b, lo
                          <floating> beta, bias, relu, threads)
 
 
-cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndarray c, long k,
+cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndarray c, Py_ssize_t k,
               double alpha, double beta, object bias, int relu, bint naive) except -1:
     # C (m x n) from op(A) (m x k) and op(B) (k x n); the strides encode the transposes.
     # The arrays were checked by the caller (C-contiguous, aligned, one float dtype): their
     # data pointers are taken as they are (no memoryview to acquire: a one-sample product
     # is over in microseconds).
-    cdef long m = cnp.PyArray_DIM(c, 0), n = cnp.PyArray_DIM(c, 1)
-    cdef long acols = cnp.PyArray_DIM(a, 1), bcols = cnp.PyArray_DIM(b, 1)
-    cdef long rsa = 1 if trans_a else acols, csa = acols if trans_a else 1
-    cdef long rsb = 1 if trans_b else bcols, csb = bcols if trans_b else 1
+    cdef Py_ssize_t m = cnp.PyArray_DIM(c, 0), n = cnp.PyArray_DIM(c, 1)
+    cdef Py_ssize_t acols = cnp.PyArray_DIM(a, 1), bcols = cnp.PyArray_DIM(b, 1)
+    cdef Py_ssize_t rsa = 1 if trans_a else acols, csa = acols if trans_a else 1
+    cdef Py_ssize_t rsb = 1 if trans_b else bcols, csb = bcols if trans_b else 1
     cdef void *bias_ptr = NULL
     cdef void *pa = cnp.PyArray_DATA(a)
     cdef void *pb = cnp.PyArray_DATA(b)
@@ -695,10 +695,10 @@ cdef int _run(cnp.ndarray a, bint trans_a, cnp.ndarray b, bint trans_b, cnp.ndar
 
 cdef _gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta, bint naive):
     a, b = _check_pair("a", a, "b", b)
-    cdef long m = a.shape[1] if trans_a else a.shape[0]
-    cdef long k = a.shape[0] if trans_a else a.shape[1]
-    cdef long kb = b.shape[1] if trans_b else b.shape[0]
-    cdef long n = b.shape[0] if trans_b else b.shape[1]
+    cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t kb = b.shape[1] if trans_b else b.shape[0]
+    cdef Py_ssize_t n = b.shape[0] if trans_b else b.shape[1]
     if k != kb:
         raise ValueError(f"b: op(a) is {m}x{k} but op(b) is {kb}x{n}; inner dimensions differ")
     alpha = check_scalar("alpha", alpha)
@@ -771,20 +771,20 @@ def _set_isa(level):
     _dkernel = nn_dgemm_kernel_for(isa)
 
 
-cdef int sgemm_serial(const float *a, long rsa, long csa, const float *b, long rsb, long csb,
-                      float *c, long ldc, long m, long n, long k, float alpha, float beta,
+cdef int sgemm_serial(const float *a, Py_ssize_t rsa, Py_ssize_t csa, const float *b, Py_ssize_t rsb, Py_ssize_t csb,
+                      float *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha, float beta,
                       const float *bias, int relu) noexcept nogil:
     return _serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
 
 
-cdef int dgemm_serial(const double *a, long rsa, long csa, const double *b, long rsb, long csb,
-                      double *c, long ldc, long m, long n, long k, double alpha, double beta,
+cdef int dgemm_serial(const double *a, Py_ssize_t rsa, Py_ssize_t csa, const double *b, Py_ssize_t rsb, Py_ssize_t csb,
+                      double *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha, double beta,
                       const double *bias, int relu) noexcept nogil:
     return _serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
 
 
-cdef int _serial(const floating *a, long rsa, long csa, const floating *b, long rsb, long csb,
-                 floating *c, long ldc, long m, long n, long k, floating alpha, floating beta,
+cdef int _serial(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
+                 floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
                  const floating *bias, int relu) noexcept nogil:
     # the body of sgemm_serial / dgemm_serial (the .pxd exports them by type)
     if m == 0 or n == 0:
@@ -795,10 +795,10 @@ cdef int _serial(const floating *a, long rsa, long csa, const floating *b, long 
                      m < ROW_PATH_MAX_M and csb == 1)
 
 
-cdef int _no_products(floating *c, long ldc, long m, long n, floating beta,
+cdef int _no_products(floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, floating beta,
                       const floating *bias, int relu) noexcept nogil:
     # k == 0: C = beta * C (+ bias, ReLU)
-    cdef long i, j
+    cdef Py_ssize_t i, j
     cdef floating v
     for i in range(m):
         for j in range(n):
@@ -813,11 +813,11 @@ cdef int _no_products(floating *c, long ldc, long m, long n, floating beta,
 
 ctypedef struct _PeakJob:
     int isa
-    long reps
+    Py_ssize_t reps
     double *flops
 
 
-def _fma_peak(long reps=10_000_000, int threads=1):
+def _fma_peak(Py_ssize_t reps=10_000_000, int threads=1):
     """The measured multiply-add peak (float32 GFLOP/s) that the benchmark's "% of peak"
     divides by: `threads` threads each issue `reps` x 24 independent vector FMAs of the
     widest ISA the GEMM uses (src/nn_peak.h), with no memory traffic."""
@@ -841,6 +841,6 @@ def _fma_peak(long reps=10_000_000, int threads=1):
         free(job.flops)
 
 
-cdef void _peak_part(void *ctx, long t) noexcept nogil:
+cdef void _peak_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _PeakJob *j = <_PeakJob *> ctx
     j.flops[t] = nn_fma_peak_loop(j.isa, j.reps)

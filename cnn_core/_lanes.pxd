@@ -11,11 +11,11 @@ cdef extern from "nn_lanes.h" nogil:
         LANE_SUM "NN_LANE_SUM"                  # sum(v)
         LANE_SUM_SQ_DEV "NN_LANE_SUM_SQ_DEV"    # sum((v - mean)^2)
         LANE_SUM_G_DEV "NN_LANE_SUM_G_DEV"      # sum(g * (v - mean))
-    double nn_lane_sum_f32(const float *g, const float *v, long n, double mean, int kind)
-    double nn_lane_sum_f64(const double *g, const double *v, long n, double mean, int kind)
+    double nn_lane_sum_f32(const float *g, const float *v, Py_ssize_t n, double mean, int kind)
+    double nn_lane_sum_f64(const double *g, const double *v, Py_ssize_t n, double mean, int kind)
 
 
-cdef inline double lane_sum(const floating *g, const floating *v, long n, double mean,
+cdef inline double lane_sum(const floating *g, const floating *v, Py_ssize_t n, double mean,
                             int kind) noexcept nogil:
     # the sum of term(i) for i < n (g is read only by LANE_SUM_G_DEV)
     if floating is float:

@@ -83,7 +83,7 @@ def linear_forward(x, w, b, out=None, *, activation=None):
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
     x, w = _check_pair("x", x, "w", w)
-    cdef long n = x.shape[0], d = x.shape[1], m = w.shape[1]
+    cdef Py_ssize_t n = x.shape[0], d = x.shape[1], m = w.shape[1]
     if w.shape[0] != d:
         raise ValueError(f"w has shape {w.shape}; x has {d} features, so w must be ({d}, M)")
     if b is not None:
@@ -106,8 +106,8 @@ ctypedef struct _Layer:
     void *w           # (k, n) row-major
     void *bias        # (n,) or NULL
     void *out         # (m, n) row-major: this layer's output, the next one's input
-    long k
-    long n
+    Py_ssize_t k
+    Py_ssize_t n
     int relu
     _Split split
 
@@ -120,8 +120,8 @@ ctypedef struct _BackLayer:
     void *g           # (m, n): dL/dz of this layer, read
     void *gx          # (m, k) or NULL: g @ w^T -- the g of the layer below, or dL/dx
     void *mask        # (m, k) or NULL: gx[i, j] kept where mask[i, j] > 0, else 0 (a ReLU)
-    long k
-    long n
+    Py_ssize_t k
+    Py_ssize_t n
     bint accumulate
     _Split split_w    # x^T @ g: (k x n) = (k x m) @ (m x n)
     _Split split_x    # g @ w^T: (m x k) = (m x n) @ (n x k)
@@ -141,8 +141,8 @@ ctypedef struct _Seg:
     int at
 
 
-cdef int _chain_share(int tid, int team, _Seg *g, const floating *x, _Layer *layers, long nl,
-                      long m, floating *part) noexcept nogil:
+cdef int _chain_share(int tid, int team, _Seg *g, const floating *x, _Layer *layers, Py_ssize_t nl,
+                      Py_ssize_t m, floating *part) noexcept nogil:
     # Share `tid` of every layer, in order, of `team` shares: each product is shared out
     # exactly as gemm_parallel would share it (so every output has the bits of one
     # linear_forward per layer); only stretch g.want runs, the stretches ending where one
@@ -150,7 +150,7 @@ cdef int _chain_share(int tid, int team, _Seg *g, const floating *x, _Layer *lay
     # ROW_PATH_MAX_M rows take the duo instead: _chain_on_duo). Returns -1 if out of
     # memory.
     cdef int status = 0, h
-    cdef long l, t, k, n
+    cdef Py_ssize_t l, t, k, n
     cdef bint prev_multi = False
     cdef const floating *a = x
     cdef const floating *w
@@ -192,7 +192,7 @@ cdef int _chain_share(int tid, int team, _Seg *g, const floating *x, _Layer *lay
     return status
 
 
-cdef int _chain_on_duo(const floating *x, _Layer *layers, long nl, long m, int threads,
+cdef int _chain_on_duo(const floating *x, _Layer *layers, Py_ssize_t nl, Py_ssize_t m, int threads,
                        _HalfJob *first) noexcept nogil:
     # The chain's layers in order on this thread, for few rows (m < ROW_PATH_MAX_M): each
     # product's halves of k with the duo (the first layer's second half maybe offered
@@ -200,7 +200,7 @@ cdef int _chain_on_duo(const floating *x, _Layer *layers, long nl, long m, int t
     # product in slabs on the team (gemm_parallel). A one-sample forward through
     # 784-256-128-10 offers the duo one job and takes it back once. Each product shared
     # out as _chain_share would: the same bits.
-    cdef long l
+    cdef Py_ssize_t l
     cdef int status
     cdef const floating *a = x
     cdef floating *part
@@ -233,11 +233,11 @@ cdef int _chain_on_duo(const floating *x, _Layer *layers, long nl, long m, int t
     return 0
 
 
-cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m, int threads,
+cdef int _chain_run(const floating *x, _Layer *layers, Py_ssize_t nl, Py_ssize_t m, int threads,
                     _HalfJob *first) noexcept nogil:
     # Every layer of the chain (m >= 1 rows, every k and n >= 1; layers[l].split decided).
     # -1 if out of memory.
-    cdef long l, part_size = 0
+    cdef Py_ssize_t l, part_size = 0
     cdef int team = 1
     if _chain_uses_duo(m, threads):
         return _chain_on_duo(x, layers, nl, m, threads, first)
@@ -246,12 +246,12 @@ cdef int _chain_run(const floating *x, _Layer *layers, long nl, long m, int thre
     return _on_team(team, x, layers, NULL, nl, m, part_size)
 
 
-cdef inline bint _chain_uses_duo(long m, int threads) noexcept nogil:
+cdef inline bint _chain_uses_duo(Py_ssize_t m, int threads) noexcept nogil:
     return threads >= 2 and m < ROW_PATH_MAX_M
 
 
-cdef inline void _count_team(const _Split *s, long c_size, int threads, int *team,
-                             long *part_size) noexcept nogil:
+cdef inline void _count_team(const _Split *s, Py_ssize_t c_size, int threads, int *team,
+                             Py_ssize_t *part_size) noexcept nogil:
     # what a chain needs for a product of c_size elements shared out as `s`: threads, and
     # room for the two partial Cs of its halves
     if s.kind == SPLIT_HALVES:
@@ -262,7 +262,7 @@ cdef inline void _count_team(const _Split *s, long c_size, int threads, int *tea
 
 
 cdef inline int _share(int tid, int team, _Seg *g, const floating *x, _Layer *layers,
-                       _BackLayer *back, long nl, long m, floating *part) noexcept nogil:
+                       _BackLayer *back, Py_ssize_t nl, Py_ssize_t m, floating *part) noexcept nogil:
     if back != NULL:
         return _chain_back_share(tid, team, g, back, nl, m, part)
     return _chain_share(tid, team, g, x, layers, nl, m, part)
@@ -276,13 +276,13 @@ ctypedef struct _TeamJob:
     const void *x
     _Layer *layers
     _BackLayer *back
-    long nl
-    long m
+    Py_ssize_t nl
+    Py_ssize_t m
     void *part
     int status[MAX_PARTS]
 
 
-cdef void _team_part(void *ctx, long tid) noexcept nogil:
+cdef void _team_part(void *ctx, Py_ssize_t tid) noexcept nogil:
     cdef _TeamJob *j = <_TeamJob *> ctx
     cdef _Seg g
     cdef int r
@@ -298,8 +298,8 @@ cdef void _team_part(void *ctx, long tid) noexcept nogil:
         j.status[tid] = r
 
 
-cdef int _on_team(int team, const floating *x, _Layer *layers, _BackLayer *back, long nl,
-                  long m, long part_size) noexcept nogil:
+cdef int _on_team(int team, const floating *x, _Layer *layers, _BackLayer *back, Py_ssize_t nl,
+                  Py_ssize_t m, Py_ssize_t part_size) noexcept nogil:
     # The shares of a chain's forward (layers) or backward (back), thread t's share being
     # part t of `team`: stretch by stretch -- between two meeting points, one job of the
     # team (src/nn_team.h) each, so that a thread the OS has parked holds nobody up: its
@@ -392,7 +392,7 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
         raise ValueError(f"activations has {len(activations)} entries for {nl} weights")
     if outs is not None and len(outs) != nl:
         raise ValueError(f"outs has {len(outs)} entries for {nl} weights")
-    cdef long m = cnp.PyArray_DIM(<cnp.ndarray> x, 0), k = cnp.PyArray_DIM(<cnp.ndarray> x, 1), n
+    cdef Py_ssize_t m = cnp.PyArray_DIM(<cnp.ndarray> x, 0), k = cnp.PyArray_DIM(<cnp.ndarray> x, 1), n
     cdef bint empty = m == 0 or k == 0
     cdef list keep = []          # the checked arrays (maybe copies), alive until the end
     cdef list bufs = []          # the layers' outputs as written (a subclass's view)
@@ -505,10 +505,10 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
     return tuple(results)
 
 
-cdef void _column_sums(const floating *g, long n, long m, floating *acc,
+cdef void _column_sums(const floating *g, Py_ssize_t n, Py_ssize_t m, floating *acc,
                        bint accumulate) noexcept nogil:
     # acc (M,) (+)= g (N, M).sum(axis=0), rows in order (a fixed summation order)
-    cdef long i, j
+    cdef Py_ssize_t i, j
     if not accumulate:
         for j in range(m):
             acc[j] = 0
@@ -519,7 +519,7 @@ cdef void _column_sums(const floating *g, long n, long m, floating *acc,
 
 cdef _add_column_sums(cnp.ndarray g, cnp.ndarray acc, bint accumulate):
     # (checked arrays of one dtype: their data pointers taken as they are)
-    cdef long n = cnp.PyArray_DIM(g, 0), m = cnp.PyArray_DIM(g, 1)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(g, 0), m = cnp.PyArray_DIM(g, 1)
     cdef void *pg = cnp.PyArray_DATA(g)
     cdef void *pa = cnp.PyArray_DATA(acc)
     cdef bint single = cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT32
@@ -545,7 +545,7 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
     w = as_float_array("w", w, 2)
     check_same_dtype("w", w, grad_out.dtype)
     dtype = grad_out.dtype
-    cdef long n = grad_out.shape[0], m = grad_out.shape[1], d = w.shape[0]
+    cdef Py_ssize_t n = grad_out.shape[0], m = grad_out.shape[1], d = w.shape[0]
     if w.shape[1] != m:
         raise ValueError(f"w has shape {w.shape}, expected (D, {m}) to match grad_out")
     if x.shape != (n, d):
@@ -574,11 +574,11 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
 # ---------------------------------------------------------------------------------------------
 # The backward of a chain of linear layers in one call (Sequential's Linear[-ReLU] stacks)
 
-cdef void _relu_mask(floating *c, const floating *mask, long ld, long i0, long i1, long j0,
-                     long j1) noexcept nogil:
+cdef void _relu_mask(floating *c, const floating *mask, Py_ssize_t ld, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                     Py_ssize_t j1) noexcept nogil:
     # rows [i0, i1), columns [j0, j1) of c (leading dimension ld): c = c where mask > 0,
     # else 0 -- ReLU's backward (relu_backward's very select, so the same bits)
-    cdef long i, j
+    cdef Py_ssize_t i, j
     cdef floating *row
     cdef const floating *keep
     for i in range(i0, i1):
@@ -589,8 +589,8 @@ cdef void _relu_mask(floating *c, const floating *mask, long ld, long i0, long i
 
 
 cdef int _share_product(int tid, int team, _Seg *g, const _Split *s, int serial_tid,
-                        const floating *a, long rsa, long csa, const floating *b, long rsb,
-                        long csb, floating *c, long ldc, long m, long n, long k, floating beta,
+                        const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
+                        Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating beta,
                         const floating *mask, bint check, floating *part) noexcept nogil:
     # Thread tid's share of C (m x n) = A @ B + beta * C, shared out as gemm_parallel would
     # (so the same bits), then -- when mask is given -- ReLU's backward on what it wrote.
@@ -600,7 +600,7 @@ cdef int _share_product(int tid, int team, _Seg *g, const _Split *s, int serial_
     # a value of its share is NaN or infinite, else 0.
     cdef int status = 0, h, r, flags = NN_CHECK_FINITE if check else 0
     cdef bint bad = False
-    cdef long t, start, size, rows = (m + 1) // 2
+    cdef Py_ssize_t t, start, size, rows = (m + 1) // 2
     cdef bint on_two
     if s.kind == SPLIT_SERIAL:
         if g.at == g.want and tid == serial_tid % team:
@@ -645,7 +645,7 @@ cdef int _share_product(int tid, int team, _Seg *g, const _Split *s, int serial_
     return 1 if bad else 0
 
 
-cdef int _chain_back_share(int tid, int team, _Seg *g, _BackLayer *layers, long nl, long m,
+cdef int _chain_back_share(int tid, int team, _Seg *g, _BackLayer *layers, Py_ssize_t nl, Py_ssize_t m,
                            floating *part) noexcept nogil:
     # Share tid of every layer's backward, from the last layer down, of `team` shares (only
     # stretch g.want runs). Layer l's three pieces -- dW = x^T @ g, the column sums,
@@ -653,7 +653,7 @@ cdef int _chain_back_share(int tid, int team, _Seg *g, _BackLayer *layers, long 
     # run side by side; a meeting point before each layer below, which reads the g the dX
     # shares wrote. Returns -1 if out of memory.
     cdef int status = 0, r
-    cdef long l
+    cdef Py_ssize_t l
     cdef _BackLayer *L
     cdef floating beta
     for l in range(nl - 1, -1, -1):
@@ -682,12 +682,12 @@ cdef int _chain_back_share(int tid, int team, _Seg *g, _BackLayer *layers, long 
     return status
 
 
-cdef int _chain_back_run(_BackLayer *layers, long nl, long m, int threads,
+cdef int _chain_back_run(_BackLayer *layers, Py_ssize_t nl, Py_ssize_t m, int threads,
                          const floating *dummy) noexcept nogil:
     # Every layer's backward (m >= 1 rows, every k and n >= 1). -1 if out of memory.
     cdef int mr, nr
     _tile_shape(dummy, &mr, &nr)
-    cdef long l, part_size = 0
+    cdef Py_ssize_t l, part_size = 0
     cdef int team = 1, serial = 0
     cdef _BackLayer *L
     for l in range(nl):
@@ -719,7 +719,7 @@ cdef list _WORK_NAMES = [f"work[{i}]" for i in range(64)]
 
 cdef _apply_mask(cnp.ndarray c, cnp.ndarray mask):
     # c = c where mask > 0, else 0 (two checked arrays of one shape and dtype)
-    cdef long m = cnp.PyArray_DIM(c, 0), n = cnp.PyArray_DIM(c, 1)
+    cdef Py_ssize_t m = cnp.PyArray_DIM(c, 0), n = cnp.PyArray_DIM(c, 1)
     cdef void *pc = cnp.PyArray_DATA(c)
     cdef void *pm = cnp.PyArray_DATA(mask)
     with nogil:
@@ -781,7 +781,7 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
             if not isinstance(accumulate[l], (bool, np.bool_)):
                 raise TypeError(f"accumulate[{l}] must be True or False, got "
                                 f"{accumulate[l]!r}")
-    cdef long m = cnp.PyArray_DIM(<cnp.ndarray> grad_out, 0), k, n, above = -1
+    cdef Py_ssize_t m = cnp.PyArray_DIM(<cnp.ndarray> grad_out, 0), k, n, above = -1
     cdef bint empty = m == 0
     cdef list ins = [grad_out]       # read (maybe copies): none may overlap an output
     cdef list outs = []              # written, given by the caller: (name, array) pairs
@@ -921,7 +921,7 @@ def linear_chain_backward(grad_out, xs, weights, grads_w, grads_b, masks, grad_x
 cdef bint _finite_array(cnp.ndarray a):
     # a C-contiguous float32/float64 array holds no NaN/inf
     cdef void *p = cnp.PyArray_DATA(a)
-    cdef long n = cnp.PyArray_SIZE(a)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
     if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
         return all_finite_span(<const float *> p, n)
     return all_finite_span(<const double *> p, n)

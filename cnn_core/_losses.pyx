@@ -24,14 +24,14 @@ from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shap
                                IN_PLACE)
 from cnn_core._parallel cimport num_threads, span_parts, run_parts, MAX_PARTS, SPAN_MIN
 
-cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, long n, long c,
-                     double inv_batch, long *bad) noexcept nogil:
+cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, Py_ssize_t n, Py_ssize_t c,
+                     double inv_batch, Py_ssize_t *bad) noexcept nogil:
     # rows n of logits z (n x c): returns sum_i (lse_i - z[i, y_i]) and writes
     # grad[i, j] = (softmax(z_i)_j - [j == y_i]) * inv_batch, softmax as exp(z - max) / total
     # (exact to rounding even for huge logits, where exp(z - lse) would lose digits).
     # A label outside [0, c) is counted in *bad and its row skipped (the caller raises).
     # (in place, grad = z: each value of the row is read before it is written over)
-    cdef long i, j
+    cdef Py_ssize_t i, j
     cdef double mx, e, total, lse, scale, zy, loss = 0
     for i in range(n):
         if labels[i] < 0 or labels[i] >= c:
@@ -65,17 +65,17 @@ ctypedef struct _Sce:
     const void *z
     const int64_t *labels
     void *grad
-    long n
-    long c
-    long step
+    Py_ssize_t n
+    Py_ssize_t c
+    Py_ssize_t step
     double inv_batch
     double partial[MAX_PARTS]
-    long bad[MAX_PARTS]
+    Py_ssize_t bad[MAX_PARTS]
 
 
-cdef void _sce_part(void *ctx, long t) noexcept nogil:
+cdef void _sce_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _Sce *j = <_Sce *> ctx
-    cdef long start = t * j.step, rows = j.n - start, at
+    cdef Py_ssize_t start = t * j.step, rows = j.n - start, at
     j.partial[t] = 0
     j.bad[t] = 0
     if rows > j.step:
@@ -91,14 +91,14 @@ cdef void _sce_part(void *ctx, long t) noexcept nogil:
                                 <double *> j.grad + at, rows, j.c, j.inv_batch, &j.bad[t])
 
 
-cdef double sce_parallel(const floating *z, const int64_t *labels, floating *grad, long n,
-                         long c, int threads, long *bad) noexcept nogil:
-    cdef long parts = span_parts(n * c, SPAN_MIN, threads)
+cdef double sce_parallel(const floating *z, const int64_t *labels, floating *grad, Py_ssize_t n,
+                         Py_ssize_t c, int threads, Py_ssize_t *bad) noexcept nogil:
+    cdef Py_ssize_t parts = span_parts(n * c, SPAN_MIN, threads)
     cdef double inv_batch = 1.0 / n
     if parts <= 1:
         return sce_rows(z, labels, grad, n, c, inv_batch, bad)
     cdef _Sce j
-    cdef long t
+    cdef Py_ssize_t t
     cdef double loss = 0
     j.single = floating is float
     j.z = z
@@ -116,8 +116,8 @@ cdef double sce_parallel(const floating *z, const int64_t *labels, floating *gra
 
 
 cdef double _sce(const floating[:, ::1] z, const int64_t[::1] labels, floating[:, ::1] grad,
-                 long *bad):
-    cdef long n = z.shape[0], c = z.shape[1], i
+                 Py_ssize_t *bad):
+    cdef Py_ssize_t n = z.shape[0], c = z.shape[1], i
     cdef int threads = num_threads()
     cdef double loss = 0
     with nogil:
@@ -139,7 +139,7 @@ def softmax_cross_entropy(logits, labels, grad=None):
     logits itself (in place), and must not overlap logits otherwise, nor the labels.
     """
     logits = as_float_array("logits", logits, 2)
-    cdef long n = logits.shape[0], c = logits.shape[1]
+    cdef Py_ssize_t n = logits.shape[0], c = logits.shape[1]
     if n == 0:
         raise ValueError("logits: empty batch (N = 0); the mean loss is undefined")
     if c == 0:
@@ -151,7 +151,7 @@ def softmax_cross_entropy(logits, labels, grad=None):
     if grad is not None:
         refuse_overlap("grad", g, "logits", logits, IN_PLACE)
         refuse_overlap("grad", g, "labels", labels, READ)
-    cdef long bad = 0
+    cdef Py_ssize_t bad = 0
     if logits.dtype == np.float32:
         loss = _sce[float](logits, labels, g, &bad)
     else:
@@ -161,10 +161,10 @@ def softmax_cross_entropy(logits, labels, grad=None):
     return loss, (g if grad is None else grad)
 
 
-cdef double mse_span(const floating *p, const floating *t, floating *g, long n,
+cdef double mse_span(const floating *p, const floating *t, floating *g, Py_ssize_t n,
                      double scale) noexcept nogil:
     # returns sum (p - t)^2 and writes g = scale * (p - t), scale = 2 / size
-    cdef long i
+    cdef Py_ssize_t i
     cdef double d, total = 0
     for i in range(n):
         d = <double> p[i] - <double> t[i]
@@ -173,10 +173,10 @@ cdef double mse_span(const floating *p, const floating *t, floating *g, long n,
     return total
 
 
-cdef double bce_span(const floating *z, const floating *t, floating *g, long n,
+cdef double bce_span(const floating *z, const floating *t, floating *g, Py_ssize_t n,
                      double scale) noexcept nogil:
     # returns sum max(z,0) - z t + log1p(exp(-|z|)) and writes g = scale * (sigmoid(z) - t)
-    cdef long i
+    cdef Py_ssize_t i
     cdef double zi, e, s, total = 0
     for i in range(n):
         zi = z[i]
@@ -194,15 +194,15 @@ ctypedef struct _Pointwise:
     const void *a
     const void *b
     void *g
-    long n
-    long step
+    Py_ssize_t n
+    Py_ssize_t step
     double scale
     double partial[MAX_PARTS]
 
 
-cdef void _pointwise_part(void *ctx, long t) noexcept nogil:
+cdef void _pointwise_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _Pointwise *j = <_Pointwise *> ctx
-    cdef long start = t * j.step, size = j.n - start
+    cdef Py_ssize_t start = t * j.step, size = j.n - start
     j.partial[t] = 0
     if size > j.step:
         size = j.step
@@ -225,13 +225,13 @@ cdef void _pointwise_part(void *ctx, long t) noexcept nogil:
 
 
 cdef double pointwise_parallel(bint bce, const floating *a, const floating *b, floating *g,
-                               long n, int threads) noexcept nogil:
-    cdef long parts = span_parts(n, SPAN_MIN, threads)
+                               Py_ssize_t n, int threads) noexcept nogil:
+    cdef Py_ssize_t parts = span_parts(n, SPAN_MIN, threads)
     cdef double scale = (1.0 if bce else 2.0) / n
     if parts <= 1:
         return bce_span(a, b, g, n, scale) if bce else mse_span(a, b, g, n, scale)
     cdef _Pointwise j
-    cdef long t
+    cdef Py_ssize_t t
     cdef double total = 0
     j.bce = bce
     j.single = floating is float
@@ -248,7 +248,7 @@ cdef double pointwise_parallel(bint bce, const floating *a, const floating *b, f
 
 
 cdef double _pointwise(bint bce, const floating[::1] a, const floating[::1] b, floating[::1] g):
-    cdef long n = a.shape[0]
+    cdef Py_ssize_t n = a.shape[0]
     cdef int threads = num_threads()
     cdef double total
     with nogil:

@@ -40,30 +40,30 @@ cdef extern from "nn_scratch.h" nogil:
 cdef extern from "nn_norm.h" nogil:
     # the leading values of _normalise's and _grad_x's float32 loops, by AVX-512 where the
     # CPU has it (same bits): they return how many they did, the loops below do the rest
-    long nn_normalise_f32(const float *x, float *y, long S, double a, double b)
-    long nn_grad_x_f32(const float *g, const float *x, float *dx, long S, double k, double mg,
+    Py_ssize_t nn_normalise_f32(const float *x, float *y, Py_ssize_t S, double a, double b)
+    Py_ssize_t nn_grad_x_f32(const float *g, const float *x, float *dx, Py_ssize_t S, double k, double mg,
                        double mgx, float mu, float inv, int training)
 
 cdef enum:
     MIN_WORK_PER_THREAD = 1 << 14
 
 
-cdef void _sample_sums(const floating *x, long n0, long n1, long C, long S,
+cdef void _sample_sums(const floating *x, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C, Py_ssize_t S,
                        const double *mean, int kind, double *sums) noexcept nogil:
     # sums[n, c] = the lane sum `kind` of x[n, c] (about mean[c] when mean is not NULL),
     # for the samples [n0, n1)
-    cdef long n, c
+    cdef Py_ssize_t n, c
     for n in range(n0, n1):
         for c in range(C):
             sums[n * C + c] = lane_sum(x, x + (n * C + c) * S, S,
                                        mean[c] if mean != NULL else 0, kind)
 
 
-cdef void _sample_grad_sums(const floating *g, const floating *x, long n0, long n1, long C,
-                            long S, const floating *mean, double *sum_g,
+cdef void _sample_grad_sums(const floating *g, const floating *x, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C,
+                            Py_ssize_t S, const floating *mean, double *sum_g,
                             double *sum_gx) noexcept nogil:
     # per sample and channel: sum(g) and sum(g (x - mean_c)), for the samples [n0, n1)
-    cdef long n, c
+    cdef Py_ssize_t n, c
     cdef const floating *gp
     for n in range(n0, n1):
         for c in range(C):
@@ -72,10 +72,10 @@ cdef void _sample_grad_sums(const floating *g, const floating *x, long n0, long 
             sum_gx[n * C + c] = lane_sum(gp, x + (n * C + c) * S, S, mean[c], LANE_SUM_G_DEV)
 
 
-cdef void _normalise(const floating *x, floating *y, long n0, long n1, long C, long S,
+cdef void _normalise(const floating *x, floating *y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C, Py_ssize_t S,
                      const double *scale, const double *shift) noexcept nogil:
     # y = x scale_c + shift_c for the samples [n0, n1)
-    cdef long n, c, s, s0 = 0
+    cdef Py_ssize_t n, c, s, s0 = 0
     cdef const floating *xp
     cdef floating *yp
     cdef double a, b
@@ -91,13 +91,13 @@ cdef void _normalise(const floating *x, floating *y, long n0, long n1, long C, l
                 yp[s] = <floating> (xp[s] * a + b)
 
 
-cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, long n1, long C,
-                  long S, const double *k, const double *mean_g, const double *mean_gx,
+cdef void _grad_x(const floating *g, const floating *x, floating *dx, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C,
+                  Py_ssize_t S, const double *k, const double *mean_g, const double *mean_gx,
                   const floating *mean, const floating *invstd, bint training) noexcept nogil:
     # dx for the samples [n0, n1): training  k_c (g - mean(g) - xhat mean(g xhat)),
     # eval  k_c g   (k_c = gamma_c invstd_c; the means per channel, worked out once: a
     # division per value was most of this loop's time)
-    cdef long n, c, s, s0 = 0
+    cdef Py_ssize_t n, c, s, s0 = 0
     cdef const floating *gp
     cdef const floating *xp
     cdef floating *dp
@@ -124,21 +124,21 @@ cdef void _grad_x(const floating *g, const floating *x, floating *dx, long n0, l
                     dp[s] = <floating> (kc * gp[s])
 
 
-cdef inline double _channel_total(const double *sums, long N, long C, long c) noexcept nogil:
+cdef inline double _channel_total(const double *sums, Py_ssize_t N, Py_ssize_t C, Py_ssize_t c) noexcept nogil:
     # sum over the samples, in sample order, of sums (N, C)[:, c]
     cdef double total = 0
-    cdef long n
+    cdef Py_ssize_t n
     for n in range(N):
         total = total + sums[n * C + c]
     return total
 
 
-cdef inline long _lo(long t, long step, long N) noexcept nogil:
+cdef inline Py_ssize_t _lo(Py_ssize_t t, Py_ssize_t step, Py_ssize_t N) noexcept nogil:
     # where part t of N samples, `step` each (the last one maybe fewer), starts
     return t * step if t * step < N else N
 
 
-cdef long _parts(long N, long C, long S) noexcept nogil:
+cdef Py_ssize_t _parts(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) noexcept nogil:
     # threads over whole samples (as the convolutions and the pooling share out their work,
     # so that each thread reads what it wrote before -- on two cores, data the other core
     # wrote last comes from its cache, line by line), when the work pays for them
@@ -156,10 +156,10 @@ ctypedef struct _NormJob:
     # behind the pointers)
     Stage stage
     bint single
-    long N
-    long C
-    long S
-    long step
+    Py_ssize_t N
+    Py_ssize_t C
+    Py_ssize_t S
+    Py_ssize_t step
     const void *g
     const void *x
     void *y
@@ -174,7 +174,7 @@ ctypedef struct _NormJob:
 
 
 cdef void _stage(_NormJob *j, const floating *g, const floating *x, floating *y,
-                 const floating *mean, const floating *invstd, long n0, long n1) noexcept nogil:
+                 const floating *mean, const floating *invstd, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     if j.stage == SUMS:
         _sample_sums(x, n0, n1, j.C, j.S, NULL, LANE_SUM, j.sums)
     elif j.stage == SQ_DEV_SUMS:
@@ -187,9 +187,9 @@ cdef void _stage(_NormJob *j, const floating *g, const floating *x, floating *y,
         _grad_x(g, x, y, n0, n1, j.C, j.S, j.a, j.b, j.c, mean, invstd, j.training)
 
 
-cdef void _stage_part(void *ctx, long t) noexcept nogil:
+cdef void _stage_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef _NormJob *j = <_NormJob *> ctx
-    cdef long n0 = _lo(t, j.step, j.N), n1 = _lo(t + 1, j.step, j.N)
+    cdef Py_ssize_t n0 = _lo(t, j.step, j.N), n1 = _lo(t + 1, j.step, j.N)
     if j.single:
         _stage(j, <const float *> j.g, <const float *> j.x, <float *> j.y,
                <const float *> j.mean, <const float *> j.invstd, n0, n1)
@@ -198,7 +198,7 @@ cdef void _stage_part(void *ctx, long t) noexcept nogil:
                <const double *> j.mean, <const double *> j.invstd, n0, n1)
 
 
-cdef void _run_stage(_NormJob *j, Stage stage, long parts) noexcept nogil:
+cdef void _run_stage(_NormJob *j, Stage stage, Py_ssize_t parts) noexcept nogil:
     # the stage over all samples: on the team when there are parts, else here (no job to
     # post: a small batch's is most of its cost)
     j.stage = stage
@@ -208,13 +208,13 @@ cdef void _run_stage(_NormJob *j, Stage stage, long parts) noexcept nogil:
         run_parts(_stage_part, j, parts)
 
 
-cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long S,
+cdef _forward_typed(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                     const floating[::1] gamma, const floating[::1] beta, floating[::1] rmean,
                     floating[::1] rvar, floating[::1] smean, floating[::1] sinvstd,
                     bint training, double momentum, double eps):
     # training: per-sample sums (threads over samples), each channel's mean from them in
     # sample order (one thread); the same for the squared deviations; then y, by samples
-    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, c
+    cdef Py_ssize_t parts = _parts(N, C, S), step = (N + parts - 1) // parts, c
     cdef double *sums = <double *> nn_scratch(0, (N * C + 3 * C) * sizeof(double))
     if sums == NULL:
         raise MemoryError("batchnorm_forward: cannot allocate the per-sample sums")
@@ -222,7 +222,7 @@ cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long
     cdef double *scale = mean + C
     cdef double *shift = scale + C
     cdef double var, invstd
-    cdef long M = N * S
+    cdef Py_ssize_t M = N * S
     cdef _NormJob j
     j.single = floating is float
     j.N, j.C, j.S, j.step = N, C, S, step
@@ -255,12 +255,12 @@ cdef _forward_typed(const floating[::1] x, floating[::1] y, long N, long C, long
         _run_stage(&j, NORMALISE, parts)
 
 
-cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1] dx, long N, long C, long S,
+cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1] dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                      const floating[::1] gamma, const floating[::1] smean, const floating[::1] sinvstd,
                      floating[::1] dgamma, floating[::1] dbeta, bint training):
     # per-sample sums of g and g (x - mean) (threads over samples), each channel's from them
     # in sample order (one thread), then dx by samples
-    cdef long parts = _parts(N, C, S), step = (N + parts - 1) // parts, n, c
+    cdef Py_ssize_t parts = _parts(N, C, S), step = (N + parts - 1) // parts, n, c
     cdef double *sums = <double *> nn_scratch(0, (2 * N * C + 3 * C) * sizeof(double))
     if sums == NULL:
         raise MemoryError("batchnorm_backward: cannot allocate the per-sample sums")
@@ -302,7 +302,7 @@ cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1]
 cdef tuple _ncs(x):
     if x.ndim not in (2, 4):
         raise ValueError(f"x must be (N, C) or (N, C, H, W), got shape {x.shape}")
-    cdef long S = 1 if x.ndim == 2 else x.shape[2] * x.shape[3]
+    cdef Py_ssize_t S = 1 if x.ndim == 2 else x.shape[2] * x.shape[3]
     return x.shape[0], x.shape[1], S
 
 

@@ -44,10 +44,10 @@ cdef extern from "nn_cpu.h" nogil:
     unsigned nn_ftz_begin()
     void nn_ftz_end(unsigned old)
 
-cdef void sgd_span(floating *p, const floating *g, floating *vel, long n, floating lr,
+cdef void sgd_span(floating *p, const floating *g, floating *vel, Py_ssize_t n, floating lr,
                    floating mu, floating wd, bint nesterov) noexcept nogil:
     # the caller flushes subnormals to zero around it (nn_ftz_begin/end, see _sgd)
-    cdef long i
+    cdef Py_ssize_t i
     cdef floating d
     if mu == 0:
         for i in range(n):
@@ -65,12 +65,12 @@ cdef void sgd_span(floating *p, const floating *g, floating *vel, long n, floati
             p[i] = p[i] - lr * vel[i]
 
 
-cdef void adam_span(floating *p, const floating *g, floating *m, floating *v, long n,
+cdef void adam_span(floating *p, const floating *g, floating *m, floating *v, Py_ssize_t n,
                     floating step_size, floating bc2_sqrt, floating b1, floating b2,
                     floating eps, floating wd, floating decay) noexcept nogil:
     # decay = 1 - lr * wd for AdamW (wd = 0 then), 1 for Adam; the caller flushes
     # subnormals to zero around it (nn_ftz_begin/end, see _sgd)
-    cdef long i
+    cdef Py_ssize_t i
     cdef floating gi, denom
     for i in range(n):
         if decay != 1:
@@ -108,14 +108,14 @@ cdef _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1
                    <floating> 0)
 
 
-cdef long _one_array(char *p, char *g, char *a, char *b, long n, int kind, double lr,
+cdef Py_ssize_t _one_array(char *p, char *g, char *a, char *b, Py_ssize_t n, int kind, double lr,
                      double mu, double wd, bint nesterov, double step_size, double bc2_sqrt,
                      double b1, double b2, double eps, double decay,
                      floating dummy) noexcept nogil:
     # sgd_update / adam_update / all_finite: one array, cut into one span per thread;
     # returns what _step_all does (KIND_CHECK: 0 if g has a NaN/inf, else -1)
     cdef _Tensors t
-    cdef long offset[2]
+    cdef Py_ssize_t offset[2]
     offset[0], offset[1] = 0, n
     t.count = 1
     t.p, t.g, t.a, t.b = &p, &g, &a, &b
@@ -214,7 +214,7 @@ cdef bint _all_finite(const floating[::1] x):
     # the check pass of sgd_step / sgd_update, cut the same way: each thread reads the part
     # of a gradient it will update (and, for a weight gradient, mostly the part its GEMM
     # wrote), from its own core's cache
-    cdef long bad
+    cdef Py_ssize_t bad
     if x.shape[0] == 0:
         return True
     with nogil:
@@ -253,13 +253,13 @@ cdef enum:
 
 
 cdef struct _Tensors:
-    long count
+    Py_ssize_t count
     char **p          # parameters
     char **g          # gradients
     char **a          # velocities (SGD, NULL entries without momentum) / first moments
     char **b          # second moments (Adam)
-    long *offset      # tensor i has offset[i + 1] - offset[i] elements (offset[count]: all)
-    long parts        # parts of a pass (one per thread)
+    Py_ssize_t *offset      # tensor i has offset[i + 1] - offset[i] elements (offset[count]: all)
+    Py_ssize_t parts        # parts of a pass (one per thread)
 
 
 cdef class _TensorList:
@@ -299,13 +299,13 @@ cdef inline bint _like(object x, cnp.ndarray param, bint written):
             and (not written or cnp.PyArray_ISWRITEABLE(a)))
 
 
-cdef bint _all_ready(list params, list grads, list a_list, list b_list, long n,
+cdef bint _all_ready(list params, list grads, list a_list, list b_list, Py_ssize_t n,
                      _TensorList tl):
     # The usual call, answered through NumPy's C API without a name made for a message:
     # every array of params[0]'s dtype object, each of its parameter's shape, contiguous
     # and aligned (the written ones writeable). Fills tl's pointers and offsets; False
     # (tl to be filled again) when anything would need the named checks.
-    cdef long i, total = 0
+    cdef Py_ssize_t i, total = 0
     cdef cnp.ndarray param
     if not cnp.PyArray_CheckExact(params[0]):
         return False
@@ -336,7 +336,7 @@ cdef bint _all_ready(list params, list grads, list a_list, list b_list, long n,
 cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, list b_list,
                               str b_name):
     # validate every array (named with its index), collect the pointers, plan the threads
-    cdef long n = len(params), i, total = 0
+    cdef Py_ssize_t n = len(params), i, total = 0
     cdef _TensorList tl = _TensorList()
     if n == 0:
         raise ValueError("params is empty")
@@ -353,7 +353,7 @@ cdef _TensorList _tensor_list(list params, list grads, list a_list, str a_name, 
     tl.t.g = <char **> malloc(n * sizeof(char *))
     tl.t.a = <char **> malloc(n * sizeof(char *))
     tl.t.b = <char **> malloc(n * sizeof(char *))
-    tl.t.offset = <long *> malloc((n + 1) * sizeof(long))
+    tl.t.offset = <Py_ssize_t *> malloc((n + 1) * sizeof(Py_ssize_t))
     if (tl.t.p == NULL or tl.t.g == NULL or tl.t.a == NULL or tl.t.b == NULL
             or tl.t.offset == NULL):
         raise MemoryError()
@@ -422,7 +422,7 @@ cdef int _spans_meet(_Tensors *t, size_t itemsize) noexcept nogil:
     # read); -1 when out of memory. The spans sorted by start: each one meets a span before
     # it exactly when it starts before the farthest end of those (of the written ones, for
     # a gradient).
-    cdef long n = t.count, i, k = 0, which
+    cdef Py_ssize_t n = t.count, i, k = 0, which
     cdef size_t size
     cdef char *ptr
     cdef uintptr_t reach_all = 0, reach_written = 0
@@ -453,7 +453,7 @@ cdef int _spans_meet(_Tensors *t, size_t itemsize) noexcept nogil:
     return met
 
 
-cdef bint _piece(_Tensors *t, long i, long off, long n, int kind, floating lr, floating mu,
+cdef bint _piece(_Tensors *t, Py_ssize_t i, Py_ssize_t off, Py_ssize_t n, int kind, floating lr, floating mu,
                  floating wd, bint nesterov, floating step_size, floating bc2_sqrt, floating b1,
                  floating b2, floating eps, floating decay) noexcept nogil:
     # elements [off, off + n) of tensor i: checked (False if one is NaN/inf) or updated
@@ -469,7 +469,7 @@ cdef bint _piece(_Tensors *t, long i, long off, long n, int kind, floating lr, f
     return True
 
 
-cdef long _visit(_Tensors *t, long part, int kind, floating lr, floating mu, floating wd,
+cdef Py_ssize_t _visit(_Tensors *t, Py_ssize_t part, int kind, floating lr, floating mu, floating wd,
                  bint nesterov, floating step_size, floating bc2_sqrt, floating b1,
                  floating b2, floating eps, floating decay) noexcept nogil:
     # part `part`'s share: the part-th of `parts` contiguous pieces of every tensor (for a
@@ -478,7 +478,7 @@ cdef long _visit(_Tensors *t, long part, int kind, floating lr, floating mu, flo
     # With two threads each updates one half of every weight matrix: the rows that the
     # same core reads again in the next forward pass (gemm's _k_halves) and, for the
     # first layer, writes in the backward's weight gradient -- so they stay in its cache.
-    cdef long i, size, lo, hi, bad = t.count
+    cdef Py_ssize_t i, size, lo, hi, bad = t.count
     # optimizer state decays into subnormals: flush them to zero (x86 arithmetic on them is
     # ~100x slower), once per thread and pass
     cdef unsigned csr = nn_ftz_begin()
@@ -510,10 +510,10 @@ ctypedef struct _StepJob:
     double b2
     double eps
     double decay
-    long found[MAX_PARTS]
+    Py_ssize_t found[MAX_PARTS]
 
 
-cdef void _visit_part(void *ctx, long part) noexcept nogil:
+cdef void _visit_part(void *ctx, Py_ssize_t part) noexcept nogil:
     cdef _StepJob *j = <_StepJob *> ctx
     if j.single:
         j.found[part] = _visit(j.t, part, j.kind, <float> j.lr, <float> j.mu, <float> j.wd,
@@ -524,13 +524,13 @@ cdef void _visit_part(void *ctx, long part) noexcept nogil:
                                j.bc2_sqrt, j.b1, j.b2, j.eps, j.decay)
 
 
-cdef long _step_all(_Tensors *t, int kind, bint check, double lr, double mu, double wd,
+cdef Py_ssize_t _step_all(_Tensors *t, int kind, bint check, double lr, double mu, double wd,
                     bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
                     double eps, double decay, floating dummy) noexcept nogil:
     # a check pass first (if asked), then a pass of `kind` (an update, or a check); returns
     # the first tensor index with a NaN/inf gradient a check pass found (nothing updated
     # then), or -1
-    cdef long parts = t.parts, part, bad = t.count
+    cdef Py_ssize_t parts = t.parts, part, bad = t.count
     cdef _StepJob j
     cdef int run
     j.t = t
@@ -553,10 +553,10 @@ cdef long _step_all(_Tensors *t, int kind, bint check, double lr, double mu, dou
     return -1
 
 
-cdef long _run_step(_TensorList tl, int kind, bint check, double lr, double mu, double wd,
+cdef Py_ssize_t _run_step(_TensorList tl, int kind, bint check, double lr, double mu, double wd,
                     bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
                     double eps, double decay):
-    cdef long result
+    cdef Py_ssize_t result
     cdef bint single = tl.single
     with nogil:
         if single:

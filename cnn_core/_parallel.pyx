@@ -17,21 +17,21 @@ cdef extern from "nn_cpu.h" nogil:
     int nn_cpu_has_avx512f()
 
 cdef extern from "nn_team.h" nogil:
-    ctypedef void (*nn_team_fn)(void *ctx, long part) noexcept nogil
-    void nn_team_run(nn_team_fn fn, void *ctx, long parts, int threads)
+    ctypedef void (*nn_team_fn)(void *ctx, Py_ssize_t part) noexcept nogil
+    void nn_team_run(nn_team_fn fn, void *ctx, Py_ssize_t parts, int threads)
     int nn_team_own(int threads)
     void nn_team_disown()
-    unsigned long long nn_team_post(nn_team_fn fn, void *ctx, long parts, int size, int offer)
-    void nn_team_finish(unsigned long long job, nn_team_fn fn, void *ctx, long parts, int size)
+    unsigned long long nn_team_post(nn_team_fn fn, void *ctx, Py_ssize_t parts, int size, int offer)
+    void nn_team_finish(unsigned long long job, nn_team_fn fn, void *ctx, Py_ssize_t parts, int size)
     void nn_team_hold(int hold)
-    long nn_team_by_workers(int offered)
-    long nn_team_taken_back(int offered)
+    Py_ssize_t nn_team_by_workers(int offered)
+    Py_ssize_t nn_team_taken_back(int offered)
     int nn_team_workers()
     int nn_team_threads()
     void nn_team_set_threads(int n)
-    long nn_team_lates()
-    void nn_team_slow(long ns)
-    void nn_team_tune(long late_ns, long solo_min_ns, long solo_max_ns)
+    Py_ssize_t nn_team_lates()
+    void nn_team_slow(Py_ssize_t ns)
+    void nn_team_tune(Py_ssize_t late_ns, Py_ssize_t solo_min_ns, Py_ssize_t solo_max_ns)
     int NN_TEAM_MAX
 
 MAX_THREADS = 4096
@@ -70,11 +70,11 @@ cdef int num_threads() noexcept nogil:
     return nn_team_threads()
 
 
-cdef void run_parts(part_fn fn, void *ctx, long parts) noexcept nogil:
+cdef void run_parts(part_fn fn, void *ctx, Py_ssize_t parts) noexcept nogil:
     nn_team_run(fn, ctx, parts, nn_team_threads())
 
 
-cdef void run_parts_on(part_fn fn, void *ctx, long parts, int threads) noexcept nogil:
+cdef void run_parts_on(part_fn fn, void *ctx, Py_ssize_t parts, int threads) noexcept nogil:
     nn_team_run(fn, ctx, parts, threads)
 
 
@@ -86,15 +86,15 @@ cdef void duo_disown() noexcept nogil:
     nn_team_disown()
 
 
-cdef long duo_post(part_fn fn, void *ctx) noexcept nogil:
-    return <long> nn_team_post(fn, ctx, 1, 2, 1)
+cdef Py_ssize_t duo_post(part_fn fn, void *ctx) noexcept nogil:
+    return <Py_ssize_t> nn_team_post(fn, ctx, 1, 2, 1)
 
 
-cdef long duo_offer(part_fn fn, void *ctx) noexcept nogil:
+cdef Py_ssize_t duo_offer(part_fn fn, void *ctx) noexcept nogil:
     return duo_post(fn, ctx) if duo_own() else 0
 
 
-cdef void duo_finish(long ticket, part_fn fn, void *ctx) noexcept nogil:
+cdef void duo_finish(Py_ssize_t ticket, part_fn fn, void *ctx) noexcept nogil:
     if ticket == 0:
         fn(ctx, 0)
     else:
@@ -151,7 +151,7 @@ def _team_lates():
 def _team_slow(seconds):
     """Tests: a worker naps `seconds` after claiming each part (0: no nap) -- a worker the
     OS parked in the middle of a part."""
-    nn_team_slow(<long> (seconds * 1e9))
+    nn_team_slow(int(seconds * 1e9))
 
 
 def _team_tune(late=1e-3, solo_min=2e-3, solo_max=0.2):
@@ -159,7 +159,7 @@ def _team_tune(late=1e-3, solo_min=2e-3, solo_max=0.2):
     own share took) for a worker's part; the caller then runs alone for `solo_min` seconds,
     doubling while jobs keep being late, up to `solo_max` (0: never alone). Call it while
     no kernel runs."""
-    nn_team_tune(<long> (late * 1e9), <long> (solo_min * 1e9), <long> (solo_max * 1e9))
+    nn_team_tune(int(late * 1e9), int(solo_min * 1e9), int(solo_max * 1e9))
 
 
 def _team_hold(hold):

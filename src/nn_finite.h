@@ -11,6 +11,8 @@
 #ifndef NN_FINITE_H
 #define NN_FINITE_H
 
+
+#include <stddef.h>   /* ptrdiff_t: sizes and indices (64-bit wherever pointers are) */
 #include <stdint.h>
 #include <string.h>
 
@@ -20,11 +22,11 @@
 
 /* T: element type; UT: the unsigned integer of its width; EXP: its exponent bits */
 #define NN_DEFINE_ALL_FINITE(NAME, T, UT, EXP)                                              \
-    static int NAME(const T *x, long n) {                                                   \
-        for (long s = 0; s < n; s += NN_FINITE_CHUNK) {                                     \
-            long e = s + NN_FINITE_CHUNK < n ? s + NN_FINITE_CHUNK : n;                     \
+    static int NAME(const T *x, ptrdiff_t n) {                                                   \
+        for (ptrdiff_t s = 0; s < n; s += NN_FINITE_CHUNK) {                                     \
+            ptrdiff_t e = s + NN_FINITE_CHUNK < n ? s + NN_FINITE_CHUNK : n;                     \
             UT hit = 0;                                                                     \
-            for (long i = s; i < e; ++i) {                                                  \
+            for (ptrdiff_t i = s; i < e; ++i) {                                                  \
                 UT b;                                                                       \
                 memcpy(&b, x + i, sizeof(b));                                               \
                 hit |= (b & (EXP)) == (EXP);                                                \
@@ -43,14 +45,14 @@ NN_DEFINE_ALL_FINITE(nn_all_finite_f64_generic, double, uint64_t, 0x7ff000000000
 /* T: element type; VL: elements per 256-bit vector; EXP: the exponent bits, SET / CMPEQ:
  * their broadcast and lane compare */
 #define NN_DEFINE_ALL_FINITE_AVX2(NAME, T, VL, EXP, SET, CMPEQ, GENERIC)                    \
-    __attribute__((target("avx2"))) static int NAME(const T *x, long n) {                   \
+    __attribute__((target("avx2"))) static int NAME(const T *x, ptrdiff_t n) {                   \
         const __m256i exp = SET(EXP);                                                       \
-        long s = 0;                                                                         \
+        ptrdiff_t s = 0;                                                                         \
         for (; s + 4 * (VL) <= n; s += NN_FINITE_CHUNK) {                                   \
-            long e = s + NN_FINITE_CHUNK < n ? s + NN_FINITE_CHUNK : n;                     \
+            ptrdiff_t e = s + NN_FINITE_CHUNK < n ? s + NN_FINITE_CHUNK : n;                     \
             e -= (e - s) % (4 * (VL));                                                      \
             __m256i hit = _mm256_setzero_si256();                                           \
-            for (long i = s; i < e; i += 4 * (VL))                                          \
+            for (ptrdiff_t i = s; i < e; i += 4 * (VL))                                          \
                 for (int v = 0; v < 4; ++v) {                                               \
                     __m256i b = _mm256_loadu_si256((const __m256i *)(x + i + v * (VL)));    \
                     hit = _mm256_or_si256(hit, CMPEQ(_mm256_and_si256(b, exp), exp));       \
@@ -67,14 +69,14 @@ NN_DEFINE_ALL_FINITE_AVX2(nn_all_finite_f64_avx2, double, 4, 0x7ff0000000000000L
                           _mm256_set1_epi64x, _mm256_cmpeq_epi64, nn_all_finite_f64_generic)
 #endif
 
-static inline int nn_all_finite_f32(const float *x, long n) {
+static inline int nn_all_finite_f32(const float *x, ptrdiff_t n) {
 #if NN_X86
     if (nn_cpu_isa() >= NN_ISA_AVX2) return nn_all_finite_f32_avx2(x, n);
 #endif
     return nn_all_finite_f32_generic(x, n);
 }
 
-static inline int nn_all_finite_f64(const double *x, long n) {
+static inline int nn_all_finite_f64(const double *x, ptrdiff_t n) {
 #if NN_X86
     if (nn_cpu_isa() >= NN_ISA_AVX2) return nn_all_finite_f64_avx2(x, n);
 #endif

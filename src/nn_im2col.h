@@ -19,13 +19,15 @@
 #ifndef NN_IM2COL_H
 #define NN_IM2COL_H
 
+
+#include <stddef.h>   /* ptrdiff_t: sizes and indices (64-bit wherever pointers are) */
 #include "nn_cpu.h"
 
 #if NN_X86
 #include <immintrin.h>
 
 /* lanes [lo, hi) of a 16-lane chunk, both clamped to [0, 16] */
-static inline unsigned nn_lanes(long lo, long hi) {
+static inline unsigned nn_lanes(ptrdiff_t lo, ptrdiff_t hi) {
     lo = lo < 0 ? 0 : (lo > 16 ? 16 : lo);
     hi = hi < lo ? lo : (hi > 16 ? 16 : hi);
     return ((1u << hi) - 1u) & ~((1u << lo) - 1u);
@@ -33,7 +35,7 @@ static inline unsigned nn_lanes(long lo, long hi) {
 
 /* the lanes of the chunk at j0 of an OW-wide output row: `out` those inside the row,
  * `valid` those whose input column is inside [0, W) */
-static inline void nn_chunk_masks(long j0, long OW, long ow_lo, long ow_hi, __mmask16 *valid,
+static inline void nn_chunk_masks(ptrdiff_t j0, ptrdiff_t OW, ptrdiff_t ow_lo, ptrdiff_t ow_hi, __mmask16 *valid,
                                   __mmask16 *out) {
     *valid = (__mmask16)nn_lanes(ow_lo - j0, ow_hi - j0);
     *out = (__mmask16)nn_lanes(0, OW - j0);
@@ -42,22 +44,22 @@ static inline void nn_chunk_masks(long j0, long OW, long ow_lo, long ow_hi, __mm
 enum { NN_IM2COL_CHUNKS = 8 };   /* masks kept for rows of up to 8 chunks (128 columns) */
 
 __attribute__((target("avx512f"))) static void nn_im2col_row_s1_avx512(
-        const float *plane, long H, long W, long kh, long kw, long sh, long ph, long pw,
-        long OH, long OW, long ow_lo, long ow_hi, float *dst) {
+        const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw,
+        ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t ow_lo, ptrdiff_t ow_hi, float *dst) {
     const __m512 zero = _mm512_setzero_ps();
-    const long chunks = (OW + 15) / 16, end = OH * OW;
+    const ptrdiff_t chunks = (OW + 15) / 16, end = OH * OW;
     __mmask16 valid[NN_IM2COL_CHUNKS], out[NN_IM2COL_CHUNKS];
     /* the same masks for every output row: worked out once (they cost more than the copy) */
-    for (long c = 0; c < chunks && c < NN_IM2COL_CHUNKS; ++c)
+    for (ptrdiff_t c = 0; c < chunks && c < NN_IM2COL_CHUNKS; ++c)
         nn_chunk_masks(16 * c, OW, ow_lo, ow_hi, &valid[c], &out[c]);
-    for (long oh = 0; oh < OH; ++oh) {
-        long ih = oh * sh - ph + kh;
+    for (ptrdiff_t oh = 0; oh < OH; ++oh) {
+        ptrdiff_t ih = oh * sh - ph + kh;
         int inside = ih >= 0 && ih < H;
         float *d = dst + oh * OW;
         /* lane ow of chunk j0 reads row[j0 + ow], row = the input row shifted by kw - pw */
         const float *row = inside ? plane + ih * W + (kw - pw) : plane;
-        for (long c = 0; c < chunks; ++c) {
-            long j0 = 16 * c;
+        for (ptrdiff_t c = 0; c < chunks; ++c) {
+            ptrdiff_t j0 = 16 * c;
             __mmask16 v, o;
             if (c < NN_IM2COL_CHUNKS) {
                 v = valid[c];
@@ -83,19 +85,19 @@ __attribute__((target("avx512f"))) static void nn_im2col_row_s1_avx512(
  * each chunk back soon after a store that overlaps it by all but one lane, which the
  * store-to-load forwarding cannot serve (measured slower than the scalar loop). */
 __attribute__((target("avx512f"))) static void nn_col2im_plane_s1_avx512(
-        const float *col, long ldc, long H, long W, long KH, long KW, long sh, long ph,
-        long pw, long OH, long OW, float *plane) {
-    for (long ih = 0; ih < H; ++ih) {
+        const float *col, ptrdiff_t ldc, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t ph,
+        ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW, float *plane) {
+    for (ptrdiff_t ih = 0; ih < H; ++ih) {
         float *xr = plane + ih * W;
-        for (long iw0 = 0; iw0 < W; iw0 += 16) {
+        for (ptrdiff_t iw0 = 0; iw0 < W; iw0 += 16) {
             __mmask16 out = (__mmask16)nn_lanes(0, W - iw0);
             __m512 acc = _mm512_maskz_loadu_ps(out, xr + iw0);
-            for (long kh = 0; kh < KH; ++kh) {
-                long t = ih + ph - kh, oh;
+            for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                ptrdiff_t t = ih + ph - kh, oh;
                 if (t < 0 || t % sh != 0 || (oh = t / sh) >= OH)
                     continue;
-                for (long kw = 0; kw < KW; ++kw) {
-                    long off = iw0 + pw - kw;   /* the output column of lane 0 */
+                for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                    ptrdiff_t off = iw0 + pw - kw;   /* the output column of lane 0 */
                     __mmask16 valid = out & (__mmask16)nn_lanes(-off, OW - off);
                     const float *src = col + (kh * KW + kw) * ldc + oh * OW + off;
                     acc = _mm512_mask_add_ps(acc, valid, acc, _mm512_maskz_loadu_ps(valid, src));
@@ -106,14 +108,14 @@ __attribute__((target("avx512f"))) static void nn_col2im_plane_s1_avx512(
     }
 }
 #else
-static void nn_im2col_row_s1_avx512(const float *plane, long H, long W, long kh, long kw,
-                                    long sh, long ph, long pw, long OH, long OW, long ow_lo,
-                                    long ow_hi, float *dst) {
+static void nn_im2col_row_s1_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                                    ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t ow_lo,
+                                    ptrdiff_t ow_hi, float *dst) {
     (void)plane; (void)H; (void)W; (void)kh; (void)kw; (void)sh; (void)ph; (void)pw;
     (void)OH; (void)OW; (void)ow_lo; (void)ow_hi; (void)dst;
 }
-static void nn_col2im_plane_s1_avx512(const float *col, long ldc, long H, long W, long KH,
-                                      long KW, long sh, long ph, long pw, long OH, long OW,
+static void nn_col2im_plane_s1_avx512(const float *col, ptrdiff_t ldc, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,
+                                      ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW,
                                       float *plane) {
     (void)col; (void)ldc; (void)H; (void)W; (void)KH; (void)KW; (void)sh; (void)ph; (void)pw;
     (void)OH; (void)OW; (void)plane;

@@ -20,6 +20,8 @@
 #ifndef NN_LANES_H
 #define NN_LANES_H
 
+
+#include <stddef.h>   /* ptrdiff_t: sizes and indices (64-bit wherever pointers are) */
 #include "nn_cpu.h"
 
 enum { NN_LANES = 32, NN_LANE_SUM = 0, NN_LANE_SUM_SQ_DEV = 1, NN_LANE_SUM_G_DEV = 2 };
@@ -31,10 +33,10 @@ enum { NN_LANES = 32, NN_LANE_SUM = 0, NN_LANE_SUM_SQ_DEV = 1, NN_LANE_SUM_G_DEV
 
 /* lanes[l] = the sum of lane l over the first n32 values (n32 a multiple of NN_LANES) */
 #define NN_DEFINE_LANES_PORTABLE(name, T)                                                    \
-    static void name(const T *g, const T *v, long n32, double mean, int kind,               \
+    static void name(const T *g, const T *v, ptrdiff_t n32, double mean, int kind,               \
                      double *lanes) {                                                       \
         for (int l = 0; l < NN_LANES; ++l) lanes[l] = 0;                                    \
-        for (long i = 0; i < n32; i += NN_LANES)                                            \
+        for (ptrdiff_t i = 0; i < n32; i += NN_LANES)                                            \
             for (int l = 0; l < NN_LANES; ++l) lanes[l] += NN_LANE_TERM(g, v, i + l, mean, kind); \
     }
 
@@ -51,12 +53,12 @@ NN_DEFINE_LANES_PORTABLE(nn_lanes_f64_portable, double)
 #define NN_LOAD8_F64(p, i) _mm512_loadu_pd((p) + (i))
 
 #define NN_DEFINE_LANES_AVX512(name, T, LOAD8)                                               \
-    __attribute__((target("avx512f"))) static void name(const T *g, const T *v, long n32,  \
+    __attribute__((target("avx512f"))) static void name(const T *g, const T *v, ptrdiff_t n32,  \
                                                         double mean, int kind,              \
                                                         double *lanes) {                    \
         __m512d acc[4], m = _mm512_set1_pd(mean);                                           \
         for (int q = 0; q < 4; ++q) acc[q] = _mm512_setzero_pd();                           \
-        for (long i = 0; i < n32; i += NN_LANES) {                                          \
+        for (ptrdiff_t i = 0; i < n32; i += NN_LANES) {                                          \
             for (int q = 0; q < 4; ++q) {                                                   \
                 __m512d t = LOAD8(v, i + 8 * q);                                            \
                 if (kind == NN_LANE_SUM_SQ_DEV) {                                           \
@@ -82,11 +84,11 @@ NN_DEFINE_LANES_AVX512(nn_lanes_f64_avx512, double, NN_LOAD8_F64)
 
 #define NN_DEFINE_LANES_AVX2(name, T, LOAD4)                                                 \
     __attribute__((target("avx2,no-fma"))) static void name(const T *g, const T *v,        \
-                                                            long n32, double mean,          \
+                                                            ptrdiff_t n32, double mean,          \
                                                             int kind, double *lanes) {      \
         __m256d acc[8], m = _mm256_set1_pd(mean);                                           \
         for (int q = 0; q < 8; ++q) acc[q] = _mm256_setzero_pd();                           \
-        for (long i = 0; i < n32; i += NN_LANES) {                                          \
+        for (ptrdiff_t i = 0; i < n32; i += NN_LANES) {                                          \
             for (int q = 0; q < 8; ++q) {                                                   \
                 __m256d t = LOAD4(v, i + 4 * q);                                            \
                 if (kind == NN_LANE_SUM_SQ_DEV) {                                           \
@@ -122,13 +124,13 @@ NN_DEFINE_LANES_AVX2(nn_lanes_f64_avx2, double, NN_LOAD4_F64)
 #endif
 
 #define NN_DEFINE_LANE_SUM(f, T)                                                             \
-    static inline double nn_lane_sum_##f(const T *g, const T *v, long n, double mean,       \
+    static inline double nn_lane_sum_##f(const T *g, const T *v, ptrdiff_t n, double mean,       \
                                          int kind) {                                        \
         double lanes[NN_LANES], total = 0;                                                  \
-        long n32 = n - n % NN_LANES;                                                        \
+        ptrdiff_t n32 = n - n % NN_LANES;                                                        \
         NN_LANES_BY_ISA(f, g, v, n32, mean, kind, lanes);                                   \
         for (int l = 0; l < NN_LANES; ++l) total += lanes[l];                               \
-        for (long i = n32; i < n; ++i) total += NN_LANE_TERM(g, v, i, mean, kind);          \
+        for (ptrdiff_t i = n32; i < n; ++i) total += NN_LANE_TERM(g, v, i, mean, kind);          \
         return total;                                                                       \
     }
 

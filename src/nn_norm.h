@@ -13,6 +13,8 @@
 #ifndef NN_NORM_H
 #define NN_NORM_H
 
+
+#include <stddef.h>   /* ptrdiff_t: sizes and indices (64-bit wherever pointers are) */
 #include "nn_cpu.h"
 
 #if NN_X86
@@ -20,11 +22,11 @@
 
 #define NN_NORM_RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
-__attribute__((target("avx512f"))) static long nn_normalise_f32_avx512(
-        const float *x, float *y, long S, double a, double b) {
+__attribute__((target("avx512f"))) static ptrdiff_t nn_normalise_f32_avx512(
+        const float *x, float *y, ptrdiff_t S, double a, double b) {
     const __m512d va = _mm512_set1_pd(a), vb = _mm512_set1_pd(b);
-    long S8 = S - S % 8;
-    for (long s = 0; s < S8; s += 8) {
+    ptrdiff_t S8 = S - S % 8;
+    for (ptrdiff_t s = 0; s < S8; s += 8) {
         __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + s));
         v = _mm512_add_round_pd(_mm512_mul_round_pd(v, va, NN_NORM_RN), vb, NN_NORM_RN);
         _mm256_storeu_ps(y + s, _mm512_cvtpd_ps(v));
@@ -32,13 +34,13 @@ __attribute__((target("avx512f"))) static long nn_normalise_f32_avx512(
     return S8;
 }
 
-__attribute__((target("avx512f"))) static long nn_grad_x_f32_avx512(
-        const float *g, const float *x, float *dx, long S, double k, double mg, double mgx,
+__attribute__((target("avx512f"))) static ptrdiff_t nn_grad_x_f32_avx512(
+        const float *g, const float *x, float *dx, ptrdiff_t S, double k, double mg, double mgx,
         float mu, float inv, int training) {
     const __m512d vk = _mm512_set1_pd(k), vmg = _mm512_set1_pd(mg), vmgx = _mm512_set1_pd(mgx);
     const __m256 vmu = _mm256_set1_ps(mu), vinv = _mm256_set1_ps(inv);
-    long S8 = S - S % 8;
-    for (long s = 0; s < S8; s += 8) {
+    ptrdiff_t S8 = S - S % 8;
+    for (ptrdiff_t s = 0; s < S8; s += 8) {
         __m512d gd = _mm512_cvtps_pd(_mm256_loadu_ps(g + s)), r;
         if (training) {
             /* (x - mu) inv in float: a difference then a product, which nothing can fuse */
@@ -57,7 +59,7 @@ __attribute__((target("avx512f"))) static long nn_grad_x_f32_avx512(
 #endif
 
 /* the leading values done by AVX-512 (0 where the CPU, or NN_ISA, has none) */
-static inline long nn_normalise_f32(const float *x, float *y, long S, double a, double b) {
+static inline ptrdiff_t nn_normalise_f32(const float *x, float *y, ptrdiff_t S, double a, double b) {
 #if NN_X86
     if (nn_cpu_isa() >= NN_ISA_AVX512)
         return nn_normalise_f32_avx512(x, y, S, a, b);
@@ -66,7 +68,7 @@ static inline long nn_normalise_f32(const float *x, float *y, long S, double a, 
     return 0;
 }
 
-static inline long nn_grad_x_f32(const float *g, const float *x, float *dx, long S, double k,
+static inline ptrdiff_t nn_grad_x_f32(const float *g, const float *x, float *dx, ptrdiff_t S, double k,
                                  double mg, double mgx, float mu, float inv, int training) {
 #if NN_X86
     if (nn_cpu_isa() >= NN_ISA_AVX512)

@@ -8,17 +8,19 @@
 #ifndef NN_PEAK_H
 #define NN_PEAK_H
 
+
+#include <stddef.h>   /* ptrdiff_t: sizes and indices (64-bit wherever pointers are) */
 #include "nn_cpu.h"
 
 #define NN_DEFINE_PEAK(NAME, VL, TARGET)                                                     \
     typedef float NAME##_v __attribute__((vector_size((VL) * sizeof(float))));              \
-    TARGET static double NAME(long reps) {                                                  \
+    TARGET static double NAME(ptrdiff_t reps) {                                                  \
         enum { ACC = 24 };                                                                  \
         NAME##_v acc[ACC], x = {0}, y = {0};                                                \
         x += 0.999999f;                                                                     \
         y += 1e-7f;                                                                         \
         for (int i = 0; i < ACC; ++i) acc[i] = (NAME##_v){0} + (float)i;                    \
-        for (long r = 0; r < reps; ++r) {                                                   \
+        for (ptrdiff_t r = 0; r < reps; ++r) {                                                   \
             NN_PRAGMA(GCC unroll 24)                                                        \
             for (int i = 0; i < ACC; ++i) acc[i] = acc[i] * x + y;                          \
             __asm__ volatile("" : "+x"(x));   /* keep the loop: x may change */             \
@@ -40,7 +42,7 @@ NN_DEFINE_PEAK(nn_fma_peak_avx2, 8, __attribute__((target("avx2,fma"))))
 NN_DEFINE_PEAK(nn_fma_peak_avx512, 16, __attribute__((target("avx512f,avx2,fma"))))
 #endif
 
-static double nn_fma_peak_loop(int isa, long reps) {
+static double nn_fma_peak_loop(int isa, ptrdiff_t reps) {
 #if NN_X86
     if (isa >= NN_ISA_AVX512) return nn_fma_peak_avx512(reps);
     if (isa >= NN_ISA_AVX2) return nn_fma_peak_avx2(reps);

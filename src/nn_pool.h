@@ -15,6 +15,8 @@
 #ifndef NN_POOL_H
 #define NN_POOL_H
 
+
+#include <stddef.h>   /* ptrdiff_t: sizes and indices (64-bit wherever pointers are) */
 #include <stdint.h>
 
 #include "nn_cpu.h"
@@ -32,7 +34,7 @@
     } while (0)
 
 __attribute__((target("avx512f"))) static void nn_maxpool2x2_row_avx512(
-        const float *r0, const float *r1, long OW, long base, long W, float *out,
+        const float *r0, const float *r1, ptrdiff_t OW, ptrdiff_t base, ptrdiff_t W, float *out,
         int64_t *idx) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
                                            28, 30);
@@ -40,11 +42,11 @@ __attribute__((target("avx512f"))) static void nn_maxpool2x2_row_avx512(
     const __m512i lane2 = _mm512_slli_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
     const __m512i one = _mm512_set1_epi32(1), width = _mm512_set1_epi32((int)W);
-    for (long ow = 0; ow < OW; ow += 16) {
-        long rem = OW - ow < 16 ? OW - ow : 16;          /* outputs in this chunk */
+    for (ptrdiff_t ow = 0; ow < OW; ow += 16) {
+        ptrdiff_t rem = OW - ow < 16 ? OW - ow : 16;          /* outputs in this chunk */
         __mmask16 out_mask = (__mmask16)((1u << rem) - 1u);
         /* 2*rem inputs per row: the first 16 in lo, the rest in hi */
-        long in_lo = 2 * rem < 16 ? 2 * rem : 16, in_hi = 2 * rem - in_lo;
+        ptrdiff_t in_lo = 2 * rem < 16 ? 2 * rem : 16, in_hi = 2 * rem - in_lo;
         __mmask16 m_lo = (__mmask16)((1u << in_lo) - 1u);
         __mmask16 m_hi = (__mmask16)((1u << in_hi) - 1u);
         const float *p0 = r0 + 2 * ow, *p1 = r1 + 2 * ow;

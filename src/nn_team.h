@@ -37,6 +37,8 @@
 #ifndef NN_TEAM_H
 #define NN_TEAM_H
 
+
+#include <stddef.h>   /* ptrdiff_t: sizes and indices (64-bit wherever pointers are) */
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -74,7 +76,7 @@
 #define NN_TEAM_SOLO_MAX_NS 200000000L
 #define NN_TEAM_AGAIN_NS 10000000L
 
-typedef void (*nn_team_fn)(void *ctx, long part);
+typedef void (*nn_team_fn)(void *ctx, ptrdiff_t part);
 
 typedef struct {
     _Alignas(64) atomic_uint_least64_t word;   /* job << 32 | front << 16 | back */
@@ -84,22 +86,22 @@ static struct {
     _Alignas(64) atomic_uint_least64_t job;    /* the current job's number */
     _Atomic(nn_team_fn) fn;                    /* the job (written before `job`) */
     _Atomic(void *) ctx;
-    atomic_long parts;
+    atomic_ptrdiff_t parts;
     atomic_int size;                           /* participants 0 .. size-1 take part */
     atomic_int offer;                          /* the caller's block is empty */
-    _Alignas(64) atomic_long done;             /* parts finished */
+    _Alignas(64) atomic_ptrdiff_t done;             /* parts finished */
     atomic_int caller_sleeping;
     _Alignas(64) atomic_int busy;              /* a caller owns the team */
     atomic_int sleepers;                       /* workers in (or going into) cond_wait */
     atomic_int hold;                           /* tests: workers claim nothing */
-    atomic_long solo_until;                    /* no worker is offered a job before then */
-    atomic_long lates;                         /* late jobs (tests, benchmarks) */
-    atomic_long slow_ns;                       /* tests: a worker naps this long per part */
-    long posted_ns, solo_ns;                   /* (owner only) */
-    long late_ns, solo_min_ns, solo_max_ns;    /* NN_TEAM_LATE_NS ... (benchmarks may tune) */
+    atomic_ptrdiff_t solo_until;                    /* no worker is offered a job before then */
+    atomic_ptrdiff_t lates;                         /* late jobs (tests, benchmarks) */
+    atomic_ptrdiff_t slow_ns;                       /* tests: a worker naps this long per part */
+    ptrdiff_t posted_ns, solo_ns;                   /* (owner only) */
+    ptrdiff_t late_ns, solo_min_ns, solo_max_ns;    /* NN_TEAM_LATE_NS ... (benchmarks may tune) */
     /* tests: parts run by the workers, and parts of the workers' blocks run by the caller,
      * of jobs run (index 0) and of jobs offered (index 1) */
-    atomic_long by_workers[2], taken_back[2];
+    atomic_ptrdiff_t by_workers[2], taken_back[2];
     nn_team_block block[NN_TEAM_MAX];
     uint64_t number;                           /* the last job number (owner only) */
     int workers;                               /* started (owner only) */
@@ -112,23 +114,23 @@ static struct {
              .finished = PTHREAD_COND_INITIALIZER, .late_ns = NN_TEAM_LATE_NS,
              .solo_min_ns = NN_TEAM_SOLO_MIN_NS, .solo_max_ns = NN_TEAM_SOLO_MAX_NS};
 
-static long nn_team_now_ns(void) {
+static ptrdiff_t nn_team_now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long)t.tv_sec * 1000000000L + t.tv_nsec;
+    return (ptrdiff_t)t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
-static inline uint64_t nn_team_word(uint64_t job, long front, long back) {
+static inline uint64_t nn_team_word(uint64_t job, ptrdiff_t front, ptrdiff_t back) {
     return (job << 32) | ((uint64_t)front << 16) | (uint64_t)back;
 }
 
 /* Claim a part of participant q's block for job `job`: from the front (q's own) or the
  * back (another's); -1 when the block is empty or the job is over. */
-static long nn_team_claim(int q, uint64_t job, int from_front) {
+static ptrdiff_t nn_team_claim(int q, uint64_t job, int from_front) {
     atomic_uint_least64_t *w = &nn_team.block[q].word;
     uint64_t old = atomic_load_explicit(w, memory_order_acquire);
     for (;;) {
-        long front = (long)((old >> 16) & 0xffff), back = (long)(old & 0xffff);
+        ptrdiff_t front = (ptrdiff_t)((old >> 16) & 0xffff), back = (ptrdiff_t)(old & 0xffff);
         if ((old >> 32) != (job & 0xffffffffu) || front >= back)
             return -1;
         uint64_t new_ = from_front ? nn_team_word(job & 0xffffffffu, front + 1, back)
@@ -139,7 +141,7 @@ static long nn_team_claim(int q, uint64_t job, int from_front) {
     }
 }
 
-static void nn_team_part_done(long parts) {
+static void nn_team_part_done(ptrdiff_t parts) {
     if (atomic_fetch_add(&nn_team.done, 1) + 1 == parts && atomic_load(&nn_team.caller_sleeping)) {
         pthread_mutex_lock(&nn_team.mutex);
         pthread_cond_signal(&nn_team.finished);
@@ -149,7 +151,7 @@ static void nn_team_part_done(long parts) {
 
 /* tests: a worker that has claimed a part naps first, as if the OS had parked it there */
 static void nn_team_nap(void) {
-    long ns = atomic_load_explicit(&nn_team.slow_ns, memory_order_relaxed);
+    ptrdiff_t ns = atomic_load_explicit(&nn_team.slow_ns, memory_order_relaxed);
     if (ns > 0) {
         struct timespec t = {ns / 1000000000L, ns % 1000000000L};
         nanosleep(&t, NULL);
@@ -159,9 +161,9 @@ static void nn_team_nap(void) {
 /* participant `me`'s work on job `job`: its own block, then the others' from the back.
  * Each part is counted (tests) before it is reported done: in *ran (any part) and in
  * *others (a part of another's block), where not NULL. */
-static void nn_team_work(int me, uint64_t job, nn_team_fn fn, void *ctx, long parts, int size,
-                         atomic_long *ran, atomic_long *others) {
-    long p;
+static void nn_team_work(int me, uint64_t job, nn_team_fn fn, void *ctx, ptrdiff_t parts, int size,
+                         atomic_ptrdiff_t *ran, atomic_ptrdiff_t *others) {
+    ptrdiff_t p;
     while ((p = nn_team_claim(me, job, 1)) >= 0) {
         if (me != 0)
             nn_team_nap();
@@ -188,14 +190,14 @@ static void nn_team_work(int me, uint64_t job, nn_team_fn fn, void *ctx, long pa
 static void *nn_team_main(void *arg) {
     int me = (int)(intptr_t)arg;
     uint64_t seen = atomic_load(&nn_team.job);
-    long since = nn_team_now_ns();
+    ptrdiff_t since = nn_team_now_ns();
     for (unsigned spins = 1;; ++spins) {
         uint64_t job = atomic_load_explicit(&nn_team.job, memory_order_acquire);
         if (job != seen) {
             seen = job;
             nn_team_fn fn = atomic_load_explicit(&nn_team.fn, memory_order_relaxed);
             void *ctx = atomic_load_explicit(&nn_team.ctx, memory_order_relaxed);
-            long parts = atomic_load_explicit(&nn_team.parts, memory_order_relaxed);
+            ptrdiff_t parts = atomic_load_explicit(&nn_team.parts, memory_order_relaxed);
             int size = atomic_load_explicit(&nn_team.size, memory_order_relaxed);
             int offer = atomic_load_explicit(&nn_team.offer, memory_order_relaxed);
             if (me < size && !atomic_load_explicit(&nn_team.hold, memory_order_relaxed))
@@ -294,7 +296,7 @@ static void nn_team_disown(void) { atomic_store_explicit(&nn_team.busy, 0, memor
 /* (owner only) post a job of `parts` parts to `size` participants; `offer`: the caller's
  * block is empty (the workers' blocks share the parts), else part blocks as even as they
  * go, participant 0 first. The job's number, for nn_team_finish. */
-static uint64_t nn_team_post(nn_team_fn fn, void *ctx, long parts, int size, int offer) {
+static uint64_t nn_team_post(nn_team_fn fn, void *ctx, ptrdiff_t parts, int size, int offer) {
     nn_team.posted_ns = nn_team_now_ns();
     uint64_t job = ++nn_team.number & 0xffffffffu;
     if (job == 0)
@@ -307,7 +309,7 @@ static uint64_t nn_team_post(nn_team_fn fn, void *ctx, long parts, int size, int
     atomic_store_explicit(&nn_team.done, 0, memory_order_relaxed);
     int first = offer ? 1 : 0, sharers = size - first;
     for (int q = 0; q < size; ++q) {
-        long front = 0, back = 0;
+        ptrdiff_t front = 0, back = 0;
         if (q >= first) {
             int i = q - first;
             if (parts <= sharers) {
@@ -332,11 +334,11 @@ static uint64_t nn_team_post(nn_team_fn fn, void *ctx, long parts, int size, int
 
 /* (owner only) the job's parts all done when this returns: those nobody claimed run here,
  * then the caller waits for the ones others are running. Gives the team back. */
-static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, long parts, int size) {
+static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, ptrdiff_t parts, int size) {
     int offer = atomic_load_explicit(&nn_team.offer, memory_order_relaxed) != 0;
     nn_team_work(0, job, fn, ctx, parts, size, NULL, &nn_team.taken_back[offer]);
     if (atomic_load_explicit(&nn_team.done, memory_order_acquire) != parts) {
-        long start = nn_team_now_ns(), waited;
+        ptrdiff_t start = nn_team_now_ns(), waited;
         for (unsigned spins = 1;
              atomic_load_explicit(&nn_team.done, memory_order_acquire) != parts; ++spins) {
             NN_TEAM_PAUSE();
@@ -354,14 +356,14 @@ static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, long parts, i
             pthread_mutex_unlock(&nn_team.mutex);
             break;
         }
-        long now = nn_team_now_ns();
+        ptrdiff_t now = nn_team_now_ns();
         waited = now - start;
         if (waited > nn_team.late_ns && waited > start - nn_team.posted_ns) {
             /* late: alone for a while -- twice as long as last time if this job was
              * posted soon after that time alone (the machine is still busy), else the
              * shortest time (a late job now and then on an idle machine: a page fault, a
              * virtual CPU descheduled by its host) */
-            long since = nn_team.posted_ns -
+            ptrdiff_t since = nn_team.posted_ns -
                          atomic_load_explicit(&nn_team.solo_until, memory_order_relaxed);
             nn_team.solo_ns = since < nn_team.solo_ns + NN_TEAM_AGAIN_NS
                                   ? nn_team.solo_ns * 2 : nn_team.solo_min_ns;
@@ -378,10 +380,10 @@ static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, long parts, i
 }
 
 /* fn(ctx, p) for p in [0, parts), on up to `threads` threads, the caller one of them */
-static void nn_team_run(nn_team_fn fn, void *ctx, long parts, int threads) {
+static void nn_team_run(nn_team_fn fn, void *ctx, ptrdiff_t parts, int threads) {
     int size = parts >= 2 && parts <= NN_TEAM_MAX_PARTS ? nn_team_own(threads) : 0;
     if (size == 0) {
-        for (long p = 0; p < parts; ++p)
+        for (ptrdiff_t p = 0; p < parts; ++p)
             fn(ctx, p);
         return;
     }
@@ -400,14 +402,14 @@ static void nn_team_hold(int hold) {
     if (hold)       /* (and jobs are posted again at once: a held worker is never late) */
         atomic_store(&nn_team.solo_until, 0);
 }
-static long nn_team_by_workers(int offered) { return atomic_load(&nn_team.by_workers[offered != 0]); }
-static long nn_team_taken_back(int offered) { return atomic_load(&nn_team.taken_back[offered != 0]); }
+static ptrdiff_t nn_team_by_workers(int offered) { return atomic_load(&nn_team.by_workers[offered != 0]); }
+static ptrdiff_t nn_team_taken_back(int offered) { return atomic_load(&nn_team.taken_back[offered != 0]); }
 static int nn_team_workers(void) { return nn_team.workers; }
-static long nn_team_lates(void) { return atomic_load(&nn_team.lates); }
-static void nn_team_slow(long ns) { atomic_store(&nn_team.slow_ns, ns); }
+static ptrdiff_t nn_team_lates(void) { return atomic_load(&nn_team.lates); }
+static void nn_team_slow(ptrdiff_t ns) { atomic_store(&nn_team.slow_ns, ns); }
 /* benchmarks: how late is late, and the shortest and longest time alone after it (only
  * while no kernel runs) */
-static void nn_team_tune(long late_ns, long solo_min_ns, long solo_max_ns) {
+static void nn_team_tune(ptrdiff_t late_ns, ptrdiff_t solo_min_ns, ptrdiff_t solo_max_ns) {
     nn_team.late_ns = late_ns;
     nn_team.solo_min_ns = solo_min_ns;
     nn_team.solo_max_ns = solo_max_ns;

@@ -908,8 +908,12 @@ def test_bench_quick_gemm_table(capsys):
     for row in rows:
         match = re.search(r"(\d+) GF/s +(\d+)% +\d+ GF/s +\d+\.\d\dx ", row)
         assert match, row
-        # the % of peak column is the GFLOP/s over the measured peak
-        assert abs(int(match.group(2)) - 100 * int(match.group(1)) / peak) <= 1.0, row
+        # the % of peak column is the GFLOP/s over the measured peak; all three are printed
+        # rounded to integers (+-0.5 each), which moves the quotient by up to this much (a
+        # low peak, on a busy machine, makes it more than 1 point)
+        gf = int(match.group(1))
+        slack = 0.5 + 100 * 0.5 / peak + 100 * (gf + 0.5) * 0.5 / (peak * (peak - 0.5)) + 1e-9
+        assert abs(int(match.group(2)) - 100 * gf / peak) <= slack, (row, peak)
         assert bool(re.search(r"GF/s +\d+% +\d+\.\d\dx$", row)) == torch_installed, row
     # and the thread-scaling row (when the machine has two threads to scale to)
     scaling = [line for line in lines if "speed-up from 1 to" in line]
