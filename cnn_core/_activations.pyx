@@ -359,8 +359,8 @@ cdef void _rows_part(void *ctx, Py_ssize_t t) noexcept nogil:
             softmax_rows(<const double *> r.a + at, <double *> r.y + at, rows, r.c)
 
 
-cdef void rows_parallel(bint backward, const floating *a, const floating *b, floating *y, Py_ssize_t n,
-                        Py_ssize_t c, int threads) noexcept nogil:
+cdef void rows_parallel(bint backward, const floating *a, const floating *b, floating *y,
+                        Py_ssize_t n, Py_ssize_t c, int threads) noexcept nogil:
     cdef Py_ssize_t parts = span_parts(n * c, SPAN_MIN, threads)
     if parts > n:
         parts = n

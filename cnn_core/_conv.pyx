@@ -70,8 +70,8 @@ cdef extern from "nn_scratch.h" nogil:
     void *nn_scratch(int slot, size_t nbytes)
 
 cdef extern from "nn_pool.h" nogil:
-    void nn_maxpool2x2_row_avx512(const float *r0, const float *r1, Py_ssize_t OW, Py_ssize_t base, Py_ssize_t W,
-                                  float *out, int64_t *idx)
+    void nn_maxpool2x2_row_avx512(const float *r0, const float *r1, Py_ssize_t OW, Py_ssize_t base,
+                                  Py_ssize_t W, float *out, int64_t *idx)
 
 cdef extern from "nn_cpu.h" nogil:
     int nn_cpu_isa()
@@ -82,12 +82,13 @@ cdef extern from "nn_cpu.h" nogil:
 cdef bint _pool_avx512 = nn_cpu_isa() >= NN_ISA_AVX512
 
 cdef extern from "nn_im2col.h" nogil:
-    void nn_im2col_row_s1_avx512(const float *plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ow_lo, Py_ssize_t ow_hi,
+    void nn_im2col_row_s1_avx512(const float *plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                                 Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t ph, Py_ssize_t pw,
+                                 Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ow_lo, Py_ssize_t ow_hi,
                                  float *dst)
-    void nn_col2im_plane_s1_avx512(const float *col, Py_ssize_t ldc, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
-                                   Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW,
-                                   float *plane)
+    void nn_col2im_plane_s1_avx512(const float *col, Py_ssize_t ldc, Py_ssize_t H, Py_ssize_t W,
+                                   Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t ph,
+                                   Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW, float *plane)
 
 # im2col / col2im rows by AVX-512 masks (float32, unit column stride): src/nn_im2col.h
 cdef bint _rows_avx512 = _pool_avx512
@@ -118,24 +119,25 @@ cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexce
     return lo if v < lo else (hi if v > hi else v)
 
 
-cdef inline int _gemm(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                      Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      floating beta) noexcept nogil:
+cdef inline int _gemm(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                      Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                      Py_ssize_t n, Py_ssize_t k, floating beta) noexcept nogil:
     if floating is float:
         return sgemm_serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0)
     else:
         return dgemm_serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, 1, beta, NULL, 0)
 
 
-cdef inline void _valid_columns(Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pw, Py_ssize_t W, Py_ssize_t OW, Py_ssize_t *lo,
-                                Py_ssize_t *hi) noexcept nogil:
+cdef inline void _valid_columns(Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pw, Py_ssize_t W,
+                                Py_ssize_t OW, Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil:
     # [lo, hi): the output columns ow whose input column iw = ow*sw - pw + kw is inside [0, W)
     lo[0] = _clamp(_floor_div(pw - kw + sw - 1, sw), 0, OW)
     hi[0] = _clamp(_floor_div(W - 1 + pw - kw, sw) + 1, lo[0], OW)
 
 
-cdef void im2col(const floating *x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
-                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW, floating *col, Py_ssize_t ldc) noexcept nogil:
+cdef void im2col(const floating *x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
+                 Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                 Py_ssize_t OH, Py_ssize_t OW, floating *col, Py_ssize_t ldc) noexcept nogil:
     # x (C, H, W) -> col (C*KH*KW, OH*OW), row r at col + r*ldc (ldc >= OH*OW: a column
     # block of a wider matrix); positions in the zero padding read as 0
     cdef Py_ssize_t c, kh, kw, oh, ow, ih, ow_lo, ow_hi
@@ -186,8 +188,9 @@ cdef void im2col(const floating *x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py
                         dst[oh * OW + ow] = 0
 
 
-cdef void col2im(const floating *col, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
-                 Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t OH, Py_ssize_t OW, floating *x, Py_ssize_t ldc) noexcept nogil:
+cdef void col2im(const floating *col, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
+                 Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                 Py_ssize_t OH, Py_ssize_t OW, floating *x, Py_ssize_t ldc) noexcept nogil:
     # adds col (C*KH*KW, OH*OW; row r at col + r*ldc) back into x (C, H, W), which the caller
     # zeroed: the adjoint of im2col
     cdef Py_ssize_t c, kh, kw, oh, ow, ih, ow_lo, ow_hi
@@ -279,7 +282,8 @@ cdef inline bint _forward_by_rows(ConvShape s) noexcept nogil:
 
 
 cdef int conv_forward_samples(const floating *x, const floating *w, const floating *b,
-                              floating *out, ConvShape s, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+                              floating *out, ConvShape s, Py_ssize_t n0,
+                              Py_ssize_t n1) noexcept nogil:
     # samples [n0, n1), G at a time: col (CKK, G*P) = [im2col(x[n]) for the G samples],
     # prod (O, G*P) = w @ col, out[n] = prod's block of sample n + b -- or, when its tiles
     # waste less (_forward_by_rows), prod (G*P, O) = col.T @ w.T, each block transposed
@@ -591,8 +595,8 @@ cdef _check_bias(str name, b, Py_ssize_t o, dtype):
     return b
 
 
-cdef _forward_typed(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, const floating[::1] b,
-                    floating[:, :, :, ::1] out, ConvShape s):
+cdef _forward_typed(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                    const floating[::1] b, floating[:, :, :, ::1] out, ConvShape s):
     cdef int threads = num_threads(), status
     if s.N == 0 or s.O == 0:
         return
@@ -696,7 +700,8 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
 # ---------------------------------------------------------------------------------------------
 # max pooling
 
-cdef inline void _take(floating v, Py_ssize_t pos, floating *best, Py_ssize_t *best_pos) noexcept nogil:
+cdef inline void _take(floating v, Py_ssize_t pos, floating *best,
+                       Py_ssize_t *best_pos) noexcept nogil:
     # the window scan's step: v wins if larger, or if it is a NaN and the best is not
     cdef bint take = (v > best[0]) | ((v != v) & (best[0] == best[0]))
     best[0] = v if take else best[0]
@@ -704,7 +709,8 @@ cdef inline void _take(floating v, Py_ssize_t pos, floating *best, Py_ssize_t *b
 
 
 cdef void maxpool_planes_2x2(const floating *x, floating *out, int64_t *idx, Py_ssize_t planes,
-                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                             Py_ssize_t OW) noexcept nogil:
     # the common 2x2 window with stride 2, unrolled: the same scan order and tie rule
     cdef Py_ssize_t q, oh, ow, c, base, best_pos
     cdef floating best
@@ -735,9 +741,9 @@ cdef void maxpool_planes_2x2(const floating *x, floating *out, int64_t *idx, Py_
                 idx[(q * OH + oh) * OW + ow] = best_pos
 
 
-cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, Py_ssize_t planes, Py_ssize_t H,
-                         Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t OH,
-                         Py_ssize_t OW) noexcept nogil:
+cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, Py_ssize_t planes,
+                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
     # for each (H, W) plane: out[i, j] = max of the KH x KW window at (i sh, j sw), idx its
     # flat position; the first maximum wins ties, a NaN wins over numbers (as PyTorch)
     cdef Py_ssize_t q, oh, ow, kh, kw, pos, best_pos
@@ -766,7 +772,8 @@ cdef void maxpool_planes(const floating *x, floating *out, int64_t *idx, Py_ssiz
 
 
 cdef Py_ssize_t maxpool_backward_planes(const floating *g, const int64_t *idx, floating *gx,
-                                  Py_ssize_t planes, Py_ssize_t HW, Py_ssize_t OHW) noexcept nogil:
+                                        Py_ssize_t planes, Py_ssize_t HW,
+                                        Py_ssize_t OHW) noexcept nogil:
     # gx plane = zeros, plus g routed to the recorded argmax positions. An index outside
     # [0, HW) (not from maxpool2d_forward) is skipped and counted: the caller raises.
     cdef Py_ssize_t q, i, bad = 0
@@ -816,8 +823,9 @@ cdef void _pool_part(void *ctx, Py_ssize_t t) noexcept nogil:
                        j.W, j.KH, j.KW, j.sh, j.sw, j.OH, j.OW)
 
 
-cdef _pool_typed(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] idx,
-                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw):
+cdef _pool_typed(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                 int64_t[:, :, :, ::1] idx, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
+                 Py_ssize_t sw):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3], planes = N * C
     cdef Py_ssize_t parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
@@ -882,8 +890,8 @@ cdef void _pool_backward_part(void *ctx, Py_ssize_t t) noexcept nogil:
                                            <double *> j.out + q0 * HW, count, HW, OHW)
 
 
-cdef Py_ssize_t _pool_backward_typed(const floating[:, :, :, ::1] g, const int64_t[:, :, :, ::1] idx,
-                               floating[:, :, :, ::1] gx):
+cdef Py_ssize_t _pool_backward_typed(const floating[:, :, :, ::1] g,
+                                     const int64_t[:, :, :, ::1] idx, floating[:, :, :, ::1] gx):
     # returns how many indices were out of range (skipped)
     cdef Py_ssize_t planes = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
     cdef Py_ssize_t OHW = g.shape[2] * g.shape[3]

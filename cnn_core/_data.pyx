@@ -18,8 +18,8 @@ from cnn_core._parallel cimport num_threads, span_parts, run_parts, SPAN_MIN, MA
 cnp.import_array()
 
 
-cdef Py_ssize_t _copy_rows(const char *x, Py_ssize_t n_rows, const int64_t *rows, Py_ssize_t lo, Py_ssize_t hi,
-                     Py_ssize_t row_bytes, char *out) noexcept nogil:
+cdef Py_ssize_t _copy_rows(const char *x, Py_ssize_t n_rows, const int64_t *rows, Py_ssize_t lo,
+                           Py_ssize_t hi, Py_ssize_t row_bytes, char *out) noexcept nogil:
     # out rows [lo, hi) from x; returns how many indices were out of [0, n_rows) (skipped)
     cdef Py_ssize_t i, bad = 0
     cdef int64_t r
@@ -52,8 +52,8 @@ cdef void _gather_part(void *ctx, Py_ssize_t t) noexcept nogil:
     j.bad[t] = _copy_rows(j.x, j.n_rows, j.rows, lo, hi, j.row_bytes, j.out) if lo < hi else 0
 
 
-cdef Py_ssize_t _gather(const char *x, Py_ssize_t n_rows, const int64_t *rows, Py_ssize_t count, Py_ssize_t row_bytes,
-                  char *out) noexcept nogil:
+cdef Py_ssize_t _gather(const char *x, Py_ssize_t n_rows, const int64_t *rows, Py_ssize_t count,
+                        Py_ssize_t row_bytes, char *out) noexcept nogil:
     # spans of the batch per thread, at least SPAN_MIN bytes each
     cdef Py_ssize_t parts = span_parts(count * row_bytes, SPAN_MIN * 4, num_threads())
     cdef Py_ssize_t t, bad = 0

@@ -21,14 +21,17 @@ from cython cimport floating
 from cnn_core._finite cimport all_finite_span
 
 cdef extern from "nn_gemm_ukernel.h" nogil:
-    ctypedef int (*nn_sgemm_ukr_t)(Py_ssize_t, const float *, Py_ssize_t, const float *, Py_ssize_t, float *,
-                                    Py_ssize_t, float, float, const float *, int, int, int)
-    ctypedef int (*nn_dgemm_ukr_t)(Py_ssize_t, const double *, Py_ssize_t, const double *, Py_ssize_t, double *,
-                                    Py_ssize_t, double, double, const double *, int, int, int)
-    ctypedef void (*nn_sgemm_row_t)(Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t, const float *, Py_ssize_t,
-                                    float *, float, float, const float *, int)
-    ctypedef void (*nn_dgemm_row_t)(Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t, const double *, Py_ssize_t,
-                                    double *, double, double, const double *, int)
+    ctypedef int (*nn_sgemm_ukr_t)(Py_ssize_t, const float *, Py_ssize_t, const float *, Py_ssize_t,
+                                   float *, Py_ssize_t, float, float, const float *, int, int, int)
+    ctypedef int (*nn_dgemm_ukr_t)(Py_ssize_t, const double *, Py_ssize_t, const double *,
+                                   Py_ssize_t, double *, Py_ssize_t, double, double, const double *,
+                                   int, int, int)
+    ctypedef void (*nn_sgemm_row_t)(Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t,
+                                    const float *, Py_ssize_t, float *, float, float,
+                                    const float *, int)
+    ctypedef void (*nn_dgemm_row_t)(Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t,
+                                    const double *, Py_ssize_t, double *, double, double,
+                                    const double *, int)
     ctypedef void (*nn_spack_b_t)(Py_ssize_t, const float *, Py_ssize_t, float *)
     ctypedef void (*nn_dpack_b_t)(Py_ssize_t, const double *, Py_ssize_t, double *)
     ctypedef void (*nn_spack_at_t)(Py_ssize_t, const float *, Py_ssize_t, float *)
@@ -165,7 +168,8 @@ cdef inline bint _sum_on_two(Py_ssize_t m, Py_ssize_t n, int team) noexcept nogi
     return team > 1 and m * n >= 4096
 
 
-cdef inline void _slab_bounds(const _Split *s, Py_ssize_t t, Py_ssize_t *start, Py_ssize_t *size) noexcept nogil:
+cdef inline void _slab_bounds(const _Split *s, Py_ssize_t t, Py_ssize_t *start,
+                              Py_ssize_t *size) noexcept nogil:
     # slab t of a SPLIT_SLABS product: columns (split_n) or rows [start, start + size) of C
     start[0] = (t * s.q + _min(t, s.r)) * s.tile
     size[0] = _min((s.q + (1 if t < s.r else 0)) * s.tile, s.extent - start[0])
@@ -181,8 +185,8 @@ cdef inline void _tile_shape(const floating *dummy, int *mr, int *nr) noexcept n
         nr[0] = _dkernel.nr
 
 
-cdef inline bint _rows_finite(const floating *c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-                              Py_ssize_t j1) noexcept nogil:
+cdef inline bint _rows_finite(const floating *c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1,
+                              Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     # rows [i0, i1), columns [j0, j1) of c hold no NaN/inf
     cdef Py_ssize_t i
     if j0 == 0 and j1 == ldc:
@@ -197,46 +201,50 @@ cdef inline bint _rows_finite(const floating *c, Py_ssize_t ldc, Py_ssize_t i0, 
 # own threads: C (m x n) = alpha * A @ B + beta * C, element (i, p) of A at a[i*rsa + p*csa],
 # (p, j) of B at b[p*rsb + j*csb], C row-major with leading dimension ldc; bias (n,) or NULL
 # added per column; relu != 0 applies max(., 0). Returns -1 when out of memory.
-cdef int sgemm_serial(const float *a, Py_ssize_t rsa, Py_ssize_t csa, const float *b, Py_ssize_t rsb, Py_ssize_t csb,
-                      float *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha, float beta,
-                      const float *bias, int relu) noexcept nogil
-cdef int dgemm_serial(const double *a, Py_ssize_t rsa, Py_ssize_t csa, const double *b, Py_ssize_t rsb, Py_ssize_t csb,
-                      double *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha, double beta,
-                      const double *bias, int relu) noexcept nogil
+cdef int sgemm_serial(const float *a, Py_ssize_t rsa, Py_ssize_t csa, const float *b,
+                      Py_ssize_t rsb, Py_ssize_t csb, float *c, Py_ssize_t ldc, Py_ssize_t m,
+                      Py_ssize_t n, Py_ssize_t k, float alpha, float beta, const float *bias,
+                      int relu) noexcept nogil
+cdef int dgemm_serial(const double *a, Py_ssize_t rsa, Py_ssize_t csa, const double *b,
+                      Py_ssize_t rsb, Py_ssize_t csb, double *c, Py_ssize_t ldc, Py_ssize_t m,
+                      Py_ssize_t n, Py_ssize_t k, double alpha, double beta, const double *bias,
+                      int relu) noexcept nogil
 
 # One product, or one thread's share of it, as gemm's own threads run it (_gemm.pyx says
 # what each does). Fused over float / double.
-cdef int gemm_slab(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
-                   floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
-                   const floating *bias, int relu, bint row_path) noexcept nogil
-cdef int gemm_parallel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                       Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
-                       floating beta, const floating *bias, int relu, int threads) noexcept nogil
+cdef int gemm_slab(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                   Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                   Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta, const floating *bias,
+                   int relu, bint row_path) noexcept nogil
+cdef int gemm_parallel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                       Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                       Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
+                       const floating *bias, int relu, int threads) noexcept nogil
 cdef _Split _split(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t csb, int threads, int mr,
                    int nr) noexcept nogil
 cdef int _slab(const _Split *s, Py_ssize_t t, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
-               const floating *b, Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
-               Py_ssize_t k, floating alpha, floating beta, const floating *bias,
-               int relu) noexcept nogil
+               const floating *b, Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc,
+               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
+               const floating *bias, int relu) noexcept nogil
 cdef int _half_product(int h, const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
-                       Py_ssize_t rsb, Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                       bint row_path) noexcept nogil
-cdef void _sum_halves(const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t m,
-                      Py_ssize_t n, floating alpha, floating beta, const floating *bias,
-                      int relu) noexcept nogil
-cdef void _sum_share(int tid, const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
-                     floating alpha, floating beta, const floating *bias, int relu,
+                       Py_ssize_t rsb, Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n,
+                       Py_ssize_t k, bint row_path) noexcept nogil
+cdef void _sum_halves(const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t i0,
+                      Py_ssize_t i1, Py_ssize_t m, Py_ssize_t n, floating alpha, floating beta,
+                      const floating *bias, int relu) noexcept nogil
+cdef void _sum_share(int tid, const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                     Py_ssize_t n, floating alpha, floating beta, const floating *bias, int relu,
                      bint on_two) noexcept nogil
 
 # The duo (src/nn_team.h's split phase): the second half of k offered to a worker, taken back.
 cdef void _offer_half(_HalfJob *job, bint single, const void *a, Py_ssize_t rsa, Py_ssize_t csa,
-                      const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      bint row_path, bint owned=*) noexcept nogil
+                      const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m,
+                      Py_ssize_t n, Py_ssize_t k, bint row_path, bint owned=*) noexcept nogil
 cdef int _take_half(_HalfJob *job) noexcept nogil
 cdef int _first_half_and_take(_HalfJob *j, floating *dummy) noexcept nogil
-cdef int _halves_on_duo(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                        Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                        bint row_path) noexcept nogil
+cdef int _halves_on_duo(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                        Py_ssize_t rsb, Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n,
+                        Py_ssize_t k, bint row_path) noexcept nogil
 cdef int _duo_own() noexcept nogil
 cdef void _duo_disown() noexcept nogil
 

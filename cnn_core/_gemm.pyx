@@ -111,8 +111,8 @@ cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return _ceil_div(a, b) * b
 
 
-cdef void pack_a_mcxkc(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, Py_ssize_t mc, Py_ssize_t kc, int mr,
-                       floating *dst) noexcept nogil:
+cdef void pack_a_mcxkc(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, Py_ssize_t mc,
+                       Py_ssize_t kc, int mr, floating *dst) noexcept nogil:
     # A block (mc x kc), element (i, p) at a[i*rsa + p*csa] -> ceil(mc/MR) micro-panels,
     # each kc x MR: dst[panel*kc*MR + p*MR + i]; rows past mc are zeros.
     cdef Py_ssize_t ir_index, ir, i, p, rows
@@ -143,8 +143,8 @@ cdef void pack_a_mcxkc(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, Py_ssi
                 panel[p * mr + i] = 0
 
 
-cdef void pack_b_kcxnc(const floating *b, Py_ssize_t rsb, Py_ssize_t csb, Py_ssize_t kc, Py_ssize_t nc, int nr,
-                       floating *dst) noexcept nogil:
+cdef void pack_b_kcxnc(const floating *b, Py_ssize_t rsb, Py_ssize_t csb, Py_ssize_t kc,
+                       Py_ssize_t nc, int nr, floating *dst) noexcept nogil:
     # B block (kc x nc), element (p, j) at b[p*rsb + j*csb] -> ceil(nc/NR) micro-panels,
     # each kc x NR: dst[panel*kc*NR + p*NR + j]; columns past nc are zeros.
     cdef Py_ssize_t jr_index, jr, j, p, cols
@@ -181,8 +181,8 @@ cdef void pack_b_kcxnc(const floating *b, Py_ssize_t rsb, Py_ssize_t csb, Py_ssi
                     panel[p * nr + j] = 0
 
 
-cdef inline int _ukernel(Py_ssize_t kc, const floating *a, Py_ssize_t lda, const floating *b, Py_ssize_t ldb,
-                         floating *c, Py_ssize_t ldc, floating alpha, floating beta,
+cdef inline int _ukernel(Py_ssize_t kc, const floating *a, Py_ssize_t lda, const floating *b,
+                         Py_ssize_t ldb, floating *c, Py_ssize_t ldc, floating alpha, floating beta,
                          const floating *bias, int relu, int mr, int nr) noexcept nogil:
     # lda == 0: a is a packed micro-panel; else MR whole rows of row-major A, lda apart.
     # ldb == 0: b is a packed micro-panel; else NR whole columns of row-major B, rows ldb apart.
@@ -203,9 +203,10 @@ cdef inline int _ukernel(Py_ssize_t kc, const floating *a, Py_ssize_t lda, const
         return _dkernel.ukr[which](kc, a, lda, b, ldb, c, ldc, alpha, beta, bias, relu, mr, nr)
 
 
-cdef int gemm_slab(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
-                   floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
-                   const floating *bias, int relu, bint row_path) noexcept nogil:
+cdef int gemm_slab(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                   Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                   Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta, const floating *bias,
+                   int relu, bint row_path) noexcept nogil:
     # One thread's share: C (m x n) = alpha * A (m x k) @ B (k x n) + beta * C (+ bias, ReLU).
     # relu: the epilogue flags, NN_RELU and NN_CHECK_FINITE (see nn_gemm_ukernel.h).
     # Needs k >= 1. row_path: take the unpacked row kernel (the whole product is a few rows).
@@ -312,9 +313,9 @@ cdef int gemm_slab(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floa
     return 1 if bad else 0
 
 
-cdef void _sum_halves(const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t m,
-                      Py_ssize_t n, floating alpha, floating beta, const floating *bias,
-                      int relu) noexcept nogil:
+cdef void _sum_halves(const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t i0,
+                      Py_ssize_t i1, Py_ssize_t m, Py_ssize_t n, floating alpha, floating beta,
+                      const floating *bias, int relu) noexcept nogil:
     # rows [i0, i1) of c = alpha * (first + last) + beta * c (+ bias, ReLU), the two
     # partial products m x n, one after the other in `part`
     cdef Py_ssize_t i, j
@@ -332,8 +333,8 @@ cdef void _sum_halves(const floating *part, floating *c, Py_ssize_t ldc, Py_ssiz
 
 
 cdef int _half_product(int h, const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
-                       Py_ssize_t rsb, Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                       bint row_path) noexcept nogil:
+                       Py_ssize_t rsb, Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n,
+                       Py_ssize_t k, bint row_path) noexcept nogil:
     # half h (0: the first k // 2 rows of B, 1: the rest) of A @ B into its partial C
     cdef Py_ssize_t half = k // 2
     return gemm_slab(a + h * half * csa, rsa, csa, b + h * half * rsb, rsb, csb,
@@ -352,8 +353,8 @@ cdef void _half_job(void *arg, Py_ssize_t unused) noexcept nogil:
 
 
 cdef void _set_half_job(_HalfJob *job, bint single, const void *a, Py_ssize_t rsa, Py_ssize_t csa,
-                        const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m, Py_ssize_t n,
-                        Py_ssize_t k, bint row_path) noexcept nogil:
+                        const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m,
+                        Py_ssize_t n, Py_ssize_t k, bint row_path) noexcept nogil:
     job.single = single
     job.a = a
     job.rsa = rsa
@@ -370,8 +371,8 @@ cdef void _set_half_job(_HalfJob *job, bint single, const void *a, Py_ssize_t rs
 
 
 cdef void _offer_half(_HalfJob *job, bint single, const void *a, Py_ssize_t rsa, Py_ssize_t csa,
-                      const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      bint row_path, bint owned=False) noexcept nogil:
+                      const void *b, Py_ssize_t rsb, Py_ssize_t csb, void *part, Py_ssize_t m,
+                      Py_ssize_t n, Py_ssize_t k, bint row_path, bint owned=False) noexcept nogil:
     # the second half of k of A @ B, into its partial C, offered to the team's workers
     # (src/nn_team.h; `owned`: the team is this caller's already, duo_own); the caller
     # does the first half, then _take_half
@@ -396,9 +397,9 @@ cdef int _first_half_and_take(_HalfJob *j, floating *dummy) noexcept nogil:
     return -1 if _take_half(j) != 0 or status != 0 else 0
 
 
-cdef int _halves_on_duo(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                        Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                        bint row_path) noexcept nogil:
+cdef int _halves_on_duo(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                        Py_ssize_t rsb, Py_ssize_t csb, floating *part, Py_ssize_t m, Py_ssize_t n,
+                        Py_ssize_t k, bint row_path) noexcept nogil:
     # Both halves of k into their partial Cs, the second offered to the team's workers,
     # the first here: for the few-row products (one-sample inference), where waiting for a
     # whole job costs as much as half the product. The same _half_product calls whichever
@@ -419,8 +420,8 @@ cdef void _duo_disown() noexcept nogil:
     duo_disown()
 
 
-cdef void _sum_share(int tid, const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
-                     floating alpha, floating beta, const floating *bias, int relu,
+cdef void _sum_share(int tid, const floating *part, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                     Py_ssize_t n, floating alpha, floating beta, const floating *bias, int relu,
                      bint on_two) noexcept nogil:
     # thread tid's rows of the halves' sum: all of them on thread 0, or the first half of
     # the rows on thread 0 and the rest on thread 1 (`on_two`)
@@ -434,10 +435,10 @@ cdef void _sum_share(int tid, const floating *part, floating *c, Py_ssize_t ldc,
         _sum_halves(part, c, ldc, rows, m, m, n, alpha, beta, bias, relu)
 
 
-cdef int _k_halves(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                   Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
-                   floating beta, const floating *bias, int relu, int threads,
-                   bint row_path) noexcept nogil:
+cdef int _k_halves(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                   Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                   Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta, const floating *bias,
+                   int relu, int threads, bint row_path) noexcept nogil:
     # A product with few rows for its k (one-sample inference; a batch of 128 through a
     # 784-input layer): the sum over k is cut in two halves, the first and the last rows
     # of B, each summed into its own partial C (a thread each when there are two), then
@@ -548,9 +549,9 @@ cdef _Split _split(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t csb, int
 
 
 cdef int _slab(const _Split *s, Py_ssize_t t, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
-               const floating *b, Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
-               Py_ssize_t k, floating alpha, floating beta, const floating *bias,
-               int relu) noexcept nogil:
+               const floating *b, Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc,
+               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
+               const floating *bias, int relu) noexcept nogil:
     # slab t of a SPLIT_SLABS product (gemm_slab on its rows or columns of C)
     cdef Py_ssize_t start, size
     _slab_bounds(s, t, &start, &size)
@@ -564,9 +565,10 @@ cdef int _slab(const _Split *s, Py_ssize_t t, const floating *a, Py_ssize_t rsa,
                      alpha, beta, bias, relu, s.row_path)
 
 
-cdef int gemm_parallel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                       Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
-                       floating beta, const floating *bias, int relu, int threads) noexcept nogil:
+cdef int gemm_parallel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                       Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                       Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
+                       const floating *bias, int relu, int threads) noexcept nogil:
     # C = alpha * A @ B + beta * C (+ bias, ReLU) on up to `threads` threads, shared out as
     # _split decides. Needs k >= 1. Returns -1 if any thread ran out of memory.
     cdef int mr, nr
@@ -618,9 +620,10 @@ cdef void _slab_part(void *ctx, Py_ssize_t t) noexcept nogil:
                             j.n, j.k, j.alpha, j.beta, <const double *> j.bias, j.relu)
 
 
-cdef void gemm_naive_kernel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                            Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                            floating alpha, floating beta) noexcept nogil:
+cdef void gemm_naive_kernel(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                            Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc,
+                            Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                            floating beta) noexcept nogil:
     # c[i, j] = alpha * sum_p a[i, p] * b[p, j] + beta * c[i, j]; the textbook loop order
     cdef Py_ssize_t i, j, p
     cdef floating acc
@@ -645,9 +648,10 @@ cdef _check_pair(str name_a, object a, str name_b, object b):
     return a, b
 
 
-cdef int _run_typed(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                    Py_ssize_t csb, floating *c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha, double beta,
-                    const floating *bias, int relu, bint naive, int threads) noexcept nogil:
+cdef int _run_typed(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                    Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t m, Py_ssize_t n,
+                    Py_ssize_t k, double alpha, double beta, const floating *bias, int relu,
+                    bint naive, int threads) noexcept nogil:
     if k == 0:       # no products to sum: NumPy's answer, beta * C (+ bias, ReLU)
         return _no_products(c, n, m, n, <floating> beta, bias, relu)
     if naive:
@@ -771,21 +775,24 @@ def _set_isa(level):
     _dkernel = nn_dgemm_kernel_for(isa)
 
 
-cdef int sgemm_serial(const float *a, Py_ssize_t rsa, Py_ssize_t csa, const float *b, Py_ssize_t rsb, Py_ssize_t csb,
-                      float *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha, float beta,
-                      const float *bias, int relu) noexcept nogil:
+cdef int sgemm_serial(const float *a, Py_ssize_t rsa, Py_ssize_t csa, const float *b,
+                      Py_ssize_t rsb, Py_ssize_t csb, float *c, Py_ssize_t ldc, Py_ssize_t m,
+                      Py_ssize_t n, Py_ssize_t k, float alpha, float beta, const float *bias,
+                      int relu) noexcept nogil:
     return _serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
 
 
-cdef int dgemm_serial(const double *a, Py_ssize_t rsa, Py_ssize_t csa, const double *b, Py_ssize_t rsb, Py_ssize_t csb,
-                      double *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha, double beta,
-                      const double *bias, int relu) noexcept nogil:
+cdef int dgemm_serial(const double *a, Py_ssize_t rsa, Py_ssize_t csa, const double *b,
+                      Py_ssize_t rsb, Py_ssize_t csb, double *c, Py_ssize_t ldc, Py_ssize_t m,
+                      Py_ssize_t n, Py_ssize_t k, double alpha, double beta, const double *bias,
+                      int relu) noexcept nogil:
     return _serial(a, rsa, csa, b, rsb, csb, c, ldc, m, n, k, alpha, beta, bias, relu)
 
 
-cdef int _serial(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
-                 floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta,
-                 const floating *bias, int relu) noexcept nogil:
+cdef int _serial(const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                 Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                 Py_ssize_t n, Py_ssize_t k, floating alpha, floating beta, const floating *bias,
+                 int relu) noexcept nogil:
     # the body of sgemm_serial / dgemm_serial (the .pxd exports them by type)
     if m == 0 or n == 0:
         return 0

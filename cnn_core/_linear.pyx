@@ -262,7 +262,8 @@ cdef inline void _count_team(const _Split *s, Py_ssize_t c_size, int threads, in
 
 
 cdef inline int _share(int tid, int team, _Seg *g, const floating *x, _Layer *layers,
-                       _BackLayer *back, Py_ssize_t nl, Py_ssize_t m, floating *part) noexcept nogil:
+                       _BackLayer *back, Py_ssize_t nl, Py_ssize_t m,
+                       floating *part) noexcept nogil:
     if back != NULL:
         return _chain_back_share(tid, team, g, back, nl, m, part)
     return _chain_share(tid, team, g, x, layers, nl, m, part)
@@ -392,7 +393,8 @@ def linear_chain_forward(x, weights, biases, activations, outs=None):
         raise ValueError(f"activations has {len(activations)} entries for {nl} weights")
     if outs is not None and len(outs) != nl:
         raise ValueError(f"outs has {len(outs)} entries for {nl} weights")
-    cdef Py_ssize_t m = cnp.PyArray_DIM(<cnp.ndarray> x, 0), k = cnp.PyArray_DIM(<cnp.ndarray> x, 1), n
+    cdef Py_ssize_t m = cnp.PyArray_DIM(<cnp.ndarray> x, 0), k = cnp.PyArray_DIM(
+        <cnp.ndarray> x, 1), n
     cdef bint empty = m == 0 or k == 0
     cdef list keep = []          # the checked arrays (maybe copies), alive until the end
     cdef list bufs = []          # the layers' outputs as written (a subclass's view)
@@ -574,8 +576,8 @@ def linear_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, compute_grad
 # ---------------------------------------------------------------------------------------------
 # The backward of a chain of linear layers in one call (Sequential's Linear[-ReLU] stacks)
 
-cdef void _relu_mask(floating *c, const floating *mask, Py_ssize_t ld, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-                     Py_ssize_t j1) noexcept nogil:
+cdef void _relu_mask(floating *c, const floating *mask, Py_ssize_t ld, Py_ssize_t i0, Py_ssize_t i1,
+                     Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     # rows [i0, i1), columns [j0, j1) of c (leading dimension ld): c = c where mask > 0,
     # else 0 -- ReLU's backward (relu_backward's very select, so the same bits)
     cdef Py_ssize_t i, j
@@ -589,15 +591,17 @@ cdef void _relu_mask(floating *c, const floating *mask, Py_ssize_t ld, Py_ssize_
 
 
 cdef int _share_product(int tid, int team, _Seg *g, const _Split *s, int serial_tid,
-                        const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b, Py_ssize_t rsb,
-                        Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating beta,
-                        const floating *mask, bint check, floating *part) noexcept nogil:
+                        const floating *a, Py_ssize_t rsa, Py_ssize_t csa, const floating *b,
+                        Py_ssize_t rsb, Py_ssize_t csb, floating *c, Py_ssize_t ldc, Py_ssize_t m,
+                        Py_ssize_t n, Py_ssize_t k, floating beta, const floating *mask, bint check,
+                        floating *part) noexcept nogil:
     # Thread tid's share of C (m x n) = A @ B + beta * C, shared out as gemm_parallel would
     # (so the same bits), then -- when mask is given -- ReLU's backward on what it wrote.
-    # Every share calls this for every product (a halves product has a meeting point). With `check`, each value written is tested for NaN/inf as it is written
-    # (in the micro-kernels' registers; the sum of halves and the row kernel's rows in
-    # cache, by the thread that wrote them). Returns -1 if out of memory, 1 if checked and
-    # a value of its share is NaN or infinite, else 0.
+    # Every share calls this for every product (a halves product has a meeting point). With
+    # `check`, each value written is tested for NaN/inf as it is written (in the
+    # micro-kernels' registers; the sum of halves and the row kernel's rows in cache, by the
+    # thread that wrote them). Returns -1 if out of memory, 1 if checked and a value of its
+    # share is NaN or infinite, else 0.
     cdef int status = 0, h, r, flags = NN_CHECK_FINITE if check else 0
     cdef bint bad = False
     cdef Py_ssize_t t, start, size, rows = (m + 1) // 2
@@ -645,8 +649,8 @@ cdef int _share_product(int tid, int team, _Seg *g, const _Split *s, int serial_
     return 1 if bad else 0
 
 
-cdef int _chain_back_share(int tid, int team, _Seg *g, _BackLayer *layers, Py_ssize_t nl, Py_ssize_t m,
-                           floating *part) noexcept nogil:
+cdef int _chain_back_share(int tid, int team, _Seg *g, _BackLayer *layers, Py_ssize_t nl,
+                           Py_ssize_t m, floating *part) noexcept nogil:
     # Share tid of every layer's backward, from the last layer down, of `team` shares (only
     # stretch g.want runs). Layer l's three pieces -- dW = x^T @ g, the column sums,
     # dX = g @ w^T with the ReLU mask of the layer below -- read only g, x and w, so they

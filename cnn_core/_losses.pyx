@@ -24,8 +24,8 @@ from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shap
                                IN_PLACE)
 from cnn_core._parallel cimport num_threads, span_parts, run_parts, MAX_PARTS, SPAN_MIN
 
-cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, Py_ssize_t n, Py_ssize_t c,
-                     double inv_batch, Py_ssize_t *bad) noexcept nogil:
+cdef double sce_rows(const floating *z, const int64_t *labels, floating *grad, Py_ssize_t n,
+                     Py_ssize_t c, double inv_batch, Py_ssize_t *bad) noexcept nogil:
     # rows n of logits z (n x c): returns sum_i (lse_i - z[i, y_i]) and writes
     # grad[i, j] = (softmax(z_i)_j - [j == y_i]) * inv_batch, softmax as exp(z - max) / total
     # (exact to rounding even for huge logits, where exp(z - lse) would lose digits).

@@ -41,8 +41,8 @@ cdef extern from "nn_norm.h" nogil:
     # the leading values of _normalise's and _grad_x's float32 loops, by AVX-512 where the
     # CPU has it (same bits): they return how many they did, the loops below do the rest
     Py_ssize_t nn_normalise_f32(const float *x, float *y, Py_ssize_t S, double a, double b)
-    Py_ssize_t nn_grad_x_f32(const float *g, const float *x, float *dx, Py_ssize_t S, double k, double mg,
-                       double mgx, float mu, float inv, int training)
+    Py_ssize_t nn_grad_x_f32(const float *g, const float *x, float *dx, Py_ssize_t S, double k,
+                             double mg, double mgx, float mu, float inv, int training)
 
 cdef enum:
     MIN_WORK_PER_THREAD = 1 << 14
@@ -59,8 +59,8 @@ cdef void _sample_sums(const floating *x, Py_ssize_t n0, Py_ssize_t n1, Py_ssize
                                        mean[c] if mean != NULL else 0, kind)
 
 
-cdef void _sample_grad_sums(const floating *g, const floating *x, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C,
-                            Py_ssize_t S, const floating *mean, double *sum_g,
+cdef void _sample_grad_sums(const floating *g, const floating *x, Py_ssize_t n0, Py_ssize_t n1,
+                            Py_ssize_t C, Py_ssize_t S, const floating *mean, double *sum_g,
                             double *sum_gx) noexcept nogil:
     # per sample and channel: sum(g) and sum(g (x - mean_c)), for the samples [n0, n1)
     cdef Py_ssize_t n, c
@@ -72,8 +72,8 @@ cdef void _sample_grad_sums(const floating *g, const floating *x, Py_ssize_t n0,
             sum_gx[n * C + c] = lane_sum(gp, x + (n * C + c) * S, S, mean[c], LANE_SUM_G_DEV)
 
 
-cdef void _normalise(const floating *x, floating *y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C, Py_ssize_t S,
-                     const double *scale, const double *shift) noexcept nogil:
+cdef void _normalise(const floating *x, floating *y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C,
+                     Py_ssize_t S, const double *scale, const double *shift) noexcept nogil:
     # y = x scale_c + shift_c for the samples [n0, n1)
     cdef Py_ssize_t n, c, s, s0 = 0
     cdef const floating *xp
@@ -91,9 +91,10 @@ cdef void _normalise(const floating *x, floating *y, Py_ssize_t n0, Py_ssize_t n
                 yp[s] = <floating> (xp[s] * a + b)
 
 
-cdef void _grad_x(const floating *g, const floating *x, floating *dx, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C,
-                  Py_ssize_t S, const double *k, const double *mean_g, const double *mean_gx,
-                  const floating *mean, const floating *invstd, bint training) noexcept nogil:
+cdef void _grad_x(const floating *g, const floating *x, floating *dx, Py_ssize_t n0, Py_ssize_t n1,
+                  Py_ssize_t C, Py_ssize_t S, const double *k, const double *mean_g,
+                  const double *mean_gx, const floating *mean, const floating *invstd,
+                  bint training) noexcept nogil:
     # dx for the samples [n0, n1): training  k_c (g - mean(g) - xhat mean(g xhat)),
     # eval  k_c g   (k_c = gamma_c invstd_c; the means per channel, worked out once: a
     # division per value was most of this loop's time)
@@ -124,7 +125,8 @@ cdef void _grad_x(const floating *g, const floating *x, floating *dx, Py_ssize_t
                     dp[s] = <floating> (kc * gp[s])
 
 
-cdef inline double _channel_total(const double *sums, Py_ssize_t N, Py_ssize_t C, Py_ssize_t c) noexcept nogil:
+cdef inline double _channel_total(const double *sums, Py_ssize_t N, Py_ssize_t C,
+                                  Py_ssize_t c) noexcept nogil:
     # sum over the samples, in sample order, of sums (N, C)[:, c]
     cdef double total = 0
     cdef Py_ssize_t n
@@ -174,7 +176,8 @@ ctypedef struct _NormJob:
 
 
 cdef void _stage(_NormJob *j, const floating *g, const floating *x, floating *y,
-                 const floating *mean, const floating *invstd, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+                 const floating *mean, const floating *invstd, Py_ssize_t n0,
+                 Py_ssize_t n1) noexcept nogil:
     if j.stage == SUMS:
         _sample_sums(x, n0, n1, j.C, j.S, NULL, LANE_SUM, j.sums)
     elif j.stage == SQ_DEV_SUMS:
@@ -208,10 +211,10 @@ cdef void _run_stage(_NormJob *j, Stage stage, Py_ssize_t parts) noexcept nogil:
         run_parts(_stage_part, j, parts)
 
 
-cdef _forward_typed(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                    const floating[::1] gamma, const floating[::1] beta, floating[::1] rmean,
-                    floating[::1] rvar, floating[::1] smean, floating[::1] sinvstd,
-                    bint training, double momentum, double eps):
+cdef _forward_typed(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
+                    Py_ssize_t S, const floating[::1] gamma, const floating[::1] beta,
+                    floating[::1] rmean, floating[::1] rvar, floating[::1] smean,
+                    floating[::1] sinvstd, bint training, double momentum, double eps):
     # training: per-sample sums (threads over samples), each channel's mean from them in
     # sample order (one thread); the same for the squared deviations; then y, by samples
     cdef Py_ssize_t parts = _parts(N, C, S), step = (N + parts - 1) // parts, c
@@ -255,9 +258,10 @@ cdef _forward_typed(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssi
         _run_stage(&j, NORMALISE, parts)
 
 
-cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1] dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                     const floating[::1] gamma, const floating[::1] smean, const floating[::1] sinvstd,
-                     floating[::1] dgamma, floating[::1] dbeta, bint training):
+cdef _backward_typed(const floating[::1] g, const floating[::1] x, floating[::1] dx, Py_ssize_t N,
+                     Py_ssize_t C, Py_ssize_t S, const floating[::1] gamma,
+                     const floating[::1] smean, const floating[::1] sinvstd, floating[::1] dgamma,
+                     floating[::1] dbeta, bint training):
     # per-sample sums of g and g (x - mean) (threads over samples), each channel's from them
     # in sample order (one thread), then dx by samples
     cdef Py_ssize_t parts = _parts(N, C, S), step = (N + parts - 1) // parts, n, c

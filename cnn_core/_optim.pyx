@@ -85,8 +85,8 @@ cdef void adam_span(floating *p, const floating *g, floating *m, floating *v, Py
         p[i] = p[i] - step_size * (m[i] / denom)
 
 
-cdef _sgd(floating[::1] p, const floating[::1] g, floating[::1] vel, double lr, double mu, double wd,
-          bint nesterov):
+cdef _sgd(floating[::1] p, const floating[::1] g, floating[::1] vel, double lr, double mu,
+          double wd, bint nesterov):
     # one array: the whole-model machinery (below) on a list of one
     cdef char *vp = NULL
     if p.shape[0] == 0:
@@ -98,8 +98,9 @@ cdef _sgd(floating[::1] p, const floating[::1] g, floating[::1] vel, double lr, 
                    nesterov, 0, 0, 0, 0, 0, 1, <floating> 0)
 
 
-cdef _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v, double step_size,
-           double bc2_sqrt, double b1, double b2, double eps, double wd, double decay):
+cdef _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+           double step_size, double bc2_sqrt, double b1, double b2, double eps, double wd,
+           double decay):
     if p.shape[0] == 0:
         return
     with nogil:
@@ -109,9 +110,9 @@ cdef _adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1
 
 
 cdef Py_ssize_t _one_array(char *p, char *g, char *a, char *b, Py_ssize_t n, int kind, double lr,
-                     double mu, double wd, bint nesterov, double step_size, double bc2_sqrt,
-                     double b1, double b2, double eps, double decay,
-                     floating dummy) noexcept nogil:
+                           double mu, double wd, bint nesterov, double step_size, double bc2_sqrt,
+                           double b1, double b2, double eps, double decay,
+                           floating dummy) noexcept nogil:
     # sgd_update / adam_update / all_finite: one array, cut into one span per thread;
     # returns what _step_all does (KIND_CHECK: 0 if g has a NaN/inf, else -1)
     cdef _Tensors t
@@ -453,9 +454,9 @@ cdef int _spans_meet(_Tensors *t, size_t itemsize) noexcept nogil:
     return met
 
 
-cdef bint _piece(_Tensors *t, Py_ssize_t i, Py_ssize_t off, Py_ssize_t n, int kind, floating lr, floating mu,
-                 floating wd, bint nesterov, floating step_size, floating bc2_sqrt, floating b1,
-                 floating b2, floating eps, floating decay) noexcept nogil:
+cdef bint _piece(_Tensors *t, Py_ssize_t i, Py_ssize_t off, Py_ssize_t n, int kind, floating lr,
+                 floating mu, floating wd, bint nesterov, floating step_size, floating bc2_sqrt,
+                 floating b1, floating b2, floating eps, floating decay) noexcept nogil:
     # elements [off, off + n) of tensor i: checked (False if one is NaN/inf) or updated
     if kind == KIND_CHECK:
         return all_finite_span(<floating *> t.g[i] + off, n)
@@ -469,9 +470,9 @@ cdef bint _piece(_Tensors *t, Py_ssize_t i, Py_ssize_t off, Py_ssize_t n, int ki
     return True
 
 
-cdef Py_ssize_t _visit(_Tensors *t, Py_ssize_t part, int kind, floating lr, floating mu, floating wd,
-                 bint nesterov, floating step_size, floating bc2_sqrt, floating b1,
-                 floating b2, floating eps, floating decay) noexcept nogil:
+cdef Py_ssize_t _visit(_Tensors *t, Py_ssize_t part, int kind, floating lr, floating mu,
+                       floating wd, bint nesterov, floating step_size, floating bc2_sqrt,
+                       floating b1, floating b2, floating eps, floating decay) noexcept nogil:
     # part `part`'s share: the part-th of `parts` contiguous pieces of every tensor (for a
     # weight matrix, a block of whole rows), tensor by tensor, in tensor order; returns the
     # first tensor index with a NaN/inf gradient there (KIND_CHECK), else t.count.
@@ -525,8 +526,8 @@ cdef void _visit_part(void *ctx, Py_ssize_t part) noexcept nogil:
 
 
 cdef Py_ssize_t _step_all(_Tensors *t, int kind, bint check, double lr, double mu, double wd,
-                    bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
-                    double eps, double decay, floating dummy) noexcept nogil:
+                          bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
+                          double eps, double decay, floating dummy) noexcept nogil:
     # a check pass first (if asked), then a pass of `kind` (an update, or a check); returns
     # the first tensor index with a NaN/inf gradient a check pass found (nothing updated
     # then), or -1
@@ -554,8 +555,8 @@ cdef Py_ssize_t _step_all(_Tensors *t, int kind, bint check, double lr, double m
 
 
 cdef Py_ssize_t _run_step(_TensorList tl, int kind, bint check, double lr, double mu, double wd,
-                    bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
-                    double eps, double decay):
+                          bint nesterov, double step_size, double bc2_sqrt, double b1, double b2,
+                          double eps, double decay):
     cdef Py_ssize_t result
     cdef bint single = tl.single
     with nogil:

@@ -26,7 +26,8 @@ cdef Py_ssize_t duo_offer(part_fn fn, void *ctx) noexcept nogil
 cdef void duo_finish(Py_ssize_t ticket, part_fn fn, void *ctx) noexcept nogil
 
 
-cdef inline Py_ssize_t span_parts(Py_ssize_t units, Py_ssize_t min_units, int threads) noexcept nogil:
+cdef inline Py_ssize_t span_parts(Py_ssize_t units, Py_ssize_t min_units,
+                                  int threads) noexcept nogil:
     # How many spans (one per thread) to cut `units` of work into: each gets at least
     # `min_units`, there are at most `threads` and MAX_PARTS of them, and at least one.
     cdef Py_ssize_t parts = units // min_units

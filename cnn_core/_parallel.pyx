@@ -22,7 +22,8 @@ cdef extern from "nn_team.h" nogil:
     int nn_team_own(int threads)
     void nn_team_disown()
     unsigned long long nn_team_post(nn_team_fn fn, void *ctx, Py_ssize_t parts, int size, int offer)
-    void nn_team_finish(unsigned long long job, nn_team_fn fn, void *ctx, Py_ssize_t parts, int size)
+    void nn_team_finish(unsigned long long job, nn_team_fn fn, void *ctx, Py_ssize_t parts,
+                        int size)
     void nn_team_hold(int hold)
     Py_ssize_t nn_team_by_workers(int offered)
     Py_ssize_t nn_team_taken_back(int offered)

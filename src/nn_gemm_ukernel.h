@@ -79,9 +79,10 @@
 #define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, NC, VL, TARGET, A_AT, B_AT)                   \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     typedef IT NAME##_iv __attribute__((vector_size((VL) * sizeof(T))));                    \
-    TARGET static int NAME(ptrdiff_t k, const T *restrict a, ptrdiff_t lda, const T *restrict b,      \
-                           ptrdiff_t ldb, T *restrict c, ptrdiff_t ldc, T alpha, T beta,              \
-                           const T *restrict bias, int relu, int mr, int nr) {              \
+    TARGET static int NAME(ptrdiff_t k, const T *restrict a, ptrdiff_t lda,                 \
+                           const T *restrict b, ptrdiff_t ldb, T *restrict c,               \
+                           ptrdiff_t ldc, T alpha, T beta, const T *restrict bias,          \
+                           int relu, int mr, int nr) {                                      \
         enum { NV = (NC) / (VL) };                                                          \
         int bad = 0;                                                                        \
         /* the check: OR of the bits of value * 0 -- +-0 for a finite value, NaN (all-ones \
@@ -97,7 +98,7 @@
             __builtin_prefetch(c + i * ldc, 1);                                             \
             if ((NC) * sizeof(T) > 64) __builtin_prefetch(c + i * ldc + 64 / sizeof(T), 1);  \
         }                                                                                   \
-        for (ptrdiff_t p = 0; p < k; ++p) {                                                      \
+        for (ptrdiff_t p = 0; p < k; ++p) {                                                 \
             NAME##_v bv[NV];                                                                \
             __builtin_prefetch(B_AT(b, ldb, p + 16, NR));                                   \
             if ((NC) * sizeof(T) > 64)                                                      \
@@ -186,7 +187,7 @@
         NAME##_v acc[NRV];                                                                  \
         NN_PRAGMA(GCC unroll NRV)                                                             \
         for (int v = 0; v < (NRV); ++v) acc[v] = (NAME##_v){0};                             \
-        for (ptrdiff_t p = 0; p < k; ++p) {                                                      \
+        for (ptrdiff_t p = 0; p < k; ++p) {                                                 \
             const T ap = a[p * csa];                                                        \
             NN_PRAGMA(GCC unroll NRV)                                                         \
             for (int v = 0; v < (NRV); ++v) {                                               \
@@ -212,10 +213,10 @@
  * of them takes it, so it gets the same bits. */
 #define NN_DEFINE_ROWKERNEL(NAME, T, VL, TARGET, WIDE)                                       \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
-    TARGET static void NAME(ptrdiff_t k, ptrdiff_t n, const T *restrict a, ptrdiff_t csa,                  \
-                            const T *restrict b, ptrdiff_t ldb, T *restrict c, T alpha, T beta,  \
-                            const T *restrict bias, int relu) {                             \
-        ptrdiff_t j = 0;                                                                         \
+    TARGET static void NAME(ptrdiff_t k, ptrdiff_t n, const T *restrict a, ptrdiff_t csa,   \
+                            const T *restrict b, ptrdiff_t ldb, T *restrict c, T alpha,     \
+                            T beta, const T *restrict bias, int relu) {                     \
+        ptrdiff_t j = 0;                                                                    \
         /* alpha 1, beta 0, no bias, no ReLU: r = 1 * acc is acc, stored whole */           \
         const int plain = alpha == 1 && beta == 0 && bias == NULL && !relu;                 \
         if ((WIDE) > 8) {                                                                   \
@@ -229,10 +230,10 @@
              * B, that vector (its other lanes run on into the next row and are dropped),  \
              * on the last rows the rem columns copied into a zeroed vector -- the same     \
              * vector multiply-add on every row, as the whole vectors above */              \
-            const ptrdiff_t rem = n - j, room = (k - 1) * ldb + n - j - (VL);                    \
-            const ptrdiff_t pv = room < 0 ? 0 : (room / ldb + 1 < k ? room / ldb + 1 : k);       \
+            const ptrdiff_t rem = n - j, room = (k - 1) * ldb + n - j - (VL);               \
+            const ptrdiff_t pv = room < 0 ? 0 : (room / ldb + 1 < k ? room / ldb + 1 : k);  \
             NAME##_v acc = (NAME##_v){0};                                                   \
-            for (ptrdiff_t p = 0; p < k; ++p) {                                                  \
+            for (ptrdiff_t p = 0; p < k; ++p) {                                             \
                 NAME##_v bv = (NAME##_v){0};                                                \
                 if (p < pv)                                                                 \
                     memcpy(&bv, b + p * ldb + j, sizeof(bv));                               \
@@ -242,7 +243,7 @@
             }                                                                               \
             T r[VL];                                                                        \
             memcpy(r, &acc, sizeof(r));                                                     \
-            for (ptrdiff_t t = 0; t < rem; ++t)                                                  \
+            for (ptrdiff_t t = 0; t < rem; ++t)                                             \
                 NN_WRITE_BACK(T, r[t], c + j + t, alpha, beta, bias, j + t, relu);          \
         }                                                                                   \
     }
@@ -262,9 +263,10 @@ NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512, 16)
  * x86-64). Edge panels are packed by the Cython code, transposed B by NN_DEFINE_PACK_BT. */
 #define NN_DEFINE_PACK_B(NAME, T, NR, VL, TARGET)                                            \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
-    TARGET static void NAME(ptrdiff_t kc, const T *restrict b, ptrdiff_t rsb, T *restrict dst) {      \
+    TARGET static void NAME(ptrdiff_t kc, const T *restrict b, ptrdiff_t rsb,               \
+                            T *restrict dst) {                                              \
         enum { NV = (NR) / (VL) };                                                          \
-        for (ptrdiff_t p = 0; p < kc; ++p) {                                                     \
+        for (ptrdiff_t p = 0; p < kc; ++p) {                                                \
             NN_PRAGMA(GCC unroll 4)                                                         \
             for (int v = 0; v < NV; ++v) {                                                  \
                 NAME##_v x;                                                                 \
@@ -278,7 +280,8 @@ NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512, 16)
  * in the weight gradient X^T @ g) is a copy of MR contiguous elements per p:
  * dst[p*MR + i] = a[p*csa + i] -- a fixed-size copy the compiler does with whole vectors. */
 #define NN_DEFINE_PACK_AT(NAME, T, MR, TARGET)                                                \
-    TARGET static void NAME(ptrdiff_t kc, const T *restrict a, ptrdiff_t csa, T *restrict dst) {      \
+    TARGET static void NAME(ptrdiff_t kc, const T *restrict a, ptrdiff_t csa,               \
+                            T *restrict dst) {                                              \
         for (ptrdiff_t p = 0; p < kc; ++p) memcpy(dst + p * (MR), a + p * csa, (MR) * sizeof(T)); \
     }
 
@@ -313,13 +316,13 @@ NN_DEFINE_PACK_B(nn_dpack_b_avx512_16, double, 16, 8, NN_TARGET_AVX512)
  * first n lanes; GATHER(base, idx, mask): masked gather of VL elements (0 where masked
  * off); STORE(dst, v): unaligned store. */
 #define NN_DEFINE_PACK_BT(NAME, T, NR, VL, TARGET, IDX, MASK, GATHER, STORE)                 \
-    TARGET static int NAME(ptrdiff_t kc, const T *restrict b, ptrdiff_t csb, int cols,                \
+    TARGET static int NAME(ptrdiff_t kc, const T *restrict b, ptrdiff_t csb, int cols,      \
                            T *restrict dst) {                                               \
         if (csb > INT32_MAX / (NR)) return 0;                                               \
         const int c = (int)csb;                                                             \
         const T *half = b + (VL) * csb;                                                     \
         const int lo = cols < (VL) ? cols : (VL), hi = cols - lo;                           \
-        for (ptrdiff_t p = 0; p < kc; ++p) {                                                     \
+        for (ptrdiff_t p = 0; p < kc; ++p) {                                                \
             STORE(dst + p * (NR), GATHER(b + p, IDX, MASK(lo)));                            \
             STORE(dst + p * (NR) + (VL), GATHER(half + p, IDX, MASK(hi)));                  \
         }                                                                                   \
@@ -379,8 +382,8 @@ NN_TARGET_AVX512 static inline void nn_transpose16_ps(__m512 r[16]) {
 /* A whole 32-column panel of transposed B, 16 rows p at a time: 16 contiguous vectors of
  * 16 source rows (whole cache lines), transposed in registers -- no gather instructions;
  * the last kc % 16 rows and partial panels are gathered as above. */
-NN_TARGET_AVX512 static int nn_spack_bt_avx512_32(ptrdiff_t kc, const float *restrict b, ptrdiff_t csb,
-                                                  int cols, float *restrict dst) {
+NN_TARGET_AVX512 static int nn_spack_bt_avx512_32(ptrdiff_t kc, const float *restrict b,
+                                                  ptrdiff_t csb, int cols, float *restrict dst) {
     if (cols != 32) return nn_spack_bt_avx512_32_gather(kc, b, csb, cols, dst);
     ptrdiff_t p0 = 0;
     for (; p0 + 16 <= kc; p0 += 16) {
@@ -437,10 +440,10 @@ NN_TARGET_AVX2 static inline void nn_transpose4_pd(__m256d r[4]) {
  * the input-gradient product 128x256 @ 256x784); the last kc % VL rows and partial panels
  * are gathered as above. */
 #define NN_DEFINE_PACK_BT_AVX2(NAME, T, V, VL, LOAD, STORE, TRANSPOSE)                      \
-    NN_TARGET_AVX2 static int NAME(ptrdiff_t kc, const T *restrict b, ptrdiff_t csb, int cols,       \
-                                   T *restrict dst) {                                       \
+    NN_TARGET_AVX2 static int NAME(ptrdiff_t kc, const T *restrict b, ptrdiff_t csb,        \
+                                   int cols, T *restrict dst) {                             \
         if (cols != 2 * (VL)) return NAME##_gather(kc, b, csb, cols, dst);                  \
-        ptrdiff_t p0 = 0;                                                                        \
+        ptrdiff_t p0 = 0;                                                                   \
         for (; p0 + (VL) <= kc; p0 += (VL)) {                                               \
             for (int h = 0; h < 2; ++h) {                                                   \
                 V r[VL];                                                                    \
@@ -461,12 +464,14 @@ NN_DEFINE_PACK_BT_AVX2(nn_dpack_bt_avx2_8, double, __m256d, 4, _mm256_loadu_pd,
 #endif
 
 /* no gather instruction: the caller's scalar packing */
-static int nn_spack_bt_generic_16(ptrdiff_t kc, const float *b, ptrdiff_t csb, int cols, float *dst) {
+static int nn_spack_bt_generic_16(ptrdiff_t kc, const float *b, ptrdiff_t csb, int cols,
+                                  float *dst) {
     (void)kc; (void)b; (void)csb; (void)cols; (void)dst;
     return 0;
 }
 
-static int nn_dpack_bt_generic_8(ptrdiff_t kc, const double *b, ptrdiff_t csb, int cols, double *dst) {
+static int nn_dpack_bt_generic_8(ptrdiff_t kc, const double *b, ptrdiff_t csb, int cols,
+                                 double *dst) {
     (void)kc; (void)b; (void)csb; (void)cols; (void)dst;
     return 0;
 }
@@ -502,20 +507,20 @@ NN_DEFINE_UKERNELS(nn_sgemm_ukr_avx512_12x32, float, int32_t, 12, 32, 16, NN_TAR
 NN_DEFINE_UKERNELS(nn_dgemm_ukr_avx512_12x16, double, int64_t, 12, 16, 8, NN_TARGET_AVX512)
 #endif
 
-typedef int (*nn_sgemm_ukr_t)(ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *, ptrdiff_t,
-                              float, float, const float *, int, int, int);
-typedef void (*nn_sgemm_row_t)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *,
-                               float, float, const float *, int);
-typedef void (*nn_dgemm_row_t)(ptrdiff_t, ptrdiff_t, const double *, ptrdiff_t, const double *, ptrdiff_t, double *,
-                               double, double, const double *, int);
+typedef int (*nn_sgemm_ukr_t)(ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t,
+                              float *, ptrdiff_t, float, float, const float *, int, int, int);
+typedef void (*nn_sgemm_row_t)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, const float *,
+                               ptrdiff_t, float *, float, float, const float *, int);
+typedef void (*nn_dgemm_row_t)(ptrdiff_t, ptrdiff_t, const double *, ptrdiff_t, const double *,
+                               ptrdiff_t, double *, double, double, const double *, int);
 typedef void (*nn_spack_b_t)(ptrdiff_t, const float *, ptrdiff_t, float *);
 typedef void (*nn_dpack_b_t)(ptrdiff_t, const double *, ptrdiff_t, double *);
 typedef void (*nn_spack_at_t)(ptrdiff_t, const float *, ptrdiff_t, float *);
 typedef void (*nn_dpack_at_t)(ptrdiff_t, const double *, ptrdiff_t, double *);
 typedef int (*nn_spack_bt_t)(ptrdiff_t, const float *, ptrdiff_t, int, float *);
 typedef int (*nn_dpack_bt_t)(ptrdiff_t, const double *, ptrdiff_t, int, double *);
-typedef int (*nn_dgemm_ukr_t)(ptrdiff_t, const double *, ptrdiff_t, const double *, ptrdiff_t, double *,
-                              ptrdiff_t, double, double, const double *, int, int, int);
+typedef int (*nn_dgemm_ukr_t)(ptrdiff_t, const double *, ptrdiff_t, const double *, ptrdiff_t,
+                              double *, ptrdiff_t, double, double, const double *, int, int, int);
 
 /* The micro-kernel chosen for this CPU, its tile and the cache blocking around it. */
 typedef struct {

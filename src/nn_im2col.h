@@ -35,8 +35,8 @@ static inline unsigned nn_lanes(ptrdiff_t lo, ptrdiff_t hi) {
 
 /* the lanes of the chunk at j0 of an OW-wide output row: `out` those inside the row,
  * `valid` those whose input column is inside [0, W) */
-static inline void nn_chunk_masks(ptrdiff_t j0, ptrdiff_t OW, ptrdiff_t ow_lo, ptrdiff_t ow_hi, __mmask16 *valid,
-                                  __mmask16 *out) {
+static inline void nn_chunk_masks(ptrdiff_t j0, ptrdiff_t OW, ptrdiff_t ow_lo, ptrdiff_t ow_hi,
+                                  __mmask16 *valid, __mmask16 *out) {
     *valid = (__mmask16)nn_lanes(ow_lo - j0, ow_hi - j0);
     *out = (__mmask16)nn_lanes(0, OW - j0);
 }
@@ -44,8 +44,9 @@ static inline void nn_chunk_masks(ptrdiff_t j0, ptrdiff_t OW, ptrdiff_t ow_lo, p
 enum { NN_IM2COL_CHUNKS = 8 };   /* masks kept for rows of up to 8 chunks (128 columns) */
 
 __attribute__((target("avx512f"))) static void nn_im2col_row_s1_avx512(
-        const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw,
-        ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t ow_lo, ptrdiff_t ow_hi, float *dst) {
+        const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+        ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t ow_lo, ptrdiff_t ow_hi,
+        float *dst) {
     const __m512 zero = _mm512_setzero_ps();
     const ptrdiff_t chunks = (OW + 15) / 16, end = OH * OW;
     __mmask16 valid[NN_IM2COL_CHUNKS], out[NN_IM2COL_CHUNKS];
@@ -85,8 +86,8 @@ __attribute__((target("avx512f"))) static void nn_im2col_row_s1_avx512(
  * each chunk back soon after a store that overlaps it by all but one lane, which the
  * store-to-load forwarding cannot serve (measured slower than the scalar loop). */
 __attribute__((target("avx512f"))) static void nn_col2im_plane_s1_avx512(
-        const float *col, ptrdiff_t ldc, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t ph,
-        ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW, float *plane) {
+        const float *col, ptrdiff_t ldc, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW,
+        ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW, float *plane) {
     for (ptrdiff_t ih = 0; ih < H; ++ih) {
         float *xr = plane + ih * W;
         for (ptrdiff_t iw0 = 0; iw0 < W; iw0 += 16) {
@@ -108,15 +109,16 @@ __attribute__((target("avx512f"))) static void nn_col2im_plane_s1_avx512(
     }
 }
 #else
-static void nn_im2col_row_s1_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
-                                    ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t ow_lo,
-                                    ptrdiff_t ow_hi, float *dst) {
+static void nn_im2col_row_s1_avx512(const float *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                    ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw,
+                                    ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t ow_lo, ptrdiff_t ow_hi,
+                                    float *dst) {
     (void)plane; (void)H; (void)W; (void)kh; (void)kw; (void)sh; (void)ph; (void)pw;
     (void)OH; (void)OW; (void)ow_lo; (void)ow_hi; (void)dst;
 }
-static void nn_col2im_plane_s1_avx512(const float *col, ptrdiff_t ldc, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH,
-                                      ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW,
-                                      float *plane) {
+static void nn_col2im_plane_s1_avx512(const float *col, ptrdiff_t ldc, ptrdiff_t H, ptrdiff_t W,
+                                      ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t ph,
+                                      ptrdiff_t pw, ptrdiff_t OH, ptrdiff_t OW, float *plane) {
     (void)col; (void)ldc; (void)H; (void)W; (void)KH; (void)KW; (void)sh; (void)ph; (void)pw;
     (void)OH; (void)OW; (void)plane;
 }

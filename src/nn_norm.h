@@ -59,7 +59,8 @@ __attribute__((target("avx512f"))) static ptrdiff_t nn_grad_x_f32_avx512(
 #endif
 
 /* the leading values done by AVX-512 (0 where the CPU, or NN_ISA, has none) */
-static inline ptrdiff_t nn_normalise_f32(const float *x, float *y, ptrdiff_t S, double a, double b) {
+static inline ptrdiff_t nn_normalise_f32(const float *x, float *y, ptrdiff_t S, double a,
+                                         double b) {
 #if NN_X86
     if (nn_cpu_isa() >= NN_ISA_AVX512)
         return nn_normalise_f32_avx512(x, y, S, a, b);
@@ -68,8 +69,9 @@ static inline ptrdiff_t nn_normalise_f32(const float *x, float *y, ptrdiff_t S, 
     return 0;
 }
 
-static inline ptrdiff_t nn_grad_x_f32(const float *g, const float *x, float *dx, ptrdiff_t S, double k,
-                                 double mg, double mgx, float mu, float inv, int training) {
+static inline ptrdiff_t nn_grad_x_f32(const float *g, const float *x, float *dx, ptrdiff_t S,
+                                      double k, double mg, double mgx, float mu, float inv,
+                                      int training) {
 #if NN_X86
     if (nn_cpu_isa() >= NN_ISA_AVX512)
         return nn_grad_x_f32_avx512(g, x, dx, S, k, mg, mgx, mu, inv, training);

@@ -70,6 +70,13 @@ __attribute__((target("avx512f"))) static void nn_maxpool2x2_row_avx512(
                                  _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(pos, 1)));
     }
 }
+#else
+/* Off x86 the AVX-512 row never runs (nn_cpu_has_avx512f() is 0 there): this stub only keeps
+ * the call site in cnn_core/_conv.pyx linking, as nn_im2col.h's do. */
+static void nn_maxpool2x2_row_avx512(const float *r0, const float *r1, ptrdiff_t OW,
+                                     ptrdiff_t base, ptrdiff_t W, float *out, int64_t *idx) {
+    (void)r0; (void)r1; (void)OW; (void)base; (void)W; (void)out; (void)idx;
+}
 #endif
 
 #endif /* NN_POOL_H */

