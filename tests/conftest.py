@@ -116,6 +116,20 @@ def no_matplotlib(monkeypatch):
     yield
 
 
+def use_isa_or_skip(isa):
+    """Run the GEMM's `isa` micro-kernels (cnn_core._gemm._set_isa; None: back to the
+    default) -- or skip the test where this CPU lacks them, or NN_ISA holds them back (a run
+    with NN_ISA=generic tries, on x86, the portable kernels arm64 runs)."""
+    from cnn_core import _gemm
+    feature = {"avx2": "avx2", "avx512": "avx512f"}.get(isa)
+    if feature is not None and not cnn_core.cpu_features().get(feature):
+        pytest.skip(f"this CPU has no {isa}")
+    try:
+        _gemm._set_isa(isa)
+    except ValueError as error:
+        pytest.skip(f"{isa} is held back here ({error})")
+
+
 @contextlib.contextmanager
 def workers_held():
     """Within: the team's workers (src/nn_team.h) claim no part of any job -- as if the OS

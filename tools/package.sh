@@ -8,8 +8,8 @@
 # 2. tools/check_dist.py: what each holds (the wheel: compiled modules, Python packages,
 #    .pyx, sample, LICENSE, no generated C; the sdist: sources and tests, no build output)
 #    and their metadata.
-# 3. auditwheel: the wheel's manylinux tag (the oldest glibc its symbols need), repaired into
-#    a manylinux wheel.
+# 3. auditwheel: the wheel's manylinux tag (the oldest glibc its symbols need), repaired (and
+#    stripped of debug symbols) into a manylinux wheel.
 # 4. The manylinux wheel in a clean venv of PYTHON with the test extra and PyTorch (the
 #    oracle: NNSCRATCH_TORCH, default torch==2.13.0, a local file on the project's machines);
 #    the whole suite, from the unpacked sdist.
@@ -36,23 +36,26 @@ read -r OLDEST NUMPY_PIN TQDM_PIN < <("$PY" - "$ROOT/pyproject.toml" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 oldest = re.search(r'requires-python\s*=\s*">=\s*([0-9.]+)"', text).group(1)
-pins = {name: f"{name}=={low}.*" for name, low in re.findall(r'"(numpy|tqdm)>=([0-9.]+)"', text)}
+dependencies = re.search(r"^dependencies = \[(.*)\]$", text, re.MULTILINE).group(1)
+pins = {name: f"{name}=={low}.*"
+        for name, low in re.findall(r'"(numpy|tqdm)>=([0-9.]+)"', dependencies)}
 print(oldest, pins["numpy"], pins["tqdm"])
 EOF
 )
-OLDEST_PY="${NNSCRATCH_OLDEST_PYTHON:-}"
+# NNSCRATCH_OLDEST_PYTHON, else the first of python3.X on PATH and pyenv's 3.X.* that runs
+# (a pyenv shim answers for a version it does not have selected, and fails when run)
+OLDEST_PY=""
+for candidate in ${NNSCRATCH_OLDEST_PYTHON:-} "$(command -v "python$OLDEST" || true)" \
+        $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$OLDEST".*/bin/python"$OLDEST" 2>/dev/null); do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && \
+       [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$OLDEST" ]; then
+        OLDEST_PY="$candidate"
+        break
+    fi
+done
 if [ -z "$OLDEST_PY" ]; then
-    OLDEST_PY="$(command -v "python$OLDEST" || true)"
-    if [ -z "$OLDEST_PY" ] && command -v pyenv >/dev/null; then
-        OLDEST_PY="$(ls -d "$(pyenv root)"/versions/"$OLDEST".*/bin/python"$OLDEST" 2>/dev/null | tail -n 1)"
-    fi
-    if [ -z "$OLDEST_PY" ]; then
-        OLDEST_PY="$(ls -d "$HOME"/.pyenv/versions/"$OLDEST".*/bin/python"$OLDEST" 2>/dev/null | tail -n 1 || true)"
-    fi
-fi
-if [ -z "$OLDEST_PY" ] || [ ! -x "$OLDEST_PY" ]; then
-    echo "package: no Python $OLDEST (the oldest pyproject.toml's requires-python allows);" \
-         "set NNSCRATCH_OLDEST_PYTHON to one" >&2
+    echo "package: no Python $OLDEST (the oldest pyproject.toml's requires-python allows) runs" \
+         "here; set NNSCRATCH_OLDEST_PYTHON to one" >&2
     exit 2
 fi
 
@@ -83,7 +86,7 @@ step "what the wheel and the sdist hold"
 
 step "auditwheel: the manylinux tag"
 "$WORK/tools/bin/auditwheel" show "$WHEEL" | sed 's/^/   /'
-PATH="$WORK/tools/bin:$PATH" "$WORK/tools/bin/auditwheel" repair --wheel-dir "$WORK/wheelhouse" "$WHEEL"
+PATH="$WORK/tools/bin:$PATH" "$WORK/tools/bin/auditwheel" repair --strip --wheel-dir "$WORK/wheelhouse" "$WHEEL"
 MANYLINUX="$(ls "$WORK"/wheelhouse/*.whl)"
 case "$MANYLINUX" in
     *manylinux*) echo "   $(basename "$MANYLINUX")" ;;
@@ -98,24 +101,29 @@ tar -xzf "$SDIST" -C "$WORK/unpacked"
 TESTS_FROM="$(ls -d "$WORK"/unpacked/nnscratch-*)"
 
 run_suite() {   # venv: the whole suite from the unpacked sdist, the installed package imported
-    local venv="$1"
-    (cd "$TESTS_FROM" && "$venv/bin/python" -c \
-        "import cnn_core, numpy, sys; print('   cnn_core from', cnn_core.__file__, '| numpy', numpy.__version__, '| python', sys.version.split()[0])" \
-        && "$venv/bin/python" -c "import cnn_core, sys; sys.exit(0 if '$venv' in cnn_core.__file__ else 1)" \
-        && "$venv/bin/python" -m pytest -q -p no:cacheprovider)
+    local venv="$1"    # (pytest's script, not `python -m pytest`: the folder is not on sys.path)
+    (cd / && "$venv/bin/python" -c "
+import sys, cnn_core, numpy
+print('   cnn_core from', cnn_core.__file__, '| numpy', numpy.__version__,
+      '| python', sys.version.split()[0])
+sys.exit(0 if cnn_core.__file__.startswith('$venv/') else 1)") \
+        || { echo "package: the installed cnn_core is not the one imported" >&2; return 1; }
+    (cd "$TESTS_FROM" && "$venv/bin/pytest" -q -p no:cacheprovider)
 }
 
 step "the manylinux wheel in a clean venv ($PY), with $TORCH: the whole suite"
 "$PY" -m venv "$WORK/wheel-venv"
 "$WORK/wheel-venv/bin/pip" install -q "$TORCH"
 "$WORK/wheel-venv/bin/pip" install -q "$MANYLINUX[test]"
-run_suite "$WORK/wheel-venv"
+status=0
+run_suite "$WORK/wheel-venv" || { status=1; echo "package: the wheel's suite FAILED" >&2; }
 took
 
 step "the sdist, built by pip in a clean venv of Python $OLDEST ($OLDEST_PY), $NUMPY_PIN $TQDM_PIN"
 "$OLDEST_PY" -m venv "$WORK/sdist-venv"
 "$WORK/sdist-venv/bin/pip" install -q --upgrade pip
 env -u CC "$WORK/sdist-venv/bin/pip" install -q "$SDIST[test]" "$NUMPY_PIN" "$TQDM_PIN"
-run_suite "$WORK/sdist-venv"
+run_suite "$WORK/sdist-venv" || { status=1; echo "package: the sdist's suite FAILED" >&2; }
 took
-echo "package: the sdist and the wheel built, hold what they should, and pass in clean venvs"
+[ $status -eq 0 ] && echo "package: the sdist and the wheel built, hold what they should, and pass in clean venvs"
+exit $status

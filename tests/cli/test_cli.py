@@ -418,10 +418,22 @@ def test_resume_in_a_fresh_process_after_sigint(tmp_path):
     argv = ["train", "--data", "sample", "--limit", "1500", "--batch-size", "32", "--epochs",
             "20", "--hidden", "48", "--dropout", "0.2", "--seed", "3", "--threads", "2",
             "--no-progress"]
-    cmd = [sys.executable, "-m", "nnscratch.cli", *argv, "--save", "part.npz",
+    # `python -m nnscratch.cli`, each epoch after the first starting 0.2 s late: the signal
+    # sent when epoch 1's line arrives lands before the run ends, however busy the machine
+    # (unslowed, 19 epochs of 0.02 s could end first, and the run exit 0)
+    slow_start = ("import sys, time, nnscratch.cli as cli; original = cli._schedule_lr\n"
+                  "def late(base_lr, epoch, epochs, schedule):\n"
+                  "    if epoch >= 1: time.sleep(0.2)\n"
+                  "    return original(base_lr, epoch, epochs, schedule)\n"
+                  "cli._schedule_lr = late; sys.argv[0] = 'nnscratch'\n"
+                  "sys.exit(cli.main(sys.argv[1:]))")
+    cmd = [sys.executable, "-c", slow_start, *argv, "--save", "part.npz",
            "--checkpoint", "part.ckpt.npz"]
+    # SIGINT as a terminal's Ctrl-C finds it: a run started in the background by a
+    # non-interactive shell (nohup, `&`) inherits it ignored, and Python then keeps it so
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
             if line.startswith("epoch"):     # printed once its checkpoint is written

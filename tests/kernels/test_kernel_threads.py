@@ -9,7 +9,7 @@ import pytest
 
 import cnn_core
 from cnn_core import reference
-from conftest import assert_close, nan_array, randn
+from conftest import assert_close, nan_array, randn, use_isa_or_skip
 
 THREADS = [1, 2, 3, 5]
 
@@ -150,15 +150,9 @@ ISAS = ["generic", "avx2", "avx512"]
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    set_isa = getattr(getattr(cnn_core, "_gemm", None), "_set_isa", None)
-    if set_isa is None:
-        pytest.skip("cnn_core._gemm._set_isa (testing hook) is not available")
-    if request.param != "generic" and not cnn_core.cpu_features().get(
-            "avx512f" if request.param == "avx512" else "avx2"):
-        pytest.skip(f"this CPU has no {request.param}")
-    set_isa(request.param)
+    use_isa_or_skip(request.param)
     yield request.param
-    set_isa(None)
+    use_isa_or_skip(None)
 
 
 def test_gemm_micro_kernels(rng, dtype, isa):

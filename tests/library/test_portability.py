@@ -94,3 +94,18 @@ def test_numpy_c_api_target_matches_the_oldest_numpy_claimed():
     dependencies = re.search(r"^dependencies = \[(.*)\]$", pyproject, re.MULTILINE).group(1)
     oldest = re.search(r'"numpy>=(\d+)\.(\d+)"', dependencies)
     assert target and oldest and target.groups() == oldest.groups()
+
+
+def test_ci_runs_every_tool_but_the_emulated_arm64_run():
+    # each tools/ script that checks a build is run by .ci/run (arm64.sh, an emulated build
+    # of ~15 minutes plus its tests, is run by hand: docs/design.md gives its result)
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    commands = "\n".join(line.split("#")[0] for line in ci.splitlines())
+    scripts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "tools", "*.sh")))
+    assert {"sanitize.sh", "package.sh", "cross_check.sh"} <= set(scripts)
+    for script in scripts:
+        if script != "arm64.sh":
+            assert f"tools/{script}" in commands, script
+    assert "CC=clang tools/package.sh" in commands                 # the clang build
+    design = open(os.path.join(ROOT, "docs", "design.md")).read()
+    assert "tools/arm64.sh" in design
