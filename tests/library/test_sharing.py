@@ -38,9 +38,11 @@ def run_python(code, *args, env=None, **kwargs):
     process. (From outside the checkout by default: its source folder cnn_core/ would
     shadow the installed build.)"""
     kwargs.setdefault("cwd", tempfile.gettempdir())
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
-                          env=dict(os.environ if env is None else env), capture_output=True,
-                          text=True, timeout=TIMEOUT, **kwargs)
+    # unbuffered, as a terminal shows it: a forked child that prints and then leaves with
+    # os._exit (no flush) is seen whatever the caller's environment says
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
 
 
 def wait_for(pid, seconds=TIMEOUT):
