@@ -287,16 +287,27 @@ def gemm_until_late(a, b, expected, lates):
     pytest.fail(f"{_team_lates() - start} late jobs in 500 calls, wanted {lates}")
 
 
+def product_time(a, b):
+    """Seconds one gemm(a, b) takes here: ~0.7 ms natively for 300x300, ~150 ms emulated
+    (qemu), where a fixed nap of a few ms would never outlast the caller's own share."""
+    cnn_core.gemm(a, b)
+    start = time.perf_counter()
+    cnn_core.gemm(a, b)
+    return time.perf_counter() - start
+
+
 @pytest.mark.parametrize("threads", [2], indirect=True)
 def test_a_late_worker_sends_the_caller_alone_for_a_while(rng, threads):
-    # a worker parked in the middle of a part it claimed (here: napping 20 ms) makes its
-    # caller wait; the caller counts the job late and then runs its next jobs alone (here
-    # for half a second at least, so that a slow build still sees it) with the same bits;
+    # a worker parked in the middle of a part it claimed (here: napping 20 ms, or four
+    # products' time where that is longer) makes its caller wait; the caller counts the job
+    # late and then runs its next jobs alone (here for half a second at least, so that a
+    # slow build still sees it) with the same bits;
     # then it offers the workers jobs again
     a, b = randn(rng, (300, 300), np.float32), randn(rng, (300, 300), np.float32)
     expected = cnn_core.gemm(a, b)
-    _team_tune(solo_min=0.5, solo_max=1.0)
-    _team_slow(0.02)
+    took = product_time(a, b)
+    _team_tune(solo_min=max(0.5, 10 * took), solo_max=max(1.0, 20 * took))
+    _team_slow(max(0.02, 4 * took))
     try:
         gemm_until_late(a, b, expected, 1)
         ran = _team_counts()[0]
@@ -322,8 +333,9 @@ def test_no_time_alone_when_tuned_so(rng, threads):
     # the workers at once
     a, b = randn(rng, (300, 300), np.float32), randn(rng, (300, 300), np.float32)
     expected = cnn_core.gemm(a, b)
+    took = product_time(a, b)
     _team_tune(solo_min=0, solo_max=0)
-    _team_slow(0.005)
+    _team_slow(max(0.005, 4 * took))
     try:
         gemm_until_late(a, b, expected, 3)
         _team_slow(0)
