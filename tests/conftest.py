@@ -285,11 +285,10 @@ def pytest_terminal_summary(terminalreporter):
             name = reason.split("'")[1] if "'" in reason else reason
             missing.setdefault(name.split(".")[0], []).append(report.nodeid)
     for package, nodeids in sorted(missing.items()):
-        install = "torch" if package == "torch" else package
         terminalreporter.write_sep("=", f"NOT RUN: {len(nodeids)} tests (or files) need "
                                         f"{package}", red=True, bold=True)
         terminalreporter.write_line(f"{package} is not installed, so these tests did not run "
-                                    f"(they are not passes): pip install {install}, then pytest")
+                                    f"(they are not passes): pip install {package}, then pytest")
         for nodeid in nodeids[:10]:
             terminalreporter.write_line(f"  {nodeid}")
         if len(nodeids) > 10:

@@ -301,8 +301,7 @@ def test_a_late_worker_sends_the_caller_alone_for_a_while(rng, threads):
     # a worker parked in the middle of a part it claimed (here: napping 20 ms, or four
     # products' time where that is longer) makes its caller wait; the caller counts the job
     # late and then runs its next jobs alone (here for half a second at least, so that a
-    # slow build still sees it) with the same bits;
-    # then it offers the workers jobs again
+    # slow build still sees it) with the same bits; then it offers the workers jobs again
     a, b = randn(rng, (300, 300), np.float32), randn(rng, (300, 300), np.float32)
     expected = cnn_core.gemm(a, b)
     took = product_time(a, b)
