@@ -56,6 +56,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=tools/lib/worktree.sh
+. "$REPO/tools/lib/worktree.sh"
 ROOT="${NNSCRATCH_ARM64_ROOT:-/var/tmp/nnscratch-arm64}"
 ROOT="$(realpath -m "$ROOT")"
 MIRROR="${NNSCRATCH_ARM64_MIRROR:-http://deb.debian.org/debian}"
@@ -222,9 +224,7 @@ if [ "$TREE" = worktree ]; then
     say "copy the working tree (tracked and new files as they are now, nothing ignored)"
     t=$SECONDS
     COMMIT="$COMMIT + working-tree changes"
-    git -C "$REPO" ls-files -z --cached --others --exclude-standard |
-        tar -C "$REPO" --null -T - --ignore-failed-read -cf - 2>/dev/null |
-        tar -x -C "$ROOT/root/nnscratch"
+    copy_worktree "$REPO" "$ROOT/root/nnscratch"
 else
     say "copy the committed tree (git archive HEAD)"
     t=$SECONDS

@@ -1,62 +1,59 @@
 #!/usr/bin/env bash
-# Compile every kernel module for another CPU, in seconds, without running it: Cython's C
-# output, compiled to an object file by a cross compiler with setup.py's flags, so that an x86-only
-# call, a missing fallback or an undeclared function breaks here rather than on a learner's
-# ARM laptop. (The emulated arm64 build that also runs the tests is tools/arm64.sh.)
+# Build every kernel module for another CPU, in about a minute, without running it: setup.py's
+# own build (its flags, macros and Cython directives) with a cross compiler, so that an
+# x86-only call, a missing fallback or an undeclared function breaks here rather than on a
+# learner's ARM laptop. (The emulated arm64 build that also runs the tests is tools/arm64.sh.)
 #
-#   tools/cross_check.sh [PYTHON]          # PYTHON: has Cython and NumPy (default python3)
+#   tools/cross_check.sh [PYTHON]          # PYTHON: has Cython, NumPy, setuptools (default python3)
 #
 # CROSS_CC: the compiler (default aarch64-linux-gnu-gcc; Debian: apt-get install
 # gcc-aarch64-linux-gnu). The host's Python and NumPy headers stand in for the target's (on
-# 64-bit Linux they declare the same types). Exits 1 on any error or warning of the kinds
-# -Werror turns on below; prints the count of NEON vector FMA instructions in the GEMM's object
-# (the portable micro-kernel's vector code compiled for the target).
+# 64-bit Linux they declare the same types). Besides setup.py's -Werror flags, an
+# incompatible pointer or an int/pointer conversion is an error here. Exits 1 if the build
+# fails or makes a module for another machine; prints the count of NEON vector FMAs in the
+# GEMM's module (the portable micro-kernels' vector code compiled for the target).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=tools/lib/worktree.sh
+. "$ROOT/tools/lib/worktree.sh"
 PY="$(command -v "${1:-${PYTHON:-python3}}" || true)"
 [ -n "$PY" ] || { echo "cross_check: no python interpreter '${1:-python3}'" >&2; exit 2; }
 CROSS_CC="${CROSS_CC:-aarch64-linux-gnu-gcc}"
 command -v "$CROSS_CC" >/dev/null || {
     echo "cross_check: no $CROSS_CC (Debian: apt-get install gcc-aarch64-linux-gnu)" >&2; exit 2; }
+MACHINE="$("$CROSS_CC" -dumpmachine)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nnscratch-cross.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-PYINC="$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")"
-NPINC="$("$PY" -c "import numpy; print(numpy.get_include())")"
-# setup.py's flags and macros, read from it (one source of truth)
-read -r -a FLAGS < <("$PY" - "$ROOT/setup.py" <<'EOF'
-import re, sys
-text = open(sys.argv[1]).read()
-flags = []
-for group in re.findall(r'compile_args \+?= \[([^\]]*)\]', text):
-    flags += re.findall(r'"([^"]+)"', group)
-flags = ["-O3"] + [f for f in flags if f not in ("-O0", "-g")]   # the release build's flags
-for name, value in re.findall(r'\("(NPY_\w+)", "(\w+)"\)', text):
-    flags.append(f"-D{name}={value}")
-print(" ".join(flags))
-EOF
-)
+copy_worktree "$ROOT" "$WORK/tree" setup.py cnn_core src
+# setup.py holds everything the build needs (as in tools/sanitize.sh: no pyproject.toml)
+
 echo "cross_check: $("$CROSS_CC" --version | head -n 1)"
-echo "   flags: ${FLAGS[*]}"
+start=$(date +%s)
+if ! (cd "$WORK/tree" &&
+      CC="$CROSS_CC" LDSHARED="$CROSS_CC -shared" \
+      NNSCRATCH_CFLAGS="-Werror=incompatible-pointer-types -Werror=int-conversion" \
+          "$PY" setup.py -q build_ext -b "$WORK/out" -t "$WORK/tmp" --parallel 2 \
+          >"$WORK/build.log" 2>&1); then
+    grep -E "error" "$WORK/build.log" | head -n 20 >&2
+    echo "cross_check: the build for $MACHINE FAILED" >&2
+    exit 1
+fi
+echo "   built in $(( $(date +%s) - start )) s"
 status=0
-for pyx in "$ROOT"/cnn_core/_*.pyx; do
-    name="$(basename "$pyx" .pyx)"
-    # setup.py's DIRECTIVES for a release build (NNSCRATCH_DEBUG unset)
-    (cd "$ROOT" && "$PY" -m cython -3 -I . -o "$WORK/$name.c" \
-        -X boundscheck=False,wraparound=False,initializedcheck=False,nonecheck=False,cdivision=True \
-        "cnn_core/$name.pyx" >/dev/null)
-    if "$CROSS_CC" -c "${FLAGS[@]}" -fPIC -Werror=implicit-function-declaration \
-            -Werror=incompatible-pointer-types -Werror=int-conversion \
-            -I "$ROOT/src" -I "$PYINC" -I "$NPINC" -o "$WORK/$name.o" "$WORK/$name.c" \
-            2>"$WORK/$name.log"; then
+WANT="$(echo "$MACHINE" | cut -d- -f1)"                  # aarch64
+for so in "$WORK"/out/cnn_core/_*.so; do
+    name="$(basename "$so" | cut -d. -f1)"
+    if readelf -h "$so" | grep -qi "Machine:.*${WANT/aarch64/AArch64}"; then
         echo "   $name: ok"
     else
-        echo "   $name: FAILED"; grep -E "error" "$WORK/$name.log" | head -n 5; status=1
+        echo "   $name: not built for $MACHINE"; status=1
     fi
 done
-if [ -f "$WORK/_gemm.o" ] && command -v "${CROSS_CC%gcc}objdump" >/dev/null; then
-    echo "   vector FMAs (fmla v...) in _gemm.o: $("${CROSS_CC%gcc}objdump" -d "$WORK/_gemm.o" | grep -c 'fmla\s*v' || true)"
+OBJDUMP="${CROSS_CC%gcc}objdump"
+if command -v "$OBJDUMP" >/dev/null; then
+    echo "   vector FMAs (fmla v...) in _gemm: $("$OBJDUMP" -d "$WORK"/out/cnn_core/_gemm.*.so | grep -c 'fmla\s*v' || true)"
 fi
-[ $status -eq 0 ] && echo "cross_check: every module compiles for $("$CROSS_CC" -dumpmachine)"
+[ $status -eq 0 ] && echo "cross_check: every module builds for $MACHINE"
 exit $status

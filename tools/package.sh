@@ -25,6 +25,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=tools/lib/worktree.sh
+. "$ROOT/tools/lib/worktree.sh"
 PY="$(command -v "${1:-${PYTHON:-python3}}" || true)"
 [ -n "$PY" ] || { echo "package: no python interpreter '${1:-${PYTHON:-python3}}'" >&2; exit 2; }
 TORCH="${NNSCRATCH_TORCH:-torch==2.13.0}"
@@ -65,10 +67,8 @@ step() { echo "== package: $*"; STEP_START=$(date +%s); }
 took() { echo "   ($(( $(date +%s) - STEP_START )) s)"; }
 
 step "copy the sources (tracked and new files, as in the working tree)"
-mkdir -p "$WORK/tree" "$WORK/dist" "$WORK/wheelhouse"
-(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
-    | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
-    | xargs -0 cp --parents -t "$WORK/tree")
+mkdir -p "$WORK/dist" "$WORK/wheelhouse"
+copy_worktree "$ROOT" "$WORK/tree"
 
 step "python -m build (sdist, then the wheel from it) with $PY, CC=${CC:-default}"
 "$PY" -m venv "$WORK/tools"

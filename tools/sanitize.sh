@@ -46,6 +46,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=tools/lib/worktree.sh
+. "$ROOT/tools/lib/worktree.sh"
 PY_NAME="${1:-${PYTHON:-python3}}"
 [ $# -gt 0 ] && shift
 PY="$(command -v "$PY_NAME" || true)"
@@ -117,13 +119,9 @@ mkdir -p "$TREE"
 
 echo "== sanitize: copy the sources into $TREE"
 if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    # tracked and new (not ignored) files of the folders the build and the tests need, as
-    # they are in the working tree; deleted ones skipped (not the whole tree: a venv inside
-    # the checkout, such as CI's .venv-ci, is not necessarily ignored)
-    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- \
-            setup.py cnn_core src python tests \
-        | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
-        | xargs -0 cp --parents -t "$TREE")
+    # the folders the build and the tests need (not the whole tree: a venv inside the
+    # checkout, such as CI's .venv-ci, is not necessarily ignored)
+    copy_worktree "$ROOT" "$TREE" setup.py cnn_core src python tests
 else
     (cd "$ROOT" && tar -cf - --exclude='*.so' --exclude='cnn_core/*.c' --exclude=build \
         --exclude='.venv*' --exclude='__pycache__' setup.py cnn_core src python tests) \
