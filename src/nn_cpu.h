@@ -8,10 +8,29 @@
 #ifndef NN_CPU_H
 #define NN_CPU_H
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+/* NN_GNU: GCC's extensions are there (GCC, clang): vector types (`vector_size`), function
+ * target attributes, __builtin_*. Without them (MSVC; or any compiler given -DNN_PLAIN_C,
+ * which is how the plain-C path is built and tested with GCC) every header falls back to
+ * plain C11: scalar loops with the same sums in the same order as the vector kernels. */
+#if defined(__GNUC__) && !defined(NN_PLAIN_C)
+#define NN_GNU 1
+#else
+#define NN_GNU 0
+#endif
+
+#if NN_GNU && (defined(__x86_64__) || defined(__i386__))
 #define NN_X86 1
 #else
 #define NN_X86 0
+#endif
+
+/* a hint to fetch the cache line at p (for writing: NN_PREFETCH_W) */
+#if NN_GNU
+#define NN_PREFETCH(p) __builtin_prefetch(p)
+#define NN_PREFETCH_W(p) __builtin_prefetch((p), 1)
+#else
+#define NN_PREFETCH(p) ((void)0)
+#define NN_PREFETCH_W(p) ((void)0)
 #endif
 
 #include <stdatomic.h>

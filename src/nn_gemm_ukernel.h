@@ -27,7 +27,9 @@
  *
  * The kernels are written once, with GCC vector extensions, and stamped out per target
  * by NN_DEFINE_UKERNEL; the loops over MR and NR are fully unrolled by the compiler
- * (`GCC unroll`), so the accumulators live in registers.
+ * (`GCC unroll`), so the accumulators live in registers. A compiler without the vector
+ * extensions (MSVC; any compiler given -DNN_PLAIN_C) gets the same kernels in plain C,
+ * with the same sums and the same bits (see "!NN_GNU" below).
  */
 #ifndef NN_GEMM_UKERNEL_H
 #define NN_GEMM_UKERNEL_H
@@ -67,10 +69,12 @@
     } while (0)
 #define NN_WRITE_BACK(T, acc, cp, alpha, beta, bias, bj, relu)                               \
     do {                                                                                    \
-        int unused_;                                                                        \
+        int unused_ = 0;                                                                    \
         NN_WRITE_BACK_CHECKED(T, acc, cp, alpha, beta, bias, bj, (relu) & NN_RELU, unused_); \
         (void)unused_;                                                                      \
     } while (0)
+
+#if NN_GNU   /* the vector kernels; plain C after them (#else) */
 
 /* NAME: function name; T, IT: element type and the integer type of its width;
  * MR, NR: tile (NR: the packed B panel's width); NC: the columns computed, NR or NR / 2
@@ -95,14 +99,14 @@
             for (int v = 0; v < NV; ++v) acc[i][v] = (NAME##_v){0};                         \
         NN_PRAGMA(GCC unroll 16)                                                            \
         for (int i = 0; i < (MR); ++i) {                                                    \
-            __builtin_prefetch(c + i * ldc, 1);                                             \
-            if ((NC) * sizeof(T) > 64) __builtin_prefetch(c + i * ldc + 64 / sizeof(T), 1);  \
+            NN_PREFETCH_W(c + i * ldc);                                                     \
+            if ((NC) * sizeof(T) > 64) NN_PREFETCH_W(c + i * ldc + 64 / sizeof(T));          \
         }                                                                                   \
         for (ptrdiff_t p = 0; p < k; ++p) {                                                 \
             NAME##_v bv[NV];                                                                \
-            __builtin_prefetch(B_AT(b, ldb, p + 16, NR));                                   \
+            NN_PREFETCH(B_AT(b, ldb, p + 16, NR));                                          \
             if ((NC) * sizeof(T) > 64)                                                      \
-                __builtin_prefetch(B_AT(b, ldb, p + 16, NR) + 64 / sizeof(T));             \
+                NN_PREFETCH(B_AT(b, ldb, p + 16, NR) + 64 / sizeof(T));                     \
             NN_PRAGMA(GCC unroll 4)                                                         \
             for (int v = 0; v < NV; ++v)                                                    \
                 memcpy(&bv[v], B_AT(b, ldb, p, NR) + v * (VL), sizeof(NAME##_v));          \
@@ -248,6 +252,60 @@
         }                                                                                   \
     }
 
+#else  /* !NN_GNU: the same kernels in plain C11 (MSVC; -DNN_PLAIN_C), for any compiler.
+ * Each element of C is summed by the same multiply-adds in the same order (p = 0, 1, ...,
+ * k-1) as in a lane of the vector kernels above, and written back by the same rule, so the
+ * two give the same bits; the loops read the same elements of A and B. VL and IT are not
+ * used here. */
+#define NN_DEFINE_UKERNEL(NAME, T, IT, MR, NR, NC, VL, TARGET, A_AT, B_AT)                   \
+    static int NAME(ptrdiff_t k, const T *restrict a, ptrdiff_t lda, const T *restrict b,   \
+                    ptrdiff_t ldb, T *restrict c, ptrdiff_t ldc, T alpha, T beta,           \
+                    const T *restrict bias, int relu, int mr, int nr) {                     \
+        T acc[MR][NC];                                                                      \
+        int bad = 0;                                                                        \
+        for (int i = 0; i < (MR); ++i)                                                      \
+            for (int j = 0; j < (NC); ++j) acc[i][j] = 0;                                   \
+        for (ptrdiff_t p = 0; p < k; ++p) {                                                 \
+            const T *bp = B_AT(b, ldb, p, NR);                                              \
+            for (int i = 0; i < (MR); ++i) {                                                \
+                const T ai = A_AT(a, lda, p, i, MR);                                        \
+                for (int j = 0; j < (NC); ++j) acc[i][j] += ai * bp[j];                     \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < mr; ++i)                                                        \
+            for (int j = 0; j < nr; ++j)                                                    \
+                NN_WRITE_BACK_CHECKED(T, acc[i][j], c + i * ldc + j, alpha, beta, bias, j,  \
+                                      relu, bad);                                           \
+        return bad;                                                                         \
+    }
+
+/* the row kernel: c[j] for j < n, CHUNK columns at a time (B's rows read along) */
+#define NN_DEFINE_ROWKERNEL(NAME, T, VL, TARGET, WIDE)                                       \
+    static void NAME(ptrdiff_t k, ptrdiff_t n, const T *restrict a, ptrdiff_t csa,          \
+                     const T *restrict b, ptrdiff_t ldb, T *restrict c, T alpha, T beta,    \
+                     const T *restrict bias, int relu) {                                    \
+        enum { CHUNK = 64 };                                                                \
+        const int plain = alpha == 1 && beta == 0 && bias == NULL && !relu;                 \
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += CHUNK) {                                       \
+            const int w = n - j0 < CHUNK ? (int)(n - j0) : CHUNK;                           \
+            T acc[CHUNK];                                                                   \
+            for (int t = 0; t < w; ++t) acc[t] = 0;                                         \
+            for (ptrdiff_t p = 0; p < k; ++p) {                                             \
+                const T ap = a[p * csa];                                                    \
+                const T *bp = b + p * ldb + j0;                                             \
+                for (int t = 0; t < w; ++t) acc[t] += ap * bp[t];                           \
+            }                                                                               \
+            for (int t = 0; t < w; ++t) {                                                   \
+                if (plain)                                                                  \
+                    c[j0 + t] = acc[t];                                                     \
+                else                                                                        \
+                    NN_WRITE_BACK(T, acc[t], c + j0 + t, alpha, beta, bias, j0 + t, relu);  \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+#endif /* NN_GNU */
+
 NN_DEFINE_ROWKERNEL(nn_sgemm_row_generic, float, 4, , 8)
 NN_DEFINE_ROWKERNEL(nn_dgemm_row_generic, double, 2, , 8)
 #if NN_X86
@@ -261,6 +319,7 @@ NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512, 16)
  * of NR contiguous elements per row: dst[p*NR + j] = b[p*rsb + j]. Stamped per ISA so that
  * the copy moves whole vectors (the extension modules themselves are built for plain
  * x86-64). Edge panels are packed by the Cython code, transposed B by NN_DEFINE_PACK_BT. */
+#if NN_GNU
 #define NN_DEFINE_PACK_B(NAME, T, NR, VL, TARGET)                                            \
     typedef T NAME##_v __attribute__((vector_size((VL) * sizeof(T))));                      \
     TARGET static void NAME(ptrdiff_t kc, const T *restrict b, ptrdiff_t rsb,               \
@@ -275,6 +334,12 @@ NN_DEFINE_ROWKERNEL(nn_dgemm_row_avx512, double, 8, NN_TARGET_AVX512, 16)
             }                                                                               \
         }                                                                                   \
     }
+#else
+#define NN_DEFINE_PACK_B(NAME, T, NR, VL, TARGET)                                            \
+    static void NAME(ptrdiff_t kc, const T *restrict b, ptrdiff_t rsb, T *restrict dst) {   \
+        for (ptrdiff_t p = 0; p < kc; ++p) memcpy(dst + p * (NR), b + p * rsb, (NR) * sizeof(T)); \
+    }
+#endif
 
 /* Packing a whole MR-row micro-panel of transposed A (A[i, p] = a[p*csa + i]: op(A) = X^T, as
  * in the weight gradient X^T @ g) is a copy of MR contiguous elements per p:

@@ -46,9 +46,9 @@
 #include <stdint.h>
 #include <time.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && !defined(NN_PLAIN_C) && (defined(__x86_64__) || defined(__i386__))
 #define NN_TEAM_PAUSE() __builtin_ia32_pause()
-#elif defined(__GNUC__) && defined(__aarch64__)
+#elif defined(__GNUC__) && !defined(NN_PLAIN_C) && defined(__aarch64__)
 #define NN_TEAM_PAUSE() __asm__ __volatile__("yield")
 #else
 #define NN_TEAM_PAUSE() atomic_signal_fence(memory_order_seq_cst)

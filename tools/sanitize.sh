@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Build cnn_core with AddressSanitizer + UndefinedBehaviorSanitizer and run the kernel tests
 # under it -- or, with NNSCRATCH_SANITIZER=thread, with ThreadSanitizer and run the threaded
-# tests under it; exit non-zero on any test failure or any sanitizer report.
+# tests under it; exit non-zero on any test failure or any sanitizer report. With
+# NNSCRATCH_SANITIZER=plain, no sanitizer: the plain-C build (-DNN_PLAIN_C: what a compiler
+# without GCC's extensions, such as MSVC, compiles of src/*.h) and the kernel and layer tests.
 #
 #   tools/sanitize.sh [PYTHON] [pytest arguments...]
 #   NNSCRATCH_SANITIZER=thread tools/sanitize.sh [PYTHON] [pytest arguments...]
+#   NNSCRATCH_SANITIZER=plain tools/sanitize.sh [PYTHON] [pytest arguments...]
 #
 # PYTHON: the interpreter to build and test with (default: $PYTHON, else python3). It needs
 # numpy, Cython >= 3, setuptools and pytest; the package may be pip-installed there, the
@@ -39,6 +42,13 @@
 #   The tests that fork a multi-threaded process are left out (TSan does not support
 #   threads in such a child), and so is the test that counts the process's threads (TSan
 #   adds one). It checks the team (src/nn_team.h) and every kernel's parts for data races.
+#
+# * Plain C (NNSCRATCH_SANITIZER=plain): -DNN_PLAIN_C, -O3, no debug checks: no vector types,
+#   no x86 intrinsics, no __builtin_* (src/nn_cpu.h's NN_GNU is 0), so the portable
+#   micro-kernels run as scalar C -- the path an MSVC build takes (docs/design.md). The
+#   kernel tests (twins, threads, edge tiles) and the layer, gradient and training tests
+#   must pass on it; the bits equal the vector build's with NN_ISA=generic
+#   (tests/library/test_portability.py checks the kernels byte for byte).
 #
 # Environment: PYTHON, CC (default gcc), NNSCRATCH_SANITIZE_KEEP=1 keeps the temporary
 # directory (printed) for a look at the build (build.log) or the test output (pytest.log).
@@ -77,12 +87,19 @@ THREAD_TESTS=(
     tests/kernels/test_take_rows.py tests/kernels/test_activations.py tests/kernels/test_losses.py
     tests/library/test_sharing.py tests/library/test_concurrency.py tests/library/test_model.py
 )
+# plain C: the kernel tests and what runs them in a model
+PLAIN_TESTS=(
+    "${KERNEL_TESTS[@]}" tests/library/test_layers.py tests/library/test_gradcheck.py
+    tests/library/test_conv_layers.py tests/library/test_fit.py tests/fast
+)
 MODE="${NNSCRATCH_SANITIZER:-address}"
 case "$MODE" in
     address) DEFAULT_TESTS=("${KERNEL_TESTS[@]}"); SELECT=() ;;
     thread) DEFAULT_TESTS=("${THREAD_TESTS[@]}")
             SELECT=(-k "not fork and not pool and not issues and not takes_effect") ;;
-    *) echo "sanitize: NNSCRATCH_SANITIZER must be address or thread, got '$MODE'" >&2; exit 2 ;;
+    plain) DEFAULT_TESTS=("${PLAIN_TESTS[@]}"); SELECT=() ;;
+    *) echo "sanitize: NNSCRATCH_SANITIZER must be address, thread or plain, got '$MODE'" >&2
+       exit 2 ;;
 esac
 if [ $# -gt 0 ]; then
     TESTS=("$@")
@@ -101,8 +118,9 @@ if ! "$PY" -c "import Cython, numpy, setuptools, pytest" 2>/dev/null; then
     exit 2
 fi
 RUNTIME_NAME=$([ "$MODE" = thread ] && echo libtsan || echo libasan)
-LIBASAN="$("$CC" -print-file-name=$RUNTIME_NAME.so)"
-if [ "${LIBASAN#/}" = "$LIBASAN" ] || [ ! -e "$LIBASAN" ]; then
+LIBASAN=""
+[ "$MODE" = plain ] || LIBASAN="$("$CC" -print-file-name=$RUNTIME_NAME.so)"
+if [ "$MODE" != plain ] && { [ "${LIBASAN#/}" = "$LIBASAN" ] || [ ! -e "$LIBASAN" ]; }; then
     echo "sanitize: $CC has no $MODE sanitizer runtime ($RUNTIME_NAME.so); install it (Debian:" \
          "apt-get install libasan8 / libtsan2, part of gcc)" >&2
     exit 2
@@ -132,9 +150,15 @@ fi
 rm -f "$TREE/pyproject.toml"
 
 start=$(date +%s)
+OPT="-O1 -g"
 if [ "$MODE" = thread ]; then
     echo "== sanitize: build (ThreadSanitizer) with $PY"
     SAN_FLAGS="-fsanitize=thread"
+    DEBUG=0
+elif [ "$MODE" = plain ]; then
+    echo "== sanitize: build (plain C: -DNN_PLAIN_C, no sanitizer) with $PY"
+    SAN_FLAGS=""
+    OPT="-DNN_PLAIN_C"
     DEBUG=0
 else
     echo "== sanitize: build (ASan + UBSan, Cython checks on) with $PY"
@@ -144,12 +168,13 @@ fi
 (
     cd "$TREE"
     NNSCRATCH_DEBUG=$DEBUG \
-    NNSCRATCH_CFLAGS="$SAN_FLAGS -O1 -g" \
+    NNSCRATCH_CFLAGS="$SAN_FLAGS $OPT" \
     NNSCRATCH_LDFLAGS="$SAN_FLAGS" \
         "$PY" setup.py -q build_ext --inplace --parallel 2 >"$WORK/build.log" 2>&1
 ) || { tail -n 60 "$WORK/build.log" >&2; echo "sanitize: build failed" >&2; exit 1; }
 echo "   built in $(( $(date +%s) - start )) s"
 for so in "$TREE"/cnn_core/*.so; do
+    [ "$MODE" != plain ] || break
     if ! readelf -d "$so" | grep -q "$RUNTIME_NAME"; then
         echo "sanitize: $so is not linked with $RUNTIME_NAME" >&2
         exit 1
@@ -171,7 +196,10 @@ print('   cnn_core from', cnn_core.__file__)
 print('   _gemm from   ', g.__file__)
 print('   _linear from ', lin.__file__)
 print('   micro-kernel', cnn_core.gemm_kernel_name(), '| threads', cnn_core.get_num_threads())
-sys.exit(0 if all(m.__file__.startswith('$TREE/') for m in (g, lin)) else 1)
+ok = all(m.__file__.startswith('$TREE/') for m in (g, lin))
+if '$MODE' == 'plain' and not cnn_core.gemm_kernel_name().startswith('generic'):
+    print('   the plain-C build picked', cnn_core.gemm_kernel_name()); ok = False
+sys.exit(0 if ok else 1)
 ") || { echo "sanitize: the sanitized cnn_core is not the one imported" >&2; exit 1; }
 
 echo "== sanitize: pytest ${TESTS[*]}"
@@ -191,6 +219,9 @@ fi
 if [ "$status" -ne 0 ]; then
     echo "sanitize: FAILED" >&2
 else
-    echo "sanitize: clean (no $([ "$MODE" = thread ] && echo TSan || echo ASan/UBSan) report, all tests passed)"
+    case "$MODE" in
+        plain) echo "sanitize: the plain-C build passed every test" ;;
+        *) echo "sanitize: clean (no $([ "$MODE" = thread ] && echo TSan || echo ASan/UBSan) report, all tests passed)" ;;
+    esac
 fi
 exit "$status"

@@ -109,3 +109,66 @@ def test_ci_runs_every_tool_but_the_emulated_arm64_run():
     assert "CC=clang tools/package.sh" in commands                 # the clang build
     design = open(os.path.join(ROOT, "docs", "design.md")).read()
     assert "tools/arm64.sh" in design
+
+
+def _c_compiler():
+    # the compiler the build uses: $CC, else Python's own (sysconfig), else cc
+    import shlex
+    import shutil
+    import sysconfig
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    assert shutil.which(cc[0]), (
+        f"no C compiler {cc[0]!r}: building nnscratch needs one (README, 'Install'), and so "
+        "does this test")
+    return cc
+
+
+def _run_plain_c_check(tmp_path, name, flags):
+    import subprocess
+    exe = str(tmp_path / name)
+    build = subprocess.run(
+        _c_compiler() + ["-std=c11", "-O2", "-Wall", "-Werror", "-Wno-unused-function"]
+        + flags + ["-I", os.path.join(ROOT, "src"),
+                   os.path.join(ROOT, "tests", "library", "plain_c_check.c"),
+                   "-o", exe, "-lm", "-pthread"],
+        capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([exe], capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    return run.stdout
+
+
+def test_plain_c_kernels_give_the_vector_kernels_bits(tmp_path):
+    # Windows on paper (docs/design.md): a compiler without GCC's extensions (MSVC) gets the
+    # portable micro-kernels, row kernels, packers and peak loop in plain C11. -DNN_PLAIN_C
+    # builds that path here: tests/library/plain_c_check.c then poisons every GNU extension
+    # (__attribute__, vector_size, __builtin_*, asm, typeof) before including src/*.h, so
+    # the headers must compile without one, pedantically; and its output -- the kernels over
+    # edge tiles, the four ways to read A and B, every write-back rule and the finite check
+    # -- must be the same bytes as the vector kernels' (same sums, same order).
+    vector = _run_plain_c_check(tmp_path, "vector", [])
+    plain = _run_plain_c_check(tmp_path, "plain", ["-DNN_PLAIN_C", "-pedantic-errors"])
+    assert len(vector) > 1_000_000            # every case ran and wrote its tile
+    if plain != vector:
+        first = next(i for i, (p, v) in enumerate(zip(plain, vector)) if p != v)
+        raise AssertionError(f"the plain-C kernels differ from the vector kernels from byte "
+                             f"{first} of {len(vector)}")
+
+
+def test_the_poison_catches_a_gnu_extension(tmp_path):
+    # the check above can fail: a header that uses a GNU extension in the plain-C path is a
+    # build error there
+    import shutil
+    import subprocess
+    shutil.copytree(os.path.join(ROOT, "src"), tmp_path / "src")
+    cpu = tmp_path / "src" / "nn_cpu.h"
+    text = cpu.read_text()
+    assert "#define NN_PREFETCH(p) ((void)0)" in text
+    cpu.write_text(text.replace("#define NN_PREFETCH(p) ((void)0)",
+                                "#define NN_PREFETCH(p) __builtin_prefetch(p)"))
+    build = subprocess.run(
+        _c_compiler() + ["-std=c11", "-DNN_PLAIN_C", "-fsyntax-only",
+                         "-I", str(tmp_path / "src"),
+                         os.path.join(ROOT, "tests", "library", "plain_c_check.c")],
+        capture_output=True, text=True)
+    assert build.returncode != 0 and "poisoned" in build.stderr, build.stderr[-2000:]
