@@ -41,11 +41,12 @@ __all__ = [
     "gradcheck", "load", "models", "datasets", "__version__",
 ]
 
-_LAZY_SUBMODULES = ("datasets",)
+# imported on first use: `nnscratch.datasets`, and the bridges to other libraries, which
+# import their optional package (onnx, torch, scikit-learn) only when used
+_LAZY_SUBMODULES = ("datasets", "onnx", "interop", "sklearn")
 
 
 def __getattr__(name):
-    # `nnscratch.datasets` is imported on first use
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
