@@ -1,7 +1,12 @@
 """Speed of nnscratch against its NumPy reference backend and PyTorch, measured in one run.
 
-    nnscratch bench [--quick] [--threads N] [--only gemm|mlp|cnn|all]
-    python benchmarks/bench_all.py ...        (the same)
+    nnscratch bench [--quick] [--threads N] [--only gemm|mlp|cnn|memory|all]
+    python benchmarks/bench_all.py ...        (the same, and --only inference)
+
+The one-sample inference row also runs the MLP in ONNX Runtime, where onnx and onnxruntime
+are installed: exported by ``nnscratch.onnx`` (in memory), on the same thread count
+(``intra_op_num_threads``; one inter-op thread), CPUExecutionProvider. Where either is
+missing, the table has no onnxruntime column and its header line says why.
 
 Every contender is checked for correctness before it is timed, warmed up, and timed in
 turns with the others (interleaved rounds, medians), with a pause between contenders: on
@@ -26,6 +31,17 @@ def _try_torch():
     except ImportError:
         return None
     return torch
+
+
+def _try_onnxruntime():
+    """``(onnxruntime, None)``, or ``(None, why)`` where onnxruntime or onnx (which
+    nnscratch.onnx exports with) is not importable."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as exc:
+        return None, f"{exc.name or exc} not installed"
+    return onnxruntime, None
 
 
 def machine_line():
@@ -214,8 +230,23 @@ def _torch_epoch_runner(torch, tmodel, X, y, batch_size, lr):
     return run
 
 
-def bench_training(rounds, torch, quick, which):
-    """Rows for the MLP (and CNN) epochs and one-sample inference: label, secs, None."""
+def _onnxruntime_session(onnxruntime, model, input_shape, threads):
+    """An ONNX Runtime session running `model` (exported by nnscratch.onnx, in memory) on
+    `threads` intra-op threads and one inter-op thread, on the CPU."""
+    from . import onnx as nn_onnx
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    proto = nn_onnx.to_model_proto(model, input_shape)
+    return onnxruntime.InferenceSession(proto.SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])
+
+
+def bench_training(rounds, torch, quick, which, threads=1, onnxruntime=None):
+    """Rows for the MLP (and CNN) epochs and one-sample inference: label, secs, None.
+    `which`: "mlp", "cnn", "inference" (that row alone) or "all"; `onnxruntime` (the module,
+    or None) adds its contender to the inference row, on `threads` threads."""
     import nnscratch as nn
 
     rng = np.random.default_rng(0)
@@ -243,18 +274,19 @@ def bench_training(rounds, torch, quick, which):
         secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
         rows.append((label + (f" (x{n_full // n} of {n})" if n != n_full else ""),
                      {k: v * n_full / n for k, v in secs.items()}, None))
-    if which in ("mlp", "all"):
+    if which in ("mlp", "inference", "all"):
         nn.seed(0)
         model = _mlp([784, 256, 128, 10])
         model.eval()
         x1 = rng.random((1, 784), dtype=np.float32)
         contenders = {"nnscratch": lambda: model(x1)}
-        ref_model = _mlp([784, 256, 128, 10])
+        nn.seed(0)
+        ref_model = _mlp([784, 256, 128, 10])    # the same weights, for the NumPy backend
         ref_model.eval()
 
         def numpy_infer():
             with nn.backend.using("numpy"):
-                ref_model(x1)
+                return ref_model(x1)
         contenders["numpy"] = numpy_infer
         if torch is not None:
             tmodel = _torch_twin(torch, model)
@@ -262,8 +294,16 @@ def bench_training(rounds, torch, quick, which):
 
             def torch_infer():
                 with torch.no_grad():
-                    tmodel(tx1)
+                    return tmodel(tx1)
             contenders["torch"] = torch_infer
+        if onnxruntime is not None:
+            session = _onnxruntime_session(onnxruntime, model, x1.shape[1:], threads)
+            feed = {session.get_inputs()[0].name: x1}
+            contenders["onnxruntime"] = lambda: session.run(None, feed)[0]
+        expected = np.array(model(x1))
+        for name, fn in contenders.items():
+            if not np.allclose(np.asarray(fn()), expected, rtol=1e-4, atol=1e-5):
+                raise RuntimeError(f"one-sample inference: {name} disagrees with nnscratch")
         rows.append(("MLP 784-256-128-10, one-sample inference",
                      interleaved(contenders, rounds=rounds, min_time=0.05), None))
     if which in ("cnn", "all") and hasattr(nn, "Conv2d"):
@@ -451,6 +491,7 @@ def run(quick=False, threads=None, only="all", out=None):
     import nnscratch as nn
 
     torch = _try_torch()
+    onnxruntime, no_onnxruntime = _try_onnxruntime()
     threads = threads or os.cpu_count()
     nn.set_num_threads(threads)
     if torch is not None:
@@ -461,11 +502,11 @@ def run(quick=False, threads=None, only="all", out=None):
         threadpool_limits = None
     if threadpool_limits is not None:
         with threadpool_limits(threads):   # OpenBLAS (NumPy) on the same thread count
-            return _run(quick, threads, only, out, torch)
-    return _run(quick, threads, only, out, torch)
+            return _run(quick, threads, only, out, torch, onnxruntime, no_onnxruntime)
+    return _run(quick, threads, only, out, torch, onnxruntime, no_onnxruntime)
 
 
-def _run(quick, threads, only, out, torch):
+def _run(quick, threads, only, out, torch, onnxruntime, no_onnxruntime):
     import nnscratch as nn
 
     rounds = 3 if quick else 7
@@ -473,17 +514,20 @@ def _run(quick, threads, only, out, torch):
     print(f"# nnscratch {nn.__version__}, {threads} threads; {machine_line()}", file=out)
     print(f"# measured float32 FMA peak: {peak:.0f} GFLOP/s on {threads} threads "
           f"(% peak = a GEMM's GFLOP/s / this)", file=out)
+    ort = (f"ONNX Runtime {onnxruntime.__version__}" if onnxruntime else
+           f"no ONNX Runtime column ({no_onnxruntime})")
     print(f"# NumPy {np.__version__}; PyTorch {torch.__version__ if torch else 'not installed'}"
-          f"; times are medians; 'x faster' = their time / ours", file=out)
+          f"; {ort}; times are medians; 'x faster' = their time / ours", file=out)
     rows = []
     if only in ("gemm", "all"):
         rows += bench_gemm(rounds, torch)
-    if only in ("mlp", "cnn", "all"):
-        rows += bench_training(rounds, torch, quick, only)
+    if only in ("mlp", "cnn", "inference", "all"):
+        rows += bench_training(rounds, torch, quick, only, threads, onnxruntime)
     if only in ("mlp", "memory", "all"):
         rows += bench_memory(torch, quick, threads)
     if only in ("gemm", "cnn", "all"):
         rows += bench_scaling(rounds, torch, quick, only, threads)
+    with_ort = any("onnxruntime" in secs for _, secs, _ in rows)
     table = []
     for label, secs, unit in rows:
         def fmt(key):
@@ -502,14 +546,16 @@ def _run(quick, threads, only, out, torch):
             if key not in secs or unit in (None, "MiB", "scaling"):
                 return "-"
             return f"{100 * unit / secs[key] / 1e9 / peak:.0f}%"
-        ours = secs["nnscratch"]
-        compare = unit != "scaling"
-        table.append([label, fmt("nnscratch"), share("nnscratch"), fmt("numpy"),
-                      _ratio(ours, secs["numpy"]) if compare and "numpy" in secs else "-",
-                      fmt("torch"), share("torch"),
-                      _ratio(ours, secs["torch"]) if compare and "torch" in secs else "-"])
-    print(format_table(["work", "nnscratch", "% peak", "numpy", "vs numpy", "torch", "% peak",
-                        "vs torch"], table), file=out)
+        def versus(key):
+            if key not in secs or unit == "scaling":
+                return "-"
+            return _ratio(secs["nnscratch"], secs[key])
+        table.append([label, fmt("nnscratch"), share("nnscratch"), fmt("numpy"), versus("numpy"),
+                      fmt("torch"), share("torch"), versus("torch")]
+                     + ([fmt("onnxruntime"), versus("onnxruntime")] if with_ort else []))
+    header = ["work", "nnscratch", "% peak", "numpy", "vs numpy", "torch", "% peak", "vs torch"]
+    print(format_table(header + (["onnxruntime", "vs onnxruntime"] if with_ort else []),
+                       table), file=out)
     if any(unit == "MiB" for _, _, unit in rows):
         print("# memory rows: 'vs' = their peak / ours (> 1: nnscratch needs less)", file=out)
     return rows

@@ -198,8 +198,9 @@ class Sequential(ModuleSequence):
         return training.predict_proba(self, X, batch_size=batch_size)
 
     def save(self, path):
-        """Write architecture and weights to exactly `path` (a plain ``.npz`` zip, written
-        atomically, no pickle); ``nnscratch.load(path)`` reads it back."""
+        """Write architecture and weights to exactly `path` (a plain ``.npz`` zip, or a
+        safetensors file when `path` ends in ``.safetensors``; written atomically, no
+        pickle); ``nnscratch.load(path)`` reads it back."""
         serialization.save(self, path)
 
 

@@ -1,4 +1,5 @@
-"""``model.save(path)`` and ``nnscratch.load(path)``: a plain ``.npz`` file, no pickle.
+"""``model.save(path)`` and ``nnscratch.load(path)``: a plain ``.npz`` file (or, for a path
+ending in ``.safetensors``, a Hugging Face safetensors file), no pickle.
 
 The file is a NumPy ``.npz`` zip holding
 
@@ -16,11 +17,23 @@ crash leaves either the old file or the new one, never half of one. Loading uses
 ``allow_pickle=False`` and builds only classes registered with ``nnscratch.register``
 (the built-in layers are); anything else -- not a zip, truncated, edited, another
 program's ``.npz`` -- is a ``ValueError``. Files of version 1 (a list of layers) load too.
+
+``model.save("m.safetensors")`` writes the safetensors format instead (``safetensors``
+package needed to write: ``pip install "nnscratch[safetensors]"``): the tensors are the
+``state_dict()`` under the same names, and the header's ``"__metadata__"`` holds the same
+JSON document under ``"__architecture__"`` (a string, as safetensors wants). Any program
+reads it with ``safetensors.numpy.load_file``; ``nnscratch.load`` reads it with its own
+parser (no package needed), which checks the header length against the file size before
+reading the header and every tensor's dtype, shape and byte range before reading any data.
+A safetensors file holding only weights (no metadata) is not a model file:
+``model.load_state_dict(safetensors.numpy.load_file(path))`` loads it into a model.
 """
 import hashlib
 import json
+import math
 import os
 import secrets
+import struct
 import time
 import zipfile
 
@@ -29,34 +42,68 @@ import numpy as np
 from . import _random, backend
 from .module import Module, registered, registered_name
 
-__all__ = ["save", "load", "model_arrays", "write_npz", "Archive", "read_model",
-           "architecture", "build"]
+__all__ = ["save", "load", "model_arrays", "write_npz", "write_safetensors", "open_model_file",
+           "Archive", "SafetensorsArchive", "read_model", "architecture", "build"]
 
 FORMAT, VERSION = "nnscratch", 2
 MAX_DEPTH = 64        # modules nested deeper than this in a file are refused
 MAX_NESTING = 256     # and lists and modules nested deeper than this
 ARCHITECTURE_KEY = "__architecture__"
 EXTRA_PREFIX = "checkpoint/"   # entries a checkpoint adds; `load` reads past them
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 def save(model, path):
-    """Write `model` (a Sequential) to exactly `path`, atomically.
+    """Write `model` (a Sequential) to exactly `path`, atomically: a safetensors file when
+    `path` ends in ``.safetensors`` (any case), else an ``.npz``.
 
     Parameters
     ----------
     model : Sequential
     path : str or os.PathLike
         Used as given (no ".npz" is appended).
+
+    Raises
+    ------
+    ImportError
+        For a ``.safetensors`` path when the ``safetensors`` package is not installed.
     """
-    write_npz(path, model_arrays(model))
+    if _is_safetensors_path(path):
+        write_safetensors(path, model)
+    else:
+        write_npz(path, model_arrays(model))
+
+
+def _is_safetensors_path(path):
+    return os.fsdecode(os.fspath(path)).lower().endswith(SAFETENSORS_SUFFIX)
+
+
+def _document(model):
+    """The architecture document, as JSON text (what ``__architecture__`` holds)."""
+    return json.dumps({"format": FORMAT, "version": VERSION, **architecture(model)})
 
 
 def model_arrays(model):
     """{name: array} of everything `save` writes: the architecture and the state_dict."""
-    document = {"format": FORMAT, "version": VERSION, **architecture(model)}
-    arrays = {ARCHITECTURE_KEY: np.frombuffer(json.dumps(document).encode("utf-8"), np.uint8)}
+    arrays = {ARCHITECTURE_KEY: np.frombuffer(_document(model).encode("utf-8"), np.uint8)}
     arrays.update(model.state_dict())
     return arrays
+
+
+def write_safetensors(path, model):
+    """Write `model` as a safetensors file to exactly `path`, atomically: its
+    ``state_dict()`` as the tensors, the architecture document as the header's
+    ``__metadata__["__architecture__"]``."""
+    try:
+        import safetensors.numpy
+    except ImportError as err:
+        raise ImportError(f"saving to a {SAFETENSORS_SUFFIX} file needs the safetensors "
+                          f"package: pip install \"nnscratch[safetensors]\"") from err
+    metadata = {ARCHITECTURE_KEY: _document(model)}
+    # (the package reads each array's memory from its data pointer: C-contiguous only)
+    tensors = {name: np.ascontiguousarray(array) for name, array in model.state_dict().items()}
+    data = safetensors.numpy.save(tensors, metadata=metadata)
+    _write_atomically(path, lambda f: f.write(data))
 
 
 def architecture(module):
@@ -88,12 +135,19 @@ def _described(value, where):
 
 def write_npz(path, arrays):
     """Write {name: array} as an uncompressed .npz to exactly `path`, atomically."""
+    # (a file object: np.savez appends no ".npz")
+    _write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def _write_atomically(path, write):
+    """``write(f)`` into a temporary file beside `path`, fsync it, rename it to `path`: a
+    crash or an exception leaves the old file (or none), never half of the new one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)    # a file object: np.savez appends no ".npz"
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -181,8 +235,22 @@ def load(path):
     ValueError
         When the file is not a valid nnscratch model file.
     """
-    with Archive(path) as archive:
+    with open_model_file(path) as archive:
         return read_model(archive)
+
+
+def open_model_file(path):
+    """The reader of the model file at `path`: a `SafetensorsArchive` for a file that starts
+    as one (``{`` after the 8-byte header length: never a zip) or a name ending in
+    ``.safetensors`` (unless the file is a zip), else an `Archive` (.npz)."""
+    path = os.fspath(path)
+    head = b""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(9)
+    if head[8:9] == b"{" or (_is_safetensors_path(path) and head[:2] != b"PK"):
+        return SafetensorsArchive(path)
+    return Archive(path)
 
 
 MAX_JSON = 16 << 20     # a JSON member (architecture, checkpoint record) larger is refused
@@ -289,6 +357,163 @@ class Archive:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# The safetensors dtypes NumPy holds (all little-endian); others (BF16, F8_*) are refused.
+SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
+                      "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2",
+                      "U8": "u1", "BOOL": "?"}
+MAX_SAFETENSORS_HEADER = 100_000_000   # the safetensors library's own limit
+_MAX_NDIM = 32
+_WEIGHTS_ONLY = ("(weights only, not written by nnscratch's model.save: load them into a "
+                 "model with model.load_state_dict(safetensors.numpy.load_file(path)))")
+
+
+class SafetensorsArchive:
+    """A safetensors file written by ``model.save``, with the interface of `Archive`
+    (``headers``, ``nbytes``, ``read``, ``json``), so that `read_model` reads it alike.
+
+    Layout: an unsigned 64-bit little-endian header length N, N bytes of JSON ``{name:
+    {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ..., "__metadata__":
+    {str: str}}``, then the data, the offsets counted from its start. Opening checks N
+    against the file size and `MAX_SAFETENSORS_HEADER` before reading the header, then
+    every entry: a known dtype, a shape of non-negative ints whose bytes are exactly
+    ``end - begin``, and byte ranges that tile the data to the end of the file (no gaps,
+    no overlaps: what the safetensors library itself requires). `read` reads one tensor.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"No such file: {self.path!r}")
+        if os.path.isdir(self.path):
+            raise self.bad("it is a folder")
+        self.file = open(self.path, "rb")
+        try:
+            self._read_header()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def bad(self, reason):
+        return ValueError(f"{self.path!r} is not a valid nnscratch model file: {reason}")
+
+    def _read_header(self):
+        size = os.fstat(self.file.fileno()).st_size
+        prefix = self.file.read(8)
+        if len(prefix) < 8:
+            raise self.bad(f"{len(prefix)} bytes, shorter than a safetensors header length")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > size - 8:
+            raise self.bad(f"the safetensors header declares {length} bytes, the file has "
+                           f"{size - 8} after the length")
+        if length > MAX_SAFETENSORS_HEADER:
+            raise self.bad(f"the safetensors header declares {length} bytes, more than "
+                           f"{MAX_SAFETENSORS_HEADER}")
+        text = self.file.read(length)
+        if len(text) != length or not text.startswith(b"{"):
+            raise self.bad("the safetensors header is not a JSON object")
+        try:
+            header = json.loads(text.decode("utf-8"), object_pairs_hook=_unique_keys)
+        except (ValueError, RecursionError) as err:   # (bad UTF-8, JSON, duplicate keys)
+            raise self.bad(f"the safetensors header is not valid JSON ({err})") from None
+        if not isinstance(header, dict):
+            raise self.bad("the safetensors header is not a JSON object")
+        self.metadata = header.pop("__metadata__", None)
+        self.data_start, data_size = 8 + length, size - 8 - length
+        self.headers, self.offsets, self._stored = {}, {}, {}
+        for name, entry in header.items():
+            self._check_entry(name, entry, data_size)
+        end = 0
+        for name, (begin, stop) in sorted(self.offsets.items(), key=lambda item: item[1]):
+            if begin != end:
+                raise self.bad(f"tensor {name!r} starts at byte {begin} of the data, the "
+                               f"one before it ends at {end} (a gap or an overlap)")
+            end = stop
+        if end != data_size:
+            raise self.bad(f"the tensors end at byte {end} of the data, the file holds "
+                           f"{data_size} bytes of data")
+        self._check_metadata()
+
+    def _check_entry(self, name, entry, data_size):
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise self.bad(f"tensor {name!r} is not a {{dtype, shape, data_offsets}} entry")
+        code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if code not in SAFETENSORS_DTYPES:
+            raise self.bad(f"tensor {name!r} has dtype {code!r}, which NumPy cannot hold")
+        if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM
+                and all(type(d) is int and d >= 0 for d in shape)):
+            raise self.bad(f"tensor {name!r} has shape {shape!r}, not a list of at most "
+                           f"{_MAX_NDIM} non-negative ints")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(v) is int for v in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise self.bad(f"tensor {name!r} has data_offsets {offsets!r}, not a byte range "
+                           f"within the {data_size} bytes of data")
+        dtype = np.dtype(SAFETENSORS_DTYPES[code])
+        nbytes = math.prod(shape) * dtype.itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise self.bad(f"tensor {name!r} declares {offsets[1] - offsets[0]} bytes for "
+                           f"shape {tuple(shape)} {dtype.name} ({nbytes} bytes)")
+        self.headers[name] = (tuple(shape), dtype.newbyteorder("="), nbytes)
+        self.offsets[name] = tuple(offsets)
+        self._stored[name] = dtype        # (as the file holds it: little-endian)
+
+    def _check_metadata(self):
+        if self.metadata is None:
+            raise self.bad(f"a safetensors file without '__metadata__' {_WEIGHTS_ONLY}")
+        if not (isinstance(self.metadata, dict)
+                and all(isinstance(v, str) for v in self.metadata.values())):
+            raise self.bad("the safetensors '__metadata__' is not a map of strings")
+
+    def nbytes(self, keys=None):
+        keys = self.headers if keys is None else keys
+        return sum(self.headers[k][2] for k in keys)
+
+    def read(self, key):
+        """The tensor `key` (its entry was checked when the file was opened)."""
+        shape, dtype, size = self.headers[key]
+        buffer = bytearray(size)
+        try:
+            self.file.seek(self.data_start + self.offsets[key][0])
+            got = self.file.readinto(buffer)
+        except OSError as err:
+            raise self.bad(f"tensor {key!r} cannot be read ({err})") from None
+        if got != size:
+            raise self.bad(f"tensor {key!r} is cut short ({got} of {size} bytes)")
+        return np.frombuffer(buffer, self._stored[key]).reshape(shape).astype(dtype, copy=False)
+
+    def json(self, key):
+        """The JSON document stored as the metadata string `key`."""
+        text = self.metadata.get(key)
+        if text is None:
+            raise self.bad(f"no {key!r} entry in the safetensors '__metadata__' "
+                           f"{_WEIGHTS_ONLY}")
+        if len(text) > MAX_JSON:
+            raise self.bad(f"{key!r} is larger than {MAX_JSON} characters")
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise self.bad(f"{key!r} is not valid JSON ({err})") from None
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _unique_keys(pairs):
+    """A JSON object's dict; ValueError for a key given twice (json.loads keeps the last)."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} is there twice")
+        result[key] = value
+    return result
 
 
 def read_model(archive):

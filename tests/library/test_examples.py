@@ -25,7 +25,11 @@ EXPECTED = {
     "05_cnn.py": "CNN test accuracy",
     "06_backends_and_timing.py": "speed-up of the compiled kernels over the NumPy twins",
     "07_learning_rate.py": "lr = 10 diverged",
+    "08_use_elsewhere.py": "scikit-learn cross_val_score (3 folds)",
+    "09_pytorch_both_ways.py": "back in nnscratch: largest difference",
 }
+# script -> the optional packages it needs, beyond the test extra (reported NOT RUN without)
+NEEDS = {"09_pytorch_both_ways.py": ("torch",)}
 
 
 def _env():
@@ -43,6 +47,8 @@ def test_every_example_is_tested():
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs(script, tmp_path):
+    for package in NEEDS.get(script, ()):
+        pytest.importorskip(package)
     result = subprocess.run([sys.executable, str(EXAMPLES / script)], cwd=tmp_path,
                             env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
