@@ -103,17 +103,34 @@ def nan_array(shape, dtype):
 
 
 @contextlib.contextmanager
-def no_matplotlib(monkeypatch):
-    """Within: `import matplotlib` (or a submodule) raises ImportError, as if not installed."""
+def without_package(monkeypatch, package):
+    """Within: `import package` (or a submodule) raises ImportError, as if not installed."""
     real_import = builtins.__import__
 
     def fake_import(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
+        if name == package or name.startswith(package + "."):
             raise ImportError(f"No module named {name!r} (hidden by the test)")
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     yield
+
+
+def no_matplotlib(monkeypatch):
+    return without_package(monkeypatch, "matplotlib")
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout, stderr) of `nnscratch *argv`, in-process."""
+    from nnscratch import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def use_isa_or_skip(isa):
@@ -274,6 +291,10 @@ def resident():
         return peak(), peak
 
 
+# the pip name of a package whose import name differs
+PIP_NAMES = {"PIL": "Pillow", "sklearn": "scikit-learn"}
+
+
 def pytest_terminal_summary(terminalreporter):
     """Tests that did not run for want of an optional package (PyTorch, the oracle of the
     comparison tests) are listed at the end, loudly, with the command that installs it:
@@ -283,7 +304,8 @@ def pytest_terminal_summary(terminalreporter):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         if "could not import" in reason:
             name = reason.split("'")[1] if "'" in reason else reason
-            missing.setdefault(name.split(".")[0], []).append(report.nodeid)
+            module = name.split(".")[0]
+            missing.setdefault(PIP_NAMES.get(module, module), []).append(report.nodeid)
     for package, nodeids in sorted(missing.items()):
         terminalreporter.write_sep("=", f"NOT RUN: {len(nodeids)} tests (or files) need "
                                         f"{package}", red=True, bold=True)

@@ -41,9 +41,10 @@ __all__ = [
     "gradcheck", "load", "models", "datasets", "__version__",
 ]
 
-# imported on first use: `nnscratch.datasets`, and the bridges to other libraries, which
-# import their optional package (onnx, torch, scikit-learn) only when used
-_LAZY_SUBMODULES = ("datasets", "onnx", "interop", "sklearn")
+# imported on first use: `nnscratch.datasets`, `nnscratch.images` (Pillow), and the bridges
+# to other libraries, which import their optional package (onnx, torch, scikit-learn) only
+# when used
+_LAZY_SUBMODULES = ("datasets", "images", "onnx", "interop", "sklearn")
 
 
 def __getattr__(name):

@@ -3,7 +3,7 @@
     nnscratch train                       a good MLP on the best data this machine has
     nnscratch train --model cnn --epochs 10 --save cnn.npz --plot curves.png
     nnscratch evaluate cnn.npz            accuracy, per-class accuracy, confusion matrix
-    nnscratch predict cnn.npz shoe.png    the class of an image (28x28 PNG or an IDX file)
+    nnscratch predict cnn.npz shoe.jpg    the class of an image (--resize: of any size)
     nnscratch info                        version, backend, threads, CPU features, data found
     nnscratch explain                     every number of one training step of a 2-2-2 network
     nnscratch train --lr-find             final loss per learning rate: too low, too high
@@ -115,7 +115,8 @@ def build_parser():
     t.add_argument("--seed", type=_non_negative_int, default=0)
     t.add_argument("--threads", type=_threads, default=None)
     t.add_argument("--backend", choices=["cython", "numpy"], default="cython")
-    t.add_argument("--save", default=None, help="write the trained model here (.npz)")
+    t.add_argument("--save", default=None,
+                   help="write the trained model here (.npz; .safetensors by the suffix)")
     t.add_argument("--checkpoint", default=None,
                    help="checkpoint file, kept after the run (default: one in the user cache, "
                    "~/.cache/nnscratch/checkpoints, removed when the run finishes)")
@@ -139,15 +140,31 @@ def build_parser():
     e.add_argument("--plot", default=None, help="save the confusion matrix to this PNG")
     e.add_argument("--backend", choices=["cython", "numpy"], default="cython")
 
-    p = sub.add_parser("predict", help="classify images: a 28x28 PNG or an IDX images file")
+    p = sub.add_parser(
+        "predict", help="classify images (PNG, JPEG, BMP, GIF, WebP) or an IDX images file",
+        description="Print the class of each image, or write them all to a CSV file. Images "
+        "are read with Pillow, turned grey, inverted when their border is light (the models "
+        "know light objects on black) and, with --resize, fitted into the model's input "
+        "size keeping their aspect ratio; see nnscratch.images for the rules.")
     p.add_argument("model")
-    p.add_argument("images", nargs="+", help="PNG files (28x28) or one IDX images file")
-    p.add_argument("--invert", action="store_true",
-                   help="invert PNG pixels (dark drawing on a light background)")
+    p.add_argument("images", nargs="+", help="image files, or IDX images files (taken as "
+                   "they are: no inversion, no resizing)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize images of another size to the model's input size (keeping "
+                   "the aspect ratio, padded with the image's background); without it such "
+                   "an image is an error")
+    inversion = p.add_mutually_exclusive_group()
+    inversion.add_argument("--invert", dest="invert", action="store_const", const=True,
+                           default="auto", help="always invert image files (default: invert "
+                           "those whose border is light, mean above half the range)")
+    inversion.add_argument("--no-invert", dest="invert", action="store_const", const=False,
+                           help="never invert image files")
     p.add_argument("--classes", choices=["fashion-mnist", "mnist"], default=None,
                    help="class names to print (default: Fashion-MNIST's for a 10-class "
                    "model, else numbers)")
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show")
+    p.add_argument("--out", default=None, help="write every result to this CSV file "
+                   "(atomically) instead of printing them")
 
     sub.add_parser("info", help="version, backend, threads, CPU features, data found")
 
@@ -159,7 +176,7 @@ def build_parser():
     b = sub.add_parser("bench", help="speed against NumPy and PyTorch, in one table")
     b.add_argument("--quick", action="store_true", help="about a minute")
     b.add_argument("--threads", type=_threads, default=None)
-    b.add_argument("--only", choices=["gemm", "mlp", "cnn", "memory", "all"], default="all")
+    b.add_argument("--only", choices=["gemm", "mlp", "cnn", "memory", "inference", "all"], default="all")
     return parser
 
 
@@ -271,6 +288,13 @@ def cmd_train(args, out=None):
     for option in ("save", "checkpoint", "plot", "plot_weights"):   # before any work
         _writable_file(getattr(args, option), "--" + option.replace("_", "-"))
     ckpt_path = args.checkpoint or _default_checkpoint(args.save)
+    as_safetensors = bool(args.save) and args.save.lower().endswith(".safetensors")
+    if as_safetensors:
+        try:
+            import safetensors  # noqa: F401   (checked before any work, not after it)
+        except ImportError:
+            raise CLIError('--save: writing .safetensors needs the safetensors package: '
+                           'pip install "nnscratch[safetensors]"') from None
     if args.plot or args.plot_weights:
         from .plotting import require_matplotlib
 
@@ -363,7 +387,12 @@ def cmd_train(args, out=None):
     per_epoch = np.median(epoch_times) if epoch_times else float("nan")
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  "
           f"({per_epoch:.2f} s per epoch, median of {len(epoch_times)})", file=out)
-    if args.save:
+    if as_safetensors:
+        # the Hugging Face format: the weights and the architecture, no optimizer state
+        model.save(args.save)
+        print(f"saved the model to {args.save} (safetensors: weights and architecture; "
+              f"--resume needs a .npz)", file=out)
+    elif args.save:
         # the model, and what --resume needs to train it more epochs (nnscratch.load reads
         # it as a model)
         checkpoint.save_checkpoint(args.save, model, optimizer, meta=state(args.epochs))
@@ -566,30 +595,32 @@ def confusion_matrix(y_true, y_pred, n_classes):
     return matrix
 
 
-def _head(path):
-    """The first 8 bytes of a file (enough to tell a PNG from a zip), or a CLIError."""
+def _head(path, size=12):
+    """The first bytes of a file (enough to tell an image from a zip), or a CLIError."""
     try:
         with open(path, "rb") as f:
-            return f.read(8)
+            return f.read(size)
     except OSError as exc:
         raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _load_model(path):
     import nnscratch as nn
-    from ._png import SIGNATURE
+    from .images import sniff_format
 
     if not os.path.exists(path):
         raise CLIError(f"no model file at {path}")
     if os.path.isdir(path):
         raise CLIError(f"{path} is a folder, not an nnscratch model file")
     head = _head(path)
-    if head == SIGNATURE:
-        raise CLIError(f"{path} is a PNG image, not an nnscratch model file (a model is "
-                       f"written by nnscratch train --save or model.save)")
-    if not head.startswith(b"PK"):
-        raise CLIError(f"{path} is not an nnscratch model file (not a zip archive: a model "
-                       f"is written by nnscratch train --save or model.save)")
+    image_format = sniff_format(head)
+    if image_format is not None:
+        raise CLIError(f"{path} is a {image_format} image, not an nnscratch model file (a "
+                       f"model is written by nnscratch train --save or model.save)")
+    if not head.startswith(b"PK") and head[8:9] != b"{":
+        raise CLIError(f"{path} is not an nnscratch model file (neither an .npz zip archive "
+                       f"nor safetensors: a model is written by nnscratch train --save or "
+                       f"model.save)")
     try:
         model = nn.load(path)
     except (ValueError, OSError) as exc:
@@ -601,10 +632,11 @@ def _load_model(path):
 
 def _outputs(model, X, path, proba=False):
     """The model's outputs (or probabilities) for the images, one row of 10 (or more) each."""
+    side = int(math.isqrt(int(np.prod(X.shape[1:])))) if X.ndim > 1 else 0
     try:
         result = model.predict_proba(X) if proba else model.predict(X)
     except ValueError as exc:    # a model made for other inputs
-        raise CLIError(f"{path} does not take 28x28 images: {exc}") from None
+        raise CLIError(f"{path} does not take {side}x{side} images: {exc}") from None
     if result.ndim != 2 or result.shape[1] < 2:
         raise CLIError(f"{path} is not a classifier: it gives outputs of shape "
                        f"{result.shape[1:]} per image")
@@ -658,63 +690,149 @@ def cmd_evaluate(args, out=None):
     return {"accuracy": accuracy, "confusion_matrix": matrix}
 
 
-def _read_images(paths, invert):
-    from . import datasets
-    from ._png import SIGNATURE, read_png, read_size
+def _input_side(model, path):
+    """The side of the square grey images the model takes: sqrt(in_features) of a first
+    Linear layer; else the first size from 28 on (then 1 up) that the layers accept."""
+    import nnscratch as nn
 
-    images, names = [], []
+    first = model[0]
+    if isinstance(first, nn.Linear):
+        side = math.isqrt(first.in_features)
+        if side * side != first.in_features:
+            raise CLIError(f"{path} takes {first.in_features} numbers per sample, not a "
+                           f"square grey image")
+        return side
+    channels = getattr(first, "in_channels", 1)
+    if channels != 1:
+        raise CLIError(f"{path} takes images of {channels} channels; predict reads grey ones")
+    for side in (28, *range(1, 1025)):
+        try:
+            model.output_shape((1, side, side))
+            return side
+        except Exception:      # (a layer that cannot take this size, or has no shapes)
+            continue
+    return 28
+
+
+def _read_images(paths, side, args, notes):
+    """(images float32 (N, side, side) in [0, 1], [(file, index in an IDX file or None)]).
+    `notes` gets a line for each image resized or inverted."""
+    from . import datasets, images as image_files
+
+    arrays, names = [], []
     for path in paths:
         if not os.path.exists(path):
             raise CLIError(f"no such file: {path}")
         if not os.path.isfile(path):
             raise CLIError(f"{path}: not a file")
         head = _head(path)
-        if head == SIGNATURE:
-            try:
-                width, height = read_size(path)      # the header first: nothing decoded
-                if (width, height) != (28, 28):
-                    raise CLIError(f"{path}: the model takes 28x28 images, this one is "
-                                   f"{width}x{height}")
-                img = read_png(path)
-            except ValueError as exc:
-                raise CLIError(str(exc)) from None
-            if invert:
-                img = 255 - img
-            images.append(img)
-            names.append(path)
-        else:
-            try:
-                arr = datasets.read_idx(path)
-            except ValueError as exc:
-                raise CLIError(f"{path}: neither a PNG nor an IDX file ({exc})") from None
-            if arr.ndim != 3 or arr.shape[1:] != (28, 28):
-                raise CLIError(f"{path}: expected IDX images of shape (N, 28, 28), "
-                               f"got {arr.shape}")
-            if len(arr) == 0:
-                raise CLIError(f"{path}: the IDX file holds no images")
-            images.extend(arr)
-            names.extend(f"{path}[{i}]" for i in range(len(arr)))
-    return np.stack(images).astype(np.float32) / 255.0, names
+        if head[:2] == b"\x1f\x8b" or head[:2] == b"\x00\x00":     # gzip, or IDX's magic
+            arrays.append(_read_idx_images(datasets, path, side))
+            names.extend((path, i) for i in range(len(arrays[-1])))
+            continue
+        try:
+            image, info = image_files.read_image(path, (side, side), resize=args.resize,
+                                                 invert=args.invert)
+        except ImportError as exc:
+            what = "" if image_files.sniff_format(head) else "not an IDX file, and "
+            raise CLIError(f"{path}: {what}{exc}") from None
+        except image_files.NotAnImageError:
+            raise CLIError(f"{path}: neither an image ({image_files.FORMAT_NAMES}) nor an "
+                           f"IDX file") from None
+        except image_files.ImageSizeError as exc:
+            w, h = exc.size
+            raise CLIError(f"{path}: the model takes {side}x{side} images, this one is "
+                           f"{w}x{h} (--resize fits it in, keeping its aspect ratio)") from None
+        except ValueError as exc:
+            raise CLIError(_first_line(exc)) from None
+        notes.extend(_image_notes(info, args.invert))
+        arrays.append(image[None])
+        names.append((path, None))
+    return np.concatenate(arrays), names
 
 
-def cmd_predict(args, out=None):
-    out = sys.stdout if out is None else out
-    model = _load_model(args.model)
-    X, names = _read_images(args.images, args.invert)
-    X = X.reshape(len(X), 1, 28, 28) if _model_wants_images(model) else X.reshape(len(X), -1)
-    proba = _outputs(model, X, args.model, proba=True)
+def _read_idx_images(datasets, path, side):
+    try:
+        arr = datasets.read_idx(path)
+    except ValueError as exc:
+        raise CLIError(f"{path}: neither an image nor an IDX file ({exc})") from None
+    if arr.ndim != 3 or arr.shape[1:] != (side, side):
+        raise CLIError(f"{path}: expected IDX images of shape (N, {side}, {side}), "
+                       f"got {arr.shape}")
+    if len(arr) == 0:
+        raise CLIError(f"{path}: the IDX file holds no images")
+    return arr.astype(np.float32) / np.float32(255)
+
+
+def _image_notes(info, invert):
+    notes = []
+    if info.resized:
+        (w, h), (fw, fh) = info.original_size, info.fitted_size
+        how = (f" (aspect ratio kept: scaled to {fw}x{fh}, padded with the background)"
+               if (fw, fh) != info.size else "")
+        notes.append(f"{info.path}: resized {w}x{h} -> {info.size[0]}x{info.size[1]}{how}")
+    if info.inverted and invert == "auto":
+        notes.append(f"{info.path}: light background (border mean {info.border_mean:.2f} > "
+                     f"0.5): inverted to a light object on black, as the model was trained "
+                     f"on (--no-invert keeps it as it is)")
+    elif info.inverted:
+        notes.append(f"{info.path}: inverted (--invert)")
+    elif invert is False and info.border_mean > 0.5:
+        notes.append(f"{info.path}: light background (border mean {info.border_mean:.2f}), "
+                     f"not inverted (--no-invert)")
+    return notes
+
+
+def _class_names(choice, count):
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(
-        args.classes, FASHION_CLASSES if args.classes is None else MNIST_CLASSES)
-    if proba.shape[1] != len(classes):
-        classes = [str(i) for i in range(proba.shape[1])]
-    shown = names if len(names) <= 20 else names[:20]
-    for i, name in enumerate(shown):
+        choice, FASHION_CLASSES if choice is None else MNIST_CLASSES)
+    return classes if count == len(classes) else [str(i) for i in range(count)]
+
+
+def cmd_predict(args, out=None, err=None):
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    _writable_file(args.out, "--out")       # before any work
+    model = _load_model(args.model)
+    side = _input_side(model, args.model)
+    notes = []
+    X, names = _read_images(args.images, side, args, notes)
+    X = X.reshape(len(X), 1, side, side) if _model_wants_images(model) else \
+        X.reshape(len(X), -1)
+    proba = _outputs(model, X, args.model, proba=True)
+    classes = _class_names(args.classes, proba.shape[1])
+    for note in notes:
+        print(f"nnscratch: note: {note}", file=err)
+    if args.out is not None:
+        _write_results_csv(args.out, names, proba, classes)
+        print(f"wrote {len(names)} result{'s' if len(names) != 1 else ''} to {args.out}",
+              file=out)
+        return proba
+    for i, (path, index) in enumerate(names):
         order = np.argsort(-proba[i])[:args.top]
         ranked = ", ".join(f"{classes[k]} {proba[i, k]:.3f}" for k in order)
-        print(f"{name}: {classes[order[0]]}  ({ranked})", file=out)
-    if len(names) > len(shown):
-        print(f"... and {len(names) - len(shown)} more", file=out)
+        shown = path if index is None else f"{path}[{index}]"
+        print(f"{shown}: {classes[order[0]]}  ({ranked})", file=out)
     return proba
+
+
+def _write_results_csv(path, names, proba, classes):
+    """One row per image: file, index (in an IDX file; empty for an image file), the
+    predicted class (number and name), its probability, then every class's probability."""
+    import csv
+    import io
+
+    from ._png import write_file_atomic
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["file", "index", "class", "class_name", "probability"]
+                    + [f"p_{k}" for k in range(proba.shape[1])])
+    for (file, index), row in zip(names, proba):
+        k = int(row.argmax())
+        writer.writerow([file, "" if index is None else index, k, classes[k],
+                         f"{row[k]:.6f}"] + [f"{p:.6f}" for p in row])
+    write_file_atomic(path, text.getvalue().encode("utf-8"))
 
 
 def _threads_said(args):

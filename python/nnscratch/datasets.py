@@ -25,7 +25,9 @@ C order and nothing else. `read_idx` checks all of that, and the exact length.
 `find_dataset` tells where the data comes from, `load_sample` returns the small real
 Fashion-MNIST sample shipped inside the package (`make_sample` rebuilds it).
 
-This module depends only on NumPy, tqdm and the standard library.
+`load_image_folder` reads your own images, sorted into one folder per class (it needs
+Pillow, ``pip install "nnscratch[images]"``). Everything else in this module depends only
+on NumPy, tqdm and the standard library.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "load_mnist",
     "load_sample",
     "load_dataset",
+    "load_image_folder",
     "find_dataset",
     "download_dataset",
     "make_sample",
@@ -667,6 +670,113 @@ def load_mnist(path: Optional[PathLike] = None, *, flatten: bool = True,
     return load_dataset("mnist", path, flatten=flatten, dtype=dtype,
                         download=download, cache_dir=cache_dir, mirrors=mirrors,
                         progress=progress)
+
+
+# ---------------------------------------------------------------------------
+# Your own images: one folder per class
+# ---------------------------------------------------------------------------
+
+def load_image_folder(root: PathLike, size=(28, 28), grayscale: bool = True, *,
+                      flatten: bool = True, dtype=np.float32, invert=False,
+                      keep_aspect: bool = True, max_pixels: Optional[int] = None):
+    """Images sorted into one folder per class, ``root/<class name>/<image>``, as arrays.
+
+    The classes are the subfolders of `root`, sorted by name: the first is label 0. Each
+    class folder is searched with its subfolders; the images in it are the files ending in
+    .png, .jpg, .jpeg, .bmp, .gif or .webp (any case), sorted by path, so the order never
+    depends on the file system. Hidden files and folders (a name starting with ".") and
+    files with other endings are skipped. Needs Pillow (``pip install "nnscratch[images]"``).
+
+    Every image is read by the rules of `nnscratch.images` -- the ones `nnscratch predict`
+    uses: 16-bit and palette images handled, colour turned to grey (ITU-R 601 luma) unless
+    `grayscale` is False, transparency composited, and images of another size fitted into
+    `size` keeping their aspect ratio and padded with their background (or stretched, with
+    ``keep_aspect=False``). Images are inverted only when asked: ``invert="auto"`` inverts
+    those with a light border, as predict does, True all of them.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The folder holding one subfolder per class.
+    size : (height, width) or int
+        The size of every image returned; an int s means (s, s).
+    grayscale : bool
+        One grey channel, or three (RGB).
+    flatten : bool
+        Images as rows (N, C*H*W) when True (as `load_fashion_mnist`), else (N, C, H, W).
+    dtype : float dtype
+        Pixel dtype; values in [0, 1] (an 8-bit value k is k / 255).
+    invert : False (default), "auto" or True
+    keep_aspect : bool
+    max_pixels : int, optional
+        Larger images are refused by their header, before decoding
+        (default `nnscratch.images.MAX_PIXELS`).
+
+    Returns
+    -------
+    X : ndarray of `dtype`, (N, C*H*W) or (N, C, H, W)
+    y : int64 ndarray (N,), labels 0..K-1
+    class_names : list of str
+        The class folder names; ``class_names[y[i]]`` is the folder of image i.
+
+    Raises
+    ------
+    FileNotFoundError
+        `root` is not a folder.
+    ValueError
+        No class folders, a class folder without images, or an image that cannot be read
+        (not an image, damaged, too large): the message names the folder or the file.
+    ImportError
+        Pillow is not installed.
+    """
+    from . import images
+
+    images.require_pillow()
+    dt = _check_float_dtype(dtype)
+    size = _image_size(size)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    classes = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.name)
+    if not classes:
+        raise ValueError(f"{root}: no class folders (expected {root}/<class name>/<images>)")
+    files, labels = [], []
+    for label, folder in enumerate(classes):
+        found = _image_files(folder, images.EXTENSIONS)
+        if not found:
+            raise ValueError(f"{folder}: no images in the folder of class {folder.name!r} "
+                             f"(files ending in {', '.join(images.EXTENSIONS)})")
+        files += found
+        labels += [label] * len(found)
+    channels = 1 if grayscale else 3
+    X = np.empty((len(files), channels) + size, dtype=dt)
+    for i, path in enumerate(files):
+        image, _ = images.read_image(path, size, invert=invert, grayscale=grayscale,
+                                     keep_aspect=keep_aspect,
+                                     max_pixels=max_pixels or images.MAX_PIXELS)
+        X[i] = image.reshape((channels,) + size)
+    if flatten:
+        X = X.reshape(len(files), -1)
+    return X, np.array(labels, dtype=np.int64), [folder.name for folder in classes]
+
+
+def _image_size(size) -> Tuple[int, int]:
+    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 and v >= 1 for v in pair):
+        raise ValueError(f"size must be (height, width), two ints >= 1, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _image_files(folder: Path, extensions) -> list:
+    """The image files under `folder` (subfolders too, hidden ones not), sorted by path."""
+    found = []
+    for parent, subfolders, names in os.walk(folder):     # (linked folders: not followed)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(parent) / n for n in names
+                  if not n.startswith(".") and os.path.splitext(n)[1].lower() in extensions]
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
 # ---------------------------------------------------------------------------

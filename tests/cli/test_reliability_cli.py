@@ -82,16 +82,33 @@ def test_predict_an_idx_file_without_images(tmp_path, env):
     one_line_error(nnscratch(tmp_path, env, "predict", "m.npz", "empty.idx"), "no images")
 
 
-def test_predict_refuses_a_huge_png_by_its_header(tmp_path, env):
+@pytest.mark.parametrize("side, said", [(100000, "10,000,000,000 pixels"),
+                                        (30000, "900,000,000 pixels"),
+                                        (6000, "6000x6000 = 36,000,000 pixels")])
+def test_predict_refuses_a_huge_png_by_its_header(tmp_path, env, monkeypatch, side, said):
+    """A few kilobytes declaring a gigantic image (a decompression bomb): one line, exit
+    2, at once -- with or without --resize -- and nothing decoded (in-process: Pillow's
+    decoding is made to fail the test)."""
+    import time
+
+    pytest.importorskip("PIL")
+    from PIL import ImageFile
     from conftest import png_with_header
-    from nnscratch import _png
 
     nn.seed(0)
     nn.models.mlp(hidden=(8,)).save(tmp_path / "m.npz")
-    png_with_header(tmp_path / "huge.png", 30000, 30000)
-    result = nnscratch(tmp_path, env, "predict", "m.npz", "huge.png", timeout=30)
-    one_line_error(result, "28x28", "30000x30000")
-    assert _png.read_size(tmp_path / "huge.png") == (30000, 30000)
+    png_with_header(tmp_path / "huge.png", side, side)
+    assert (tmp_path / "huge.png").stat().st_size < 10_000        # a few kilobytes
+    for extra in ([], ["--resize"]):
+        start = time.perf_counter()
+        result = nnscratch(tmp_path, env, "predict", "m.npz", "huge.png", *extra, timeout=30)
+        one_line_error(result, "huge.png: the image declares", said, "refused before decoding")
+        assert time.perf_counter() - start < 20
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda self: pytest.fail("pixels were decoded"))
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["predict", str(tmp_path / "m.npz"), str(tmp_path / "huge.png"), "--resize"])
+    assert caught.value.code == 2
 
 
 def test_evaluate_an_image_instead_of_a_model(tmp_path, env):
