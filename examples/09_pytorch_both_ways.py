@@ -29,7 +29,9 @@ with torch.no_grad():
     theirs = net(torch.from_numpy(X_test)).numpy()
 ours = model.predict(X_test)
 print(f"PyTorch: largest difference from nnscratch {np.abs(theirs - ours).max():.1e}")
+assert np.abs(theirs - ours).max() < 1e-5
 print("state_dict names, one to one:", list(model.state_dict()) == list(net.state_dict()))
+assert list(model.state_dict()) == list(net.state_dict())
 
 # continue training in PyTorch (on a GPU, if you have one), then come back
 optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -42,5 +44,6 @@ for start in range(0, 2048, 64):
 back = from_torch(net.eval())
 with torch.no_grad():
     theirs = net(torch.from_numpy(X_test)).numpy()
+assert np.abs(back.predict(X_test) - theirs).max() < 1e-5
 print(f"back in nnscratch: largest difference {np.abs(back.predict(X_test) - theirs).max():.1e}, "
       f"test accuracy {np.mean(back.predict(X_test).argmax(1) == y_test):.4f}")

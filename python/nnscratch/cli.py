@@ -822,7 +822,7 @@ def _write_results_csv(path, names, proba, classes):
     import csv
     import io
 
-    from ._png import write_file_atomic
+    from .serialization import write_bytes_atomic
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -832,7 +832,7 @@ def _write_results_csv(path, names, proba, classes):
         k = int(row.argmax())
         writer.writerow([file, "" if index is None else index, k, classes[k],
                          f"{row[k]:.6f}"] + [f"{p:.6f}" for p in row])
-    write_file_atomic(path, text.getvalue().encode("utf-8"))
+    write_bytes_atomic(path, text.getvalue().encode("utf-8"))
 
 
 def _threads_said(args):

@@ -46,7 +46,7 @@ import os
 import numpy as np
 
 from . import _checks
-from ._png import write_file_atomic
+from .serialization import write_bytes_atomic
 from .conv import Conv2d, MaxPool2d
 from .layers import (Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Softmax,
                      Tanh)
@@ -118,7 +118,7 @@ def export(model, path, input_shape):
     """
     path = _check_path(path)
     proto = to_model_proto(model, input_shape)
-    write_file_atomic(path, proto.SerializeToString())
+    write_bytes_atomic(path, proto.SerializeToString())
     return path
 
 

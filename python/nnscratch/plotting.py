@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from ._png import write_file_atomic
+from .serialization import write_bytes_atomic
 
 PLOT_HINT = 'plotting needs matplotlib: pip install "nnscratch[plot]" (or pip install matplotlib)'
 
@@ -37,7 +37,7 @@ def _figure(**kwargs):
 def _save(fig, path):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return write_file_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def plot_history(history, path):

@@ -42,7 +42,7 @@ import numpy as np
 from . import _random, backend
 from .module import Module, registered, registered_name
 
-__all__ = ["save", "load", "model_arrays", "write_npz", "write_safetensors", "open_model_file",
+__all__ = ["save", "load", "model_arrays", "write_npz", "write_bytes_atomic", "write_safetensors", "open_model_file",
            "Archive", "SafetensorsArchive", "read_model", "architecture", "build"]
 
 FORMAT, VERSION = "nnscratch", 2
@@ -159,6 +159,14 @@ def _write_atomically(path, write):
         raise
     _fsync_directory(directory)
     _remove_stale_temps(directory, os.path.basename(path))
+
+
+def write_bytes_atomic(path, data):
+    """Write `data` (bytes) to exactly `path`, atomically: through a temporary file beside
+    it, fsynced, then renamed (`_write_atomically`); returns `path` as a str. The model
+    files, the ONNX export, the plots and `nnscratch predict --out` all write so."""
+    _write_atomically(path, lambda f: f.write(data))
+    return os.fspath(path)
 
 
 STALE_SECONDS = 600   # a temporary file untouched this long belongs to a save that died

@@ -23,9 +23,11 @@ training
     loss becomes NaN or infinite stops with nnscratch's ``FloatingPointError`` (lower
     `learning_rate`), and sets no fitted attribute.
 dtype
-    The network is float64 from end to end (inputs are converted once). Its predictions for
-    a row do not depend on the other rows of the batch -- bit for bit -- so predicting a
-    subset, or the rows in another order, gives the same numbers.
+    The network is float64 from end to end (inputs are converted once). A row's prediction
+    hardly depends on the other rows of the batch -- the sums of a product may be split
+    differently for another number of rows, which moves the last bits (differences of
+    about 1e-15) -- so predicting a subset, or the rows in another order, gives the same
+    numbers to far tighter than scikit-learn's checks ask.
 random_state
     Two seeds are drawn from ``check_random_state(random_state)``: one for the initial
     weights, one for the shuffling (``fit(seed=...)``). The weights are drawn from the
@@ -54,8 +56,8 @@ try:
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as err:      # validate_data and __sklearn_tags__ came with 1.6
-    raise ImportError(f"nnscratch.sklearn needs scikit-learn >= 1.6 "
-                      f"(pip install 'scikit-learn>=1.6'): {err}") from None
+    raise ImportError(f'nnscratch.sklearn needs scikit-learn >= 1.6: pip install '
+                      f'"nnscratch[sklearn]" ({err})') from None
 
 from . import _checks, _random, serialization
 from .callbacks import EarlyStopping
@@ -70,6 +72,22 @@ ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 OPTIMIZERS = ("adam", "sgd")
 AUTO_BATCH = 200          # batch_size="auto": min(200, n_samples), as MLPClassifier
 _PICKLED_MODEL = "nnscratch.sklearn pickled model"    # marks the packed form of model_
+
+
+@contextlib.contextmanager
+def _unchanged_on_failure(estimator):
+    """Within: a fit. If it raises, the estimator is as before it: `validate_data` has
+    already set n_features_in_ (and feature_names_in_) for the new X, and those go back, so
+    a failed refit leaves the old network and the attributes that describe its input."""
+    names = ("n_features_in_", "feature_names_in_")
+    before = {name: estimator.__dict__[name] for name in names if name in estimator.__dict__}
+    try:
+        yield
+    except BaseException:
+        for name in names:
+            estimator.__dict__.pop(name, None)
+        estimator.__dict__.update(before)
+        raise
 
 
 class _NNEstimator(BaseEstimator):
@@ -283,6 +301,10 @@ class NNClassifier(ClassifierMixin, _NNEstimator):
         FloatingPointError
             The training loss became NaN or infinite (lower `learning_rate`).
         """
+        with _unchanged_on_failure(self):
+            return self._fit_classifier(X, y)
+
+    def _fit_classifier(self, X, y):
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
@@ -361,6 +383,10 @@ class NNRegressor(RegressorMixin, _NNEstimator):
         FloatingPointError
             The training loss became NaN or infinite (lower `learning_rate`, scale y).
         """
+        with _unchanged_on_failure(self):
+            return self._fit_regressor(X, y)
+
+    def _fit_regressor(self, X, y):
         X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
         y = np.asarray(y, dtype=np.float64)
         single_output = y.ndim == 1

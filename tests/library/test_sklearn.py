@@ -390,6 +390,25 @@ def test_diverging_training_raises_and_sets_nothing():
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         clf.fit(X * 1e3, y)
     assert not hasattr(clf, "model_") and not hasattr(clf, "classes_")
+    assert not hasattr(clf, "n_features_in_")
+
+
+@pytest.mark.parametrize("Estimator", [NNClassifier, NNRegressor])
+def test_a_failed_refit_leaves_the_fitted_estimator_as_it_was(Estimator):
+    # validate_data sets n_features_in_ for the new X before training: a refit that fails
+    # puts it back, so the old network still predicts, and data of the new width gets
+    # scikit-learn's feature-count error rather than a shape error from inside the network
+    X, y = _blobs()
+    estimator = Estimator(epochs=3, random_state=0).fit(X, y)
+    before = estimator.predict(X)
+    wide = np.hstack([X, X]) * 1e3
+    estimator.set_params(optimizer="sgd", learning_rate=1e8, epochs=200)
+    with pytest.raises(FloatingPointError):
+        estimator.fit(wide, y)
+    assert estimator.n_features_in_ == X.shape[1]
+    np.testing.assert_array_equal(estimator.predict(X), before)
+    with pytest.raises(ValueError, match="features"):
+        estimator.predict(wide)
 
 
 def test_integer_hidden_layer_size_and_explicit_batch_size():
