@@ -163,10 +163,10 @@ def _write_atomically(path, write):
 
 def write_bytes_atomic(path, data):
     """Write `data` (bytes) to exactly `path`, atomically: through a temporary file beside
-    it, fsynced, then renamed (`_write_atomically`); returns `path` as a str. The model
+    it, fsynced, then renamed (`_write_atomically`); returns `path`. The model
     files, the ONNX export, the plots and `nnscratch predict --out` all write so."""
     _write_atomically(path, lambda f: f.write(data))
-    return os.fspath(path)
+    return path
 
 
 STALE_SECONDS = 600   # a temporary file untouched this long belongs to a save that died

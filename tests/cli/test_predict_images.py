@@ -250,12 +250,12 @@ def test_out_is_written_atomically_and_checked_first(capsys, tmp_path, trained, 
     model, pictures = trained
     Image.fromarray(pictures[0]).save(tmp_path / "a.png")
     (tmp_path / "results.csv").write_text("old results\n")
-    from nnscratch import _png
+    from nnscratch import serialization
 
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_png.os, "replace", fail)
+    monkeypatch.setattr(serialization.os, "replace", fail)   # (the atomic writer's rename)
     code, out, err = run(capsys, "predict", model, "a.png", "--out", "results.csv")
     monkeypatch.undo()
     assert code == 2 and "No space left on device" in err and len(err.splitlines()) == 1

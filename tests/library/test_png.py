@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from nnscratch import _png
+from nnscratch import serialization
 from nnscratch._png import SIGNATURE, write_png
 
 Image = pytest.importorskip("PIL.Image")
@@ -71,7 +71,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError("rename refused")
 
-    monkeypatch.setattr(_png.os, "replace", fail)
+    monkeypatch.setattr(serialization.os, "replace", fail)   # (the atomic writer's rename)
     with pytest.raises(OSError, match="rename refused"):
         write_png(path, np.zeros((3, 3), np.uint8))
     monkeypatch.undo()
