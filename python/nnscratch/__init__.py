@@ -16,9 +16,10 @@ from . import models
 from ._random import seed
 from .backend import get_backend, get_num_threads, set_backend, set_num_threads
 from .callbacks import Callback, EarlyStopping, History
-from .conv import Conv2d, MaxPool2d
+from .conv import Conv2d, GlobalAvgPool2d, MaxPool2d
 from .gradcheck import gradcheck
-from .layers import Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from .layers import (Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Residual, Sigmoid,
+                     Softmax, Tanh)
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .model import Sequential
 from .module import Module, ModuleList, Parameter, register
@@ -32,7 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Parameter", "Module", "ModuleList", "Sequential", "register",
     "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
-    "Identity", "Conv2d", "MaxPool2d", "BatchNorm1d", "BatchNorm2d",
+    "Identity", "Residual", "Conv2d", "MaxPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
     "Optimizer", "SGD", "Adam", "AdamW",
     "LRScheduler", "StepLR", "CosineAnnealingLR",

@@ -1,9 +1,10 @@
-"""Convolution and pooling over NCHW images: `Conv2d`, `MaxPool2d`.
+"""Convolution and pooling over NCHW images: `Conv2d`, `MaxPool2d`, `GlobalAvgPool2d`.
 
 As in ``nnscratch.layers``: ``forward`` keeps what ``backward`` needs, ``infer`` keeps
 nothing, and the arithmetic is in the kernels (``conv2d_*``, ``maxpool2d_*``:
 ``cnn_core/_conv.pyx`` and its twin ``cnn_core/reference/conv.py``).
 """
+import math
 import numbers
 
 import numpy as np
@@ -12,7 +13,7 @@ from . import _checks, init as _init
 from .backend import kernels
 from .module import Module, Parameter, register
 
-__all__ = ["Conv2d", "MaxPool2d"]
+__all__ = ["Conv2d", "MaxPool2d", "GlobalAvgPool2d"]
 
 
 def _size_arg(name, value, minimum):
@@ -232,3 +233,49 @@ class MaxPool2d(_Windowed):
 
     def get_config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride}
+
+
+@register
+class GlobalAvgPool2d(Module):
+    """The mean of each channel's plane: ``y[n, c] = mean over (i, j) of x[n, c, i, j]``.
+
+    What a residual network puts before its last Linear layer (He et al. 2016): whatever
+    the image size, each channel becomes one number. ``torch.nn.AdaptiveAvgPool2d(1)``
+    followed by ``torch.nn.Flatten()``.
+
+    Backward: every input of a plane had weight 1/(H*W) in its mean, so
+    ``dL/dx[n, c, i, j] = dL/dy[n, c] / (H * W)``.
+
+    Shape
+    -----
+    input (N, C, H, W) -> output (N, C). Keeps the input's float dtype.
+    """
+
+    def _check(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"{self!r} expects input of shape (N, C, H, W), got {x.shape}")
+
+    def forward(self, x):
+        x = self._input(x, check=self._check)
+        self._x_shape, self._dtype = x.shape, x.dtype
+        return x.mean(axis=(2, 3))
+
+    def backward(self, grad_out, *, compute_grad_input=True):
+        x_shape = self._saved("_x_shape")
+        g = self._grad_of(grad_out, x_shape[:2], self._dtype)
+        h, w = x_shape[2:]
+        share = g / self._dtype.type(h * w)
+        return np.repeat(share, h * w, axis=1).reshape(x_shape)
+
+    def infer(self, x):
+        x = self._input(x, check=self._check)
+        return x.mean(axis=(2, 3))
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(f"{self!r} expects samples of shape (C, H, W), got {input_shape}")
+        return (input_shape[0],)
+
+    def flops(self, input_shape):
+        return math.prod(input_shape)        # one addition per input (and C divisions)

@@ -19,7 +19,7 @@ from .backend import kernels
 from .module import Module, Parameter, register
 
 __all__ = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
-           "Identity"]
+           "Identity", "Residual"]
 
 
 @register
@@ -339,3 +339,80 @@ class Identity(Module):
 
     def infer(self, x):
         return x
+
+
+@register
+class Residual(Module):
+    """A residual connection: ``y = body(x) + shortcut(x)``, the shortcut the identity
+    (``y = body(x) + x``) when it is None.
+
+    The body learns only what to add to its input (He et al. 2016), and the sum gives the
+    gradient a path around the body: backward sends ``dL/dy`` down both branches and adds
+    what comes back, ``dL/dx = body.backward(dL/dy) + shortcut.backward(dL/dy)`` (the second
+    term is ``dL/dy`` itself for the identity) -- so however small the body's gradient, the
+    layers below still get ``dL/dy``.
+
+    Parameters
+    ----------
+    body : Module
+        The branch that computes: in a ResNet, conv-BN-ReLU-conv-BN.
+    shortcut : Module, optional
+        Where the body changes the shape (a stride, more channels), what brings `x` to the
+        body's output shape: in a ResNet a 1x1 convolution with the stride, and batch norm.
+        None: the identity, and the body must keep the shape.
+
+    Shape
+    -----
+    the body's: input (N, ...) -> output (N, ...); the two branches must agree.
+    """
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        if not isinstance(body, Module):
+            raise TypeError(f"Residual: body must be a Module, got {type(body).__name__}")
+        if shortcut is not None and not isinstance(shortcut, Module):
+            raise TypeError(f"Residual: shortcut must be a Module or None, got "
+                            f"{type(shortcut).__name__}")
+        self.body = body
+        self.shortcut = shortcut
+
+    def _sum(self, y, s):
+        if y.shape != s.shape:
+            branch = "the shortcut" if self.shortcut is not None else "the input (identity)"
+            raise ValueError(f"Residual: the body gives shape {y.shape[1:]} per sample and "
+                             f"{branch} {s.shape[1:]}; they must agree (a shortcut brings x "
+                             f"to the body's shape)")
+        return y + s
+
+    def forward(self, x):
+        s = x if self.shortcut is None else self.shortcut(x)
+        return self._sum(self.body(x), s)
+
+    def backward(self, grad_out, *, compute_grad_input=True):
+        # the sum's gradient goes to both branches unchanged; the input gets both back
+        g_body = self.body.backward(grad_out)
+        g_short = grad_out if self.shortcut is None else self.shortcut.backward(grad_out)
+        return g_body + g_short
+
+    def infer(self, x):
+        s = x if self.shortcut is None else self.shortcut.infer(x)
+        return self._sum(self.body.infer(x), s)
+
+    def output_shape(self, input_shape):
+        body = tuple(self.body.output_shape(input_shape))
+        short = tuple(input_shape) if self.shortcut is None else \
+            tuple(self.shortcut.output_shape(input_shape))
+        if body != short:
+            raise ValueError(f"Residual: the body gives shape {body} per sample and the "
+                             f"{'shortcut' if self.shortcut is not None else 'input'} {short}")
+        return body
+
+    def flops(self, input_shape):
+        short = 0 if self.shortcut is None else self.shortcut.flops(input_shape)
+        return self.body.flops(input_shape) + short + math.prod(self.output_shape(input_shape))
+
+    def get_config(self):
+        return {"body": self.body, "shortcut": self.shortcut}
+
+    def extra_repr(self):
+        return ""           # the branches are listed as the children

@@ -4,6 +4,7 @@
     model = nn.models.mlp()                 # 784-256-128-10, ReLU
     model = nn.models.cnn()                 # nnscratch train --model cnn
     model = nn.models.lenet()               # the benchmarks' LeNet-style CNN
+    model = nn.models.resnet(depth=20)      # a residual network (He et al. 2016)
 
 Each returns a new `Sequential` whose initial weights come from the library generator
 (``nnscratch.seed``).
@@ -11,12 +12,12 @@ Each returns a new `Sequential` whose initial weights come from the library gene
 import numpy as np
 
 from . import _checks
-from .conv import Conv2d, MaxPool2d
-from .layers import Dropout, Flatten, Linear, ReLU
+from .conv import Conv2d, GlobalAvgPool2d, MaxPool2d
+from .layers import Dropout, Flatten, Linear, ReLU, Residual
 from .model import Sequential
 from .norm import BatchNorm2d
 
-__all__ = ["mlp", "cnn", "lenet"]
+__all__ = ["mlp", "cnn", "lenet", "resnet"]
 
 
 def mlp(in_features=784, hidden=(256, 128), num_classes=10, dropout=0.0, dtype=np.float32):
@@ -74,3 +75,58 @@ def lenet(in_channels=1, num_classes=10, dtype=np.float32):
         Conv2d(16, 32, 5, dtype=dtype), ReLU(), MaxPool2d(2), Flatten(),
         Linear(32 * 4 * 4, 128, dtype=dtype), ReLU(),
         Linear(128, _checks.integer("num_classes", num_classes, 1), dtype=dtype))
+
+
+def resnet(depth=20, in_channels=1, num_classes=10, width=16, dtype=np.float32):
+    """The CIFAR-style residual network of He et al. (2016), depth 6n + 2.
+
+    conv3x3 (width) + batch norm + ReLU; three stages of n basic blocks with width, 2 *
+    width and 4 * width channels; global average pool; Linear to the classes. A basic block
+    is ``ReLU(body(x) + shortcut(x))`` with body = conv3x3-BN-ReLU-conv3x3-BN
+    (`nnscratch.Residual`); the first block of stages 2 and 3 halves the image with stride
+    2, and its shortcut is a 1x1 convolution with stride 2 + batch norm (elsewhere the
+    identity). The convolutions have no bias: the batch norm's beta takes its place.
+
+    For 28x28 images: (1, 28, 28) -> (16, 28, 28) -> (32, 14, 14) -> (64, 7, 7) -> 64 ->
+    classes. ResNet-20 (n = 3) with width 16 has 272,186 parameters, as the same network
+    in PyTorch.
+
+    Parameters
+    ----------
+    depth : int, default 20
+        6n + 2: 20, 32, 44, 56, 110, ...
+    in_channels : int, default 1
+    num_classes : int, default 10
+    width : int, default 16
+        The first stage's channels.
+    dtype : np.float32 (default) or np.float64
+    """
+    depth = _checks.integer("depth", depth, 8)
+    if (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}")
+    blocks_per_stage = (depth - 2) // 6
+    channels = _checks.integer("in_channels", in_channels, 1)
+    width = _checks.integer("width", width, 1)
+
+    def conv(c_in, c_out, kernel, stride):
+        return Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False,
+                      dtype=dtype)
+
+    layers = [conv(channels, width, 3, 1), BatchNorm2d(width, dtype=dtype), ReLU()]
+    channels = width
+    for stage in range(3):
+        out = width * 2 ** stage
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            body = Sequential(conv(channels, out, 3, stride), BatchNorm2d(out, dtype=dtype),
+                              ReLU(), conv(out, out, 3, 1), BatchNorm2d(out, dtype=dtype))
+            shortcut = None
+            if stride != 1 or channels != out:
+                shortcut = Sequential(conv(channels, out, 1, stride),
+                                      BatchNorm2d(out, dtype=dtype))
+            layers += [Residual(body, shortcut), ReLU()]
+            channels = out
+    layers += [GlobalAvgPool2d(),
+               Linear(channels, _checks.integer("num_classes", num_classes, 1), dtype=dtype,
+                      init="xavier")]
+    return Sequential(*layers)
