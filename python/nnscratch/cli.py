@@ -91,7 +91,9 @@ def build_parser():
     t.add_argument("--data-path", default=None, help="folder with the four IDX files")
     t.add_argument("--download", action="store_true",
                    help="download the data set if it is not found locally")
-    t.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    t.add_argument("--model", choices=MODELS, default="mlp",
+                   help="mlp (default), cnn, or a residual network: resnet20, resnet32, "
+                        "resnet44, resnet56 (see nnscratch.models)")
     t.add_argument("--hidden", type=_hidden, default=[256, 128],
                    help="MLP hidden layer sizes (default 256,128)")
     t.add_argument("--dropout", type=_fraction, default=0.0, help="MLP dropout after each "
@@ -236,16 +238,37 @@ def _load_data(name, path, download, flatten, progress=True):
     return source, classes, train, test
 
 
-def build_model(kind, hidden=(256, 128), dropout=0.0):
-    """The model `nnscratch train --model kind` trains (see ``nnscratch.models``): the MLP
-    on flat (N, 784) images, or the CNN on (N, 1, 28, 28) with dropout 0.25 unless given."""
+MODELS = ["mlp", "cnn", "resnet20", "resnet32", "resnet44", "resnet56"]
+
+
+def build_model(kind, hidden=(256, 128), dropout=0.0, image_shape=(1, 28, 28),
+                num_classes=10):
+    """The model `nnscratch train --model kind` trains (see ``nnscratch.models``), for
+    images of `image_shape` (C, H, W) and `num_classes` classes, both taken from the data:
+    the MLP on flat (N, C*H*W) images, the CNN (dropout 0.25 unless given) or a residual
+    network ``resnet<depth>`` on (N, C, H, W)."""
     from . import models
 
+    channels, side = image_shape[0], image_shape[1]
     if kind == "mlp":
-        return models.mlp(hidden=hidden, dropout=dropout)
+        return models.mlp(in_features=math.prod(image_shape), hidden=hidden,
+                          num_classes=num_classes, dropout=dropout)
     if kind == "cnn":
-        return models.cnn(dropout=dropout or 0.25)
+        return models.cnn(in_channels=channels, num_classes=num_classes, image_size=side,
+                          dropout=dropout or 0.25)
+    if kind.startswith("resnet") and kind in MODELS:
+        return models.resnet(depth=int(kind[len("resnet"):]), in_channels=channels,
+                             num_classes=num_classes)
     raise CLIError(f"unknown model {kind!r}")
+
+
+def _data_shape(X, y, y_test):
+    """(image shape (C, H, W), class count) of the loaded data, flat or not."""
+    shape = X.shape[1:]
+    if len(shape) == 1:                         # flat square grey images
+        side = math.isqrt(shape[0])
+        shape = (1, side, side)
+    return tuple(int(v) for v in shape), int(max(y.max(), y_test.max())) + 1
 
 
 def _make_optimizer(args, params, **overrides):
@@ -331,7 +354,7 @@ def cmd_train(args, out=None):
     print(f"      {len(X)} training images, {len(X_test)} test images"
           + (f", {len(validation[0])} held out for validation" if validation else ""), file=out)
     if args.lr_find:
-        return _lr_find(args, X, y, out)
+        return _lr_find(args, X, y, out, _data_shape(X, y, y_test))
 
     if resumed is not None:
         model, optimizer, start, history, base_lr, where = resumed
@@ -339,7 +362,8 @@ def cmd_train(args, out=None):
     else:
         nn.seed(args.seed)
         try:
-            model = build_model(args.model, args.hidden, args.dropout)
+            model = build_model(args.model, args.hidden, args.dropout,
+                                *_data_shape(X, y, y_test))
         except MemoryError:
             raise CLIError(f"not enough memory for --hidden {args.hidden}") from None
         optimizer = _make_optimizer(args, model.parameters())
@@ -491,7 +515,7 @@ def _check_meta(meta):
     if not isinstance(saved, dict):
         fail("'args'", saved)
     checks = {
-        "model": lambda v: v in ("mlp", "cnn"),
+        "model": lambda v: v in MODELS,
         "hidden": lambda v: isinstance(v, list) and v and all(
             type(s) is int and 1 <= s <= MAX_WIDTH for s in v),
         "dropout": lambda v: _real(v, 0.0, 1.0, high_open=True),
@@ -552,7 +576,7 @@ def _check_memory(args):
                        f"{needed / 2**30:.1f} GiB, this machine has {available / 2**30:.1f}")
 
 
-def _lr_find(args, X, y, out):
+def _lr_find(args, X, y, out, data_shape):
     """`train --lr-find`: one epoch per learning rate, a table of the final losses."""
     import nnscratch as nn
     from .explain import DEFAULT_LRS, lr_find
@@ -562,7 +586,8 @@ def _lr_find(args, X, y, out):
     make_optimizer.__name__ = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[args.optimizer]
 
     try:
-        return lr_find(lambda: build_model(args.model, args.hidden, args.dropout), X, y,
+        return lr_find(lambda: build_model(args.model, args.hidden, args.dropout, *data_shape),
+                       X, y,
                        lrs=DEFAULT_LRS[args.optimizer], batch_size=args.batch_size,
                        seed=args.seed, optimizer=make_optimizer,
                        print_fn=lambda text: print(text, file=out), plot=args.plot)

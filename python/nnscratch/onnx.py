@@ -19,8 +19,8 @@ forward pass. Dropout is the identity, batch normalisation uses its running stat
 and the model's training flag is neither read nor changed. The graph input is named
 ``"input"``, of shape ``("batch", *input_shape)`` -- the batch axis is symbolic, so any
 batch size runs -- and the output ``"output"``. Each layer becomes one ONNX operator,
-named after the layer's dotted name in the model (``"0"``, ``"3.1"``), and each parameter
-or buffer an initializer named as in ``model.state_dict()`` (``"0.weight"``,
+named after the layer's dotted name in the model (``"0"``, ``"3.1"``, ``"4.body.0"``), and
+each parameter or buffer an initializer named as in ``model.state_dict()`` (``"0.weight"``,
 ``"1.running_mean"``)::
 
     Linear       Gemm(input, weight, bias)   weight is (in, out) here, so no transpose:
@@ -31,14 +31,27 @@ or buffer an initializer named as in ``model.state_dict()`` (``"0.weight"``,
     Flatten      Flatten(axis = 1)         Identity, Dropout   Identity
     Conv2d       Conv(kernel_shape, strides, pads = [ph, pw, ph, pw])
     MaxPool2d    MaxPool(kernel_shape, strides)       (floor mode, no padding)
+    GlobalAvgPool2d  ReduceMean(axes = [2, 3], keepdims = 0)     (N, C, H, W) -> (N, C)
     BatchNorm1d, BatchNorm2d   BatchNormalization(x, weight, bias, running_mean,
                                                   running_var, epsilon = eps)
     Sequential   its layers, one after the other (nested ones too)
+    Residual     the body's nodes ("<name>.body.0", ...), the shortcut's ("<name>.shortcut.0",
+                 ...; none for the identity: the input itself), then Add, named "<name>"
 
 The numbers keep the model's float dtype (float32 or float64); a layer whose parameters
 have another dtype than its input gets a Cast in front, as the layer itself casts its input.
-Two caveats for float64 models: ONNX stores attributes (LeakyReLU's slope, batch norm's eps)
-as float32, and ONNX Runtime's CPU provider has no float64 Conv.
+
+float64 without float32 attributes: ONNX stores attributes as float32, and LeakyReLU's
+slope 0.01 or batch norm's eps 1e-3 rounded to float32 move a float64 model's outputs by
+~1e-5. So in float64 the two carry their constants as float64 initializers instead:
+
+    LeakyReLU    PRelu(x, "<name>.negative_slope")        (the same formula, slope a tensor)
+    BatchNorm    Add("<name>.running_var", "<name>.eps") named "<name>.var_plus_eps", then
+                 BatchNormalization(..., var_plus_eps, epsilon = 0)
+
+-- var + eps in float64, as nnscratch's kernels compute it before the square root. float32
+layers keep the single LeakyRelu / BatchNormalization node. (ONNX Runtime's CPU provider
+has no float64 Conv: run float64 CNNs with ``onnx.reference.ReferenceEvaluator``.)
 """
 import numbers
 import os
@@ -47,9 +60,9 @@ import numpy as np
 
 from . import _checks
 from .serialization import write_bytes_atomic
-from .conv import Conv2d, MaxPool2d
-from .layers import (Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Softmax,
-                     Tanh)
+from .conv import Conv2d, GlobalAvgPool2d, MaxPool2d
+from .layers import (Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Residual, Sigmoid,
+                     Softmax, Tanh)
 from .model import Sequential
 from .module import Module, ModuleList
 from .norm import BatchNorm1d, BatchNorm2d
@@ -294,7 +307,14 @@ def _batchnorm(graph, layer, name, x, dtype):
     inputs = [x] + [graph.constant(_param(name, attr), array) for attr, array in [
         ("weight", layer.weight.data), ("bias", layer.bias.data),
         ("running_mean", layer.running_mean), ("running_var", layer.running_var)]]
-    return graph.add("BatchNormalization", inputs, name, repr(layer), epsilon=layer.eps)
+    if layer.dtype != np.float64:
+        return graph.add("BatchNormalization", inputs, name, repr(layer), epsilon=layer.eps)
+    # float64: the epsilon attribute is a float32 (1e-3 would become 1.00000005e-3), so
+    # var + eps is added in float64 -- the sum nnscratch's kernels take the root of -- and
+    # BatchNormalization adds 0
+    eps = graph.constant(_param(name, "eps"), np.array(layer.eps, np.float64))
+    inputs[4] = graph.add("Add", [inputs[4], eps], _param(name, "var_plus_eps"))
+    return graph.add("BatchNormalization", inputs, name, repr(layer), epsilon=0.0)
 
 
 def _elementwise(op_type):
@@ -305,7 +325,13 @@ def _elementwise(op_type):
 
 
 def _leaky_relu(graph, layer, name, x, dtype):
-    return graph.add("LeakyRelu", [x], name, repr(layer), alpha=layer.negative_slope)
+    if dtype != np.float64:
+        return graph.add("LeakyRelu", [x], name, repr(layer), alpha=layer.negative_slope)
+    # float64: LeakyRelu's alpha is a float32 attribute (0.01 would become 0.0099999998);
+    # PRelu is the same formula, x if x >= 0 else slope * x, with the slope a float64 tensor
+    slope = graph.constant(_param(name, "negative_slope"),
+                           np.array(layer.negative_slope, np.float64))
+    return graph.add("PRelu", [x, slope], name, repr(layer))
 
 
 def _softmax(graph, layer, name, x, dtype):
@@ -316,11 +342,19 @@ def _flatten(graph, layer, name, x, dtype):
     return graph.add("Flatten", [x], name, repr(layer), axis=1)     # (N, ...) -> (N, prod)
 
 
+def _global_avg_pool2d(graph, layer, name, x, dtype):
+    # x (N, C, H, W) -> (N, C): the mean of each plane in one node (GlobalAveragePool would
+    # keep (N, C, 1, 1) and need a Flatten, and ONNX Runtime has it in float32 only).
+    # Opset 17 takes the axes as an attribute (from opset 18 on, as a second input).
+    return graph.add("ReduceMean", [x], name, repr(layer), axes=[2, 3], keepdims=0)
+
+
 # The layers export knows, and how. The dtype a layer computes in: its parameters' for
 # the layers that cast their input (those with a `dtype`), the input's for the others.
 _EXPORTERS = [
     (Linear, _linear), (Conv2d, _conv2d), (BatchNorm1d, _batchnorm), (BatchNorm2d, _batchnorm),
-    (MaxPool2d, _maxpool2d), (ReLU, _elementwise("Relu")), (LeakyReLU, _leaky_relu),
+    (MaxPool2d, _maxpool2d), (GlobalAvgPool2d, _global_avg_pool2d),
+    (ReLU, _elementwise("Relu")), (LeakyReLU, _leaky_relu),
     (Sigmoid, _elementwise("Sigmoid")), (Tanh, _elementwise("Tanh")), (Softmax, _softmax),
     (Flatten, _flatten), (Identity, _elementwise("Identity")),
     (Dropout, _elementwise("Identity")),             # eval mode: y = x
@@ -328,7 +362,7 @@ _EXPORTERS = [
 
 # The methods that decide what a layer computes: a subclass that replaces one of them
 # computes something else, which export cannot know.
-_COMPUTING_METHODS = ("forward", "infer", "__call__", "_f")
+_COMPUTING_METHODS = ("forward", "infer", "__call__", "_f", "_sum")
 
 
 def _computes_as(module, cls):
@@ -344,6 +378,24 @@ def _describe(module, name):
     return f"'{name}' ({type(module).__name__})" if name else f"{type(module).__name__}"
 
 
+def _residual(graph, module, name, x, shape, dtype):
+    # y = body(x) + shortcut(x): each branch's nodes under its dotted name ("3.body.0",
+    # "3.shortcut.0"), the identity shortcut x itself; then Add, named as the Residual
+    y, y_shape, y_dtype = _export_module(graph, module.body, _param(name, "body"), x, shape,
+                                         dtype)
+    s, s_shape, s_dtype = (x, shape, dtype) if module.shortcut is None else _export_module(
+        graph, module.shortcut, _param(name, "shortcut"), x, shape, dtype)
+    if y_shape != s_shape:
+        branch = "the input (identity)" if module.shortcut is None else "the shortcut"
+        raise ValueError(f"input_shape does not fit the model at layer "
+                         f"{_describe(module, name)}: the body gives shape {y_shape} per "
+                         f"sample and {branch} {s_shape}; they must agree")
+    out_dtype = np.result_type(y_dtype, s_dtype)      # numpy's y + s, for mixed dtypes
+    y = graph.cast(y, y_dtype, out_dtype, _param(name, "body"))
+    s = graph.cast(s, s_dtype, out_dtype, _param(name, "shortcut"))
+    return graph.add("Add", [y, s], name, "Residual: body(x) + shortcut(x)"), y_shape, out_dtype
+
+
 def _export_module(graph, module, name, x, shape, dtype):
     """Add the nodes computing `module` on value `x` (per-sample `shape`, `dtype`);
     returns ``(output value, its per-sample shape, its dtype)``."""
@@ -352,6 +404,8 @@ def _export_module(graph, module, name, x, shape, dtype):
             x, shape, dtype = _export_module(graph, child, _param(name, child_name), x,
                                              shape, dtype)
         return x, shape, dtype
+    if _computes_as(module, Residual):
+        return _residual(graph, module, name, x, shape, dtype)
     if isinstance(module, ModuleList):
         raise TypeError(f"cannot export {_describe(module, name)} to ONNX: a ModuleList has no "
                         f"forward of its own (the module holding it decides how its entries "
@@ -360,7 +414,8 @@ def _export_module(graph, module, name, x, shape, dtype):
     if exporter is None:
         known = ", ".join(cls.__name__ for cls, _ in _EXPORTERS)
         raise TypeError(f"cannot export layer {_describe(module, name)} to ONNX: export knows "
-                        f"the built-in layers {known} and Sequential containers of them, not "
+                        f"the built-in layers {known} and Sequential and Residual containers of "
+                        f"them, not "
                         f"{type(module).__module__}.{type(module).__qualname__}")
     try:
         out_shape = tuple(module.output_shape(shape))

@@ -335,6 +335,25 @@ def test_train_plot_without_matplotlib_says_how_to_get_it(capsys, monkeypatch, t
     assert files_in(tmp_path) == []
 
 
+@pytest.mark.parametrize("depth", [20, 32])
+def test_train_resnet(capsys, tmp_path, monkeypatch, depth):
+    # --model resnet<depth>: nnscratch.models.resnet, its input shape and class count taken
+    # from the data; evaluate feeds it images
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "train", "--data", "sample", "--model", f"resnet{depth}",
+                       "--limit", "96", "--epochs", "1", "--batch-size", "48", "--no-progress",
+                       "--save", "r.npz")
+    assert code == 0, out
+    model = nn.load(tmp_path / "r.npz")
+    expected = nn.models.resnet(depth=depth)
+    assert f"model: resnet{depth}, {sum(p.size for p in expected.parameters()):,} parameters" \
+        in out
+    assert [type(m).__name__ for m in model] == [type(m).__name__ for m in expected]
+    assert sum(isinstance(m, nn.Residual) for m in model) == (depth - 2) // 2
+    code, out, _ = run(capsys, "evaluate", "r.npz", "--data", "sample")
+    assert code == 0 and "test accuracy" in out
+
+
 @needs_cnn
 def test_train_cnn(capsys, tmp_path):
     code, out, _ = run(capsys, "train", "--data", "sample", "--model", "cnn", "--limit", "512",
