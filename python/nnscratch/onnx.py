@@ -393,7 +393,8 @@ def _residual(graph, module, name, x, shape, dtype):
     out_dtype = np.result_type(y_dtype, s_dtype)      # numpy's y + s, for mixed dtypes
     y = graph.cast(y, y_dtype, out_dtype, _param(name, "body"))
     s = graph.cast(s, s_dtype, out_dtype, _param(name, "shortcut"))
-    return graph.add("Add", [y, s], name, "Residual: body(x) + shortcut(x)"), y_shape, out_dtype
+    y = graph.add("Add", [y, s], name, "Residual: body(x) + shortcut(x)")
+    return y, y_shape, out_dtype
 
 
 def _export_module(graph, module, name, x, shape, dtype):
@@ -414,8 +415,8 @@ def _export_module(graph, module, name, x, shape, dtype):
     if exporter is None:
         known = ", ".join(cls.__name__ for cls, _ in _EXPORTERS)
         raise TypeError(f"cannot export layer {_describe(module, name)} to ONNX: export knows "
-                        f"the built-in layers {known} and Sequential and Residual containers of "
-                        f"them, not "
+                        f"the built-in layers {known} and the Sequential and Residual "
+                        f"containers of them, not "
                         f"{type(module).__module__}.{type(module).__qualname__}")
     try:
         out_shape = tuple(module.output_shape(shape))
