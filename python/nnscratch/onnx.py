@@ -41,9 +41,10 @@ each parameter or buffer an initializer named as in ``model.state_dict()`` (``"0
 The numbers keep the model's float dtype (float32 or float64); a layer whose parameters
 have another dtype than its input gets a Cast in front, as the layer itself casts its input.
 
-float64 without float32 attributes: ONNX stores attributes as float32, and LeakyReLU's
-slope 0.01 or batch norm's eps 1e-3 rounded to float32 move a float64 model's outputs by
-~1e-5. So in float64 the two carry their constants as float64 initializers instead:
+float64 models and float32 attributes: ONNX stores float attributes as float32, and
+LeakyReLU's slope 0.01 or batch norm's eps 1e-3 rounded to float32 (0.0099999998,
+0.0010000000475) move a float64 model's outputs by up to ~1e-8 of their size -- float32
+accuracy. So in float64 the two carry their constants as float64 initializers instead:
 
     LeakyReLU    PRelu(x, "<name>.negative_slope")        (the same formula, slope a tensor)
     BatchNorm    Add("<name>.running_var", "<name>.eps") named "<name>.var_plus_eps", then
@@ -94,9 +95,10 @@ def export(model, path, input_shape):
     Parameters
     ----------
     model : Module
-        A `Sequential` (containers nested in it too) or a single built-in layer. Every
-        layer must be one ONNX export knows (see the module docstring); anything else --
-        a layer class of your own, for instance -- is a TypeError naming the layer.
+        A `Sequential` (Sequential and Residual containers nested in it too) or a single
+        built-in layer. Every layer must be one ONNX export knows (see the module
+        docstring); anything else -- a layer class of your own, for instance -- is a
+        TypeError naming the layer.
     path : str or os.PathLike
         The file to write, used exactly as given (no suffix added). Written atomically:
         a temporary file in the same folder, then a rename, so a failure leaves the old
