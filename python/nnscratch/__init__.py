@@ -25,7 +25,7 @@ from .model import Sequential
 from .module import Module, ModuleList, Parameter, register
 from .norm import BatchNorm1d, BatchNorm2d
 from .optim import SGD, Adam, AdamW, Optimizer
-from .schedules import CosineAnnealingLR, LRScheduler, StepLR
+from .schedules import CosineAnnealingLR, LRScheduler, OneCycleLR, StepLR, WarmupCosineLR
 from .serialization import load
 
 __version__ = "0.1.0"
@@ -36,7 +36,7 @@ __all__ = [
     "Identity", "Residual", "Conv2d", "MaxPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
     "Optimizer", "SGD", "Adam", "AdamW",
-    "LRScheduler", "StepLR", "CosineAnnealingLR",
+    "LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "WarmupCosineLR",
     "Callback", "EarlyStopping", "History",
     "seed", "set_backend", "get_backend", "set_num_threads", "get_num_threads",
     "gradcheck", "load", "models", "datasets", "__version__",

@@ -99,7 +99,8 @@ class Conv2d(_Windowed):
         Of the parameters and of the computation; inputs of another dtype are cast.
     init : str, default "he"
         As for `Linear` (``nnscratch.init``), with ``fan_in = in_channels * kh * kw`` and
-        ``fan_out = out_channels * kh * kw``; the bias starts at zero.
+        ``fan_out = out_channels * kh * kw``; the bias starts at zero, but for ``"torch"``
+        (PyTorch's default: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
 
     Attributes
     ----------
@@ -129,9 +130,13 @@ class Conv2d(_Windowed):
         self._channels = self.in_channels
         kh, kw = self._kernel
         shape = (self.out_channels, self.in_channels, kh, kw)
-        values = _init.draw(init, self.in_channels * kh * kw, self.out_channels * kh * kw, shape)
+        fan_in = self.in_channels * kh * kw
+        values = _init.draw(init, fan_in, self.out_channels * kh * kw, shape)
         self.weight = Parameter(values.astype(self.dtype))
-        self.bias = Parameter(np.zeros(self.out_channels, self.dtype)) if bias else None
+        self.bias = None
+        if bias:
+            values = _init.draw_bias(init, fan_in, (self.out_channels,))
+            self.bias = Parameter(values.astype(self.dtype))
 
     def forward(self, x):
         # x (N, C, H, W) * weight (O, C, KH, KW) + bias (O,) -> out (N, O, OH, OW)

@@ -34,7 +34,9 @@ class Linear(Module):
     dtype : np.float32 (default) or np.float64
         Of the parameters and of the computation; inputs of another dtype are cast.
     init : str, default "he"
-        How the weights start (``nnscratch.init``); the bias starts at zero.
+        How the weights start (``nnscratch.init``), with ``fan_in = in_features``; the
+        bias starts at zero, but for ``"torch"`` (PyTorch's default: weight and bias
+        U(-1/sqrt(in_features), 1/sqrt(in_features))).
 
     Attributes
     ----------
@@ -58,7 +60,10 @@ class Linear(Module):
         shape = (self.in_features, self.out_features)
         values = _init.draw(init, self.in_features, self.out_features, shape)
         self.weight = Parameter(values.astype(self.dtype))
-        self.bias = Parameter(np.zeros(self.out_features, self.dtype)) if bias else None
+        self.bias = None
+        if bias:
+            values = _init.draw_bias(init, self.in_features, (self.out_features,))
+            self.bias = Parameter(values.astype(self.dtype))
 
     def forward(self, x):
         # z = x @ W + b:   x (N, in) @ weight (in, out) + bias (out,) -> z (N, out)

@@ -10,6 +10,9 @@ loss                          pred, target                         kernel
 ``MSELoss()``                 any shape, float target of pred's     mse
 ``BCEWithLogitsLoss()``       logits, targets in [0, 1], same shape bce_with_logits
 ============================  ===================================  ======================
+
+``CrossEntropyLoss(label_smoothing=e)`` adds the smoothing's terms to the kernel's result
+(two lines of NumPy on the (N, C) logits; see `CrossEntropyLoss`).
 """
 import math
 
@@ -64,6 +67,11 @@ class Loss:
         """
         return np.asarray(y)
 
+    def get_config(self):
+        """The constructor's arguments, a dict (none for the built-in losses but
+        `CrossEntropyLoss`'s label_smoothing)."""
+        return {}
+
     def _pred(self, pred):
         pred = np.asarray(pred)
         if pred.dtype not in _checks.FLOATS:
@@ -87,19 +95,71 @@ class CrossEntropyLoss(Loss):
     the loss (stable for any finite logits), so the model should end with logits, not with
     a `Softmax` layer. Gradient: ``(softmax(logits) - onehot(y)) / N``.
 
+    With label smoothing e (as PyTorch's ``label_smoothing``), the target of row i is the
+    distribution ``q_i = (1 - e) * onehot(y_i) + e / C`` instead of ``onehot(y_i)``::
+
+        loss = mean_i( -sum_k q_ik * log_softmax(logits_i)_k )
+        dL/dlogits = (softmax(logits) - q) / N
+
+    Parameters
+    ----------
+    label_smoothing : float in [0, 1], default 0
+        0 is the plain loss, computed by the fused kernel alone.
+
     Shape: pred (N, C) float, target (N,) integers in [0, C).
     """
+
+    _label_smoothing = 0.0      # (also for subclasses whose __init__ does not call this one)
+
+    def __init__(self, label_smoothing=0.0):
+        self._label_smoothing = _checks.real("label_smoothing", label_smoothing, 0.0, 1.0)
+
+    @property
+    def label_smoothing(self):
+        """The smoothing e, fixed when the loss is made: ``CrossEntropyLoss(label_smoothing=e)``."""
+        return self._label_smoothing
 
     def forward(self, pred, target):
         pred, target = self._pred(pred), np.asarray(target)
         if target.dtype.kind not in "iu":
             raise TypeError(f"{self!r} expects integer class labels, got dtype {target.dtype}")
         value, self._grad = kernels().softmax_cross_entropy(pred, target)
+        if self.label_smoothing:
+            value += self._smoothing(pred, target, self._grad)
         return float(value)
 
     def backward(self):
-        """dL/dlogits = (softmax(logits) - onehot(y)) / N."""
+        """dL/dlogits = (softmax(logits) - q) / N, with q = onehot(y) without smoothing."""
         return self._saved_grad()
+
+    def _smoothing(self, pred, target, grad):
+        """What smoothing adds to the kernel's loss (returned) and gradient (in `grad`).
+
+        With ``log p = z - logsumexp(z)`` for a row z of C logits and
+        ``q = (1 - e) * onehot(y) + e / C``::
+
+            -sum_k q_k log p_k = (logsumexp(z) - z_y) + e * (z_y - mean_k z_k)
+            softmax(z) - q     = (softmax(z) - onehot(y)) + e * (onehot(y) - 1 / C)
+
+        The first terms are the kernel's plain loss and gradient, the second ones the
+        smoothing's, here (each divided by N, the loss summed in float64 as the kernels do).
+        """
+        e, (n, c) = self.label_smoothing, pred.shape
+        rows = np.arange(n)
+        z_y = pred[rows, target].astype(np.float64)
+        grad -= grad.dtype.type(e / (n * c))            # - e / C / N on every class
+        grad[rows, target] += grad.dtype.type(e / n)     # + e / N on the label's
+        return e * np.mean(z_y - pred.mean(axis=1, dtype=np.float64))
+
+    def get_config(self):
+        """The constructor's arguments: ``{"label_smoothing": e}``."""
+        return {"label_smoothing": self.label_smoothing}
+
+    def __repr__(self):
+        name = type(self).__name__
+        if not self.label_smoothing:
+            return f"{name}()"
+        return f"{name}(label_smoothing={self.label_smoothing:g})"
 
     def prepare_targets(self, y, n, output_shape, dtype, name="y"):
         y = np.asarray(y)

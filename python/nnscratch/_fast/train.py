@@ -39,7 +39,10 @@ _LOSS_METHODS = ("__call__", "forward", "backward", "_kernel", "_target", "_pred
 
 def _loss_kernel(loss):
     """The kernel name of a built-in loss whose computation is its class's own (no method
-    replaced by a subclass or the instance), else None."""
+    replaced by a subclass or the instance) and is the kernel alone (no label smoothing),
+    else None: the step then calls the loss's forward and backward."""
+    if getattr(loss, "label_smoothing", 0.0):
+        return None
     for cls, name in _LOSS_KERNELS:
         if isinstance(loss, cls) and not (set(_LOSS_METHODS) & vars(loss).keys()) and all(
                 getattr(type(loss), m, None) is getattr(cls, m, None) for m in _LOSS_METHODS):
