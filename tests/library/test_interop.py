@@ -3,9 +3,15 @@
 PyTorch is the oracle here: the converted model must compute what the original computes
 (float32 within 1e-5, float64 within 1e-12 of the output's scale), in eval mode and, where
 it is deterministic (no dropout), in training mode (batch statistics, running-stat updates);
-the state_dict names must map one to one; one SGD step on the same batch must give the same
-weights. Unsupported modules, options and traced operations must fail naming themselves.
+the state_dict names must map one to one (or, from a named or custom PyTorch model, as
+torch_state_dict_names says); one SGD step on the same batch must give the same weights.
+ResNet-20 goes both ways, and a ResNet written as PyTorch users write it (a BasicBlock whose
+forward adds the shortcut) converts through torch.fx. Unsupported modules, options and
+traced operations must fail naming themselves.
 """
+import collections
+import io
+import subprocess
 import sys
 
 import numpy as np
@@ -17,7 +23,9 @@ from torch import nn as tnn  # noqa: E402
 
 import nnscratch as nn  # noqa: E402
 from nnscratch import _random  # noqa: E402
-from nnscratch.interop import ConversionError, from_torch, to_torch  # noqa: E402
+from nnscratch import interop  # noqa: E402
+from nnscratch.interop import (ConversionError, from_torch, to_torch,  # noqa: E402
+                               torch_state_dict_names)
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
@@ -82,6 +90,7 @@ RECIPES = {
     "cnn": (lambda dtype: nn.models.cnn(dropout=0.0, dtype=dtype), (1, 28, 28)),
     "cnn_dropout": (lambda dtype: nn.models.cnn(dtype=dtype), (1, 28, 28)),
     "lenet": (lambda dtype: nn.models.lenet(dtype=dtype), (1, 28, 28)),
+    "resnet20": (lambda dtype: nn.models.resnet(dtype=dtype), (1, 28, 28)),
 }
 
 LAYERS = {    # one layer (in a Sequential) and the per-sample input shape
@@ -105,6 +114,11 @@ LAYERS = {    # one layer (in a Sequential) and the per-sample input shape
     "identity": (lambda d: nn.Identity(), (3, 2)),
     "nested": (lambda d: nn.Sequential(nn.Sequential(nn.Linear(4, 6, dtype=d), nn.Tanh()),
                                        nn.Linear(6, 2, dtype=d)), (4,)),
+    "residual": (lambda d: nn.Residual(nn.Sequential(nn.Linear(5, 5, dtype=d), nn.Tanh(),
+                                                     nn.Linear(5, 5, dtype=d))), (5,)),
+    "residual_shortcut": (lambda d: nn.Residual(nn.Linear(5, 3, dtype=d),
+                                                nn.Linear(5, 3, bias=False, dtype=d)), (5,)),
+    "global_avg_pool": (lambda d: nn.GlobalAvgPool2d(), (3, 4, 5)),
 }
 
 
@@ -173,6 +187,7 @@ def test_nnscratch_to_torch_and_back(name, dtype):
                 _close(module.state_dict()[key].numpy(), ours[key], dtype, key)
 
     # and back: the same state, the same outputs
+    assert torch_state_dict_names(module) == {key: key for key in ours}
     back = from_torch(module)
     assert repr(back) == repr(model)
     assert list(back.state_dict()) == list(model.state_dict())
@@ -294,10 +309,11 @@ def test_torch_to_nnscratch_and_back(name, dtype):
 
 # --- training carries over --------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "lenet"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lenet", "resnet20"])
 def test_sgd_steps_are_the_same_in_both(name):
     dtype = np.float64
     model, X = _nn_case(name, dtype, seed=4)
+    before = {key: array.copy() for key, array in model.state_dict().items()}
     module = to_torch(model)
     y = np.random.default_rng(5).integers(0, 10, size=len(X))
     loss_fn = nn.CrossEntropyLoss()
@@ -321,12 +337,24 @@ def test_sgd_steps_are_the_same_in_both(name):
             value = theirs[key].numpy()
             value = value.T if _is_linear_weight(model, key) else value
             _close(array, value, dtype, f"step {step}: {key}")
-            changed += not np.array_equal(array, _nn_case(name, dtype, seed=4)[0]
-                                          .state_dict()[key])
+            changed += not np.array_equal(array, before[key])
         assert changed > len(theirs) // 2          # the step did move the weights
 
 
 # --- custom PyTorch modules, through torch.fx -------------------------------------------------
+
+class _Custom(tnn.Module):
+    """forward(x) = body(x) for a given function of (self, x)."""
+
+    def __init__(self, body, **modules):
+        super().__init__()
+        self.body = body
+        for name, module in modules.items():
+            setattr(self, name, module)
+
+    def forward(self, x):
+        return self.body(self, x)
+
 
 class MnistNet(tnn.Module):
     """PyTorch's MNIST example, its forward a chain of modules and functions."""
@@ -409,6 +437,84 @@ def test_other_spellings_of_a_chain(body, kinds):
     _close(_nn_out(model.eval(), X), _torch_out(module, X), np.float64)
 
 
+def _plus_equals(s, x):
+    out = s.fc(x)
+    out += x
+    return out
+
+
+def _nested(s, x):
+    y = s.fc(x)
+    z = y + F.relu(s.fc2(y))
+    return z + y
+
+
+def _two_blocks(s, x):
+    h = x + s.fc(x)
+    return h + s.fc2(h)
+
+
+def _structure(model):
+    """A model's layout: a list for a Sequential, ("R", body, shortcut) for a Residual."""
+    if isinstance(model, nn.Sequential):
+        return [_structure(m) for m in model]
+    if isinstance(model, nn.Residual):
+        return ("R", _structure(model.body),
+                None if model.shortcut is None else _structure(model.shortcut))
+    return type(model).__name__
+
+
+@pytest.mark.parametrize("body, structure", [
+    (lambda s, x: x + s.fc(x), [("R", ["Linear"], None)]),
+    (lambda s, x: torch.add(s.fc(x), x), [("R", ["Linear"], None)]),
+    (lambda s, x: s.fc(x).add(x, alpha=1).relu(), [("R", ["Linear"], None), "ReLU"]),
+    (_plus_equals, [("R", ["Linear"], None)]),
+    (lambda s, x: F.relu(s.fc(x)) + s.fc2(x), [("R", ["Linear", "ReLU"], ["Linear"])]),
+    (lambda s, x: s.fc2(x) + F.relu(s.fc(x)), [("R", ["Linear", "ReLU"], ["Linear"])]),
+    (lambda s, x: x.tanh() + x.sigmoid(), [("R", ["Tanh"], ["Sigmoid"])]),
+    (lambda s, x: x + x, [("R", [], None)]),
+    (_nested, ["Linear", ("R", [("R", ["Linear", "ReLU"], None)], None)]),
+    (_two_blocks, [("R", ["Linear"], None), ("R", ["Linear"], None)]),
+    (lambda s, x: x + s.fc(x) + s.fc2(x), [("R", [("R", ["Linear"], None)], ["Linear"])]),
+])
+def test_spellings_of_a_residual_addition(body, structure):
+    torch.manual_seed(4)
+    module = _Custom(body, fc=tnn.Linear(4, 4).double(), fc2=tnn.Linear(4, 4).double())
+    model = from_torch(module)
+    assert _structure(model) == structure
+    X = np.random.default_rng(7).normal(size=(3, 4))
+    _close(_nn_out(model.eval(), X), _torch_out(module, X), np.float64)
+    # the body is the longer branch whichever side it is on: fc's weights go there
+    names = torch_state_dict_names(module)
+    assert list(names.values()) == list(model.state_dict())
+    if body.__name__ == "<lambda>" and "fc2" in names:
+        assert names["fc.weight"] == "0.body.0.weight"
+        assert names["fc2.weight"] == "0.shortcut.0.weight"
+
+
+@pytest.mark.parametrize("module, kinds", [
+    (tnn.Sequential(tnn.Conv2d(2, 3, 3), tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
+                    tnn.Linear(3, 2)), ["Conv2d", "GlobalAvgPool2d", "Flatten", "Linear"]),
+    (tnn.Sequential(tnn.Sequential(tnn.Conv2d(2, 3, 3), tnn.AdaptiveAvgPool2d((1, 1))),
+                    tnn.Flatten()), ["Sequential", "Flatten"]),
+    (_Custom(lambda s, x: torch.flatten(F.adaptive_avg_pool2d(s.conv(x), 1), 1),
+             conv=tnn.Conv2d(2, 3, 3)), ["Conv2d", "GlobalAvgPool2d", "Flatten"]),
+    (_Custom(lambda s, x: s.conv(x).mean([-2, -1]), conv=tnn.Conv2d(2, 3, 3)),
+     ["Conv2d", "GlobalAvgPool2d"]),
+    (_Custom(lambda s, x: torch.mean(s.conv(x), dim=(2, 3), keepdim=True).view(x.size(0), -1),
+             conv=tnn.Conv2d(2, 3, 3)), ["Conv2d", "GlobalAvgPool2d", "Flatten"]),
+])
+def test_global_average_pools_from_torch(module, kinds):
+    # AdaptiveAvgPool2d(1) gives (N, C, 1, 1) and GlobalAvgPool2d (N, C): the Flatten that
+    # follows makes them the same, and the layers keep their positions (and names)
+    module = module.double()
+    model = from_torch(module)
+    assert [type(m).__name__ for m in model] == kinds
+    assert list(model.state_dict()) == list(module.state_dict()) or isinstance(module, _Custom)
+    X = np.random.default_rng(8).normal(size=(3, 2, 6, 5))
+    _close(_nn_out(model, X), _torch_out(module, X), np.float64)
+
+
 def test_the_mnist_example_converts_and_log_softmax_is_named():
     torch.manual_seed(2)
     module = MnistNet().eval()
@@ -420,7 +526,7 @@ def test_the_mnist_example_converts_and_log_softmax_is_named():
         from_torch(MnistNet(log_softmax=True))
 
 
-class Residual(tnn.Module):
+class XPlusBody(tnn.Module):
     def __init__(self):
         super().__init__()
         self.body = tnn.Sequential(tnn.Linear(4, 4), tnn.ReLU(), tnn.Linear(4, 4))
@@ -429,27 +535,245 @@ class Residual(tnn.Module):
         return x + self.body(x)
 
 
-def test_a_residual_block_fails_naming_the_addition():
-    for module in (Residual(), tnn.Sequential(tnn.Linear(4, 4), Residual())):
-        with pytest.raises(ConversionError, match="(?s)Residual.*calls add.*node 'add'") as info:
-            from_torch(module)
-        assert isinstance(info.value, NotImplementedError)
-        assert isinstance(info.value, ValueError)
-    with pytest.raises(ConversionError, match="module '1' \\(Residual\\)"):
-        from_torch(tnn.Sequential(tnn.Linear(4, 4), Residual()))
+def test_an_addition_of_two_branches_from_one_value_is_a_residual():
+    torch.manual_seed(6)
+    inner = XPlusBody().double()
+    for module in (inner, tnn.Sequential(tnn.Linear(4, 4).double(), inner)):
+        model = from_torch(module)
+        block = _last_block(model)
+        assert type(block) is nn.Residual and block.shortcut is None
+        assert [type(m).__name__ for m in block.body] == ["Linear", "ReLU", "Linear"]
+        X = np.random.default_rng(6).normal(size=(3, 4))
+        _close(_nn_out(model.eval(), X), _torch_out(module, X), np.float64)
 
 
-class _Custom(tnn.Module):
-    """forward(x) = body(x) for a given function of (self, x)."""
+def _last_block(model):
+    while isinstance(model, nn.Sequential):
+        model = model[-1]
+    return model
 
-    def __init__(self, body, **modules):
+
+# --- ResNets written as PyTorch users write them ---------------------------------------------
+
+class BasicBlock(tnn.Module):
+    """The basic block of the popular CIFAR ResNets (kuangliu/pytorch-cifar): the shortcut an
+    empty nn.Sequential, or a 1x1 convolution and batch norm where the shape changes."""
+
+    def __init__(self, c_in, c_out, stride):
         super().__init__()
-        self.body = body
-        for name, module in modules.items():
-            setattr(self, name, module)
+        self.conv1 = tnn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(c_out)
+        self.conv2 = tnn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(c_out)
+        self.shortcut = tnn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = tnn.Sequential(tnn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                           tnn.BatchNorm2d(c_out))
 
     def forward(self, x):
-        return self.body(self, x)
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
+
+
+class TorchvisionBlock(tnn.Module):
+    """torchvision's BasicBlock: `downsample` None or a Sequential, an in-place ReLU module
+    used twice, ``out += identity``."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(c_out)
+        self.relu = tnn.ReLU(inplace=True)
+        self.conv2 = tnn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = tnn.Sequential(tnn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                             tnn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class TorchResNet(tnn.Module):
+    """The CIFAR-style ResNet (6n + 2) of nnscratch.models.resnet, written in PyTorch."""
+
+    def __init__(self, depth=20, width=16, block=BasicBlock, head="mean"):
+        super().__init__()
+        self.head = head
+        self.conv1 = tnn.Conv2d(1, width, 3, padding=1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(width)
+        c_in = width
+        for stage in range(3):
+            c_out = width * 2 ** stage
+            blocks = []
+            for i in range((depth - 2) // 6):
+                blocks.append(block(c_in, c_out, 2 if stage > 0 and i == 0 else 1))
+                c_in = c_out
+            setattr(self, f"layer{stage + 1}", tnn.Sequential(*blocks))
+        self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+        self.fc = tnn.Linear(c_in, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        if self.head == "mean":
+            out = out.mean((2, 3))
+        elif self.head == "avgpool":
+            out = torch.flatten(self.avgpool(out), 1)
+        else:
+            out = F.adaptive_avg_pool2d(out, 1)
+            out = out.view(out.size(0), -1)
+        return self.fc(out)
+
+
+def _torch_resnet(dtype, **kwargs):
+    torch.manual_seed(7)
+    return _torch_randomize(TorchResNet(**kwargs).to(TORCH_DTYPE[dtype]))
+
+
+@DTYPES
+def test_a_pytorch_resnet20_converts_through_fx(dtype):
+    module = _torch_resnet(dtype)
+    model = from_torch(module)
+    # the layout of nnscratch's own ResNet-20, and so its state_dict names
+    assert repr(model) == repr(nn.models.resnet(dtype=dtype))
+    names = torch_state_dict_names(module)
+    assert list(names.values()) == list(model.state_dict())
+    assert set(names) == {k for k in module.state_dict() if "num_batches" not in k}
+    assert names["layer1.0.conv1.weight"] == "3.body.0.weight"
+    assert names["layer2.0.shortcut.1.running_var"] == "9.shortcut.1.running_var"
+    assert names["fc.weight"] == "22.weight"
+    ours, theirs = model.state_dict(), module.state_dict()
+    for torch_name, name in names.items():
+        value = theirs[torch_name].numpy()
+        np.testing.assert_array_equal(ours[name], value.T if name == "22.weight" else value)
+
+    X = np.random.default_rng(9).normal(size=(4, 1, 16, 16)).astype(dtype)
+    module.eval()
+    model.eval()
+    _close(_nn_out(model, X), _torch_out(module, X), dtype, "eval")
+    module.train()
+    model.train()
+    _close(_nn_out(model, X), _torch_out(module, X), dtype, "train")
+    for torch_name, name in names.items():      # the running statistics moved alike
+        if "running" in name:
+            _close(model.state_dict()[name], module.state_dict()[torch_name].numpy(), dtype,
+                   name)
+    # and on to PyTorch again: nnscratch's layout, the same outputs
+    back = to_torch(model).eval()
+    assert isinstance(back[3], interop.TorchResidual)
+    module.eval()
+    _close(_torch_out(back, X), _torch_out(module, X), dtype, "back")
+
+
+@pytest.mark.parametrize("block", [BasicBlock, TorchvisionBlock])
+@pytest.mark.parametrize("head", ["mean", "avgpool", "functional"])
+def test_pytorch_resnet_spellings_train_alike(block, head):
+    # one SGD step with momentum, batch statistics, float64: the weights after it agree
+    dtype = np.float64
+    module = _torch_resnet(dtype, depth=8, width=4, block=block, head=head).train()
+    model = from_torch(module)
+    names = torch_state_dict_names(module)
+    n_blocks = 3
+    assert _structure(model)[:3] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert [type(m).__name__ for m in model][3:3 + 2 * n_blocks] == ["Residual", "ReLU"] * 3
+    assert [type(m).__name__ for m in model][-3:] == (
+        ["ReLU", "GlobalAvgPool2d", "Linear"] if head == "mean"
+        else ["GlobalAvgPool2d", "Flatten", "Linear"])
+    assert [model[i].shortcut is None for i in (3, 5, 7)] == [True, False, False]
+
+    X = np.random.default_rng(10).normal(size=(5, 1, 12, 12))
+    y = np.random.default_rng(11).integers(0, 10, size=5)
+    loss_fn = nn.CrossEntropyLoss()
+    loss = loss_fn(model(X), y)
+    model.zero_grad()
+    model.backward(loss_fn.backward())
+    nn.SGD(model.parameters(), lr=0.1, momentum=0.9).step()
+    torch_loss = F.cross_entropy(module(torch.from_numpy(X)), torch.from_numpy(y))
+    torch_loss.backward()
+    torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9).step()
+    assert abs(loss - torch_loss.item()) <= 1e-12 * max(1.0, abs(loss))
+    ours, theirs = model.state_dict(), module.state_dict()
+    for torch_name, name in names.items():
+        value = theirs[torch_name].numpy()
+        _close(ours[name], value.T if torch_name == "fc.weight" else value, dtype, name)
+
+
+def test_resnet20_in_pytorch_is_a_tree_of_torch_residuals():
+    model = nn.models.resnet(depth=20)
+    model.eval()
+    model[5].train()                    # a block in training mode, carried over
+    net = to_torch(model)
+    blocks = [m for m in net if isinstance(m, interop.TorchResidual)]
+    assert len(blocks) == 9
+    assert [b.shortcut is None for b in blocks] == [True] * 3 + [False, True, True] * 2
+    assert [name for name, _ in blocks[3].named_children()] == ["body", "shortcut"]
+    assert isinstance(net[21], interop.TorchGlobalAvgPool2d) and not net.training
+    assert net[5].training and net[5].body[0].training and not net[3].training
+    assert sum(p.numel() for p in net.parameters()) == 272_186
+    back = from_torch(net)
+    assert back[5].training and not back[3].training and not back.training
+    # torch.save pickles the whole module: the classes are found by name
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False).eval()
+    X = np.random.default_rng(12).normal(size=(2, 1, 12, 12)).astype(np.float32)
+    np.testing.assert_array_equal(_torch_out(again, X), _torch_out(net.eval(), X))
+    with pytest.raises(AttributeError, match="no attribute 'TorchResNet'"):
+        interop.TorchResNet
+
+
+def test_importing_interop_does_not_import_torch():
+    code = "import sys, nnscratch.interop; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- names --------------------------------------------------------------------------------
+
+def test_a_named_sequential_gets_positional_names_and_a_name_map():
+    module = tnn.Sequential(collections.OrderedDict(
+        fc1=tnn.Linear(4, 8), bn=tnn.BatchNorm1d(8), act=tnn.ReLU(), fc2=tnn.Linear(8, 3)))
+    model = from_torch(module)
+    assert list(model.state_dict()) == [
+        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+        "3.weight", "3.bias"]
+    names = torch_state_dict_names(module)
+    assert names == {"fc1.weight": "0.weight", "fc1.bias": "0.bias", "bn.weight": "1.weight",
+                     "bn.bias": "1.bias", "bn.running_mean": "1.running_mean",
+                     "bn.running_var": "1.running_var", "fc2.weight": "3.weight",
+                     "fc2.bias": "3.bias"}
+    # a PyTorch checkpoint loads by the map (Linear weights transposed)
+    checkpoint = {k: v.numpy() for k, v in module.state_dict().items()}
+    other = from_torch(tnn.Sequential(tnn.Linear(4, 8), tnn.BatchNorm1d(8), tnn.ReLU(),
+                                      tnn.Linear(8, 3)))
+    other.load_state_dict({name: checkpoint[k].T if k.endswith("fc1.weight")
+                           or k.endswith("fc2.weight") else checkpoint[k]
+                           for k, name in names.items()})
+    X = np.random.default_rng(13).normal(size=(3, 4)).astype(np.float32)
+    _close(_nn_out(other.eval(), X), _torch_out(module.eval(), X), np.float32)
+    # positional PyTorch names are kept as they are
+    assert set(torch_state_dict_names(_torch_lenet()).items()) == {
+        (k, k) for k in _torch_lenet().state_dict()}
+    with pytest.raises(TypeError, match="torch_state_dict_names takes a torch.nn.Module"):
+        torch_state_dict_names(model)
+
+
+def _shared_value(self, x):
+    a = self.fc(x)
+    b = self.fc2(a)
+    return (b + a) + b         # b both in the inner block and beside it: fc2 twice in a tree
+
+
+def _dead_code(self, x):
+    self.fc2(x)
+    return self.fc(x)
 
 
 def _branchy(self, x):
@@ -472,6 +796,27 @@ def _branchy(self, x):
     (_Custom(_branchy, fc=tnn.Linear(4, 4)), "symbolic_trace"),
     (_Custom(lambda s, x: F.softmax(x, dim=0)), "dim=0"),
     (_Custom(lambda s, x: F.max_pool2d(x, 2, ceil_mode=True)), "ceil_mode=True"),
+    # additions that are not a residual block's
+    (_Custom(lambda s, x: s.fc(x) + 1, fc=tnn.Linear(4, 4)), "calls add.*two tensors"),
+    (_Custom(lambda s, x: torch.add(x, s.fc(x), alpha=2), fc=tnn.Linear(4, 4)),
+     "calls add.*alpha=1"),
+    (_Custom(lambda s, x: s.fc(x) + x * 2, fc=tnn.Linear(4, 4)), "calls mul"),
+    (_Custom(lambda s, x: F.gelu(s.fc(x)) + x, fc=tnn.Linear(4, 4)), "calls gelu"),
+    (_Custom(lambda s, x: x + s.fc(x) + s.fc(x), fc=tnn.Linear(4, 4)), "'fc' is called twice"),
+    (_Custom(_shared_value, fc=tnn.Linear(4, 4), fc2=tnn.Linear(4, 4)),
+     "calls fc2 \\(traced node 'fc2'\\).*used twice"),
+    (_Custom(lambda s, x: F.relu(x, inplace=True) + x), "calls relu.*in place"),
+    (_Custom(lambda s, x: s.act(x) + x, act=tnn.ReLU(inplace=True)), "calls act.*in place"),
+    (_Custom(lambda s, x: x.add_(s.fc(x)), fc=tnn.Linear(4, 4)), "calls add_.*in place"),
+    (_Custom(_dead_code, fc=tnn.Linear(4, 4), fc2=tnn.Linear(4, 4)),
+     "calls fc2.*does not reach the output"),
+    (_Custom(lambda s, x: (x, s.fc(x)), fc=tnn.Linear(4, 4)), "returns tuple"),
+    # global average pools that stay (N, C, 1, 1), or are not global
+    (_Custom(lambda s, x: s.fc(F.adaptive_avg_pool2d(x, 1)), fc=tnn.Linear(4, 4)),
+     "adaptive_avg_pool2d.*gives \\(N, C, 1, 1\\)"),
+    (_Custom(lambda s, x: x.mean((2, 3), keepdim=True)), "call of mean.*\\(N, C, 1, 1\\)"),
+    (_Custom(lambda s, x: x.mean(1)), "dim=1 is not supported"),
+    (_Custom(lambda s, x: F.adaptive_avg_pool2d(x, 2).flatten(1)), "output_size=2"),
 ])
 def test_custom_modules_that_are_not_chains_fail_naming_the_operation(module, message):
     with pytest.raises(ConversionError, match=message):
@@ -493,6 +838,9 @@ def test_a_second_input_is_named():
 
 # --- unsupported layers and options -----------------------------------------------------------
 
+_shared_linear = tnn.Linear(2, 2)
+
+
 @pytest.mark.parametrize("module, message", [
     (tnn.Sequential(tnn.Linear(4, 4), tnn.GELU()), "module '1' \\(GELU\\) is not supported"),
     (tnn.Sequential(tnn.Sequential(tnn.Linear(2, 2), tnn.Conv1d(1, 1, 1))),
@@ -513,6 +861,11 @@ def test_a_second_input_is_named():
     (tnn.Linear(2, 2).half(), "dtype='float16'"),
     (tnn.Dropout(1.0), "\\(Dropout\\) cannot be converted"),
     (tnn.ModuleList([tnn.Linear(2, 2)]), "\\(ModuleList\\) is not supported"),
+    (tnn.AdaptiveAvgPool2d((1, 2)), "output_size=\\(1, 2\\)"),
+    (tnn.AdaptiveAvgPool2d(1), "the model \\(AdaptiveAvgPool2d\\) gives \\(N, C, 1, 1\\)"),
+    (tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Linear(2, 2)),
+     "module '0' \\(AdaptiveAvgPool2d\\).*when a Flatten"),
+    (tnn.Sequential(*[_shared_linear] * 2), "module '1' \\(Linear\\) is module '0' again"),
 ])
 def test_unsupported_torch_layers_and_options_are_named(module, message):
     with pytest.raises(ConversionError, match=message):
