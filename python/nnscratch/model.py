@@ -177,13 +177,14 @@ class Sequential(ModuleSequence):
 
     def fit(self, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
             validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
-            initial_epoch=0, check_finite=True):
+            initial_epoch=0, check_finite=True, transform=None):
         """Train with mini-batch gradient descent; see `nnscratch.training.fit`."""
         return training.fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs,
                             batch_size=batch_size, validation_data=validation_data,
                             validation_split=validation_split, shuffle=shuffle, seed=seed,
                             progress=progress, callbacks=callbacks,
-                            initial_epoch=initial_epoch, check_finite=check_finite)
+                            initial_epoch=initial_epoch, check_finite=check_finite,
+                            transform=transform)
 
     def evaluate(self, X, y, loss=None, batch_size=256):
         """``{"loss": ..., "accuracy": ...}`` in eval mode; see `nnscratch.training.evaluate`."""

@@ -18,6 +18,7 @@ import copy
 import math
 import numbers
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class _Accuracy:
 
 def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
-        initial_epoch=0, check_finite=True):
+        initial_epoch=0, check_finite=True, transform=None):
     """Train `model` with mini-batch gradient descent.
 
     Parameters
@@ -135,8 +136,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     shuffle : bool, default True
         Shuffle the training samples every epoch.
     seed : int, optional
-        Seeds the shuffling; by default it draws from the library generator
-        (``nnscratch.seed``).
+        Seeds the shuffling (and the transform); by default it draws from the library
+        generator (``nnscratch.seed``).
     progress : bool or str, default True
         One tqdm progress bar per epoch, showing the running loss and accuracy. A string is
         the bar's label, formatted with ``epoch`` (counting from 1) and ``epochs``: the
@@ -151,6 +152,19 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         Stop with FloatingPointError as soon as the loss or any parameter's gradient is NaN
         or infinite, naming the epoch, the batch and the layer (for the loss: the first
         layer whose output is not finite). False opts out: training goes on regardless.
+    transform : callable ``transform(xb, rng) -> array``, optional
+        Data augmentation (``nnscratch.transforms``, e.g. ``Compose([RandomCrop(28,
+        padding=2), RandomHorizontalFlip()])``), applied to each training batch only, never
+        to the validation data. ``xb`` is a fresh copy of the batch's rows in the model's
+        dtype (the transform may keep or change it); the result, as many samples, is cast
+        to the model's dtype. It runs in a background thread, preparing the next batch
+        while the current one trains, so it must not touch the model; its exceptions are
+        raised by fit. ``rng`` is a generator of its own for each epoch, made from `seed`
+        and the epoch number (``_transform_generator``): the shuffling is the same with or
+        without a transform, the same seed gives the same augmented batches, and a run
+        resumed at ``initial_epoch=k`` with the seed of the interrupted run gets the
+        transform draws that run had in epoch k. Without `seed`, the generators come from
+        a jumped copy of the library generator (which is left as it was).
 
     The model trains in training mode: a model in eval mode is put in training mode (every
     module of it); in a model already in training mode, a module put in eval mode (say, a
@@ -193,6 +207,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     if model_params and not any(id(p) in model_params for p in getattr(optimizer, "params", [])):
         raise ValueError("optimizer does not hold any of the model's parameters (build it "
                          "with optimizer = SGD(model.parameters(), lr=...))")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable as transform(xb, rng), such as "
+                        f"nnscratch.transforms.RandomCrop(28, padding=2), got "
+                        f"{type(transform).__name__}")
     callbacks = list(callbacks or [])
     for cb in callbacks:
         if not isinstance(cb, Callback):
@@ -227,6 +245,13 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         seed = _checks.integer("seed", seed, 0)
     rng = np.random.Generator(np.random.PCG64(seed)) if seed is not None else \
         _random.generator()
+    if transform is None:
+        transform_entropy = None
+    elif seed is not None:
+        transform_entropy = seed
+    else:   # a draw from a far-away copy of the stream: the shuffles stay as they were
+        transform_entropy = int(np.random.Generator(rng.bit_generator.jumped())
+                                .integers(2 ** 63))
     history = History()
     # training mode: a model in eval mode is put in training mode, every module of it; in a
     # model already training, a module the user put in eval mode (a frozen batch norm)
@@ -241,7 +266,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         cb.on_train_begin({"metrics": list(metrics)})
     step_kind = _fast.TrainStep if fast_path() and _fast.plannable(model) else _Step
     loop = _EpochLoop(model, step_kind(model, loss, optimizer, bool(check_finite)), X, y,
-                      batch_size, accuracy_kind, callbacks)
+                      batch_size, accuracy_kind, callbacks, transform)
     try:
         order = np.arange(len(X), dtype=np.int64)   # take_rows takes int64 indices
         for epoch in range(initial_epoch, epochs):
@@ -249,7 +274,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
                 cb.on_epoch_begin(epoch)
             if shuffle:
                 rng.shuffle(order)
-            logs = loop.run(epoch, epochs, order if shuffle else None, progress, X_val, y_val)
+            transform_rng = None if transform is None else \
+                _transform_generator(transform_entropy, epoch)
+            logs = loop.run(epoch, epochs, order if shuffle else None, progress, X_val, y_val,
+                            transform_rng)
             history.append(epoch, logs)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
@@ -295,14 +323,29 @@ class _Step:
         return out, value, None
 
 
+# fit(transform=): the transform's generator of each epoch is
+#     Generator(PCG64(SeedSequence(entropy, spawn_key=(_TRANSFORM_STREAM, epoch))))
+# with entropy = fit's seed: a function of (seed, epoch) alone, apart from the shuffling's
+# PCG64(seed) stream (spawn keys are hashed with the seed, so none of these equals it)
+_TRANSFORM_STREAM = 0x7472616E     # "tran"
+
+
+def _transform_generator(entropy, epoch):
+    """The generator that fit passes to the transform in `epoch` (see `fit`)."""
+    sequence = np.random.SeedSequence(entropy, spawn_key=(_TRANSFORM_STREAM, epoch))
+    return np.random.Generator(np.random.PCG64(sequence))
+
+
 class _EpochLoop:
     """One epoch of mini-batch steps."""
 
-    def __init__(self, model, step, X, y, batch_size, accuracy_kind, callbacks):
+    def __init__(self, model, step, X, y, batch_size, accuracy_kind, callbacks,
+                 transform=None):
         self.model, self.step, self.loss = model, step, step.loss
         self.X, self.y, self.batch_size = X, y, batch_size
         self.accuracy = _Accuracy(accuracy_kind) if accuracy_kind else None
         self.callbacks = callbacks
+        self.transform = transform
 
     def _gather(self, order, start, stop):
         """Batch [start, stop) of the epoch: rows order[start:stop] (or a slice)."""
@@ -310,7 +353,7 @@ class _EpochLoop:
             return self.X[start:stop], self.y[start:stop]
         return self.step.gather(self.X, self.y, order[start:stop])
 
-    def run(self, epoch, epochs, order, progress, X_val, y_val):
+    def run(self, epoch, epochs, order, progress, X_val, y_val, transform_rng=None):
         model, loss = self.model, self.loss
         n = len(self.X)
         n_batches = -(-n // self.batch_size)
@@ -321,10 +364,17 @@ class _EpochLoop:
         # REFRESH seconds, as often as tqdm redraws it anyway: formatting the figures on
         # every batch cost a tenth of a batch-16 epoch
         pending, next_refresh = 0, 0.0
+        prefetch = None
         try:
+            if self.transform is not None:      # (its thread ends in the finally below)
+                prefetch = _Prefetch(self.X, self.y, order, self.batch_size, self.transform,
+                                     transform_rng, _model_dtype(model))
             for batch, start in enumerate(range(0, n, self.batch_size)):
                 stop = min(start + self.batch_size, n)
-                xb, yb = self._gather(order, start, stop)
+                if prefetch is None:
+                    xb, yb = self._gather(order, start, stop)
+                else:
+                    xb, yb = prefetch.next(model, (epoch, epochs, batch, n_batches))
                 out, value, bad = self.step(xb, yb)
                 if bad is not None:
                     _refuse(model, xb, bad, value, (epoch, epochs, batch, n_batches))
@@ -358,9 +408,74 @@ class _EpochLoop:
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=True)
         finally:
+            if prefetch is not None:
+                prefetch.close()
             if bar is not None:
                 bar.close()
         return logs
+
+
+class _Prefetch:
+    """An epoch's transformed training batches, each prepared one step ahead in a
+    background thread: ``next()`` returns batch b and sets batch b + 1 going, which is
+    gathered and transformed while batch b trains.
+
+    The thread reads X, y and `order` (which nothing changes during an epoch: the next
+    shuffle comes after `close`) and writes only the fresh arrays it hands over, so it
+    shares nothing with the step; the epoch's generator is its alone, drawn from in batch
+    order. `close` (fit's ``finally``: the epoch's end, an exception, KeyboardInterrupt)
+    cancels a batch not yet begun and waits for the one in progress: no thread outlives it.
+    """
+
+    def __init__(self, X, y, order, batch_size, transform, rng, dtype):
+        self.X, self.y, self.order, self.transform, self.rng = X, y, order, transform, rng
+        self.dtype = dtype
+        self.bounds = [(start, min(start + batch_size, len(X)))
+                       for start in range(0, len(X), batch_size)]
+        self.accepted = {X.shape[1:]}     # sample shapes the model is known to take
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="nnscratch-fit-transform")
+        self.pending = None
+        self._submit(0)
+
+    def _submit(self, batch):
+        self.pending = None if batch == len(self.bounds) else \
+            (batch, self.executor.submit(self._prepare, *self.bounds[batch]))
+
+    def _prepare(self, start, stop):
+        """Batch [start, stop) of the epoch, transformed (runs in the thread)."""
+        if self.order is None:
+            xb, yb = self.X[start:stop].copy(), self.y[start:stop]
+        else:
+            rows = self.order[start:stop]
+            xb, yb = self.X.take(rows, axis=0), self.y.take(rows, axis=0)
+        out = np.asarray(self.transform(xb, self.rng))
+        if out.dtype.kind not in "fiub" or out.ndim < 1 or len(out) != stop - start:
+            raise ValueError(f"the transform must return an array of the batch's "
+                             f"{stop - start} samples, got {out.dtype} array of shape "
+                             f"{out.shape}")
+        return np.require(out, self.dtype, ["C", "A"]), yb
+
+    def next(self, model, where):
+        """The next batch (xb, yb); raises what the transform raised."""
+        batch, future = self.pending
+        try:
+            xb, yb = future.result()
+        except Exception as exc:
+            if hasattr(exc, "add_note"):              # Python 3.11+
+                exc.add_note(f"(raised by fit's transform at {_where(*where)})")
+            raise
+        self._submit(batch + 1)          # the next batch goes while this one trains
+        if xb.shape[1:] not in self.accepted:
+            try:
+                model.output_shape(xb.shape[1:])
+            except ValueError as err:
+                raise ValueError(f"the transform returned samples of shape {xb.shape[1:]}, "
+                                 f"which the model does not accept: {err}") from None
+            self.accepted.add(xb.shape[1:])
+        return xb, yb
+
+    def close(self):
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _where(epoch, epochs, batch, n_batches):
