@@ -108,8 +108,15 @@ def build_parser():
     t.add_argument("--momentum", type=_fraction, default=0.9, help="SGD momentum (default 0.9)")
     t.add_argument("--weight-decay", type=float, default=None,
                    help="L2 weight decay (decoupled for adamw; default: adamw 0.01, else 0)")
-    t.add_argument("--schedule", choices=["none", "cosine"], default="cosine",
-                   help="learning-rate schedule over the epochs (default cosine)")
+    t.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                   help="learning-rate schedule: cosine over the epochs (default), none, or "
+                        "per batch: onecycle (up to --lr over the first 15%%, then down), "
+                        "warmup-cosine (linear warm-up over the first 5%%, then cosine)")
+    t.add_argument("--augment", action="store_true",
+                   help="augment the training images: random crops of the image padded by 2 "
+                        "pixels, and left-right flips for Fashion-MNIST (not for digits)")
+    t.add_argument("--label-smoothing", type=_fraction, default=0.0,
+                   help="cross-entropy label smoothing (default 0)")
     t.add_argument("--validation-split", type=_fraction, default=0.0,
                    help="hold out this fraction of the training set for validation")
     t.add_argument("--limit", type=_positive_int, default=None,
@@ -288,11 +295,46 @@ def _make_optimizer(args, params, **overrides):
     return nn.Adam(params, lr=lr, weight_decay=weight_decay or 0.0)
 
 
+SCHEDULES = ["cosine", "none", "onecycle", "warmup-cosine"]
+
+
 def _schedule_lr(base_lr, epoch, epochs, schedule):
-    """The learning rate of epoch `epoch` (0-based): constant, or cosine from base to 0."""
+    """The learning rate of epoch `epoch` (0-based): constant, or cosine from base to 0
+    (the per-batch schedules set it themselves: `_batch_schedule`)."""
     if schedule == "cosine" and epochs > 1:
         return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / epochs))
     return base_lr
+
+
+def _batch_schedule(kind, optimizer, base_lr, epochs, steps_per_epoch, done):
+    """The per-batch schedule of `--schedule kind` (a fit callback), or None for the
+    per-epoch ones; stepped past the `done` epochs of a resumed run."""
+    import nnscratch as nn
+
+    total = epochs * steps_per_epoch
+    optimizer.lr = base_lr      # (a resumed optimizer holds the rate where the run stopped)
+    if kind == "onecycle":
+        schedule = nn.OneCycleLR(optimizer, max_lr=base_lr, total_steps=total, pct_start=0.15)
+    elif kind == "warmup-cosine":
+        schedule = nn.WarmupCosineLR(optimizer, warmup_steps=max(1, total // 20),
+                                     total_steps=max(2, total))
+    else:
+        return None
+    for _ in range(done * steps_per_epoch):      # (closed forms: cheap)
+        schedule.step()
+    return schedule
+
+
+def _augmentation(data, image_shape, flat):
+    """`--augment`: random crops of the image zero-padded by 2 pixels; and left-right flips,
+    except for digits (MNIST: a flipped 2 is no digit)."""
+    from . import transforms
+
+    shape = image_shape if flat else None
+    steps = [transforms.RandomCrop(image_shape[1:], padding=2, image_shape=shape)]
+    if data != "mnist":
+        steps.append(transforms.RandomHorizontalFlip(image_shape=shape))
+    return transforms.Compose(steps)
 
 
 # --- train --------------------------------------------------------------------------------
@@ -372,8 +414,15 @@ def cmd_train(args, out=None):
           f" {optimizer!r}; batch {args.batch_size}; backend {nn.get_backend()}, "
           f"{_threads_said(args)}", file=out)
 
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     epoch_times = list(history.get("seconds", []))
+    steps_per_epoch = -(-len(X) // args.batch_size)
+    schedule = _batch_schedule(args.schedule, optimizer, base_lr, args.epochs,
+                               steps_per_epoch, start)
+    transform = None
+    if args.augment:
+        transform = _augmentation(source.name, _data_shape(X, y, y_test)[0], X.ndim == 2)
+        print("augment: " + ", ".join(map(repr, transform.transforms)), file=out)
 
     def state(epoch):
         return {"epoch": epoch, "history": history, "base_lr": base_lr,
@@ -381,13 +430,15 @@ def cmd_train(args, out=None):
                 "rng": _random.get_state()}
 
     for epoch in range(start, args.epochs):
-        optimizer.lr = _schedule_lr(base_lr, epoch, args.epochs, args.schedule)
+        if schedule is None:
+            optimizer.lr = _schedule_lr(base_lr, epoch, args.epochs, args.schedule)
         tick = time.perf_counter()
         try:
             h = model.fit(X, y, loss=loss_fn, optimizer=optimizer, epochs=epoch + 1,
                           initial_epoch=epoch, batch_size=args.batch_size,
                           validation_data=validation,
-                          shuffle=True, seed=args.seed * 1000 + epoch,
+                          shuffle=True, seed=args.seed * 1000 + epoch, transform=transform,
+                          callbacks=[schedule] if schedule is not None else None,
                           progress=f"Epoch {{epoch}}/{args.epochs}" if progress else False)
         except FloatingPointError as exc:   # the loss became NaN: a learning rate too high
             raise CLIError(f"training diverged in epoch {epoch + 1}/{args.epochs} "
@@ -453,7 +504,9 @@ def _default_checkpoint(save):
 # what a resumed run takes from its checkpoint (a different value prints a note)
 RESUME_KEYS = ("model", "hidden", "dropout", "optimizer", "lr", "momentum", "weight_decay",
                "batch_size", "seed", "schedule", "data", "data_path", "limit",
-               "validation_split")
+               "validation_split", "augment", "label_smoothing")
+# settings added after checkpoints were first written: an older checkpoint ran without them
+RESUME_DEFAULTS = {"augment": False, "label_smoothing": 0.0}
 
 
 def _read_checkpoint(args, ckpt_path, out):
@@ -514,6 +567,7 @@ def _check_meta(meta):
     saved = meta.get("args")
     if not isinstance(saved, dict):
         fail("'args'", saved)
+    saved = {**RESUME_DEFAULTS, **saved}
     checks = {
         "model": lambda v: v in MODELS,
         "hidden": lambda v: isinstance(v, list) and v and all(
@@ -525,12 +579,14 @@ def _check_meta(meta):
         "lr": lambda v: v is None or _real(v, 0.0, low_open=True),
         "momentum": lambda v: _real(v, 0.0, 1.0, high_open=True),
         "weight_decay": lambda v: v is None or _real(v, 0.0),
-        "schedule": lambda v: v in ("none", "cosine"),
+        "schedule": lambda v: v in SCHEDULES,
         "seed": lambda v: type(v) is int and 0 <= v < 2 ** 63,
         "data": lambda v: v in ("auto", "fashion-mnist", "mnist", "sample"),
         "data_path": lambda v: v is None or isinstance(v, str),
         "limit": lambda v: v is None or (type(v) is int and v >= 1),
         "validation_split": lambda v: _real(v, 0.0, 1.0, high_open=True),
+        "augment": lambda v: type(v) is bool,
+        "label_smoothing": lambda v: _real(v, 0.0, 1.0),
     }
     for key, ok in checks.items():
         if key not in saved or not ok(saved[key]):
@@ -607,7 +663,8 @@ def cmd_explain(args, out=None):
 
 def _args_record(args):
     keys = ("model", "hidden", "dropout", "epochs", "batch_size", "optimizer", "lr", "momentum",
-            "weight_decay", "schedule", "seed", "data", "data_path", "limit", "validation_split")
+            "weight_decay", "schedule", "seed", "data", "data_path", "limit", "validation_split",
+            "augment", "label_smoothing")
     return {k: getattr(args, k) for k in keys}
 
 

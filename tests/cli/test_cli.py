@@ -405,6 +405,15 @@ RESUME_CASES = {
                                    400, 6),
     "mlp-adamw": (nn.AdamW, ["--optimizer", "adamw", "--hidden", "24"], 400, 7),
     "cnn": (nn.Adam, ["--model", "cnn"], 192, 3),
+    # per-batch schedules (stepped to where the run stopped), augmentation (its draws per
+    # seed and epoch), label smoothing
+    "mlp-onecycle-augment-smoothing": (nn.SGD, ["--optimizer", "sgd", "--lr", "0.1",
+                                                "--hidden", "32", "--schedule", "onecycle",
+                                                "--augment", "--label-smoothing", "0.1"],
+                                       400, 7),
+    "resnet20-warmup-cosine-augment": (nn.SGD, ["--model", "resnet20", "--optimizer", "sgd",
+                                                "--lr", "0.1", "--schedule",
+                                                "warmup-cosine", "--augment"], 128, 2),
 }
 
 
@@ -444,6 +453,49 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(capsys, monkey
     part_meta = checkpoint.load_checkpoint(tmp_path / "part.npz")[2]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert full_meta["history"].get(key) == part_meta["history"].get(key)
+
+
+def test_per_batch_schedules_set_the_rate_of_every_step(capsys, monkeypatch, tmp_path):
+    # --schedule onecycle / warmup-cosine: the rate of each optimizer step is the
+    # schedule's value for that step, over epochs * steps per epoch (here 3 * 7)
+    seen = []
+
+    def recording(original):
+        def step(self):          # the rate of the optimizer step just taken, then the next
+            seen.append((self.optimizer.lr, self.optimizer.momentum))
+            return original(self)
+        return step
+
+    for kind, make in (("onecycle", lambda opt: nn.OneCycleLR(opt, max_lr=0.1, total_steps=21,
+                                                                 pct_start=0.15)),
+                       ("warmup-cosine", lambda opt: nn.WarmupCosineLR(opt, warmup_steps=1,
+                                                                        total_steps=21))):
+        seen.clear()
+        with monkeypatch.context() as m:
+            for cls in (nn.OneCycleLR, nn.WarmupCosineLR):
+                m.setattr(cls, "step", recording(cls.step))
+            code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "400",
+                               "--epochs", "3", "--batch-size", "64", "--hidden", "16",
+                               "--optimizer", "sgd", "--lr", "0.1", "--schedule", kind,
+                               "--no-progress")
+        assert code == 0, out
+        reference = nn.SGD([nn.Parameter(np.zeros(1))], lr=0.1, momentum=0.9, nesterov=True)
+        schedule = make(reference)
+        expected = []
+        for _ in range(21):
+            expected.append((reference.lr, reference.momentum))
+            schedule.step()
+        assert seen == expected, kind
+
+
+def test_augment_crops_and_flips_but_not_digits(capsys):
+    code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "200", "--epochs", "1",
+                       "--augment", "--no-progress")
+    assert code == 0
+    assert ("augment: RandomCrop(size=(28, 28), padding=2, image_shape=(1, 28, 28)), "
+            "RandomHorizontalFlip(p=0.5, image_shape=(1, 28, 28))") in out
+    transform = cli._augmentation("mnist", (1, 28, 28), flat=False)
+    assert [type(t).__name__ for t in transform.transforms] == ["RandomCrop"]
 
 
 def test_resume_in_a_fresh_process_after_sigint(tmp_path):
