@@ -27,6 +27,7 @@ EXPECTED = {
     "07_learning_rate.py": "lr = 10 diverged",
     "08_use_elsewhere.py": "scikit-learn cross_val_score (3 folds)",
     "09_pytorch_both_ways.py": "back in nnscratch: largest difference",
+    "10_residual_and_augmentation.py": "ResNet-8 on 2,000 augmented images",
 }
 # script -> the optional packages it needs, beyond the test extra (reported NOT RUN without)
 NEEDS = {"09_pytorch_both_ways.py": ("torch",)}
