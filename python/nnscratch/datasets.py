@@ -42,7 +42,7 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -71,7 +71,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 # ---------------------------------------------------------------------------
 
 # IDX type code (third byte of the magic number) -> big-endian NumPy dtype.
-_IDX_DTYPES = {
+_IDX_DTYPES: Dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -234,7 +234,7 @@ _MNIST_CHECKSUMS = {
 
 # name -> base URLs (tried in order; a file name is appended) and checksums.
 # NNSCRATCH_MIRRORS (whitespace-separated base URLs) replaces the mirror list.
-DATASETS = {
+DATASETS: Dict[str, Dict[str, Any]] = {
     "fashion-mnist": {
         "mirrors": (
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -418,7 +418,10 @@ def find_dataset(name: str, path: Optional[PathLike] = None, *, download: bool =
     if not download:
         raise FileNotFoundError(f"{name} not found; looked in " + ", ".join(searched))
     folder = download_dataset(name, cache_folder, mirrors=mirrors, progress=progress)
-    return DataSource(name, "download", folder, _files_in(folder))
+    downloaded = _files_in(folder)
+    if downloaded is None:      # (download_dataset fetched all four or raised)
+        raise FileNotFoundError(f"{name}: the download to {folder} is incomplete")
+    return DataSource(name, "download", folder, downloaded)
 
 
 # ---------------------------------------------------------------------------
@@ -522,20 +525,22 @@ def download_dataset(name: str, dest: Optional[PathLike] = None, *,
     if name not in DATASETS:
         raise ValueError(f"{name!r} cannot be downloaded")
     info = DATASETS[name]
-    mirrors = tuple(mirrors) if mirrors is not None else (_env_mirrors() or info["mirrors"])
-    checksums = checksums if checksums is not None else info["checksums"]
+    urls: Sequence[str] = (tuple(mirrors) if mirrors is not None
+                           else (_env_mirrors() or info["mirrors"]))
+    sums: Dict[str, Sequence[Tuple[str, str]]] = (checksums if checksums is not None
+                                                  else info["checksums"])
     dest = Path(dest) if dest is not None else default_cache_dir() / name
     dest.mkdir(parents=True, exist_ok=True)
 
     for file_name in FILES.values():
         if (dest / file_name).is_file():
             continue
-        errors = []
-        for base in mirrors:
+        errors: list = []
+        for base in urls:
             url = base if base.endswith("/") else base + "/"
             url += file_name
             try:
-                _fetch(url, dest, file_name, checksums[file_name], progress, timeout)
+                _fetch(url, dest, file_name, sums[file_name], progress, timeout)
                 break
             except ValueError as e:
                 errors.append(e)

@@ -112,7 +112,7 @@ def _has_weights(module):
 # PyTorch modules for the nnscratch layers torch.nn lacks
 # =========================================================================================
 
-_TORCH_CLASSES = {}
+_TORCH_CLASSES: dict = {}
 
 
 def _torch_classes():

@@ -31,7 +31,7 @@ class _BatchNorm(Module):
     (the input shape, for error messages).
     """
 
-    _sample_ndims = ()
+    _sample_ndims: tuple = ()
     _shape_text = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
