@@ -730,9 +730,19 @@ def test_resnet20_in_pytorch_is_a_tree_of_torch_residuals():
         interop.TorchResNet
 
 
-def test_importing_interop_does_not_import_torch():
-    code = "import sys, nnscratch.interop; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_importing_interop_does_not_import_torch(tmp_path):
+    # a fresh interpreter, from a folder where the checkout's uncompiled cnn_core/ cannot
+    # shadow the installed package, seeing the nnscratch and cnn_core this process sees
+    import os
+
+    import cnn_core
+
+    roots = [os.path.dirname(os.path.dirname(m.__file__)) for m in (nn, cnn_core)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(roots)))
+    code = "import sys, nnscratch.interop; assert 'torch' not in sys.modules, 'imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 # --- names --------------------------------------------------------------------------------
