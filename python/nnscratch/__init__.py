@@ -12,7 +12,7 @@ Python layer on top, with the names PyTorch and Keras users know::
 """
 import importlib
 
-from . import models
+from . import metrics, models
 from ._random import seed
 from .backend import get_backend, get_num_threads, set_backend, set_num_threads
 from .callbacks import Callback, EarlyStopping, History
@@ -39,7 +39,7 @@ __all__ = [
     "LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "WarmupCosineLR",
     "Callback", "EarlyStopping", "History",
     "seed", "set_backend", "get_backend", "set_num_threads", "get_num_threads",
-    "gradcheck", "load", "models", "datasets", "__version__",
+    "gradcheck", "load", "models", "metrics", "datasets", "__version__",
 ]
 
 # imported on first use: `nnscratch.datasets`, `nnscratch.images` (Pillow), and the bridges

@@ -43,7 +43,8 @@ class Callback:
 
 class History:
     """What ``fit`` returns: ``history[name]`` is the list of a metric's per-epoch values
-    ("loss", "accuracy", "val_loss", "val_accuracy"), ``epoch`` the epoch indices."""
+    ("loss", "accuracy", those of ``fit(metrics=[...])`` such as "macro_f1", and the
+    "val_" twins of all of them), ``epoch`` the epoch indices."""
 
     def __init__(self):
         self.history = {}
@@ -59,6 +60,11 @@ class History:
         return f"History(epochs={len(self.epoch)}{', ' + last if last else ''})"
 
 
+def _grows(name):
+    """True for the metrics that are better higher: accuracies, precision, recall, F1."""
+    return "acc" in name or name.endswith(("precision", "recall", "f1"))
+
+
 class EarlyStopping(Callback):
     """Stop training when a monitored metric has stopped improving.
 
@@ -71,7 +77,9 @@ class EarlyStopping(Callback):
     min_delta : float >= 0, default 0
         The smallest change that counts as an improvement.
     mode : {"auto", "min", "max"}, default "auto"
-        "auto" maximises metrics whose name contains "acc" and minimises the others.
+        "auto" maximises metrics whose name contains "acc" or ends with "precision",
+        "recall" or "f1" (``fit(metrics=[...])``'s "macro_f1", say) and minimises the
+        others: give "max" for a metric of your own that grows.
     restore_best_weights : bool, default False
         At the end of training, put back the parameters and buffers (``state_dict``) of
         the best epoch.
@@ -90,7 +98,7 @@ class EarlyStopping(Callback):
         self.monitor = monitor
         self.patience = int(patience)
         self.min_delta = float(min_delta)
-        self.maximize = mode == "max" or (mode == "auto" and "acc" in monitor)
+        self.maximize = mode == "max" or (mode == "auto" and _grows(monitor))
         self.restore_best_weights = bool(restore_best_weights)
         self._reset()
 

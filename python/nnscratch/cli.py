@@ -670,13 +670,6 @@ def _args_record(args):
 
 # --- evaluate, predict --------------------------------------------------------------------
 
-def confusion_matrix(y_true, y_pred, n_classes):
-    """Counts (n_classes, n_classes): row = true class, column = predicted."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    return matrix
-
-
 def _head(path, size=12):
     """The first bytes of a file (enough to tell an image from a zip), or a CLIError."""
     try:
@@ -734,6 +727,7 @@ def _model_wants_images(model):
 def cmd_evaluate(args, out=None):
     out = sys.stdout if out is None else out
     import nnscratch as nn
+    from . import metrics
 
     nn.set_backend(args.backend)
     if args.plot:
@@ -752,7 +746,7 @@ def cmd_evaluate(args, out=None):
         raise CLIError(f"{args.model} gives {scores.shape[1]} class scores, {source.name} has "
                        f"{len(classes)} classes")
     pred = scores.argmax(axis=1)
-    matrix = confusion_matrix(y_test, pred, len(classes))
+    matrix = metrics.confusion_matrix(y_test, pred, len(classes))   # row: true, column: pred
     accuracy = float(np.trace(matrix) / max(1, matrix.sum()))
     print(f"test accuracy {accuracy:.4f}", file=out)
     print("per-class accuracy:", file=out)
@@ -760,6 +754,13 @@ def cmd_evaluate(args, out=None):
         total = matrix[k].sum()
         print(f"  {k} {name:<12} {matrix[k, k] / total if total else float('nan'):.4f}"
               f"  ({matrix[k, k]}/{total})", file=out)
+    # (0.0 where a class is never predicted, or absent: scikit-learn's default)
+    precision, recall, f1 = metrics.precision_recall_f1(y_test, pred, num_classes=len(classes))
+    macro = metrics.precision_recall_f1(y_test, pred, "macro", num_classes=len(classes))
+    print("per-class precision, recall, F1:", file=out)
+    for k, name in enumerate(classes):
+        print(f"  {k} {name:<12} {precision[k]:.4f}  {recall[k]:.4f}  {f1[k]:.4f}", file=out)
+    print("macro precision {:.4f}  recall {:.4f}  F1 {:.4f}".format(*macro), file=out)
     print("confusion matrix (row: true class, column: predicted):", file=out)
     print("      " + " ".join(f"{j:>5}" for j in range(len(classes))), file=out)
     for k in range(len(classes)):
@@ -769,7 +770,9 @@ def cmd_evaluate(args, out=None):
 
         plot_confusion_matrix(matrix, args.plot, classes)
         print(f"confusion matrix plot: {args.plot}", file=out)
-    return {"accuracy": accuracy, "confusion_matrix": matrix}
+    return {"accuracy": accuracy, "confusion_matrix": matrix, "precision": precision,
+            "recall": recall, "f1": f1, "macro_precision": macro[0], "macro_recall": macro[1],
+            "macro_f1": macro[2]}
 
 
 def _input_side(model, path):

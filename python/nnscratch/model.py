@@ -177,18 +177,19 @@ class Sequential(ModuleSequence):
 
     def fit(self, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
             validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
-            initial_epoch=0, check_finite=True, transform=None):
+            initial_epoch=0, check_finite=True, transform=None, metrics=None):
         """Train with mini-batch gradient descent; see `nnscratch.training.fit`."""
         return training.fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs,
                             batch_size=batch_size, validation_data=validation_data,
                             validation_split=validation_split, shuffle=shuffle, seed=seed,
                             progress=progress, callbacks=callbacks,
                             initial_epoch=initial_epoch, check_finite=check_finite,
-                            transform=transform)
+                            transform=transform, metrics=metrics)
 
-    def evaluate(self, X, y, loss=None, batch_size=256):
+    def evaluate(self, X, y, loss=None, batch_size=256, metrics=None):
         """``{"loss": ..., "accuracy": ...}`` in eval mode; see `nnscratch.training.evaluate`."""
-        return training.evaluate(self, X, y, loss=loss, batch_size=batch_size)
+        return training.evaluate(self, X, y, loss=loss, batch_size=batch_size,
+                                 metrics=metrics)
 
     def predict(self, X, batch_size=256):
         """The model's outputs for X, in batches, in eval mode (a fresh array)."""

@@ -46,17 +46,57 @@ Writing your own layer -- the contract
 ``output_shape(input_shape)``, ``flops(input_shape)`` (optional, for ``summary``)
     The per-sample output shape (batch axis left out) and the floating-point operations of
     one sample's forward pass; by default the shape is kept and 0 FLOPs are counted.
+
+Hooks -- seeing inside a model
+------------------------------
+PyTorch's names and signatures::
+
+    seen = []
+    handle = model[2].register_forward_hook(lambda m, inputs, output: seen.append(output.copy()))
+    model[2].register_full_backward_hook(lambda m, grad_input, grad_output: ...)
+    handle.remove()                      # or: with model[2].register_forward_hook(fn): ...
+
+A forward hook runs after every ``forward`` and every ``infer`` of its module (training
+steps, ``predict``, ``evaluate``, fit's validation), as ``hook(module, inputs, output)``
+with ``inputs`` the tuple of positional arguments, ``(x,)``. A full backward hook runs
+after every ``backward``, as ``hook(module, grad_input, grad_output)`` with
+``grad_input = (dL/dx,)`` -- ``(None,)`` when ``compute_grad_input`` was False (the first
+layer in ``fit``: PyTorch's None for an input that needs no gradient) -- and
+``grad_output = (dL/dy,)``. Hooks run in the order they were registered (``prepend=True``
+puts one first), and fire wherever the module is run from: a container, a user's block,
+``fit``, ``predict``. A hook on a container sees the container's input and output.
+
+* A forward hook may return a replacement output when the module runs ``infer``; during
+  ``forward`` a returned value is a RuntimeError, since the backward pass (there is no
+  autograd) would not see the change. A backward hook may return a replacement
+  ``(grad_input,)``, which is what ``backward`` then returns.
+* The arrays are the model's own, not copies: a hook must not change them in place, and
+  should copy what it keeps (on the fast path, in training mode, a container's output and
+  the gradients it is given are buffers that the next step overwrites).
+* The fast path steps aside only where hooks are: a hooked layer is computed by its own
+  ``forward`` / ``backward`` (so a fused chain of Linear layers is split around it) -- the
+  same bits, so a hook that only reads leaves training bit for bit as it was -- and a model
+  with a hook on itself trains with fit's textbook step. Removing the last hook of a
+  module gives the fast path back.
+* Hooks are not state: ``state_dict``, ``save`` and model files never hold them.
+  ``copy.deepcopy`` and ``copy.copy`` of a module copy its hooks (as PyTorch's deepcopy
+  does), each copy with its own list: a handle removes the hook from the module it was
+  registered on only. ``register_backward_hook`` (deprecated in PyTorch) is
+  ``register_full_backward_hook`` with a FutureWarning.
 """
 import collections
 import contextlib
+import itertools
 import threading
+import warnings
+import weakref
 
 import numpy as np
 
 from . import _checks, _memory
 
 __all__ = ["Parameter", "Module", "ModuleSequence", "ModuleList", "register", "registered", "registered_name",
-           "repeated_modules", "IncompatibleKeys", "StateDictError"]
+           "repeated_modules", "IncompatibleKeys", "StateDictError", "RemovableHandle"]
 
 
 class Parameter:
@@ -164,6 +204,160 @@ def predicting():
         yield
     finally:
         _predicting.on = previous
+
+
+# --- hooks (see the module docstring) ------------------------------------------------------
+#
+# A module with hooks holds, as instance attributes, a `_Hooked` stand-in for each of its
+# forward, infer and backward: Python finds an instance attribute before the class's
+# method, so the hooks fire whoever calls the module (Sequential, Residual, a user's block,
+# fit, predict) while modules without hooks run exactly as before. The fast path plans a
+# module holding such attributes as one that computes itself (``_fast/plan.py``).
+
+class _HookChanges:
+    """``count`` goes up whenever a module gets its first hook or loses its last: the fast
+    path's plans, which compute some layers without calling them, are then made again."""
+    count = 0
+
+
+hook_changes = _HookChanges()
+
+_HOOKED_METHODS = ("forward", "infer", "backward")
+
+
+class _Running(threading.local):
+    """Per thread: the modules whose hooked forward or infer is running (the default
+    ``infer`` runs ``forward``: the hooks then fire once, for the infer)."""
+
+    def __init__(self):
+        self.modules = set()
+
+
+_running = _Running()
+
+
+class RemovableHandle:
+    """What ``register_forward_hook`` and ``register_full_backward_hook`` return.
+
+    ``handle.remove()`` takes the hook off (again: nothing happens); as a context manager
+    the hook is on for the ``with`` block only::
+
+        with model[0].register_forward_hook(fn):
+            model.predict(X)
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, module, registry):
+        self.id = next(RemovableHandle._ids)
+        self._module = weakref.ref(module)
+        self._registry = registry           # "_forward_hooks" or "_backward_hooks"
+
+    def remove(self):
+        module = self._module()
+        if module is not None:
+            module._remove_hook(self._registry, self.id)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.remove()
+
+    def __repr__(self):
+        kind = "forward" if self._registry == "_forward_hooks" else "backward"
+        return f"<RemovableHandle {self.id}: a {kind} hook of {self._module()!r}>"
+
+
+class _Hooked:
+    """A hooked module's forward, infer or backward: the module's own method, then its hooks.
+
+    `original` is an instance attribute of that name the module held before (rare), called
+    in place of the class's method and put back when the last hook goes.
+    """
+
+    __slots__ = ("module", "name", "original")
+
+    def __init__(self, module, name, original=None):
+        self.module, self.name, self.original = module, name, original
+
+    def __call__(self, *args, **kwargs):
+        module = self.module
+        method = self.original
+        if method is None:      # (looked up at each call: the class's method as it is now)
+            method = getattr(type(module), self.name).__get__(module, type(module))
+        if self.name == "backward":
+            return _backward_with_hooks(module, method, args, kwargs)
+        running, key = _running.modules, id(module)
+        if key in running:      # the module's own infer called its forward: no hooks here
+            return method(*args, **kwargs)
+        running.add(key)
+        try:
+            output = method(*args, **kwargs)
+        finally:
+            running.discard(key)
+        for hook in tuple((module.__dict__.get("_forward_hooks") or {}).values()):
+            result = hook(module, args, output)
+            if result is not None:
+                if self.name == "forward":
+                    raise RuntimeError(
+                        f"the forward hook {_name(hook)} of {module!r} returned a value in "
+                        f"forward: a forward hook may replace the output only in infer "
+                        f"(predict, evaluate, model.infer), since the backward pass would not "
+                        f"see the change; return None")
+                output = result
+        return output
+
+    def __repr__(self):
+        return f"<{self.name} of {self.module!r}, with hooks>"
+
+
+def _backward_with_hooks(module, method, args, kwargs):
+    """``method(*args, **kwargs)`` (the module's backward), then each backward hook, as
+    ``hook(module, (dL/dx,), (dL/dy,))``; a hook's returned ``(grad_input,)`` replaces it."""
+    grad_out = args[0] if args else kwargs.get("grad_out")
+    grad_in = method(*args, **kwargs)
+    for hook in tuple((module.__dict__.get("_backward_hooks") or {}).values()):
+        result = hook(module, (grad_in,), (grad_out,))
+        if result is None:
+            continue
+        if not isinstance(result, (tuple, list)) or len(result) != 1:
+            raise TypeError(f"the backward hook {_name(hook)} of {module!r} returned "
+                            f"{_describe(result)}: a backward hook returns None or a "
+                            f"replacement (grad_input,), a tuple of one array")
+        new = result[0]
+        if new is not None and grad_in is not None and np.shape(new) != np.shape(grad_in):
+            raise ValueError(f"the backward hook {_name(hook)} of {module!r} returned a "
+                             f"grad_input of shape {np.shape(new)}, not {np.shape(grad_in)}")
+        grad_in = new
+    return grad_in
+
+
+def _name(hook):
+    return repr(getattr(hook, "__qualname__", None) or type(hook).__name__)
+
+
+def _put_hooked_methods(module):
+    """Give `module` its `_Hooked` forward, infer and backward (when it has none yet)."""
+    d = module.__dict__
+    if isinstance(d.get("forward"), _Hooked):
+        return
+    for name in _HOOKED_METHODS:
+        d[name] = _Hooked(module, name, d.get(name))
+    hook_changes.count += 1
+
+
+def _take_hooked_methods(module):
+    """Take the `_Hooked` methods off `module` (its last hook went)."""
+    d = module.__dict__
+    for name in _HOOKED_METHODS:
+        stand_in = d.get(name)
+        if isinstance(stand_in, _Hooked):
+            if stand_in.original is None:
+                del d[name]
+            else:
+                d[name] = stand_in.original
+    hook_changes.count += 1
 
 
 class Module:
@@ -280,6 +474,95 @@ class Module:
         if _predicting.on:
             return self.infer(x)
         return self.forward(x)
+
+    # --- hooks (see the module docstring) -------------------------------------------------
+
+    _forward_hooks = _backward_hooks = None     # {handle id: hook} once one is registered
+
+    def register_forward_hook(self, hook, *, prepend=False):
+        """Call ``hook(module, inputs, output)`` after every ``forward`` and ``infer`` of
+        this module (``inputs``: the tuple of positional arguments, ``(x,)``).
+
+        Parameters
+        ----------
+        hook : callable
+            Returns None -- or, when the module runs ``infer``, a replacement output.
+        prepend : bool, default False
+            Run this hook before those already registered (else after them).
+
+        Returns
+        -------
+        RemovableHandle
+            ``remove()`` takes the hook off; usable as a context manager.
+        """
+        return self._add_hook("_forward_hooks", hook, prepend, "register_forward_hook",
+                              "hook(module, inputs, output)")
+
+    def register_full_backward_hook(self, hook, prepend=False):
+        """Call ``hook(module, grad_input, grad_output)`` after every ``backward`` of this
+        module: ``grad_input = (dL/dx,)`` (``(None,)`` when ``compute_grad_input`` was False),
+        ``grad_output = (dL/dy,)``.
+
+        Parameters
+        ----------
+        hook : callable
+            Returns None, or a replacement ``(grad_input,)`` that ``backward`` returns instead.
+        prepend : bool, default False
+            Run this hook before those already registered (else after them).
+
+        Returns
+        -------
+        RemovableHandle
+        """
+        return self._add_hook("_backward_hooks", hook, prepend, "register_full_backward_hook",
+                              "hook(module, grad_input, grad_output)")
+
+    def register_backward_hook(self, hook):
+        """Deprecated in PyTorch; here `register_full_backward_hook` (with a FutureWarning)."""
+        warnings.warn("register_backward_hook is deprecated (as in PyTorch): use "
+                      "register_full_backward_hook, which it calls", FutureWarning, stacklevel=2)
+        return self.register_full_backward_hook(hook)
+
+    def _add_hook(self, registry, hook, prepend, method, signature):
+        if not callable(hook):
+            raise TypeError(f"{method}: hook must be callable as {signature}, got "
+                            f"{_describe(hook)}")
+        handle = RemovableHandle(self, registry)
+        hooks = self.__dict__.get(registry) or {}
+        # (a new dict: a pass that is running its hooks goes on with the ones it started with)
+        hooks = {handle.id: hook, **hooks} if prepend else {**hooks, handle.id: hook}
+        self.__dict__[registry] = hooks
+        _put_hooked_methods(self)
+        return handle
+
+    def _remove_hook(self, registry, key):
+        hooks = self.__dict__.get(registry)
+        if not hooks or key not in hooks:
+            return
+        self.__dict__[registry] = {k: h for k, h in hooks.items() if k != key}
+        if not (self.__dict__.get("_forward_hooks") or self.__dict__.get("_backward_hooks")):
+            _take_hooked_methods(self)      # the last one: the module runs as it did
+
+    def __getstate__(self):
+        # copy / deepcopy / pickle: the hooks travel (as in PyTorch), their stand-ins are
+        # made again for the new module by __setstate__
+        state = self.__dict__.copy()
+        for name in _HOOKED_METHODS:
+            stand_in = state.get(name)
+            if isinstance(stand_in, _Hooked):
+                if stand_in.original is None:
+                    del state[name]
+                else:
+                    state[name] = stand_in.original
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for registry in ("_forward_hooks", "_backward_hooks"):
+            if registry in state:       # its own dict: a handle acts on one module only
+                self.__dict__[registry] = dict(state[registry] or {})
+        if self.__dict__.get("_forward_hooks") or self.__dict__.get("_backward_hooks"):
+            _put_hooked_methods(self)
 
     def _saved(self, attr):
         """What forward kept for backward (``self.<attr>``); RuntimeError before forward."""

@@ -370,10 +370,17 @@ _COMPUTING_METHODS = ("forward", "infer", "__call__", "_f", "_sum")
 def _computes_as(module, cls):
     """`module` is a `cls` whose computation is cls's own (a subclass may change only, say,
     its constructor or its repr)."""
+    from .module import _Hooked
+
     kind = type(module)
+    # a method set on the instance replaces the computation -- unless it is a hook's
+    # stand-in (``register_forward_hook``) calling the class's own method
+    replaced = [m for m in _COMPUTING_METHODS if m in module.__dict__
+                and not (isinstance(module.__dict__[m], _Hooked)
+                         and module.__dict__[m].original is None)]
     return (isinstance(module, cls)
             and all(getattr(kind, m, None) is getattr(cls, m, None) for m in _COMPUTING_METHODS)
-            and not set(_COMPUTING_METHODS) & module.__dict__.keys())
+            and not replaced)
 
 
 def _describe(module, name):

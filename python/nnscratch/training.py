@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _checks, _fast, _random
+from . import metrics as _metrics
 from .backend import fast_path, kernels
 from .callbacks import Callback, History
 from .layers import Sigmoid, Softmax
@@ -113,7 +114,7 @@ class _Accuracy:
 
 def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
-        initial_epoch=0, check_finite=True, transform=None):
+        initial_epoch=0, check_finite=True, transform=None, metrics=None):
     """Train `model` with mini-batch gradient descent.
 
     Parameters
@@ -165,6 +166,20 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         resumed at ``initial_epoch=k`` with the seed of the interrupted run gets the
         transform draws that run had in epoch k. Without `seed`, the generators come from
         a jumped copy of the library generator (which is left as it was).
+    metrics : list, optional
+        More figures to record each epoch, beside "loss" and "accuracy" (see
+        `nnscratch.metrics`): names -- "accuracy", "top_5_accuracy" (any k),
+        "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
+        "weighted_recall", "weighted_f1" -- for integer labels; a function
+        ``fn(y_true, outputs) -> float``, recorded under its ``__name__``; or a pair
+        ``(name, fn)``. Like "accuracy", each is computed from the outputs of the epoch's
+        training steps (training mode; no extra forward pass) and, with validation data,
+        again as "val_<name>" in eval mode at the end of the epoch; each goes into the
+        History, the epoch's logs given to the callbacks and the progress bar. ``fn`` gets
+        all the pass's targets (integer labels for CrossEntropyLoss, else the targets as
+        fit holds them, in the model's dtype) and outputs (N, ...) in the same order.
+        Metrics only read the outputs: the weights are the same, bit for bit, with or
+        without them.
 
     The model trains in training mode: a model in eval mode is put in training mode (every
     module of it); in a model already in training mode, a module put in eval mode (say, a
@@ -176,7 +191,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         ``history["loss"]``: per epoch, the mean over the epoch's samples of the batch
         losses (each batch weighted by its size, as Keras); ``"accuracy"`` for integer
         labels (training mode outputs, during the epoch); ``"val_loss"`` and
-        ``"val_accuracy"`` computed in eval mode at the end of the epoch.
+        ``"val_accuracy"`` computed in eval mode at the end of the epoch; then the
+        `metrics` (and their "val_" twins), in the order given.
 
     Raises
     ------
@@ -238,9 +254,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     else:
         X_val = y_val = None
 
-    metrics = ["loss"] + (["accuracy"] if accuracy_kind else [])
+    extra = _metric_list(metrics, model, X, accuracy_kind)
+    names = ["loss"] + (["accuracy"] if accuracy_kind else []) + [m.name for m in extra]
     if X_val is not None:
-        metrics += [f"val_{m}" for m in metrics]
+        names += [f"val_{m}" for m in names]
     if seed is not None:
         seed = _checks.integer("seed", seed, 0)
     rng = np.random.Generator(np.random.PCG64(seed)) if seed is not None else \
@@ -263,10 +280,14 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     model._last_loss = loss
     for cb in callbacks:
         cb.set_model(model)
-        cb.on_train_begin({"metrics": list(metrics)})
+        cb.on_train_begin({"metrics": list(names)})
     step_kind = _fast.TrainStep if fast_path() and _fast.plannable(model) else _Step
     loop = _EpochLoop(model, step_kind(model, loss, optimizer, bool(check_finite)), X, y,
                       batch_size, accuracy_kind, callbacks, transform)
+    if extra:
+        loop.tracker = _running_metrics(extra, model, X, accuracy_kind)
+        if X_val is not None:
+            loop.val_tracker = _running_metrics(extra, model, X_val, accuracy_kind)
     try:
         order = np.arange(len(X), dtype=np.int64)   # take_rows takes int64 indices
         for epoch in range(initial_epoch, epochs):
@@ -346,6 +367,8 @@ class _EpochLoop:
         self.accuracy = _Accuracy(accuracy_kind) if accuracy_kind else None
         self.callbacks = callbacks
         self.transform = transform
+        # fit(metrics=): RunningMetrics of the training batches and of the validation pass
+        self.tracker = self.val_tracker = None
 
     def _gather(self, order, start, stop):
         """Batch [start, stop) of the epoch: rows order[start:stop] (or a slice)."""
@@ -365,6 +388,9 @@ class _EpochLoop:
         # every batch cost a tenth of a batch-16 epoch
         pending, next_refresh = 0, 0.0
         prefetch = None
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.reset()
         try:
             if self.transform is not None:      # (its thread ends in the finally below)
                 prefetch = _Prefetch(self.X, self.y, order, self.batch_size, self.transform,
@@ -382,6 +408,9 @@ class _EpochLoop:
                     hits, total = self.accuracy.correct(out, yb)
                     correct += hits
                     counted += total
+                if tracker is not None:     # (reads `out` only: the step is unchanged)
+                    tracker.update(out, yb, slice(start, stop) if order is None
+                                   else order[start:stop])
                 loss_sum += value * (stop - start)
                 seen += stop - start
                 for cb in self.callbacks:
@@ -393,6 +422,8 @@ class _EpochLoop:
                         postfix = {"loss": f"{loss_sum / seen:.4f}"}
                         if counted:
                             postfix["accuracy"] = f"{correct / counted:.4f}"
+                        if tracker is not None:
+                            postfix.update({k: f"{v:.4f}" for k, v in tracker.running().items()})
                         bar.set_postfix(postfix, refresh=False)
                         bar.update(pending)
                         pending, next_refresh = 0, now + REFRESH
@@ -401,9 +432,11 @@ class _EpochLoop:
             logs = {"loss": loss_sum / seen}
             if self.accuracy is not None:
                 logs["accuracy"] = correct / counted
+            if tracker is not None:
+                logs.update(tracker.results(self.y))
             if X_val is not None:
                 val = _evaluate_arrays(model, loss, X_val, y_val, self.accuracy,
-                                       self.batch_size)
+                                       self.batch_size, self.val_tracker)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=True)
@@ -546,11 +579,14 @@ def _progress_bar(label, epoch, epochs, n_batches):
 # evaluate, predict, predict_proba
 # --------------------------------------------------------------------------------------
 
-def _evaluate_arrays(model, loss, X, y, accuracy, batch_size):
-    """Mean loss (and accuracy) over checked arrays, in eval mode."""
+def _evaluate_arrays(model, loss, X, y, accuracy, batch_size, tracker=None):
+    """Mean loss (and accuracy, and the metrics of `tracker`, a RunningMetrics) over
+    checked arrays, in eval mode."""
     n = len(X)
     loss_sum = 0.0
     correct = counted = 0
+    if tracker is not None:
+        tracker.reset()
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         out = model.infer(X[start:stop])
@@ -559,13 +595,32 @@ def _evaluate_arrays(model, loss, X, y, accuracy, batch_size):
             hits, total = accuracy.correct(out, y[start:stop])
             correct += hits
             counted += total
+        if tracker is not None:
+            tracker.update(out, y[start:stop], slice(start, stop))
     result = {"loss": loss_sum / n}
     if accuracy is not None:
         result["accuracy"] = correct / counted
+    if tracker is not None:
+        result.update(tracker.results(y))
     return result
 
 
-def evaluate(model, X, y, loss=None, batch_size=256):
+def _metric_list(metrics, model, X, accuracy_kind):
+    """fit's / evaluate's `metrics=`, checked, as `nnscratch.metrics._Metric`s (less
+    "accuracy", which integer labels get anyway)."""
+    if metrics is None:
+        return []
+    recorded = ("loss", "accuracy") if accuracy_kind else ("loss",)
+    return _metrics.parse_metrics(metrics, accuracy_kind, model.output_shape(X.shape[1:]),
+                                  recorded)
+
+
+def _running_metrics(parsed, model, X, accuracy_kind):
+    return _metrics.RunningMetrics(parsed, accuracy_kind, model.output_shape(X.shape[1:]),
+                                   len(X), _model_dtype(model))
+
+
+def evaluate(model, X, y, loss=None, batch_size=256, metrics=None):
     """Mean loss and accuracy of `model` on (X, y), in eval mode.
 
     Parameters
@@ -573,12 +628,15 @@ def evaluate(model, X, y, loss=None, batch_size=256):
     loss : Loss or str, optional
         By default the loss of the model's last `fit`.
     batch_size : int, default 256
+    metrics : list, optional
+        More figures, as `fit`'s ``metrics=``: names such as "macro_f1" or
+        "top_5_accuracy", functions ``fn(y_true, outputs) -> float``, pairs ``(name, fn)``.
 
     Returns
     -------
     dict
         ``{"loss": float, "accuracy": float}``; "accuracy" only for integer labels
-        (CrossEntropyLoss, or BCEWithLogitsLoss with 0/1 labels).
+        (CrossEntropyLoss, or BCEWithLogitsLoss with 0/1 labels); then the `metrics`.
     """
     if loss is None:
         loss = model._last_loss
@@ -587,7 +645,9 @@ def evaluate(model, X, y, loss=None, batch_size=256):
     loss = copy.copy(_as_loss(loss))   # (its own: fit may be using the loss in another thread)
     batch_size = _checks.integer("batch_size", batch_size, 1)
     X, y, kind = _as_data(model, loss, X, y)
-    return _evaluate_arrays(model, loss, X, y, _Accuracy(kind) if kind else None, batch_size)
+    extra = _metric_list(metrics, model, X, kind)
+    return _evaluate_arrays(model, loss, X, y, _Accuracy(kind) if kind else None, batch_size,
+                            _running_metrics(extra, model, X, kind) if extra else None)
 
 
 def predict(model, X, batch_size=256):

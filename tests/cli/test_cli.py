@@ -809,8 +809,22 @@ def test_evaluate_accuracy_per_class_and_confusion_matrix(capsys, trained):
     # the same predictions as the model's own
     model = nn.load(trained["model"])
     _, (X_test, y_test) = datasets.load_sample()
-    expected = cli.confusion_matrix(y_test, model.predict(X_test).argmax(axis=1), 10)
+    expected = nn.metrics.confusion_matrix(y_test, model.predict(X_test), 10)
     np.testing.assert_array_equal(matrix, expected)
+    # precision, recall and F1 per class (recall = per-class accuracy), then macro averages
+    start = out.splitlines().index("per-class precision, recall, F1:")
+    rows = [line.split() for line in out.splitlines()[start + 1:start + 11]]
+    assert [int(r[0]) for r in rows] == list(range(10))
+    prf = np.array([[float(v) for v in r[-3:]] for r in rows])      # (10, 3)
+    hits, predicted, support = np.diag(matrix), matrix.sum(axis=0), matrix.sum(axis=1)
+    np.testing.assert_allclose(prf[:, 0], np.where(predicted, hits / np.maximum(predicted, 1),
+                                                    0), atol=5e-5)
+    assert [f"{v:.4f}" for v in prf[:, 1]] == [acc for *_, acc, _, _ in per_class]
+    np.testing.assert_allclose(prf[:, 2], 2 * hits / (predicted + support), atol=5e-5)
+    macro = re.search(r"^macro precision (\d\.\d{4})  recall (\d\.\d{4})  F1 (\d\.\d{4})$",
+                      out, re.M)
+    expected = nn.metrics.precision_recall_f1(y_test, model.predict(X_test), "macro")
+    assert list(macro.groups()) == [f"{v:.4f}" for v in expected]
 
 
 def test_evaluate_plot_and_backend_numpy(capsys, tmp_path, trained):

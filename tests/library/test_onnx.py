@@ -604,3 +604,13 @@ def test_export_changes_nothing_in_the_model():
     after = model.state_dict()
     for name, array in before.items():
         np.testing.assert_array_equal(after[name], array)
+
+
+def test_a_hooked_model_exports_as_without_the_hooks(tmp_path):
+    # a forward hook (module.register_forward_hook) is not part of the computation: the
+    # export is the same bytes with and without one
+    model = nn.models.mlp(hidden=(16,))
+    plain = nn_onnx.to_model_proto(model, (784,)).SerializeToString()
+    with model[1].register_forward_hook(lambda module, inputs, output: None):
+        hooked = nn_onnx.to_model_proto(model, (784,)).SerializeToString()
+    assert hooked == plain

@@ -20,10 +20,15 @@ other) with less work around the kernels:
 
 Nothing here is needed to understand what a model computes; see docs/design.md for why its
 results are the textbook path's.
+
+Hooks (``register_forward_hook`` / ``register_full_backward_hook``): the fast path steps aside
+where they are. A hooked layer is a step that runs the layer's own forward and backward (its
+chain split around it); a hooked model is not `plannable`, so fit takes its textbook step.
+The bits stay the same, and the plan is made again when hooks come or go.
 """
 from operator import is_
 
-from ..module import _predicting
+from ..module import _predicting, hook_changes
 from .plan import inline, plan_of, plannable, replan
 from .train import TrainStep
 
@@ -39,7 +44,7 @@ def forward(model, x):
     else:
         modules, children, nested = plan.top
         if len(modules) != len(children) or not all(map(is_, modules.values(), children)) \
-                or (nested and not plan.valid()):
+                or plan.hooks != hook_changes.count or (nested and not plan.valid()):
             plan = replan(model)
     if _predicting.on:      # a module's infer called this forward: eval mode, no state
         return plan.infer(x)

@@ -17,7 +17,12 @@ modules, in order, into steps (``steps.py``):
   `Sequential` inside such a block makes its own plan when the block calls it).
 
 Only the layers' classes decide: a layer is planned as its class when the class keeps that
-class's ``forward``, ``backward`` and ``infer``.
+class's ``forward``, ``backward`` and ``infer``, and the module holds none of them as an
+instance attribute. A module with hooks holds its hooked forward, infer and backward so
+(``nnscratch.module``): the plan computes it as a user's layer, by its own methods -- which
+run its hooks -- and a chain is split around it (the same bits: each step makes the layer's
+own kernel calls). A plan is made again when a module gets its first hook or loses its last
+(`hook_changes`), so that removing the hooks gives the fused steps back.
 """
 from operator import is_
 
@@ -25,7 +30,7 @@ import numpy as np
 
 from ..conv import Conv2d, MaxPool2d
 from ..layers import Dropout, Flatten, Identity, Linear, ReLU, _Activation
-from ..module import repeated_modules
+from ..module import hook_changes, repeated_modules
 from ..norm import _BatchNorm
 from .pool import BufferPool
 from .steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutStep,
@@ -118,9 +123,11 @@ class Run:
 class Plan:
     """The steps of a model, the containers they came from, and the buffer pool."""
 
-    __slots__ = ("steps", "containers", "repeated", "pool", "train_run", "eval_run", "top")
+    __slots__ = ("steps", "containers", "repeated", "pool", "train_run", "eval_run", "top",
+                 "hooks")
 
     def __init__(self, model):
+        self.hooks = hook_changes.count     # (hooks put on or taken off since: made again)
         self.containers = []
         modules = []
         self._walk(model, modules)
@@ -146,7 +153,10 @@ class Plan:
                 modules.append(child)
 
     def valid(self):
-        """True while no container's list of modules has changed since the plan was made."""
+        """True while no container's list of modules has changed, and no module got its
+        first hook or lost its last, since the plan was made."""
+        if self.hooks != hook_changes.count:
+            return False
         for modules, children in self.containers:
             # by identity (a module's own __eq__ is never asked)
             if len(modules) != len(children) or not all(map(is_, modules.values(), children)):
