@@ -45,7 +45,8 @@ __all__ = [
 # imported on first use: `nnscratch.datasets`, `nnscratch.images` (Pillow), and the bridges
 # to other libraries, which import their optional package (onnx, torch, scikit-learn) only
 # when used
-_LAZY_SUBMODULES = ("data", "datasets", "images", "onnx", "interop", "sklearn", "transforms")
+_LAZY_SUBMODULES = ("data", "datasets", "images", "inspect", "onnx", "interop", "sklearn",
+                    "transforms")
 
 
 def __getattr__(name):

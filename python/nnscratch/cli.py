@@ -140,6 +140,10 @@ def build_parser():
     t.add_argument("--plot", default=None, help="save learning curves to this PNG "
                    "(needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--stats", action="store_true",
+                   help="after each epoch, a table of per-layer statistics on the first "
+                        f"{STATS_PROBE} training images: activations, dead ReLUs, weight and "
+                        "gradient norms, update ratios (nnscratch.inspect)")
 
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
     e.add_argument("model", help="a model saved by `nnscratch train --save` or model.save()")
@@ -339,10 +343,14 @@ def _augmentation(data, image_shape, flat):
 
 # --- train --------------------------------------------------------------------------------
 
+STATS_PROBE = 256      # train --stats: the table is computed on this many first training images
+
+
 def cmd_train(args, out=None):
     out = sys.stdout if out is None else out   # at call time, so that redirects work
     import nnscratch as nn
     from . import checkpoint
+    from .inspect import layer_stats
 
     nn.set_backend(args.backend)
     if args.threads is not None:
@@ -457,6 +465,9 @@ def cmd_train(args, out=None):
         os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
         checkpoint.save_checkpoint(ckpt_path, model, optimizer, meta=state(epoch + 1))
         print(line, file=out, flush=True)   # after the save: a printed epoch is a saved one
+        if args.stats:      # (changes nothing: the same weights with and without it)
+            print(layer_stats(model, X[:STATS_PROBE], y[:STATS_PROBE], loss_fn,
+                              lr=optimizer.lr), file=out, flush=True)
 
     result = model.evaluate(X_test, y_test, loss=loss_fn)
     per_epoch = np.median(epoch_times) if epoch_times else float("nan")

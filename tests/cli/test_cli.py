@@ -302,6 +302,61 @@ def test_train_constant_schedule_and_zero_epochs(capsys):
     assert float(final_line(out)[1]) < 0.35
 
 
+STATS_HEADER = ["layer", "type", "act_mean", "act_std", "zeros", "next", "weight_norm",
+                "grad_norm", "update_ratio"]
+
+
+def _stats_tables(out):
+    """{epoch line: the lines of the table printed after it}."""
+    tables, current = {}, None
+    for line in out.splitlines():
+        if EPOCH_LINE.match(line):
+            current = tables.setdefault(line, [])
+        elif TEST_LINE.match(line):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return tables
+
+
+def test_train_stats_prints_a_table_after_each_epoch_and_changes_nothing(capsys, tmp_path):
+    argv = ["train", "--data", "sample", "--limit", "600", "--epochs", "2", "--hidden", "32,16",
+            "--dropout", "0.2", "--optimizer", "sgd", "--no-progress"]
+    code, out, _ = run(capsys, *argv, "--stats", "--save", "with.npz")
+    assert code == 0
+    tables = _stats_tables(out)
+    assert len(tables) == 2
+    for (line, table), m in zip(tables.items(), epoch_lines(out)):
+        assert table[0].split() == STATS_HEADER and set(table[1]) == {"-"}
+        rows = [row.split() for row in table[2:-1]]
+        assert [row[:2] for row in rows] == [["0", "Linear"], ["3", "Linear"], ["6", "Linear"]]
+        assert rows[0][5] == "ReLU" and rows[0][7] == "dead" and rows[2][5] == "-"
+        assert all(float(row[-2]) > 0 and float(row[-1]) > 0 for row in rows)
+        assert re.match(rf"loss \d+\.\d{{4}} on 256 samples; .* with lr {float(m[7]):g} ",
+                        table[-1])
+    code, plain, _ = run(capsys, *argv, "--save", "without.npz")
+    assert code == 0 and "update_ratio" not in plain
+    # the same training: every epoch's figures, the test accuracy and the weights, bit for bit
+    assert [m.groups()[:7] for m in epoch_lines(out)] == \
+        [m.groups()[:7] for m in epoch_lines(plain)]
+    assert final_line(out).groups()[:2] == final_line(plain).groups()[:2]
+    with_stats, without = nn.load(tmp_path / "with.npz"), nn.load(tmp_path / "without.npz")
+    assert all(np.array_equal(a, b) for a, b in zip(with_stats.state_dict().values(),
+                                                    without.state_dict().values()))
+
+
+@needs_cnn
+def test_train_stats_of_a_cnn_names_its_layers(capsys):
+    code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "128", "--epochs", "1",
+                       "--model", "cnn", "--no-progress", "--stats")
+    assert code == 0
+    (table,) = _stats_tables(out).values()
+    names = [row.split()[:2] for row in table[2:-1]]
+    assert names == [["0", "Conv2d"], ["1", "BatchNorm2d"], ["4", "Conv2d"],
+                     ["5", "BatchNorm2d"], ["9", "Linear"], ["12", "Linear"]]
+    assert "ReLU" in table[3] and "dead" in table[3]
+
+
 def test_train_progress_bar_goes_to_stderr(capsys):
     code, out, err = run(capsys, "train", "--data", "sample", "--limit", "256", "--epochs", "1",
                          "--hidden", "16", "--batch-size", "64")

@@ -28,6 +28,7 @@ EXPECTED = {
     "08_use_elsewhere.py": "scikit-learn cross_val_score (3 folds)",
     "09_pytorch_both_ways.py": "back in nnscratch: largest difference",
     "10_residual_and_augmentation.py": "ResNet-8 on 2,000 augmented images",
+    "11_inside_a_model.py": "its 21 convolutions: gradient norms from",
 }
 # script -> the optional packages it needs, beyond the test extra (reported NOT RUN without)
 NEEDS = {"09_pytorch_both_ways.py": ("torch",)}
