@@ -293,6 +293,9 @@ def resident():
 
 # the pip name of a package whose import name differs
 PIP_NAMES = {"PIL": "Pillow", "sklearn": "scikit-learn"}
+# what installs a missing package (pip install <name>, unless said here): a test that needs a
+# program rather than a Python package skips with "could not import '<program>'" too
+INSTALL = {"chromium": "apt-get install chromium (Debian's package)"}
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -309,8 +312,9 @@ def pytest_terminal_summary(terminalreporter):
     for package, nodeids in sorted(missing.items()):
         terminalreporter.write_sep("=", f"NOT RUN: {len(nodeids)} tests (or files) need "
                                         f"{package}", red=True, bold=True)
+        how = INSTALL.get(package, f"pip install {package}")
         terminalreporter.write_line(f"{package} is not installed, so these tests did not run "
-                                    f"(they are not passes): pip install {package}, then pytest")
+                                    f"(they are not passes): {how}, then pytest")
         for nodeid in nodeids[:10]:
             terminalreporter.write_line(f"  {nodeid}")
         if len(nodeids) > 10:

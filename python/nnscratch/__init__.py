@@ -46,7 +46,7 @@ __all__ = [
 # to other libraries, which import their optional package (onnx, torch, scikit-learn) only
 # when used
 _LAZY_SUBMODULES = ("data", "datasets", "images", "inspect", "onnx", "interop", "sklearn",
-                    "transforms")
+                    "tensorboard", "transforms")
 
 
 def __getattr__(name):

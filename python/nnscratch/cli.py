@@ -140,6 +140,10 @@ def build_parser():
     t.add_argument("--plot", default=None, help="save learning curves to this PNG "
                    "(needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--logdir", default=None,
+                   help="write TensorBoard event files here (per-epoch loss, accuracy and lr, "
+                        "weight and gradient histograms, the first layer's filters); view with "
+                        "`tensorboard --logdir` (needs \"nnscratch[tensorboard]\")")
     t.add_argument("--stats", action="store_true",
                    help="after each epoch, a table of per-layer statistics on the first "
                         f"{STATS_PROBE} training images: activations, dead ReLUs, weight and "
@@ -375,6 +379,13 @@ def cmd_train(args, out=None):
             require_matplotlib()
         except ImportError as exc:
             raise CLIError(str(exc)) from None
+    if args.logdir:
+        from .tensorboard import require_tensorboard
+
+        try:
+            require_tensorboard()            # (before any work, not after it)
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
 
     resumed = None
     if args.resume:
@@ -427,6 +438,13 @@ def cmd_train(args, out=None):
     steps_per_epoch = -(-len(X) // args.batch_size)
     schedule = _batch_schedule(args.schedule, optimizer, base_lr, args.epochs,
                                steps_per_epoch, start)
+    board = None
+    if args.logdir:
+        from .tensorboard import TensorBoard
+
+        # (before the schedule among the callbacks: it reads the rate each step used)
+        board = TensorBoard(args.logdir, optimizer=optimizer)
+    callbacks = [cb for cb in (board, schedule) if cb is not None] or None
     transform = None
     if args.augment:
         transform = _augmentation(source.name, _data_shape(X, y, y_test)[0], X.ndim == 2)
@@ -446,7 +464,7 @@ def cmd_train(args, out=None):
                           initial_epoch=epoch, batch_size=args.batch_size,
                           validation_data=validation,
                           shuffle=True, seed=args.seed * 1000 + epoch, transform=transform,
-                          callbacks=[schedule] if schedule is not None else None,
+                          callbacks=callbacks,
                           progress=f"Epoch {{epoch}}/{args.epochs}" if progress else False)
         except FloatingPointError as exc:   # the loss became NaN: a learning rate too high
             raise CLIError(f"training diverged in epoch {epoch + 1}/{args.epochs} "
@@ -469,6 +487,9 @@ def cmd_train(args, out=None):
             print(layer_stats(model, X[:STATS_PROBE], y[:STATS_PROBE], loss_fn,
                               lr=optimizer.lr), file=out, flush=True)
 
+    if board is not None:
+        board.close()
+        print(f"TensorBoard: {board.path} (view: tensorboard --logdir {args.logdir})", file=out)
     result = model.evaluate(X_test, y_test, loss=loss_fn)
     per_epoch = np.median(epoch_times) if epoch_times else float("nan")
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  "

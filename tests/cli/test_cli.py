@@ -543,6 +543,25 @@ def test_per_batch_schedules_set_the_rate_of_every_step(capsys, monkeypatch, tmp
         assert seen == expected, kind
 
 
+def test_logdir_writes_the_epochs_for_tensorboard(capsys, tmp_path):
+    # --logdir: TensorBoard event files holding each epoch's loss, accuracy and rate as the
+    # epoch lines print them
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "300", "--epochs", "2",
+                       "--hidden", "16", "--logdir", tmp_path / "runs", "--no-progress")
+    assert code == 0 and "TensorBoard: " in out
+    events = EventAccumulator(str(tmp_path / "runs"))
+    events.Reload()
+    lines = epoch_lines(out)
+    for tag, column in (("epoch/loss", 3), ("epoch/accuracy", 4), ("epoch/lr", 7)):
+        logged = [e.value for e in events.Scalars(tag)]
+        printed = [float(m[column]) for m in lines]
+        assert np.allclose(logged, printed, rtol=5e-3), (tag, logged, printed)
+    assert any(t.startswith("weights/") for t in events.Tags()["histograms"])
+
+
 def test_augment_crops_and_flips_but_not_digits(capsys):
     code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "200", "--epochs", "1",
                        "--augment", "--no-progress")
