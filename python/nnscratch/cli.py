@@ -59,6 +59,21 @@ _positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite
 _fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
+def _metric_names(text):
+    """--metrics macro_f1,top_3_accuracy: names `nnscratch.metrics` knows."""
+    from . import metrics
+
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected metric names like macro_f1,top_3_accuracy")
+    for name in names:
+        try:
+            metrics._parse_one(name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("metrics: ", "")) from None
+    return names
+
+
 def _hidden(text):
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
@@ -140,6 +155,9 @@ def build_parser():
     t.add_argument("--plot", default=None, help="save learning curves to this PNG "
                    "(needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--metrics", type=_metric_names, default=None,
+                   help="more figures per epoch and for the test set, e.g. "
+                        "macro_f1,top_3_accuracy (nnscratch.metrics)")
     t.add_argument("--logdir", default=None,
                    help="write TensorBoard event files here (per-epoch loss, accuracy and lr, "
                         "weight and gradient histograms, the first layer's filters); view with "
@@ -464,7 +482,7 @@ def cmd_train(args, out=None):
                           initial_epoch=epoch, batch_size=args.batch_size,
                           validation_data=validation,
                           shuffle=True, seed=args.seed * 1000 + epoch, transform=transform,
-                          callbacks=callbacks,
+                          callbacks=callbacks, metrics=args.metrics,
                           progress=f"Epoch {{epoch}}/{args.epochs}" if progress else False)
         except FloatingPointError as exc:   # the loss became NaN: a learning rate too high
             raise CLIError(f"training diverged in epoch {epoch + 1}/{args.epochs} "
@@ -480,6 +498,10 @@ def cmd_train(args, out=None):
             line += (f"  val_loss {history['val_loss'][-1]:.4f}  "
                      f"val_accuracy {history['val_accuracy'][-1]:.4f}")
         line += f"  lr {optimizer.lr:.2e}  {seconds:.2f} s"
+        for name in args.metrics or ():
+            line += f"  {name} {history[name][-1]:.4f}"
+            if "val_" + name in history:
+                line += f"  val_{name} {history['val_' + name][-1]:.4f}"
         os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
         checkpoint.save_checkpoint(ckpt_path, model, optimizer, meta=state(epoch + 1))
         print(line, file=out, flush=True)   # after the save: a printed epoch is a saved one
@@ -490,10 +512,13 @@ def cmd_train(args, out=None):
     if board is not None:
         board.close()
         print(f"TensorBoard: {board.path} (view: tensorboard --logdir {args.logdir})", file=out)
-    result = model.evaluate(X_test, y_test, loss=loss_fn)
+    result = model.evaluate(X_test, y_test, loss=loss_fn, metrics=args.metrics)
     per_epoch = np.median(epoch_times) if epoch_times else float("nan")
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  "
           f"({per_epoch:.2f} s per epoch, median of {len(epoch_times)})", file=out)
+    if args.metrics:
+        print("test " + "  ".join(f"{name} {result[name]:.4f}" for name in args.metrics),
+              file=out)
     if as_safetensors:
         # the Hugging Face format: the weights and the architecture, no optimizer state
         model.save(args.save)

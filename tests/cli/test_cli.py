@@ -562,6 +562,30 @@ def test_logdir_writes_the_epochs_for_tensorboard(capsys, tmp_path):
     assert any(t.startswith("weights/") for t in events.Tags()["histograms"])
 
 
+def test_train_metrics_are_reported_per_epoch_and_for_the_test_set(capsys, tmp_path):
+    # --metrics: the names of nnscratch.metrics, each epoch (and val_) and on the test set,
+    # equal to scikit-learn's on the saved model's predictions; a bad name: one line, exit 2
+    from sklearn.metrics import f1_score
+
+    code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "600", "--epochs", "2",
+                       "--hidden", "16", "--metrics", "macro_f1,top_3_accuracy",
+                       "--validation-split", "0.1", "--save", tmp_path / "m.npz",
+                       "--no-progress")
+    assert code == 0
+    epoch_rows = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_rows) == 2
+    for row in epoch_rows:
+        for name in ("macro_f1", "val_macro_f1", "top_3_accuracy", "val_top_3_accuracy"):
+            assert f"  {name} 0." in row, row
+    model = nn.load(tmp_path / "m.npz")
+    _, (X_test, y_test) = datasets.load_sample()
+    expected = f1_score(y_test, model.predict(X_test).argmax(axis=1), average="macro")
+    assert f"test macro_f1 {expected:.4f}  top_3_accuracy " in out
+    code, _, err = run(capsys, "train", "--data", "sample", "--metrics", "f1")
+    assert code == 2 and err.strip().splitlines()[-1].startswith(
+        "nnscratch train: error: argument --metrics: unknown metric 'f1' (say which average")
+
+
 def test_augment_crops_and_flips_but_not_digits(capsys):
     code, out, _ = run(capsys, "train", "--data", "sample", "--limit", "200", "--epochs", "1",
                        "--augment", "--no-progress")
