@@ -84,7 +84,8 @@ setup(
     # the wheel: compiled modules, the Python packages, the kernels' Cython sources (the
     # learner reads them beside the twins) and the sample; never the generated C (MANIFEST.in
     # says what the sdist holds)
-    package_data={"cnn_core": ["*.pxd", "*.pyx"], "nnscratch.data": ["*.npz", "*.md"]},
+    package_data={"cnn_core": ["*.pxd", "*.pyx"], "nnscratch": ["py.typed"],
+                  "nnscratch.data": ["*.npz", "*.md"]},
     exclude_package_data={"cnn_core": ["*.c"]},
     ext_modules=cythonize(
         extensions,

@@ -54,7 +54,7 @@ def check_wheel(path, problems):
             problems.append(f"{where}: no compiled module for {module}")
     for required in ("nnscratch/__init__.py", "nnscratch/_fast/__init__.py",
                      "nnscratch/cli.py", "cnn_core/__init__.py", "cnn_core/reference/__init__.py",
-                     "cnn_core/_gemm.pyx"):
+                     "cnn_core/_gemm.pyx", "nnscratch/py.typed"):
         if required not in names:
             problems.append(f"{where}: missing {required}")
     if not any(n.startswith("nnscratch/data/") and n.endswith(".npz") for n in names):

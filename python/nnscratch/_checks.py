@@ -5,17 +5,22 @@ that bad input is a `TypeError` (wrong kind) or a `ValueError` (wrong value) who
 names the argument -- never a crash or a wrong answer later. (The kernels check their own
 arrays: ``cnn_core._checks`` and ``cnn_core.reference._checks``.)
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["integer", "real", "boolean", "float_dtype", "FLOATS"]
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def integer(name, value, minimum=None, maximum=None):
+def integer(name: str, value: Any, minimum: int | None = None,
+            maximum: int | None = None) -> int:
     """`value` as an int in [minimum, maximum] (either bound may be None).
 
     Raises TypeError for a non-integer (bools included), ValueError out of range.
@@ -30,7 +35,8 @@ def integer(name, value, minimum=None, maximum=None):
     return value
 
 
-def real(name, value, low=-math.inf, high=math.inf, *, low_open=False, high_open=False):
+def real(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
+         low_open: bool = False, high_open: bool = False) -> float:
     """`value` as a finite float in the interval from `low` to `high` (an open end excludes
     the bound itself).
 
@@ -58,14 +64,14 @@ def _interval(low, high, low_open, high_open):
     return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
-def boolean(name, value):
+def boolean(name: str, value: Any) -> bool:
     """`value` as a bool; only True and False (NumPy's too) are accepted."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 
 
-def float_dtype(dtype, name="dtype"):
+def float_dtype(dtype: npt.DTypeLike, name: str = "dtype") -> np.dtype:
     """``np.dtype(dtype)`` when it is float32 or float64, else TypeError."""
     try:
         dtype = np.dtype(dtype)

@@ -6,15 +6,22 @@ project's AVX-512 machine, a one-sample 784x256 product took 9.1 us on misaligne
 and 6.4 us on aligned ones. Parameters, their gradients, the optimizers' state and the
 fast path's buffer pool (nnscratch._fast.pool) are allocated here.
 """
+from __future__ import annotations
+
+from typing import Sequence
+
 import numpy as np
+import numpy.typing as npt
 
 ALIGNMENT = 64
 
 
-def empty(shape, dtype):
+def empty(shape: int | Sequence[int], dtype: npt.DTypeLike) -> np.ndarray:
     """An uninitialised C-contiguous array whose first element is 64-byte aligned."""
     dtype = np.dtype(dtype)
-    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    # (an int, Python's or NumPy's, or a sequence of them: np.isscalar tells which)
+    shape = ((int(shape),) if np.isscalar(shape)  # type: ignore[arg-type]
+             else tuple(int(s) for s in shape))  # type: ignore[union-attr]
     if any(s < 0 for s in shape):
         raise ValueError(f"negative dimensions are not allowed, got shape {shape}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -23,13 +30,13 @@ def empty(shape, dtype):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def zeros(shape, dtype):
+def zeros(shape: int | Sequence[int], dtype: npt.DTypeLike) -> np.ndarray:
     array = empty(shape, dtype)
     array.fill(0)
     return array
 
 
-def copy(values):
+def copy(values: npt.ArrayLike) -> np.ndarray:
     """A C-contiguous, 64-byte aligned copy of an array."""
     values = np.asarray(values)
     array = empty(values.shape, values.dtype)

@@ -8,6 +8,10 @@ otherwise.
 
 Layers read the generator through `generator()` at call time, never keep a reference.
 """
+from __future__ import annotations
+
+from typing import Any, Mapping
+
 import numpy as np
 
 from . import _checks
@@ -17,7 +21,7 @@ __all__ = ["seed", "generator", "get_state", "set_state"]
 _generator = np.random.Generator(np.random.PCG64())
 
 
-def seed(n):
+def seed(n: int) -> None:
     """Seed the library's generator (initialisation and dropout masks).
 
     Parameters
@@ -29,16 +33,16 @@ def seed(n):
     _generator = np.random.Generator(np.random.PCG64(n))
 
 
-def generator():
+def generator() -> np.random.Generator:
     """The library's ``numpy.random.Generator``."""
     return _generator
 
 
-def get_state():
+def get_state() -> Mapping[str, Any]:
     """The generator's state (a dict), to replay the same draws with `set_state`."""
     return _generator.bit_generator.state
 
 
-def set_state(state):
+def set_state(state: Mapping[str, Any]) -> None:
     """Put the generator back into a state returned by `get_state`."""
     _generator.bit_generator.state = state

@@ -20,7 +20,11 @@ Layers, losses and optimizers look the backend up at every call with `kernels()`
     with nnscratch.backend.using("cython"):
         ...                       # compiled kernels inside the block only
 """
+from __future__ import annotations
+
 import contextlib
+from types import ModuleType
+from typing import Any, Iterator
 
 import cnn_core
 import cnn_core.reference as _reference
@@ -33,19 +37,19 @@ _active = "cython"
 _fast_path_allowed = True
 
 
-def kernels():
+def kernels() -> ModuleType:
     """The kernel module of the active backend (``cnn_core`` or ``cnn_core.reference``)."""
     return _BACKENDS[_active]
 
 
-def cnn_core_module():
+def cnn_core_module() -> ModuleType:
     """The compiled module ``cnn_core`` whatever the active backend: for tools that report
     on the build (``openmp_enabled``, ``cpu_features``, ``gemm_kernel_name``) or time the
     kernels themselves."""
     return cnn_core
 
 
-def set_backend(name):
+def set_backend(name: str) -> None:
     """Run every layer, loss and optimizer on ``"cython"`` or ``"numpy"`` kernels.
 
     Raises
@@ -59,18 +63,18 @@ def set_backend(name):
     _active = name
 
 
-def get_backend():
+def get_backend() -> str:
     """The active backend's name, ``"cython"`` or ``"numpy"``."""
     return _active
 
 
-def fast_path():
+def fast_path() -> bool:
     """True when `Sequential` hands its layers to the fast path: the compiled kernels are
     active and the fast path was not switched off."""
     return _active == "cython" and _fast_path_allowed
 
 
-def set_fast_path(enabled):
+def set_fast_path(enabled: bool) -> bool:
     """Allow (True, the default) or forbid the fast path; returns the previous setting.
 
     With False, models run their layers' own code on the compiled kernels: the same
@@ -84,7 +88,7 @@ def set_fast_path(enabled):
 
 
 @contextlib.contextmanager
-def using(name):
+def using(name: str) -> Iterator[None]:
     """Context manager: the backend `name` inside the block, the previous one after it."""
     previous = get_backend()
     set_backend(name)
@@ -94,7 +98,7 @@ def using(name):
         set_backend(previous)
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Number of threads the kernels use (both backends), from the next kernel call on.
 
     Raises
@@ -106,12 +110,12 @@ def set_num_threads(n):
     _reference.set_num_threads(n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads the compiled kernels use."""
     return cnn_core.get_num_threads()
 
 
-def thread_count_reason():
+def thread_count_reason() -> str:
     """Why the kernels use ``get_num_threads()`` threads, in words: the CPUs this process
     may run on (its affinity), lowered by ``NNSCRATCH_NUM_THREADS`` or ``OMP_NUM_THREADS``
     when set, or ``set_num_threads``."""
@@ -120,7 +124,7 @@ def thread_count_reason():
     return reason()
 
 
-def memory_budget(nbytes):
+def memory_budget(nbytes: int) -> Any:
     """A context in which NumPy grants this thread at most `nbytes` in all, then raises
     ``MemoryError`` (``nnscratch.load`` builds a model from a file in one: cnn_core._budget)."""
     from cnn_core._budget import budget

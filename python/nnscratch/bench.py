@@ -14,6 +14,8 @@ turns with the others (interleaved rounds, medians), with a pause between conten
 without the pause the figures measure the fight between thread pools, not the kernels.
 Ratios are "how many times faster nnscratch is" (> 1: nnscratch wins).
 """
+from __future__ import annotations
+
 import os
 import platform
 import statistics
@@ -79,7 +81,7 @@ def time_call(fn, *, min_time=0.05, max_reps=100_000):
 
 def interleaved(contenders, *, rounds=5, min_time=0.05):
     """{name: median seconds per call}: each contender warmed, then `rounds` turns each."""
-    samples = {name: [] for name in contenders}
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
         fn()
         time.sleep(PAUSE)
@@ -166,7 +168,7 @@ def _torch_twin(torch, model):
             lin = torch.nn.Linear(layer.in_features, layer.out_features)
             with torch.no_grad():
                 lin.weight.copy_(torch.from_numpy(layer.weight.data.T.copy()))
-                lin.bias.copy_(torch.from_numpy(layer.bias.data))
+                lin.bias.copy_(torch.from_numpy(layer.bias.data))  # type: ignore[union-attr]
             layers.append(lin)
         elif isinstance(layer, nn.ReLU):
             layers.append(torch.nn.ReLU())
@@ -322,14 +324,14 @@ def bench_training(rounds, torch, quick, which, threads=1, onnxruntime=None):
             contenders = {"nnscratch": _epoch_runner(build(), X, y, 128, 0.01, "cython"),
                           "numpy": _epoch_runner(build(), X[:n_numpy], y[:n_numpy], 128, 0.01,
                                                  "numpy")}
-            sizes = {"nnscratch": n, "numpy": n_numpy}
+            samples_per_epoch = {"nnscratch": n, "numpy": n_numpy}
             if torch is not None:
                 contenders["torch"] = _torch_epoch_runner(torch, _torch_twin(torch, build()),
                                                           X, y, 128, 0.01)
-                sizes["torch"] = n
+                samples_per_epoch["torch"] = n
             secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
             rows.append((f"{label}, batch 128, epoch (from {n} images; numpy from {n_numpy})",
-                         {k: v * n_full / sizes[k] for k, v in secs.items()}, None))
+                         {k: v * n_full / samples_per_epoch[k] for k, v in secs.items()}, None))
     return rows
 
 
@@ -375,7 +377,8 @@ def bench_scaling(rounds, torch, quick, which, threads):
         # the thread counts interleaved too (a round on 1 thread, then one on `threads`, ...):
         # the machine's speed drifts over a run, and a ratio of medians taken minutes
         # apart would measure the drift
-        samples = {(count, name): [] for count in (1, threads) for name in contenders}
+        samples: dict[tuple[int, str], list[float]] = \
+            {(count, name): [] for count in (1, threads) for name in contenders}
         for count in (1, threads):                  # warm each once on each count
             set_threads(count)
             for fn in contenders.values():

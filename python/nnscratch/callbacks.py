@@ -8,11 +8,17 @@ training by setting ``model.stop_training = True``. Epochs and batches count fro
 
 The learning-rate schedules (``nnscratch.schedules``) are callbacks too.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from . import _checks
+
+if TYPE_CHECKING:
+    from .model import Sequential
 
 __all__ = ["Callback", "History", "EarlyStopping"]
 
@@ -20,25 +26,26 @@ __all__ = ["Callback", "History", "EarlyStopping"]
 class Callback:
     """Base class: every hook does nothing; override the ones you need."""
 
-    model = None
+    model: Sequential | None = None     # the model fit trains (set_model)
 
-    def set_model(self, model):
+    def set_model(self, model: Sequential) -> None:
+        """Called first by ``fit``, with the model it trains."""
         self.model = model
 
-    def on_train_begin(self, logs=None):
-        pass
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """Before the first epoch; ``logs["metrics"]``: the names fit will record."""
 
-    def on_train_end(self, logs=None):
-        pass
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        """After the last epoch."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        pass
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Before each epoch (counting from 0)."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        pass
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """After each epoch; `logs`: the epoch's figures, as ``History.history`` gets them."""
 
-    def on_batch_end(self, batch, logs=None):
-        pass
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """After each optimizer step; `logs`: ``{"loss": float, "size": int}``."""
 
 
 class History:
@@ -46,16 +53,17 @@ class History:
     ("loss", "accuracy", those of ``fit(metrics=[...])`` such as "macro_f1", and the
     "val_" twins of all of them), ``epoch`` the epoch indices."""
 
-    def __init__(self):
-        self.history = {}
-        self.epoch = []
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
 
-    def append(self, epoch, logs):
+    def append(self, epoch: int, logs: Mapping[str, float]) -> None:
+        """Record the figures of `epoch`."""
         self.epoch.append(epoch)
         for name, value in logs.items():
             self.history.setdefault(name, []).append(value)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items())
         return f"History(epochs={len(self.epoch)}{', ' + last if last else ''})"
 
@@ -89,8 +97,10 @@ class EarlyStopping(Callback):
     best, best_epoch, stopped_epoch (None when training ran to the end)
     """
 
-    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
-                 restore_best_weights=False):
+    model: Sequential      # (set_model is called before any other hook)
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best_weights: bool = False) -> None:
         patience = _checks.integer("patience", patience, 0)
         min_delta = _checks.real("min_delta", min_delta, 0.0)
         if mode not in ("auto", "min", "max"):
@@ -103,14 +113,14 @@ class EarlyStopping(Callback):
         self._reset()
 
     def _reset(self):
-        self.best = None
-        self.best_epoch = None
-        self.stopped_epoch = None
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
         self.wait = 0
-        self._best_weights = None
-        self._last_epoch = None
+        self._best_weights: dict[str, np.ndarray] | None = None
+        self._last_epoch: int | None = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._reset()
         metrics = (logs or {}).get("metrics")
         if metrics is not None and self.monitor not in metrics:
@@ -127,7 +137,7 @@ class EarlyStopping(Callback):
             return value > self.best + self.min_delta
         return value < self.best - self.min_delta
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         if self.monitor not in logs:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, not among the "
@@ -144,7 +154,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if (self.restore_best_weights and self._best_weights is not None
                 and self.best_epoch != self._last_epoch):
             self.model.load_state_dict(self._best_weights)

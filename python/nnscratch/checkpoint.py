@@ -9,12 +9,19 @@ caller adds). No pickle anywhere; a crash while saving leaves the previous check
     model, optimizer_state, meta = load_checkpoint(path)
     set_optimizer_state(optimizer, optimizer_state)     # a new optimizer over model.parameters()
 """
+from __future__ import annotations
+
 import json
 import os
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from .serialization import EXTRA_PREFIX, Archive, model_arrays, read_model, write_npz
+
+if TYPE_CHECKING:
+    from .module import Module
+    from .optim import Optimizer
 
 __all__ = ["save_checkpoint", "load_checkpoint", "set_optimizer_state"]
 
@@ -22,7 +29,8 @@ META_KEY = EXTRA_PREFIX + "meta"
 OPTIM_PREFIX = EXTRA_PREFIX + "optim/"
 
 
-def save_checkpoint(path, model, optimizer, meta=None):
+def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Optimizer,
+                    meta: dict[str, Any] | None = None) -> None:
     """Write model, optimizer state and `meta` (JSON-serialisable dict) to exactly `path`."""
     arrays = model_arrays(model)
     state = optimizer.state_dict()
@@ -38,7 +46,7 @@ def save_checkpoint(path, model, optimizer, meta=None):
     write_npz(path, arrays)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(model, optimizer_state, meta) from a checkpoint; ValueError for a broken file.
 
     Every member is checked from its header before anything is read (see
@@ -79,7 +87,7 @@ def load_checkpoint(path):
     return model, state, meta
 
 
-def set_optimizer_state(optimizer, state):
+def set_optimizer_state(optimizer: Optimizer, state: Mapping[str, Any]) -> None:
     """Load a state from `load_checkpoint` into an optimizer of the same kind."""
     kind = state.get("type")
     if kind is not None and kind != type(optimizer).__name__:

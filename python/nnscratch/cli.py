@@ -339,6 +339,7 @@ def _batch_schedule(kind, optimizer, base_lr, epochs, steps_per_epoch, done):
 
     total = epochs * steps_per_epoch
     optimizer.lr = base_lr      # (a resumed optimizer holds the rate where the run stopped)
+    schedule: nn.LRScheduler
     if kind == "onecycle":
         schedule = nn.OneCycleLR(optimizer, max_lr=base_lr, total_steps=total, pct_start=0.15)
     elif kind == "warmup-cosine":
@@ -357,7 +358,7 @@ def _augmentation(data, image_shape, flat):
     from . import transforms
 
     shape = image_shape if flat else None
-    steps = [transforms.RandomCrop(image_shape[1:], padding=2, image_shape=shape)]
+    steps: list = [transforms.RandomCrop(image_shape[1:], padding=2, image_shape=shape)]
     if data != "mnist":
         steps.append(transforms.RandomHorizontalFlip(image_shape=shape))
     return transforms.Compose(steps)
@@ -861,7 +862,8 @@ def _read_images(paths, side, args, notes):
     `notes` gets a line for each image resized or inverted."""
     from . import datasets, images as image_files
 
-    arrays, names = [], []
+    arrays: list = []
+    names: list = []          # (file, index in an IDX file or None) per image
     for path in paths:
         if not os.path.exists(path):
             raise CLIError(f"no such file: {path}")
@@ -907,7 +909,7 @@ def _read_idx_images(datasets, path, side):
 
 
 def _image_notes(info, invert):
-    notes = []
+    notes: list = []
     if info.resized:
         (w, h), (fw, fh) = info.original_size, info.fitted_size
         how = (f" (aspect ratio kept: scaled to {fw}x{fh}, padded with the background)"
@@ -937,7 +939,7 @@ def cmd_predict(args, out=None, err=None):
     _writable_file(args.out, "--out")       # before any work
     model = _load_model(args.model)
     side = _input_side(model, args.model)
-    notes = []
+    notes: list = []
     X, names = _read_images(args.images, side, args, notes)
     X = X.reshape(len(X), 1, side, side) if _model_wants_images(model) else \
         X.reshape(len(X), -1)

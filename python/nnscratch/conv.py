@@ -4,10 +4,14 @@ As in ``nnscratch.layers``: ``forward`` keeps what ``backward`` needs, ``infer``
 nothing, and the arithmetic is in the kernels (``conv2d_*``, ``maxpool2d_*``:
 ``cnn_core/_conv.pyx`` and its twin ``cnn_core/reference/conv.py``).
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, init as _init
 from .backend import kernels
@@ -26,6 +30,7 @@ def _size_arg(name, value, minimum):
     def is_int(v):
         return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
+    public: int | tuple[int, int]
     if is_int(value):
         pair = (int(value), int(value))
         public = int(value)
@@ -43,7 +48,8 @@ class _Windowed(Module):
     (ph, pw) planes: the output size and the input checks of `Conv2d` and `MaxPool2d`."""
 
     _kernel, _stride, _padding = (1, 1), (1, 1), (0, 0)
-    _channels = None      # the input channels required, or None for any
+    _channels: int | None = None      # the input channels required, or None for any
+    out_channels: int                 # (Conv2d's, read when _channels is set)
 
     def _out_hw(self, h, w):
         """(OH, OW) for an (h, w) input, or None when the input is smaller than the window."""
@@ -69,7 +75,7 @@ class _Windowed(Module):
     def _out_shape(self, x_shape, channels):
         return (x_shape[0], channels) + self._out_hw(*x_shape[2:])
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         input_shape = tuple(input_shape)
         self._check_sample(input_shape, f"samples of shape {input_shape}")
         channels = input_shape[0] if self._channels is None else self.out_channels
@@ -116,8 +122,10 @@ class Conv2d(_Windowed):
     ``OH = (H + 2*padding_h - kh) // stride_h + 1`` (OW likewise).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 dtype=np.float32, init="he"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 bias: bool = True, dtype: npt.DTypeLike = np.float32,
+                 init: str = "he") -> None:
         super().__init__()
         self.in_channels = _checks.integer("in_channels", in_channels, 1)
         self.out_channels = _checks.integer("out_channels", out_channels, 1)
@@ -133,19 +141,20 @@ class Conv2d(_Windowed):
         fan_in = self.in_channels * kh * kw
         values = _init.draw(init, fan_in, self.out_channels * kh * kw, shape)
         self.weight = Parameter(values.astype(self.dtype))
-        self.bias = None
+        self.bias: Parameter | None = None
         if bias:
             values = _init.draw_bias(init, fan_in, (self.out_channels,))
             self.bias = Parameter(values.astype(self.dtype))
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         # x (N, C, H, W) * weight (O, C, KH, KW) + bias (O,) -> out (N, O, OH, OW)
         x = self._input(x, self.dtype, self._check)
         self._x = x                       # backward needs it for dL/dweight
         return kernels().conv2d_forward(x, self.weight.data, self._bias(),
                                         stride=self._stride, padding=self._padding)
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         # g (N, O, OH, OW) -> weight.grad += dL/dweight, bias.grad += g summed over
         # (N, OH, OW); returns dL/dx (N, C, H, W)
         x = self._saved("_x")
@@ -155,7 +164,7 @@ class Conv2d(_Windowed):
                                          stride=self._stride, padding=self._padding,
                                          compute_grad_x=compute_grad_input)
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         x = self._input(x, self.dtype, self._check)
         return kernels().conv2d_forward(x, self.weight.data, self._bias(),
                                         stride=self._stride, padding=self._padding)
@@ -163,20 +172,20 @@ class Conv2d(_Windowed):
     def _bias(self):
         return None if self.bias is None else self.bias.data
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         # per output element: one multiply and one add per weight of its filter, plus the bias
         oh, ow = self.output_shape(input_shape)[1:]
         kh, kw = self._kernel
         per_output = 2 * self.in_channels * kh * kw + (1 if self.bias is not None else 0)
         return per_output * self.out_channels * oh * ow
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride,
                 "padding": self.padding, "bias": self.bias is not None,
                 "dtype": self.dtype.name, "init": self.init}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         text = (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
                 f"kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, bias={self.bias is not None}")
@@ -207,36 +216,38 @@ class MaxPool2d(_Windowed):
     (OW likewise). Keeps the input's float dtype.
     """
 
-    def __init__(self, kernel_size, stride=None):
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = None) -> None:
         super().__init__()
         self.kernel_size, self._kernel = _size_arg("kernel_size", kernel_size, 1)
         self.stride, self._stride = _size_arg("stride", kernel_size if stride is None
                                               else stride, 1)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         # x (N, C, H, W) -> out (N, C, OH, OW), indices (N, C, OH, OW) of the maxima in x
         x = self._input(x, check=self._check)
         out, self._indices = kernels().maxpool2d_forward(x, self._kernel, self._stride)
         self._x_shape, self._dtype = x.shape, x.dtype
         return out
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         # g (N, C, OH, OW) -> dL/dx (N, C, H, W): zeros, plus each g at its window's maximum
         x_shape = self._saved("_x_shape")
         g = self._grad_of(grad_out, self._indices.shape, self._dtype)
         return kernels().maxpool2d_backward(g, self._indices, x_shape)
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         x = self._input(x, check=self._check)
         return kernels().maxpool2d_forward(x, self._kernel, self._stride)[0]
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         # kh*kw - 1 comparisons per output
         c, oh, ow = self.output_shape(input_shape)
         kh, kw = self._kernel
         return (kh * kw - 1) * c * oh * ow
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"kernel_size": self.kernel_size, "stride": self.stride}
 
 
@@ -260,27 +271,28 @@ class GlobalAvgPool2d(Module):
         if x.ndim != 4:
             raise ValueError(f"{self!r} expects input of shape (N, C, H, W), got {x.shape}")
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._input(x, check=self._check)
         self._x_shape, self._dtype = x.shape, x.dtype
         return x.mean(axis=(2, 3))
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         x_shape = self._saved("_x_shape")
         g = self._grad_of(grad_out, x_shape[:2], self._dtype)
         h, w = x_shape[2:]
         share = g / self._dtype.type(h * w)
         return np.repeat(share, h * w, axis=1).reshape(x_shape)
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         x = self._input(x, check=self._check)
         return x.mean(axis=(2, 3))
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         input_shape = tuple(input_shape)
         if len(input_shape) != 3:
             raise ValueError(f"{self!r} expects samples of shape (C, H, W), got {input_shape}")
         return (input_shape[0],)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         return math.prod(input_shape)        # one addition per input (and C divisions)

@@ -74,9 +74,10 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "read_idx",
@@ -103,6 +104,8 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
+# what the loaders return: (X_train, y_train), (X_test, y_test)
+TrainTest = Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
 # ---------------------------------------------------------------------------
 # IDX format
@@ -1026,9 +1029,9 @@ def _where(source: DataSource, part: str) -> str:
 
 
 def load_dataset(name: Union[str, DataSource], path: Optional[PathLike] = None, *,
-                 flatten: bool = True, dtype=np.float32, download: bool = True,
+                 flatten: bool = True, dtype: npt.DTypeLike = np.float32, download: bool = True,
                  cache_dir: Optional[PathLike] = None,
-                 mirrors: Optional[Sequence[str]] = None, progress: bool = True):
+                 mirrors: Optional[Sequence[str]] = None, progress: bool = True) -> TrainTest:
     """Load a data set by name -- one of `DATASET_NAMES` (see this module's docstring) --
     or from a `DataSource` that `find_dataset` returned.
 
@@ -1056,9 +1059,9 @@ def load_dataset(name: Union[str, DataSource], path: Optional[PathLike] = None, 
 
 
 def load_fashion_mnist(path: Optional[PathLike] = None, *, flatten: bool = True,
-                       dtype=np.float32, download: bool = True,
+                       dtype: npt.DTypeLike = np.float32, download: bool = True,
                        cache_dir: Optional[PathLike] = None,
-                       mirrors: Optional[Sequence[str]] = None, progress: bool = True):
+                       mirrors: Optional[Sequence[str]] = None, progress: bool = True) -> TrainTest:
     """Fashion-MNIST: 60000 training and 10000 test images of 10 kinds of clothing.
 
     Parameters
@@ -1096,9 +1099,9 @@ def load_fashion_mnist(path: Optional[PathLike] = None, *, flatten: bool = True,
 
 
 def load_mnist(path: Optional[PathLike] = None, *, flatten: bool = True,
-               dtype=np.float32, download: bool = True,
+               dtype: npt.DTypeLike = np.float32, download: bool = True,
                cache_dir: Optional[PathLike] = None,
-               mirrors: Optional[Sequence[str]] = None, progress: bool = True):
+               mirrors: Optional[Sequence[str]] = None, progress: bool = True) -> TrainTest:
     """MNIST handwritten digits: 60000 training and 10000 test images.
 
     Same arguments and results as `load_fashion_mnist`.
@@ -1109,9 +1112,9 @@ def load_mnist(path: Optional[PathLike] = None, *, flatten: bool = True,
 
 
 def load_kmnist(path: Optional[PathLike] = None, *, flatten: bool = True,
-                dtype=np.float32, download: bool = True,
+                dtype: npt.DTypeLike = np.float32, download: bool = True,
                 cache_dir: Optional[PathLike] = None,
-                mirrors: Optional[Sequence[str]] = None, progress: bool = True):
+                mirrors: Optional[Sequence[str]] = None, progress: bool = True) -> TrainTest:
     """Kuzushiji-MNIST: 60000 training and 10000 test images of 10 cursive Japanese
     hiragana (one per row of the kana table; `class_names("kmnist")`).
 
@@ -1126,9 +1129,9 @@ def load_kmnist(path: Optional[PathLike] = None, *, flatten: bool = True,
 
 
 def load_emnist(split: str = "balanced", path: Optional[PathLike] = None, *,
-                flatten: bool = True, dtype=np.float32, download: bool = True,
+                flatten: bool = True, dtype: npt.DTypeLike = np.float32, download: bool = True,
                 cache_dir: Optional[PathLike] = None,
-                mirrors: Optional[Sequence[str]] = None, progress: bool = True):
+                mirrors: Optional[Sequence[str]] = None, progress: bool = True) -> TrainTest:
     """EMNIST: handwritten letters and digits from NIST Special Database 19, as 28x28
     MNIST-style images.
 
@@ -1173,9 +1176,9 @@ def load_emnist(split: str = "balanced", path: Optional[PathLike] = None, *,
 
 
 def load_kuzushiji49(path: Optional[PathLike] = None, *, flatten: bool = True,
-                     dtype=np.float32, download: bool = True,
+                     dtype: npt.DTypeLike = np.float32, download: bool = True,
                      cache_dir: Optional[PathLike] = None,
-                     mirrors: Optional[Sequence[str]] = None, progress: bool = True):
+                     mirrors: Optional[Sequence[str]] = None, progress: bool = True) -> TrainTest:
     """Kuzushiji-49: 232365 training and 38547 test images of 48 cursive hiragana and
     the iteration mark ゝ (`class_names("k49")`); unbalanced, so the authors recommend
     balanced accuracy (the mean of the per-class recalls) on the test set.
@@ -1218,7 +1221,7 @@ _CLASS_NAMES = {
 }
 
 
-def class_names(name: Union[str, DataSource]) -> list:
+def class_names(name: Union[str, DataSource]) -> List[str]:
     """The class names of a data set, in label order: ``class_names(name)[y]`` names label y.
 
     >>> class_names("emnist-balanced")[36]
@@ -1232,9 +1235,12 @@ def class_names(name: Union[str, DataSource]) -> list:
 # Your own images: one folder per class
 # ---------------------------------------------------------------------------
 
-def load_image_folder(root: PathLike, size=(28, 28), grayscale: bool = True, *,
-                      flatten: bool = True, dtype=np.float32, invert=False,
-                      keep_aspect: bool = True, max_pixels: Optional[int] = None):
+def load_image_folder(root: PathLike, size: Union[int, Tuple[int, int]] = (28, 28),
+                      grayscale: bool = True, *,
+                      flatten: bool = True, dtype: npt.DTypeLike = np.float32,
+                      invert: Union[bool, str] = False,
+                      keep_aspect: bool = True, max_pixels: Optional[int] = None
+                      ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Images sorted into one folder per class, ``root/<class name>/<image>``, as arrays.
 
     The classes are the subfolders of `root`, sorted by name: the first is label 0. Each
@@ -1346,7 +1352,7 @@ def _load_sample_file(path: Path, flatten: bool, dtype: np.dtype):
     return train, test
 
 
-def load_sample(*, flatten: bool = True, dtype=np.float32):
+def load_sample(*, flatten: bool = True, dtype: npt.DTypeLike = np.float32) -> TrainTest:
     """The small real Fashion-MNIST sample shipped inside the package.
 
     5000 training images (500 per class) and 1000 test images (100 per class),

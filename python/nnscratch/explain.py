@@ -21,9 +21,14 @@ loss each one reaches: "too low = slow, too high = unstable", measured.
 Every number here comes from the layers, losses and optimizers themselves (on the active
 backend); this module only calls them one at a time and copies what they return.
 """
+from __future__ import annotations
+
 import math
+import os
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, _random
 from .backend import get_backend, kernels
@@ -33,7 +38,7 @@ from .norm import BatchNorm1d, BatchNorm2d
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .model import Sequential
 from .module import Module, repeated_modules
-from .optim import SGD, Adam, AdamW
+from .optim import SGD, Adam, AdamW, Optimizer
 
 __all__ = ["explain_step", "explain_demo", "lr_find", "DEFAULT_LRS"]
 
@@ -251,7 +256,9 @@ def _layers_of(model):
     raise TypeError(f"model must be a Sequential or a layer, got {type(model).__name__}")
 
 
-def explain_step(model, X, y, loss, optimizer, print_fn=print):
+def explain_step(model: Module, X: npt.ArrayLike, y: npt.ArrayLike, loss: Loss,
+                 optimizer: Optimizer,
+                 print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Run one training step and print every intermediate, layer by layer, with shapes.
 
     The step is the one ``fit`` takes for each batch -- forward, loss, backward, update --
@@ -303,8 +310,8 @@ def explain_step(model, X, y, loss, optimizer, print_fn=print):
     y = np.asarray(y)
     plan = _names(layers)
     names = ["X"] + [name for name, _ in plan]
-    result = {"formulas": {}, "order": [], "layers": [name for name, _ in plan],
-              "lr": getattr(optimizer, "lr", None)}
+    result: dict[str, Any] = {"formulas": {}, "order": [], "layers": [name for name, _ in plan],
+                              "lr": getattr(optimizer, "lr", None)}
     out = _Printer(print_fn, result)
 
     out.line(f"One training step, on the {get_backend()} backend: {len(X)} samples, "
@@ -386,7 +393,8 @@ def _demo_network(activation):
     return model, X, y
 
 
-def explain_demo(print_fn=print, *, activation="relu", lr=0.1):
+def explain_demo(print_fn: Callable[[str], Any] | None = print, *, activation: str = "relu",
+                 lr: float = 0.1) -> dict[str, Any]:
     """`explain_step` on a tiny network you can follow by hand.
 
     The network is ``Linear(2, 2) -> activation -> Linear(2, 2)`` in float64 with
@@ -423,7 +431,7 @@ DEFAULT_LRS = {
 }
 DEFAULT_LRS["adamw"] = DEFAULT_LRS["adam"]
 
-_OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
 GOOD = 0.8   # a learning rate is "good" when its run made this much of the best run's progress
@@ -483,8 +491,12 @@ def _plot_sweep(rows, path):
     return _save(fig, path)
 
 
-def lr_find(model_factory, X, y, lrs=None, *, epochs=1, batch_size=64, loss=None,
-            optimizer="sgd", seed=0, print_fn=print, plot=None):
+def lr_find(model_factory: Callable[[], Sequential], X: npt.ArrayLike, y: npt.ArrayLike,
+            lrs: Sequence[float] | None = None, *, epochs: int = 1, batch_size: int = 64,
+            loss: Loss | str | None = None,
+            optimizer: str | Callable[[Any, float], Optimizer] = "sgd", seed: int = 0,
+            print_fn: Callable[[str], Any] | None = print,
+            plot: str | os.PathLike[str] | None = None) -> list[tuple[float, float]]:
     """Train a fresh model once per learning rate and report the loss each one reaches.
 
     For every learning rate: ``nnscratch.seed(seed)``, ``model = model_factory()`` (so
@@ -555,8 +567,10 @@ def lr_find(model_factory, X, y, lrs=None, *, epochs=1, batch_size=64, loss=None
 
     name = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__",
                                                                  "optimizer")
+    # (len: X is array_like, which to a type checker includes scalars)
     say(f"learning-rate sweep: {epochs} epoch{'s' if epochs > 1 else ''} of {name} "
-        f"(batch {batch_size}) from the same initial weights, {len(X)} samples")
+        f"(batch {batch_size}) from the same initial weights, "
+        f"{len(X)} samples")  # type: ignore[arg-type]
     rows, notes = [], []
     for lr in lrs:
         _random.seed(seed)

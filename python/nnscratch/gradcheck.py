@@ -8,14 +8,24 @@ is set beside the gradient the model's own ``backward`` computed. A learner can 
 check a layer they wrote; the tests use it on every layer and loss. It costs two forward
 passes per parameter element: use a small model and a small batch.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from . import _random
+
+if TYPE_CHECKING:
+    from .losses import Loss
+    from .module import Module
 
 __all__ = ["gradcheck"]
 
 
-def gradcheck(model, X, y, loss, eps=1e-6, *, check_input=False):
+def gradcheck(model: Module, X: npt.ArrayLike, y: npt.ArrayLike, loss: Loss, eps: float = 1e-6,
+              *, check_input: bool = False) -> dict[str, float]:
     """Worst relative error between backward's gradients and central differences.
 
     The model stays in its mode. Before every forward pass the library generator is put

@@ -38,7 +38,7 @@ import dataclasses
 import os
 import re
 import warnings
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -101,8 +101,10 @@ def require_pillow():
     return Image
 
 
-def read_image(path, size=None, *, resize=True, invert="auto", grayscale=True,
-               keep_aspect=True, max_pixels=MAX_PIXELS):
+def read_image(path: Union[str, "os.PathLike[str]"], size: Optional[Tuple[int, int]] = None, *,
+               resize: bool = True, invert: Union[bool, str] = "auto", grayscale: bool = True,
+               keep_aspect: bool = True, max_pixels: int = MAX_PIXELS
+               ) -> Tuple[np.ndarray, "ImageInfo"]:
     """Read one image file as a model input, by the rules of this module's docstring.
 
     Parameters

@@ -26,6 +26,8 @@ The distribution is PyTorch's, not the numbers: the generators differ.
 He (Kaiming) keeps the variance of ReLU activations from layer to layer; Glorot (Xavier)
 keeps it for activations that are linear around zero.
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
@@ -66,19 +68,19 @@ INITS = {"he": _he, "he_uniform": _he_uniform, "xavier": _xavier,
          "xavier_normal": _xavier_normal, "torch": _torch}
 
 
-def check(init):
+def check(init: str) -> str:
     """`init` when it names an initialisation, else ValueError."""
     if init not in INITS:
         raise ValueError(f"Unknown init {init!r}; choose one of {sorted(INITS)}")
     return init
 
 
-def draw(init, fan_in, fan_out, shape):
+def draw(init: str, fan_in: int, fan_out: int, shape: tuple[int, ...]) -> np.ndarray:
     """float64 values of `shape` drawn by initialisation `init` from the library generator."""
     return INITS[check(init)](_random.generator(), fan_in, fan_out, shape)
 
 
-def draw_bias(init, fan_in, shape):
+def draw_bias(init: str, fan_in: int, shape: tuple[int, ...]) -> np.ndarray:
     """float64 starting values of a bias of `shape`: zeros, or for ``"torch"``
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from the library generator (drawn after the weight,
     as PyTorch's ``reset_parameters`` does)."""

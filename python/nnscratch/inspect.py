@@ -140,7 +140,8 @@ def layer_stats(model, X, y, loss, lr=None):
     X, y = _batch(model, loss, X, y)
     following = _following(model)
 
-    outputs, handles = {}, []     # id(module) -> the statistics of its last output
+    outputs: dict = {}     # id(module) -> the statistics of its last output
+    handles: list = []
     with _Preserved(model):
         try:
             for _, module in layers:
@@ -202,12 +203,12 @@ def _following(model):
     """``{id(module): the module that runs right after it}`` in the model's Sequentials
     (nested plain Sequentials read as one list: they run their modules in order)."""
     def flat(seq):
-        items = []
+        items: list = []
         for child in seq:
             items += flat(child) if isinstance(child, Sequential) else [child]
         return items
 
-    following = {}
+    following: dict = {}
     for module in model.modules():          # outer containers first: they see across
         if isinstance(module, Sequential):  # the ends of the inner ones
             items = flat(module)

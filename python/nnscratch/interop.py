@@ -63,8 +63,11 @@ as their fork (a layer tree would hold its layers twice), a module with weights 
 twice, an in-place operation on a value another branch reads, a result that does not reach
 the output, an option nnscratch lacks.
 """
+from __future__ import annotations
+
 import collections
 import operator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -76,6 +79,9 @@ from .model import Sequential
 from .module import Module
 from .norm import BatchNorm1d, BatchNorm2d
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["to_torch", "from_torch", "torch_state_dict_names", "ConversionError"]
 # (and TorchResidual, TorchGlobalAvgPool2d: attributes made at first use, not in __all__, so
 # that ``from nnscratch.interop import *`` does not import PyTorch)
@@ -86,7 +92,7 @@ class ConversionError(NotImplementedError, ValueError):
     cannot express. Both a NotImplementedError and a ValueError."""
 
 
-def _torch():
+def _torch() -> Any:
     try:
         import torch
     except ImportError as err:
@@ -119,7 +125,7 @@ def _torch_classes():
     """``{"TorchResidual": class, "TorchGlobalAvgPool2d": class}``, defined at the first
     call (PyTorch is imported then)."""
     if not _TORCH_CLASSES:
-        torch = _torch()
+        torch: Any = _torch()
 
         class TorchResidual(torch.nn.Module):
             """``y = body(x) + shortcut(x)``, or ``body(x) + x`` when `shortcut` is None:
@@ -157,7 +163,7 @@ def __getattr__(name):
 # nnscratch -> PyTorch
 # =========================================================================================
 
-def to_torch(model):
+def to_torch(model: Module) -> torch.nn.Module:
     """A ``torch.nn.Module`` computing what `model` computes, with a copy of its weights.
 
     A `Sequential` becomes an ``nn.Sequential`` with the same child names, a `Residual` a
@@ -197,7 +203,7 @@ def to_torch(model):
 
 
 def _check_one_dtype(model):
-    first = {}
+    first: dict[str, Any] = {}
     for name, array in model.state_dict().items():
         if array.dtype.kind == "f":
             first.setdefault(array.dtype, name)
@@ -293,7 +299,7 @@ _TO_TORCH = {
 # PyTorch -> nnscratch
 # =========================================================================================
 
-def from_torch(module):
+def from_torch(module: torch.nn.Module) -> Module:
     """An nnscratch model computing what the PyTorch `module` computes, with a copy of its
     weights.
 
@@ -334,7 +340,7 @@ def from_torch(module):
     return _convert(module, "from_torch")[0]
 
 
-def torch_state_dict_names(module):
+def torch_state_dict_names(module: torch.nn.Module) -> dict[str, str]:
     """``{PyTorch state_dict name: nnscratch state_dict name}`` for ``from_torch(module)``.
 
     E.g. ``{"fc1.weight": "0.weight", "fc1.bias": "0.bias", "fc2.weight": "2.weight", ...}``
@@ -447,7 +453,8 @@ def _from_torch(torch, module, where, record):
 
 
 def _sequential_from_torch(torch, module, where, record):
-    layers, seen = [], {}
+    layers: list[Module] = []
+    seen: dict[int, str] = {}
     for name, child in module._modules.items():   # (named_children() skips a repeated child)
         if child is None:
             continue
@@ -666,7 +673,7 @@ def _mean_op(at, dim, keepdim, dtype):
     return GlobalAvgPool2d()
 
 
-_OPS = {
+_OPS: dict[str, Any] = {
     "relu": (_sig_unary, lambda at: ReLU()),
     "sigmoid": (_sig_unary, lambda at: Sigmoid()),
     "tanh": (_sig_unary, lambda at: Tanh()),
@@ -715,7 +722,7 @@ class _TracedForward:
     """
 
     def __init__(self, torch, module, where, record):
-        import torch.fx
+        import torch.fx  # type: ignore[no-redef]  # (the same torch, with its fx)
 
         self.torch, self.module, self.where, self.record = torch, module, where, record
         self.named = _named(where, module)

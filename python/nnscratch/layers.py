@@ -10,9 +10,13 @@ Shapes: N is the batch size. ``output_shape`` / ``flops`` take and return per-sa
 (the batch axis left out), as ``Sequential.summary`` shows them. Convolution and pooling are
 in ``nnscratch.conv``, batch normalisation in ``nnscratch.norm``.
 """
+from __future__ import annotations
+
 import math
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, _random, init as _init
 from .backend import kernels
@@ -50,7 +54,8 @@ class Linear(Module):
     input (N, in_features) -> output (N, out_features)
     """
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, init="he"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: npt.DTypeLike = np.float32, init: str = "he") -> None:
         super().__init__()
         self.in_features = _checks.integer("in_features", in_features, 1)
         self.out_features = _checks.integer("out_features", out_features, 1)
@@ -60,18 +65,19 @@ class Linear(Module):
         shape = (self.in_features, self.out_features)
         values = _init.draw(init, self.in_features, self.out_features, shape)
         self.weight = Parameter(values.astype(self.dtype))
-        self.bias = None
+        self.bias: Parameter | None = None
         if bias:
             values = _init.draw_bias(init, self.in_features, (self.out_features,))
             self.bias = Parameter(values.astype(self.dtype))
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         # z = x @ W + b:   x (N, in) @ weight (in, out) + bias (out,) -> z (N, out)
         x = self._input(x, self.dtype, self._check)
         self._x = x                         # backward needs it: dL/dW = x.T @ dL/dz
         return kernels().linear_forward(x, self.weight.data, self._bias())
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         # g = dL/dz (N, out):  dL/dW += x.T @ g,  dL/db += sum of g over the batch,
         #                      dL/dx  = g @ W.T (N, in)
         x = self._saved("_x")
@@ -80,7 +86,7 @@ class Linear(Module):
                                          None if self.bias is None else self.bias.grad,
                                          compute_grad_x=compute_grad_input)
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         x = self._input(x, self.dtype, self._check)
         return kernels().linear_forward(x, self.weight.data, self._bias())
 
@@ -92,22 +98,22 @@ class Linear(Module):
             raise ValueError(f"{self!r} expects input of shape (N, {self.in_features}), "
                              f"got {x.shape}")
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         if tuple(input_shape) != (self.in_features,):
             raise ValueError(f"{self!r} expects samples of shape ({self.in_features},), "
                              f"got {tuple(input_shape)}")
         return (self.out_features,)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         # one multiply and one add per weight, one add per bias
         return 2 * self.in_features * self.out_features + (
             self.out_features if self.bias is not None else 0)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "dtype": self.dtype.name, "init": self.init}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         text = (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
         return text if self.dtype == np.float32 else f"{text}, dtype={self.dtype.name}"
@@ -128,24 +134,28 @@ class _Activation(Module):
 
     _keeps = "input"
     _flops = 1          # per element, for summary()
+    # the kernel calls, given by each subclass: _f(K, x, out=None), _df(K, g, kept, out=None)
+    _f: Callable[..., np.ndarray]
+    _df: Callable[..., np.ndarray]
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._input(x, check=self._check)
         y = self._f(kernels(), x)
         self._kept = x if self._keeps == "input" else y      # what the backward kernel reads
         return y
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         kept = self._saved("_kept")
         return self._df(kernels(), self._grad_of(grad_out, kept.shape, kept.dtype), kept)
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         return self._f(kernels(), self._input(x, check=self._check))
 
     def _check(self, x):
         pass
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         return self._flops * math.prod(input_shape)
 
 
@@ -171,7 +181,7 @@ class LeakyReLU(_Activation):
 
     _flops = 2
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
         self.negative_slope = _checks.real("negative_slope", negative_slope)
 
@@ -181,7 +191,7 @@ class LeakyReLU(_Activation):
     def _df(self, K, g, x, out=None):
         return K.leaky_relu_backward(g, x, self.negative_slope, out)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"negative_slope": self.negative_slope}
 
 
@@ -236,7 +246,7 @@ class Softmax(_Activation):
         if x.ndim != 2:
             raise ValueError(f"{self!r} expects a 2-D input (N, C), got shape {x.shape}")
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         if len(input_shape) != 1:
             raise ValueError(f"{self!r} expects samples of shape (C,), got {tuple(input_shape)}")
         return tuple(input_shape)
@@ -258,15 +268,17 @@ class Dropout(Module):
     ----------
     p : float in [0, 1), default 0.5
 
-    Shape: any -> same.
+    Shape
+    -----
+    any -> same.
     """
 
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         self.p = _checks.real("dropout probability p", p, 0.0, 1.0, high_open=True)
         self.scale = 1.0 / (1.0 - self.p)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         # y = x * mask * scale, mask[i] = 1 with probability 1 - p
         x = self._input(x)
         self._shape, self._dtype = x.shape, x.dtype
@@ -277,7 +289,8 @@ class Dropout(Module):
         self._mask = (uniform >= self.p).view(np.uint8)
         return kernels().dropout_forward(x, self._mask, self.scale)
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         # dL/dx = dL/dy * mask * scale, with the forward pass's mask
         shape = self._saved("_shape")
         g = self._grad_of(grad_out, shape, self._dtype)
@@ -285,10 +298,10 @@ class Dropout(Module):
             return g
         return kernels().dropout_backward(g, self._mask, self.scale)
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         return self._input(x)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"p": self.p}
 
 
@@ -299,15 +312,16 @@ class Flatten(Module):
     Keeps the input's dtype (a reshape: no copy for C-contiguous input).
     """
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._flat_input(x)
         self._shape = x.shape
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         return self._unflatten(grad_out, self._saved("_shape"))
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         x = self._flat_input(x)
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
@@ -327,7 +341,7 @@ class Flatten(Module):
             raise ValueError(f"{self!r}: grad_out has shape {grad_out.shape}, expected {flat}")
         return grad_out.reshape(shape)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         return (math.prod(input_shape),)
 
 
@@ -336,13 +350,14 @@ class Identity(Module):
     """``y = x``; backward ``dL/dx = dL/dy``. A placeholder (e.g. a residual block's
     shortcut when the shapes already agree). Shape: any -> same."""
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         return x
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         return grad_out
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         return x
 
 
@@ -371,7 +386,7 @@ class Residual(Module):
     the body's: input (N, ...) -> output (N, ...); the two branches must agree.
     """
 
-    def __init__(self, body, shortcut=None):
+    def __init__(self, body: Module, shortcut: Module | None = None) -> None:
         super().__init__()
         if not isinstance(body, Module):
             raise TypeError(f"Residual: body must be a Module, got {type(body).__name__}")
@@ -389,21 +404,24 @@ class Residual(Module):
                              f"to the body's shape)")
         return y + s
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         s = x if self.shortcut is None else self.shortcut(x)
         return self._sum(self.body(x), s)
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         # the sum's gradient goes to both branches unchanged; the input gets both back
-        g_body = self.body.backward(grad_out)
-        g_short = grad_out if self.shortcut is None else self.shortcut.backward(grad_out)
+        # (arrays: each branch is asked for its input's gradient)
+        g_body = cast(np.ndarray, self.body.backward(grad_out))
+        g_short = grad_out if self.shortcut is None else \
+            cast(np.ndarray, self.shortcut.backward(grad_out))
         return g_body + g_short
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         s = x if self.shortcut is None else self.shortcut.infer(x)
         return self._sum(self.body.infer(x), s)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         body = tuple(self.body.output_shape(input_shape))
         short = tuple(input_shape) if self.shortcut is None else \
             tuple(self.shortcut.output_shape(input_shape))
@@ -412,12 +430,12 @@ class Residual(Module):
                              f"{'shortcut' if self.shortcut is not None else 'input'} {short}")
         return body
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         short = 0 if self.shortcut is None else self.shortcut.flops(input_shape)
         return self.body.flops(input_shape) + short + math.prod(self.output_shape(input_shape))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"body": self.body, "shortcut": self.shortcut}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ""           # the branches are listed as the children

@@ -14,9 +14,13 @@ loss                          pred, target                         kernel
 ``CrossEntropyLoss(label_smoothing=e)`` adds the smoothing's terms to the kernel's result
 (two lines of NumPy on the (N, C) logits; see `CrossEntropyLoss`).
 """
+from __future__ import annotations
+
 import math
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks
 from .backend import kernels
@@ -40,51 +44,64 @@ class Loss:
     the targets once before training; by default they are passed through).
     """
 
-    def __call__(self, pred, target):
+    def __call__(self, pred: npt.ArrayLike, target: npt.ArrayLike) -> float:
         """The mean loss (a Python float); keeps dL/dpred for `backward`."""
         return self.forward(pred, target)
 
-    def forward(self, pred, target):
+    def forward(self, pred: npt.ArrayLike, target: npt.ArrayLike) -> float:
+        """The mean loss of `pred` against `target` (a float); keeps what `backward` needs."""
         raise NotImplementedError(
             f"{type(self).__name__} has no forward(pred, target): a Loss subclass defines "
             f"forward(pred, target) -> float and backward() -> dL/dpred (see nnscratch.Loss)")
 
-    def backward(self):
+    def backward(self) -> np.ndarray:
+        """dL/dpred for the last `forward`, an array of pred's shape."""
         raise NotImplementedError(
             f"{type(self).__name__} has no backward(): a Loss subclass defines "
             f"forward(pred, target) -> float and backward() -> dL/dpred (see nnscratch.Loss)")
 
-    def prepare_targets(self, y, n, output_shape, dtype, name="y"):
+    def prepare_targets(self, y: npt.ArrayLike, n: int, output_shape: Sequence[int],
+                        dtype: npt.DTypeLike, name: str = "y") -> np.ndarray:
         """Check the targets of ``fit`` / ``evaluate`` once, and convert them.
 
         Parameters
         ----------
         y : array_like
-        n : int, the number of samples
-        output_shape : tuple, the model's per-sample output shape
-        dtype : the model's dtype
-        name : str, the argument's name in error messages
+            The targets.
+        n : int
+            The number of samples.
+        output_shape : tuple of int
+            The model's per-sample output shape.
+        dtype : dtype
+            The model's dtype.
+        name : str
+            The argument's name in error messages.
+
+        Returns
+        -------
+        ndarray
+            The targets as ``fit`` and ``evaluate`` pass them to the loss.
         """
         return np.asarray(y)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The constructor's arguments, a dict (none for the built-in losses but
         `CrossEntropyLoss`'s label_smoothing)."""
         return {}
 
-    def _pred(self, pred):
+    def _pred(self, pred: npt.ArrayLike) -> np.ndarray:
         pred = np.asarray(pred)
         if pred.dtype not in _checks.FLOATS:
             raise TypeError(f"{self!r} expects float32 or float64 predictions, got {pred.dtype}")
         return pred
 
-    def _saved_grad(self):
+    def _saved_grad(self) -> np.ndarray:
         grad = self.__dict__.get("_grad")
         if grad is None:
             raise RuntimeError(f"{self!r}: backward() called before the loss was computed")
         return grad
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -106,20 +123,22 @@ class CrossEntropyLoss(Loss):
     label_smoothing : float in [0, 1], default 0
         0 is the plain loss, computed by the fused kernel alone.
 
-    Shape: pred (N, C) float, target (N,) integers in [0, C).
+    Shape
+    -----
+    pred (N, C) float, target (N,) integers in [0, C).
     """
 
     _label_smoothing = 0.0      # (also for subclasses whose __init__ does not call this one)
 
-    def __init__(self, label_smoothing=0.0):
+    def __init__(self, label_smoothing: float = 0.0) -> None:
         self._label_smoothing = _checks.real("label_smoothing", label_smoothing, 0.0, 1.0)
 
     @property
-    def label_smoothing(self):
+    def label_smoothing(self) -> float:
         """The smoothing e, fixed when the loss is made: ``CrossEntropyLoss(label_smoothing=e)``."""
         return self._label_smoothing
 
-    def forward(self, pred, target):
+    def forward(self, pred: npt.ArrayLike, target: npt.ArrayLike) -> float:
         pred, target = self._pred(pred), np.asarray(target)
         if target.dtype.kind not in "iu":
             raise TypeError(f"{self!r} expects integer class labels, got dtype {target.dtype}")
@@ -128,7 +147,7 @@ class CrossEntropyLoss(Loss):
             value += self._smoothing(pred, target, self._grad)
         return float(value)
 
-    def backward(self):
+    def backward(self) -> np.ndarray:
         """dL/dlogits = (softmax(logits) - q) / N, with q = onehot(y) without smoothing."""
         return self._saved_grad()
 
@@ -151,17 +170,18 @@ class CrossEntropyLoss(Loss):
         grad[rows, target] += grad.dtype.type(e / n)     # + e / N on the label's
         return e * np.mean(z_y - pred.mean(axis=1, dtype=np.float64))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The constructor's arguments: ``{"label_smoothing": e}``."""
         return {"label_smoothing": self.label_smoothing}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         name = type(self).__name__
         if not self.label_smoothing:
             return f"{name}()"
         return f"{name}(label_smoothing={self.label_smoothing:g})"
 
-    def prepare_targets(self, y, n, output_shape, dtype, name="y"):
+    def prepare_targets(self, y: npt.ArrayLike, n: int, output_shape: Sequence[int],
+                        dtype: npt.DTypeLike, name: str = "y") -> np.ndarray:
         y = np.asarray(y)
         if y.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integer class labels for {self!r}, got dtype "
@@ -184,12 +204,14 @@ class _ElementwiseLoss(Loss):
     """A loss whose target has the prediction's shape (a (N,) target fits a (N, 1) output),
     computed by one kernel ``_kernel(K, pred, target)`` -> (loss, dL/dpred)."""
 
-    def forward(self, pred, target):
+    _kernel: Callable[..., tuple[float, np.ndarray]]     # given by each subclass
+
+    def forward(self, pred: npt.ArrayLike, target: npt.ArrayLike) -> float:
         pred = self._pred(pred)
         value, self._grad = self._kernel(kernels(), pred, self._target(pred, target))
         return float(value)
 
-    def backward(self):
+    def backward(self) -> np.ndarray:
         return self._saved_grad()
 
     def _target(self, pred, target):
@@ -203,7 +225,8 @@ class _ElementwiseLoss(Loss):
             target = target.reshape(pred.shape)
         return target if target.dtype == pred.dtype else target.astype(pred.dtype)
 
-    def prepare_targets(self, y, n, output_shape, dtype, name="y"):
+    def prepare_targets(self, y: npt.ArrayLike, n: int, output_shape: Sequence[int],
+                        dtype: npt.DTypeLike, name: str = "y") -> np.ndarray:
         y = np.asarray(y)
         shape = (n,) + tuple(output_shape)
         if y.dtype.kind not in "fiub":

@@ -25,13 +25,22 @@ not keep the epoch's outputs for the named metrics: a confusion matrix summed ov
 batches (`RunningMetrics`) gives accuracy, precision, recall and F1 exactly, and top-k
 hits are counted per batch.
 """
+from __future__ import annotations
+
 import numbers
 import re
+from typing import Any, Callable, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "precision_recall_f1",
-           "METRIC_NAMES"]
+           "METRIC_NAMES", "MetricSpec"]
+
+MetricSpec = Union[str, Callable[..., float], Tuple[str, Callable[..., float]]]
+"""An entry of ``fit`` / ``evaluate``'s ``metrics=`` list: a name such as "macro_f1", a
+function ``fn(y_true, outputs) -> float`` (recorded under its ``__name__``), or a pair
+``(name, fn)``."""
 
 AVERAGES = (None, "macro", "weighted")
 _MAX_INFERRED_CLASSES = 100_000
@@ -120,7 +129,7 @@ def _not_empty(true):
 # The metrics
 # --------------------------------------------------------------------------------------
 
-def accuracy(y_true, y_pred):
+def accuracy(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
     """The fraction of samples whose predicted class is the true one.
 
     ``accuracy = (1/N) * sum_i [y_pred_i == y_true_i]``
@@ -139,7 +148,7 @@ def accuracy(y_true, y_pred):
     return np.count_nonzero(true == pred) / len(true)
 
 
-def top_k_accuracy(y_true, scores, k=5):
+def top_k_accuracy(y_true: npt.ArrayLike, scores: npt.ArrayLike, k: int = 5) -> float:
     """The fraction of samples whose true class is among the `k` highest scores.
 
     ``top_k = (1/N) * sum_i [rank_i < k]``, where ``rank_i`` counts the classes ranked
@@ -177,7 +186,8 @@ def _ranks(scores, true):
     return np.count_nonzero(before, axis=1)
 
 
-def confusion_matrix(y_true, y_pred, num_classes=None):
+def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike,
+                     num_classes: int | None = None) -> np.ndarray:
     """Counts of (true class, predicted class) pairs.
 
     ``M[i, j] = #{samples of true class i predicted as class j}``: row sums are the
@@ -206,7 +216,8 @@ def _confusion(true, pred, C):
     return np.bincount(true * C + pred, minlength=C * C).astype(np.int64).reshape(C, C)
 
 
-def precision_recall_f1(y_true, y_pred, average=None, *, num_classes=None):
+def precision_recall_f1(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, average: str | None = None, *,
+                        num_classes: int | None = None) -> tuple[Any, Any, Any]:
     """Precision, recall and F1 of each class, or their macro / weighted average.
 
     For class c, with ``tp`` its correct predictions, ``fp`` the samples wrongly predicted

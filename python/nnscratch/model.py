@@ -14,10 +14,24 @@ On the compiled kernels a Sequential hands its layers to the fast path
 (``nnscratch._fast``), which computes the same numbers with fused kernels and kept
 buffers; the loops below are what it computes, and what runs on the NumPy backend.
 """
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
+
+import numpy as np
+import numpy.typing as npt
+
 from . import _fast, serialization, training
 from .backend import fast_path
 from .layers import Flatten
-from .module import ModuleSequence, register, repeated_modules
+from .module import Module, ModuleSequence, register, repeated_modules
+
+if TYPE_CHECKING:
+    from .callbacks import Callback, History
+    from .losses import Loss
+    from .metrics import MetricSpec
+    from .optim import Optimizer
 
 __all__ = ["Sequential"]
 
@@ -37,15 +51,16 @@ class Sequential(ModuleSequence):
     *layers : Module
     """
 
-    def __init__(self, *layers):
+    def __init__(self, *layers: Module) -> None:
         super().__init__(layers)
         self.stop_training = False
-        self._last_loss = None     # the loss of the last fit: evaluate's default
-        self._sample_shape = None  # the per-sample shape of fit's/predict's X: summary's default
+        self._last_loss: Loss | None = None     # the loss of the last fit: evaluate's default
+        # the per-sample shape of fit's/predict's X: summary's default
+        self._sample_shape: tuple[int, ...] | None = None
 
     # --- the computation -------------------------------------------------------------
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """The output of the last layer for a batch ``x``.
 
         On the compiled kernels, in training mode, the returned array is a kept buffer,
@@ -57,7 +72,8 @@ class Sequential(ModuleSequence):
             x = layer(x)
         return x
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         """Back-propagate dL/d(output) through the layers in reverse; each adds its
         parameters' gradients into ``.grad``. Returns dL/d(input), or None when
         ``compute_grad_input`` is False (the first layer then skips that product)."""
@@ -68,12 +84,13 @@ class Sequential(ModuleSequence):
             raise ValueError(problem)
         layers = list(self)
         for layer in reversed(layers[1:]):
-            grad_out = layer.backward(grad_out)
+            # (an array: each layer but the first is asked for its input's gradient)
+            grad_out = cast(np.ndarray, layer.backward(grad_out))
         if not layers:
             return grad_out if compute_grad_input else None
         return layers[0].backward(grad_out, compute_grad_input=compute_grad_input)
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode output, keeping no state: safe from several threads (``predict``)."""
         if fast_path():
             return _fast.infer(self, x)
@@ -88,41 +105,42 @@ class Sequential(ModuleSequence):
         return Sequential(*modules)
 
     @property
-    def layers(self):
+    def layers(self) -> tuple[Module, ...]:
         """The layers, as a tuple (change them through the model: ``model.append(...)``)."""
-        return tuple(self._modules.values())
+        return cast("tuple[Module, ...]", tuple(self._modules.values()))
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype | None:
         """The parameters' dtype (None for a model without parameters)."""
         first = next(self.parameters(), None)
         return None if first is None else first.dtype
 
     # --- shapes and description ----------------------------------------------------------
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = tuple(input_shape)
         for layer in self:
             shape = layer.output_shape(shape)
         return shape
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         total, shape = 0, tuple(input_shape)
         for layer in self:
             total += layer.flops(shape)
             shape = layer.output_shape(shape)
         return total
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"layers": list(self.layers)}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Sequential:
         if set(config) != {"layers"} or not isinstance(config["layers"], list):
             raise ValueError(f"a Sequential's config is {{'layers': [...]}}, got {config!r}")
         return cls(*config["layers"])
 
-    def summary(self, input_shape=None, print_fn=print):
+    def summary(self, input_shape: Sequence[int] | None = None,
+                print_fn: Callable[[str], Any] | None = print) -> str:
         """Print and return a table: layer, output shape, parameters, FLOPs per sample.
 
         Parameters
@@ -131,6 +149,12 @@ class Sequential(ModuleSequence):
             Shape of one sample. By default that of the samples of the last ``fit``,
             ``evaluate`` or ``predict``, else the ``in_features`` of a first `Linear` layer.
         print_fn : callable or None, default print
+            Called with the table's text; None prints nothing.
+
+        Returns
+        -------
+        str
+            The table.
         """
         shape = self._summary_input_shape(input_shape)
         rows = [("Layer", "Output shape", "Params", "FLOPs/sample")]
@@ -175,9 +199,14 @@ class Sequential(ModuleSequence):
 
     # --- Keras-style training and inference (see nnscratch.training) ------------------
 
-    def fit(self, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
-            validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
-            initial_epoch=0, check_finite=True, transform=None, metrics=None):
+    def fit(self, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | str,
+            optimizer: Optimizer, epochs: int, batch_size: int,
+            validation_data: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+            validation_split: float = 0.0, shuffle: bool = True, seed: int | None = None,
+            progress: bool | str = True, callbacks: Sequence[Callback] | None = None,
+            initial_epoch: int = 0, check_finite: bool = True,
+            transform: Callable[[np.ndarray, np.random.Generator], npt.ArrayLike] | None = None,
+            metrics: Sequence[MetricSpec] | None = None) -> History:
         """Train with mini-batch gradient descent; see `nnscratch.training.fit`."""
         return training.fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs,
                             batch_size=batch_size, validation_data=validation_data,
@@ -186,20 +215,22 @@ class Sequential(ModuleSequence):
                             initial_epoch=initial_epoch, check_finite=check_finite,
                             transform=transform, metrics=metrics)
 
-    def evaluate(self, X, y, loss=None, batch_size=256, metrics=None):
+    def evaluate(self, X: npt.ArrayLike, y: npt.ArrayLike, loss: Loss | str | None = None,
+                 batch_size: int = 256,
+                 metrics: Sequence[MetricSpec] | None = None) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` in eval mode; see `nnscratch.training.evaluate`."""
         return training.evaluate(self, X, y, loss=loss, batch_size=batch_size,
                                  metrics=metrics)
 
-    def predict(self, X, batch_size=256):
+    def predict(self, X: npt.ArrayLike, batch_size: int = 256) -> np.ndarray:
         """The model's outputs for X, in batches, in eval mode (a fresh array)."""
         return training.predict(self, X, batch_size=batch_size)
 
-    def predict_proba(self, X, batch_size=256):
+    def predict_proba(self, X: npt.ArrayLike, batch_size: int = 256) -> np.ndarray:
         """Class probabilities: softmax of the outputs (sigmoid for one output column)."""
         return training.predict_proba(self, X, batch_size=batch_size)
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write architecture and weights to exactly `path` (a plain ``.npz`` zip, or a
         safetensors file when `path` ends in ``.safetensors``; written atomically, no
         pickle); ``nnscratch.load(path)`` reads it back."""

@@ -9,7 +9,12 @@
 Each returns a new `Sequential` whose initial weights come from the library generator
 (``nnscratch.seed``).
 """
+from __future__ import annotations
+
+from typing import Sequence
+
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks
 from .conv import Conv2d, GlobalAvgPool2d, MaxPool2d
@@ -20,7 +25,8 @@ from .norm import BatchNorm2d
 __all__ = ["mlp", "cnn", "lenet", "resnet"]
 
 
-def mlp(in_features=784, hidden=(256, 128), num_classes=10, dropout=0.0, dtype=np.float32):
+def mlp(in_features: int = 784, hidden: Sequence[int] = (256, 128), num_classes: int = 10,
+        dropout: float = 0.0, dtype: npt.DTypeLike = np.float32) -> Sequential:
     """A multilayer perceptron: ``Linear -> ReLU [-> Dropout]`` per hidden size, then a
     Linear to the classes (Glorot-initialised: its outputs are logits, not ReLU inputs).
 
@@ -46,7 +52,8 @@ def mlp(in_features=784, hidden=(256, 128), num_classes=10, dropout=0.0, dtype=n
     return Sequential(*layers)
 
 
-def cnn(in_channels=1, num_classes=10, image_size=28, dropout=0.25, dtype=np.float32):
+def cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
+        dropout: float = 0.25, dtype: npt.DTypeLike = np.float32) -> Sequential:
     """The command line's CNN: two blocks of conv3x3 (no bias) + batch norm + ReLU + 2x2 max
     pool, then Flatten, Linear(., 128), ReLU, Dropout, Linear(128, classes).
 
@@ -66,7 +73,8 @@ def cnn(in_channels=1, num_classes=10, image_size=28, dropout=0.25, dtype=np.flo
                init="xavier"))
 
 
-def lenet(in_channels=1, num_classes=10, dtype=np.float32):
+def lenet(in_channels: int = 1, num_classes: int = 10,
+          dtype: npt.DTypeLike = np.float32) -> Sequential:
     """A LeNet-style CNN for 28x28 images: conv5x5 16, ReLU, 2x2 max pool, conv5x5 32, ReLU,
     2x2 max pool, Flatten, Linear(512, 128), ReLU, Linear(128, classes)."""
     in_channels = _checks.integer("in_channels", in_channels, 1)
@@ -77,7 +85,8 @@ def lenet(in_channels=1, num_classes=10, dtype=np.float32):
         Linear(128, _checks.integer("num_classes", num_classes, 1), dtype=dtype))
 
 
-def resnet(depth=20, in_channels=1, num_classes=10, width=16, dtype=np.float32):
+def resnet(depth: int = 20, in_channels: int = 1, num_classes: int = 10, width: int = 16,
+           dtype: npt.DTypeLike = np.float32) -> Sequential:
     """The CIFAR-style residual network of He et al. (2016), depth 6n + 2.
 
     conv3x3 (width) + batch norm + ReLU; three stages of n basic blocks with width, 2 *

@@ -84,16 +84,23 @@ puts one first), and fire wherever the module is run from: a container, a user's
   registered on only. ``register_backward_hook`` (deprecated in PyTorch) is
   ``register_full_backward_hook`` with a FutureWarning.
 """
+from __future__ import annotations
+
 import collections
 import contextlib
 import itertools
 import threading
 import warnings
 import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, _memory
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Parameter", "Module", "ModuleSequence", "ModuleList", "register", "registered", "registered_name",
            "repeated_modules", "IncompatibleKeys", "StateDictError", "RemovableHandle"]
@@ -117,19 +124,19 @@ class Parameter:
 
     __slots__ = ("_data", "_grad")
 
-    def __init__(self, data):
+    def __init__(self, data: npt.ArrayLike) -> None:
         data = np.asarray(data)
         _checks.float_dtype(data.dtype, "Parameter data")
         self._data = _memory.copy(data)
         self._grad = _memory.zeros(data.shape, data.dtype)
 
     @property
-    def data(self):
+    def data(self) -> np.ndarray:
         """The values (ndarray), updated in place by the optimizers."""
         return self._data
 
     @data.setter
-    def data(self, values):
+    def data(self, values: npt.ArrayLike) -> None:
         values = np.asarray(values)
         if values.shape != self._data.shape:
             raise ValueError(f"Parameter has shape {self._data.shape}, got values of shape "
@@ -137,12 +144,12 @@ class Parameter:
         np.copyto(self._data, values, casting="same_kind")
 
     @property
-    def grad(self):
+    def grad(self) -> np.ndarray:
         """dL/d(data), accumulated by backward passes (ndarray of data's shape and dtype)."""
         return self._grad
 
     @grad.setter
-    def grad(self, value):
+    def grad(self, value: np.ndarray | None) -> None:
         if value is None:
             value = _memory.zeros(self._data.shape, self._data.dtype)
         elif not isinstance(value, np.ndarray) or value.shape != self._data.shape or \
@@ -156,26 +163,30 @@ class Parameter:
         self._grad = value
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
+        """The shape of ``data`` (and of ``grad``)."""
         return self._data.shape
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """The dtype of ``data`` (and of ``grad``): float32 or float64."""
         return self._data.dtype
 
     @property
-    def size(self):
+    def size(self) -> int:
+        """The number of elements of ``data``."""
         return self._data.size
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
+        """The number of dimensions of ``data``."""
         return self._data.ndim
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set the gradient to zero, in place."""
         self._grad.fill(0)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
 
 
@@ -196,7 +207,7 @@ _predicting = _PredictFlag()
 
 
 @contextlib.contextmanager
-def predicting():
+def predicting() -> Iterator[None]:
     """Inside the block, on this thread, ``module(x)`` calls ``module.infer(x)``."""
     previous = _predicting.on
     _predicting.on = True
@@ -229,8 +240,8 @@ class _Running(threading.local):
     """Per thread: the modules whose hooked forward or infer is running (the default
     ``infer`` runs ``forward``: the hooks then fire once, for the infer)."""
 
-    def __init__(self):
-        self.modules = set()
+    def __init__(self) -> None:
+        self.modules: set[int] = set()
 
 
 _running = _Running()
@@ -248,23 +259,24 @@ class RemovableHandle:
 
     _ids = itertools.count()
 
-    def __init__(self, module, registry):
+    def __init__(self, module: Module, registry: str) -> None:
         self.id = next(RemovableHandle._ids)
         self._module = weakref.ref(module)
         self._registry = registry           # "_forward_hooks" or "_backward_hooks"
 
-    def remove(self):
+    def remove(self) -> None:
+        """Take the hook off its module (nothing happens the second time)."""
         module = self._module()
         if module is not None:
             module._remove_hook(self._registry, self.id)
 
-    def __enter__(self):
+    def __enter__(self) -> RemovableHandle:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         kind = "forward" if self._registry == "_forward_hooks" else "backward"
         return f"<RemovableHandle {self.id}: a {kind} hook of {self._module()!r}>"
 
@@ -368,9 +380,13 @@ class Module:
     ``state_dict()`` and ``train()`` find them. A new module is in training mode.
     """
 
-    training = True
+    training: bool = True
+    # the registries, by name, in registration order (made by __init__)
+    _parameters: dict[str, Parameter | None]
+    _buffers: dict[str, np.ndarray | None]
+    _modules: dict[str, Module | None]
 
-    def __init__(self):
+    def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_modules", {})
@@ -378,7 +394,7 @@ class Module:
 
     # --- registration ----------------------------------------------------------------
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         registries = self.__dict__.get("_parameters")
         if registries is None:
             if isinstance(value, (Parameter, Module)):
@@ -410,12 +426,12 @@ class Module:
                 if name in registry:
                     registry[name] = value
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> None:
         for registry in ("_parameters", "_modules", "_buffers"):
             self.__dict__.get(registry, {}).pop(name, None)
         object.__delattr__(self, name)
 
-    def register_buffer(self, name, array):
+    def register_buffer(self, name: str, array: np.ndarray | None) -> None:
         """Keep `array` (e.g. a batch norm's running mean) as state that is saved with the
         model but not trained: ``state_dict`` holds it, optimizers do not see it."""
         self._check_name(name)
@@ -427,7 +443,7 @@ class Module:
         self._buffers[name] = array
         object.__setattr__(self, name, array)
 
-    def add_module(self, name, module):
+    def add_module(self, name: str, module: Module | None) -> None:
         """Register `module` under `name` (what ``self.<name> = module`` does)."""
         self._check_name(name)
         if not isinstance(module, Module) and module is not None:
@@ -447,13 +463,14 @@ class Module:
 
     # --- the computation -------------------------------------------------------------
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """The output for a batch ``x``; keeps what `backward` needs."""
         raise NotImplementedError(
             f"{type(self).__name__} has no forward(x): a Module subclass defines forward(x) "
             f"and backward(grad_out, *, compute_grad_input=True) (see nnscratch.Module)")
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         """Add dL/dp into each parameter's ``.grad``; return dL/dx (None allowed when
         ``compute_grad_input`` is False)."""
         raise NotImplementedError(
@@ -461,7 +478,7 @@ class Module:
             f"it must add its parameters' gradients into p.grad and return dL/d(input) "
             f"(see nnscratch.Module)")
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         """The eval-mode output for x, keeping no state (what ``predict`` calls).
 
         By default `forward`, during which every sub-module called as ``module(x)``
@@ -470,16 +487,19 @@ class Module:
         with predicting():
             return self.forward(x)
 
-    def __call__(self, x):
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         if _predicting.on:
             return self.infer(x)
         return self.forward(x)
 
     # --- hooks (see the module docstring) -------------------------------------------------
 
-    _forward_hooks = _backward_hooks = None     # {handle id: hook} once one is registered
+    # {handle id: hook} once one is registered
+    _forward_hooks: dict[int, Callable[..., Any]] | None = None
+    _backward_hooks: dict[int, Callable[..., Any]] | None = None
 
-    def register_forward_hook(self, hook, *, prepend=False):
+    def register_forward_hook(self, hook: Callable[..., Any], *,
+                              prepend: bool = False) -> RemovableHandle:
         """Call ``hook(module, inputs, output)`` after every ``forward`` and ``infer`` of
         this module (``inputs``: the tuple of positional arguments, ``(x,)``).
 
@@ -498,7 +518,8 @@ class Module:
         return self._add_hook("_forward_hooks", hook, prepend, "register_forward_hook",
                               "hook(module, inputs, output)")
 
-    def register_full_backward_hook(self, hook, prepend=False):
+    def register_full_backward_hook(self, hook: Callable[..., Any],
+                                    prepend: bool = False) -> RemovableHandle:
         """Call ``hook(module, grad_input, grad_output)`` after every ``backward`` of this
         module: ``grad_input = (dL/dx,)`` (``(None,)`` when ``compute_grad_input`` was False),
         ``grad_output = (dL/dy,)``.
@@ -517,7 +538,7 @@ class Module:
         return self._add_hook("_backward_hooks", hook, prepend, "register_full_backward_hook",
                               "hook(module, grad_input, grad_output)")
 
-    def register_backward_hook(self, hook):
+    def register_backward_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
         """Deprecated in PyTorch; here `register_full_backward_hook` (with a FutureWarning)."""
         warnings.warn("register_backward_hook is deprecated (as in PyTorch): use "
                       "register_full_backward_hook, which it calls", FutureWarning, stacklevel=2)
@@ -543,7 +564,7 @@ class Module:
         if not (self.__dict__.get("_forward_hooks") or self.__dict__.get("_backward_hooks")):
             _take_hooked_methods(self)      # the last one: the module runs as it did
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # copy / deepcopy / pickle: the hooks travel (as in PyTorch), their stand-ins are
         # made again for the new module by __setstate__
         state = self.__dict__.copy()
@@ -556,7 +577,7 @@ class Module:
                     state[name] = stand_in.original
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         for registry in ("_forward_hooks", "_backward_hooks"):
             if registry in state:       # its own dict: a handle acts on one module only
@@ -599,18 +620,19 @@ class Module:
 
     # --- the tree of modules -----------------------------------------------------------
 
-    def named_children(self):
+    def named_children(self) -> Iterator[tuple[str, Module]]:
         """``(name, module)`` for each direct sub-module, in registration order."""
         for name, module in self._modules.items():
             if module is not None:
                 yield name, module
 
-    def children(self):
+    def children(self) -> Iterator[Module]:
         """The direct sub-modules."""
         for _, module in self.named_children():
             yield module
 
-    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+    def named_modules(self, memo: set[int] | None = None, prefix: str = "",
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
         """``(dotted name, module)`` for this module (`prefix`, "" by default) and every
         sub-module, depth first; a module reachable twice is listed once unless
         `remove_duplicate` is False (`memo`: the ids already listed)."""
@@ -624,16 +646,18 @@ class Module:
             yield from module.named_modules(memo, f"{prefix}.{name}" if prefix else name,
                                             remove_duplicate)
 
-    def modules(self):
+    def modules(self) -> Iterator[Module]:
         """This module and every sub-module."""
         for _, module in self.named_modules():
             yield module
 
-    def named_parameters(self, prefix="", recurse=True):
+    def named_parameters(self, prefix: str = "",
+                         recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
         """``(dotted name, Parameter)`` pairs, e.g. ``("1.body.0.weight", ...)``; a parameter
         shared by two modules is listed once."""
         seen = set()
-        modules = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
+        modules: Iterable[tuple[str, Module]] = \
+            self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
         for module_prefix, module in modules:
             for name, p in module._parameters.items():
                 if p is None or id(p) in seen:
@@ -641,48 +665,51 @@ class Module:
                 seen.add(id(p))
                 yield (f"{module_prefix}.{name}" if module_prefix else name), p
 
-    def parameters(self, recurse=True):
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
         """The `Parameter` objects (as ``named_parameters``)."""
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix="", recurse=True):
+    def named_buffers(self, prefix: str = "",
+                      recurse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
         """``(dotted name, ndarray)``: state saved with the model but not trained."""
-        modules = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
+        modules: Iterable[tuple[str, Module]] = \
+            self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
         for module_prefix, module in modules:
             for name, array in module._buffers.items():
                 if array is not None:
                     yield (f"{module_prefix}.{name}" if module_prefix else name), array
 
-    def buffers(self, recurse=True):
+    def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
+        """The buffer arrays (as ``named_buffers``)."""
         for _, array in self.named_buffers(recurse=recurse):
             yield array
 
     # --- modes and gradients -----------------------------------------------------------
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         """Training mode for this module and every sub-module; returns self."""
         self.training = bool(mode)
         for child in self.children():
             child.train(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         """Eval mode (dropout off, batch norm on its running statistics); returns self."""
         return self.train(False)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every parameter's gradient to zero."""
         for p in self.parameters():
             p.zero_grad()
 
     # --- state -------------------------------------------------------------------------
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """An ordered ``{name: array}`` of every parameter's data and every buffer, with
         the names of `named_parameters` (each module's parameters, then its buffers, then
         its sub-modules'). The arrays are the model's own (copy them to keep a snapshot)."""
-        state = collections.OrderedDict()
+        state: dict[str, np.ndarray] = collections.OrderedDict()
         for prefix, module in self.named_modules(remove_duplicate=False):
             dot = f"{prefix}." if prefix else ""
             for name, p in module._parameters.items():
@@ -693,7 +720,8 @@ class Module:
                     state[dot + name] = array
         return state
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, npt.ArrayLike | Parameter],
+                        strict: bool = True) -> IncompatibleKeys:
         """Copy the arrays of `state_dict` into the parameters and buffers of the same names.
 
         Everything is checked before anything is copied: a key the model lacks
@@ -714,7 +742,8 @@ class Module:
         own = self.state_dict()
         missing = [key for key in own if key not in state_dict]
         unexpected = [key for key in state_dict if key not in own]
-        problems, values = [], {}
+        problems: list[str] = []
+        values: dict[str, np.ndarray] = {}
         for key, target in own.items():
             if key not in state_dict:
                 continue
@@ -742,40 +771,40 @@ class Module:
 
     # --- shapes, cost, description -----------------------------------------------------
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """Per-sample output shape for a per-sample input shape (the batch axis left out);
         the default keeps the shape."""
         return tuple(input_shape)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         """Floating-point operations of one sample's forward pass (0 by default)."""
         return 0
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The constructor's arguments (JSON values, or sub-modules), used by ``save``."""
         return {}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         """A new module from `get_config()`'s dict (what ``nnscratch.load`` calls)."""
         return cls(**config)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         """The text inside the parentheses of ``repr(self)``."""
         return ", ".join(f"{k}={v}" for k, v in self.get_config().items()
                          if not isinstance(v, (Module, list, tuple)))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = [f"  ({name}): " + repr(module).replace("\n", "\n  ")
                  for name, module in self.named_children()]
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + ")" if not lines else head + "\n" + "\n".join(lines) + "\n)"
 
 
-def repeated_modules(model):
+def repeated_modules(model: Module) -> str | None:
     """None, or why `model` cannot train: one module object appears in two places of it (a
     layer keeps what its backward needs from its last forward)."""
-    first = {}
+    first: dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         seen = first.setdefault(id(module), name)
         if seen != name:
@@ -791,7 +820,7 @@ class ModuleSequence(Module):
     slicing, ``len``, iteration, ``append``, ``extend``, ``insert``, ``pop``, ``m[i] = module``
     and ``del m[i]``. The base of `ModuleList` and `Sequential`."""
 
-    def __init__(self, modules=()):
+    def __init__(self, modules: Iterable[Module] = ()) -> None:
         super().__init__()
         self._set_items(modules)
 
@@ -809,13 +838,15 @@ class ModuleSequence(Module):
     def _items(self):
         return list(self._modules.values())
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Module]:
         return iter(self._items())
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int | slice) -> Any:
+        # (Any: a Module for an int, such as model[0], whose attributes -- model[0].weight --
+        # are its own class's; a container of this kind for a slice)
         if isinstance(index, slice):
             return self._of(self._items()[index])
         return self._items()[index]
@@ -825,30 +856,34 @@ class ModuleSequence(Module):
         """A new container of this kind holding `modules` (what slicing returns)."""
         return cls(modules)
 
-    def __setitem__(self, index, module):
+    def __setitem__(self, index: int, module: Module) -> None:
         items = self._items()
         items[index] = module
         self._set_items(items)
 
-    def __delitem__(self, index):
+    def __delitem__(self, index: int | slice) -> None:
         items = self._items()
         del items[index]
         self._set_items(items)
 
-    def append(self, module):
+    def append(self, module: Module) -> Self:
+        """Add `module` at the end; returns self."""
         self._set_items(self._items() + [module])
         return self
 
-    def extend(self, modules):
+    def extend(self, modules: Iterable[Module]) -> Self:
+        """Add `modules` at the end, in order; returns self."""
         self._set_items(self._items() + list(modules))
         return self
 
-    def insert(self, index, module):
+    def insert(self, index: int, module: Module) -> None:
+        """Put `module` before position `index`."""
         items = self._items()
         items.insert(index, module)
         self._set_items(items)
 
-    def pop(self, index=-1):
+    def pop(self, index: int = -1) -> Module:
+        """Remove and return the module at `index` (the last by default)."""
         items = self._items()
         module = items.pop(index)
         self._set_items(items)
@@ -862,7 +897,7 @@ class ModuleList(ModuleSequence):
     It has no forward of its own: the module that holds it decides how its entries run.
     """
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"modules": list(self)}
 
 
@@ -875,10 +910,10 @@ IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "
 
 # --- the table `nnscratch.load` builds modules from ----------------------------------------
 
-_REGISTRY = {}
+_REGISTRY: dict[str, type[Module]] = {}
 
 
-def register(cls=None, *, name=None):
+def register(cls: type[Module] | None = None, *, name: str | None = None) -> Any:
     """Class decorator: let ``nnscratch.load`` rebuild saved modules of this class.
 
     The saved architecture names each module's class and its ``get_config()``; loading
@@ -890,11 +925,18 @@ def register(cls=None, *, name=None):
 
     Parameters
     ----------
+    cls : type
+        The class (given when used as ``@register``; leave it out with ``name=``).
     name : str, optional
         The name in saved files (default: the class's ``__name__``). Registering another
         class under a name already taken is a ValueError.
+
+    Returns
+    -------
+    type or callable
+        The class itself, unchanged; or, called with ``name=`` only, the decorator.
     """
-    def decorate(cls):
+    def decorate(cls: type[Module]) -> type[Module]:
         if not (isinstance(cls, type) and issubclass(cls, Module)):
             raise TypeError(f"register takes a Module subclass, got {cls!r}")
         key = cls.__name__ if name is None else name
@@ -911,12 +953,12 @@ def register(cls=None, *, name=None):
     return decorate if cls is None else decorate(cls)
 
 
-def registered(name):
+def registered(name: str) -> type[Module] | None:
     """The class registered under `name`, or None."""
     return _REGISTRY.get(name)
 
 
-def registered_name(cls):
+def registered_name(cls: type) -> str | None:
     """The name `cls` itself is registered under (not a parent class's), or None."""
     for key, known in _REGISTRY.items():
         if known is cls:

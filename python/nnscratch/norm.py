@@ -3,9 +3,13 @@
 The arithmetic is in the kernels ``batchnorm_forward`` / ``batchnorm_backward``
 (``cnn_core/_norm.pyx`` and its twin ``cnn_core/reference/norm.py``).
 """
+from __future__ import annotations
+
 import math
+from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks
 from .backend import kernels
@@ -31,10 +35,13 @@ class _BatchNorm(Module):
     (the input shape, for error messages).
     """
 
-    _sample_ndims: tuple = ()
+    _sample_ndims: tuple[int, ...] = ()
     _shape_text = ""
+    running_mean: np.ndarray      # buffers (register_buffer), of shape (num_features,)
+    running_var: np.ndarray
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         self.num_features = _checks.integer("num_features", num_features, 1)
         self.eps = _checks.real("eps", eps, 0.0, low_open=True)
@@ -45,7 +52,7 @@ class _BatchNorm(Module):
         self.register_buffer("running_mean", np.zeros(self.num_features, self.dtype))
         self.register_buffer("running_var", np.ones(self.num_features, self.dtype))
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         # x (N, C, ...) -> y of x's shape; keeps the mean and 1/std it used, for backward
         x = self._input(x, self.dtype, self._check)
         if self.training:
@@ -56,7 +63,8 @@ class _BatchNorm(Module):
         self._x, self._batch_statistics = x, self.training
         return y.reshape(x.shape)
 
-    def backward(self, grad_out, *, compute_grad_input=True):
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
         # g (x's shape) -> weight.grad += sum(g * xhat), bias.grad += sum(g); returns dL/dx
         x = self._saved("_x")
         g = self._grad_of(grad_out, x.shape, self.dtype)
@@ -65,7 +73,7 @@ class _BatchNorm(Module):
             self.bias.grad, training=self._batch_statistics, compute_grad_x=compute_grad_input)
         return None if grad_x is None else grad_x.reshape(x.shape)
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         x = self._input(x, self.dtype, self._check)
         y = kernels().batchnorm_forward(
             _as_4d(x), self.weight.data, self.bias.data, self.running_mean, self.running_var,
@@ -86,20 +94,20 @@ class _BatchNorm(Module):
             raise ValueError(f"{self!r} in training mode needs more than one value per "
                              f"channel, got input of shape {x.shape}")
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         input_shape = tuple(input_shape)
         self._check_sample(input_shape, f"samples of shape {input_shape}")
         return input_shape
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         # eval mode: one multiply and one add per element (scale and shift folded per channel)
         return 2 * math.prod(self.output_shape(input_shape))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps,
                 "momentum": self.momentum, "dtype": self.dtype.name}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         text = f"num_features={self.num_features}, eps={self.eps}, momentum={self.momentum}"
         return text if self.dtype == np.float32 else f"{text}, dtype={self.dtype.name}"
 

@@ -54,8 +54,11 @@ accuracy. So in float64 the two carry their constants as float64 initializers in
 layers keep the single LeakyRelu / BatchNormalization node. (ONNX Runtime's CPU provider
 has no float64 Conv: run float64 CNNs with ``onnx.reference.ReferenceEvaluator``.)
 """
+from __future__ import annotations
+
 import numbers
 import os
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -89,7 +92,8 @@ def _import_onnx():
 # The public functions
 # --------------------------------------------------------------------------------------
 
-def export(model, path, input_shape):
+def export(model: Module, path: str | os.PathLike[str],
+           input_shape: Sequence[int]) -> str | os.PathLike[str]:
     """Write `model` to `path` as an ONNX file computing its eval-mode forward pass.
 
     Parameters
@@ -137,7 +141,7 @@ def export(model, path, input_shape):
     return path
 
 
-def to_model_proto(model, input_shape):
+def to_model_proto(model: Module, input_shape: Sequence[int]) -> Any:
     """The ONNX model `export` writes, as an ``onnx.ModelProto`` (checked by
     ``onnx.checker.check_model``); arguments and errors as for `export`.
 

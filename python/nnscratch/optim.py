@@ -9,6 +9,10 @@ plain attribute that schedules and users may change between steps::
     optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9)
     optimizer.zero_grad(); model.backward(loss_fn.backward()); optimizer.step()
 """
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
 import numpy as np
 
 from . import _checks, _memory
@@ -28,7 +32,7 @@ class Optimizer:
     lr : float >= 0
     """
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Iterable[Parameter], lr: float) -> None:
         self.lr = _checks.real("learning rate", lr, 0.0)
         self.params = list(params)
         if not self.params:
@@ -39,14 +43,14 @@ class Optimizer:
                                 f"{type(p).__name__}")
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError("optimizer got a parameter more than once")
-        self.state = [{} for _ in self.params]
+        self.state: list[dict[str, Any]] = [{} for _ in self.params]
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set the gradients of the optimized parameters to zero."""
         for p in self.params:
             p.zero_grad()
 
-    def step(self):
+    def step(self) -> None:
         """Update every parameter from its ``.grad``, in place."""
         raise NotImplementedError(f"{type(self).__name__} does not implement step()")
 
@@ -58,14 +62,14 @@ class Optimizer:
             array = self.state[i][name] = _memory.zeros(p.shape, p.dtype)
         return array
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """A copy of the optimizer's state: ``{"lr": float, "state": [one dict per parameter
         of its arrays ("velocity", "m", "v") and step count ("step")]}``."""
         return {"lr": self.lr,
                 "state": [{k: (v.copy() if isinstance(v, np.ndarray) else v)
                            for k, v in entry.items()} for entry in self.state]}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a `state_dict` of an optimizer of the same kind over the same parameters."""
         entries = state_dict["state"]
         if len(entries) != len(self.params):
@@ -73,7 +77,7 @@ class Optimizer:
                              f"optimizer has {len(self.params)}")
         new_state = []
         for i, (entry, p) in enumerate(zip(entries, self.params)):
-            restored = {}
+            restored: dict[str, Any] = {}
             for key, value in entry.items():
                 if key == "step":
                     restored[key] = _checks.integer(f"state_dict entry {i} step", value, 0)
@@ -90,7 +94,7 @@ class Optimizer:
     def _hyper_repr(self):
         return ""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr:g}{self._hyper_repr()})"
 
 
@@ -113,7 +117,8 @@ class SGD(Optimizer):
     weight_decay : float >= 0, default 0
     """
 
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
         self.momentum = _checks.real("momentum value", momentum, 0.0)
         self.weight_decay = _checks.real("weight_decay value", weight_decay, 0.0)
@@ -121,7 +126,7 @@ class SGD(Optimizer):
         if self.nesterov and self.momentum <= 0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
 
-    def step(self):
+    def step(self) -> None:
         K = kernels()
         for i, p in enumerate(self.params):
             velocity = self._state(i, "velocity") if self.momentum else None
@@ -153,7 +158,9 @@ class Adam(Optimizer):
 
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
         try:
             beta1, beta2 = betas
@@ -164,7 +171,7 @@ class Adam(Optimizer):
         self.eps = _checks.real("epsilon value", eps, 0.0, low_open=True)
         self.weight_decay = _checks.real("weight_decay value", weight_decay, 0.0)
 
-    def step(self):
+    def step(self) -> None:
         K = kernels()
         beta1, beta2 = self.betas
         for i, p in enumerate(self.params):
@@ -187,5 +194,7 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)

@@ -8,16 +8,24 @@ Each writes a PNG to `path` (atomically: a temporary file, then a rename) and re
 The figures are plain `matplotlib.figure.Figure` objects, not pyplot's: plotting neither
 switches the caller's matplotlib backend nor opens or closes any of their figures.
 """
+from __future__ import annotations
+
 import io
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .serialization import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from .callbacks import History
 
 PLOT_HINT = 'plotting needs matplotlib: pip install "nnscratch[plot]" (or pip install matplotlib)'
 
 
-def require_matplotlib():
+def require_matplotlib() -> None:
     """Import matplotlib or raise ImportError with the message saying how to install it."""
     try:
         import matplotlib.figure  # noqa: F401
@@ -40,9 +48,10 @@ def _save(fig, path):
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def plot_history(history, path):
+def plot_history(history: History | Mapping[str, Sequence[float]],
+                 path: str | os.PathLike[str]) -> str | os.PathLike[str]:
     """Learning curves from a History (or its .history dict): loss and accuracy by epoch."""
-    h = getattr(history, "history", history)
+    h: Any = getattr(history, "history", history)      # the History's dict, or the dict
     fig = _figure(figsize=(10, 4))
     from matplotlib.ticker import MaxNLocator
 
@@ -63,7 +72,8 @@ def plot_history(history, path):
     return _save(fig, path)
 
 
-def plot_confusion_matrix(matrix, path, class_names=None):
+def plot_confusion_matrix(matrix: npt.ArrayLike, path: str | os.PathLike[str],
+                          class_names: Sequence[str] | None = None) -> str | os.PathLike[str]:
     """A confusion matrix (true class by row, predicted class by column) as a heat map."""
     matrix = np.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
@@ -88,7 +98,9 @@ def plot_confusion_matrix(matrix, path, class_names=None):
     return _save(fig, path)
 
 
-def plot_first_layer(weight, path, image_shape=(28, 28), max_units=64):
+def plot_first_layer(weight: npt.ArrayLike, path: str | os.PathLike[str],
+                     image_shape: tuple[int, int] = (28, 28),
+                     max_units: int = 64) -> str | os.PathLike[str]:
     """The first Linear layer's weight (in_features, units): each unit's column as an image."""
     weight = np.asarray(weight)
     if (weight.ndim != 2 or weight.shape[0] != image_shape[0] * image_shape[1]

@@ -12,7 +12,10 @@ other layer a step of its own. Prints microseconds per training step and each ph
 share; "between phases" is what the loop itself costs. (fit also checks every gradient for
 NaN/inf inside the update's kernel call; here the plain `optimizer.step()` runs.)
 """
+from __future__ import annotations
+
 import time
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +71,7 @@ def profile_step(kind="mlp", batch_size=128, steps=200, samples=None, seed=0):
 
     forward_labels = [label(step, False) for step in plan.steps]
     backward_labels = [label(step, True) for step in reversed(plan.steps)]
-    record = {}
+    record: dict[str, Any] = {}
 
     def add(key, seconds):
         record[key] = record.get(key, 0.0) + seconds

@@ -24,10 +24,16 @@ Two ways to drive one, the same numbers either way:
 ``last_epoch`` counts the ``step()`` calls (epochs or batches); ``get_lr(t)`` is the
 learning rate after t of them, a pure function of t.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 from . import _checks
 from .callbacks import Callback
+
+if TYPE_CHECKING:
+    from .optim import SGD, Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "WarmupCosineLR"]
 
@@ -51,7 +57,7 @@ class LRScheduler(Callback):
 
     interval = "epoch"
 
-    def __init__(self, optimizer, interval=None):
+    def __init__(self, optimizer: Optimizer, interval: str | None = None) -> None:
         if not hasattr(optimizer, "lr"):
             raise TypeError(f"{type(self).__name__} needs an optimizer with an lr attribute, "
                             f"got {type(optimizer).__name__}")
@@ -63,11 +69,11 @@ class LRScheduler(Callback):
         self.base_lr = float(optimizer.lr)
         self.last_epoch = 0
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         """The learning rate after `epoch` steps (0 = before the first step)."""
         raise NotImplementedError
 
-    def step(self):
+    def step(self) -> None:
         """Advance one step (an epoch or a batch) and set ``optimizer.lr``."""
         self.last_epoch += 1
         self._apply(self.last_epoch)
@@ -76,16 +82,16 @@ class LRScheduler(Callback):
         """Set the optimizer's hyper-parameters to the schedule's values after t steps."""
         self.optimizer.lr = self.get_lr(t)
 
-    def get_last_lr(self):
+    def get_last_lr(self) -> float:
         """The learning rate this schedule set last (the base lr before any step)."""
         return self.get_lr(self.last_epoch)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """``{"last_epoch": int, "base_lr": float}``: where the schedule stands (its other
         settings are the constructor's)."""
         return {"last_epoch": self.last_epoch, "base_lr": self.base_lr}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Continue from a `state_dict`: sets ``last_epoch`` and ``base_lr`` and puts the
         schedule's values for that step into the optimizer."""
         last_epoch = _checks.integer("state_dict['last_epoch']", state_dict["last_epoch"], 0)
@@ -93,11 +99,11 @@ class LRScheduler(Callback):
         self.last_epoch = last_epoch
         self._apply(last_epoch)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.interval == "epoch":
             self.step()
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.interval == "batch":
             self.step()
 
@@ -115,12 +121,13 @@ class StepLR(LRScheduler):
         When ``fit`` steps it.
     """
 
-    def __init__(self, optimizer, step_size, gamma=0.1, *, interval="epoch"):
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, *,
+                 interval: str = "epoch") -> None:
         self.step_size = _checks.integer("step_size", step_size, 1)
         self.gamma = _checks.real("gamma", gamma, 0.0, low_open=True)
         super().__init__(optimizer, interval)
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -137,12 +144,13 @@ class CosineAnnealingLR(LRScheduler):
         When ``fit`` steps it (with "batch", T_max counts batches).
     """
 
-    def __init__(self, optimizer, T_max, eta_min=0.0, *, interval="epoch"):
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, *,
+                 interval: str = "epoch") -> None:
         self.T_max = _checks.integer("T_max", T_max, 1)
         self.eta_min = _checks.real("eta_min", eta_min, 0.0)
         super().__init__(optimizer, interval)
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         cosine = (1.0 + math.cos(math.pi * epoch / self.T_max)) / 2.0
         return self.eta_min + (self.base_lr - self.eta_min) * cosine
 
@@ -208,10 +216,13 @@ class OneCycleLR(LRScheduler):
 
     interval = "batch"
 
-    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
-                 pct_start=0.3, anneal_strategy="cos", cycle_momentum=True,
-                 base_momentum=0.85, max_momentum=0.95, div_factor=25.0, final_div_factor=1e4,
-                 three_phase=False, *, interval="batch"):
+    def __init__(self, optimizer: Optimizer, max_lr: float, total_steps: int | None = None,
+                 epochs: int | None = None, steps_per_epoch: int | None = None,
+                 pct_start: float = 0.3, anneal_strategy: str = "cos",
+                 cycle_momentum: bool = True, base_momentum: float = 0.85,
+                 max_momentum: float = 0.95, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, three_phase: bool = False, *,
+                 interval: str = "batch") -> None:
         super().__init__(optimizer, interval)
         self.total_steps = _total_steps(total_steps, epochs, steps_per_epoch)
         self.max_lr = _checks.real("max_lr", max_lr, 0.0, low_open=True)
@@ -242,6 +253,7 @@ class OneCycleLR(LRScheduler):
         # (end step, lr from, lr to, momentum from, momentum to), as torch's _schedule_phases
         T, lo, hi = self.total_steps, self.base_momentum, self.max_momentum
         rise_end = float(self.pct_start * T) - 1
+        self._phases: tuple[tuple[float, float, float, float, float], ...]
         if self.three_phase:
             self._phases = ((rise_end, self.initial_lr, self.max_lr, hi, lo),
                             (float(2 * self.pct_start * T) - 2, self.max_lr, self.initial_lr,
@@ -261,18 +273,18 @@ class OneCycleLR(LRScheduler):
                 return phase, ((t - start) / (end - start) if end != start else 1.0)
             start = end
 
-    def get_lr(self, t):
+    def get_lr(self, t: int) -> float:
         (_, lr_from, lr_to, _, _), pct = self._phase(t)
         return self._anneal(lr_from, lr_to, pct)
 
-    def get_momentum(self, t):
+    def get_momentum(self, t: int) -> float | None:
         """The momentum (or beta1) after t steps; None without ``cycle_momentum``."""
         if not self.cycle_momentum:
             return None
         (_, _, _, m_from, m_to), pct = self._phase(t)
         return self._anneal(m_from, m_to, pct)
 
-    def step(self):
+    def step(self) -> None:
         if self.last_epoch >= self.total_steps:
             raise ValueError(
                 f"OneCycleLR was stepped {self.last_epoch + 1} times, beyond total_steps="
@@ -283,11 +295,11 @@ class OneCycleLR(LRScheduler):
     def _apply(self, t):
         super()._apply(t)
         if self.cycle_momentum:
-            momentum = self.get_momentum(t)
+            momentum = cast(float, self.get_momentum(t))      # (a float: cycle_momentum)
             if hasattr(self.optimizer, "betas"):
                 self.optimizer.betas = (momentum,) + tuple(self.optimizer.betas[1:])
             else:
-                self.optimizer.momentum = momentum
+                cast("SGD", self.optimizer).momentum = momentum     # (SGD, or one like it)
 
 
 def _total_steps(total_steps, epochs, steps_per_epoch):
@@ -339,8 +351,9 @@ class WarmupCosineLR(LRScheduler):
 
     interval = "batch"
 
-    def __init__(self, optimizer, warmup_steps, total_steps, start_factor=0.0, eta_min=0.0,
-                 *, interval="batch"):
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
+                 start_factor: float = 0.0, eta_min: float = 0.0, *,
+                 interval: str = "batch") -> None:
         super().__init__(optimizer, interval)
         self.warmup_steps = _checks.integer("warmup_steps", warmup_steps, 0)
         self.total_steps = _checks.integer("total_steps", total_steps, 1)
@@ -351,7 +364,7 @@ class WarmupCosineLR(LRScheduler):
         self.eta_min = _checks.real("eta_min", eta_min, 0.0)
         self._apply(0)
 
-    def get_lr(self, t):
+    def get_lr(self, t: int) -> float:
         if t < self.warmup_steps:
             return self.base_lr * (self.start_factor
                                    + (1.0 - self.start_factor) * t / self.warmup_steps)

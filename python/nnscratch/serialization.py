@@ -28,6 +28,8 @@ reading the header and every tensor's dtype, shape and byte range before reading
 A safetensors file holding only weights (no metadata) is not a model file:
 ``model.load_state_dict(safetensors.numpy.load_file(path))`` loads it into a model.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import math
@@ -36,11 +38,15 @@ import secrets
 import struct
 import time
 import zipfile
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from . import _random, backend
 from .module import Module, registered, registered_name
+
+if TYPE_CHECKING:
+    from .model import Sequential
 
 __all__ = ["save", "load", "model_arrays", "write_npz", "write_bytes_atomic", "write_safetensors", "open_model_file",
            "Archive", "SafetensorsArchive", "read_model", "architecture", "build"]
@@ -53,7 +59,7 @@ EXTRA_PREFIX = "checkpoint/"   # entries a checkpoint adds; `load` reads past th
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
-def save(model, path):
+def save(model: Sequential, path: str | os.PathLike[str]) -> None:
     """Write `model` (a Sequential) to exactly `path`, atomically: a safetensors file when
     `path` ends in ``.safetensors`` (any case), else an ``.npz``.
 
@@ -83,14 +89,14 @@ def _document(model):
     return json.dumps({"format": FORMAT, "version": VERSION, **architecture(model)})
 
 
-def model_arrays(model):
+def model_arrays(model: Module) -> dict[str, np.ndarray]:
     """{name: array} of everything `save` writes: the architecture and the state_dict."""
     arrays = {ARCHITECTURE_KEY: np.frombuffer(_document(model).encode("utf-8"), np.uint8)}
     arrays.update(model.state_dict())
     return arrays
 
 
-def write_safetensors(path, model):
+def write_safetensors(path: str | os.PathLike[str], model: Module) -> None:
     """Write `model` as a safetensors file to exactly `path`, atomically: its
     ``state_dict()`` as the tensors, the architecture document as the header's
     ``__metadata__["__architecture__"]``."""
@@ -133,10 +139,10 @@ def _described(value, where):
                      f"file cannot describe (JSON values and modules only)")
 
 
-def write_npz(path, arrays):
+def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
     """Write {name: array} as an uncompressed .npz to exactly `path`, atomically."""
     # (a file object: np.savez appends no ".npz")
-    _write_atomically(path, lambda f: np.savez(f, **arrays))
+    _write_atomically(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def _write_atomically(path, write):
@@ -161,7 +167,7 @@ def _write_atomically(path, write):
     _remove_stale_temps(directory, os.path.basename(path))
 
 
-def write_bytes_atomic(path, data):
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> str | os.PathLike[str]:
     """Write `data` (bytes) to exactly `path`, atomically: through a temporary file beside
     it, fsynced, then renamed (`_write_atomically`); returns `path`. The model
     files, the ONNX export, the plots and `nnscratch predict --out` all write so."""
@@ -225,7 +231,7 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
-def load(path):
+def load(path: str | os.PathLike[str]) -> Any:
     """Read a model written by ``model.save``: the saved module (a `Sequential` for the
     models of this library), in training mode.
 
@@ -242,12 +248,17 @@ def load(path):
         When `path` does not exist.
     ValueError
         When the file is not a valid nnscratch model file.
+
+    Returns
+    -------
+    Module
+        The model (a `Sequential` for this library's models), in training mode.
     """
     with open_model_file(path) as archive:
         return read_model(archive)
 
 
-def open_model_file(path):
+def open_model_file(path: str | os.PathLike[str]) -> Archive | SafetensorsArchive:
     """The reader of the model file at `path`: a `SafetensorsArchive` for a file that starts
     as one (``{`` after the 8-byte header length: never a zip) or a name ending in
     ``.safetensors`` (unless the file is a zip), else an `Archive` (.npz)."""
@@ -429,7 +440,9 @@ class SafetensorsArchive:
             raise self.bad("the safetensors header is not a JSON object")
         self.metadata = header.pop("__metadata__", None)
         self.data_start, data_size = 8 + length, size - 8 - length
-        self.headers, self.offsets, self._stored = {}, {}, {}
+        self.headers: dict[str, Any] = {}
+        self.offsets: dict[str, tuple[int, int]] = {}
+        self._stored: dict[str, Any] = {}
         for name, entry in header.items():
             self._check_entry(name, entry, data_size)
         end = 0
@@ -590,7 +603,7 @@ def _expected_state(spec, prefix="", depth=0):
     worked out from their configs without building them (modules of other kinds are
     checked once built): so that a file declaring a layer larger than its weights is
     refused before that layer allocates anything."""
-    expected = {}
+    expected: dict[str, Any] = {}
     if not isinstance(spec, dict) or depth > MAX_DEPTH:
         return expected
     kind, config = spec.get("type"), spec.get("config")

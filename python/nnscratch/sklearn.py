@@ -43,11 +43,15 @@ pickling
     and its ``state_dict`` arrays, and rebuilt on unpickling; the training-time buffers of
     the compiled path are not stored. Model *files* (``model_.save``) never use pickle.
 """
+from __future__ import annotations
+
 import contextlib
 import numbers
 import threading
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -64,7 +68,10 @@ from .callbacks import EarlyStopping
 from .layers import Linear, ReLU, Sigmoid, Tanh
 from .losses import CrossEntropyLoss, MSELoss
 from .model import Sequential
-from .optim import SGD, Adam
+from .optim import SGD, Adam, Optimizer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["NNClassifier", "NNRegressor"]
 
@@ -94,10 +101,13 @@ class _NNEstimator(BaseEstimator):
     """What the classifier and the regressor share: parameters, network, training loop,
     pickling. Subclasses give ``fit`` (checks X and y, then ``_fit``) and ``_loss()``."""
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, epochs=200,
-                 batch_size="auto", optimizer="adam", learning_rate=0.001,
-                 weight_decay=0.0001, momentum=0.9, shuffle=True, tol=0.0001,
-                 n_iter_no_change=10, random_state=None, verbose=False):
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,),
+                 activation: str = "relu", *, epochs: int = 200, batch_size: int | str = "auto",
+                 optimizer: str = "adam", learning_rate: float = 0.001,
+                 weight_decay: float = 0.0001, momentum: float = 0.9, shuffle: bool = True,
+                 tol: float = 0.0001, n_iter_no_change: int = 10,
+                 random_state: int | np.random.RandomState | None = None,
+                 verbose: bool = False) -> None:
         # scikit-learn's rule: store the arguments as given; fit checks them
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -117,7 +127,7 @@ class _NNEstimator(BaseEstimator):
 
     def _check_params(self):
         """The constructor's arguments, checked: a dict of the values fit uses."""
-        sizes = self.hidden_layer_sizes
+        sizes: Any = self.hidden_layer_sizes        # (an int, or a sequence of them)
         if isinstance(sizes, numbers.Integral) and not isinstance(sizes, (bool, np.bool_)):
             sizes = (sizes,)
         try:
@@ -160,6 +170,7 @@ class _NNEstimator(BaseEstimator):
         rng = check_random_state(self.random_state)
         init_seed, shuffle_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         model = self._build(X.shape[1], n_outputs, params["sizes"], init_seed)
+        optimizer: Optimizer
         if self.optimizer == "adam":
             optimizer = Adam(model.parameters(), lr=params["lr"],
                              weight_decay=params["weight_decay"])
@@ -287,7 +298,7 @@ class NNClassifier(ClassifierMixin, _NNEstimator):
     (2, 3)
     """
 
-    def fit(self, X, y):
+    def fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> Self:
         """Train a new network on X (n_samples, n_features) and labels y (n_samples,).
 
         Returns
@@ -318,14 +329,14 @@ class NNClassifier(ClassifierMixin, _NNEstimator):
     def _loss(self):
         return CrossEntropyLoss()
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: npt.ArrayLike) -> np.ndarray:
         """Class probabilities (n_samples, n_classes): the softmax of the network's outputs,
         columns in the order of `classes_`; each row sums to 1."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return self.model_.predict_proba(X)
 
-    def predict(self, X):
+    def predict(self, X: npt.ArrayLike) -> np.ndarray:
         """The most probable class of each sample (n_samples,), a label of `classes_`."""
         proba = self.predict_proba(X)          # (first: checks that the model is fitted)
         return self.classes_[np.argmax(proba, axis=1)]
@@ -368,7 +379,7 @@ class NNRegressor(RegressorMixin, _NNEstimator):
     (3,)
     """
 
-    def fit(self, X, y):
+    def fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> Self:
         """Train a new network on X (n_samples, n_features) and targets y (n_samples,) or
         (n_samples, n_targets).
 
@@ -397,7 +408,7 @@ class NNRegressor(RegressorMixin, _NNEstimator):
     def _loss(self):
         return MSELoss()
 
-    def predict(self, X):
+    def predict(self, X: npt.ArrayLike) -> np.ndarray:
         """Predicted targets: (n_samples,) when fit's y was 1-D, else (n_samples, n_targets)."""
         out = self._outputs(X)
         return out.ravel() if self._single_output else out

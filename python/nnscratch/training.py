@@ -14,13 +14,17 @@ numbers, bit for bit, with the batch gathered into kept arrays and no pass to ze
 gradients. Arguments are checked once, before the first epoch, with a ``ValueError`` /
 ``TypeError`` naming the argument.
 """
+from __future__ import annotations
+
 import copy
 import math
 import numbers
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, _fast, _random
 from . import metrics as _metrics
@@ -28,7 +32,12 @@ from .backend import fast_path, kernels
 from .callbacks import Callback, History
 from .layers import Sigmoid, Softmax
 from .losses import LOSSES, BCEWithLogitsLoss, CrossEntropyLoss, Loss
+from .metrics import MetricSpec
 from .module import repeated_modules
+
+if TYPE_CHECKING:
+    from .model import Sequential
+    from .optim import Optimizer
 
 __all__ = ["fit", "evaluate", "predict", "predict_proba"]
 
@@ -37,11 +46,14 @@ __all__ = ["fit", "evaluate", "predict", "predict_proba"]
 # Argument checks
 # --------------------------------------------------------------------------------------
 
-def _model_dtype(model):
+# (the helpers take a Sequential, or anything with its output_shape and dtype)
+
+def _model_dtype(model: Any) -> np.dtype:
     return model.dtype if model.dtype is not None else np.dtype(np.float32)
 
 
-def _as_features(model, X, name, check_finite=True):
+def _as_features(model: Any, X: npt.ArrayLike, name: str,
+                 check_finite: bool = True) -> tuple[np.ndarray, tuple[int, ...]]:
     """X as a C-contiguous array of the model's dtype; returns (X, per-sample output shape)."""
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
@@ -62,7 +74,8 @@ def _as_features(model, X, name, check_finite=True):
     return X, output_shape
 
 
-def _as_data(model, loss, X, y, x_name="X", y_name="y"):
+def _as_data(model: Any, loss: Loss, X: npt.ArrayLike, y: npt.ArrayLike,
+             x_name: str = "X", y_name: str = "y") -> tuple[np.ndarray, np.ndarray, str | None]:
     """Check and convert (X, y) for `loss`; returns (X, y, accuracy kind or None)."""
     X, output_shape = _as_features(model, X, x_name)
     y = np.asarray(y)
@@ -82,7 +95,7 @@ def _as_data(model, loss, X, y, x_name="X", y_name="y"):
     return X, y, kind
 
 
-def _as_loss(loss):
+def _as_loss(loss: Loss | str) -> Loss:
     if isinstance(loss, str):
         if loss not in LOSSES:
             raise ValueError(f"Unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass a "
@@ -112,9 +125,14 @@ class _Accuracy:
 # fit
 # --------------------------------------------------------------------------------------
 
-def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None,
-        validation_split=0.0, shuffle=True, seed=None, progress=True, callbacks=None,
-        initial_epoch=0, check_finite=True, transform=None, metrics=None):
+def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | str,
+        optimizer: Optimizer, epochs: int, batch_size: int,
+        validation_data: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+        validation_split: float = 0.0, shuffle: bool = True, seed: int | None = None,
+        progress: bool | str = True, callbacks: Sequence[Callback] | None = None,
+        initial_epoch: int = 0, check_finite: bool = True,
+        transform: Callable[[np.ndarray, np.random.Generator], npt.ArrayLike] | None = None,
+        metrics: Sequence[MetricSpec] | None = None) -> History:
     """Train `model` with mini-batch gradient descent.
 
     Parameters
@@ -181,10 +199,6 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
         Metrics only read the outputs: the weights are the same, bit for bit, with or
         without them.
 
-    The model trains in training mode: a model in eval mode is put in training mode (every
-    module of it); in a model already in training mode, a module put in eval mode (say, a
-    frozen batch norm) stays in eval mode. Every module's mode is put back afterwards.
-
     Returns
     -------
     History
@@ -199,6 +213,12 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     FloatingPointError
         When the loss or a gradient becomes NaN or infinite (unless check_finite=False),
         naming the epoch, the batch and the layer.
+
+    Notes
+    -----
+    The model trains in training mode: a model in eval mode is put in training mode (every
+    module of it); in a model already in training mode, a module put in eval mode (say, a
+    frozen batch norm) stays in eval mode. Every module's mode is put back afterwards.
     """
     loss = _as_loss(loss)
     epochs = _checks.integer("epochs", epochs, 0)
@@ -242,7 +262,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
             raise ValueError("give validation_data or validation_split, not both")
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val)")
-        X_val, y_val, _ = _as_data(model, loss, *validation_data,
+        X_val, y_val, _ = _as_data(model, loss, validation_data[0], validation_data[1],
                                    x_name="validation_data[0]", y_name="validation_data[1]")
     elif validation_split:
         split_at = int(len(X) * (1.0 - validation_split))
@@ -267,7 +287,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=Non
     elif seed is not None:
         transform_entropy = seed
     else:   # a draw from a far-away copy of the stream: the shuffles stay as they were
-        transform_entropy = int(np.random.Generator(rng.bit_generator.jumped())
+        bits = cast(np.random.PCG64, rng.bit_generator)     # (the library's, or PCG64(seed))
+        transform_entropy = int(np.random.Generator(bits.jumped())
                                 .integers(2 ** 63))
     history = History()
     # training mode: a model in eval mode is put in training mode, every module of it; in a
@@ -467,7 +488,7 @@ class _Prefetch:
                        for start in range(0, len(X), batch_size)]
         self.accepted = {X.shape[1:]}     # sample shapes the model is known to take
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="nnscratch-fit-transform")
-        self.pending = None
+        self.pending: Any = None      # (batch, its Future), None after the last batch
         self._submit(0)
 
     def _submit(self, batch):
@@ -620,7 +641,9 @@ def _running_metrics(parsed, model, X, accuracy_kind):
                                    len(X), _model_dtype(model))
 
 
-def evaluate(model, X, y, loss=None, batch_size=256, metrics=None):
+def evaluate(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike,
+             loss: Loss | str | None = None, batch_size: int = 256,
+             metrics: Sequence[MetricSpec] | None = None) -> dict[str, float]:
     """Mean loss and accuracy of `model` on (X, y), in eval mode.
 
     Parameters
@@ -650,7 +673,7 @@ def evaluate(model, X, y, loss=None, batch_size=256, metrics=None):
                             _running_metrics(extra, model, X, kind) if extra else None)
 
 
-def predict(model, X, batch_size=256):
+def predict(model: Sequential, X: npt.ArrayLike, batch_size: int = 256) -> np.ndarray:
     """The model's outputs for X, computed in batches in eval mode.
 
     Does not change the model's mode and keeps no state, so several threads may call it
@@ -664,7 +687,7 @@ def predict(model, X, batch_size=256):
     return result
 
 
-def predict_proba(model, X, batch_size=256):
+def predict_proba(model: Sequential, X: npt.ArrayLike, batch_size: int = 256) -> np.ndarray:
     """Class probabilities: the softmax of `predict`'s rows (N, C), or the sigmoid of a
     single output column. A model that already ends with Softmax or Sigmoid is returned
     as is."""

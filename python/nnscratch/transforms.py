@@ -22,10 +22,14 @@ of the training step, with a generator of its own for each epoch (see
 callable with this signature serves as a transform; one given to ``fit`` runs in that thread,
 so it must not touch the model.
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import numpy as np
+import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import _checks, _random
@@ -57,7 +61,7 @@ def _pair(name, value):
 class _ImageTransform:
     """What the image transforms share: flat rows <-> images, and the generator."""
 
-    def __init__(self, image_shape):
+    def __init__(self, image_shape: Sequence[int] | None) -> None:
         if image_shape is not None:
             try:
                 ok = len(image_shape) in (2, 3)
@@ -67,9 +71,11 @@ class _ImageTransform:
             if not ok:
                 raise ValueError(f"image_shape must be (H, W) or (C, H, W), positive ints, "
                                  f"got {image_shape!r}")
-        self.image_shape = image_shape
+        self.image_shape = cast("tuple[int, ...] | None", image_shape)    # (a tuple now)
 
-    def __call__(self, x, rng=None):
+    def __call__(self, x: npt.ArrayLike, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The transformed batch (a new array); draws from `rng`, or from the library's
+        generator when None."""
         rng = _generator(rng)
         x = np.asarray(x)
         name = type(self).__name__
@@ -112,13 +118,18 @@ class RandomCrop(_ImageTransform):
     image_shape : (H, W) or (C, H, W), optional
         For flat input rows (N, C * H * W); the output is then flat too, (N, C * h * w).
 
+    Shape
+    -----
+    (N, ..., H, W) -> (N, ..., h, w), the dtype kept.
+
+    Notes
+    -----
     Draws ``top = rng.integers(0, H + 2 * padding - h + 1, size=N)``, then ``left`` the
     same way over the width.
-
-    Shape: (N, ..., H, W) -> (N, ..., h, w), the dtype kept.
     """
 
-    def __init__(self, size, padding=0, image_shape=None):
+    def __init__(self, size: int | tuple[int, int], padding: int = 0,
+                 image_shape: Sequence[int] | None = None) -> None:
         super().__init__(image_shape)
         self.size = _pair("size", size)
         self.padding = _checks.integer("padding", padding, 0)
@@ -141,7 +152,7 @@ class RandomCrop(_ImageTransform):
         windows = sliding_window_view(padded, (h, w), axis=(-2, -1))
         return windows[np.arange(n), ..., top, left, :, :]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"RandomCrop(size={self.size}, padding={self.padding}{self._shape_repr()})"
 
 
@@ -155,12 +166,16 @@ class RandomHorizontalFlip(_ImageTransform):
     image_shape : (H, W) or (C, H, W), optional
         For flat input rows (N, C * H * W); the output is then flat too.
 
-    Draws ``rng.random(N) < p`` (whatever p is: the same draws for p = 0 and p = 1).
+    Shape
+    -----
+    (N, ..., H, W) -> the same, the dtype kept.
 
-    Shape: (N, ..., H, W) -> the same, the dtype kept.
+    Notes
+    -----
+    Draws ``rng.random(N) < p`` (whatever p is: the same draws for p = 0 and p = 1).
     """
 
-    def __init__(self, p=0.5, image_shape=None):
+    def __init__(self, p: float = 0.5, image_shape: Sequence[int] | None = None) -> None:
         super().__init__(image_shape)
         self.p = _checks.real("p", p, 0.0, 1.0)
 
@@ -170,7 +185,7 @@ class RandomHorizontalFlip(_ImageTransform):
         out[flip] = images[flip, ..., ::-1]
         return out
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p}{self._shape_repr()})"
 
 
@@ -184,7 +199,7 @@ class Compose:
         Applied in this order. ``Compose([])`` returns a copy of x.
     """
 
-    def __init__(self, transforms):
+    def __init__(self, transforms: Iterable[Callable[[Any, np.random.Generator], Any]]) -> None:
         if isinstance(transforms, (str, bytes)) or not hasattr(transforms, "__iter__") \
                 or callable(transforms):
             raise TypeError(f"Compose takes a list of transforms, got "
@@ -195,7 +210,8 @@ class Compose:
                 raise TypeError(f"Compose: transforms[{i}] must be callable as t(x, rng), got "
                                 f"{type(t).__name__} {t!r}")
 
-    def __call__(self, x, rng=None):
+    def __call__(self, x: npt.ArrayLike, rng: np.random.Generator | None = None) -> Any:
+        """``x`` through every transform in turn, each given the same generator."""
         rng = _generator(rng)
         if not self.transforms:
             return np.array(x)
@@ -203,6 +219,6 @@ class Compose:
             x = t(x, rng)
         return x
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = "".join(f"\n    {t!r}," for t in self.transforms)
         return f"Compose([{inner}\n])" if inner else "Compose([])"

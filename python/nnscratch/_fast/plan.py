@@ -24,7 +24,10 @@ run its hooks -- and a chain is split around it (the same bits: each step makes 
 own kernel calls). A plan is made again when a module gets its first hook or loses its last
 (`hook_changes`), so that removing the hooks gives the fused steps back.
 """
+from __future__ import annotations
+
 from operator import is_
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +42,7 @@ from .steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutS
 __all__ = ["Plan", "Run", "plan_of", "replan", "inline", "plannable", "step_modules"]
 
 # classes whose forward runs their sub-modules in order and nothing else: walked into
-_INLINED = []
+_INLINED: list[type] = []
 
 
 def inline(cls):
@@ -128,8 +131,8 @@ class Plan:
 
     def __init__(self, model):
         self.hooks = hook_changes.count     # (hooks put on or taken off since: made again)
-        self.containers = []
-        modules = []
+        self.containers: list[Any] = []
+        modules: list[Any] = []
         self._walk(model, modules)
         # the model's own registry and children, and whether there are nested containers
         # too: what `_fast.forward` checks inline
@@ -233,7 +236,8 @@ def step_modules(step):
 
 def _steps(modules):
     """The steps for `modules` (a flat list, in order)."""
-    steps, i = [], 0
+    steps: list[Any] = []
+    i = 0
     while i < len(modules):
         module = modules[i]
         following = modules[i + 1] if i + 1 < len(modules) else None
@@ -267,7 +271,8 @@ def _steps(modules):
 def _chained(steps):
     """`steps` with every run of two or more Linear steps whose features and dtypes follow
     on replaced by one chain step."""
-    result, run = [], []
+    result: list[Any] = []
+    run: list[Any] = []
 
     def flush():
         if len(run) >= 2:

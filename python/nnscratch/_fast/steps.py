@@ -31,6 +31,8 @@ Layer state is written with ``layer.__dict__[name] = value``: the same attribute
 layer's ``self.name = value`` sets, without the registry check of ``Module.__setattr__``
 (these are never parameters or modules).
 """
+from typing import Any
+
 import numpy as np
 
 from .. import _random
@@ -65,7 +67,8 @@ class LinearStep:
 
     def __init__(self, linear, relu=None):
         self.linear, self.relu = linear, relu
-        self.x = self.y = None
+        self.x: Any = None          # what the last forward took and gave
+        self.y: Any = None
 
     def forward(self, x, run):
         lin = self.linear
@@ -126,8 +129,9 @@ class ChainStep:
         self.dtype, self.features = self.linears[0].dtype, self.linears[0].in_features
         # ((layer's __dict__, weight, bias) each, weight arrays, bias arrays): one tuple,
         # replaced whole, so that threads calling at once read one consistent set
-        self.arrays = ((), (), ())
-        self.x = self.ys = None
+        self.arrays: Any = ((), (), ())
+        self.x: Any = None          # what the last forward took and gave
+        self.ys: Any = None
 
     def _arrays(self):
         """The layers' weight and bias arrays: looked up again only when a layer's weight or

@@ -25,10 +25,14 @@ A loop by hand, on MNIST kept as bytes::
 This folder also holds the data shipped with nnscratch (README.md here), which
 `nnscratch.datasets` reads.
 """
+from __future__ import annotations
+
 import numbers
 from fractions import Fraction
+from typing import Iterator
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import _checks, _random
 
@@ -53,7 +57,7 @@ def _generator(seed):
     return np.random.Generator(np.random.PCG64(_checks.integer("seed", seed, 0)))
 
 
-def _rows(name, a):
+def _rows(name: str, a: npt.ArrayLike) -> np.ndarray:
     """`a` as an array with one row per sample (no copy for an array)."""
     a = np.asarray(a)
     if a.ndim == 0:
@@ -61,7 +65,7 @@ def _rows(name, a):
     return a
 
 
-def _same_rows(X, y):
+def _same_rows(X: npt.ArrayLike, y: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     X, y = _rows("X", X), _rows("y", y)
     if len(X) != len(y):
         raise ValueError(f"X and y must have the same number of rows, got {len(X)} and "
@@ -86,18 +90,19 @@ class Batches:
     batch_size : int
     """
 
-    def __init__(self, X, y, batch_size, indices, shuffled, drop_last):
+    def __init__(self, X: np.ndarray, y: np.ndarray, batch_size: int, indices: np.ndarray,
+                 shuffled: bool, drop_last: bool) -> None:
         self._X, self._y = X, y
         self.batch_size = batch_size
         self.indices = indices
         self._shuffled = shuffled
         self._drop_last = drop_last
 
-    def __len__(self):
+    def __len__(self) -> int:
         n, b = len(self.indices), self.batch_size
         return n // b if self._drop_last else -(-n // b)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         X, y, b = self._X, self._y, self.batch_size
         stop = len(self) * b
         for start in range(0, min(stop, len(self.indices)), b):
@@ -107,12 +112,13 @@ class Batches:
             else:                   # consecutive rows: views, nothing copied
                 yield X[start:start + b], y[start:start + b]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Batches({len(self.indices)} rows, batch_size={self.batch_size}, "
                 f"{len(self)} batches, shuffled={self._shuffled})")
 
 
-def batches(X, y, batch_size, shuffle=True, seed=None, *, drop_last=False):
+def batches(X: npt.ArrayLike, y: npt.ArrayLike, batch_size: int, shuffle: bool = True,
+            seed: int | np.random.Generator | None = None, *, drop_last: bool = False) -> Batches:
     """The ``(xb, yb)`` batches of one pass over ``(X, y)``, for a loop written by hand.
 
     Every row comes exactly once per pass; the last batch holds the rows left over
@@ -156,7 +162,7 @@ def batches(X, y, batch_size, shuffle=True, seed=None, *, drop_last=False):
     drop_last = _checks.boolean("drop_last", drop_last)
     rng = _generator(seed) if shuffle or seed is not None else None
     indices = np.arange(len(X), dtype=np.int64)
-    if shuffle:
+    if rng is not None and shuffle:
         rng.shuffle(indices)        # as fit shuffles: the same seed, the same order
     return Batches(X, y, batch_size, indices, shuffle, drop_last)
 
@@ -165,7 +171,9 @@ def batches(X, y, batch_size, shuffle=True, seed=None, *, drop_last=False):
 # stratified splits
 # ---------------------------------------------------------------------------
 
-def split_indices(y, test_fraction, seed=None, stratify=True):
+def split_indices(y: npt.ArrayLike, test_fraction: float,
+                  seed: int | np.random.Generator | None = None,
+                  stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of a training part and a held-out part, each class kept in proportion.
 
     The held-out part has ``round(N * test_fraction)`` rows. Stratified (the default), a
@@ -231,7 +239,9 @@ def split_indices(y, test_fraction, seed=None, stratify=True):
     return np.flatnonzero(~is_test).astype(np.int64), np.flatnonzero(is_test).astype(np.int64)
 
 
-def train_test_split(X, y, test_fraction, seed=None, stratify=True):
+def train_test_split(X: npt.ArrayLike, y: npt.ArrayLike, test_fraction: float,
+                     seed: int | np.random.Generator | None = None, stratify: bool = True
+                     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Split ``(X, y)`` into a training and a held-out part, each class kept in proportion.
 
     The rows are chosen by `split_indices` (see there: every class within one row of its
@@ -252,14 +262,14 @@ def train_test_split(X, y, test_fraction, seed=None, stratify=True):
 # pixels: uint8 -> float, a batch at a time
 # ---------------------------------------------------------------------------
 
-def _pixels(name, x):
+def _pixels(name: str, x: npt.ArrayLike) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype != np.uint8 and x.dtype.kind != "f":
         raise TypeError(f"{name} must hold uint8 pixels (0..255) or floats, got {x.dtype}")
     return x
 
 
-def to_float(x, dtype=np.float32):
+def to_float(x: npt.ArrayLike, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     """uint8 pixels k as floats k / 255 in [0, 1]: bit for bit the floats the loaders of
     `nnscratch.datasets` return for the same images. A float array is returned in `dtype`
     (as it is, not copied, when it has that dtype already).
@@ -278,7 +288,7 @@ def to_float(x, dtype=np.float32):
     return out
 
 
-def _channel_blocks(name, x, channels):
+def _channel_blocks(name: str, x: np.ndarray, channels: int) -> np.ndarray:
     """`x` seen as (N, C, rest): (N, C, H, W) images, or flat rows (N, C*H*W) in the
     loaders' order (each channel's pixels together); one channel: any shape."""
     if channels == 1:
@@ -294,7 +304,8 @@ def _channel_blocks(name, x, channels):
                      f"(give (N, C, H, W) images or flat rows (N, C*H*W))")
 
 
-def channel_stats(X, channels=None, chunk_size=None):
+def channel_stats(X: npt.ArrayLike, channels: int | None = None,
+                  chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of every channel of a set of images, in the units of
     floats in [0, 1] (uint8 values k count as k / 255), without a float copy of `X`.
 
@@ -330,7 +341,7 @@ def channel_stats(X, channels=None, chunk_size=None):
     chunks = (_channel_blocks("X", X[i:i + chunk_size], channels)     # (n, C, L) each
               for i in range(0, len(X), chunk_size))
     if X.dtype == np.uint8:
-        hist = np.zeros(channels * 256, dtype=np.int64)
+        hist: np.ndarray = np.zeros(channels * 256, dtype=np.int64)
         offsets = (np.arange(channels, dtype=np.intp) * 256)[None, :, None]
         for block in chunks:
             codes = block.astype(np.intp) + offsets
@@ -374,12 +385,15 @@ class Normalize:
         In the units of floats in [0, 1] (MNIST: ``Normalize(0.1307, 0.3081)``); std > 0.
     dtype : np.float32 (default) or np.float64
 
+    Notes
+    -----
     Channels: (N, C, H, W) batches along axis 1; flat rows (N, C*H*W) in C equal blocks
     (the loaders' and `load_image_folder`'s order); with one channel, any shape.
     The input is never changed: the result is a new array.
     """
 
-    def __init__(self, mean=0.0, std=1.0, dtype=np.float32):
+    def __init__(self, mean: npt.ArrayLike = 0.0, std: npt.ArrayLike = 1.0,
+                 dtype: npt.DTypeLike = np.float32) -> None:
         self.dtype = _checks.float_dtype(dtype)
         mean = np.atleast_1d(np.asarray(mean, dtype=np.float64))
         std = np.atleast_1d(np.asarray(std, dtype=np.float64))
@@ -397,17 +411,21 @@ class Normalize:
         self.mean, self.std = mean.copy(), std.copy()
 
     @classmethod
-    def from_data(cls, X, channels=None, dtype=np.float32, chunk_size=None):
+    def from_data(cls, X: npt.ArrayLike, channels: int | None = None,
+                  dtype: npt.DTypeLike = np.float32,
+                  chunk_size: int | None = None) -> Normalize:
         """A Normalize with the per-channel mean and std of `X` (`channel_stats`); a channel
         that never varies gets std 1 (as scikit-learn's StandardScaler does)."""
         mean, std = channel_stats(X, channels=channels, chunk_size=chunk_size)
         return cls(mean, np.where(std > 0, std, 1.0), dtype=dtype)
 
     @property
-    def channels(self):
+    def channels(self) -> int:
+        """C, the number of channels (of `mean` and `std`)."""
         return len(self.mean)
 
-    def __call__(self, x):
+    def __call__(self, x: npt.ArrayLike) -> np.ndarray:
+        """``(x - mean) / std`` per channel, a new array (uint8 pixels divided by 255 first)."""
         x = _pixels("x", x)
         out = x.astype(self.dtype, order="C")                   # a new array, always
         if x.dtype == np.uint8:
@@ -417,6 +435,6 @@ class Normalize:
         view /= self.std.astype(self.dtype)[:, None]
         return out
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         values = lambda a: ", ".join(f"{v:.4g}" for v in a)     # noqa: E731
         return f"Normalize(mean=[{values(self.mean)}], std=[{values(self.std)}])"
