@@ -955,15 +955,11 @@ def _read_archive_member(archive: Path, name: str, role: str) -> np.ndarray:
 
 def _npy_header(f, path: Path) -> Tuple[Tuple[int, ...], np.dtype, int]:
     """(shape, dtype, header length) of the .npy stream `f`, read without its data."""
+    from .serialization import read_npy_header
+
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"format version {version} is not supported")
-        return tuple(shape), np.dtype(dtype), f.tell()
+        shape, _, dtype, header_len = read_npy_header(f)
+        return shape, dtype, header_len
     except _ZIP_READ_ERRORS as e:
         raise ValueError(f"{path}: not a NumPy array file ({e})") from None
 

@@ -359,16 +359,22 @@ def _put_hooked_methods(module):
     hook_changes.count += 1
 
 
-def _take_hooked_methods(module):
-    """Take the `_Hooked` methods off `module` (its last hook went)."""
-    d = module.__dict__
+def _without_stand_ins(attributes):
+    """Take the `_Hooked` stand-ins out of a module's `attributes` dict (in place): each
+    method as it was before its first hook (the class's, or an instance attribute)."""
     for name in _HOOKED_METHODS:
-        stand_in = d.get(name)
+        stand_in = attributes.get(name)
         if isinstance(stand_in, _Hooked):
             if stand_in.original is None:
-                del d[name]
+                del attributes[name]
             else:
-                d[name] = stand_in.original
+                attributes[name] = stand_in.original
+    return attributes
+
+
+def _take_hooked_methods(module):
+    """Take the `_Hooked` methods off `module` (its last hook went)."""
+    _without_stand_ins(module.__dict__)
     hook_changes.count += 1
 
 
@@ -567,15 +573,7 @@ class Module:
     def __getstate__(self) -> dict[str, Any]:
         # copy / deepcopy / pickle: the hooks travel (as in PyTorch), their stand-ins are
         # made again for the new module by __setstate__
-        state = self.__dict__.copy()
-        for name in _HOOKED_METHODS:
-            stand_in = state.get(name)
-            if isinstance(stand_in, _Hooked):
-                if stand_in.original is None:
-                    del state[name]
-                else:
-                    state[name] = stand_in.original
-        return state
+        return _without_stand_ins(self.__dict__.copy())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

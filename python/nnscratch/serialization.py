@@ -276,11 +276,26 @@ MAX_JSON = 16 << 20     # a JSON member (architecture, checkpoint record) larger
 _ARRAY_KINDS = "fiub"   # numbers only: never an object array
 
 
-class Archive:
-    """An ``.npz`` file, read member by member: the zip directory and every member's
-    ``.npy`` header are checked when it is opened (no duplicate names, only ``.npy``
-    members, numeric dtypes, a declared size equal to what the header's shape needs),
-    and `read` decompresses one member, at most its declared size."""
+def read_npy_header(f):
+    """(shape, fortran order, dtype, header length) of the ``.npy`` stream `f`, read without
+    its data: ValueError for a format version NumPy does not describe (1.0 and 2.0)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    return tuple(shape), fortran, np.dtype(dtype), f.tell()
+
+
+class _ModelFile:
+    """What the two model-file readers share (`Archive`: .npz, `SafetensorsArchive`): the
+    path's checks, the error naming the file, the byte count of the arrays, the JSON
+    decoding of the architecture, and use in a ``with`` statement. A subclass fills
+    `headers` ({name: (shape, dtype, bytes)}) when it opens the file, and closes it."""
+
+    headers: dict
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -288,6 +303,40 @@ class Archive:
             raise FileNotFoundError(f"No such file: {self.path!r}")
         if os.path.isdir(self.path):
             raise self.bad("it is a folder")
+
+    def bad(self, reason):
+        return ValueError(f"{self.path!r} is not a valid nnscratch model file: {reason}")
+
+    def nbytes(self, keys=None):
+        keys = self.headers if keys is None else keys
+        return sum(self.headers[k][2] for k in keys)
+
+    def _decoded(self, key, text_of):
+        """json.loads(text_of()); a ValueError naming the file and `key` when reading or
+        decoding fails (bad UTF-8, JSON, 5000-digit ints, nesting too deep)."""
+        try:
+            return json.loads(text_of())
+        except (ValueError, RecursionError) as err:
+            raise self.bad(f"{key!r} is not valid JSON ({err})") from None
+
+    def close(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Archive(_ModelFile):
+    """An ``.npz`` file, read member by member: the zip directory and every member's
+    ``.npy`` header are checked when it is opened (no duplicate names, only ``.npy``
+    members, numeric dtypes, a declared size equal to what the header's shape needs),
+    and `read` decompresses one member, at most its declared size."""
+
+    def __init__(self, path):
+        super().__init__(path)
         with open(self.path, "rb") as f:
             head = f.read(4)
         if head == b"\x89PNG":
@@ -307,9 +356,6 @@ class Archive:
             self.zip.close()
             raise
 
-    def bad(self, reason):
-        return ValueError(f"{self.path!r} is not a valid nnscratch model file: {reason}")
-
     def _check_member(self, info):
         name = info.filename
         if not name.endswith(".npy"):
@@ -319,14 +365,7 @@ class Archive:
             raise self.bad(f"member {name!r} is there twice")
         try:
             with self.zip.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f"unsupported .npy version {version}")
-                offset = f.tell()
+                shape, fortran, dtype, offset = read_npy_header(f)
         except Exception as err:          # (zip, zlib, header syntax: all "damaged")
             raise self.bad(f"member {name!r} has a damaged header ({err})") from None
         if dtype.hasobject or dtype.kind not in _ARRAY_KINDS or dtype.fields is not None:
@@ -339,10 +378,6 @@ class Archive:
                            f"{shape} {dtype}, the zip directory {info.file_size}")
         self.members[key] = info
         self.headers[key] = (tuple(shape), dtype, size)
-
-    def nbytes(self, keys=None):
-        keys = self.headers if keys is None else keys
-        return sum(self.headers[k][2] for k in keys)
 
     def read(self, key):
         """The array of member `key` (its header was checked when the file was opened)."""
@@ -363,19 +398,10 @@ class Archive:
             raise self.bad(f"{key!r} must be a 1-D uint8 array")
         if size > MAX_JSON:
             raise self.bad(f"{key!r} is larger than {MAX_JSON} bytes")
-        try:
-            return json.loads(self.read(key).tobytes().decode("utf-8"))
-        except (ValueError, RecursionError) as err:   # (bad UTF-8, JSON, 5000-digit ints)
-            raise self.bad(f"{key!r} is not valid JSON ({err})") from None
+        return self._decoded(key, lambda: self.read(key).tobytes().decode("utf-8"))
 
     def close(self):
         self.zip.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # The safetensors dtypes NumPy holds (all little-endian); others (BF16, F8_*) are refused.
@@ -388,7 +414,7 @@ _WEIGHTS_ONLY = ("(weights only, not written by nnscratch's model.save: load the
                  "model with model.load_state_dict(safetensors.numpy.load_file(path)))")
 
 
-class SafetensorsArchive:
+class SafetensorsArchive(_ModelFile):
     """A safetensors file written by ``model.save``, with the interface of `Archive`
     (``headers``, ``nbytes``, ``read``, ``json``), so that `read_model` reads it alike.
 
@@ -402,20 +428,13 @@ class SafetensorsArchive:
     """
 
     def __init__(self, path):
-        self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise FileNotFoundError(f"No such file: {self.path!r}")
-        if os.path.isdir(self.path):
-            raise self.bad("it is a folder")
+        super().__init__(path)
         self.file = open(self.path, "rb")
         try:
             self._read_header()
         except BaseException:
             self.file.close()
             raise
-
-    def bad(self, reason):
-        return ValueError(f"{self.path!r} is not a valid nnscratch model file: {reason}")
 
     def _read_header(self):
         size = os.fstat(self.file.fileno()).st_size
@@ -487,10 +506,6 @@ class SafetensorsArchive:
                 and all(isinstance(v, str) for v in self.metadata.values())):
             raise self.bad("the safetensors '__metadata__' is not a map of strings")
 
-    def nbytes(self, keys=None):
-        keys = self.headers if keys is None else keys
-        return sum(self.headers[k][2] for k in keys)
-
     def read(self, key):
         """The tensor `key` (its entry was checked when the file was opened)."""
         shape, dtype, size = self.headers[key]
@@ -512,19 +527,10 @@ class SafetensorsArchive:
                            f"{_WEIGHTS_ONLY}")
         if len(text) > MAX_JSON:
             raise self.bad(f"{key!r} is larger than {MAX_JSON} characters")
-        try:
-            return json.loads(text)
-        except (ValueError, RecursionError) as err:
-            raise self.bad(f"{key!r} is not valid JSON ({err})") from None
+        return self._decoded(key, lambda: text)
 
     def close(self):
         self.file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _unique_keys(pairs):
