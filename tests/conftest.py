@@ -236,6 +236,17 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(params=["cython", "numpy"])
+def nn_backend(request):
+    """The library's backend for the test (``nnscratch.set_backend``), restored after."""
+    import nnscratch as nn
+
+    before = nn.get_backend()
+    nn.set_backend(request.param)
+    yield request.param
+    nn.set_backend(before)
+
+
 @contextlib.contextmanager
 def textbook():
     """Inside the block, models run their layers' own code (the textbook path) on the

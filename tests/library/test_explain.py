@@ -22,14 +22,6 @@ B2 = np.array([0.0, 0.5])
 LR = 0.1
 
 
-@pytest.fixture(params=["cython", "numpy"])
-def backend(request):
-    before = nn.get_backend()
-    nn.set_backend(request.param)
-    yield request.param
-    nn.set_backend(before)
-
-
 def by_hand(activation):
     """One SGD step of Linear(2,2) -> activation -> Linear(2,2), cross-entropy, by hand."""
     h = {}
@@ -88,7 +80,7 @@ def test_relu_demo_numbers_worked_out_on_paper():
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
-def test_explain_demo_matches_hand_computation(backend, activation):
+def test_explain_demo_matches_hand_computation(nn_backend, activation):
     r = explain_demo(print_fn=None, activation=activation, lr=LR)
     h = by_hand(activation)
     for key, expected in h.items():
