@@ -37,7 +37,7 @@ import numpy as np
 
 from cython cimport floating
 from libc.string cimport memcpy, memset
-from libc.stdint cimport int64_t, INT32_MAX
+from libc.stdint cimport int64_t, uint16_t, INT32_MAX
 
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
                               output, plain, refuse_overlap, refuse_overlaps)
@@ -93,6 +93,33 @@ cdef extern from "nn_im2col.h" nogil:
 # im2col / col2im rows by AVX-512 masks (float32, unit column stride): src/nn_im2col.h
 cdef bint _rows_avx512 = _pool_avx512
 
+cdef extern from "nn_direct.h" nogil:
+    cdef enum:
+        NN_DIRECT_MAX_PIXELS
+        NN_DIRECT_MASKS
+        NN_DIRECT_MASK_WORDS
+    void nn_direct3_pack(const float *w, Py_ssize_t O, Py_ssize_t C, int transpose, float *wp)
+    void nn_direct3_masks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t planes, uint16_t *masks)
+    void nn_direct3_sample_avx512(const float *x, Py_ssize_t R, Py_ssize_t H, Py_ssize_t W,
+                                  const float *wp, Py_ssize_t Q, const uint16_t *masks,
+                                  float *out)
+    void nn_direct3_gw_avx512(const float *g, const float *x, Py_ssize_t n, Py_ssize_t O,
+                              Py_ssize_t R, Py_ssize_t H, Py_ssize_t W, const uint16_t *masks,
+                              float *gw)
+
+# 3x3 convolutions with stride 1 and padding 1, float32, straight from the planes by AVX-512
+# (src/nn_direct.h): the forward and the input gradient; the weight gradient stays im2col's
+cdef bint _direct_avx512 = _pool_avx512
+
+
+def _set_direct(enabled):
+    """Tests and benchmarks only: run float32 3x3 convolutions with stride 1 and padding 1
+    directly (None: where the CPU has AVX-512) or by im2col + GEMM (False). Returns whether
+    the direct path is now in use."""
+    global _direct_avx512
+    _direct_avx512 = _pool_avx512 if enabled is None else bool(enabled and _pool_avx512)
+    return _direct_avx512
+
 
 def _set_vector_rows(enabled):
     """Tests only: run im2col / col2im by the AVX-512 rows (None: where the CPU has them)
@@ -108,6 +135,8 @@ cdef enum:
     CONV_MIN_FMAS_PER_THREAD = 1 << 18
     # columns of a convolution's GEMM to aim for, by grouping samples of small feature maps
     GROUP_COLUMNS = 512
+    # planes from which the direct path computes the weight gradient too (_direct_gw)
+    DIRECT_GW_MIN_PIXELS = 512
 
 
 cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -225,6 +254,27 @@ cdef struct ConvShape:
     Py_ssize_t N, C, H, W, O, KH, KW, sh, sw, ph, pw, OH, OW
 
 
+cdef inline bint _is_direct(ConvShape s) noexcept nogil:
+    # a 3x3 convolution with stride 1 and padding 1 on a plane of at most
+    # NN_DIRECT_MAX_PIXELS, where the CPU runs src/nn_direct.h (for float32 only: the caller
+    # checks the dtype)
+    return (_direct_avx512 and s.KH == 3 and s.KW == 3 and s.sh == 1 and s.sw == 1
+            and s.ph == 1 and s.pw == 1 and s.H * s.W <= NN_DIRECT_MAX_PIXELS)
+
+
+cdef inline bint _direct_gw(ConvShape s) noexcept nogil:
+    # the direct path's weight gradient too (nn_direct3_gw_avx512), on planes of at least
+    # DIRECT_GW_MIN_PIXELS: on smaller ones the lanes it wastes and its horizontal sums cost
+    # more than im2col's copies (batch 128: 16 -> 16 channels on 28x28 3.1 ms against 4.1;
+    # 32 -> 32 on 14x14 3.1 against 2.9; 64 -> 64 on 7x7 4.3 against 3.1)
+    return _is_direct(s) and s.H * s.W >= DIRECT_GW_MIN_PIXELS
+
+
+cdef inline Py_ssize_t _direct_packed(Py_ssize_t q, Py_ssize_t r) noexcept nogil:
+    # floats in nn_direct3_pack's weights for q output and r input channels
+    return (q + 7) // 8 * 8 * r * 9
+
+
 cdef inline bint _is_pointwise(ConvShape s) noexcept nogil:
     # a 1x1 convolution with stride 1 and no padding: col is x itself
     return s.KH == 1 and s.KW == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
@@ -281,18 +331,83 @@ cdef inline bint _forward_by_rows(ConvShape s) noexcept nogil:
     return _transpose_fits(s.O, _group(s, s.N) * s.OH * s.OW)
 
 
+cdef Py_ssize_t _direct_stack(Py_ssize_t P) noexcept nogil:
+    # how many P-pixel planes the direct path stacks into one (src/nn_direct.h): the count up
+    # to 16 (and NN_DIRECT_MAX_PIXELS) whose pixel vectors waste the fewest lanes, the
+    # smallest of equals -- 16 of 7x7 (49 whole vectors), 4 of 14x14, one 28x28
+    cdef Py_ssize_t g, best = 1
+    cdef double used, best_used = <double> P / ((P + 15) // 16 * 16)
+    for g in range(2, 17):
+        if g * P > NN_DIRECT_MAX_PIXELS:
+            break
+        used = <double> (g * P) / ((g * P + 15) // 16 * 16)
+        if used > best_used + 1e-9:
+            best, best_used = g, used
+    return best
+
+
+cdef int _direct_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssize_t Q,
+                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t n0, Py_ssize_t n1,
+                         float *dst) noexcept nogil:
+    # dst[n] (Q, H, W) = the direct 3x3 convolution of src[n] (R, H, W) with the packed
+    # weights wp, for samples [n0, n1): _direct_stack's count of them at a time, each
+    # channel's planes copied one after the other (scratch 0) and the outputs copied back
+    # from the stacked result (scratch 2). Each output's sum is the same, stacked or not
+    cdef Py_ssize_t P = H * W, G = _direct_stack(P), n, g, planes = 0, r, j, k
+    cdef uint16_t masks[NN_DIRECT_MASK_WORDS]
+    cdef float *stacked_in
+    cdef float *stacked_out
+    if G == 1:
+        nn_direct3_masks(H, W, 1, masks)
+        for n in range(n0, n1):
+            nn_direct3_sample_avx512(src + n * R * P, R, H, W, wp, Q, masks, dst + n * Q * P)
+        return 0
+    stacked_in = <float *> nn_scratch(0, R * G * P * sizeof(float))
+    stacked_out = <float *> nn_scratch(2, Q * G * P * sizeof(float))
+    if stacked_in == NULL or stacked_out == NULL:
+        return -1
+    for k in range((n1 - n0 + G - 1) // G):
+        n = n0 + k * G
+        g = G if n + G <= n1 else n1 - n
+        if g != planes:
+            nn_direct3_masks(H, W, g, masks)
+            planes = g
+        for r in range(R):
+            for j in range(g):
+                memcpy(stacked_in + (r * g + j) * P, src + ((n + j) * R + r) * P,
+                       P * sizeof(float))
+        nn_direct3_sample_avx512(stacked_in, R, g * H, W, wp, Q, masks, stacked_out)
+        for j in range(g):
+            for r in range(Q):
+                memcpy(dst + ((n + j) * Q + r) * P, stacked_out + (r * g + j) * P,
+                       P * sizeof(float))
+    return 0
+
+
 cdef int conv_forward_samples(const floating *x, const floating *w, const floating *b,
-                              floating *out, ConvShape s, Py_ssize_t n0,
-                              Py_ssize_t n1) noexcept nogil:
+                              floating *out, ConvShape s, Py_ssize_t n0, Py_ssize_t n1,
+                              const float *wp) noexcept nogil:
     # samples [n0, n1), G at a time: col (CKK, G*P) = [im2col(x[n]) for the G samples],
     # prod (O, G*P) = w @ col, out[n] = prod's block of sample n + b -- or, when its tiles
-    # waste less (_forward_by_rows), prod (G*P, O) = col.T @ w.T, each block transposed
+    # waste less (_forward_by_rows), prod (G*P, O) = col.T @ w.T, each block transposed.
+    # With wp (float32 3x3 weights packed by nn_direct3_pack), each sample directly instead
     cdef Py_ssize_t ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
     cdef Py_ssize_t G = _group(s, n1 - n0), group, n, g, j, o, p, width
     cdef bint transposed = _forward_by_rows(s)
     cdef floating *col = NULL
     cdef floating *prod = NULL
     cdef floating *dst
+    if floating is float:
+        if wp != NULL:
+            if _direct_samples(x, s.C, wp, s.O, s.H, s.W, n0, n1, out) != 0:
+                return -1
+            for n in range(n0, n1):
+                if b != NULL:
+                    dst = out + n * s.O * P
+                    for o in range(s.O):
+                        for p in range(P):
+                            dst[o * P + p] += b[o]
+            return 0
     if G > 1 or not _is_pointwise(s):
         col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
         if col == NULL:
@@ -344,21 +459,56 @@ cdef inline bint _gw_by_rows(ConvShape s) noexcept nogil:
     return _transpose_fits(s.O, s.C * s.KH * s.KW)
 
 
+cdef int _direct_backward_samples(const float *g, const float *x, float *gw_partial, float *gx,
+                                  float *sums, ConvShape s, Py_ssize_t n0, Py_ssize_t n1,
+                                  const float *wpt) noexcept nogil:
+    # conv_backward_samples' work for a float32 3x3 convolution with stride 1 and padding 1
+    # (src/nn_direct.h): when gw_partial is not NULL, gw_partial (O, C*9) = the samples'
+    # weight gradient and sums as there; when gx is not NULL, gx[n] = the convolution of
+    # g[n] with wpt
+    cdef Py_ssize_t P = s.H * s.W, CHW = s.C * P, n, o
+    cdef uint16_t masks[NN_DIRECT_MASK_WORDS]
+    if gw_partial != NULL:
+        nn_direct3_masks(s.H, s.W, 1, masks)
+        nn_direct3_gw_avx512(g + n0 * s.O * P, x + n0 * CHW, n1 - n0, s.O, s.C, s.H, s.W,
+                             masks, gw_partial)
+        if sums != NULL:
+            for n in range(n0, n1):
+                for o in range(s.O):
+                    sums[n * s.O + o] = lane_sum(g, g + (n * s.O + o) * P, P, 0, LANE_SUM)
+    if gx != NULL:
+        return _direct_samples(g, s.O, wpt, s.C, s.H, s.W, n0, n1, gx)
+    return 0
+
+
 cdef int conv_backward_samples(const floating *g, const floating *x, const floating *w,
                                floating *gw_partial, floating *gx, floating *sums, ConvShape s,
-                               Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+                               Py_ssize_t n0, Py_ssize_t n1, bint direct,
+                               const float *wpt) noexcept nogil:
     # samples [n0, n1), G at a time, with col (CKK, G*P) and gg (O, G*P) = their grad_out:
     #   gw_partial (O, CKK) (+)= gg @ col.T;  dcol = w.T @ gg;  gx[n] = col2im(dcol block n)
     # (gw_partial as its transpose (CKK, O) += col @ gg.T when _gw_by_rows)
     # and, unless sums is NULL, sums (N, O)[n, o] = the sum of g[n, o] (for the bias: summed
-    # here, by the thread that reads these samples anyway, not all of g by one thread after)
+    # here, by the thread that reads these samples anyway, not all of g by one thread after).
+    # With wpt (float32, _is_direct: the weights packed transposed by nn_direct3_pack, or NULL
+    # when gx is), both gradients straight from the planes instead (_direct_backward_samples)
     cdef Py_ssize_t ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
     cdef Py_ssize_t G = _group(s, n1 - n0), group, n, cnt, j, o, p, width
     cdef bint pointwise = _is_pointwise(s), by_rows = _gw_by_rows(s)
-    cdef floating *col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
+    cdef floating *col
     cdef floating *gg = NULL
     cdef const floating *xcol
     cdef const floating *gcol
+    if floating is float:
+        if direct:
+            if _direct_gw(s):
+                return _direct_backward_samples(g, x, gw_partial, gx, sums, s, n0, n1, wpt)
+            if gx != NULL:
+                # the input gradient directly; the weight gradient by im2col below
+                if _direct_backward_samples(g, x, NULL, gx, NULL, s, n0, n1, wpt) != 0:
+                    return -1
+                gx = NULL
+    col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
     if col == NULL:
         return -1
     if G > 1:
@@ -436,6 +586,8 @@ ctypedef struct _ConvJob:
     void *out
     void *partials
     void *sums
+    bint direct             # float32 3x3 by src/nn_direct.h (_is_direct)
+    const float *wp         # the direct path's packed weights (float32), or NULL
     int status[MAX_PARTS]
 
 
@@ -451,10 +603,12 @@ cdef void _forward_part(void *ctx, Py_ssize_t t) noexcept nogil:
         return
     if j.single:
         j.status[t] = conv_forward_samples(<const float *> j.x, <const float *> j.w,
-                                           <const float *> j.b, <float *> j.out, j.s, n0, n1)
+                                           <const float *> j.b, <float *> j.out, j.s, n0, n1,
+                                           j.wp)
     else:
         j.status[t] = conv_forward_samples(<const double *> j.x, <const double *> j.w,
-                                           <const double *> j.b, <double *> j.out, j.s, n0, n1)
+                                           <const double *> j.b, <double *> j.out, j.s, n0, n1,
+                                           NULL)
 
 
 cdef int conv_forward(const floating *x, const floating *w, const floating *b, floating *out,
@@ -462,8 +616,17 @@ cdef int conv_forward(const floating *x, const floating *w, const floating *b, f
     cdef Py_ssize_t parts = _conv_parts(s, threads), t
     cdef _ConvJob j
     cdef int failed = 0
+    cdef float *wp = NULL
+    if floating is float:
+        if _is_direct(s):
+            # packed once here, read by every part (this thread's scratch slot 3)
+            wp = <float *> nn_scratch(3, _direct_packed(s.O, s.C) * sizeof(float))
+            if wp == NULL:
+                return -1
+            nn_direct3_pack(w, s.O, s.C, 0, wp)
     if parts == 1:
-        return conv_forward_samples(x, w, b, out, s, 0, s.N)
+        return conv_forward_samples(x, w, b, out, s, 0, s.N, wp)
+    j.wp = wp
     j.s = s
     j.single = floating is float
     j.step = (s.N + parts - 1) // parts
@@ -486,14 +649,16 @@ cdef void _backward_part(void *ctx, Py_ssize_t t) noexcept nogil:
         if n0 < j.s.N:
             j.status[t] = conv_backward_samples(
                 <const float *> j.g, <const float *> j.x, <const float *> j.w,
-                <float *> j.partials + at, <float *> j.out, <float *> j.sums, j.s, n0, n1)
+                <float *> j.partials + at, <float *> j.out, <float *> j.sums, j.s, n0, n1,
+                j.direct, j.wp)
         else:
             memset(<float *> j.partials + at, 0, j.s.O * ckk * sizeof(float))
     else:
         if n0 < j.s.N:
             j.status[t] = conv_backward_samples(
                 <const double *> j.g, <const double *> j.x, <const double *> j.w,
-                <double *> j.partials + at, <double *> j.out, <double *> j.sums, j.s, n0, n1)
+                <double *> j.partials + at, <double *> j.out, <double *> j.sums, j.s, n0, n1,
+                False, NULL)
         else:
             memset(<double *> j.partials + at, 0, j.s.O * ckk * sizeof(double))
 
@@ -511,9 +676,22 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
     cdef _ConvJob job
     cdef int failed = 0
     cdef floating acc
+    cdef float *wpt = NULL
+    cdef bint direct = False
+    if floating is float:
+        direct = _is_direct(s)
+        by_rows = by_rows and not _direct_gw(s)
+        if gx != NULL and direct:
+            # the input gradient's weights, packed once here for every part (slot 3)
+            wpt = <float *> nn_scratch(3, _direct_packed(s.C, s.O) * sizeof(float))
+            if wpt == NULL:
+                return -1
+            nn_direct3_pack(w, s.O, s.C, 1, wpt)
     if parts == 1:
-        failed = conv_backward_samples(g, x, w, partials, gx, sums, s, 0, s.N)
+        failed = conv_backward_samples(g, x, w, partials, gx, sums, s, 0, s.N, direct, wpt)
     else:
+        job.direct = direct
+        job.wp = wpt
         job.s = s
         job.single = floating is float
         job.step = step

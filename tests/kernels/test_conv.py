@@ -472,3 +472,141 @@ def test_conv2d_forward_by_pixel_rows_has_the_same_bits_on_any_thread_count(rng,
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
     assert_close(outs[0], reference.conv2d_forward(x, w, b, padding=1), k=54)
+
+
+# ----------------------------------------------------------------------------------------
+# The direct 3x3 path (src/nn_direct.h): float32, stride 1, padding 1, AVX-512
+# ----------------------------------------------------------------------------------------
+
+# (N, C, H, W), O: one pixel, one row, one column, odd and prime sizes; 7x7 and 14x14
+# planes stacked 16 and 4 to a call (with a partial last stack); planes from which the
+# weight gradient is direct too (>= 512 pixels); channel counts that leave a partial block
+# of 8 output channels; the largest plane the path takes (64x64)
+DIRECT_CASES = [
+    ((1, 1, 1, 1), 1),
+    ((2, 3, 1, 17), 5),
+    ((3, 2, 13, 1), 9),
+    ((5, 7, 7, 7), 11),
+    ((19, 16, 7, 7), 16),
+    ((6, 5, 14, 14), 8),
+    ((3, 4, 3, 3), 13),
+    ((2, 3, 23, 29), 7),
+    ((3, 16, 28, 28), 16),
+    ((1, 2, 64, 64), 3),
+    ((4, 1, 28, 28), 16),
+]
+
+
+def _direct_available():
+    from cnn_core import _conv
+    if not _conv._set_direct(None):
+        pytest.skip("no AVX-512 here, or NN_ISA holds it back: im2col is the only path")
+    return _conv
+
+
+def _conv_both(x, w, b, g, need_gx=True):
+    out = cnn_core.conv2d_forward(x, w, b, padding=1)
+    gw, gb = np.zeros_like(w), np.zeros_like(b)
+    gx = cnn_core.conv2d_backward(g, x, w, gw, gb, padding=1, compute_grad_x=need_gx)
+    return out, gw, gb, gx
+
+
+@pytest.mark.parametrize("xshape,o", DIRECT_CASES)
+def test_direct_3x3_matches_the_twin_and_keeps_the_forwards_bits(rng, xshape, o):
+    # the forward sums c, then the nine taps, one fused multiply-add at a time from 0: the
+    # GEMM of im2col's columns sums the same products in the same order, so the two paths
+    # give the same bits; the gradients sum in another order (within float32 tolerance)
+    _conv = _direct_available()
+    x, w, b = _conv_inputs(rng, np.float32, xshape, (o, 3, 3), True)
+    g = randn(rng, (xshape[0], o) + xshape[2:], np.float32)
+    try:
+        assert _conv._set_direct(False) is False
+        by_columns = _conv_both(x, w, b, g)
+        assert _conv._set_direct(True) is True
+        direct = _conv_both(x, w, b, g)
+    finally:
+        _conv._set_direct(None)
+    np.testing.assert_array_equal(direct[0], by_columns[0])
+    np.testing.assert_array_equal(direct[2], by_columns[2])       # the bias: the same sums
+    x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, w, b, g))
+    rgw, rgb = np.zeros_like(w64), np.zeros_like(b64)
+    rgx = reference.conv2d_backward(g64, x64, w64, rgw, rgb, padding=1)
+    out64 = reference.conv2d_forward(x64, w64, b64, padding=1)
+    k = xshape[1] * 9
+    assert_close(direct[0], out64.astype(np.float32), k=k)
+    assert_close(direct[1], rgw.astype(np.float32), k=xshape[0] * xshape[2] * xshape[3])
+    assert_close(direct[3], rgx.astype(np.float32), k=o * 9)
+
+
+@pytest.mark.parametrize("xshape,o", [((23, 16, 7, 7), 16), ((9, 8, 14, 14), 12),
+                                      ((5, 3, 28, 28), 16)])
+def test_direct_3x3_has_the_same_bits_on_any_thread_count(rng, xshape, o):
+    # parts of samples per thread, stacks of planes within a part (a partial last stack
+    # where the part ends): each output's sum is the same wherever its sample falls
+    _direct_available()
+    x, w, b = _conv_inputs(rng, np.float32, xshape, (o, 3, 3), True)
+    g = randn(rng, (xshape[0], o) + xshape[2:], np.float32)
+    before = cnn_core.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            cnn_core.set_num_threads(count)
+            results.append(_conv_both(x, w, b, g))
+    finally:
+        cnn_core.set_num_threads(before)
+    for result in results[1:]:
+        np.testing.assert_array_equal(result[0], results[0][0])     # forward
+        np.testing.assert_array_equal(result[3], results[0][3])     # input gradient
+    # (the weight gradient is summed per thread's part, then the parts in order: the same
+    # bits for the same thread count, as the im2col path's)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_direct_3x3_keeps_each_value_in_its_own_row_and_plane(rng, value):
+    # a masked load zeroes the lanes whose tap lies in the padding: a non-finite value at
+    # the end of a row, of a plane or of a stacked sample must reach exactly the outputs
+    # whose 3x3 window covers it, as in the twin (a tap that wrapped around to the next
+    # row, or into the next sample's plane, would spread it further)
+    _conv = _direct_available()
+    x, w, b = _conv_inputs(rng, np.float32, (17, 2, 7, 7), (3, 3, 3), True)
+    x[3, 1, 2, 6] = value          # last column of a row
+    x[4, 0, 6, 3] = value          # last row of a plane (the next sample's plane follows)
+    x[5, 1, 0, 0] = value          # first pixel of a plane
+    g = randn(rng, (17, 3, 7, 7), np.float32)
+    g[8, 2, 6, 6] = value
+    out, gw, gb, gx = _conv_both(x, w, b, g)
+    rgw, rgb = np.zeros_like(w), np.zeros_like(b)
+    with np.errstate(invalid="ignore"):           # (inf - inf in the twin's sums)
+        expect = reference.conv2d_forward(x, w, b, padding=1)
+        rgx = reference.conv2d_backward(g, x, w, rgw, rgb, padding=1)
+    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(expect))
+    np.testing.assert_array_equal(np.isfinite(gx), np.isfinite(rgx))
+    finite = np.isfinite(expect)
+    assert_close(out[finite], expect[finite], np.float32, k=18)
+    assert _conv._set_direct(None)
+
+
+def test_direct_3x3_is_off_for_other_shapes_and_float64(rng):
+    # stride 2, padding 0 or 2, a 5x5 kernel, float64 and planes past 64x64 take im2col:
+    # the same bits with the direct path switched off
+    _conv = _direct_available()
+    cases = [((2, 3, 9, 9), (4, 3, 3), 2, 1, np.float32),
+             ((2, 3, 9, 9), (4, 3, 3), 1, 0, np.float32),
+             ((2, 3, 9, 9), (4, 5, 5), 1, 2, np.float32),
+             ((2, 3, 9, 9), (4, 3, 3), 1, 1, np.float64),
+             ((1, 2, 65, 64), (3, 3, 3), 1, 1, np.float32)]
+    for xshape, wdims, stride, padding, dtype in cases:
+        x, w, b = _conv_inputs(rng, dtype, xshape, wdims, True)
+        results = []
+        try:
+            for enabled in (True, False):
+                _conv._set_direct(enabled)
+                out = cnn_core.conv2d_forward(x, w, b, stride=stride, padding=padding)
+                g = randn(rng, out.shape, dtype) if not results else results[0][1]
+                gw, gb = np.zeros_like(w), np.zeros_like(b)
+                gx = cnn_core.conv2d_backward(g, x, w, gw, gb, stride=stride, padding=padding)
+                results.append((out, g, gw, gb, gx))
+        finally:
+            _conv._set_direct(None)
+        for a, c in zip(results[0], results[1]):
+            np.testing.assert_array_equal(a, c)

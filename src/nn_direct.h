@@ -1,0 +1,262 @@
+/* nn_direct.h -- a 3x3 convolution with stride 1 and padding 1 (the "same" convolution of
+ * ResNets and of the CLI's CNN), float32, AVX-512, computed straight from the input: no
+ * column matrix.
+ *
+ * im2col writes nine shifted copies of every input plane before its GEMM reads them back.
+ * With 16-64 channels that copying, not the multiply-adds, is what the convolution spends
+ * its time on (16 -> 16 channels on 28x28, batch 128: a 57 MB column matrix for 0.46
+ * GFLOP). Here the plane is read in place. Its pixels, numbered flat (p = i * W + j), go 16
+ * to a vector; tap t = (kh, kw) of output pixel p reads input pixel p + (kh - 1) * W +
+ * (kw - 1), so each tap of a vector of outputs is one unaligned load of 16 inputs -- with a
+ * mask that zeroes the lanes whose input lies in the padding (the row above the first, the
+ * row below the last, the column left of the first and right of the last). The masks depend
+ * on the pixel vector and the tap only, so they are worked out once per call and plane
+ * size (nn_direct3_masks), not per sample or channel; a masked-out lane touches no memory.
+ *
+ * A register tile is 8 output channels by 3 pixel vectors (24 accumulators): for each input
+ * channel r and tap t, three masked loads and 24 multiply-adds with the weights broadcast.
+ * Each output is therefore
+ *
+ *     out[q, p] = sum over r = 0, 1, ..., then t = 0..8 of w[q, r, t] * xpad[r, p + tap t]
+ *
+ * one fused multiply-add at a time from 0, in that order -- the same for every sample,
+ * thread and batch size.
+ *
+ * The weights are packed once per call (nn_direct3_pack): blocks of 8 output channels,
+ * wp[((qb * R + r) * 9 + t) * 8 + o] = w[qb * 8 + o, r, t], zero past the last channel.
+ * With transpose set they are those of the input gradient -- a convolution of grad_out with
+ * the weights' channels swapped and their taps reversed:
+ *
+ *     gx[c, a, b] = sum_{o, kh, kw} w[o, c, 2 - kh, 2 - kw] * gpad[o, a + kh - 1, b + kw - 1]
+ *
+ * Planes up to NN_DIRECT_MAX_PIXELS: the masks live on the stack. A 7x7 plane fills 49 of
+ * the 64 lanes of its four vectors; sixteen such planes stacked (one channel of sixteen
+ * samples, copied one after the other) fill 49 vectors whole. The caller stacks them
+ * (cnn_core/_conv.pyx); a tap that would cross into the next plane is masked like the
+ * padding, so each output's sum is the same, stacked or not.
+ */
+#ifndef NN_DIRECT_H
+#define NN_DIRECT_H
+
+
+#include <stddef.h>   /* ptrdiff_t: sizes and indices (64-bit wherever pointers are) */
+#include <stdint.h>
+
+#include "nn_cpu.h"
+
+enum { NN_DIRECT_MAX_PIXELS = 4096, NN_DIRECT_MASKS = 10,   /* 9 taps + the pixels kept */
+       NN_DIRECT_MASK_WORDS = NN_DIRECT_MAX_PIXELS / 16 * NN_DIRECT_MASKS };
+
+/* wp (blocks of 8 of the Q output channels, R input channels, 9 taps, 8) from w (O, C, 3,
+ * 3): Q = O, R = C; or, with transpose, Q = C, R = O and the taps reversed. */
+static void nn_direct3_pack(const float *w, ptrdiff_t O, ptrdiff_t C, int transpose,
+                            float *wp) {
+    ptrdiff_t Q = transpose ? C : O, R = transpose ? O : C, blocks = (Q + 7) / 8;
+    for (ptrdiff_t qb = 0; qb < blocks; ++qb)
+        for (ptrdiff_t r = 0; r < R; ++r)
+            for (int t = 0; t < 9; ++t)
+                for (int o = 0; o < 8; ++o) {
+                    ptrdiff_t q = qb * 8 + o;
+                    float v = 0.0f;
+                    if (q < Q)
+                        v = transpose ? w[(r * C + q) * 9 + (8 - t)] : w[(q * C + r) * 9 + t];
+                    wp[((qb * R + r) * 9 + t) * 8 + o] = v;
+                }
+}
+
+#if NN_X86
+#include <immintrin.h>
+
+/* For `planes` (H, W) planes stacked into one of planes * H rows (several samples' planes
+ * of one channel, one after the other: small planes fill the vectors better), masks[v * 10
+ * + t], t < 9: the lanes of pixel vector v whose tap t lies inside the lane's own plane;
+ * masks[v * 10 + 9]: the lanes that are pixels at all (p < planes * H * W) */
+static void nn_direct3_masks(ptrdiff_t H, ptrdiff_t W, ptrdiff_t planes, uint16_t *masks) {
+    ptrdiff_t P = planes * H * W, vectors = (P + 15) / 16;
+    for (ptrdiff_t v = 0; v < vectors; ++v) {
+        uint16_t m[NN_DIRECT_MASKS] = {0};
+        for (int lane = 0; lane < 16; ++lane) {
+            ptrdiff_t p = v * 16 + lane, i = p / W % H, j = p % W;
+            if (p >= P)
+                break;
+            m[9] |= (uint16_t)(1u << lane);
+            for (int t = 0; t < 9; ++t) {
+                ptrdiff_t ih = i + t / 3 - 1, jw = j + t % 3 - 1;
+                if (ih >= 0 && ih < H && jw >= 0 && jw < W)
+                    m[t] |= (uint16_t)(1u << lane);
+            }
+        }
+        for (int t = 0; t < NN_DIRECT_MASKS; ++t)
+            masks[v * NN_DIRECT_MASKS + t] = m[t];
+    }
+}
+
+/* one tile: 8 output channels (the first `rows` stored) by NV pixel vectors from x, the
+ * input at the tile's first pixel; out at the tile's first output. The 24 accumulators are
+ * named variables, a<o><v>: GCC keeps an array of them in registers but also stores it to
+ * the stack after every multiply-add */
+#define NN_D_ACC(o)                                                                         \
+    __m512 a##o##0 = _mm512_setzero_ps(), a##o##1 = a##o##0, a##o##2 = a##o##0;
+#define NN_D_FMA(o)                                                                         \
+    do {                                                                                    \
+        __m512 wv = _mm512_set1_ps(wr[t * 8 + o]);                                          \
+        a##o##0 = _mm512_fmadd_ps(wv, x0, a##o##0);                                         \
+        if (nv > 1) a##o##1 = _mm512_fmadd_ps(wv, x1, a##o##1);                             \
+        if (nv > 2) a##o##2 = _mm512_fmadd_ps(wv, x2, a##o##2);                             \
+    } while (0)
+#define NN_D_STORE(o)                                                                       \
+    do {                                                                                    \
+        if (o < rows) {                                                                     \
+            _mm512_mask_storeu_ps(out + o * P, (__mmask16)masks[9], a##o##0);               \
+            if (nv > 1)                                                                     \
+                _mm512_mask_storeu_ps(out + o * P + 16,                                     \
+                                      (__mmask16)masks[NN_DIRECT_MASKS + 9], a##o##1);      \
+            if (nv > 2)                                                                     \
+                _mm512_mask_storeu_ps(out + o * P + 32,                                     \
+                                      (__mmask16)masks[2 * NN_DIRECT_MASKS + 9], a##o##2);  \
+        }                                                                                   \
+    } while (0)
+#define NN_DIRECT3_TILE(NV)                                                                  \
+    __attribute__((target("avx512f"))) static void nn_direct3_tile##NV(                     \
+            const float *x, ptrdiff_t R, ptrdiff_t P, const ptrdiff_t *off,                   \
+            const uint16_t *masks, const float *wq, ptrdiff_t rows, float *out) {            \
+        enum { nv = NV };                                                                   \
+        const __m512 zero = _mm512_setzero_ps();                                            \
+        NN_D_ACC(0) NN_D_ACC(1) NN_D_ACC(2) NN_D_ACC(3)                                     \
+        NN_D_ACC(4) NN_D_ACC(5) NN_D_ACC(6) NN_D_ACC(7)                                     \
+        for (ptrdiff_t r = 0; r < R; ++r) {                                                 \
+            const float *xr = x + r * P, *wr = wq + r * 72;                                 \
+            for (int t = 0; t < 9; ++t) {                                                   \
+                const float *xt = xr + off[t];                                              \
+                __m512 x0 = _mm512_maskz_loadu_ps((__mmask16)masks[t], xt);                 \
+                __m512 x1 = NV > 1 ? _mm512_maskz_loadu_ps(                                 \
+                    (__mmask16)masks[NN_DIRECT_MASKS + t], xt + 16) : zero;                 \
+                __m512 x2 = NV > 2 ? _mm512_maskz_loadu_ps(                                 \
+                    (__mmask16)masks[2 * NN_DIRECT_MASKS + t], xt + 32) : zero;             \
+                NN_D_FMA(0); NN_D_FMA(1); NN_D_FMA(2); NN_D_FMA(3);                         \
+                NN_D_FMA(4); NN_D_FMA(5); NN_D_FMA(6); NN_D_FMA(7);                         \
+            }                                                                               \
+        }                                                                                   \
+        NN_D_STORE(0); NN_D_STORE(1); NN_D_STORE(2); NN_D_STORE(3);                         \
+        NN_D_STORE(4); NN_D_STORE(5); NN_D_STORE(6); NN_D_STORE(7);                         \
+    }
+
+NN_DIRECT3_TILE(1)
+NN_DIRECT3_TILE(2)
+NN_DIRECT3_TILE(3)
+
+/* out (Q, H, W) = the convolution of one sample's x (R, H, W) with the packed weights wp;
+ * masks from nn_direct3_masks(H, W) */
+__attribute__((target("avx512f"))) static void nn_direct3_sample_avx512(
+        const float *x, ptrdiff_t R, ptrdiff_t H, ptrdiff_t W, const float *wp, ptrdiff_t Q,
+        const uint16_t *masks, float *out) {
+    const ptrdiff_t P = H * W, blocks = (Q + 7) / 8;
+    ptrdiff_t off[9];
+    for (int t = 0; t < 9; ++t)
+        off[t] = (t / 3 - 1) * W + (t % 3 - 1);
+    for (ptrdiff_t p0 = 0; p0 < P; p0 += 48) {
+        ptrdiff_t nv = (P - p0 + 15) / 16;
+        const uint16_t *m = masks + (p0 / 16) * NN_DIRECT_MASKS;
+        for (ptrdiff_t qb = 0; qb < blocks; ++qb) {
+            const float *wq = wp + qb * R * 72;
+            ptrdiff_t rows = Q - qb * 8 < 8 ? Q - qb * 8 : 8;
+            float *o = out + qb * 8 * P + p0;
+            if (nv >= 3)
+                nn_direct3_tile3(x + p0, R, P, off, m, wq, rows, o);
+            else if (nv == 2)
+                nn_direct3_tile2(x + p0, R, P, off, m, wq, rows, o);
+            else
+                nn_direct3_tile1(x + p0, R, P, off, m, wq, rows, o);
+        }
+    }
+}
+/* The weight gradient, straight from the planes too: for samples [0, n) of x (n, R, H, W)
+ * and g = grad_out (n, O, H, W),
+ *
+ *     gw[o, r, t] = sum over samples s, pixels p of g[s, o, p] * xpad[s, r, p + tap t]
+ *
+ * written over gw (O, R, 9) -- a part's partial, the caller adds the parts. A tile is 2
+ * output channels by the 9 taps of one input channel: 18 accumulators of 16 lanes, summed
+ * over the pixel vectors of a chunk of samples (as many as keep the chunk's planes within
+ * ~512 KB, so that they stay in the core's cache while every tile reads them), then each
+ * reduced across its lanes (_mm512_reduce_add_ps) and added to gw, chunk after chunk. The
+ * order is fixed by n, the shapes and the pixel vectors: the same bits for the same part. */
+#define NN_D_GW_T(t)                                                                        \
+    do {                                                                                    \
+        __m512 xv = _mm512_maskz_loadu_ps((__mmask16)m[t], xv0 + off[t]);                   \
+        a##t = _mm512_fmadd_ps(g0, xv, a##t);                                               \
+        b##t = _mm512_fmadd_ps(g1, xv, b##t);                                               \
+        c##t = _mm512_fmadd_ps(g2, xv, c##t);                                               \
+    } while (0)
+#define NN_D_GW_OUT(t)                                                                      \
+    do {                                                                                    \
+        float sa = _mm512_reduce_add_ps(a##t), sb = _mm512_reduce_add_ps(b##t);             \
+        float sc = _mm512_reduce_add_ps(c##t);                                              \
+        float *da = gw + (o * R + r) * 9 + t, *db = gw + (o1 * R + r) * 9 + t;              \
+        float *dc = gw + (o2 * R + r) * 9 + t;                                              \
+        *da = s0 == 0 ? sa : *da + sa;                                                      \
+        if (o1 != o)                                                                        \
+            *db = s0 == 0 ? sb : *db + sb;                                                  \
+        if (o2 != o1)                                                                       \
+            *dc = s0 == 0 ? sc : *dc + sc;                                                  \
+    } while (0)
+
+__attribute__((target("avx512f"))) static void nn_direct3_gw_avx512(
+        const float *g, const float *x, ptrdiff_t n, ptrdiff_t O, ptrdiff_t R, ptrdiff_t H,
+        ptrdiff_t W, const uint16_t *masks, float *gw) {
+    const ptrdiff_t P = H * W, vectors = (P + 15) / 16;
+    ptrdiff_t chunk = 131072 / ((R + O) * P), off[9];
+    if (chunk < 1)
+        chunk = 1;
+    for (int t = 0; t < 9; ++t)
+        off[t] = (t / 3 - 1) * W + (t % 3 - 1);
+    for (ptrdiff_t s0 = 0; s0 < n; s0 += chunk) {
+        ptrdiff_t s1 = s0 + chunk < n ? s0 + chunk : n;
+        for (ptrdiff_t o = 0; o < O; o += 3) {
+            ptrdiff_t o1 = o + 1 < O ? o + 1 : o, o2 = o + 2 < O ? o + 2 : o1;
+            for (ptrdiff_t r = 0; r < R; ++r) {
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
+                       a6 = a0, a7 = a0, a8 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0,
+                       b5 = a0, b6 = a0, b7 = a0, b8 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0,
+                       c4 = a0, c5 = a0, c6 = a0, c7 = a0, c8 = a0;
+                for (ptrdiff_t s = s0; s < s1; ++s) {
+                    const float *gp0 = g + (s * O + o) * P, *gp1 = g + (s * O + o1) * P;
+                    const float *gp2 = g + (s * O + o2) * P;
+                    const float *xp = x + (s * R + r) * P;
+                    for (ptrdiff_t v = 0; v < vectors; ++v) {
+                        const uint16_t *m = masks + v * NN_DIRECT_MASKS;
+                        const float *xv0 = xp + 16 * v;
+                        __m512 g0 = _mm512_maskz_loadu_ps((__mmask16)m[9], gp0 + 16 * v);
+                        __m512 g1 = _mm512_maskz_loadu_ps((__mmask16)m[9], gp1 + 16 * v);
+                        __m512 g2 = _mm512_maskz_loadu_ps((__mmask16)m[9], gp2 + 16 * v);
+                        NN_D_GW_T(0); NN_D_GW_T(1); NN_D_GW_T(2);
+                        NN_D_GW_T(3); NN_D_GW_T(4); NN_D_GW_T(5);
+                        NN_D_GW_T(6); NN_D_GW_T(7); NN_D_GW_T(8);
+                    }
+                }
+                NN_D_GW_OUT(0); NN_D_GW_OUT(1); NN_D_GW_OUT(2);
+                NN_D_GW_OUT(3); NN_D_GW_OUT(4); NN_D_GW_OUT(5);
+                NN_D_GW_OUT(6); NN_D_GW_OUT(7); NN_D_GW_OUT(8);
+            }
+        }
+    }
+}
+#else
+/* Off x86 the AVX-512 path never runs (nn_cpu_has_avx512f() is 0 there): these stubs only
+ * keep the call sites in cnn_core/_conv.pyx linking, as nn_im2col.h's do. */
+static void nn_direct3_masks(ptrdiff_t H, ptrdiff_t W, ptrdiff_t planes, uint16_t *masks) {
+    (void)H; (void)W; (void)planes; (void)masks;
+}
+static void nn_direct3_sample_avx512(const float *x, ptrdiff_t R, ptrdiff_t H, ptrdiff_t W,
+                                     const float *wp, ptrdiff_t Q, const uint16_t *masks,
+                                     float *out) {
+    (void)x; (void)R; (void)H; (void)W; (void)wp; (void)Q; (void)masks; (void)out;
+}
+static void nn_direct3_gw_avx512(const float *g, const float *x, ptrdiff_t n, ptrdiff_t O,
+                                 ptrdiff_t R, ptrdiff_t H, ptrdiff_t W, const uint16_t *masks,
+                                 float *gw) {
+    (void)g; (void)x; (void)n; (void)O; (void)R; (void)H; (void)W; (void)masks; (void)gw;
+}
+#endif
+
+#endif /* NN_DIRECT_H */
