@@ -19,7 +19,7 @@ from cnn_core._linear import (linear_forward, linear_backward, linear_chain_forw
 from cnn_core._activations import (
     relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward,
     sigmoid_forward, sigmoid_backward, tanh_forward, tanh_backward,
-    softmax_forward, softmax_backward, dropout_forward, dropout_backward,
+    softmax_forward, softmax_backward, dropout_forward, dropout_backward, add,
 )
 from cnn_core._losses import softmax_cross_entropy, mse, bce_with_logits
 from cnn_core._optim import sgd_update, adam_update, all_finite, sgd_step, adam_step
@@ -32,7 +32,7 @@ __all__ = [
     "linear_chain_backward",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
+    "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward", "add",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update", "all_finite",
     "sgd_step", "adam_step",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",

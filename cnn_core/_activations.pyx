@@ -1,4 +1,5 @@
-"""Activation functions, forward and backward side by side, and dropout's mask multiply.
+"""Activation functions, forward and backward side by side, dropout's mask multiply, and
+the sum of two arrays (a residual connection's, each way).
 
 Elementwise ops run over the flattened arrays: one loop per op (so the compiler vectorises
 it), cut into contiguous spans across threads when the array is large enough to pay for them.
@@ -12,9 +13,10 @@ Softmax works on rows of a 2-D array, threads over rows.
                 dx_i = y_i * (dy_i - sum_j dy_j * y_j)
     dropout     y = x * mask * scale           dx = dy * mask * scale
                 (a uint8 mask's values as they are: 0..255; a bool mask's as 0 and 1)
+    add         y = a + b                      (NumPy's a + b, on every thread)
 
 In place: `out` may be the input array itself (relu_forward(x, out=x); a backward's out may
-be grad_out or its x / y): every value is read before it is written, by the thread that
+be grad_out or its x / y; add's out a or b): every value is read before it is written, by the thread that
 writes it. Any other overlap of out with an input (a shifted view of it, the dropout mask)
 is a ValueError: out would overwrite values not yet read.
 """
@@ -29,7 +31,7 @@ from cnn_core._parallel cimport num_threads, span_parts, run_parts, MAX_PARTS, S
 
 cdef enum Op:
     RELU_FWD, RELU_BWD, LEAKY_FWD, LEAKY_BWD, SIGMOID_FWD, SIGMOID_BWD, TANH_FWD, TANH_BWD
-    DROPOUT, DROPOUT_BOOL
+    DROPOUT, DROPOUT_BOOL, ADD
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -95,6 +97,9 @@ cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned
         for i in range(n):
             xi = 1 if mask[i] else 0            # a bool's byte may be any nonzero: True
             y[i] = x[i] * xi * s
+    elif op == ADD:                   # g holds a, x holds b: a + b in that order
+        for i in range(n):
+            y[i] = g[i] + x[i]
 
 
 ctypedef struct _Unary:
@@ -425,3 +430,20 @@ def softmax_backward(grad_out, y, out=None):
     else:
         _rows[double](True, grad_out, y, dx)
     return dx if out is None else out
+
+
+def add(a, b, out=None):
+    """Elementwise sum: out = a + b (NumPy's a + b, bit for bit), a and b of one shape and
+    dtype (no broadcasting). out may be a or b itself (in place), and must not overlap them
+    otherwise."""
+    a = as_float_array("a", a)
+    b = as_float_array("b", b)
+    check_same_dtype("b", b, a.dtype)
+    check_same_shape("b", b, a.shape)
+    y = output("out", out, a.shape, a.dtype)
+    if out is None:
+        return _apply(ADD, b, a, None, y, 0)
+    refuse_overlap("out", y, "a", a, IN_PLACE)
+    refuse_overlap("out", y, "b", b, IN_PLACE)
+    _apply(ADD, b, a, None, y, 0)
+    return out

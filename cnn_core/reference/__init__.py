@@ -23,7 +23,7 @@ module             compiled kernels it mirrors     twins
 ``gemm``           ``cnn_core/_gemm.pyx``          gemm, gemm_naive, gemm_kernel_name
 ``linear``         ``cnn_core/_linear.pyx``        linear_forward/backward, the chains
 ``activations``    ``cnn_core/_activations.pyx``   ReLU, leaky ReLU, sigmoid, tanh,
-                                                   softmax, dropout
+                                                   softmax, dropout, add
 ``losses``         ``cnn_core/_losses.pyx``        softmax_cross_entropy, mse,
                                                    bce_with_logits
 ``optim``          ``cnn_core/_optim.pyx``         SGD, Adam(W), all_finite
@@ -40,7 +40,7 @@ from cnn_core.reference.linear import (linear_forward, linear_backward, linear_c
 from cnn_core.reference.activations import (
     relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward,
     sigmoid_forward, sigmoid_backward, tanh_forward, tanh_backward,
-    softmax_forward, softmax_backward, dropout_forward, dropout_backward,
+    softmax_forward, softmax_backward, dropout_forward, dropout_backward, add,
 )
 from cnn_core.reference.losses import softmax_cross_entropy, mse, bce_with_logits
 from cnn_core.reference.optim import sgd_update, adam_update, sgd_step, adam_step, all_finite
@@ -56,7 +56,7 @@ __all__ = [
     "linear_chain_backward",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
+    "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward", "add",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update",
     "sgd_step", "adam_step", "all_finite", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "batchnorm_forward", "batchnorm_backward", "take_rows",

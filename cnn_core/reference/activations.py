@@ -1,5 +1,5 @@
-"""Activation functions, forward and backward side by side, and dropout's mask multiply:
-the NumPy twin of ``cnn_core/_activations.pyx``."""
+"""Activation functions, forward and backward side by side, dropout's mask multiply and the
+sum of two arrays: the NumPy twin of ``cnn_core/_activations.pyx``."""
 import numpy as np
 
 from cnn_core.reference import _checks
@@ -271,4 +271,24 @@ def dropout_backward(grad_out, mask, scale, out=None):
     # grad_out (...), mask (...) -> out (...)
     grad_out, mask, scale, result = _checks.dropout_args("grad_out", grad_out, mask, scale, out)
     result[...] = grad_out * mask * scale
+    return _checks.given(out, result)
+
+
+def add(a, b, out=None):
+    """Elementwise sum, ``out = a + b`` -- a residual connection's sum, each way.
+
+    Parameters
+    ----------
+    a : ndarray, any shape
+    b : ndarray of a's shape and dtype (no broadcasting)
+    out : ndarray, optional
+        May be a or b itself (in place); no other view of their memory.
+
+    Returns
+    -------
+    out : ndarray of a's shape
+    """
+    # a (...), b (...) -> out (...)
+    a, b, result = _checks.elementwise("a", a, out, "b", b)
+    result[...] = a + b
     return _checks.given(out, result)

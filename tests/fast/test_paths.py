@@ -16,7 +16,8 @@ from conftest import randn, textbook
 from nnscratch import backend
 from nnscratch._fast.plan import plan_of
 from nnscratch._fast.steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep,
-                                   DropoutStep, FlattenStep, LinearStep, ModuleStep, PoolStep)
+                                   DropoutStep, FlattenStep, LinearStep, ModuleStep, PoolStep,
+                                   ResidualStep)
 
 
 def same(a, b):
@@ -65,6 +66,18 @@ def MODELS(dtype):
                                                                           **F),
             nn.Tanh(), nn.Flatten(), nn.Linear(24, 6, **F), nn.ReLU(), nn.Dropout(0.2),
             nn.Linear(6, 5, **F), nn.Softmax()), (2, 10, 10)),
+        # a ResNet (identity and projection shortcuts, batch norm, global average pool) and
+        # residual blocks of Linear layers: a shortcut with a dropout (drawn before the
+        # body, as Residual.forward draws), a body of one layer, a block inside a block
+        "resnet": (lambda: nn.models.resnet(8, in_channels=2, num_classes=5, width=4,
+                                            dtype=dtype), (2, 9, 9)),
+        "residual-blocks": (lambda: nn.Sequential(
+            nn.Linear(20, 12, **F),
+            nn.Residual(nn.Sequential(nn.ReLU(), nn.Linear(12, 12, **F), nn.Tanh())),
+            nn.Residual(nn.Sequential(nn.Linear(12, 8, **F), nn.ReLU(), nn.Dropout(0.3)),
+                        nn.Sequential(nn.Dropout(0.2), nn.Linear(12, 8, **F))),
+            nn.Residual(nn.Residual(nn.Linear(8, 8, **F)), nn.Identity()),
+            nn.ReLU(), nn.Linear(8, 5, **F)), (20,)),
     }
 
 
@@ -92,7 +105,7 @@ def _step_arrays(model, x, g, compute_grad_input, zero):
 
 @pytest.mark.parametrize("name", ["mlp", "mlp-dropout", "no-bias-and-activations",
                                   "nested-and-identity", "user-block", "batchnorm1d", "cnn",
-                                  "lenet-like"])
+                                  "lenet-like", "resnet", "residual-blocks"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_forward_and_backward_are_the_textbook_bits(rng, dtype, name, mode):
     build, sample = MODELS(dtype)[name]
@@ -125,7 +138,8 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("name", ["mlp", "mlp-dropout", "no-bias-and-activations",
-                                  "user-block", "batchnorm1d", "cnn", "lenet-like"])
+                                  "user-block", "batchnorm1d", "cnn", "lenet-like", "resnet",
+                                  "residual-blocks"])
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_fit_trains_to_the_textbook_bits(rng, name, optimizer):
     build, sample = MODELS(np.float32)[name]
@@ -214,10 +228,66 @@ def test_the_plan_of_each_model():
                            nn.Sequential(nn.Linear(4, 2)))
     assert kinds(nested) == ["ChainStep"]
     for step_class in (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutStep,
-                       FlattenStep, LinearStep, ModuleStep, PoolStep):
+                       FlattenStep, LinearStep, ModuleStep, PoolStep, ResidualStep):
         assert step_class.__name__ in {
             "ActivationStep", "BatchNormStep", "ChainStep", "ConvStep", "DropoutStep",
-            "FlattenStep", "LinearStep", "ModuleStep", "PoolStep"}
+            "FlattenStep", "LinearStep", "ModuleStep", "PoolStep", "ResidualStep"}
+
+
+def test_the_plan_of_a_resnet_holds_each_blocks_branches():
+    model = nn.models.resnet(8, width=4)
+    assert kinds(model) == ["ConvStep", "BatchNormStep", "ActivationStep", "ResidualStep",
+                            "ActivationStep", "ResidualStep", "ActivationStep", "ResidualStep",
+                            "ActivationStep", "ModuleStep", "LinearStep"]
+    blocks = [step for step in plan_of(model).steps if isinstance(step, ResidualStep)]
+    body = ["ConvStep", "BatchNormStep", "ActivationStep", "ConvStep", "BatchNormStep"]
+    assert [[type(s).__name__ for s in b.body] for b in blocks] == [body] * 3
+    assert [[type(s).__name__ for s in b.shortcut] for b in blocks] == [
+        [], ["ConvStep", "BatchNormStep"], ["ConvStep", "BatchNormStep"]]
+    # a hooked block, or a subclass with its own forward, runs its own code
+    with model[3].register_forward_hook(lambda module, args, out: None):
+        assert kinds(model)[3] == "ModuleStep"
+    assert kinds(model)[3] == "ResidualStep"
+
+    class Scaled(nn.Residual):
+        def forward(self, x):
+            return 0.5 * super().forward(x)
+
+    assert kinds(nn.Sequential(Scaled(nn.Linear(3, 3)))) == ["ModuleStep"]
+
+
+@pytest.mark.parametrize("change", ["body", "shortcut", "inside"])
+def test_the_plan_follows_changes_inside_a_residual_block(rng, change):
+    nn.seed(5)
+    block = nn.Residual(nn.Sequential(nn.Linear(6, 6), nn.ReLU()))
+    model = nn.Sequential(nn.Linear(6, 6), block, nn.Linear(6, 3))
+    x = randn(rng, (4, 6), np.float32)
+    model(x)
+    if change == "body":
+        block.body = nn.Sequential(nn.Tanh(), nn.Linear(6, 6))
+    elif change == "shortcut":
+        block.shortcut = nn.Linear(6, 6)
+    else:
+        block.body.append(nn.Sigmoid())
+    with textbook():
+        expected = model(x)
+    assert same(model(x), expected)
+    g = randn(rng, (4, 3), np.float32)
+    model.zero_grad()
+    gx = np.array(model.backward(g), copy=True)
+    grads = [p.grad.copy() for p in model.parameters()]
+    with textbook():
+        model(x)
+        model.zero_grad()
+        assert same(gx, model.backward(g))
+        assert all(same(a, p.grad) for a, p in zip(grads, model.parameters()))
+
+
+def test_a_residual_whose_branches_disagree_is_the_layers_error(rng):
+    model = nn.Sequential(nn.Residual(nn.Linear(6, 4)))
+    with pytest.raises(ValueError, match=r"Residual: the body gives shape \(4,\) per sample "
+                                         r"and the input \(identity\) \(6,\)"):
+        model(randn(rng, (2, 6), np.float32))
 
 
 def test_layers_that_change_their_computation_run_their_own_code():

@@ -44,6 +44,7 @@ ELEMENTWISE = {
     "tanh_backward": lambda x, g, mask: (g, np.tanh(x)),
     "dropout_forward": lambda x, g, mask: (x, mask, DROP_SCALE),
     "dropout_backward": lambda x, g, mask: (g, mask, DROP_SCALE),
+    "add": lambda x, g, mask: (g, x),
 }
 
 
@@ -293,3 +294,32 @@ def test_softmax_zero_size(dtype, shape):
         assert mod.softmax_forward(x, out) is out
         g = mod.softmax_backward(x, x)
         assert g.shape == shape and g.dtype == dtype
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (97,), (2, 3, 4, 5), (128, 16, 28, 28)])
+def test_add_is_numpys_sum_bit_for_bit_in_place_and_on_any_thread_count(rng, dtype, shape):
+    # a residual connection's sum, each way: the fast path's Residual step calls it where
+    # the layer writes a + b, so the two must agree in every bit (inf - inf, NaN included)
+    a = randn(rng, shape, dtype)
+    b = randn(rng, shape, dtype)
+    if a.size >= 4:
+        a.reshape(-1)[:4] = [np.inf, -np.inf, np.nan, 1.0]
+        b.reshape(-1)[:4] = [-np.inf, 2.0, 3.0, -0.0]
+    with np.errstate(invalid="ignore"):
+        expected = a + b
+    before = cnn_core.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            cnn_core.set_num_threads(count)
+            np.testing.assert_array_equal(cnn_core.add(a, b), expected)
+            for target in ("a", "b"):
+                a2, b2 = a.copy(), b.copy()
+                out = a2 if target == "a" else b2
+                assert cnn_core.add(a2, b2, out=out) is out
+                np.testing.assert_array_equal(out, expected)
+    finally:
+        cnn_core.set_num_threads(before)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(reference.add(a, b), expected)
+    with pytest.raises(ValueError, match="b"):
+        cnn_core.add(a, np.zeros(shape + (1,), dtype))

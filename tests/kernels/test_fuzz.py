@@ -197,6 +197,13 @@ def _unary_backward(rng, dt, saved, scalar=None):
     return kw
 
 
+def _add(rng, dt):
+    kw = _unary_forward(rng, dt)
+    x = kw.pop("x")
+    kw["a"], kw["b"] = x, _arr(rng, x.shape, dt)
+    return kw
+
+
 def make_softmax_forward(rng, dt):
     n, c = _dims(rng, 2, 1, 20)
     if rng.random() < 0.05:
@@ -435,6 +442,7 @@ MAKERS = {
     "softmax_backward": make_softmax_backward,
     "dropout_forward": lambda r, d: _dropout(r, d, "x"),
     "dropout_backward": lambda r, d: _dropout(r, d, "grad_out"),
+    "add": lambda r, d: _add(r, d),
     "softmax_cross_entropy": make_softmax_cross_entropy,
     "mse": lambda r, d: _pointwise_loss(r, d, "pred", "target"),
     "bce_with_logits": lambda r, d: _pointwise_loss(r, d, "logits", "target", True),

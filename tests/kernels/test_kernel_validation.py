@@ -103,6 +103,7 @@ CASES = {
         ndims={"grad_out": 2, "x": 2, "w": 2},
         bad_shapes={"x": (2, 4), "w": (4, 6)}),
     "relu_forward": _elementwise("x", None),
+    "add": _elementwise("a", "b"),
     "relu_backward": _elementwise("grad_out", "x"),
     "leaky_relu_forward": _elementwise("x", None, {"negative_slope": 0.1},
                                        bad=_scalar_checks("negative_slope")),

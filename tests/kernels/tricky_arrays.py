@@ -227,6 +227,7 @@ OVERLAPS = {
                               + _pairs("work[0]", "grad_x", "xs[0]")
                               + _pairs("grad_x", "xs[0]", "grads_b[1]")),
     "relu_forward": _activation("x"),
+    "add": _activation("a", "b"),
     "relu_backward": _activation("grad_out", "x"),
     "leaky_relu_forward": _activation("x"),
     "leaky_relu_backward": _activation("grad_out", "x"),

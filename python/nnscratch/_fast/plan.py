@@ -12,6 +12,8 @@ modules, in order, into steps (``steps.py``):
 * a `ReLU` directly followed by a `MaxPool2d` runs after the pool (on fewer values);
 * `Conv2d`, `MaxPool2d`, batch norm, the activations, `Dropout` and `Flatten` are one step
   each; an `Identity` is no step;
+* a `Residual` is one step holding the steps of its two branches, made by the same rules
+  (its body and shortcut walked into as containers), the sum into a kept array;
 * any other module -- a user's layer or block, or a subclass that changes a layer's
   computation -- is a step that calls its own ``forward`` / ``backward`` / ``infer`` (a
   `Sequential` inside such a block makes its own plan when the block calls it).
@@ -32,12 +34,12 @@ from typing import Any
 import numpy as np
 
 from ..conv import Conv2d, MaxPool2d
-from ..layers import Dropout, Flatten, Identity, Linear, ReLU, _Activation
+from ..layers import Dropout, Flatten, Identity, Linear, ReLU, Residual, _Activation
 from ..module import hook_changes, repeated_modules
 from ..norm import _BatchNorm
 from .pool import BufferPool
 from .steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutStep,
-                    FlattenStep, LinearStep, ModuleStep, PoolStep)
+                    FlattenStep, LinearStep, ModuleStep, PoolStep, ResidualStep)
 
 __all__ = ["Plan", "Run", "plan_of", "replan", "inline", "plannable", "step_modules"]
 
@@ -148,12 +150,24 @@ class Plan:
         children = tuple(container._modules.values())
         self.containers.append((container._modules, children))
         for child in children:
-            if child is None or isinstance(child, Identity) and _keeps_methods(child, Identity):
-                continue
-            if any(_keeps_methods(child, cls) for cls in _INLINED):
-                self._walk(child, modules)
-            else:
-                modules.append(child)
+            self._add(child, modules)
+
+    def _add(self, child, modules):
+        if child is None or isinstance(child, Identity) and _keeps_methods(child, Identity):
+            return
+        if any(_keeps_methods(child, cls) for cls in _INLINED):
+            self._walk(child, modules)
+        elif _keeps_methods(child, Residual):
+            # its two branches, each walked as a container of its own (a module swapped in
+            # for its body or shortcut makes the plan again, as in any container)
+            self.containers.append((child._modules, tuple(child._modules.values())))
+            body: list[Any] = []
+            shortcut: list[Any] = []
+            self._add(child.body, body)
+            self._add(child.shortcut, shortcut)
+            modules.append(_Branches(child, body, shortcut))
+        else:
+            modules.append(child)
 
     def valid(self):
         """True while no container's list of modules has changed, and no module got its
@@ -234,6 +248,15 @@ def step_modules(step):
     return ()
 
 
+class _Branches:
+    """A `Residual` as the plan walks it: the modules of its body and of its shortcut."""
+
+    __slots__ = ("module", "body", "shortcut")
+
+    def __init__(self, module, body, shortcut):
+        self.module, self.body, self.shortcut = module, body, shortcut
+
+
 def _steps(modules):
     """The steps for `modules` (a flat list, in order)."""
     steps: list[Any] = []
@@ -241,6 +264,11 @@ def _steps(modules):
     while i < len(modules):
         module = modules[i]
         following = modules[i + 1] if i + 1 < len(modules) else None
+        if isinstance(module, _Branches):
+            steps.append(ResidualStep(module.module, _steps(module.body),
+                                      _steps(module.shortcut)))
+            i += 1
+            continue
         if _keeps_methods(module, Linear):
             relu = following if _is_relu(following) else None
             steps.append(LinearStep(module, relu))

@@ -39,7 +39,7 @@ from .. import _random
 from ..backend import kernels
 
 __all__ = ["LinearStep", "ChainStep", "ConvStep", "PoolStep", "BatchNormStep",
-           "ActivationStep", "DropoutStep", "FlattenStep", "ModuleStep"]
+           "ActivationStep", "DropoutStep", "FlattenStep", "ResidualStep", "ModuleStep"]
 
 
 def _missing(layer):
@@ -443,6 +443,49 @@ class FlattenStep:
 
     def infer(self, x):
         return self.layer.infer(x)
+
+
+def _add(a, b, run, key):
+    """a + b into a kept array: the kernel for one dtype and shape, else NumPy's a + b."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return a + b
+    return kernels().add(a, b, _kept(run, key + (a.dtype,), a.shape, a.dtype, (a, b)))
+
+
+class ResidualStep:
+    """A `Residual`: the steps of its shortcut, then of its body (the order of
+    ``Residual.forward``), in this plan's run, and ``y + s`` into a kept array (the kernel
+    ``add``, on every thread: the bits of the layer's own NumPy ``y + s``). Backward runs
+    each branch's steps back and adds what they return, as ``Residual.backward``."""
+
+    __slots__ = ("module", "body", "shortcut")
+
+    def __init__(self, module, body, shortcut):
+        self.module, self.body, self.shortcut = module, body, shortcut
+
+    def forward(self, x, run):
+        s = x
+        for step in self.shortcut:
+            s = step.forward(s, run)
+        y = x
+        for step in self.body:
+            y = step.forward(y, run)
+        if y.shape != s.shape:
+            return self.module._sum(y, s)           # (its error naming the branches)
+        return _add(y, s, run, (self, y.shape))
+
+    def backward(self, g, need, run):
+        g_body, g_short = g, g
+        for i in range(len(self.body) - 1, -1, -1):
+            g_body = self.body[i].backward(g_body, need or i > 0, run)
+        for i in range(len(self.shortcut) - 1, -1, -1):
+            g_short = self.shortcut[i].backward(g_short, need or i > 0, run)
+        if not need:
+            return None
+        return _add(g_body, g_short, run, (self, "x", g_body.shape))
+
+    def infer(self, x):
+        return self.module.infer(x)
 
 
 class ModuleStep:
