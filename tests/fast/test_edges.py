@@ -14,6 +14,7 @@ import pytest
 import nnscratch as nn
 from conftest import textbook
 from nnscratch._fast.plan import plan_of
+from nnscratch._fast.steps import ActivationStep
 
 
 def both(build, fn, seed=11):
@@ -277,3 +278,47 @@ def test_a_nan_gradient_is_named_alike_on_both_paths():
     fast, slow = both(lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8),
                                             nn.ReLU(), nn.Linear(8, 3)), fit)
     assert fast == slow and "0.weight" in fast[0], (fast, slow)
+
+
+def test_the_gradients_passed_down_share_a_few_arrays_per_shape():
+    # each gradient is read by the step below and then never again (a Residual's incoming
+    # gradient and its body's result excepted: held until the shortcut and the sum have
+    # read them), so a ResNet's backward pass needs a handful per feature-map size, not
+    # one per layer; and the saved activations a ReLU overwrites in place are not kept twice
+    nn.seed(3)
+    model = nn.models.resnet(20, width=4)
+    X = RNG.standard_normal((16, 1, 12, 12)).astype(np.float32)
+    y = RNG.integers(0, 10, 16)
+    opt = nn.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=8,
+              progress=False)
+    pool = plan_of(model).pool
+    counts = {kind: len(arrays) for kind, arrays in pool._passing.items()}
+    # (the first convolution passes nothing down; the Linear layer keeps its own array)
+    assert {shape for shape, _ in counts} == {(8, 4, 12, 12), (8, 8, 6, 6), (8, 16, 3, 3)}, \
+        counts
+    assert max(counts.values()) <= 4, counts
+    steps = plan_of(model).steps
+    relus = [s for s in steps if isinstance(s, ActivationStep)]
+    assert relus and all(s.in_place for s in relus)     # after batch norm / a residual sum
+
+
+def test_a_backward_hook_may_keep_the_gradient_it_is_given():
+    # a hooked layer runs its own code; the gradient it gets comes from arrays the steps
+    # share, so it gets a copy: what a hook keeps still holds that gradient after the pass
+    X = RNG.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    g = RNG.standard_normal((6, 10)).astype(np.float32)
+
+    def run(fast):
+        nn.seed(8)
+        model = nn.models.resnet(8, width=4)
+        kept = []
+        model[3].body[1].register_full_backward_hook(
+            lambda module, grad_input, grad_output: kept.append(grad_output[0]))
+        with contextlib.nullcontext() if fast else textbook():
+            model(X)
+            model.zero_grad()
+            model.backward(g)
+        return kept[0]
+
+    np.testing.assert_array_equal(run(True), run(False))

@@ -94,12 +94,16 @@ class Run:
     finite
         None, or a dict in which steps whose kernel checks the gradients it writes record
         ``{parameter: all finite}`` (fit's NaN/inf guard then skips them).
+    busy
+        The gradients that enclosing steps (a `Residual`'s) will read again later in the
+        backward pass: no step writes its gradient over them.
     """
 
-    __slots__ = ("pool", "pooled", "zeroed", "finite")
+    __slots__ = ("pool", "pooled", "zeroed", "finite", "busy")
 
     def __init__(self, pool, pooled, zeroed=None, finite=None):
         self.pool, self.pooled, self.zeroed, self.finite = pool, pooled, zeroed, finite
+        self.busy: list[Any] = []   # gradients an enclosing step has yet to read again
 
     def accumulate(self, weight, bias=None):
         """False when `weight` and `bias` (unless None) are both in `zeroed`: the kernel
@@ -285,7 +289,10 @@ def _steps(modules):
         elif _keeps_methods(module, _BatchNorm):
             steps.append(BatchNormStep(module))
         elif _keeps_methods(module, _Activation):
-            steps.append(ActivationStep(module))
+            # a ReLU right after a batch norm or a residual sum: over their output, which
+            # nothing else reads
+            steps.append(ActivationStep(module, in_place=_is_relu(module) and bool(steps) and
+                                        type(steps[-1]) in (BatchNormStep, ResidualStep)))
         elif _keeps_methods(module, Dropout):
             steps.append(DropoutStep(module))
         elif _keeps_methods(module, Flatten):

@@ -10,6 +10,12 @@ An array a call reads must not be the array it writes: a pooled output fed back 
 would be written while it is read. `arrays` then answers None for it (the kernel allocates
 a fresh one), and `owns` tells a plan that an input is one of its buffers (it copies it:
 its steps keep their inputs for backward, and a later step may write that buffer).
+
+The gradients a backward pass hands down are different: each is read by the step below
+and then never again. They come from `passing`, a few arrays per shape shared by every
+step -- whichever of them no array still to be read is -- rather than one per step: a
+ResNet-20 step then keeps a handful of gradient arrays per feature-map size instead of
+one per layer (the saved activations are the only arrays it must keep).
 """
 from .. import _memory
 
@@ -19,11 +25,12 @@ __all__ = ["BufferPool"]
 class BufferPool:
     """Aligned arrays kept by ``(key, shape, dtype)``."""
 
-    __slots__ = ("_arrays", "_bases", "limit")
+    __slots__ = ("_arrays", "_bases", "_passing", "limit")
 
     def __init__(self, limit=256):
         self._arrays = {}
         self._bases = set()      # ids of the memory blocks of the kept arrays
+        self._passing = {}       # (shape, dtype) -> the gradient arrays of that kind
         self.limit = limit
 
     def arrays(self, key, shapes, dtype, reading=()):
@@ -52,6 +59,25 @@ class BufferPool:
         """One kept array (see `arrays`)."""
         return self.arrays(key, (shape,), dtype, reading)[0]
 
+    def passing(self, shape, dtype, busy):
+        """An array of `shape` and `dtype` for a gradient on its way down: the first of
+        those kept for that kind that shares no memory with an array of `busy` (the arrays
+        the call reads, and those to be read later), or a new one kept with them."""
+        kind = (tuple(shape), dtype)
+        arrays = self._passing.get(kind)
+        if arrays is None:
+            if len(self._passing) >= self.limit:
+                self.clear()
+            arrays = self._passing[kind] = []
+        taken = {id(a if a.base is None else a.base) for a in busy if a is not None}
+        for array in arrays:
+            if id(array.base) not in taken:
+                return array
+        array = _memory.empty(shape, dtype)
+        arrays.append(array)
+        self._bases.add(id(array.base))
+        return array
+
     def owns(self, array):
         """True when `array` is (a view of) one of the kept arrays."""
         base = getattr(array, "base", None)
@@ -59,4 +85,5 @@ class BufferPool:
 
     def clear(self):
         self._arrays.clear()
+        self._passing.clear()
         self._bases.clear()

@@ -51,6 +51,13 @@ def _kept(run, key, shape, dtype, reading=()):
     return run.pool.array(key, shape, dtype, reading) if run.pooled else None
 
 
+def _passing(run, shape, dtype, reading):
+    """An array for a gradient on its way down -- one of the few the pool shares among the
+    steps (`BufferPool.passing`), none of `reading` nor of the arrays an enclosing step
+    still has to read (``run.busy``) -- when the run keeps buffers, else None."""
+    return run.pool.passing(shape, dtype, reading + tuple(run.busy)) if run.pooled else None
+
+
 def _own_backward(layers, g, need, run):
     """The layers' own backward, from the last: the textbook path for these layers."""
     for layer in layers:
@@ -247,7 +254,7 @@ class ConvStep:
         if x is None or conv.__dict__.get("_x") is not x:
             return _own_backward((conv,), g, need, run)
         g = conv._grad_of(g, conv._out_shape(x.shape, conv.out_channels), conv.dtype)
-        grad_x = _kept(run, (self, "x", x.shape), x.shape, conv.dtype, (g, x)) if need else None
+        grad_x = _passing(run, x.shape, conv.dtype, (g, x)) if need else None
         run.materialize(conv.weight, conv.bias)     # (the kernel adds into the gradients)
         return kernels().conv2d_backward(g, x, conv.weight.data, conv.weight.grad,
                                          None if conv.bias is None else conv.bias.grad, grad_x,
@@ -296,10 +303,9 @@ class PoolStep:
         K, shape, x = kernels(), self.indices.shape, self.x
         g = (layer if relu is None else relu)._grad_of(g, shape, x.dtype)
         if relu is not None:       # ReLU.backward on the pooled values
-            g = K.relu_backward(g, self.y, _kept(run, (self, "g", x.shape), shape, x.dtype,
-                                                 (g, self.y)))
-        return K.maxpool2d_backward(g, self.indices, x.shape, _kept(
-            run, (self, "x", x.shape), x.shape, x.dtype, (g,)))
+            g = K.relu_backward(g, self.y, _passing(run, shape, x.dtype, (g, self.y)))
+        return K.maxpool2d_backward(g, self.indices, x.shape,
+                                    _passing(run, x.shape, x.dtype, (g,)))
 
     def infer(self, x):
         y = self.pool.infer(x if self.relu is None else self.relu._input(x))
@@ -342,8 +348,7 @@ class BatchNormStep:
             return _own_backward((norm,), g, need, run)
         x4 = x.reshape(x.shape + (1,)) if x.ndim == 3 else x
         g = norm._grad_of(g, x.shape, norm.dtype).reshape(x4.shape)
-        grad_x = _kept(run, (self, "x", x4.shape), x4.shape, norm.dtype, (g, x4)) \
-            if need else None
+        grad_x = _passing(run, x4.shape, norm.dtype, (g, x4)) if need else None
         run.materialize(norm.weight, norm.bias)
         grad_x = kernels().batchnorm_backward(
             g, x4, norm.weight.data, self.mean, d["_invstd"], norm.weight.grad, norm.bias.grad,
@@ -356,17 +361,22 @@ class BatchNormStep:
 
 class ActivationStep:
     """An elementwise activation (``ReLU``, ``Sigmoid``, ...): the layer's own kernel pair
-    (``_f`` / ``_df``), into pooled buffers."""
+    (``_f`` / ``_df``), into pooled buffers -- or, for a ReLU whose input only it reads (the
+    output a batch norm or a residual sum wrote for it: the plan says so with `in_place`),
+    over its input, as PyTorch's ``ReLU(inplace=True)``: the ReLU keeps relu(x) where it
+    would keep x, and relu(x) > 0 exactly where x > 0, so its backward has the same bits."""
 
-    __slots__ = ("layer", "kept")
+    __slots__ = ("layer", "kept", "in_place")
 
-    def __init__(self, layer):
-        self.layer, self.kept = layer, None
+    def __init__(self, layer, in_place=False):
+        self.layer, self.kept, self.in_place = layer, None, in_place
 
     def forward(self, x, run):
         layer = self.layer
         x = layer._input(x, check=layer._check)
-        y = layer._f(kernels(), x, _kept(run, (self, x.shape, x.dtype), x.shape, x.dtype, (x,)))
+        out = x if self.in_place and run.pooled else \
+            _kept(run, (self, x.shape, x.dtype), x.shape, x.dtype, (x,))
+        y = layer._f(kernels(), x, out)
         self.kept = layer.__dict__["_kept"] = x if layer._keeps == "input" else y
         return y
 
@@ -375,8 +385,7 @@ class ActivationStep:
         if kept is None or layer.__dict__.get("_kept") is not kept:
             return _own_backward((layer,), g, need, run)
         g = layer._grad_of(g, kept.shape, kept.dtype)
-        return layer._df(kernels(), g, kept, _kept(run, (self, "x", kept.shape, kept.dtype),
-                                                   kept.shape, kept.dtype, (g, kept)))
+        return layer._df(kernels(), g, kept, _passing(run, kept.shape, kept.dtype, (g, kept)))
 
     def infer(self, x):
         return self.layer.infer(x)
@@ -420,8 +429,8 @@ class DropoutStep:
         g = layer._grad_of(g, self.shape, d["_dtype"])
         if self.mask is None:
             return g
-        return kernels().dropout_backward(g, self.mask, layer.scale, _kept(
-            run, (self, "x", self.shape), self.shape, g.dtype, (g,)))
+        return kernels().dropout_backward(g, self.mask, layer.scale,
+                                          _passing(run, self.shape, g.dtype, (g,)))
 
     def infer(self, x):
         return self.layer.infer(x)
@@ -475,14 +484,27 @@ class ResidualStep:
         return _add(y, s, run, (self, y.shape))
 
     def backward(self, g, need, run):
-        g_body, g_short = g, g
-        for i in range(len(self.body) - 1, -1, -1):
-            g_body = self.body[i].backward(g_body, need or i > 0, run)
-        for i in range(len(self.shortcut) - 1, -1, -1):
-            g_short = self.shortcut[i].backward(g_short, need or i > 0, run)
+        busy = run.busy                 # g is read again by the shortcut, g_body by the sum
+        busy.append(g)
+        try:
+            g_body = g
+            for i in range(len(self.body) - 1, -1, -1):
+                g_body = self.body[i].backward(g_body, need or i > 0, run)
+            busy.append(g_body)
+            try:
+                g_short = g
+                for i in range(len(self.shortcut) - 1, -1, -1):
+                    g_short = self.shortcut[i].backward(g_short, need or i > 0, run)
+            finally:
+                busy.pop()
+        finally:
+            busy.pop()
         if not need:
             return None
-        return _add(g_body, g_short, run, (self, "x", g_body.shape))
+        if g_body.dtype != g_short.dtype or g_body.shape != g_short.shape:
+            return g_body + g_short
+        return kernels().add(g_body, g_short, _passing(run, g_body.shape, g_body.dtype,
+                                                       (g_body, g_short)))
 
     def infer(self, x):
         return self.module.infer(x)
@@ -504,6 +526,10 @@ class ModuleStep:
     def backward(self, g, need, run):
         if run.zeroed:
             run.materialize(*run.zeroed)
+        if run.pooled and run.pool.owns(g):
+            # a gradient array the pool shares among steps: the module's code (its hooks)
+            # may keep it beyond this call, so it gets an array of its own
+            g = g.copy()
         if need:
             return self.module.backward(g)
         return self.module.backward(g, compute_grad_input=False)
