@@ -1,6 +1,6 @@
 """Speed of nnscratch against its NumPy reference backend and PyTorch, measured in one run.
 
-    nnscratch bench [--quick] [--threads N] [--only gemm|mlp|cnn|memory|all]
+    nnscratch bench [--quick] [--threads N] [--only gemm|mlp|cnn|resnet|memory|all]
     python benchmarks/bench_all.py ...        (the same, and --only inference)
 
 The one-sample inference row also runs the MLP in ONNX Runtime, where onnx and onnxruntime
@@ -202,11 +202,11 @@ def _torch_twin(torch, model):
     return torch.nn.Sequential(*layers)
 
 
-def _epoch_runner(model, X, y, batch_size, lr, backend_name):
+def _epoch_runner(model, X, y, batch_size, lr, backend_name, **sgd):
     import nnscratch as nn
 
     loss = nn.CrossEntropyLoss()
-    opt = nn.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt = nn.SGD(model.parameters(), lr=lr, momentum=0.9, **sgd)
 
     def run():
         with nn.backend.using(backend_name):
@@ -215,9 +215,9 @@ def _epoch_runner(model, X, y, batch_size, lr, backend_name):
     return run
 
 
-def _torch_epoch_runner(torch, tmodel, X, y, batch_size, lr):
+def _torch_epoch_runner(torch, tmodel, X, y, batch_size, lr, **sgd):
     tx, ty = torch.from_numpy(X), torch.from_numpy(y)
-    opt = torch.optim.SGD(tmodel.parameters(), lr=lr, momentum=0.9)
+    opt = torch.optim.SGD(tmodel.parameters(), lr=lr, momentum=0.9, **sgd)
     loss_fn = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)
 
@@ -247,7 +247,7 @@ def _onnxruntime_session(onnxruntime, model, input_shape, threads):
 
 def bench_training(rounds, torch, quick, which, threads=1, onnxruntime=None):
     """Rows for the MLP (and CNN) epochs and one-sample inference: label, secs, None.
-    `which`: "mlp", "cnn", "inference" (that row alone) or "all"; `onnxruntime` (the module,
+    `which`: "mlp", "cnn", "resnet", "inference" (that row alone) or "all"; `onnxruntime` (the module,
     or None) adds its contender to the inference row, on `threads` threads."""
     import nnscratch as nn
 
@@ -332,7 +332,41 @@ def bench_training(rounds, torch, quick, which, threads=1, onnxruntime=None):
             secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
             rows.append((f"{label}, batch 128, epoch (from {n} images; numpy from {n_numpy})",
                          {k: v * n_full / samples_per_epoch[k] for k, v in secs.items()}, None))
+    if which in ("resnet", "all"):
+        rows.append(_bench_resnet(rounds, torch, quick, rng, n_full))
     return rows
+
+
+def _bench_resnet(rounds, torch, quick, rng, n_full):
+    """ResNet-20 (models.resnet) with issue 20's optimizer (SGD, Nesterov momentum 0.9,
+    weight decay 5e-4), batch 128, one epoch scaled from a slice of images; PyTorch's the
+    same network with the same weights (interop.to_torch)."""
+    import nnscratch as nn
+
+    from . import models
+
+    n = 512 if quick else 2_560
+    n_numpy = 128 if quick else 256
+    X = rng.random((n, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, n)
+    sgd = dict(nesterov=True, weight_decay=5e-4)
+    nn.seed(0)
+    contenders = {"nnscratch": _epoch_runner(models.resnet(20), X, y, 128, 0.05, "cython",
+                                             **sgd),
+                  "numpy": _epoch_runner(models.resnet(20), X[:n_numpy], y[:n_numpy], 128,
+                                         0.05, "numpy", **sgd)}
+    samples_per_epoch = {"nnscratch": n, "numpy": n_numpy}
+    if torch is not None:
+        from .interop import to_torch
+
+        nn.seed(0)
+        contenders["torch"] = _torch_epoch_runner(torch, to_torch(models.resnet(20)), X, y,
+                                                  128, 0.05, **sgd)
+        samples_per_epoch["torch"] = n
+    secs = interleaved(contenders, rounds=max(1, rounds // 2), min_time=0.0)
+    return (f"ResNet-20 (272,186 parameters), SGD Nesterov, batch 128, epoch (from {n} "
+            f"images; numpy from {n_numpy})",
+            {k: v * n_full / samples_per_epoch[k] for k, v in secs.items()}, None)
 
 
 # --- thread scaling ----------------------------------------------------------------------
@@ -416,17 +450,42 @@ def reset_peak():  # VmHWM := VmRSS (Linux >= 4.0)
         f.write("5")
 
 backend, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+kind = sys.argv[4] if len(sys.argv) > 4 else "mlp"
 rng = np.random.default_rng(0)
-X = rng.random((n, 784), dtype=np.float32)
+X = rng.random((n, 784) if kind == "mlp" else (n, 1, 28, 28), dtype=np.float32)
 y = rng.integers(0, 10, n)
 sizes = [784, 256, 128, 10]
+import nnscratch as nn
 if backend == "torch":
     import torch
-else:
-    import nnscratch as nn
 reset_peak()
 before = status("VmRSS")
-if backend == "torch":
+if kind == "resnet20":
+    # ResNet-20, SGD Nesterov with weight decay (the same network in PyTorch: to_torch)
+    nn.seed(0)
+    if backend == "torch":
+        from nnscratch.interop import to_torch
+        torch.set_num_threads(threads)
+        model = to_torch(nn.models.resnet(20))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        tx, ty = torch.from_numpy(X), torch.from_numpy(y)
+        def epoch(limit):
+            for start in range(0, limit, 128):
+                opt.zero_grad()
+                loss_fn(model(tx[start:start + 128]), ty[start:start + 128]).backward()
+                opt.step()
+    else:
+        nn.set_backend(backend)
+        nn.set_num_threads(threads)
+        model = nn.models.resnet(20)
+        opt = nn.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                     weight_decay=5e-4)
+        def epoch(limit):
+            model.fit(X[:limit], y[:limit], loss=nn.CrossEntropyLoss(), optimizer=opt,
+                      epochs=1, batch_size=128, progress=False)
+elif backend == "torch":
     torch.set_num_threads(threads)
     layers = []
     for i in range(3):
@@ -462,30 +521,41 @@ print(status("VmHWM") - before)
 """
 
 
-def bench_memory(torch, quick, threads):
-    """Peak-memory row: how far one MLP epoch raises each contender's peak RSS (MiB)."""
+def bench_memory(torch, quick, threads, kinds=("mlp",)):
+    """Peak-memory rows: how far one epoch raises each contender's peak RSS (MiB), for the
+    MLP and/or ResNet-20 (`kinds`: "mlp", "resnet20")."""
     import subprocess
     import tempfile
 
     import nnscratch
 
-    n = 12_000 if quick else 60_000
     env = dict(os.environ)
     # the child imports the installed package (or this one), never the source checkout
     roots = {os.path.dirname(os.path.dirname(os.path.abspath(nnscratch.__file__)))}
     env["PYTHONPATH"] = os.pathsep.join(list(roots) + [env.get("PYTHONPATH", "")])
-    peaks = {}
-    for name in ("nnscratch", "numpy") + (("torch",) if torch is not None else ()):
-        backend = {"nnscratch": "cython"}.get(name, name)
-        with tempfile.TemporaryDirectory() as cwd:
-            result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, backend, str(n),
-                                     str(threads)], capture_output=True, text=True, cwd=cwd,
-                                    env=env, timeout=600)
-        if result.returncode != 0:
-            raise RuntimeError(f"memory benchmark child ({name}) failed:\n{result.stderr}")
-        peaks[name] = int(result.stdout.split()[-1]) / 1024.0   # kB -> MiB
-    return [(f"MLP 784-256-128-10, batch 128, epoch on {n} images: peak memory of training",
-             peaks, "MiB")]
+    rows = []
+    names: tuple[str, ...]
+    for kind in kinds:
+        if kind == "mlp":
+            n = 12_000 if quick else 60_000
+            names = ("nnscratch", "numpy")
+            label = f"MLP 784-256-128-10, batch 128, epoch on {n} images"
+        else:   # (the NumPy twins' ResNet epoch would take minutes: not measured)
+            n = 512 if quick else 2_560
+            names = ("nnscratch",)
+            label = f"ResNet-20, batch 128, epoch on {n} images"
+        peaks = {}
+        for name in names + (("torch",) if torch is not None else ()):
+            backend = {"nnscratch": "cython"}.get(name, name)
+            with tempfile.TemporaryDirectory() as cwd:
+                result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, backend, str(n),
+                                         str(threads), kind], capture_output=True, text=True,
+                                        cwd=cwd, env=env, timeout=600)
+            if result.returncode != 0:
+                raise RuntimeError(f"memory benchmark child ({name}) failed:\n{result.stderr}")
+            peaks[name] = int(result.stdout.split()[-1]) / 1024.0   # kB -> MiB
+        rows.append((f"{label}: peak memory of training", peaks, "MiB"))
+    return rows
 
 
 def run(quick=False, threads=None, only="all", out=None):
@@ -524,10 +594,11 @@ def _run(quick, threads, only, out, torch, onnxruntime, no_onnxruntime):
     rows = []
     if only in ("gemm", "all"):
         rows += bench_gemm(rounds, torch)
-    if only in ("mlp", "cnn", "inference", "all"):
+    if only in ("mlp", "cnn", "resnet", "inference", "all"):
         rows += bench_training(rounds, torch, quick, only, threads, onnxruntime)
-    if only in ("mlp", "memory", "all"):
-        rows += bench_memory(torch, quick, threads)
+    if only in ("mlp", "resnet", "memory", "all"):
+        kinds = {"mlp": ("mlp",), "resnet": ("resnet20",)}.get(only, ("mlp", "resnet20"))
+        rows += bench_memory(torch, quick, threads, kinds)
     if only in ("gemm", "cnn", "all"):
         rows += bench_scaling(rounds, torch, quick, only, threads)
     with_ort = any("onnxruntime" in secs for _, secs, _ in rows)

@@ -75,3 +75,29 @@ def test_without_onnxruntime_the_row_has_no_such_column_and_a_note(quick_bench, 
     assert re.search(r"; no ONNX Runtime column \(onnx(runtime)? not installed\); ", lines[2]), \
         lines[2]
     assert "onnxruntime" not in lines[3] and lines[3].endswith("vs torch")
+
+
+def test_resnet_rows_time_and_weigh_each_contender(monkeypatch):
+    # the ResNet-20 epoch (nnscratch, the NumPy twins on a smaller slice, PyTorch with the
+    # same weights) and the peak memory of its training, each contender in a child process
+    monkeypatch.setattr(bench, "PAUSE", 0.0)
+    monkeypatch.setattr(bench, "measured_peak", lambda threads: 100.0)
+    torch = bench._try_torch()
+    before = nn.get_num_threads(), torch.get_num_threads() if torch is not None else None
+    out = io.StringIO()
+    try:
+        rows = bench.run(quick=True, threads=1, only="resnet", out=out)
+    finally:
+        nn.set_num_threads(before[0])
+        if torch is not None:
+            torch.set_num_threads(before[1])
+    labels = [label for label, _, _ in rows]
+    assert labels == ["ResNet-20 (272,186 parameters), SGD Nesterov, batch 128, epoch (from 512 "
+                      "images; numpy from 128)",
+                      "ResNet-20, batch 128, epoch on 512 images: peak memory of training"]
+    expected = {"nnscratch", "numpy"} | ({"torch"} if torch is not None else set())
+    assert set(rows[0][1]) == expected and all(s > 0 for s in rows[0][1].values())
+    assert set(rows[1][1]) == expected - {"numpy"} and rows[1][2] == "MiB"
+    assert all(mib > 0 for mib in rows[1][1].values())
+    printed = out.getvalue()
+    assert all(label in printed for label in labels)
