@@ -67,7 +67,7 @@ from .callbacks import Callback
 from .layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from .model import Sequential
 from .module import Module
-from .training import _as_data, _as_loss
+from .training import _as_data, _as_loss, _model_input
 
 __all__ = ["layer_stats", "format_stats", "LayerStats", "StatsRecorder", "SATURATION"]
 
@@ -113,7 +113,9 @@ def layer_stats(model, X, y, loss, lr=None):
         A `Sequential` (residual blocks and convolutions included) or any module with
         parameters.
     X : array_like (N, features...)
-        One batch (a few hundred samples are plenty); cast to the model's dtype.
+        One batch (a few hundred samples are plenty), taken as ``fit`` takes it: cast to
+        the model's dtype (uint8 pixels k as k / 255), then the model's
+        ``input_normalization`` if it has one.
     y : array_like
         Its targets, as ``fit`` takes them for `loss`.
     loss : Loss or str
@@ -163,13 +165,16 @@ def layer_stats(model, X, y, loss, lr=None):
 
 
 def _batch(model, loss, X, y):
-    """(X, y) checked and converted as fit does (errors name X and y), without touching the
-    model: the checks see only its ``output_shape`` and dtype."""
+    """(X, y) checked and converted as fit does (errors name X and y), the model's input
+    normalisation applied, without touching the model: the checks see only its
+    ``output_shape``, dtype and ``input_normalization``."""
     first = next(model.parameters(), None)
     view = types.SimpleNamespace(output_shape=model.output_shape,
-                                 dtype=None if first is None else first.dtype)
+                                 dtype=None if first is None else first.dtype,
+                                 input_normalization=getattr(model, "input_normalization",
+                                                             None))
     X, y, _ = _as_data(view, loss, X, y)
-    return X, y
+    return _model_input(view, X), y
 
 
 class _Preserved:

@@ -188,7 +188,10 @@ def to_torch(model: Module) -> torch.nn.Module:
     ------
     ConversionError
         For a layer without a PyTorch counterpart here (named by its dotted name and class),
-        or a model mixing float32 and float64 layers (a PyTorch model computes in one).
+        a model mixing float32 and float64 layers (a PyTorch model computes in one), or a
+        Sequential with an ``input_normalization`` (``fit(normalize=...)``: torch.nn has
+        no layer for it; it is refused rather than dropped, which would change every
+        output).
     TypeError
         When `model` is not an nnscratch Module.
     ImportError
@@ -197,6 +200,13 @@ def to_torch(model: Module) -> torch.nn.Module:
     torch = _torch()
     if not isinstance(model, Module):
         raise TypeError(f"to_torch takes an nnscratch Module, got {type(model).__name__}")
+    normalization = getattr(model, "input_normalization", None)
+    if normalization is not None:
+        raise ConversionError(
+            f"the model normalises its inputs ({normalization!r}, model.input_normalization), "
+            f"which torch.nn has no layer for: normalise the inputs on the PyTorch side "
+            f"(torchvision.transforms.Normalize(mean, std)) and convert a copy without it "
+            f"(model.input_normalization = None)")
     _check_one_dtype(model)
     with torch.random.fork_rng(devices=[]):    # the constructors' initial draws are thrown away
         return _to_torch(torch, model, "")

@@ -10,6 +10,10 @@
 or, Keras style, ``model.fit(X, y, loss=..., optimizer=..., epochs=..., batch_size=...)``,
 ``model.evaluate``, ``model.predict``. ``model.summary()`` prints the layer table.
 
+The batch methods (``fit``, ``evaluate``, ``predict``, ``predict_proba``) take uint8 X as
+pixels, k / 255, and apply ``model.input_normalization`` (set by ``fit(normalize=...)``)
+to each batch; ``model(x)`` is the layers alone, on inputs already prepared so.
+
 On the compiled kernels a Sequential hands its layers to the fast path
 (``nnscratch._fast``), which computes the same numbers with fused kernels and kept
 buffers; the loops below are what it computes, and what runs on the NumPy backend.
@@ -23,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _fast, serialization, training
+from .data import Normalize
 from .backend import fast_path
 from .layers import Flatten
 from .module import Module, ModuleSequence, register, repeated_modules
@@ -49,6 +54,18 @@ class Sequential(ModuleSequence):
     Parameters
     ----------
     *layers : Module
+
+    Attributes
+    ----------
+    input_normalization : nnscratch.data.Normalize or None
+        The per-channel ``(x - mean) / std`` that ``fit``, ``evaluate``, ``predict`` and
+        ``predict_proba`` apply to every batch of X (after uint8 pixels k became k / 255)
+        before the first layer; None (the default) applies none. ``fit(normalize=True)``
+        sets it from the training data's statistics. It is part of the model: saved with
+        it (the architecture's config) and restored by ``nnscratch.load``. ``model(x)``,
+        ``forward`` and ``infer`` never apply it (they compute the layers alone), nor does
+        a Sequential used as a layer inside another: it belongs to the model the batch
+        methods are called on.
     """
 
     def __init__(self, *layers: Module) -> None:
@@ -57,6 +74,19 @@ class Sequential(ModuleSequence):
         self._last_loss: Loss | None = None     # the loss of the last fit: evaluate's default
         # the per-sample shape of fit's/predict's X: summary's default
         self._sample_shape: tuple[int, ...] | None = None
+        self._input_normalization: Normalize | None = None
+
+    @property
+    def input_normalization(self) -> Normalize | None:
+        """The normalisation the batch methods apply to X (see the class docstring)."""
+        return self._input_normalization
+
+    @input_normalization.setter
+    def input_normalization(self, value: Normalize | None) -> None:
+        if value is not None and not isinstance(value, Normalize):
+            raise TypeError(f"input_normalization must be an nnscratch.data.Normalize or "
+                            f"None, got {type(value).__name__}")
+        self._input_normalization = value
 
     # --- the computation -------------------------------------------------------------
 
@@ -131,13 +161,28 @@ class Sequential(ModuleSequence):
         return total
 
     def get_config(self) -> dict[str, Any]:
-        return {"layers": list(self.layers)}
+        config: dict[str, Any] = {"layers": list(self.layers)}
+        norm = self._input_normalization
+        if norm is not None:    # (only then: the files of other models stay as they were)
+            config["input_normalization"] = {"mean": norm.mean.tolist(),
+                                             "std": norm.std.tolist()}
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Sequential:
-        if set(config) != {"layers"} or not isinstance(config["layers"], list):
-            raise ValueError(f"a Sequential's config is {{'layers': [...]}}, got {config!r}")
-        return cls(*config["layers"])
+        if not set(config) <= {"layers", "input_normalization"} or "layers" not in config \
+                or not isinstance(config["layers"], list):
+            raise ValueError(f"a Sequential's config is {{'layers': [...]}} (and optionally "
+                             f"'input_normalization': {{'mean': [...], 'std': [...]}}), got "
+                             f"{config!r:.200}")
+        model = cls(*config["layers"])
+        norm = config.get("input_normalization")
+        if norm is not None:
+            if not isinstance(norm, dict) or set(norm) != {"mean", "std"}:
+                raise ValueError(f"a Sequential's input_normalization is {{'mean': [...], "
+                                 f"'std': [...]}}, got {norm!r:.200}")
+            model.input_normalization = Normalize(norm["mean"], norm["std"])
+        return model
 
     def summary(self, input_shape: Sequence[int] | None = None,
                 print_fn: Callable[[str], Any] | None = print) -> str:
@@ -206,14 +251,15 @@ class Sequential(ModuleSequence):
             progress: bool | str = True, callbacks: Sequence[Callback] | None = None,
             initial_epoch: int = 0, check_finite: bool = True,
             transform: Callable[[np.ndarray, np.random.Generator], npt.ArrayLike] | None = None,
-            metrics: Sequence[MetricSpec] | None = None) -> History:
+            metrics: Sequence[MetricSpec] | None = None,
+            normalize: bool | Normalize | None = None) -> History:
         """Train with mini-batch gradient descent; see `nnscratch.training.fit`."""
         return training.fit(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs,
                             batch_size=batch_size, validation_data=validation_data,
                             validation_split=validation_split, shuffle=shuffle, seed=seed,
                             progress=progress, callbacks=callbacks,
                             initial_epoch=initial_epoch, check_finite=check_finite,
-                            transform=transform, metrics=metrics)
+                            transform=transform, metrics=metrics, normalize=normalize)
 
     def evaluate(self, X: npt.ArrayLike, y: npt.ArrayLike, loss: Loss | str | None = None,
                  batch_size: int = 256,

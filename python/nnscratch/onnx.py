@@ -38,6 +38,11 @@ each parameter or buffer an initializer named as in ``model.state_dict()`` (``"0
     Residual     the body's nodes ("<name>.body.0", ...), the shortcut's ("<name>.shortcut.0",
                  ...; none for the identity: the input itself), then Add, named "<name>"
 
+A Sequential with an ``input_normalization`` (``fit(normalize=...)``) starts with it, as
+``predict`` applies it: Sub(input, "input_normalization.mean") then
+Div(..., "input_normalization.std"), each channel's value broadcast over its pixels. The
+graph takes floats, as ``predict`` takes them: uint8 pixels k are given as k / 255.
+
 The numbers keep the model's float dtype (float32 or float64); a layer whose parameters
 have another dtype than its input gets a Cast in front, as the layer itself casts its input.
 
@@ -162,8 +167,11 @@ def to_model_proto(model: Module, input_shape: Sequence[int]) -> Any:
     in_dtype = np.dtype(np.float32) if first is None else first.dtype
 
     graph = _Graph(onnx)
-    value, out_shape, out_dtype = _export_module(graph, model, "", INPUT_NAME, input_shape,
-                                                 in_dtype)
+    x = INPUT_NAME
+    normalization = getattr(model, "input_normalization", None)
+    if normalization is not None:
+        x = _input_normalization(graph, normalization, input_shape, in_dtype)
+    value, out_shape, out_dtype = _export_module(graph, model, "", x, input_shape, in_dtype)
     graph.name_output(value)
 
     helper = onnx.helper
@@ -269,6 +277,30 @@ class _Graph:
             for i, out in enumerate(node.output):
                 if out == value:
                     node.output[i] = OUTPUT_NAME
+
+
+def _input_normalization(graph, normalization, input_shape, dtype):
+    """``(input - mean) / std`` per channel -- a Sequential's input_normalization, as
+    ``nnscratch.data.Normalize`` computes it in the model's dtype -- as Sub and Div nodes
+    whose constants broadcast over a sample of `input_shape`: (C, 1, 1) for (C, H, W)
+    images, each channel's value repeated over its block of a flat (C*L,) row."""
+    mean, std = normalization.mean.astype(dtype), normalization.std.astype(dtype)
+    channels = len(mean)
+    if channels == 1:
+        shape: tuple[int, ...] = (1,)
+    elif len(input_shape) >= 2 and input_shape[0] == channels:
+        shape = (channels,) + (1,) * (len(input_shape) - 1)
+    elif len(input_shape) == 1 and input_shape[0] % channels == 0:
+        block = input_shape[0] // channels
+        mean, std, shape = np.repeat(mean, block), np.repeat(std, block), input_shape
+    else:
+        raise ValueError(f"the model's input_normalization has {channels} channels, which "
+                         f"samples of shape {tuple(input_shape)} do not have")
+    name = "input_normalization"
+    centred = graph.add("Sub", [INPUT_NAME, graph.constant(f"{name}.mean",
+                                                           mean.reshape(shape))],
+                        f"{name}.sub")
+    return graph.add("Div", [centred, graph.constant(f"{name}.std", std.reshape(shape))], name)
 
 
 # --------------------------------------------------------------------------------------

@@ -13,20 +13,32 @@ On the compiled kernels the same step runs as ``nnscratch._fast.TrainStep``: the
 numbers, bit for bit, with the batch gathered into kept arrays and no pass to zero the
 gradients. Arguments are checked once, before the first epoch, with a ``ValueError`` /
 ``TypeError`` naming the argument.
+
+The input rule, the same in `fit`, `evaluate`, `predict` and `predict_proba`: uint8 X holds
+pixels, and a pixel k is the float k / 255 (`nnscratch.data.to_float`: the floats the
+loaders of `nnscratch.datasets` return); then the model's ``input_normalization``, if it
+has one (``fit(normalize=...)``), is applied. Both are done a batch at a time, so a uint8
+data set stays uint8 in memory (a quarter of float32's size) and no float copy of it is
+ever made; the same images as uint8 or as the floats k / 255 give the same outputs, bit for
+bit. Float X is used as it is (cast once to the model's dtype); other integer and bool X
+are cast as they are (3 stays 3.0).
 """
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
 import time
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _checks, _fast, _random
+from . import data as _data
 from . import metrics as _metrics
 from .backend import fast_path, kernels
 from .callbacks import Callback, History
@@ -39,7 +51,7 @@ if TYPE_CHECKING:
     from .model import Sequential
     from .optim import Optimizer
 
-__all__ = ["fit", "evaluate", "predict", "predict_proba"]
+__all__ = ["fit", "evaluate", "predict", "predict_proba", "validation_split_indices"]
 
 
 # --------------------------------------------------------------------------------------
@@ -52,9 +64,11 @@ def _model_dtype(model: Any) -> np.dtype:
     return model.dtype if model.dtype is not None else np.dtype(np.float32)
 
 
-def _as_features(model: Any, X: npt.ArrayLike, name: str,
-                 check_finite: bool = True) -> tuple[np.ndarray, tuple[int, ...]]:
-    """X as a C-contiguous array of the model's dtype; returns (X, per-sample output shape)."""
+def _as_features(model: Any, X: npt.ArrayLike, name: str, check_finite: bool = True,
+                 keep_pixels: bool = False) -> tuple[np.ndarray, tuple[int, ...]]:
+    """X as a C-contiguous array of the model's dtype -- uint8 pixels k as k / 255, or,
+    with `keep_pixels`, left as they are for the caller to scale a batch at a time
+    (`_input_steps`); returns (X, per-sample output shape)."""
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a real-valued array, got dtype {X.dtype}")
@@ -65,9 +79,13 @@ def _as_features(model: Any, X: npt.ArrayLike, name: str,
     except ValueError as err:
         raise ValueError(f"{name} has samples of shape {X.shape[1:]}, which the model does "
                          f"not accept: {err}") from None
-    X = np.require(X, _model_dtype(model), ["C", "A"])   # contiguous and aligned
     if hasattr(model, "_sample_shape"):
         model._sample_shape = X.shape[1:]                # (summary()'s default)
+    if X.dtype == np.uint8:        # pixels: always finite
+        if not keep_pixels:
+            X = np.require(_data.to_float(X, _model_dtype(model)), None, ["C", "A"])
+        return X, output_shape
+    X = np.require(X, _model_dtype(model), ["C", "A"])   # contiguous and aligned
     # the bit-test kernel: no boolean temporary the size of X (47 MB for Fashion-MNIST)
     if check_finite and not kernels().all_finite(X):
         raise ValueError(f"{name} contains NaN or infinity")
@@ -75,9 +93,10 @@ def _as_features(model: Any, X: npt.ArrayLike, name: str,
 
 
 def _as_data(model: Any, loss: Loss, X: npt.ArrayLike, y: npt.ArrayLike,
-             x_name: str = "X", y_name: str = "y") -> tuple[np.ndarray, np.ndarray, str | None]:
+             x_name: str = "X", y_name: str = "y", keep_pixels: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Check and convert (X, y) for `loss`; returns (X, y, accuracy kind or None)."""
-    X, output_shape = _as_features(model, X, x_name)
+    X, output_shape = _as_features(model, X, x_name, keep_pixels=keep_pixels)
     y = np.asarray(y)
     if y.ndim == 0 or len(y) != len(X):
         raise ValueError(f"{x_name} and {y_name} have different lengths: {len(X)} samples, "
@@ -107,6 +126,137 @@ def _as_loss(loss: Loss | str) -> Loss:
     return loss
 
 
+# --------------------------------------------------------------------------------------
+# The input rule: uint8 pixels scaled, then the model's normalisation, a batch at a time
+# --------------------------------------------------------------------------------------
+
+def _input_steps(model: Any, X: np.ndarray, normalization: _data.Normalize | None
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray] | None, _data.Normalize | None]:
+    """(scale, normalize) for batches of X as `_as_features(keep_pixels=True)` returned it:
+    scale turns uint8 pixels k into k / 255 in the model's dtype (None for float X, which
+    is in that dtype already); normalize is `normalization` in the model's dtype (None for
+    none). Each makes a new array: a batch of X itself is never changed."""
+    dtype = _model_dtype(model)
+    scale = functools.partial(_data.to_float, dtype=dtype) if X.dtype == np.uint8 else None
+    normalize = None if normalization is None else \
+        _data.Normalize(normalization.mean, normalization.std, dtype=dtype)
+    return scale, normalize
+
+
+def _prepare_of(model: Any, X: np.ndarray, name: str,
+                normalization: _data.Normalize | None = None, *,
+                own: bool = True) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The function that turns a batch of X (as `_as_features(keep_pixels=True)` returned
+    it) into the model's input -- uint8 scaled, then normalised -- or None when a batch of
+    X is the input already (float X, no normalisation: the path that changes nothing).
+    `normalization` is the model's own unless `own` is False. A normalisation that does
+    not fit X's channels is a ValueError naming `name`."""
+    if own:
+        normalization = getattr(model, "input_normalization", None)
+    scale, normalize = _input_steps(model, X, normalization)
+    if normalize is None:
+        return scale
+    try:
+        normalize(X[:1])
+    except ValueError as err:
+        raise ValueError(f"{name} does not fit the input normalization {normalization!r}: "
+                         f"{err}") from None
+    # Normalize divides uint8 pixels by 255 itself, as to_float does: the same bits as
+    # scale-then-normalize, with one new array per batch instead of two
+    return normalize
+
+
+def _model_input(model: Any, X: np.ndarray) -> np.ndarray:
+    """X -- checked floats, from `_as_data` -- with the model's input_normalization applied:
+    what the model's first layer sees in fit (for tools that run the model on a batch of
+    their own, such as ``nnscratch.inspect.layer_stats``)."""
+    prepare = _prepare_of(model, X, "X")
+    return X if prepare is None else prepare(X)
+
+
+class _Samples:
+    """Samples of X, held without a copy of X: sample i is ``X[rows[i]]`` (``X[i]`` when
+    `rows` is None), turned into the model's input a batch at a time by `prepare` (None:
+    the rows are the input)."""
+
+    def __init__(self, X, rows=None, prepare=None):
+        self.X, self.rows, self.prepare = X, rows, prepare
+
+    def __len__(self):
+        return len(self.X) if self.rows is None else len(self.rows)
+
+    @property
+    def shape(self):
+        return (len(self),) + self.X.shape[1:]
+
+    def batch(self, start, stop):
+        """Samples [start, stop) as the model's input."""
+        xb = self.X[start:stop] if self.rows is None else \
+            self.X.take(self.rows[start:stop], axis=0)
+        return xb if self.prepare is None else self.prepare(xb)
+
+
+# --------------------------------------------------------------------------------------
+# validation_split: which rows are held out
+# --------------------------------------------------------------------------------------
+
+# the held-out rows of a stratified split are drawn with PCG64(_SPLIT_SEED), never with fit's
+# seed: a function of the labels and the fraction alone, so that every fit on the same data
+# -- a run continued, or one fit per epoch as `nnscratch train` calls it -- holds out the
+# same rows, and none of them is ever trained on
+_SPLIT_SEED = 0
+
+
+def validation_split_indices(y: npt.ArrayLike, validation_split: float,
+                             stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``fit(X, y, validation_split=...)`` trains on and holds out for validation.
+
+    Stratified (fit's choice for class labels: CrossEntropyLoss, or BCEWithLogitsLoss with
+    0/1 integer labels), every class gives its share: the rows of
+    ``nnscratch.data.split_indices(y, validation_split, seed=0)`` -- ``round(N *
+    validation_split)`` rows in all, each class within one row of its exact share, which
+    of its rows drawn at random, but always the same ones for the same labels and fraction
+    (fit's `seed` plays no part). Not stratified (regression targets), the last
+    ``N - int(N * (1 - validation_split))`` rows, as Keras takes them.
+
+    Parameters
+    ----------
+    y : array (N, ...)
+        The targets; stratified, one class label per sample (N,).
+    validation_split : float in (0, 1)
+    stratify : bool, default True
+
+    Returns
+    -------
+    train_index, validation_index : int64 ndarrays
+        Sorted: both parts keep the rows' order.
+
+    Raises
+    ------
+    ValueError
+        validation_split outside (0, 1), or a split that leaves a part empty.
+    """
+    y = np.asarray(y)
+    if y.ndim == 0:
+        raise ValueError("y must have one row per sample, got a scalar")
+    f = _checks.real("validation_split", validation_split, 0.0, 1.0, low_open=True,
+                     high_open=True)
+    stratify = _checks.boolean("stratify", stratify)
+    n = len(y)
+    if stratify:
+        # (split_indices's count, round half up, checked here for fit's own message)
+        n_val = int((2 * n * Fraction(f) + 1) // 2)
+    else:
+        n_val = n - int(n * (1.0 - f))
+    if n_val == 0 or n_val == n:
+        raise ValueError(f"validation_split={validation_split} leaves an empty "
+                         f"{'validation' if n_val == 0 else 'training'} set from {n} samples")
+    if not stratify:
+        rows = np.arange(n, dtype=np.int64)
+        return rows[:n - n_val], rows[n - n_val:]
+    return _data.split_indices(y, f, seed=_SPLIT_SEED)
+
+
 class _Accuracy:
     """Counts correct predictions: "multiclass", the largest output is the label's;
     "binary", the logit's sign agrees with the 0/1 target."""
@@ -132,14 +282,19 @@ def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | s
         progress: bool | str = True, callbacks: Sequence[Callback] | None = None,
         initial_epoch: int = 0, check_finite: bool = True,
         transform: Callable[[np.ndarray, np.random.Generator], npt.ArrayLike] | None = None,
-        metrics: Sequence[MetricSpec] | None = None) -> History:
+        metrics: Sequence[MetricSpec] | None = None,
+        normalize: bool | _data.Normalize | None = None) -> History:
     """Train `model` with mini-batch gradient descent.
 
     Parameters
     ----------
     model : Sequential
     X : array_like (N, features...)
-        Cast once to the model's dtype; NaN or infinity is an error.
+        Float X is cast once to the model's dtype; NaN or infinity is an error. uint8 X
+        holds pixels: it stays uint8 in memory, and each batch becomes the floats k / 255
+        as it is used (`nnscratch.data.to_float`; no float copy of X is ever made) -- the
+        rule evaluate and predict apply too, so uint8 images and the floats k / 255 give
+        the same training, bit for bit. Other integer and bool X are cast as they are.
     y : array_like
         Integer labels (N,) for CrossEntropyLoss (or 0/1 labels for BCEWithLogitsLoss),
         else targets of the output's shape.
@@ -149,9 +304,17 @@ def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | s
     batch_size : int >= 1
         The last, smaller batch of an epoch is used, not dropped.
     validation_data : (X_val, y_val), optional
+        Scaled and normalised as X is.
     validation_split : float in [0, 1), default 0
-        Hold out this fraction of the samples, taken from the end of X and y before any
-        shuffling (as Keras), for validation. Not together with validation_data.
+        Hold out this fraction of the samples for validation (not together with
+        validation_data); the rows `validation_split_indices` gives. For class labels
+        (CrossEntropyLoss, or BCEWithLogitsLoss with 0/1 integer labels and one output)
+        the split is stratified: ``round(N * validation_split)`` rows, every class within
+        one row of its share, drawn per class with a fixed generator, so that the same
+        data always holds out the same rows (fit's `seed` does not change them: calling
+        fit again, or once per epoch, never trains on a validation row). For other
+        targets (regression) the last rows, before any shuffling, as Keras takes them.
+        The held-out rows are read from X where they are: nothing is copied.
     shuffle : bool, default True
         Shuffle the training samples every epoch.
     seed : int, optional
@@ -198,6 +361,20 @@ def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | s
         fit holds them, in the model's dtype) and outputs (N, ...) in the same order.
         Metrics only read the outputs: the weights are the same, bit for bit, with or
         without them.
+    normalize : None, bool or nnscratch.data.Normalize, default None
+        Standardise the inputs channel by channel, ``(x - mean) / std`` on the scaled
+        pixels (torchvision's ``Normalize``), a batch at a time. True: the mean and
+        standard deviation of each channel of the training rows (after the validation
+        split), computed once before the first epoch (`nnscratch.data.channel_stats`:
+        exact for uint8, without a float copy); channels are axis 1 of (N, C, H, W) X, and
+        flat rows count as one channel (give a Normalize for flat rows of several). A
+        `Normalize`: those statistics. Either becomes ``model.input_normalization``, part
+        of the model from then on: evaluate, predict, predict_proba, the validation data,
+        ``model.save`` and ``nnscratch.load`` all keep to it (``model(x)`` does not: it is
+        the layers alone). False: none (``input_normalization`` set to None). None (the
+        default): the model's ``input_normalization`` as it is -- none for a new model.
+        With a `transform`, the transform sees the scaled batch and the normalisation
+        comes after it (a crop's zero padding stays black, as in torchvision).
 
     Returns
     -------
@@ -243,6 +420,9 @@ def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | s
     if model_params and not any(id(p) in model_params for p in getattr(optimizer, "params", [])):
         raise ValueError("optimizer does not hold any of the model's parameters (build it "
                          "with optimizer = SGD(model.parameters(), lr=...))")
+    if normalize is not None and not isinstance(normalize, (bool, np.bool_, _data.Normalize)):
+        raise TypeError(f"normalize must be None, True, False or an nnscratch.data.Normalize, "
+                        f"got {type(normalize).__name__}")
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable as transform(xb, rng), such as "
                         f"nnscratch.transforms.RandomCrop(28, padding=2), got "
@@ -252,31 +432,55 @@ def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | s
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
 
-    X, y, accuracy_kind = _as_data(model, loss, X, y)
+    X, y, accuracy_kind = _as_data(model, loss, X, y, keep_pixels=True)
     # a model holding one layer object twice cannot train: refused before fit changes anything
     problem = repeated_modules(model)
     if problem:
         raise ValueError(problem)
+    # the training samples are X[train_rows] (X itself when None): a stratified split picks
+    # rows from all over X, which are read where they are, never copied out of it
+    train_rows = val_rows = None
+    X_val: np.ndarray | None
     if validation_data is not None:
         if validation_split:
             raise ValueError("give validation_data or validation_split, not both")
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val)")
         X_val, y_val, _ = _as_data(model, loss, validation_data[0], validation_data[1],
-                                   x_name="validation_data[0]", y_name="validation_data[1]")
+                                   x_name="validation_data[0]", y_name="validation_data[1]",
+                                   keep_pixels=True)
     elif validation_split:
-        split_at = int(len(X) * (1.0 - validation_split))
-        if split_at == len(X) or split_at == 0:
-            raise ValueError(f"validation_split={validation_split} leaves an empty "
-                             f"{'validation' if split_at == len(X) else 'training'} set "
-                             f"from {len(X)} samples")
-        X, X_val, y, y_val = X[:split_at], X[split_at:], y[:split_at], y[split_at:]
+        labels = y.reshape(len(y)) if accuracy_kind and y.size == len(y) else None
+        train_rows, val_rows = validation_split_indices(
+            y if labels is None else labels, validation_split, stratify=labels is not None)
+        if labels is None:          # the last rows: views of X and y, as before
+            split_at = len(train_rows)
+            X, X_val, y, y_val = X[:split_at], X[split_at:], y[:split_at], y[split_at:]
+            train_rows = val_rows = None
+        else:
+            X_val, y_val = X, y[val_rows]
     else:
         X_val = y_val = None
-
-    extra = _metric_list(metrics, model, X, accuracy_kind)
-    names = ["loss"] + (["accuracy"] if accuracy_kind else []) + [m.name for m in extra]
+    if normalize is None:
+        normalization = getattr(model, "input_normalization", None)
+    elif isinstance(normalize, _data.Normalize):
+        normalization = normalize
+    elif normalize:                 # the training samples' statistics, once
+        normalization = _data.Normalize.from_data(X, rows=train_rows)
+    else:
+        normalization = None
+    scale, norm = _input_steps(model, X, normalization)
+    _prepare_of(model, X, "X", normalization, own=False)            # (its channels checked)
+    val_samples = None
     if X_val is not None:
+        val_samples = _Samples(X_val, val_rows,
+                               _prepare_of(model, X_val, "validation_data[0]", normalization,
+                                           own=False))
+    train = _Samples(X, train_rows)             # (its len and shape: the training samples')
+
+    extra = _metric_list(metrics, model, train, accuracy_kind)
+    names = ["loss"] + (["accuracy"] if accuracy_kind else []) + [m.name for m in extra]
+    if val_samples is not None:
         names += [f"val_{m}" for m in names]
     if seed is not None:
         seed = _checks.integer("seed", seed, 0)
@@ -291,6 +495,8 @@ def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | s
         transform_entropy = int(np.random.Generator(bits.jumped())
                                 .integers(2 ** 63))
     history = History()
+    if normalize is not None:     # (every check passed: a rejected fit changes nothing)
+        model.input_normalization = normalization
     # training mode: a model in eval mode is put in training mode, every module of it; in a
     # model already training, a module the user put in eval mode (a frozen batch norm)
     # stays so. Each module's mode is put back at the end.
@@ -304,13 +510,14 @@ def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | s
         cb.on_train_begin({"metrics": list(names)})
     step_kind = _fast.TrainStep if fast_path() and _fast.plannable(model) else _Step
     loop = _EpochLoop(model, step_kind(model, loss, optimizer, bool(check_finite)), X, y,
-                      batch_size, accuracy_kind, callbacks, transform)
+                      batch_size, accuracy_kind, callbacks, transform, train_rows, scale, norm)
     if extra:
-        loop.tracker = _running_metrics(extra, model, X, accuracy_kind)
-        if X_val is not None:
-            loop.val_tracker = _running_metrics(extra, model, X_val, accuracy_kind)
+        loop.tracker = _running_metrics(extra, model, train, accuracy_kind)
+        if val_samples is not None:
+            loop.val_tracker = _running_metrics(extra, model, val_samples, accuracy_kind)
     try:
-        order = np.arange(len(X), dtype=np.int64)   # take_rows takes int64 indices
+        # positions of the training samples (rows of X unless a stratified split chose them)
+        order = np.arange(len(train), dtype=np.int64)   # take_rows takes int64 indices
         for epoch in range(initial_epoch, epochs):
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
@@ -318,8 +525,8 @@ def fit(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike, *, loss: Loss | s
                 rng.shuffle(order)
             transform_rng = None if transform is None else \
                 _transform_generator(transform_entropy, epoch)
-            logs = loop.run(epoch, epochs, order if shuffle else None, progress, X_val, y_val,
-                            transform_rng)
+            logs = loop.run(epoch, epochs, order if shuffle else None, progress, val_samples,
+                            y_val, transform_rng)
             history.append(epoch, logs)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
@@ -379,12 +586,23 @@ def _transform_generator(entropy, epoch):
 
 
 class _EpochLoop:
-    """One epoch of mini-batch steps."""
+    """One epoch of mini-batch steps.
+
+    The training samples are ``X[rows]`` (X itself when `rows` is None), their targets
+    ``y[rows]``; an epoch's `order` lists positions among them (0 .. n - 1). `scale` and
+    `normalize` (`_input_steps`) turn a batch of X into the model's input; with neither
+    (float X, no normalisation) a batch is gathered as it always was, by the step's own
+    gather into kept arrays."""
 
     def __init__(self, model, step, X, y, batch_size, accuracy_kind, callbacks,
-                 transform=None):
+                 transform=None, rows=None, scale=None, normalize=None):
         self.model, self.step, self.loss = model, step, step.loss
-        self.X, self.y, self.batch_size = X, y, batch_size
+        self.X, self.batch_size = X, batch_size
+        self.rows, self.y_of_rows = rows, y       # (y of X's rows, for the step's gather)
+        self.y = y if rows is None else y[rows]   # the training samples' targets
+        self.scale, self.normalize = scale, normalize
+        # the whole per-batch rule, without a transform between its two steps
+        self.prepare = normalize if normalize is not None else scale
         self.accuracy = _Accuracy(accuracy_kind) if accuracy_kind else None
         self.callbacks = callbacks
         self.transform = transform
@@ -392,14 +610,19 @@ class _EpochLoop:
         self.tracker = self.val_tracker = None
 
     def _gather(self, order, start, stop):
-        """Batch [start, stop) of the epoch: rows order[start:stop] (or a slice)."""
-        if order is None:
-            return self.X[start:stop], self.y[start:stop]
-        return self.step.gather(self.X, self.y, order[start:stop])
+        """Batch [start, stop) of the epoch: samples order[start:stop] (or a slice), as
+        (the model's input, the targets)."""
+        positions = slice(start, stop) if order is None else order[start:stop]
+        rows = positions if self.rows is None else self.rows[positions]     # X's rows
+        if self.prepare is None:       # float X as it is
+            if isinstance(rows, slice):
+                return self.X[rows], self.y[rows]
+            return self.step.gather(self.X, self.y_of_rows, rows)
+        return self.prepare(self.X[rows]), self.y[positions]
 
-    def run(self, epoch, epochs, order, progress, X_val, y_val, transform_rng=None):
+    def run(self, epoch, epochs, order, progress, val_samples, y_val, transform_rng=None):
         model, loss = self.model, self.loss
-        n = len(self.X)
+        n = len(self.y)
         n_batches = -(-n // self.batch_size)
         bar = _progress_bar(progress, epoch, epochs, n_batches) if progress else None
         loss_sum = 0.0
@@ -414,8 +637,7 @@ class _EpochLoop:
             tracker.reset()
         try:
             if self.transform is not None:      # (its thread ends in the finally below)
-                prefetch = _Prefetch(self.X, self.y, order, self.batch_size, self.transform,
-                                     transform_rng, _model_dtype(model))
+                prefetch = _Prefetch(self, order, transform_rng, _model_dtype(model))
             for batch, start in enumerate(range(0, n, self.batch_size)):
                 stop = min(start + self.batch_size, n)
                 if prefetch is None:
@@ -455,8 +677,8 @@ class _EpochLoop:
                 logs["accuracy"] = correct / counted
             if tracker is not None:
                 logs.update(tracker.results(self.y))
-            if X_val is not None:
-                val = _evaluate_arrays(model, loss, X_val, y_val, self.accuracy,
+            if val_samples is not None:
+                val = _evaluate_arrays(model, loss, val_samples, y_val, self.accuracy,
                                        self.batch_size, self.val_tracker)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             if bar is not None:
@@ -474,6 +696,10 @@ class _Prefetch:
     background thread: ``next()`` returns batch b and sets batch b + 1 going, which is
     gathered and transformed while batch b trains.
 
+    A batch is gathered, scaled (uint8 pixels to k / 255), transformed, cast to the
+    model's dtype and then normalised (the loop's `scale` and `normalize`): the transform
+    sees the pixels in [0, 1], as torchvision's transforms before its ``Normalize``.
+
     The thread reads X, y and `order` (which nothing changes during an epoch: the next
     shuffle comes after `close`) and writes only the fresh arrays it hands over, so it
     shares nothing with the step; the epoch's generator is its alone, drawn from in batch
@@ -481,12 +707,13 @@ class _Prefetch:
     cancels a batch not yet begun and waits for the one in progress: no thread outlives it.
     """
 
-    def __init__(self, X, y, order, batch_size, transform, rng, dtype):
-        self.X, self.y, self.order, self.transform, self.rng = X, y, order, transform, rng
-        self.dtype = dtype
-        self.bounds = [(start, min(start + batch_size, len(X)))
-                       for start in range(0, len(X), batch_size)]
-        self.accepted = {X.shape[1:]}     # sample shapes the model is known to take
+    def __init__(self, loop, order, rng, dtype):
+        self.X, self.y, self.rows, self.order = loop.X, loop.y, loop.rows, order
+        self.transform, self.rng, self.dtype = loop.transform, rng, dtype
+        self.scale, self.normalize = loop.scale, loop.normalize
+        n, batch_size = len(loop.y), loop.batch_size
+        self.bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        self.accepted = {self.X.shape[1:]}     # sample shapes the model is known to take
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="nnscratch-fit-transform")
         self.pending: Any = None      # (batch, its Future), None after the last batch
         self._submit(0)
@@ -497,17 +724,22 @@ class _Prefetch:
 
     def _prepare(self, start, stop):
         """Batch [start, stop) of the epoch, transformed (runs in the thread)."""
-        if self.order is None:
-            xb, yb = self.X[start:stop].copy(), self.y[start:stop]
-        else:
-            rows = self.order[start:stop]
-            xb, yb = self.X.take(rows, axis=0), self.y.take(rows, axis=0)
+        positions = slice(start, stop) if self.order is None else self.order[start:stop]
+        rows = positions if self.rows is None else self.rows[positions]     # X's rows
+        # (a fresh array either way: the transform may change it in place)
+        xb = self.X[rows] if isinstance(rows, slice) else self.X.take(rows, axis=0)
+        if self.scale is not None:
+            xb = self.scale(xb)
+        elif isinstance(rows, slice):
+            xb = xb.copy()
+        yb = self.y[positions] if self.order is None else self.y.take(positions, axis=0)
         out = np.asarray(self.transform(xb, self.rng))
         if out.dtype.kind not in "fiub" or out.ndim < 1 or len(out) != stop - start:
             raise ValueError(f"the transform must return an array of the batch's "
                              f"{stop - start} samples, got {out.dtype} array of shape "
                              f"{out.shape}")
-        return np.require(out, self.dtype, ["C", "A"]), yb
+        out = np.require(out, self.dtype, ["C", "A"])
+        return (out if self.normalize is None else self.normalize(out)), yb
 
     def next(self, model, where):
         """The next batch (xb, yb); raises what the transform raised."""
@@ -600,17 +832,17 @@ def _progress_bar(label, epoch, epochs, n_batches):
 # evaluate, predict, predict_proba
 # --------------------------------------------------------------------------------------
 
-def _evaluate_arrays(model, loss, X, y, accuracy, batch_size, tracker=None):
+def _evaluate_arrays(model, loss, samples, y, accuracy, batch_size, tracker=None):
     """Mean loss (and accuracy, and the metrics of `tracker`, a RunningMetrics) over
-    checked arrays, in eval mode."""
-    n = len(X)
+    checked `_Samples` and targets, in eval mode."""
+    n = len(samples)
     loss_sum = 0.0
     correct = counted = 0
     if tracker is not None:
         tracker.reset()
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        out = model.infer(X[start:stop])
+        out = model.infer(samples.batch(start, stop))
         loss_sum += loss(out, y[start:stop]) * (stop - start)
         if accuracy is not None:
             hits, total = accuracy.correct(out, y[start:stop])
@@ -646,6 +878,9 @@ def evaluate(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike,
              metrics: Sequence[MetricSpec] | None = None) -> dict[str, float]:
     """Mean loss and accuracy of `model` on (X, y), in eval mode.
 
+    X is taken as `fit` takes it: uint8 pixels k as k / 255, then the model's
+    ``input_normalization``, a batch at a time (no float copy of a uint8 X is made).
+
     Parameters
     ----------
     loss : Loss or str, optional
@@ -667,23 +902,29 @@ def evaluate(model: Sequential, X: npt.ArrayLike, y: npt.ArrayLike,
             raise ValueError("evaluate() needs loss= (the model has not been fit yet)")
     loss = copy.copy(_as_loss(loss))   # (its own: fit may be using the loss in another thread)
     batch_size = _checks.integer("batch_size", batch_size, 1)
-    X, y, kind = _as_data(model, loss, X, y)
+    X, y, kind = _as_data(model, loss, X, y, keep_pixels=True)
+    samples = _Samples(X, None, _prepare_of(model, X, "X"))
     extra = _metric_list(metrics, model, X, kind)
-    return _evaluate_arrays(model, loss, X, y, _Accuracy(kind) if kind else None, batch_size,
+    return _evaluate_arrays(model, loss, samples, y, _Accuracy(kind) if kind else None,
+                            batch_size,
                             _running_metrics(extra, model, X, kind) if extra else None)
 
 
 def predict(model: Sequential, X: npt.ArrayLike, batch_size: int = 256) -> np.ndarray:
     """The model's outputs for X, computed in batches in eval mode.
 
-    Does not change the model's mode and keeps no state, so several threads may call it
-    at once; returns a fresh array of the model's dtype, shape (N,) + output shape.
+    X is taken as `fit` takes it: uint8 pixels k as k / 255 (the same outputs, bit for
+    bit, as for the floats k / 255), then the model's ``input_normalization``, a batch at
+    a time. Does not change the model's mode and keeps no state, so several threads may
+    call it at once; returns a fresh array of the model's dtype, shape (N,) + output shape.
     """
     batch_size = _checks.integer("batch_size", batch_size, 1)
-    X, output_shape = _as_features(model, X, "X", check_finite=False)
+    X, output_shape = _as_features(model, X, "X", check_finite=False, keep_pixels=True)
+    prepare = _prepare_of(model, X, "X")
     result = np.empty((len(X),) + tuple(output_shape), _model_dtype(model))
     for start in range(0, len(X), batch_size):
-        result[start:start + batch_size] = model.infer(X[start:start + batch_size])
+        xb = X[start:start + batch_size]
+        result[start:start + batch_size] = model.infer(xb if prepare is None else prepare(xb))
     return result
 
 

@@ -46,8 +46,11 @@ def test_history_keys_and_validation_metrics():
     assert history.epoch == [0, 1, 2]
     assert list(history.history) == ["loss", "accuracy", "val_loss", "val_accuracy"]
     assert all(len(v) == 3 for v in history.history.values())
-    # val metrics are computed in eval mode at the end of the epoch: evaluate agrees
-    X_val, y_val = X[240:], y[240:]
+    # val metrics are computed in eval mode at the end of the epoch: evaluate agrees on the
+    # held-out rows (stratified for class labels: validation_split_indices says which)
+    _, held_out = nn.training.validation_split_indices(y, 0.2)
+    assert len(held_out) == 60
+    X_val, y_val = X[held_out], y[held_out]
     result = model.evaluate(X_val, y_val, loss=nn.CrossEntropyLoss())
     assert history.history["val_loss"][-1] == pytest.approx(result["loss"], rel=1e-6)
     assert history.history["val_accuracy"][-1] == pytest.approx(result["accuracy"])

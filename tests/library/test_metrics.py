@@ -360,9 +360,10 @@ def test_binary_and_regression_models():
     assert list(history.history) == ["loss", "accuracy", "macro_f1", "weighted_precision",
                                      "val_loss", "val_accuracy", "val_macro_f1",
                                      "val_weighted_precision"]
-    result = training.evaluate(model, X[90:], y[90:], metrics=names)
-    pred = (model.predict(X[90:])[:, 0] > 0).astype(int)
-    assert result["macro_f1"] == pytest.approx(sklearn_prf(y[90:], pred, 2, "macro")[2],
+    _, held_out = training.validation_split_indices(y, 0.25)   # (0/1 labels: stratified)
+    result = training.evaluate(model, X[held_out], y[held_out], metrics=names)
+    pred = (model.predict(X[held_out])[:, 0] > 0).astype(int)
+    assert result["macro_f1"] == pytest.approx(sklearn_prf(y[held_out], pred, 2, "macro")[2],
                                                abs=1e-12)
     assert result["macro_f1"] == history.history["val_macro_f1"][-1]
     with pytest.raises(ValueError, match="'top_2_accuracy' needs one output per class"):

@@ -298,7 +298,8 @@ def test_training_batches_only():
     record = Recorder()
     _fit(_cnn(), X, y, seed=0, transform=record, epochs=1, validation_split=0.2)
     seen = {row.tobytes() for b in record.batches for row in b}
-    assert seen == {row.tobytes() for row in X[:72]}
+    kept, _ = nn.training.validation_split_indices(y, 0.2)
+    assert len(kept) == 72 and seen == {row.tobytes() for row in X[kept]}
 
 
 def test_the_transform_gets_its_own_copy_of_the_batch():

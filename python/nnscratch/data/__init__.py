@@ -305,7 +305,8 @@ def _channel_blocks(name: str, x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def channel_stats(X: npt.ArrayLike, channels: int | None = None,
-                  chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  chunk_size: int | None = None, *,
+                  rows: npt.ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of every channel of a set of images, in the units of
     floats in [0, 1] (uint8 values k count as k / 255), without a float copy of `X`.
 
@@ -323,6 +324,9 @@ def channel_stats(X: npt.ArrayLike, channels: int | None = None,
         C; by default X.shape[1] for 4-D X, else 1.
     chunk_size : int, optional
         Rows per chunk (by default about 2**18 values: a few MB of scratch memory).
+    rows : int array, optional
+        The statistics of ``X[rows]`` (a training part, say), gathered a chunk at a time:
+        no copy of those rows is made either.
 
     Returns
     -------
@@ -332,14 +336,20 @@ def channel_stats(X: npt.ArrayLike, channels: int | None = None,
     if channels is None:
         channels = X.shape[1] if X.ndim == 4 else 1
     channels = _checks.integer("channels", channels, 1)
-    if X.size == 0:
-        raise ValueError(f"X is empty (shape {X.shape}): no statistics to take")
+    index = None if rows is None else _row_index(rows, len(X))
+    if X.size == 0 or (index is not None and len(index) == 0):
+        raise ValueError(f"X is empty (shape {X.shape}"
+                         f"{'' if index is None else ', rows empty'}): no statistics to take")
     _channel_blocks("X", X[:1], channels)                   # the layout checked up front
     if chunk_size is None:
         chunk_size = max(1, (1 << 18) // max(X[:1].size, 1))
     chunk_size = _checks.integer("chunk_size", chunk_size, 1)
-    chunks = (_channel_blocks("X", X[i:i + chunk_size], channels)     # (n, C, L) each
-              for i in range(0, len(X), chunk_size))
+    if index is None:
+        chunks = (_channel_blocks("X", X[i:i + chunk_size], channels)     # (n, C, L) each
+                  for i in range(0, len(X), chunk_size))
+    else:
+        chunks = (_channel_blocks("X", X.take(index[i:i + chunk_size], axis=0), channels)
+                  for i in range(0, len(index), chunk_size))
     if X.dtype == np.uint8:
         hist: np.ndarray = np.zeros(channels * 256, dtype=np.int64)
         offsets = (np.arange(channels, dtype=np.intp) * 256)[None, :, None]
@@ -369,6 +379,19 @@ def channel_stats(X: npt.ArrayLike, channels: int | None = None,
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
             raise ValueError("X holds NaN or infinite values")
     return mean, np.sqrt(var)
+
+
+def _row_index(rows: npt.ArrayLike, n: int) -> np.ndarray:
+    """`rows` as a 1-D int64 array of row indices into n rows (negative ones refused)."""
+    index = np.asarray(rows)
+    if index.ndim != 1 or (index.size and index.dtype.kind not in "iu"):
+        raise TypeError(f"rows must be a 1-D array of integer row indices, got "
+                        f"{index.dtype} of shape {index.shape}")
+    index = index.astype(np.int64, copy=False)
+    if index.size and (index.min() < 0 or index.max() >= n):
+        bad = index.min() if index.min() < 0 else index.max()
+        raise ValueError(f"rows holds {bad}, outside [0, {n}) for X of {n} rows")
+    return index
 
 
 class Normalize:
@@ -413,10 +436,12 @@ class Normalize:
     @classmethod
     def from_data(cls, X: npt.ArrayLike, channels: int | None = None,
                   dtype: npt.DTypeLike = np.float32,
-                  chunk_size: int | None = None) -> Normalize:
-        """A Normalize with the per-channel mean and std of `X` (`channel_stats`); a channel
-        that never varies gets std 1 (as scikit-learn's StandardScaler does)."""
-        mean, std = channel_stats(X, channels=channels, chunk_size=chunk_size)
+                  chunk_size: int | None = None, *,
+                  rows: npt.ArrayLike | None = None) -> Normalize:
+        """A Normalize with the per-channel mean and std of `X` -- of ``X[rows]`` when
+        `rows` is given -- (`channel_stats`); a channel that never varies gets std 1 (as
+        scikit-learn's StandardScaler does)."""
+        mean, std = channel_stats(X, channels=channels, chunk_size=chunk_size, rows=rows)
         return cls(mean, np.where(std > 0, std, 1.0), dtype=dtype)
 
     @property
