@@ -17,6 +17,7 @@ the checkpoint keeps the library generator (dropout masks), so a resumed run giv
 weights the uninterrupted run would have, bit for bit (same backend and thread count).
 """
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -25,10 +26,20 @@ import time
 import numpy as np
 
 from . import __version__, _random
+from .datasets import DATASET_NAMES
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
+# --data: "auto", a data set of nnscratch.datasets (their aliases too: "kuzushiji-49"), or a
+# folder of the user's images
+DATA_NAMES = ("auto",) + DATASET_NAMES
+DATA_HELP = ("data set: auto (Fashion-MNIST if found, else the bundled sample), "
+             + ", ".join(DATASET_NAMES) + "; or a folder of your own images, one subfolder "
+             "per class (with train/ and test/ subfolders of that kind: your own split; else "
+             "20%% of each class is held out for testing); a folder named like a data set: "
+             "./name")
+FOLDER_TEST_SPLIT = 0.2    # --data folder without train/ and test/: held out for testing
 
 
 class CLIError(Exception):
@@ -100,10 +111,9 @@ def build_parser():
 
     t = sub.add_parser("train", help="train an MLP or a CNN on MNIST-style data",
                        description="Train a model, print a line per epoch and the test accuracy.")
-    t.add_argument("--data", choices=["auto", "fashion-mnist", "mnist", "sample"],
-                   default="auto", help="data set (auto: Fashion-MNIST if found, else the "
-                   "bundled sample)")
-    t.add_argument("--data-path", default=None, help="folder with the four IDX files")
+    t.add_argument("--data", default="auto", metavar="NAME|FOLDER", help=DATA_HELP)
+    t.add_argument("--data-path", default=None, help="folder with the data set's files (the "
+                   "four IDX files; EMNIST's gzip.zip; Kuzushiji-49's four .npz)")
     t.add_argument("--download", action="store_true",
                    help="download the data set if it is not found locally")
     t.add_argument("--model", choices=MODELS, default="mlp",
@@ -129,11 +139,14 @@ def build_parser():
                         "warmup-cosine (linear warm-up over the first 5%%, then cosine)")
     t.add_argument("--augment", action="store_true",
                    help="augment the training images: random crops of the image padded by 2 "
-                        "pixels, and left-right flips for Fashion-MNIST (not for digits)")
+                        "pixels, and left-right flips for Fashion-MNIST (not for digits and "
+                        "letters -- MNIST, KMNIST, EMNIST, Kuzushiji-49 -- nor for a folder "
+                        "of your own)")
     t.add_argument("--label-smoothing", type=_fraction, default=0.0,
                    help="cross-entropy label smoothing (default 0)")
     t.add_argument("--validation-split", type=_fraction, default=0.0,
-                   help="hold out this fraction of the training set for validation")
+                   help="hold out this fraction of the training set for validation (of each "
+                   "class: the rows fit(validation_split=) holds out)")
     t.add_argument("--limit", type=_positive_int, default=None,
                    help="use only the first N training images (quick runs)")
     t.add_argument("--seed", type=_non_negative_int, default=0)
@@ -169,8 +182,9 @@ def build_parser():
 
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
     e.add_argument("model", help="a model saved by `nnscratch train --save` or model.save()")
-    e.add_argument("--data", choices=["auto", "fashion-mnist", "mnist", "sample"],
-                   default="auto")
+    e.add_argument("--data", default="auto", metavar="NAME|FOLDER",
+                   help=DATA_HELP.replace("held out for testing", "held out for testing, "
+                                          "as train holds it out: those are evaluated"))
     e.add_argument("--data-path", default=None)
     e.add_argument("--plot", default=None, help="save the confusion matrix to this PNG")
     e.add_argument("--backend", choices=["cython", "numpy"], default="cython")
@@ -194,9 +208,10 @@ def build_parser():
                            "those whose border is light, mean above half the range)")
     inversion.add_argument("--no-invert", dest="invert", action="store_const", const=False,
                            help="never invert image files")
-    p.add_argument("--classes", choices=["fashion-mnist", "mnist"], default=None,
-                   help="class names to print (default: Fashion-MNIST's for a 10-class "
-                   "model, else numbers)")
+    p.add_argument("--classes", choices=DATASET_NAMES, default=None, metavar="DATA",
+                   help="print the class names of this data set (default: those `nnscratch "
+                   "train --save` kept in the model file, else Fashion-MNIST's for a "
+                   "10-class model, else numbers)")
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show")
     p.add_argument("--out", default=None, help="write every result to this CSV file "
                    "(atomically) instead of printing them")
@@ -242,10 +257,103 @@ def _writable_file(path, option):
         raise CLIError(f"{option} {path}: the file name is longer than {limit} bytes")
 
 
-def _load_data(name, path, download, flatten, progress=True):
-    """(source description, class names, (X_train, y_train), (X_test, y_test))."""
+@dataclasses.dataclass(frozen=True)
+class _Folder:
+    """--data FOLDER, described as a `datasets.DataSource` is (name, description)."""
+
+    path: str
+    split: bool          # True: train/ and test/ subfolders; False: a test part held out
+    name: str = "folder"
+
+    @property
+    def description(self):
+        how = "its train/ and test/ subfolders" if self.split else \
+            f"{FOLDER_TEST_SPLIT:.0%} of each class held out for testing"
+        return f"your images in {self.path} ({how})"
+
+
+def _data_choice(value):
+    """--data: a data set's name as `nnscratch.datasets` spells it ("auto" too), or a
+    `_Folder`; CLIError when it is neither."""
     from . import datasets
 
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return datasets._canonical_name(value)      # (the names' aliases too)
+    except ValueError:
+        pass
+    if os.path.isdir(value):
+        folders = {entry.name for entry in os.scandir(value)
+                   if entry.is_dir() and not entry.name.startswith(".")}
+        return _Folder(value, folders == {"train", "test"})
+    if os.path.exists(value):
+        raise CLIError(f"--data {value}: a file; give a data set's name or a folder of images "
+                       f"(one subfolder per class)")
+    raise CLIError(f"--data {value}: neither a data set ({', '.join(DATA_NAMES)}) nor a "
+                   f"folder")
+
+
+def _is_data(value):
+    """True when --data `value` names a data set or a folder (`_data_choice` takes it)."""
+    try:
+        _data_choice(value)
+        return True
+    except CLIError:
+        return False
+
+
+def _load_folder(folder, flatten, for_training):
+    """(class names, (X_train, y_train), (X_test, y_test)) of --data FOLDER: 28x28 grey
+    images, floats in [0, 1] (`datasets.load_image_folder`), read by `nnscratch predict`'s
+    rules -- inverted when their border is light -- so that a model trained on them sees
+    predict's images alike. Without train/ and test/ subfolders the test part is
+    FOLDER_TEST_SPLIT of each class, drawn with seed 0: train and evaluate hold out the
+    same images."""
+    from . import data, datasets
+
+    def read(root):
+        try:
+            return datasets.load_image_folder(root, flatten=flatten, invert="auto")
+        except ImportError as exc:
+            raise CLIError(f"--data {folder.path}: {exc}") from None
+        except (ValueError, OSError) as exc:
+            raise CLIError(f"--data {folder.path}: {_first_line(exc)}") from None
+
+    if folder.split:
+        X, y, classes = read(os.path.join(folder.path, "train"))
+        X_test, y_test, test_classes = read(os.path.join(folder.path, "test"))
+        if test_classes != classes:
+            raise CLIError(f"--data {folder.path}: train/ and test/ must hold the same class "
+                           f"folders, got {classes} and {test_classes}")
+        return classes, (X, y), (X_test, y_test)
+    X, y, classes = read(folder.path)
+    try:
+        train, test = data.split_indices(y, FOLDER_TEST_SPLIT, seed=0)
+    except ValueError:
+        raise CLIError(f"--data {folder.path}: {len(y)} images are too few to hold out "
+                       f"{FOLDER_TEST_SPLIT:.0%} for testing (give it train/ and test/ "
+                       f"subfolders)") from None
+    if for_training and len(np.unique(y[train])) < len(classes):
+        raise CLIError(f"--data {folder.path}: a class has too few images to keep one for "
+                       f"training after {FOLDER_TEST_SPLIT:.0%} of each is held out for "
+                       f"testing")
+    return classes, (X[train], y[train]), (X[test], y[test])
+
+
+def _load_data(name, path, download, flatten, progress=True, for_training=True):
+    """(source, class names, (X_train, y_train), (X_test, y_test)): the data sets' images
+    as uint8 (fit, evaluate and predict take a pixel k as k / 255, a batch at a time: a
+    quarter of the memory of floats), a folder's as floats in [0, 1]."""
+    from . import datasets
+
+    name = _data_choice(name)
+    if isinstance(name, _Folder):
+        if path is not None:
+            raise CLIError("--data-path is for the named data sets; --data takes the folder "
+                           "of your images itself")
+        classes, train, test = _load_folder(name, flatten, for_training)
+        return name, classes, train, test
     if name == "sample":
         source = datasets.find_dataset("sample")
     elif name == "auto" and path is None:
@@ -264,11 +372,10 @@ def _load_data(name, path, download, flatten, progress=True):
             raise CLIError(f"{_first_line(exc)} (no network? --data sample trains on the "
                            f"images shipped with nnscratch)") from None
     try:
-        train, test = datasets.load_dataset(source, flatten=flatten)
+        train, test = datasets.load_dataset(source, flatten=flatten, dtype=np.uint8)
     except ValueError as exc:   # a truncated or foreign IDX file
         raise CLIError(f"cannot read {source.description}: {exc}") from None
-    classes = MNIST_CLASSES if source.name == "mnist" else FASHION_CLASSES
-    return source, classes, train, test
+    return source, datasets.class_names(source), train, test
 
 
 MODELS = ["mlp", "cnn", "resnet20", "resnet32", "resnet44", "resnet56"]
@@ -353,13 +460,15 @@ def _batch_schedule(kind, optimizer, base_lr, epochs, steps_per_epoch, done):
 
 
 def _augmentation(data, image_shape, flat):
-    """`--augment`: random crops of the image zero-padded by 2 pixels; and left-right flips,
-    except for digits (MNIST: a flipped 2 is no digit)."""
+    """`--augment`: random crops of the image zero-padded by 2 pixels; and left-right flips
+    for Fashion-MNIST (and its sample) only: not for digits and letters (MNIST, KMNIST,
+    EMNIST, Kuzushiji-49: a flipped 2 is no digit), nor for a folder of the user's own
+    images, whose content nnscratch cannot know."""
     from . import transforms
 
     shape = image_shape if flat else None
     steps: list = [transforms.RandomCrop(image_shape[1:], padding=2, image_shape=shape)]
-    if data != "mnist":
+    if data in ("fashion-mnist", "sample"):
         steps.append(transforms.RandomHorizontalFlip(image_shape=shape))
     return transforms.Compose(steps)
 
@@ -423,18 +532,25 @@ def cmd_train(args, out=None):
         progress=progress)
     if args.limit is not None:
         X, y = X[:args.limit], y[:args.limit]
-    validation = None
+    # --validation-split: fit(validation_split=) holds the rows out, the same ones at every
+    # epoch's call (a function of the labels alone: stratified, every class its share)
+    train_rows = np.arange(len(X))
+    n_val = 0
     if args.validation_split > 0:
-        n_val = max(1, int(round(len(X) * args.validation_split)))
-        if n_val >= len(X):
+        try:
+            train_rows, held_out = nn.training.validation_split_indices(
+                y, args.validation_split)
+        except ValueError:      # (a part of no rows)
+            part = "validate" if len(X) * args.validation_split < 0.5 else "train"
             raise CLIError(f"--validation-split {args.validation_split} of {len(X)} training "
-                           f"images leaves none to train on")
-        X, y, validation = X[:-n_val], y[:-n_val], (X[-n_val:], y[-n_val:])
+                           f"images leaves none to {part} on") from None
+        n_val = len(held_out)
     print(f"data: {source.description}", file=out)
-    print(f"      {len(X)} training images, {len(X_test)} test images"
-          + (f", {len(validation[0])} held out for validation" if validation else ""), file=out)
+    print(f"      {len(train_rows)} training images, {len(X_test)} test images"
+          + (f", {n_val} held out for validation" if n_val else ""), file=out)
     if args.lr_find:
-        return _lr_find(args, X, y, out, _data_shape(X, y, y_test))
+        X_train, y_train = (X, y) if not n_val else (X[train_rows], y[train_rows])
+        return _lr_find(args, X_train, y_train, out, _data_shape(X, y, y_test))
 
     if resumed is not None:
         model, optimizer, start, history, base_lr, where = resumed
@@ -454,7 +570,7 @@ def cmd_train(args, out=None):
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     epoch_times = list(history.get("seconds", []))
-    steps_per_epoch = -(-len(X) // args.batch_size)
+    steps_per_epoch = -(-len(train_rows) // args.batch_size)
     schedule = _batch_schedule(args.schedule, optimizer, base_lr, args.epochs,
                                steps_per_epoch, start)
     board = None
@@ -472,7 +588,7 @@ def cmd_train(args, out=None):
     def state(epoch):
         return {"epoch": epoch, "history": history, "base_lr": base_lr,
                 "args": _args_record(args), "data": source.description,
-                "rng": _random.get_state()}
+                "classes": list(classes), "rng": _random.get_state()}
 
     for epoch in range(start, args.epochs):
         if schedule is None:
@@ -481,7 +597,7 @@ def cmd_train(args, out=None):
         try:
             h = model.fit(X, y, loss=loss_fn, optimizer=optimizer, epochs=epoch + 1,
                           initial_epoch=epoch, batch_size=args.batch_size,
-                          validation_data=validation,
+                          validation_split=args.validation_split,
                           shuffle=True, seed=args.seed * 1000 + epoch, transform=transform,
                           callbacks=callbacks, metrics=args.metrics,
                           progress=f"Epoch {{epoch}}/{args.epochs}" if progress else False)
@@ -507,8 +623,9 @@ def cmd_train(args, out=None):
         checkpoint.save_checkpoint(ckpt_path, model, optimizer, meta=state(epoch + 1))
         print(line, file=out, flush=True)   # after the save: a printed epoch is a saved one
         if args.stats:      # (changes nothing: the same weights with and without it)
-            print(layer_stats(model, X[:STATS_PROBE], y[:STATS_PROBE], loss_fn,
-                              lr=optimizer.lr), file=out, flush=True)
+            probe = train_rows[:STATS_PROBE]
+            print(layer_stats(model, X[probe], y[probe], loss_fn, lr=optimizer.lr), file=out,
+                  flush=True)
 
     if board is not None:
         board.close()
@@ -639,7 +756,7 @@ def _check_meta(meta):
         "weight_decay": lambda v: v is None or _real(v, 0.0),
         "schedule": lambda v: v in SCHEDULES,
         "seed": lambda v: type(v) is int and 0 <= v < 2 ** 63,
-        "data": lambda v: v in ("auto", "fashion-mnist", "mnist", "sample"),
+        "data": lambda v: isinstance(v, str) and _is_data(v),  # (a name or a folder)
         "data_path": lambda v: v is None or isinstance(v, str),
         "limit": lambda v: v is None or (type(v) is int and v >= 1),
         "validation_split": lambda v: _real(v, 0.0, 1.0, high_open=True),
@@ -797,7 +914,8 @@ def cmd_evaluate(args, out=None):
             raise CLIError(str(exc)) from None
     model = _load_model(args.model)
     source, classes, _, (X_test, y_test) = _load_data(
-        args.data, args.data_path, False, flatten=not _model_wants_images(model))
+        args.data, args.data_path, False, flatten=not _model_wants_images(model),
+        for_training=False)
     print(f"data: {source.description} ({len(X_test)} test images)", file=out)
     scores = _outputs(model, X_test, args.model)
     if scores.shape[1] != len(classes):
@@ -927,10 +1045,37 @@ def _image_notes(info, invert):
     return notes
 
 
-def _class_names(choice, count):
-    classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(
-        choice, FASHION_CLASSES if choice is None else MNIST_CLASSES)
+def _class_names(choice, count, saved=None):
+    """The names of `count` classes: those of data set `choice` (--classes), else `saved`
+    (kept in the model file by `nnscratch train --save`), else Fashion-MNIST's; numbers
+    when the names found are not `count`."""
+    from . import datasets
+
+    if choice is not None:
+        classes = datasets.class_names(choice)
+    elif saved is not None:
+        classes = saved
+    else:
+        classes = FASHION_CLASSES
     return classes if count == len(classes) else [str(i) for i in range(count)]
+
+
+def _saved_classes(path):
+    """The class names `nnscratch train --save` kept in a model file (its checkpoint
+    record), or None (a model saved otherwise, a safetensors file, an older file)."""
+    from .checkpoint import META_KEY
+    from .serialization import Archive
+
+    try:
+        with Archive(path) as archive:
+            if META_KEY not in archive.headers:
+                return None
+            classes = archive.json(META_KEY).get("meta", {}).get("classes")
+    except (ValueError, OSError, AttributeError):
+        return None
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        return classes
+    return None
 
 
 def cmd_predict(args, out=None, err=None):
@@ -944,7 +1089,8 @@ def cmd_predict(args, out=None, err=None):
     X = X.reshape(len(X), 1, side, side) if _model_wants_images(model) else \
         X.reshape(len(X), -1)
     proba = _outputs(model, X, args.model, proba=True)
-    classes = _class_names(args.classes, proba.shape[1])
+    saved = None if args.classes is not None else _saved_classes(args.model)
+    classes = _class_names(args.classes, proba.shape[1], saved)
     for note in notes:
         print(f"nnscratch: note: {note}", file=err)
     if args.out is not None:

@@ -764,7 +764,8 @@ def test_resume_from_a_file_that_is_no_checkpoint(capsys, tmp_path, content):
     (["--validation-split", "1"], "argument --validation-split: must be in [0, 1)"),
     (["--dropout", "1"], "argument --dropout: must be in [0, 1)"),
     (["--momentum", "-0.5"], "argument --momentum: must be in [0, 1)"),
-    (["--data", "unknown"], "argument --data: invalid choice: 'unknown'"),
+    (["--data", "unknown"], "nnscratch: error: --data unknown: neither a data set (auto, "
+                            "fashion-mnist, mnist, kmnist, "),
     (["--model", "rnn"], "argument --model: invalid choice: 'rnn'"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["--backend", "cuda"], "argument --backend: invalid choice: 'cuda'"),
