@@ -33,8 +33,10 @@ the files; the loaders return 0..25 (0 = "a"/"A"). `class_names(name)` gives the
 
 Pixels come as floats k / 255 in [0, 1] (``dtype=np.float32``, the default, or np.float64),
 or as the stored bytes 0..255 with ``dtype=np.uint8``: a quarter of the memory, and no
-float copy of the whole set (EMNIST byclass: 640 MB instead of 2.5 GB); scale each batch
-as you use it (`nnscratch.data.to_float`, `nnscratch.data.Normalize`).
+float copy of the whole set (EMNIST byclass: 640 MB instead of 2.5 GB). ``model.fit``,
+``evaluate`` and ``predict`` take uint8 images as they are and scale each batch to the
+same floats k / 255 (bit for bit: the same training); in a loop of your own, scale each
+batch as you use it (`nnscratch.data.to_float`, `nnscratch.data.Normalize`).
 
 `load_dataset(name)` looks for the files, in this order:
 
@@ -1069,8 +1071,9 @@ def load_fashion_mnist(path: Optional[PathLike] = None, *, flatten: bool = True,
         Images as (N, 784) rows when True, else (N, 1, 28, 28) (NCHW).
     dtype : np.float32 (default), np.float64 or np.uint8
         Pixel dtype: floats k / 255 in [0, 1]; uint8 gives the stored values 0..255
-        themselves, a quarter of float32's memory (scale each batch with
-        `nnscratch.data.to_float`, which gives the same floats).
+        themselves, a quarter of float32's memory (``model.fit`` / ``evaluate`` /
+        ``predict`` scale each batch to the same floats; by hand,
+        `nnscratch.data.to_float`).
     download : bool
         Download into the cache when the files are found nowhere else.
     cache_dir, mirrors, progress

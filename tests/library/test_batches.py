@@ -281,6 +281,27 @@ def test_channel_stats_make_no_float_copy(shape):
         assert peak < 8 << 20, (x.dtype, peak)
 
 
+def test_channel_stats_of_some_rows_equal_those_of_the_rows_copied_out():
+    X = np.random.default_rng(3).integers(0, 256, size=(300, 3, 4, 4), dtype=np.uint8)
+    rows = np.random.default_rng(4).permutation(300)[:170]
+    for x in (X, data.to_float(X)):
+        mean, std = data.channel_stats(x, rows=rows, chunk_size=7)
+        want_mean, want_std = data.channel_stats(x[rows])
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-13)
+        np.testing.assert_allclose(std, want_std, rtol=1e-13)
+        assert not np.allclose(mean, data.channel_stats(x)[0], rtol=1e-9, atol=0)
+    norm = data.Normalize.from_data(X, rows=rows)
+    np.testing.assert_array_equal(norm.mean, data.channel_stats(X, rows=rows)[0])
+    with pytest.raises(ValueError, match=r"rows holds 300, outside \[0, 300\)"):
+        data.channel_stats(X, rows=[0, 300])
+    with pytest.raises(ValueError, match="rows holds -1"):
+        data.channel_stats(X, rows=[-1])
+    with pytest.raises(TypeError, match="rows must be a 1-D array of integer row indices"):
+        data.channel_stats(X, rows=[0.5])
+    with pytest.raises(ValueError, match="rows empty"):
+        data.channel_stats(X, rows=[])
+
+
 def test_channel_stats_errors():
     with pytest.raises(ValueError, match="empty"):
         data.channel_stats(np.zeros((0, 1, 4, 4), np.uint8))

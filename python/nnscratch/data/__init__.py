@@ -7,6 +7,9 @@
 - `to_float`, `Normalize`, `channel_stats`: for images kept as uint8
   (``datasets.load_dataset(name, dtype=np.uint8)``, a quarter of float32's memory), turned
   into floats a batch at a time, so that the whole set never exists as floats.
+  ``model.fit``, ``evaluate`` and ``predict`` do this themselves for uint8 X (a pixel k is
+  ``to_float``'s k / 255), and ``fit(normalize=True)`` standardises with `channel_stats`;
+  the functions here are for a loop written by hand.
 
 A loop by hand, on MNIST kept as bytes::
 
