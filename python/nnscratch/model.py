@@ -225,7 +225,8 @@ class Sequential(ModuleSequence):
             rule,
             f"Total params: {total_params:,} ({dtype})",
             f"Forward FLOPs per sample: {total_flops:,}",
-        ])
+        ] + ([] if self._input_normalization is None else
+             [f"Input normalization: {self._input_normalization!r}"]))
         if print_fn is not None:
             print_fn(text)
         return text
