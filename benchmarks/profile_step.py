@@ -1,6 +1,7 @@
 """Where the time of one training step goes, phase by phase and layer by layer.
 
-    python benchmarks/profile_step.py [--model mlp|cnn|lenet] [--batch N] [--steps S] [--threads N]
+    python benchmarks/profile_step.py [--model mlp|cnn|lenet|resnet20] [--batch N] [--steps S]
+                                       [--threads N]
 
 See python/nnscratch/profiling.py for what it measures.
 """

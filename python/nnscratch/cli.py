@@ -226,7 +226,8 @@ def build_parser():
     b = sub.add_parser("bench", help="speed against NumPy and PyTorch, in one table")
     b.add_argument("--quick", action="store_true", help="about a minute")
     b.add_argument("--threads", type=_threads, default=None)
-    b.add_argument("--only", choices=["gemm", "mlp", "cnn", "memory", "inference", "all"], default="all")
+    b.add_argument("--only", choices=["gemm", "mlp", "cnn", "resnet", "memory", "inference", "all"],
+                   default="all")
     return parser
 
 

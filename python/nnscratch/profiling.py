@@ -1,14 +1,14 @@
 """Where the time of a training step goes, phase by phase and layer by layer.
 
-    python benchmarks/profile_step.py [--model mlp|cnn|lenet] [--batch N] [--steps S]
+    python benchmarks/profile_step.py [--model mlp|cnn|lenet|resnet20] [--batch N] [--steps S]
 
 Runs S steps of the training loop `fit` runs on the compiled kernels -- gather a shuffled
 batch, forward, loss, zero the gradients, backward, update (SGD with momentum) -- on random
 data shaped like Fashion-MNIST, and times each phase with `time.perf_counter`. The forward
 and the backward are timed step by step of the model's fast-path plan
 (``nnscratch._fast.plan``): a Linear with its ReLU is one step, a run of Linear layers one
-step (one kernel call each way: `linear_chain_forward`, `linear_chain_backward`), every
-other layer a step of its own. Prints microseconds per training step and each phase's
+step (one kernel call each way: `linear_chain_forward`, `linear_chain_backward`), a
+residual block one step (both branches and the sum), every other layer a step of its own. Prints microseconds per training step and each phase's
 share; "between phases" is what the loop itself costs. (fit also checks every gradient for
 NaN/inf inside the update's kernel call; here the plain `optimizer.step()` runs.)
 """
@@ -32,7 +32,9 @@ def _model(kind):
         return models.cnn(), (1, 28, 28)
     if kind == "lenet":
         return models.lenet(), (1, 28, 28)
-    raise ValueError(f"model must be 'mlp', 'cnn' or 'lenet', got {kind!r}")
+    if kind == "resnet20":
+        return models.resnet(20), (1, 28, 28)
+    raise ValueError(f"model must be 'mlp', 'cnn', 'lenet' or 'resnet20', got {kind!r}")
 
 
 def profile_step(kind="mlp", batch_size=128, steps=200, samples=None, seed=0):
@@ -137,7 +139,7 @@ def main(argv=None):
     import nnscratch as nn
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["mlp", "cnn", "lenet"], default="mlp")
+    parser.add_argument("--model", choices=["mlp", "cnn", "lenet", "resnet20"], default="mlp")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None,
                         help="steps timed (default: 400 for the MLP, 20 for the CNNs)")

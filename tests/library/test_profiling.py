@@ -5,7 +5,7 @@ import pytest
 from nnscratch import profiling
 
 
-@pytest.mark.parametrize("kind,layers", [("mlp", 5), ("lenet", 10)])
+@pytest.mark.parametrize("kind,layers", [("mlp", 5), ("lenet", 10), ("resnet20", 23)])
 def test_profile_rows_cover_every_phase_and_layer(kind, layers):
     rows = profiling.profile_step(kind, batch_size=4, steps=3, samples=16)
     labels = [label for label, _ in rows]
