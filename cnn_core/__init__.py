@@ -23,7 +23,8 @@ from cnn_core._activations import (
 )
 from cnn_core._losses import softmax_cross_entropy, mse, bce_with_logits
 from cnn_core._optim import sgd_update, adam_update, all_finite, sgd_step, adam_step
-from cnn_core._conv import conv2d_forward, conv2d_backward, maxpool2d_forward, maxpool2d_backward
+from cnn_core._conv import (conv2d_forward, conv2d_backward, maxpool2d_forward,
+                            maxpool2d_backward, avgpool2d_forward, avgpool2d_backward)
 from cnn_core._norm import batchnorm_forward, batchnorm_backward
 from cnn_core._data import take_rows
 
@@ -36,6 +37,7 @@ __all__ = [
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update", "all_finite",
     "sgd_step", "adam_step",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm_forward", "batchnorm_backward", "take_rows",
     "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features", "gemm_kernel_name",
 ]

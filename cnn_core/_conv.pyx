@@ -1,4 +1,4 @@
-"""2-D convolution and max pooling, NCHW, forward and backward.
+"""2-D convolution, max pooling and average pooling, NCHW, forward and backward.
 
 Convolution by im2col + GEMM, samples spread over threads. Small feature maps would give
 GEMMs too thin to run at speed, so G samples go through one GEMM together (G*OH*OW ~ 512
@@ -28,6 +28,11 @@ column buffers are per-thread scratch reused across calls: no allocation in stea
 
 Max pooling keeps, for every output, the flat index (ih * W + iw) of its maximum within
 its (H, W) plane, as torch's return_indices; backward routes the gradient there.
+
+Average pooling sums each window from 0, row by row, and divides by KH*KW (the order of
+PyTorch's loop); backward adds grad_out / (KH*KW) over each window, windows in row-major
+order. Pooling splits planes among threads, each plane wholly on one: the bits do not
+depend on the thread count.
 
 No buffer written here may share memory with what is read or with another buffer written
 (ValueError naming the two): windows overlap and samples run on several threads, so no
@@ -968,13 +973,14 @@ cdef Py_ssize_t maxpool_backward_planes(const floating *g, const int64_t *idx, f
 
 
 ctypedef struct _PoolJob:
-    # max pooling (or its backward) over planes in spans of `step`, a part each
+    # pooling (or its backward) over planes in spans of `step`, a part each
     bint single
+    bint backward          # average pooling: the backward pass (x: grad_out, out: grad_x)
     Py_ssize_t planes
     Py_ssize_t step
     const void *x          # forward: x -> out, idx; backward: g (here), idx -> gx (out)
     void *out
-    int64_t *idx
+    int64_t *idx           # max pooling's indices (NULL for average pooling)
     Py_ssize_t H
     Py_ssize_t W
     Py_ssize_t KH
@@ -1137,4 +1143,178 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
         if bad:
             raise ValueError(f"indices must be in [0, {hw}) for x_shape {x_shape}: {bad} "
                              f"are not")
+    return gx if out is None else out
+
+
+# ---------------------------------------------------------------------------------------------
+# average pooling
+
+cdef void avgpool_planes(const floating *x, floating *out, Py_ssize_t planes, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    # for each (H, W) plane: out[i, j] = (sum of the KH x KW window at (i sh, j sw)) / (KH KW),
+    # the window summed from 0 row by row, left to right (PyTorch's order): a fixed order,
+    # whichever thread has the plane
+    cdef Py_ssize_t q, oh, ow, kh, kw
+    cdef floating count = <floating> (KH * KW), total
+    cdef const floating *plane
+    cdef const floating *row
+    for q in range(planes):
+        plane = x + q * H * W
+        for oh in range(OH):
+            for ow in range(OW):
+                total = 0
+                for kh in range(KH):
+                    row = plane + (oh * sh + kh) * W + ow * sw
+                    for kw in range(KW):
+                        total = total + row[kw]
+                out[(q * OH + oh) * OW + ow] = total / count
+
+
+cdef void avgpool_backward_planes(const floating *g, floating *gx, Py_ssize_t planes,
+                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t OH,
+                                  Py_ssize_t OW) noexcept nogil:
+    # gx plane = zeros, plus g[i, j] / (KH KW) added to every input of window (i, j); the
+    # windows in row-major order (PyTorch's), so that where they overlap the shares of one
+    # input add up in a fixed order
+    cdef Py_ssize_t q, oh, ow, kh, kw
+    cdef floating count = <floating> (KH * KW), share
+    cdef floating *plane
+    cdef floating *row
+    for q in range(planes):
+        plane = gx + q * H * W
+        memset(plane, 0, H * W * sizeof(floating))
+        for oh in range(OH):
+            for ow in range(OW):
+                share = g[(q * OH + oh) * OW + ow] / count
+                for kh in range(KH):
+                    row = plane + (oh * sh + kh) * W + ow * sw
+                    for kw in range(KW):
+                        row[kw] += share
+
+
+cdef void avgpool_run(const floating *src, floating *dst, Py_ssize_t planes,
+                      const _PoolJob *j) noexcept nogil:
+    # `planes` planes of j's pooling: forward x -> out, or backward grad_out -> grad_x
+    if j.backward:
+        avgpool_backward_planes(src, dst, planes, j.H, j.W, j.KH, j.KW, j.sh, j.sw, j.OH,
+                                j.OW)
+    else:
+        avgpool_planes(src, dst, planes, j.H, j.W, j.KH, j.KW, j.sh, j.sw, j.OH, j.OW)
+
+
+cdef void _avgpool_part(void *ctx, Py_ssize_t t) noexcept nogil:
+    cdef _PoolJob *j = <_PoolJob *> ctx
+    cdef Py_ssize_t q0 = t * j.step, count = _span_end(q0, j.step, j.planes) - q0
+    # plane sizes: forward (H, W) -> (OH, OW), backward the other way round
+    cdef Py_ssize_t src_plane = j.OH * j.OW if j.backward else j.H * j.W
+    cdef Py_ssize_t dst_plane = j.H * j.W if j.backward else j.OH * j.OW
+    if count <= 0:
+        return
+    if j.single:
+        avgpool_run(<const float *> j.x + q0 * src_plane, <float *> j.out + q0 * dst_plane,
+                    count, j)
+    else:
+        avgpool_run(<const double *> j.x + q0 * src_plane, <double *> j.out + q0 * dst_plane,
+                    count, j)
+
+
+cdef _avgpool_typed(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst,
+                    Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
+                    Py_ssize_t sw, Py_ssize_t OH, Py_ssize_t OW, bint backward):
+    # forward: src = x, dst = out; backward: src = grad_out, dst = grad_x
+    cdef Py_ssize_t planes = src.shape[0] * src.shape[1]
+    cdef Py_ssize_t parts = span_parts(planes, POOL_PLANES_PER_THREAD, num_threads())
+    cdef _PoolJob j
+    if planes == 0:
+        return
+    j.single, j.backward = floating is float, backward
+    j.planes, j.step = planes, (planes + parts - 1) // parts
+    j.x, j.out, j.idx = &src[0, 0, 0, 0], &dst[0, 0, 0, 0], NULL
+    j.H, j.W, j.KH, j.KW, j.sh, j.sw, j.OH, j.OW = H, W, KH, KW, sh, sw, OH, OW
+    with nogil:
+        if parts == 1:
+            avgpool_run(&src[0, 0, 0, 0], &dst[0, 0, 0, 0], planes, &j)
+        else:
+            run_parts(_avgpool_part, &j, parts)
+
+
+cdef tuple _pool_geometry(str what, H, W, kernel_size, stride):
+    # (kh, kw, sh, sw, OH, OW) of a pooling window over (H, W) planes, the stride defaulting
+    # to the kernel size; `what` names the planes when the window does not fit
+    kh, kw = _pair("kernel_size", kernel_size, 1)
+    sh, sw = _pair("stride", kernel_size if stride is None else stride, 1)
+    if H < kh or W < kw:
+        raise ValueError(f"{what}: input {H}x{W} is smaller than the pooling window {kh}x{kw}")
+    return kh, kw, sh, sw, (H - kh) // sh + 1, (W - kw) // sw + 1
+
+
+cdef _avgpool(src, dst, tuple geometry, bint backward):
+    # the typed kernel for src's dtype; forward: src = x, dst = out; backward: src =
+    # grad_out, dst = grad_x (both of the dtype, C-contiguous)
+    kh, kw, sh, sw, oh, ow = geometry
+    H, W = (dst if backward else src).shape[2:]
+    if src.dtype == np.float32:
+        _avgpool_typed[float](src, dst, H, W, kh, kw, sh, sw, oh, ow, backward)
+    else:
+        _avgpool_typed[double](src, dst, H, W, kh, kw, sh, sw, oh, ow, backward)
+
+
+cdef tuple _x_shape(x_shape):
+    # the forward input's shape given to a backward: 4 ints >= 0
+    try:
+        dims = tuple(x_shape)
+    except TypeError:
+        raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}") from None
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
+               for d in dims):
+        raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}")
+    if len(dims) != 4 or min(dims) < 0:
+        raise ValueError(f"x_shape must be 4 sizes >= 0 (N, C, H, W), got {x_shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def avgpool2d_forward(x, kernel_size, stride=None, out=None):
+    """2-D average pooling, NCHW, no padding, floor mode (PyTorch's defaults).
+
+    x (N, C, H, W) -> out (N, C, OH, OW), OH = (H - KH) // sh + 1 (OW likewise); stride
+    defaults to kernel_size. out[n, c, i, j] = (sum_{p < KH, q < KW} x[n, c, i sh + p,
+    j sw + q]) / (KH KW), each window summed from 0 row by row (the same bits on any
+    thread count).
+    """
+    x = as_float_array("x", x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
+    N, C, H, W = x.shape
+    geometry = _pool_geometry("x", H, W, kernel_size, stride)
+    y = output("out", out, (N, C) + geometry[4:], x.dtype)
+    if out is not None:
+        refuse_overlap("out", y, "x", x)
+    _avgpool(x, y, geometry, False)
+    return y if out is None else out
+
+
+def avgpool2d_backward(grad_out, x_shape, kernel_size, stride=None, out=None):
+    """Backward of average pooling: each input gets grad_out / (KH KW) from every window
+    that covers it (overlapping windows add).
+
+    grad_out (N, C, OH, OW), x_shape (N, C, H, W), kernel_size and stride as given to
+    avgpool2d_forward -> grad_x (N, C, H, W); grad_out must have the shape the forward
+    gives for x_shape. Inputs no window covers (floor mode) get 0.
+    """
+    grad_out = as_float_array("grad_out", grad_out)
+    if grad_out.ndim != 4:
+        raise ValueError(f"grad_out must be 4-D (N, C, OH, OW), got shape {grad_out.shape}")
+    x_shape = _x_shape(x_shape)
+    N, C, H, W = x_shape
+    geometry = _pool_geometry(f"x_shape {x_shape}", H, W, kernel_size, stride)
+    if grad_out.shape != (N, C) + geometry[4:]:
+        raise ValueError(f"grad_out has shape {grad_out.shape}, but x_shape {x_shape} with "
+                         f"kernel_size {geometry[:2]} and stride {geometry[2:4]} gives "
+                         f"{(N, C) + geometry[4:]}")
+    gx = output("out", out, x_shape, grad_out.dtype)
+    if out is not None:
+        refuse_overlap("out", gx, "grad_out", grad_out)
+    _avgpool(grad_out, gx, geometry, True)
     return gx if out is None else out

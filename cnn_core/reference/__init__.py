@@ -27,7 +27,7 @@ module             compiled kernels it mirrors     twins
 ``losses``         ``cnn_core/_losses.pyx``        softmax_cross_entropy, mse,
                                                    bce_with_logits
 ``optim``          ``cnn_core/_optim.pyx``         SGD, Adam(W), all_finite
-``conv``           ``cnn_core/_conv.pyx``          conv2d, maxpool2d
+``conv``           ``cnn_core/_conv.pyx``          conv2d, maxpool2d, avgpool2d
 ``norm``           ``cnn_core/_norm.pyx``          batchnorm
 ``data``           ``cnn_core/_data.pyx``          take_rows
 ``parallel``       ``cnn_core/_parallel.pyx``      the thread count, cpu_features
@@ -45,7 +45,7 @@ from cnn_core.reference.activations import (
 from cnn_core.reference.losses import softmax_cross_entropy, mse, bce_with_logits
 from cnn_core.reference.optim import sgd_update, adam_update, sgd_step, adam_step, all_finite
 from cnn_core.reference.conv import (conv2d_forward, conv2d_backward, maxpool2d_forward,
-                                     maxpool2d_backward)
+                                     maxpool2d_backward, avgpool2d_forward, avgpool2d_backward)
 from cnn_core.reference.norm import batchnorm_forward, batchnorm_backward
 from cnn_core.reference.data import take_rows
 from cnn_core.reference.parallel import (set_num_threads, get_num_threads, openmp_enabled,
@@ -58,7 +58,8 @@ __all__ = [
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward", "add",
     "softmax_cross_entropy", "mse", "bce_with_logits", "sgd_update", "adam_update",
-    "sgd_step", "adam_step", "all_finite", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "sgd_step", "adam_step", "all_finite", "conv2d_forward", "conv2d_backward",
+    "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm_forward", "batchnorm_backward", "take_rows",
     "set_num_threads", "get_num_threads", "openmp_enabled", "cpu_features",
     "gemm_kernel_name",

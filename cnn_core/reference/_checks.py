@@ -708,6 +708,62 @@ def maxpool_backward_args(grad_out, indices, x_shape, out):
     return grad_out, indices, x_shape, grad_x
 
 
+def pool_geometry(what, h, w, kernel_size, stride):
+    """``(kh, kw, sh, sw, OH, OW)`` of a pooling window over (h, w) planes, the stride
+    defaulting to the kernel size; `what` names the planes when the window does not fit."""
+    kh, kw = pair("kernel_size", kernel_size, 1)
+    sh, sw = pair("stride", kernel_size if stride is None else stride, 1)
+    if h < kh or w < kw:
+        raise ValueError(f"{what}: input {h}x{w} is smaller than the pooling window {kh}x{kw}")
+    return kh, kw, sh, sw, (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
+def shape4(x_shape):
+    """The forward input's shape given to a backward pass: 4 ints >= 0, as a tuple."""
+    try:
+        dims = tuple(x_shape)
+    except TypeError:
+        raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}") from None
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
+               for d in dims):
+        raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}")
+    if len(dims) != 4 or min(dims) < 0:
+        raise ValueError(f"x_shape must be 4 sizes >= 0 (N, C, H, W), got {x_shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def avgpool_forward_args(x, kernel_size, stride, out):
+    """avgpool2d_forward's arguments. Returns x (N, C, H, W), (kh, kw), (sh, sw) (stride
+    None: the kernel size) and out (N, C, OH, OW)."""
+    x = as_float_array("x", x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
+    n, c, h, w = x.shape
+    kh, kw, sh, sw, oh, ow = pool_geometry("x", h, w, kernel_size, stride)
+    y = output("out", out, (n, c, oh, ow), x.dtype)
+    if out is not None:
+        refuse_overlap("out", y, ("x", x))
+    return x, (kh, kw), (sh, sw), y
+
+
+def avgpool_backward_args(grad_out, x_shape, kernel_size, stride, out):
+    """avgpool2d_backward's arguments. Returns grad_out (N, C, OH, OW: the forward's output
+    shape for x_shape), (kh, kw), (sh, sw), out of x_shape."""
+    grad_out = as_float_array("grad_out", grad_out)
+    if grad_out.ndim != 4:
+        raise ValueError(f"grad_out must be 4-D (N, C, OH, OW), got shape {grad_out.shape}")
+    x_shape = shape4(x_shape)
+    n, c, h, w = x_shape
+    kh, kw, sh, sw, oh, ow = pool_geometry(f"x_shape {x_shape}", h, w, kernel_size, stride)
+    if grad_out.shape != (n, c, oh, ow):
+        raise ValueError(f"grad_out has shape {grad_out.shape}, but x_shape {x_shape} with "
+                         f"kernel_size {(kh, kw)} and stride {(sh, sw)} gives {(n, c, oh, ow)}")
+    grad_x = output("out", out, x_shape, grad_out.dtype)
+    if out is not None:
+        refuse_overlap("out", grad_x, ("grad_out", grad_out))
+    return grad_out, (kh, kw), (sh, sw), grad_x
+
+
 # --------------------------------------------------------------------------------------
 # Batch normalisation (norm.py)
 # --------------------------------------------------------------------------------------

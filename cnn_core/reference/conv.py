@@ -1,4 +1,4 @@
-"""2-D convolution and max pooling, NCHW, forward and backward: the NumPy twin of
+"""2-D convolution, max and average pooling, NCHW, forward and backward: the NumPy twin of
 ``cnn_core/_conv.pyx`` (whose im2col + GEMM is here a sliding-window view and ``einsum``)."""
 import numpy as np
 
@@ -173,4 +173,77 @@ def maxpool2d_backward(grad_out, indices, x_shape, out=None):
     planes[...] = 0
     batch, channel = np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None]
     np.add.at(planes, (batch, channel, indices), grad_out)   # add.at: repeated indices add up
+    return _checks.given(out, grad_x)
+
+
+def avgpool2d_forward(x, kernel_size, stride=None, out=None):
+    """2-D average pooling, NCHW, no padding, floor mode (PyTorch's defaults).
+
+    ::
+
+        out[n, c, i, j] = (1 / (KH*KW)) * sum_{p < KH, q < KW} x[n, c, i*sh + p, j*sw + q]
+
+    with ``OH = (H - KH) // sh + 1`` (OW likewise): the mean of each window. (The compiled
+    kernel sums each window from 0 row by row, then divides; NumPy's sum may add in
+    another order: the same value to within rounding.)
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W)
+    kernel_size, stride : as in ``maxpool2d_forward`` (the stride defaults to the kernel
+        size)
+    out : ndarray (N, C, OH, OW), optional
+        Shares no memory with x.
+
+    Returns
+    -------
+    out : ndarray (N, C, OH, OW)
+    """
+    # x (N, C, H, W) -> out (N, C, OH, OW)
+    x, (kh, kw), (sh, sw), y = _checks.avgpool_forward_args(x, kernel_size, stride, out)
+    windows = _windows(x, (kh, kw), (sh, sw))          # (N, C, OH, OW, KH, KW)
+    y[...] = windows.sum(axis=(4, 5)) / (kh * kw)
+    return _checks.given(out, y)
+
+
+def avgpool2d_backward(grad_out, x_shape, kernel_size, stride=None, out=None):
+    """Backward pass of average pooling: every input of a window had weight 1/(KH*KW) in
+    its mean, so it gets that share of the window's gradient, from every window covering
+    it::
+
+        grad_x = zeros(x_shape)
+        grad_x[n, c, i*sh + p, j*sw + q] += grad_out[n, c, i, j] / (KH*KW)
+                                                          (all i, j, p < KH, q < KW)
+
+    (added: overlapping windows, stride < kernel_size, share inputs). Inputs that no window
+    covers (floor mode drops a last partial window) get 0.
+
+    Parameters
+    ----------
+    grad_out : ndarray (N, C, OH, OW)
+        Of the shape ``avgpool2d_forward`` gives for `x_shape`.
+    x_shape : tuple (N, C, H, W)
+        The forward input's shape.
+    kernel_size, stride : as given to ``avgpool2d_forward``
+    out : ndarray of x_shape, optional
+        Shares no memory with grad_out.
+
+    Returns
+    -------
+    grad_x : ndarray of x_shape
+    """
+    # grad_out (N, C, OH, OW) -> grad_x (N, C, H, W)
+    grad_out, (kh, kw), (sh, sw), grad_x = _checks.avgpool_backward_args(
+        grad_out, x_shape, kernel_size, stride, out)
+    oh, ow = grad_out.shape[2:]
+    share = grad_out / (kh * kw)
+    grad_x[...] = 0
+    if kh * kw <= oh * ow:
+        # window tap (p, q) of every window: the inputs x[:, :, p::sh, q::sw] (OH x OW)
+        for p, q in np.ndindex(kh, kw):
+            grad_x[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += share
+    else:
+        # fewer windows than taps (a window over the whole plane): one window at a time
+        for i, j in np.ndindex(oh, ow):
+            grad_x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += share[:, :, i:i + 1, j:j + 1]
     return _checks.given(out, grad_x)

@@ -1,4 +1,5 @@
-"""conv2d and maxpool2d (NCHW), forward and backward: compiled kernels vs the NumPy twin.
+"""conv2d, maxpool2d and avgpool2d (NCHW), forward and backward: compiled kernels vs the
+NumPy twin.
 
 The twin is checked against the definition written as plain loops (small shapes), against
 values worked out by hand and, for the backward passes, against central differences.
@@ -45,6 +46,56 @@ POOL_CASES = [
     ((2, 2, 5, 6), (5, 6), None),                  # one window covers the whole plane
     ((64, 8, 28, 28), 2, None),
 ]
+
+# (N, C, H, W), kernel_size, stride: one pixel, odd and prime sizes, floor mode, overlapping
+# windows (stride < kernel), gaps between windows (stride > kernel), one-row and one-column
+# planes, a window over the whole plane (the global pool), enough planes for the threads
+AVGPOOL_CASES = [
+    ((1, 1, 1, 1), 1, None),
+    ((2, 3, 6, 6), 2, None),
+    ((2, 3, 7, 9), 2, None),
+    ((2, 3, 7, 7), 3, 2),
+    ((3, 2, 11, 13), 3, 1),
+    ((1, 2, 9, 8), (3, 2), (1, 2)),
+    ((3, 4, 5, 5), 1, 1),
+    ((2, 5, 13, 1), (2, 1), 3),
+    ((5, 3, 1, 7), (1, 3), (1, 2)),
+    ((2, 2, 5, 6), (5, 6), None),
+    ((4, 3, 17, 17), 17, None),
+    ((64, 8, 28, 28), 2, None),
+    ((19, 7, 7, 7), 7, 1),
+]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def avgpool_loops(x, kernel_size, stride):
+    """The definition: each output the mean of its window, as plain loops (float64)."""
+    (kh, kw) = _pair(kernel_size)
+    (sh, sw) = _pair(kernel_size if stride is None else stride)
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, (h - kh) // sh + 1, (w - kw) // sw + 1))
+    for i_n, i_c, i, j in np.ndindex(*out.shape):
+        out[i_n, i_c, i, j] = np.mean(x[i_n, i_c, i * sh:i * sh + kh, j * sw:j * sw + kw])
+    return out
+
+
+def avgpool_row_by_row(x, kernel_size, stride):
+    """The compiled kernel's order, in x's own dtype: each window summed from 0 row by row,
+    left to right, then divided by KH*KW (PyTorch's loop)."""
+    (kh, kw) = _pair(kernel_size)
+    (sh, sw) = _pair(kernel_size if stride is None else stride)
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, (h - kh) // sh + 1, (w - kw) // sw + 1), x.dtype)
+    count = x.dtype.type(kh * kw)
+    for i_n, i_c, i, j in np.ndindex(*out.shape):
+        total = x.dtype.type(0)
+        for p, q in np.ndindex(kh, kw):
+            total = total + x[i_n, i_c, i * sh + p, j * sw + q]
+        out[i_n, i_c, i, j] = total / count
+    return out
 
 
 def conv_loops(x, w, b, stride, padding):
@@ -339,6 +390,165 @@ def test_maxpool2d_zero_size(dtype, xshape):
         out, idx = mod.maxpool2d_forward(x, 2)
         assert out.shape == idx.shape == xshape[:2] + (2, 2)
         grad = mod.maxpool2d_backward(out, idx, xshape)
+        assert grad.shape == xshape and grad.dtype == dtype
+
+
+# ----------------------------------------------------------------------------------------
+# avgpool2d: the twin by hand, by loops and by central differences; compiled vs twin
+# ----------------------------------------------------------------------------------------
+
+def test_reference_avgpool_by_hand():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    out = reference.avgpool2d_forward(x, 2)
+    np.testing.assert_array_equal(out, [[[[2.5, 4.5], [10.5, 12.5]]]])
+    # each window's gradient shared out evenly over its four inputs
+    grad = reference.avgpool2d_backward(np.array([[[[4.0, 8.0], [12.0, 16.0]]]]), x.shape, 2)
+    np.testing.assert_array_equal(grad[0, 0], [[1, 1, 2, 2], [1, 1, 2, 2],
+                                               [3, 3, 4, 4], [3, 3, 4, 4]])
+    # overlapping 2x2 windows, stride 1: the centre is in all four, a corner in one
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    np.testing.assert_array_equal(reference.avgpool2d_forward(x, 2, 1), [[[[2, 3], [5, 6]]]])
+    grad = reference.avgpool2d_backward(np.ones((1, 1, 2, 2)), x.shape, 2, 1)
+    np.testing.assert_array_equal(grad[0, 0], [[0.25, 0.5, 0.25], [0.5, 1, 0.5],
+                                               [0.25, 0.5, 0.25]])
+    # floor mode: a 5x5 input, 2x2 windows: the last row and column are in no window
+    grad = reference.avgpool2d_backward(np.ones((1, 1, 2, 2)), (1, 1, 5, 5), 2)
+    assert not grad[0, 0, 4].any() and not grad[0, 0, :, 4].any()
+    np.testing.assert_array_equal(grad[0, 0, :4, :4], np.full((4, 4), 0.25))
+    # a (1, 3) window with stride (1, 2) over one row
+    x = np.array([[[[1.0, 2.0, 6.0, 4.0, 5.0]]]])
+    np.testing.assert_array_equal(reference.avgpool2d_forward(x, (1, 3), (1, 2)),
+                                  [[[[3.0, 5.0]]]])
+
+
+@pytest.mark.parametrize("xshape,kernel_size,stride", AVGPOOL_CASES[:-3])
+def test_reference_avgpool_matches_loops(rng, xshape, kernel_size, stride):
+    x = rng.standard_normal(xshape)
+    np.testing.assert_allclose(reference.avgpool2d_forward(x, kernel_size, stride),
+                               avgpool_loops(x, kernel_size, stride), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(2, None), (3, 1), ((2, 3), (1, 2)), (3, 2),
+                                                (2, 3), ((4, 5), None)])
+def test_reference_avgpool_backward_is_derivative(rng, kernel_size, stride):
+    x = rng.standard_normal((2, 2, 5, 6))
+    out = reference.avgpool2d_forward(x, kernel_size, stride)
+    g = rng.standard_normal(out.shape)
+    grad = reference.avgpool2d_backward(g, x.shape, kernel_size, stride)
+    h = 1e-6
+    numeric = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        saved = x[i]
+        x[i] = saved + h
+        up = np.sum(g * reference.avgpool2d_forward(x, kernel_size, stride))
+        x[i] = saved - h
+        down = np.sum(g * reference.avgpool2d_forward(x, kernel_size, stride))
+        x[i] = saved
+        numeric[i] = (up - down) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-7, atol=1e-8)
+
+
+def _window_terms(kernel_size, stride):
+    """(terms in a window's sum, windows that can share an input)."""
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(kernel_size if stride is None else stride)
+    return kh * kw, -(-kh // sh) * -(-kw // sw)
+
+
+@pytest.mark.parametrize("xshape,kernel_size,stride", AVGPOOL_CASES)
+def test_avgpool2d(rng, dtype, xshape, kernel_size, stride):
+    x = randn(rng, xshape, dtype)
+    terms, overlaps = _window_terms(kernel_size, stride)
+    expected = reference.avgpool2d_forward(x, kernel_size, stride)
+    out = cnn_core.avgpool2d_forward(x, kernel_size, stride)
+    assert out.dtype == dtype
+    assert_close(out, expected, k=terms)
+    buf = nan_array(expected.shape, dtype)               # NaN: read instead of written?
+    assert cnn_core.avgpool2d_forward(x, kernel_size, stride, buf) is buf
+    np.testing.assert_array_equal(buf, out)
+
+    g = randn(rng, out.shape, dtype)
+    expected = reference.avgpool2d_backward(g, x.shape, kernel_size, stride)
+    grad = cnn_core.avgpool2d_backward(g, x.shape, kernel_size, stride)
+    assert grad.dtype == dtype
+    assert_close(grad, expected, k=overlaps)
+    buf = nan_array(x.shape, dtype)
+    assert cnn_core.avgpool2d_backward(g, list(x.shape), kernel_size, stride, buf) is buf
+    np.testing.assert_array_equal(buf, grad)
+
+
+@pytest.mark.parametrize("xshape,kernel_size,stride", AVGPOOL_CASES[:10])
+def test_avgpool2d_sums_each_window_row_by_row(rng, dtype, xshape, kernel_size, stride):
+    # the documented order (from 0, row by row, then one division): bit for bit
+    x = randn(rng, xshape, dtype)
+    np.testing.assert_array_equal(cnn_core.avgpool2d_forward(x, kernel_size, stride),
+                                  avgpool_row_by_row(x, kernel_size, stride))
+
+
+@pytest.mark.parametrize("xshape,kernel_size,stride", [
+    ((13, 11, 9, 9), 3, 1), ((7, 11, 10, 9), 3, 2), ((128, 16, 7, 7), 7, None),
+    ((5, 40, 6, 6), 2, None)])
+def test_avgpool2d_has_the_same_bits_on_any_thread_count(rng, dtype, xshape, kernel_size,
+                                                         stride):
+    # planes are split among threads (a partial last span), each plane wholly on one
+    x = randn(rng, xshape, dtype)
+    g = None
+    before = cnn_core.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            cnn_core.set_num_threads(count)
+            out = cnn_core.avgpool2d_forward(x, kernel_size, stride)
+            g = randn(rng, out.shape, dtype) if g is None else g
+            results.append((out, cnn_core.avgpool2d_backward(g, x.shape, kernel_size, stride)))
+    finally:
+        cnn_core.set_num_threads(before)
+    for out, grad in results[1:]:
+        np.testing.assert_array_equal(out, results[0][0])
+        np.testing.assert_array_equal(grad, results[0][1])
+    terms, overlaps = _window_terms(kernel_size, stride)
+    assert_close(results[0][0], reference.avgpool2d_forward(x, kernel_size, stride), k=terms)
+    assert_close(results[0][1], reference.avgpool2d_backward(g, x.shape, kernel_size, stride),
+                 k=overlaps)
+
+
+def test_avgpool2d_non_contiguous(rng, dtype):
+    x = strided(rng, (2, 3, 8, 7), dtype)
+    out = cnn_core.avgpool2d_forward(x, (3, 2), (2, 1))
+    assert_close(out, reference.avgpool2d_forward(x, (3, 2), (2, 1)), k=6)
+    g = strided(rng, out.shape, dtype)
+    assert_close(cnn_core.avgpool2d_backward(g, x.shape, (3, 2), (2, 1)),
+                 reference.avgpool2d_backward(g, x.shape, (3, 2), (2, 1)), k=4)
+
+
+def test_avgpool2d_keeps_each_value_in_its_windows(backend, dtype):
+    # a non-finite input reaches exactly the outputs whose windows cover it (no window
+    # reads past its row or into the next plane), and a non-finite gradient exactly the
+    # inputs of its window
+    x = np.ones((2, 2, 5, 7), dtype)
+    x[0, 1, 0, 6] = np.nan                   # last column of a row: in no 2x2 window
+    x[0, 1, 3, 5] = np.inf                   # the window at (1, 2)
+    x[1, 0, 0, 0] = -np.inf                  # the first window of a plane
+    out = backend.avgpool2d_forward(x, 2)
+    bad = np.zeros(out.shape, bool)
+    bad[0, 1, 1, 2] = bad[1, 0, 0, 0] = True
+    np.testing.assert_array_equal(~np.isfinite(out), bad)
+    np.testing.assert_array_equal(out[~bad], 1)
+    g = np.ones((2, 2, 2, 3), dtype)
+    g[1, 0, 1, 2] = np.nan                   # the last window of a plane: rows 2-4, columns 4-6
+    grad = backend.avgpool2d_backward(g, (2, 2, 5, 7), 3, 2)
+    bad = np.zeros(grad.shape, bool)
+    bad[1, 0, 2:, 4:] = True
+    np.testing.assert_array_equal(np.isnan(grad), bad)
+
+
+@pytest.mark.parametrize("xshape", [(0, 3, 4, 4), (2, 0, 4, 4), (0, 0, 1, 1)])
+def test_avgpool2d_zero_size(dtype, xshape):
+    x = np.zeros(xshape, dtype)
+    for mod in (cnn_core, reference):
+        out = mod.avgpool2d_forward(x, 2, 1) if xshape[2] > 1 else mod.avgpool2d_forward(x, 1)
+        assert out.dtype == dtype and out.shape[:2] == xshape[:2]
+        kernel, stride = (2, 1) if xshape[2] > 1 else (1, None)
+        grad = mod.avgpool2d_backward(out, xshape, kernel, stride)
         assert grad.shape == xshape and grad.dtype == dtype
 
 

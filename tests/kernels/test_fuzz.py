@@ -361,11 +361,18 @@ def _pool_geometry(rng):
     return (n, c, h, w), k, s, (n, c, (h - k) // s + 1, (w - k) // s + 1)
 
 
-def make_maxpool2d_forward(rng, dt):
+def _pool_forward(rng, dt):
+    """A pooling forward's x, kernel_size and stride (None now and then), and the output
+    shape."""
     xs, k, s, outs = _pool_geometry(rng)
     kw = dict(x=_arr(rng, xs, dt), kernel_size=k, stride=s if _maybe(rng, 0.7) else None)
     if kw["stride"] is None:
         outs = (xs[0], xs[1], (xs[2] - k) // k + 1, (xs[3] - k) // k + 1)
+    return kw, outs
+
+
+def make_maxpool2d_forward(rng, dt):
+    kw, outs = _pool_forward(rng, dt)
     if _maybe(rng, 0.3):
         kw["out"] = _buffer(rng, outs, dt)
         kw["indices"] = np.full(outs, -1, np.int64)
@@ -378,6 +385,22 @@ def make_maxpool2d_backward(rng, dt):
     kw = dict(grad_out=_arr(rng, outs, dt),
               indices=rng.integers(0, plane, size=outs).astype(np.int64),
               x_shape=xs if _maybe(rng) else list(xs))
+    if _maybe(rng, 0.3):
+        kw["out"] = _buffer(rng, xs, dt)
+    return kw
+
+
+def make_avgpool2d_forward(rng, dt):
+    kw, outs = _pool_forward(rng, dt)
+    if _maybe(rng, 0.3):
+        kw["out"] = _buffer(rng, outs, dt)
+    return kw
+
+
+def make_avgpool2d_backward(rng, dt):
+    xs, k, s, outs = _pool_geometry(rng)
+    kw = dict(grad_out=_arr(rng, outs, dt), x_shape=xs if _maybe(rng) else list(xs),
+              kernel_size=k if _maybe(rng) else (k, k), stride=s)
     if _maybe(rng, 0.3):
         kw["out"] = _buffer(rng, xs, dt)
     return kw
@@ -456,6 +479,8 @@ MAKERS = {
     "conv2d_backward": make_conv2d_backward,
     "maxpool2d_forward": make_maxpool2d_forward,
     "maxpool2d_backward": make_maxpool2d_backward,
+    "avgpool2d_forward": make_avgpool2d_forward,
+    "avgpool2d_backward": make_avgpool2d_backward,
     "batchnorm_forward": make_batchnorm_forward,
     "batchnorm_backward": make_batchnorm_backward,
     "set_num_threads": lambda r, d: dict(n=int(r.integers(1, MAX_THREADS + 1))),
@@ -905,6 +930,8 @@ def test_huge_integer_arguments_are_value_errors():
         ("stride", lambda: cnn_core.conv2d_forward(x, w, None, stride=2**63)),
         ("padding", lambda: cnn_core.conv2d_forward(x, w, None, padding=2**63)),
         ("stride", lambda: cnn_core.maxpool2d_forward(x, 2, 2**63)),
+        ("stride", lambda: cnn_core.avgpool2d_forward(x, 2, 2**63)),
+        ("kernel_size", lambda: cnn_core.avgpool2d_backward(x, (1, 1, 4, 4), 2**63)),
         ("n", lambda: cnn_core.set_num_threads(2**31)),
     ]
     before = cnn_core.get_num_threads()

@@ -125,6 +125,11 @@ def test_conv_pool_threads(rng, dtype, threads):
     g = randn(rng, out.shape, dtype)
     assert_close(cnn_core.maxpool2d_backward(g, idx, x.shape),
                  reference.maxpool2d_backward(g, idx, x.shape))
+    out = cnn_core.avgpool2d_forward(x, 3, 1)
+    assert_close(out, reference.avgpool2d_forward(x, 3, 1), k=9)
+    g = randn(rng, out.shape, dtype)
+    assert_close(cnn_core.avgpool2d_backward(g, x.shape, 3, 1),
+                 reference.avgpool2d_backward(g, x.shape, 3, 1), k=9)
 
 
 def test_batchnorm_threads(rng, dtype, threads):

@@ -67,6 +67,22 @@ def _conv_geometry_checks():
     ]
 
 
+def _pool_window_checks():
+    return [
+        (dict(kernel_size=0), ValueError, "kernel_size"),
+        (dict(kernel_size=(2, 0)), ValueError, "kernel_size"),
+        (dict(kernel_size=2.0), TypeError, "kernel_size"),
+        (dict(kernel_size=(2,)), TypeError, "kernel_size"),
+        (dict(kernel_size=None), TypeError, "kernel_size"),
+        (dict(kernel_size=True), TypeError, "kernel_size"),
+        (dict(kernel_size=2**25), ValueError, "kernel_size"),
+        (dict(stride=0), ValueError, "stride"),
+        (dict(stride=(1, -1)), ValueError, "stride"),
+        (dict(stride=1.5), TypeError, "stride"),
+        (dict(stride=(1, 2, 3)), TypeError, "stride"),
+    ]
+
+
 def _elementwise(first, second, extra=None, bad=()):
     """An elementwise kernel on (first, second) of shape (3, 4) (+ out=)."""
     def make(dtype):
@@ -211,6 +227,35 @@ CASES = {
             (dict(x_shape=6), TypeError, "x_shape"),
             (dict(x_shape=(2, 3, 6)), ValueError, "x_shape"),
             (dict(x_shape=(3, 3, 6, 6)), ValueError, "x_shape"),
+        ]),
+    "avgpool2d_forward": Case(
+        lambda dt: dict(x=_ramp(dt, 2, 3, 7, 7), kernel_size=3, stride=2,
+                        out=_a(dt, 2, 3, 3, 3)),
+        inputs=("x",), buffers=("out",), ndims={"x": 4},
+        bad_values=_pool_window_checks() + [
+            (dict(kernel_size=8, out=None), ValueError, "x"),                  # too small
+            (dict(kernel_size=(3, 8), out=None), ValueError, "x"),
+        ]),
+    "avgpool2d_backward": Case(
+        lambda dt: dict(grad_out=_ramp(dt, 2, 3, 3, 3), x_shape=(2, 3, 7, 7), kernel_size=3,
+                        stride=2, out=_a(dt, 2, 3, 7, 7)),
+        inputs=("grad_out",), buffers=("out",), ndims={"grad_out": 4},
+        bad_shapes={"grad_out": (2, 3, 3, 4)},
+        bad_values=_pool_window_checks() + [
+            (dict(x_shape=None), TypeError, "x_shape"),
+            (dict(x_shape=7), TypeError, "x_shape"),
+            (dict(x_shape=(2, 3, 7.0, 7)), TypeError, "x_shape"),
+            (dict(x_shape=(2, 3, "7", 7)), TypeError, "x_shape"),
+            (dict(x_shape=(2, True, 7, 7)), TypeError, "x_shape"),
+            (dict(x_shape=(2, 3, 7)), ValueError, "x_shape"),
+            (dict(x_shape=(2, 3, 7, 7, 1)), ValueError, "x_shape"),
+            (dict(x_shape=(2, 3, -7, 7)), ValueError, "x_shape"),
+            (dict(x_shape=(2, 3, 2, 7), out=None), ValueError, "x_shape"),     # too small
+            # grad_out's shape is not what the forward gives for x_shape
+            (dict(x_shape=(3, 3, 7, 7), out=None), ValueError, "x_shape"),
+            (dict(x_shape=(2, 3, 9, 7), out=None), ValueError, "grad_out"),
+            (dict(stride=1, out=None), ValueError, "grad_out"),
+            (dict(kernel_size=4, stride=None, out=None), ValueError, "grad_out"),
         ]),
     "batchnorm_forward": Case(
         lambda dt: dict(x=_ramp(dt, 4, 3), gamma=_ramp(dt, 3), beta=_ramp(dt, 3),

@@ -4,7 +4,7 @@ Hypothesis picks the shapes, flags and a seed; NumPy draws the values from the s
 (fast, and the failing example is still reproducible from what Hypothesis prints).
 """
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import cnn_core
@@ -135,16 +135,24 @@ def test_conv2d(n, c, h, w, o, kh, kw, stride, padding, dtype, seed):
         assert_close(actual, expected, k=k)
 
 
-@settings(max_examples=30, deadline=None)
-@given(n=st.integers(0, 3), c=st.integers(0, 4), h=st.integers(1, 12), w=st.integers(1, 12),
-       kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
-       stride=st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))),
-       dtype=dtypes, seed=seeds)
-def test_maxpool2d(n, c, h, w, kernel, stride, dtype, seed):
-    if h < kernel[0] or w < kernel[1]:
-        return
+# a pooling call: planes, a window that may not fit (then skipped), a stride or None
+POOLING = dict(n=st.integers(0, 3), c=st.integers(0, 4), h=st.integers(1, 12),
+               w=st.integers(1, 12), kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+               stride=st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4))),
+               dtype=dtypes, seed=seeds)
+
+
+def _pool_input(n, c, h, w, kernel, dtype, seed):
+    """(rng, x) for a pooling call; an example whose window does not fit is rejected."""
+    assume(h >= kernel[0] and w >= kernel[1])
     rng = np.random.default_rng(seed)
-    x = _array(rng, (n, c, h, w), dtype)
+    return rng, _array(rng, (n, c, h, w), dtype)
+
+
+@settings(max_examples=30, deadline=None)
+@given(**POOLING)
+def test_maxpool2d(n, c, h, w, kernel, stride, dtype, seed):
+    rng, x = _pool_input(n, c, h, w, kernel, dtype, seed)
     x = np.round(x, 1)                           # ties are likely: the first maximum must win
     out, idx = cnn_core.maxpool2d_forward(x, kernel, stride)
     ref_out, ref_idx = reference.maxpool2d_forward(x, kernel, stride)
@@ -153,3 +161,15 @@ def test_maxpool2d(n, c, h, w, kernel, stride, dtype, seed):
     g = _array(rng, out.shape, dtype)
     assert_close(cnn_core.maxpool2d_backward(g, idx, x.shape),
                  reference.maxpool2d_backward(g, ref_idx, x.shape))
+
+
+@settings(max_examples=30, deadline=None)
+@given(**POOLING)
+def test_avgpool2d(n, c, h, w, kernel, stride, dtype, seed):
+    rng, x = _pool_input(n, c, h, w, kernel, dtype, seed)
+    out = cnn_core.avgpool2d_forward(x, kernel, stride)
+    assert_close(out, reference.avgpool2d_forward(x, kernel, stride), k=kernel[0] * kernel[1])
+    g = _array(rng, out.shape, dtype)
+    assert_close(cnn_core.avgpool2d_backward(g, x.shape, kernel, stride),
+                 reference.avgpool2d_backward(g, x.shape, kernel, stride),
+                 k=kernel[0] * kernel[1])

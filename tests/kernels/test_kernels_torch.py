@@ -240,6 +240,23 @@ def test_maxpool2d(rng, dtype, backend, xshape, kernel_size, stride):
     assert_close(backend.maxpool2d_backward(g, idx, x.shape), to_np(tx.grad))
 
 
+@pytest.mark.parametrize("xshape,kernel_size,stride", [
+    ((2, 3, 8, 8), 2, None), ((2, 3, 7, 9), 3, 2), ((1, 2, 9, 8), (3, 2), (1, 2)),
+    ((3, 2, 11, 13), 3, 1), ((2, 5, 13, 3), (2, 1), 3), ((4, 8, 7, 7), 7, None),
+])
+def test_avgpool2d(rng, dtype, backend, xshape, kernel_size, stride):
+    # torch's defaults: no padding, floor mode, the divisor KH*KW
+    x = randn(rng, xshape, dtype)
+    tx = t(x, True)
+    ty = F.avg_pool2d(tx, kernel_size, stride)
+    g = randn(rng, tuple(ty.shape), dtype)
+    ty.backward(t(g))
+    k = int(np.prod(np.broadcast_to(kernel_size, 2)))
+    assert_close(backend.avgpool2d_forward(x, kernel_size, stride), to_np(ty), k=k)
+    assert_close(backend.avgpool2d_backward(g, x.shape, kernel_size, stride), to_np(tx.grad),
+                 k=k)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [(16, 5), (4, 3, 6, 6), (2, 1, 1, 3)], ids=str)
 def test_batchnorm(rng, dtype, backend, shape, training):

@@ -255,6 +255,8 @@ OVERLAPS = {
                         + _pairs("grad_x", "grad_out", "x", "w", "grad_w", "grad_b")),
     "maxpool2d_forward": _pairs("out", "x", "indices") + _pairs("indices", "x"),
     "maxpool2d_backward": _pairs("out", "grad_out", "indices"),
+    "avgpool2d_forward": _pairs("out", "x"),
+    "avgpool2d_backward": _pairs("out", "grad_out"),
     "batchnorm_forward": (_pairs("out", "x", "gamma", "beta", "running_mean", "save_mean",
                                  in_place=("x",))
                           + _pairs("running_mean", "x", "gamma", "running_var")
