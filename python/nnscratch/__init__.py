@@ -16,7 +16,7 @@ from . import metrics, models
 from ._random import seed
 from .backend import get_backend, get_num_threads, set_backend, set_num_threads
 from .callbacks import Callback, EarlyStopping, History
-from .conv import Conv2d, GlobalAvgPool2d, MaxPool2d
+from .conv import AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d
 from .gradcheck import gradcheck
 from .layers import (Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Residual, Sigmoid,
                      Softmax, Tanh)
@@ -33,7 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Parameter", "Module", "ModuleList", "Sequential", "register",
     "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
-    "Identity", "Residual", "Conv2d", "MaxPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
+    "Identity", "Residual", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "BatchNorm1d", "BatchNorm2d",
     "Loss", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
     "Optimizer", "SGD", "Adam", "AdamW",
     "LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "WarmupCosineLR",

@@ -1,8 +1,9 @@
-"""Convolution and pooling over NCHW images: `Conv2d`, `MaxPool2d`, `GlobalAvgPool2d`.
+"""Convolution and pooling over NCHW images: `Conv2d`, `MaxPool2d`, `AvgPool2d`,
+`GlobalAvgPool2d`.
 
 As in ``nnscratch.layers``: ``forward`` keeps what ``backward`` needs, ``infer`` keeps
-nothing, and the arithmetic is in the kernels (``conv2d_*``, ``maxpool2d_*``:
-``cnn_core/_conv.pyx`` and its twin ``cnn_core/reference/conv.py``).
+nothing, and the arithmetic is in the kernels (``conv2d_*``, ``maxpool2d_*``,
+``avgpool2d_*``: ``cnn_core/_conv.pyx`` and its twin ``cnn_core/reference/conv.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from . import _checks, init as _init
 from .backend import kernels
 from .module import Module, Parameter, register
 
-__all__ = ["Conv2d", "MaxPool2d", "GlobalAvgPool2d"]
+__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
 
 
 def _size_arg(name, value, minimum):
@@ -45,7 +46,7 @@ def _size_arg(name, value, minimum):
 
 class _Windowed(Module):
     """A layer that slides a (kh, kw) window with strides (sh, sw) over zero-padded
-    (ph, pw) planes: the output size and the input checks of `Conv2d` and `MaxPool2d`."""
+    (ph, pw) planes: the output size and the input checks of `Conv2d` and the pools."""
 
     _kernel, _stride, _padding = (1, 1), (1, 1), (0, 0)
     _channels: int | None = None      # the input channels required, or None for any
@@ -192,8 +193,25 @@ class Conv2d(_Windowed):
         return text if self.dtype == np.float32 else f"{text}, dtype={self.dtype.name}"
 
 
+class _Pool2d(_Windowed):
+    """A pooling layer: a (kh, kw) window moved by (sh, sw), no padding; no parameters."""
+
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.kernel_size, self._kernel = _size_arg("kernel_size", kernel_size, 1)
+        self.stride, self._stride = _size_arg("stride", kernel_size if stride is None
+                                              else stride, 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kernel_size": self.kernel_size, "stride": self.stride}
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
 @register
-class MaxPool2d(_Windowed):
+class MaxPool2d(_Pool2d):
     """2-D max pooling over NCHW images: the largest value of each window.
 
     ::
@@ -215,13 +233,6 @@ class MaxPool2d(_Windowed):
     input (N, C, H, W) -> output (N, C, OH, OW), ``OH = (H - kh) // stride_h + 1``
     (OW likewise). Keeps the input's float dtype.
     """
-
-    def __init__(self, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] | None = None) -> None:
-        super().__init__()
-        self.kernel_size, self._kernel = _size_arg("kernel_size", kernel_size, 1)
-        self.stride, self._stride = _size_arg("stride", kernel_size if stride is None
-                                              else stride, 1)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         # x (N, C, H, W) -> out (N, C, OH, OW), indices (N, C, OH, OW) of the maxima in x
@@ -247,8 +258,64 @@ class MaxPool2d(_Windowed):
         kh, kw = self._kernel
         return (kh * kw - 1) * c * oh * ow
 
-    def get_config(self) -> dict[str, Any]:
-        return {"kernel_size": self.kernel_size, "stride": self.stride}
+
+@register
+class AvgPool2d(_Pool2d):
+    """2-D average pooling over NCHW images: the mean of each window.
+
+    ::
+
+        out[n, c, i, j] = 1/(kh*kw) * sum_{p < kh, q < kw} x[n, c, i*sh + p, j*sw + q]
+
+    No padding, floor mode (PyTorch's defaults, as ``torch.nn.AvgPool2d(kernel_size,
+    stride)``): a last partial window is dropped. Each window is summed row by row, then
+    divided by ``kh*kw``.
+
+    Backward: every input of a window had weight ``1/(kh*kw)`` in its mean, so it gets that
+    share of the window's gradient, from each window that covers it::
+
+        dL/dx[n, c, h, w] = sum over the windows (i, j) covering (h, w) of
+                            dL/dout[n, c, i, j] / (kh*kw)
+
+    One window when they lie side by side (the default stride), several where they
+    overlap (stride < kernel_size), none for the rows and columns floor mode drops.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+        The window's (height, width); an int for a square one.
+    stride : int or (int, int), optional
+        The step from one window to the next; by default `kernel_size` (windows side by
+        side), smaller steps overlap them.
+
+    Shape
+    -----
+    input (N, C, H, W) -> output (N, C, (H - kh) // stride_h + 1, (W - kw) // stride_w + 1),
+    in the input's float dtype.
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # x (N, C, H, W) -> out (N, C, OH, OW), each the mean of its window
+        x = self._input(x, check=self._check)
+        self._x_shape, self._dtype = x.shape, x.dtype
+        return kernels().avgpool2d_forward(x, self._kernel, self._stride)
+
+    def backward(self, grad_out: np.ndarray, *,
+                 compute_grad_input: bool = True) -> np.ndarray | None:
+        # g (N, C, OH, OW) -> dL/dx (N, C, H, W): g / (kh*kw) over each window, summed
+        x_shape = self._saved("_x_shape")
+        g = self._grad_of(grad_out, self._out_shape(x_shape, x_shape[1]), self._dtype)
+        return kernels().avgpool2d_backward(g, x_shape, self._kernel, self._stride)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        x = self._input(x, check=self._check)
+        return kernels().avgpool2d_forward(x, self._kernel, self._stride)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        # kh*kw - 1 additions and one division per output
+        c, oh, ow = self.output_shape(input_shape)
+        kh, kw = self._kernel
+        return kh * kw * c * oh * ow
 
 
 @register
@@ -257,36 +324,41 @@ class GlobalAvgPool2d(Module):
 
     What a residual network puts before its last Linear layer (He et al. 2016): whatever
     the image size, each channel becomes one number. ``torch.nn.AdaptiveAvgPool2d(1)``
-    followed by ``torch.nn.Flatten()``.
+    followed by ``torch.nn.Flatten()``. It is `AvgPool2d` with one window over the whole
+    plane (the same kernels, ``kernel_size = (H, W)``), its (N, C, 1, 1) output seen as
+    (N, C).
 
     Backward: every input of a plane had weight 1/(H*W) in its mean, so
     ``dL/dx[n, c, i, j] = dL/dy[n, c] / (H * W)``.
 
     Shape
     -----
-    input (N, C, H, W) -> output (N, C). Keeps the input's float dtype.
+    input (N, C, H, W), H and W >= 1 -> output (N, C). Keeps the input's float dtype.
     """
 
     def _check(self, x):
         if x.ndim != 4:
             raise ValueError(f"{self!r} expects input of shape (N, C, H, W), got {x.shape}")
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"{self!r}: input of shape {x.shape} has empty planes (no mean)")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        # x (N, C, H, W) -> (N, C): one window of (H, W) per plane
         x = self._input(x, check=self._check)
         self._x_shape, self._dtype = x.shape, x.dtype
-        return x.mean(axis=(2, 3))
+        return kernels().avgpool2d_forward(x, x.shape[2:]).reshape(x.shape[:2])
 
     def backward(self, grad_out: np.ndarray, *,
                  compute_grad_input: bool = True) -> np.ndarray | None:
+        # g (N, C) -> dL/dx (N, C, H, W): g / (H*W) over each plane
         x_shape = self._saved("_x_shape")
         g = self._grad_of(grad_out, x_shape[:2], self._dtype)
-        h, w = x_shape[2:]
-        share = g / self._dtype.type(h * w)
-        return np.repeat(share, h * w, axis=1).reshape(x_shape)
+        return kernels().avgpool2d_backward(g.reshape(x_shape[:2] + (1, 1)), x_shape,
+                                            x_shape[2:])
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = self._input(x, check=self._check)
-        return x.mean(axis=(2, 3))
+        return kernels().avgpool2d_forward(x, x.shape[2:]).reshape(x.shape[:2])
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         input_shape = tuple(input_shape)

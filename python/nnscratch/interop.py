@@ -17,6 +17,9 @@ Residual               TorchResidual (below)      children "body" and "shortcut"
 Linear                 nn.Linear                  weight (in, out) here, (out, in) there: .T
 Conv2d                 nn.Conv2d                  groups=1, dilation=1, padding_mode="zeros"
 MaxPool2d              nn.MaxPool2d               padding=0, dilation=1, ceil_mode=False
+AvgPool2d              nn.AvgPool2d               padding=0, ceil_mode=False,
+                                                  divisor_override=None (count_include_pad
+                                                  either way: there is no padding)
 GlobalAvgPool2d        TorchGlobalAvgPool2d       x.mean((2, 3)); from PyTorch also
                                                   nn.AdaptiveAvgPool2d(1) when a Flatten
                                                   follows (GlobalAvgPool2d, then Flatten)
@@ -47,7 +50,8 @@ A PyTorch model written as an ``nn.Module`` subclass is traced with
 
 - a chain of steps, each taking the previous one's output: the modules above and
   ``torch.relu`` / ``F.relu`` / ``x.relu()`` (sigmoid, tanh, ``F.leaky_relu``, softmax over
-  dim 1 alike), ``F.max_pool2d``, ``torch.flatten(x, 1)`` / ``x.view(x.size(0), -1)``,
+  dim 1 alike), ``F.max_pool2d``, ``F.avg_pool2d``, ``torch.flatten(x, 1)`` /
+  ``x.view(x.size(0), -1)``,
   ``x.mean((2, 3))`` and ``F.adaptive_avg_pool2d(x, 1)`` (a Flatten next), becomes a
   `Sequential` of those layers in call order;
 - an addition ``a + b`` (``torch.add``, ``a.add(b)``, ``out += b``) whose operands are two
@@ -72,7 +76,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _random
-from .conv import Conv2d, GlobalAvgPool2d, MaxPool2d
+from .conv import AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d
 from .layers import (Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Residual, Sigmoid,
                      Softmax, Tanh)
 from .model import Sequential
@@ -291,6 +295,7 @@ _TO_TORCH = {
     Linear: _linear_to_torch,
     Conv2d: _conv_to_torch,
     MaxPool2d: lambda torch, m: torch.nn.MaxPool2d(m.kernel_size, m.stride),
+    AvgPool2d: lambda torch, m: torch.nn.AvgPool2d(m.kernel_size, m.stride),
     BatchNorm1d: _batchnorm_to_torch,
     BatchNorm2d: _batchnorm_to_torch,
     ReLU: lambda torch, m: torch.nn.ReLU(),
@@ -548,18 +553,32 @@ def _conv_from_torch(torch, m, at):
     return layer
 
 
-def _maxpool(at, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-             return_indices=False):
-    for name, value, default in (("padding", padding, 0), ("dilation", dilation, 1),
-                                 ("ceil_mode", ceil_mode, False),
-                                 ("return_indices", return_indices, False)):
+def _pool(at, kind, kernel_size, stride, options):
+    """A `kind` pooling layer (MaxPool2d, AvgPool2d) from PyTorch's arguments; `options`:
+    (name, value, the only value nnscratch has) triples, a pair's sides each checked."""
+    for name, value, default in options:
         sides = value if isinstance(value, (tuple, list)) else [value]
         if not all(v == default for v in sides):
             raise at.option(name, value, f"{name}={default!r}")
     kernel_size = _int_or_pair(kernel_size)
     # (F.max_pool2d's stride=None, or PyTorch's [] of old, means the kernel size)
     stride = kernel_size if stride is None or stride == [] else _int_or_pair(stride)
-    return at.build(MaxPool2d, kernel_size, stride)
+    return at.build(kind, kernel_size, stride)
+
+
+def _maxpool(at, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+             return_indices=False):
+    return _pool(at, MaxPool2d, kernel_size, stride,
+                 [("padding", padding, 0), ("dilation", dilation, 1),
+                  ("ceil_mode", ceil_mode, False), ("return_indices", return_indices, False)])
+
+
+def _avgpool(at, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+             divisor_override=None):
+    # count_include_pad counts the padding in each window's divisor: with none, any value
+    return _pool(at, AvgPool2d, kernel_size, stride,
+                 [("padding", padding, 0), ("ceil_mode", ceil_mode, False),
+                  ("divisor_override", divisor_override, None)])
 
 
 def _batchnorm_from_torch(torch, m, at):
@@ -607,6 +626,9 @@ _FROM_TORCH = {
     "Conv2d": _conv_from_torch,
     "MaxPool2d": lambda torch, m, at: _maxpool(at, m.kernel_size, m.stride, m.padding,
                                                m.dilation, m.ceil_mode, m.return_indices),
+    "AvgPool2d": lambda torch, m, at: _avgpool(at, m.kernel_size, m.stride, m.padding,
+                                               m.ceil_mode, m.count_include_pad,
+                                               m.divisor_override),
     "AdaptiveAvgPool2d": lambda torch, m, at: _global_pool(at, m.output_size),
     "BatchNorm1d": _batchnorm_from_torch,
     "BatchNorm2d": _batchnorm_from_torch,
@@ -654,6 +676,13 @@ def _sig_max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil
             "dilation": dilation, "ceil_mode": ceil_mode, "return_indices": return_indices}
 
 
+def _sig_avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+                    count_include_pad=True, divisor_override=None):
+    return {"kernel_size": kernel_size, "stride": stride, "padding": padding,
+            "ceil_mode": ceil_mode, "count_include_pad": count_include_pad,
+            "divisor_override": divisor_override}
+
+
 def _sig_adaptive_avg_pool2d(input, output_size):
     return {"output_size": output_size}
 
@@ -693,6 +722,7 @@ _OPS: dict[str, Any] = {
     "softmax": (_sig_softmax, _softmax_op),
     "tensor_softmax": (_sig_tensor_softmax, _softmax_op),
     "max_pool2d": (_sig_max_pool2d, _maxpool),
+    "avg_pool2d": (_sig_avg_pool2d, _avgpool),
     "adaptive_avg_pool2d": (_sig_adaptive_avg_pool2d, _global_pool),   # (N, C, 1, 1)
     "mean": (_sig_mean, _mean_op),        # (N, C, 1, 1) with keepdim=True
     "view": (_sig_view, None),       # (x.view(batch, -1): checked in _TracedForward)
@@ -707,6 +737,7 @@ def _functions(torch):
             F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
             F.leaky_relu: "leaky_relu", torch.flatten: "flatten",
             torch.softmax: "tensor_softmax", F.softmax: "softmax", F.max_pool2d: "max_pool2d",
+            F.avg_pool2d: "avg_pool2d",
             F.adaptive_avg_pool2d: "adaptive_avg_pool2d", torch.mean: "mean",
             torch.reshape: "reshape"}
 

@@ -31,6 +31,8 @@ each parameter or buffer an initializer named as in ``model.state_dict()`` (``"0
     Flatten      Flatten(axis = 1)         Identity, Dropout   Identity
     Conv2d       Conv(kernel_shape, strides, pads = [ph, pw, ph, pw])
     MaxPool2d    MaxPool(kernel_shape, strides)       (floor mode, no padding)
+    AvgPool2d    AveragePool(kernel_shape, strides)   (floor mode, no padding: each
+                                                      window's mean over kh*kw inputs)
     GlobalAvgPool2d  ReduceMean(axes = [2, 3], keepdims = 0)     (N, C, H, W) -> (N, C)
     BatchNorm1d, BatchNorm2d   BatchNormalization(x, weight, bias, running_mean,
                                                   running_var, epsilon = eps)
@@ -57,7 +59,8 @@ accuracy. So in float64 the two carry their constants as float64 initializers in
 
 -- var + eps in float64, as nnscratch's kernels compute it before the square root. float32
 layers keep the single LeakyRelu / BatchNormalization node. (ONNX Runtime's CPU provider
-has no float64 Conv: run float64 CNNs with ``onnx.reference.ReferenceEvaluator``.)
+has no float64 Conv nor AveragePool: run float64 CNNs with
+``onnx.reference.ReferenceEvaluator``.)
 """
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ import numpy as np
 
 from . import _checks
 from .serialization import write_bytes_atomic
-from .conv import Conv2d, GlobalAvgPool2d, MaxPool2d
+from .conv import AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d
 from .layers import (Dropout, Flatten, Identity, LeakyReLU, Linear, ReLU, Residual, Sigmoid,
                      Softmax, Tanh)
 from .model import Sequential
@@ -338,6 +341,12 @@ def _maxpool2d(graph, layer, name, x, dtype):
                      strides=[sh, sw])          # no pads, ceil_mode 0: floor, as nnscratch
 
 
+def _avgpool2d(graph, layer, name, x, dtype):
+    (kh, kw), (sh, sw) = layer._kernel, layer._stride
+    return graph.add("AveragePool", [x], name, repr(layer), kernel_shape=[kh, kw],
+                     strides=[sh, sw])          # no pads, ceil_mode 0: floor, as nnscratch
+
+
 def _batchnorm(graph, layer, name, x, dtype):
     # eval mode: y = weight * (x - running_mean) / sqrt(running_var + eps) + bias, per
     # channel (axis 1); ONNX takes (N, C), (N, C, L) and (N, C, H, W) alike
@@ -391,7 +400,7 @@ def _global_avg_pool2d(graph, layer, name, x, dtype):
 # the layers that cast their input (those with a `dtype`), the input's for the others.
 _EXPORTERS = [
     (Linear, _linear), (Conv2d, _conv2d), (BatchNorm1d, _batchnorm), (BatchNorm2d, _batchnorm),
-    (MaxPool2d, _maxpool2d), (GlobalAvgPool2d, _global_avg_pool2d),
+    (MaxPool2d, _maxpool2d), (AvgPool2d, _avgpool2d), (GlobalAvgPool2d, _global_avg_pool2d),
     (ReLU, _elementwise("Relu")), (LeakyReLU, _leaky_relu),
     (Sigmoid, _elementwise("Sigmoid")), (Tanh, _elementwise("Tanh")), (Softmax, _softmax),
     (Flatten, _flatten), (Identity, _elementwise("Identity")),

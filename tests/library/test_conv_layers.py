@@ -1,5 +1,6 @@
-"""Conv2d, MaxPool2d, BatchNorm1d/2d: finite differences (float64), PyTorch parity, modes,
-running statistics, save/load, backends, allocation-free steps, threads, errors, real data."""
+"""Conv2d, MaxPool2d, AvgPool2d, BatchNorm1d/2d: finite differences (float64), PyTorch parity,
+modes, running statistics, save/load, backends, allocation-free steps, threads, errors, real
+data."""
 import time
 
 import numpy as np
@@ -83,6 +84,28 @@ def test_maxpool2d_gradients_match_finite_differences(kernel, stride, hw):
     model = _head(layers, (1,) + hw)
     errors = nn.gradcheck(model, _images((2, 1) + hw, seed=2), _labels(2),
                           nn.CrossEntropyLoss(), check_input=True)
+    assert max(errors.values()) < GRAD_TOL, errors
+
+
+AVGPOOL_CASES = [
+    (2, None, (6, 6)),
+    (3, 2, (7, 8)),              # overlapping windows: an input in up to four of them
+    (3, 1, (5, 5)),
+    ((2, 3), (1, 2), (5, 7)),
+    (2, 3, (7, 8)),              # gaps between windows: inputs in none
+    (2, None, (5, 5)),           # floor mode: the last row and column are dropped
+    ((5, 4), None, (5, 4)),      # one window over the whole plane
+]
+
+
+@pytest.mark.parametrize("kernel, stride, hw", AVGPOOL_CASES)
+def test_avgpool2d_gradients_match_finite_differences(nn_backend, kernel, stride, hw):
+    nn.seed(22)
+    layers = [nn.Conv2d(1, 2, 3, padding=1, dtype=F64), nn.AvgPool2d(kernel, stride)]
+    model = _head(layers, (1,) + hw)
+    errors = nn.gradcheck(model, _images((2, 1) + hw, seed=3), _labels(2),
+                          nn.CrossEntropyLoss(), check_input=True)
+    assert set(errors) == {"0.weight", "0.bias", "3.weight", "3.bias", "input"}
     assert max(errors.values()) < GRAD_TOL, errors
 
 
@@ -239,6 +262,82 @@ def test_maxpool2d_forward_and_gradient_match_torch(kernel, stride, hw):
     assert out.dtype == np.float64 and layer(x.astype(np.float32)).dtype == np.float32
 
 
+def _pool_and_torch(torch, layer, twin, x, seed):
+    """(output, dL/dx) of `layer` and of its PyTorch `twin` for input x and a random
+    dL/dout, after checking that infer gives the output and the dtype is kept."""
+    out = layer(x)
+    g = np.random.default_rng(seed).normal(size=out.shape).astype(x.dtype)
+    grad_x = layer.backward(g)
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    out_t = twin(x_t)
+    out_t.backward(torch.from_numpy(g))
+    assert out.dtype == grad_x.dtype == x.dtype
+    np.testing.assert_array_equal(layer.infer(x), out)
+    return (out, grad_x), (out_t.detach().numpy(), x_t.grad.numpy())
+
+
+def _pool_tolerance(dtype):
+    return dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel, stride, hw", AVGPOOL_CASES)
+def test_avgpool2d_forward_and_gradient_match_torch(nn_backend, dtype, kernel, stride, hw):
+    torch = pytest.importorskip("torch")
+    layer = nn.AvgPool2d(kernel, stride)
+    ours, theirs = _pool_and_torch(torch, layer,
+                                   torch.nn.AvgPool2d(layer.kernel_size, layer.stride),
+                                   _images((2, 3) + hw, seed=9).astype(dtype), seed=10)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, **_pool_tolerance(dtype))
+        if nn_backend == "cython":
+            # the compiled kernels add in PyTorch's order (each window row by row, then
+            # the windows' shares in row-major order): the same bits
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (3, 4, 1, 1), (1, 2, 16, 16), (0, 3, 4, 4)])
+def test_global_avg_pool_matches_torch(nn_backend, dtype, shape):
+    # GlobalAvgPool2d is AdaptiveAvgPool2d(1) + Flatten, forward and backward
+    torch = pytest.importorskip("torch")
+    twin = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    ours, theirs = _pool_and_torch(torch, nn.GlobalAvgPool2d(), twin,
+                                   _images(shape, seed=11).astype(dtype), seed=12)
+    assert ours[0].shape == shape[:2]
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, **_pool_tolerance(dtype))
+
+
+def test_pools_compute_through_the_backends_kernels(monkeypatch):
+    # on either backend, AvgPool2d and GlobalAvgPool2d call the avgpool2d kernels (the
+    # global pool with one window over each whole plane) -- no arithmetic of their own
+    calls = []
+    twins = backend._BACKENDS["numpy"]
+
+    class Recording:
+        def __getattr__(self, name):
+            function = getattr(twins, name)
+
+            def record(*args, **kwargs):
+                calls.append((name, args[2] if name.endswith("backward") else args[1]))
+                return function(*args, **kwargs)
+            return record
+
+    monkeypatch.setitem(backend._BACKENDS, "numpy", Recording())
+    x = _images((2, 3, 6, 5))
+    with backend.using("numpy"):
+        pool, global_pool = nn.AvgPool2d(2, 1), nn.GlobalAvgPool2d()
+        y = pool(x)
+        z = global_pool(y)
+        global_pool.backward(np.ones_like(z))
+        pool.backward(np.ones_like(y))
+        global_pool.infer(y)
+    assert calls == [("avgpool2d_forward", (2, 2)), ("avgpool2d_forward", (5, 4)),
+                     ("avgpool2d_backward", (5, 4)), ("avgpool2d_backward", (2, 2)),
+                     ("avgpool2d_forward", (5, 4))]
+
+
 @pytest.mark.parametrize("cls, shape", [
     (nn.BatchNorm1d, (8, 5)), (nn.BatchNorm1d, (4, 5, 3)), (nn.BatchNorm2d, (3, 5, 4, 6)),
 ], ids=["1d", "1d-sequence", "2d"])
@@ -366,6 +465,24 @@ def test_maxpool2d_stride_defaults_to_kernel_size():
     assert not list(nn.MaxPool2d(2).parameters())
 
 
+def test_avgpool2d_is_the_mean_of_each_window():
+    assert nn.AvgPool2d(2).stride == 2 and nn.AvgPool2d((2, 3)).stride == (2, 3)
+    assert nn.AvgPool2d(3, 1).stride == 1 and nn.AvgPool2d([3, 2], [1, 1]).kernel_size == (3, 2)
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    expected = (x[:, :, ::2, ::2] + x[:, :, ::2, 1::2] + x[:, :, 1::2, ::2]
+                + x[:, :, 1::2, 1::2]) / 4
+    np.testing.assert_array_equal(nn.AvgPool2d(2)(x), expected)
+    # an integer input becomes float32, as for the other layers
+    assert nn.AvgPool2d(2)(x.astype(np.int64)).dtype == np.float32
+    assert not list(nn.AvgPool2d(2).parameters())
+    pool = nn.AvgPool2d(3, 2)
+    out = pool(np.ones((1, 1, 7, 8)))
+    grad = pool.backward(np.ones(out.shape))
+    # overlapping windows: row 2 is in two windows' rows, column 7 in none
+    np.testing.assert_allclose(grad[0, 0, :, 0], [1 / 9, 1 / 9, 2 / 9, 1 / 9, 2 / 9, 1 / 9, 1 / 9])
+    assert not grad[0, 0, :, 7].any()
+
+
 def test_conv2d_forward_formula_and_input_cast():
     nn.seed(42)
     conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
@@ -473,6 +590,11 @@ def test_output_shapes_and_flops():
     assert nn.Conv2d(3, 8, (3, 1), bias=False).output_shape((3, 5, 5)) == (8, 3, 5)
     assert nn.MaxPool2d(2).output_shape((8, 13, 13)) == (8, 6, 6)
     assert nn.MaxPool2d(3, 2).flops((4, 7, 7)) == 8 * 4 * 3 * 3
+    assert nn.AvgPool2d(3, 2).output_shape((4, 7, 8)) == (4, 3, 3)
+    assert nn.AvgPool2d((2, 3)).output_shape((4, 7, 8)) == (4, 3, 2)
+    assert nn.AvgPool2d(3, 2).flops((4, 7, 7)) == 9 * 4 * 3 * 3
+    assert nn.GlobalAvgPool2d().output_shape((4, 7, 7)) == (4,)
+    assert nn.GlobalAvgPool2d().flops((4, 7, 7)) == 4 * 49
     assert nn.BatchNorm2d(8).output_shape((8, 6, 6)) == (8, 6, 6)
     assert nn.BatchNorm2d(8).flops((8, 6, 6)) == 2 * 8 * 36
     assert nn.BatchNorm1d(8).output_shape((8,)) == (8,)
@@ -506,10 +628,16 @@ def test_reprs_and_configs():
         "Conv2d(in_channels=1, out_channels=2, kernel_size=(3, 2), stride=(2, 1), padding=0, "
         "bias=False, dtype=float64)")
     assert repr(nn.MaxPool2d(2)) == "MaxPool2d(kernel_size=2, stride=2)"
+    assert repr(nn.AvgPool2d(2)) == "AvgPool2d(kernel_size=2, stride=2)"
+    assert repr(nn.AvgPool2d((3, 2), 1)) == "AvgPool2d(kernel_size=(3, 2), stride=1)"
+    assert nn.AvgPool2d((3, 2), [1, 2]).get_config() == {"kernel_size": (3, 2),
+                                                         "stride": (1, 2)}
+    assert repr(nn.GlobalAvgPool2d()) == "GlobalAvgPool2d()"
     assert repr(nn.BatchNorm2d(8)) == "BatchNorm2d(num_features=8, eps=1e-05, momentum=0.1)"
     assert repr(nn.BatchNorm1d(4, dtype=F64)) == \
         "BatchNorm1d(num_features=4, eps=1e-05, momentum=0.1, dtype=float64)"
-    for cls in (nn.Conv2d, nn.MaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d):
+    for cls in (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.GlobalAvgPool2d, nn.BatchNorm1d,
+                nn.BatchNorm2d):
         assert nn.module.registered(cls.__name__) is cls and cls.__name__ in nn.__all__
 
 
@@ -552,6 +680,24 @@ def test_save_load_round_trip_of_a_cnn_with_batchnorm(tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=name)
     for (name, a), (_, b) in zip(model.named_parameters(), loaded.named_parameters()):
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_save_load_round_trip_of_average_pools(tmp_path, nn_backend, dtype):
+    nn.seed(53)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, dtype=dtype), nn.ReLU(),
+                          nn.AvgPool2d((3, 2), stride=(2, 1)), nn.Conv2d(4, 5, 1, dtype=dtype),
+                          nn.AvgPool2d(2), nn.GlobalAvgPool2d(), nn.Linear(5, 3, dtype=dtype))
+    X = _images((16, 2, 9, 8), seed=19).astype(dtype)
+    _train_steps(model, X, _labels(16), steps=3)
+    model.save(tmp_path / "pools.npz")
+    loaded = nn.load(tmp_path / "pools.npz")
+    assert repr(loaded) == repr(model)
+    assert architecture(loaded) == architecture(model)
+    assert loaded[2].kernel_size == (3, 2) and loaded[2].stride == (2, 1)
+    assert loaded[4].kernel_size == 2 and loaded[4].stride == 2
+    assert isinstance(loaded[5], nn.GlobalAvgPool2d)
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
 
 
@@ -621,13 +767,29 @@ def test_bad_inputs_name_the_layer_and_expected_shape():
     with pytest.raises(ValueError, match="grad_out has shape"):
         conv.backward(np.zeros((2, 4, 3, 3)))
 
-    pool = nn.MaxPool2d(3)
-    with pytest.raises(ValueError, match=r"MaxPool2d\(kernel_size=3.*\(N, C, H, W\).*\(4, 9\)"):
-        pool(np.zeros((4, 9)))
-    with pytest.raises(ValueError, match=r"MaxPool2d\(kernel_size=3.*\(1, 2, 2, 5\).*smaller"):
-        pool(np.zeros((1, 2, 2, 5)))
-    with pytest.raises(ValueError, match=r"MaxPool2d.*smaller"):
-        pool.infer(np.zeros((1, 2, 5, 2)))
+    for pool in (nn.MaxPool2d(3), nn.AvgPool2d(3, 1)):
+        name = type(pool).__name__
+        with pytest.raises(ValueError, match=rf"{name}\(kernel_size=3.*\(N, C, H, W\).*\(4, 9\)"):
+            pool(np.zeros((4, 9)))
+        with pytest.raises(ValueError, match=rf"{name}\(kernel_size=3.*\(1, 2, 2, 5\).*smaller"):
+            pool(np.zeros((1, 2, 2, 5)))
+        with pytest.raises(ValueError, match=rf"{name}.*smaller"):
+            pool.infer(np.zeros((1, 2, 5, 2)))
+    with pytest.raises(RuntimeError, match="before forward"):
+        pool.backward(np.zeros((1, 2, 3, 3)))
+    pool(np.zeros((1, 2, 5, 5)))
+    with pytest.raises(ValueError, match=r"AvgPool2d.*grad_out has shape \(1, 2, 2, 2\)"):
+        pool.backward(np.zeros((1, 2, 2, 2)))
+    with pytest.raises(TypeError, match=r"AvgPool2d.*real-valued"):
+        pool(np.zeros((1, 2, 5, 5), dtype=complex))
+    global_pool = nn.GlobalAvgPool2d()
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2d.*\(2, 3, 0, 4\).*empty planes"):
+        global_pool(np.zeros((2, 3, 0, 4)))
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2d.*\(N, C, H, W\)"):
+        global_pool.infer(np.zeros((2, 3, 4)))
+    global_pool(np.zeros((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2d.*grad_out has shape \(2, 4\)"):
+        global_pool.backward(np.zeros((2, 4)))
 
     bn2 = nn.BatchNorm2d(4)
     with pytest.raises(ValueError, match=r"BatchNorm2d\(num_features=4.*\(N, 4, H, W\).*\(2, 4\)"):
@@ -668,6 +830,11 @@ def test_fit_and_predict_reject_images_the_model_cannot_take():
     (lambda: nn.Conv2d(1, 4, 3, init="zeros"), ValueError, "init"),
     (lambda: nn.MaxPool2d(0), ValueError, "kernel_size"),
     (lambda: nn.MaxPool2d(2, stride=(1, 0)), ValueError, "stride"),
+    (lambda: nn.AvgPool2d(0), ValueError, "kernel_size"),
+    (lambda: nn.AvgPool2d(2.0), TypeError, "kernel_size"),
+    (lambda: nn.AvgPool2d((2, 2, 2)), TypeError, "kernel_size"),
+    (lambda: nn.AvgPool2d(2, stride=(1, 0)), ValueError, "stride"),
+    (lambda: nn.AvgPool2d(2, stride=True), TypeError, "stride"),
     (lambda: nn.BatchNorm2d(0), ValueError, "num_features"),
     (lambda: nn.BatchNorm2d(4, eps=0), ValueError, "eps"),
     (lambda: nn.BatchNorm2d(4, momentum=1.5), ValueError, "momentum"),

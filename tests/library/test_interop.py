@@ -101,6 +101,9 @@ LAYERS = {    # one layer (in a Sequential) and the per-sample input shape
     "conv_no_bias": (lambda d: nn.Conv2d(2, 3, 3, bias=False, dtype=d), (2, 6, 6)),
     "maxpool": (lambda d: nn.MaxPool2d(3, 2), (2, 9, 9)),
     "maxpool_rect": (lambda d: nn.MaxPool2d((2, 3)), (2, 6, 7)),
+    "avgpool": (lambda d: nn.AvgPool2d(3, 2), (2, 9, 8)),        # overlapping, floor mode
+    "avgpool_rect": (lambda d: nn.AvgPool2d((2, 3)), (2, 6, 7)),
+    "avgpool_gaps": (lambda d: nn.AvgPool2d((1, 2), (2, 3)), (3, 5, 8)),
     "batchnorm1d": (lambda d: nn.BatchNorm1d(5, eps=1e-3, momentum=0.3, dtype=d), (5,)),
     "batchnorm1d_3d": (lambda d: nn.BatchNorm1d(5, dtype=d), (5, 4)),
     "batchnorm2d": (lambda d: nn.BatchNorm2d(3, dtype=d), (3, 4, 5)),
@@ -266,6 +269,15 @@ def _torch_cnn():
         tnn.Sequential(tnn.Linear(10, 10), tnn.Softmax(dim=1)))
 
 
+def _torch_avg_cnn():
+    return tnn.Sequential(
+        tnn.Conv2d(1, 6, 5, padding=2), tnn.Tanh(), tnn.AvgPool2d(2),
+        tnn.Conv2d(6, 8, 3), tnn.ReLU(), tnn.AvgPool2d(kernel_size=(3, 2), stride=(2, 1)),
+        tnn.AvgPool2d(2, stride=1, padding=0, ceil_mode=False, count_include_pad=False,
+                      divisor_override=None),
+        tnn.Flatten(), tnn.Linear(8 * 1 * 3, 10))
+
+
 def _torch_lenet():
     return tnn.Sequential(
         tnn.Conv2d(1, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2),
@@ -275,7 +287,7 @@ def _torch_lenet():
 
 
 TORCH_MODELS = {"mlp": (_torch_mlp, (784,)), "cnn": (_torch_cnn, (1, 28, 28)),
-                "lenet": (_torch_lenet, (1, 28, 28))}
+                "lenet": (_torch_lenet, (1, 28, 28)), "avg_cnn": (_torch_avg_cnn, (1, 14, 14))}
 
 
 @DTYPES
@@ -417,6 +429,25 @@ def test_a_custom_chain_converts_through_fx(dtype):
     module.train()
     model.train()
     _close(_nn_out(model, X), _torch_out(module, X), dtype, "train")
+
+
+@DTYPES
+def test_average_pooling_functions_convert_through_fx(dtype):
+    # F.avg_pool2d with PyTorch's defaults (count_include_pad either way: no padding)
+    def body(s, x):
+        x = F.avg_pool2d(s.conv(x), 2)
+        x = F.avg_pool2d(x, kernel_size=(2, 1), stride=1, count_include_pad=False)
+        return torch.flatten(F.avg_pool2d(x, 3, (1, 2), 0, False, True, None), 1)
+
+    torch.manual_seed(4)
+    module = _Custom(body, conv=tnn.Conv2d(2, 3, 3, padding=1)).to(TORCH_DTYPE[dtype])
+    model = from_torch(module)
+    assert [type(m).__name__ for m in model] == ["Conv2d", "AvgPool2d", "AvgPool2d",
+                                                  "AvgPool2d", "Flatten"]
+    assert [(m.kernel_size, m.stride) for m in model[1:4]] == [(2, 2), ((2, 1), 1),
+                                                               (3, (1, 2))]
+    X = np.random.default_rng(6).normal(size=(4, 2, 12, 11)).astype(dtype)
+    _close(model.predict(X), _torch_out(module, X), dtype, "eval")
 
 
 @pytest.mark.parametrize("body, kinds", [
@@ -806,6 +837,9 @@ def _branchy(self, x):
     (_Custom(_branchy, fc=tnn.Linear(4, 4)), "symbolic_trace"),
     (_Custom(lambda s, x: F.softmax(x, dim=0)), "dim=0"),
     (_Custom(lambda s, x: F.max_pool2d(x, 2, ceil_mode=True)), "ceil_mode=True"),
+    (_Custom(lambda s, x: F.avg_pool2d(x, 2, padding=1)), "call of avg_pool2d.*padding=1"),
+    (_Custom(lambda s, x: F.avg_pool2d(x, 3, 1, 0, True)), "ceil_mode=True"),
+    (_Custom(lambda s, x: F.avg_pool2d(x, 2, divisor_override=3)), "divisor_override=3"),
     # additions that are not a residual block's
     (_Custom(lambda s, x: s.fc(x) + 1, fc=tnn.Linear(4, 4)), "calls add.*two tensors"),
     (_Custom(lambda s, x: torch.add(x, s.fc(x), alpha=2), fc=tnn.Linear(4, 4)),
@@ -862,6 +896,10 @@ _shared_linear = tnn.Linear(2, 2)
     (tnn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True"),
     (tnn.MaxPool2d(3, padding=1), "padding=1"),
     (tnn.MaxPool2d(2, dilation=2), "dilation=2"),
+    (tnn.AvgPool2d(2, ceil_mode=True), "\\(AvgPool2d\\): ceil_mode=True"),
+    (tnn.AvgPool2d(3, padding=1), "\\(AvgPool2d\\): padding=1"),
+    (tnn.AvgPool2d(3, padding=(0, 1)), "padding=\\(0, 1\\)"),
+    (tnn.AvgPool2d(2, divisor_override=3), "divisor_override=3"),
     (tnn.BatchNorm2d(3, affine=False), "affine=False"),
     (tnn.BatchNorm1d(3, track_running_stats=False), "track_running_stats=False"),
     (tnn.BatchNorm1d(3, momentum=None), "momentum=None"),

@@ -163,6 +163,15 @@ LAYER_CASES = {
     "maxpool_stride_gt_kernel": (lambda: nn.Sequential(nn.MaxPool2d((2, 3), stride=(3, 1))),
                                  (1, 8, 7), False),
     "maxpool_default_stride": (lambda: nn.Sequential(nn.MaxPool2d(2)), (3, 6, 5), False),
+    "avgpool_stride_lt_kernel": (lambda: nn.Sequential(nn.AvgPool2d(3, stride=2)), (2, 7, 8),
+                                 False),
+    "avgpool_stride_gt_kernel": (lambda: nn.Sequential(nn.AvgPool2d((2, 3), stride=(3, 1))),
+                                 (1, 8, 7), False),
+    "avgpool_default_stride": (lambda: nn.Sequential(nn.AvgPool2d(2)), (3, 6, 5), False),
+    "avgpool_whole_plane": (lambda: nn.Sequential(nn.AvgPool2d((4, 6))), (3, 4, 6), False),
+    "avgpool_in_a_cnn": (lambda: _conv_head([nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
+                                             nn.AvgPool2d(2, stride=1)], (2, 6, 5)),
+                         (2, 6, 5), True),
     "batchnorm1d": (lambda: nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(),
                                           nn.Linear(4, 3)), (5,), True),
     "batchnorm1d_first": (lambda: nn.Sequential(nn.BatchNorm1d(5, eps=1e-3)), (5,), True),
@@ -236,17 +245,19 @@ def test_dropout_is_identity_even_in_training_mode(tmp_path):
 
 def test_each_layer_is_one_named_node():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.LeakyReLU(0.3),
-                          nn.MaxPool2d(2, stride=1), nn.Flatten(),
+                          nn.MaxPool2d(2, stride=1), nn.AvgPool2d((2, 1)), nn.Flatten(),
                           nn.Sequential(nn.Linear(2, 4), nn.Softmax()))
-    graph = nn_onnx.to_model_proto(model, (1, 4, 4)).graph
+    graph = nn_onnx.to_model_proto(model, (1, 6, 4)).graph
     assert [(n.name, n.op_type) for n in graph.node] == [
         ("0", "Conv"), ("1", "BatchNormalization"), ("2", "LeakyRelu"), ("3", "MaxPool"),
-        ("4", "Flatten"), ("5.0", "Gemm"), ("5.1", "Softmax")]
+        ("4", "AveragePool"), ("5", "Flatten"), ("6.0", "Gemm"), ("6.1", "Softmax")]
     attributes = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
                   for n in graph.node}
     assert attributes["2"]["alpha"] == pytest.approx(0.3)
     assert attributes["3"]["strides"] == [1, 1] and attributes["3"]["kernel_shape"] == [2, 2]
-    assert attributes["5.1"]["axis"] == 1
+    # no pads, floor mode (ceil_mode 0), so count_include_pad does not matter: the defaults
+    assert attributes["4"] == {"kernel_shape": [2, 1], "strides": [2, 1]}
+    assert attributes["6.1"]["axis"] == 1
     assert attributes["1"]["epsilon"] == pytest.approx(1e-5)
 
 
@@ -372,6 +383,21 @@ def test_float64_cnn_with_the_onnx_reference_evaluator():
     _train_a_little(model, (1, 8, 8), dtype=np.float64)
     X = _rng().normal(size=(3, 1, 8, 8))
     got = ReferenceEvaluator(nn_onnx.to_model_proto(model, (1, 8, 8))).run(None, {"input": X})[0]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, model.predict(X), rtol=0, atol=ATOL64)
+
+
+def test_float64_average_pools_with_the_onnx_reference_evaluator():
+    # (ONNX Runtime's CPU provider has no float64 AveragePool either)
+    from onnx.reference import ReferenceEvaluator
+
+    nn.seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64),
+                          nn.AvgPool2d(3, stride=2), nn.AvgPool2d((1, 2), stride=1),
+                          nn.GlobalAvgPool2d(), nn.Linear(3, 2, dtype=np.float64))
+    _train_a_little(model, (2, 9, 8), dtype=np.float64)
+    X = _rng().normal(size=(3, 2, 9, 8))
+    got = ReferenceEvaluator(nn_onnx.to_model_proto(model, (2, 9, 8))).run(None, {"input": X})[0]
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, model.predict(X), rtol=0, atol=ATOL64)
 

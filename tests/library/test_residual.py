@@ -13,7 +13,7 @@ from nnscratch import models
 F64 = dict(dtype=np.float64)
 
 
-def test_global_avg_pool_is_the_mean_of_each_plane(rng, backend):
+def test_global_avg_pool_is_the_mean_of_each_plane(rng, nn_backend):
     x = rng.standard_normal((3, 5, 7, 4))
     pool = nn.GlobalAvgPool2d()
     y = pool(x)
@@ -36,7 +36,7 @@ def _residual_model(dtype):
                          nn.Residual(changes_shape, nn.Linear(6, 3, dtype=dtype)))
 
 
-def test_residual_forward_is_body_plus_shortcut(rng, backend):
+def test_residual_forward_is_body_plus_shortcut(rng, nn_backend):
     model = _residual_model(np.float64)
     x = rng.standard_normal((4, 5))
     h = model[0](x)
@@ -46,7 +46,7 @@ def test_residual_forward_is_body_plus_shortcut(rng, backend):
     np.testing.assert_allclose(model.predict(x), y, rtol=1e-13)
 
 
-def test_residual_gradients_by_central_differences(rng, backend):
+def test_residual_gradients_by_central_differences(rng, nn_backend):
     model = _residual_model(np.float64)
     X, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
     errors = nn.gradcheck(model, X, y, nn.CrossEntropyLoss())
@@ -54,7 +54,7 @@ def test_residual_gradients_by_central_differences(rng, backend):
     assert max(errors.values()) < 1e-6, errors
 
 
-def test_global_avg_pool_and_conv_residual_gradients_by_central_differences(rng, backend):
+def test_global_avg_pool_and_conv_residual_gradients_by_central_differences(rng, nn_backend):
     body = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, **F64), nn.ReLU(),
                          nn.Conv2d(4, 4, 3, padding=1, **F64))
     model = nn.Sequential(nn.Residual(body, nn.Conv2d(3, 4, 1, stride=2, **F64)),
@@ -157,7 +157,7 @@ def test_resnet20_has_pytorchs_parameter_count():
         == 272_186
 
 
-def test_resnet_step_equals_pytorch(rng, backend):
+def test_resnet_step_equals_pytorch(rng, nn_backend):
     # a training-mode forward (batch statistics), the loss, every gradient and the running
     # statistics after it, against the same network in PyTorch, float64
     torch, _ = _torch()
