@@ -17,7 +17,7 @@ from nnscratch import backend
 from nnscratch._fast.plan import plan_of
 from nnscratch._fast.steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep,
                                    DropoutStep, FlattenStep, LinearStep, ModuleStep, PoolStep,
-                                   ResidualStep)
+                                   ResidualStep, AvgPoolStep)
 
 
 def same(a, b):
@@ -71,6 +71,10 @@ def MODELS(dtype):
         # body, as Residual.forward draws), a body of one layer, a block inside a block
         "resnet": (lambda: nn.models.resnet(8, in_channels=2, num_classes=5, width=4,
                                             dtype=dtype), (2, 9, 9)),
+        # average pooling, windows side by side and overlapping (a last row floor mode drops)
+        "avgpool": (lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3, **F), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(3, 4, 1, **F),
+            nn.AvgPool2d(2, stride=1), nn.Flatten(), nn.Linear(36, 5, **F)), (2, 11, 11)),
         "residual-blocks": (lambda: nn.Sequential(
             nn.Linear(20, 12, **F),
             nn.Residual(nn.Sequential(nn.ReLU(), nn.Linear(12, 12, **F), nn.Tanh())),
@@ -105,7 +109,7 @@ def _step_arrays(model, x, g, compute_grad_input, zero):
 
 @pytest.mark.parametrize("name", ["mlp", "mlp-dropout", "no-bias-and-activations",
                                   "nested-and-identity", "user-block", "batchnorm1d", "cnn",
-                                  "lenet-like", "resnet", "residual-blocks"])
+                                  "lenet-like", "resnet", "residual-blocks", "avgpool"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_forward_and_backward_are_the_textbook_bits(rng, dtype, name, mode):
     build, sample = MODELS(dtype)[name]
@@ -139,7 +143,7 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", ["mlp", "mlp-dropout", "no-bias-and-activations",
                                   "user-block", "batchnorm1d", "cnn", "lenet-like", "resnet",
-                                  "residual-blocks"])
+                                  "residual-blocks", "avgpool"])
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_fit_trains_to_the_textbook_bits(rng, name, optimizer):
     build, sample = MODELS(np.float32)[name]
@@ -228,17 +232,19 @@ def test_the_plan_of_each_model():
                            nn.Sequential(nn.Linear(4, 2)))
     assert kinds(nested) == ["ChainStep"]
     for step_class in (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutStep,
-                       FlattenStep, LinearStep, ModuleStep, PoolStep, ResidualStep):
+                       FlattenStep, LinearStep, ModuleStep, PoolStep, ResidualStep,
+                       AvgPoolStep):
         assert step_class.__name__ in {
             "ActivationStep", "BatchNormStep", "ChainStep", "ConvStep", "DropoutStep",
-            "FlattenStep", "LinearStep", "ModuleStep", "PoolStep", "ResidualStep"}
+            "FlattenStep", "LinearStep", "ModuleStep", "PoolStep", "ResidualStep",
+            "AvgPoolStep"}
 
 
 def test_the_plan_of_a_resnet_holds_each_blocks_branches():
     model = nn.models.resnet(8, width=4)
     assert kinds(model) == ["ConvStep", "BatchNormStep", "ActivationStep", "ResidualStep",
                             "ActivationStep", "ResidualStep", "ActivationStep", "ResidualStep",
-                            "ActivationStep", "ModuleStep", "LinearStep"]
+                            "ActivationStep", "AvgPoolStep", "LinearStep"]
     blocks = [step for step in plan_of(model).steps if isinstance(step, ResidualStep)]
     body = ["ConvStep", "BatchNormStep", "ActivationStep", "ConvStep", "BatchNormStep"]
     assert [[type(s).__name__ for s in b.body] for b in blocks] == [body] * 3

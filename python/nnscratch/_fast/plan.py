@@ -10,8 +10,8 @@ modules, in order, into steps (``steps.py``):
 * two or more such Linear steps whose features follow on are one chain step (one kernel
   call for all of them, each way);
 * a `ReLU` directly followed by a `MaxPool2d` runs after the pool (on fewer values);
-* `Conv2d`, `MaxPool2d`, batch norm, the activations, `Dropout` and `Flatten` are one step
-  each; an `Identity` is no step;
+* `Conv2d`, `MaxPool2d`, `AvgPool2d`, `GlobalAvgPool2d`, batch norm, the activations,
+  `Dropout` and `Flatten` are one step each; an `Identity` is no step;
 * a `Residual` is one step holding the steps of its two branches, made by the same rules
   (its body and shortcut walked into as containers), the sum into a kept array;
 * any other module -- a user's layer or block, or a subclass that changes a layer's
@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from ..conv import Conv2d, MaxPool2d
+from ..conv import AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d
 from ..layers import Dropout, Flatten, Identity, Linear, ReLU, Residual, _Activation
 from ..module import hook_changes, repeated_modules
 from ..norm import _BatchNorm
 from .pool import BufferPool
-from .steps import (ActivationStep, BatchNormStep, ChainStep, ConvStep, DropoutStep,
-                    FlattenStep, LinearStep, ModuleStep, PoolStep, ResidualStep)
+from .steps import (ActivationStep, AvgPoolStep, BatchNormStep, ChainStep, ConvStep,
+                    DropoutStep, FlattenStep, LinearStep, ModuleStep, PoolStep, ResidualStep)
 
 __all__ = ["Plan", "Run", "plan_of", "replan", "inline", "plannable", "step_modules"]
 
@@ -286,6 +286,10 @@ def _steps(modules):
             steps.append(ConvStep(module))
         elif _keeps_methods(module, MaxPool2d):
             steps.append(PoolStep(module))
+        elif _keeps_methods(module, AvgPool2d):
+            steps.append(AvgPoolStep(module, False))
+        elif _keeps_methods(module, GlobalAvgPool2d):
+            steps.append(AvgPoolStep(module, True))
         elif _keeps_methods(module, _BatchNorm):
             steps.append(BatchNormStep(module))
         elif _keeps_methods(module, _Activation):

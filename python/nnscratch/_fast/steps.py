@@ -38,7 +38,7 @@ import numpy as np
 from .. import _random
 from ..backend import kernels
 
-__all__ = ["LinearStep", "ChainStep", "ConvStep", "PoolStep", "BatchNormStep",
+__all__ = ["LinearStep", "ChainStep", "ConvStep", "PoolStep", "AvgPoolStep", "BatchNormStep",
            "ActivationStep", "DropoutStep", "FlattenStep", "ResidualStep", "ModuleStep"]
 
 
@@ -310,6 +310,52 @@ class PoolStep:
     def infer(self, x):
         y = self.pool.infer(x if self.relu is None else self.relu._input(x))
         return y if self.relu is None else kernels().relu_forward(y)
+
+
+class AvgPoolStep:
+    """An `AvgPool2d`, or a `GlobalAvgPool2d` (`global_`: one window over the whole plane,
+    its (N, C, 1, 1) output seen as (N, C)): the layer's kernel calls, into pooled arrays."""
+
+    __slots__ = ("layer", "global_", "shape")
+
+    def __init__(self, layer, global_):
+        self.layer, self.global_, self.shape = layer, global_, None
+
+    def _window(self, x_shape):
+        if self.global_:
+            return tuple(x_shape[2:]), tuple(x_shape[2:])
+        return self.layer._kernel, self.layer._stride
+
+    def forward(self, x, run):
+        layer = self.layer
+        x = layer._input(x, check=layer._check)
+        d = layer.__dict__
+        self.shape = d["_x_shape"] = x.shape        # (one tuple: backward checks it is this)
+        d["_dtype"] = x.dtype
+        (kh, kw), (sh, sw) = self._window(x.shape)
+        shape = x.shape[:2] + ((x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1)
+        y = kernels().avgpool2d_forward(x, (kh, kw), (sh, sw),
+                                        _kept(run, (self, x.shape), shape, x.dtype, (x,)))
+        return y.reshape(x.shape[:2]) if self.global_ else y
+
+    def backward(self, g, need, run):
+        layer, x_shape = self.layer, self.shape
+        d = layer.__dict__
+        if x_shape is None or d.get("_x_shape") is not x_shape:
+            return _own_backward((layer,), g, need, run)
+        dtype = d["_dtype"]
+        if self.global_:
+            g = layer._grad_of(g, x_shape[:2], dtype).reshape(x_shape[:2] + (1, 1))
+        else:
+            g = layer._grad_of(g, layer._out_shape(x_shape, x_shape[1]), dtype)
+        if not need:
+            return None
+        kernel, stride = self._window(x_shape)
+        return kernels().avgpool2d_backward(g, x_shape, kernel, stride,
+                                            _passing(run, x_shape, dtype, (g,)))
+
+    def infer(self, x):
+        return self.layer.infer(x)
 
 
 class BatchNormStep:
