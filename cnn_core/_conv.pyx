@@ -21,6 +21,12 @@ the weight gradient is summed as its transpose, col @ g.T, where that fits the t
 gradient 115 -> 90 us). With unit column stride, float32 col2im (and im2col, with
 padding) run by AVX-512 masks (src/nn_im2col.h): same bits as the scalar loops.
 
+The 3x3 convolutions with stride 1 and padding 1 in float32 skip col where the CPU has
+AVX-512 (src/nn_direct.h): the forward and the input gradient read the planes in place,
+16 pixels to a vector, each tap one masked load (the same sums in the same order as im2col
++ GEMM for the forward), and so does the weight gradient on planes of at least 512 pixels;
+small planes are stacked so that their pixels fill the vectors.
+
 The GEMMs are the project's own (cnn_core._gemm, single-thread inside each sample's
 thread). Each thread sums its samples' grad_w into its own partial buffer; the partials
 are added in thread order, so the result is reproducible for a given thread count. The
