@@ -119,7 +119,8 @@ cdef extern from "nn_direct.h" nogil:
                               float *gw)
 
 # 3x3 convolutions with stride 1 and padding 1, float32, straight from the planes by AVX-512
-# (src/nn_direct.h): the forward and the input gradient; the weight gradient stays im2col's
+# (src/nn_direct.h): the forward, the input gradient and, on planes of at least
+# DIRECT_GW_MIN_PIXELS, the weight gradient (im2col's below that)
 cdef bint _direct_avx512 = _pool_avx512
 
 
