@@ -19,8 +19,8 @@
  *
  *     out[q, p] = sum over r = 0, 1, ..., then t = 0..8 of w[q, r, t] * xpad[r, p + tap t]
  *
- * one fused multiply-add at a time from 0, in that order -- the same for every sample,
- * thread and batch size.
+ * one multiply-add at a time from 0, in that order -- the same for every sample, thread
+ * and batch size.
  *
  * The weights are packed once per call (nn_direct3_pack): blocks of 8 output channels,
  * wp[((qb * R + r) * 9 + t) * 8 + o] = w[qb * 8 + o, r, t], zero past the last channel.
@@ -97,12 +97,15 @@ static void nn_direct3_masks(ptrdiff_t H, ptrdiff_t W, ptrdiff_t planes, uint16_
  * the stack after every multiply-add */
 #define NN_D_ACC(o)                                                                         \
     __m512 a##o##0 = _mm512_setzero_ps(), a##o##1 = a##o##0, a##o##2 = a##o##0;
+/* acc + w * x written as the GEMM's micro-kernels write it (src/nn_gemm_ukernel.h), not as
+ * an FMA intrinsic: the compiler fuses both into one multiply-add or neither (an -O0 build
+ * fuses none), so the forward keeps im2col + GEMM's bits in every build */
 #define NN_D_FMA(o)                                                                         \
     do {                                                                                    \
         __m512 wv = _mm512_set1_ps(wr[t * 8 + o]);                                          \
-        a##o##0 = _mm512_fmadd_ps(wv, x0, a##o##0);                                         \
-        if (nv > 1) a##o##1 = _mm512_fmadd_ps(wv, x1, a##o##1);                             \
-        if (nv > 2) a##o##2 = _mm512_fmadd_ps(wv, x2, a##o##2);                             \
+        a##o##0 += wv * x0;                                                                 \
+        if (nv > 1) a##o##1 += wv * x1;                                                     \
+        if (nv > 2) a##o##2 += wv * x2;                                                     \
     } while (0)
 #define NN_D_STORE(o)                                                                       \
     do {                                                                                    \
