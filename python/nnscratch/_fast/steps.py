@@ -332,9 +332,8 @@ class AvgPoolStep:
         d = layer.__dict__
         self.shape = d["_x_shape"] = x.shape        # (one tuple: backward checks it is this)
         d["_dtype"] = x.dtype
-        (kh, kw), (sh, sw) = self._window(x.shape)
-        shape = x.shape[:2] + ((x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1)
-        y = kernels().avgpool2d_forward(x, (kh, kw), (sh, sw),
+        shape = x.shape[:2] + (1, 1) if self.global_ else layer._out_shape(x.shape, x.shape[1])
+        y = kernels().avgpool2d_forward(x, *self._window(x.shape),
                                         _kept(run, (self, x.shape), shape, x.dtype, (x,)))
         return y.reshape(x.shape[:2]) if self.global_ else y
 
@@ -500,11 +499,14 @@ class FlattenStep:
         return self.layer.infer(x)
 
 
-def _add(a, b, run, key):
-    """a + b into a kept array: the kernel for one dtype and shape, else NumPy's a + b."""
+def _add(a, b, run, key=None):
+    """a + b: for one dtype and shape the kernel, into a kept array under `key` (an output)
+    or, with no key, a shared gradient array; else NumPy's a + b."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return a + b
-    return kernels().add(a, b, _kept(run, key + (a.dtype,), a.shape, a.dtype, (a, b)))
+    out = _passing(run, a.shape, a.dtype, (a, b)) if key is None else \
+        _kept(run, key + (a.dtype,), a.shape, a.dtype, (a, b))
+    return kernels().add(a, b, out)
 
 
 class ResidualStep:
@@ -545,12 +547,7 @@ class ResidualStep:
                 busy.pop()
         finally:
             busy.pop()
-        if not need:
-            return None
-        if g_body.dtype != g_short.dtype or g_body.shape != g_short.shape:
-            return g_body + g_short
-        return kernels().add(g_body, g_short, _passing(run, g_body.shape, g_body.dtype,
-                                                       (g_body, g_short)))
+        return _add(g_body, g_short, run) if need else None
 
     def infer(self, x):
         return self.module.infer(x)
