@@ -24,8 +24,8 @@ padding) run by AVX-512 masks (src/nn_im2col.h): same bits as the scalar loops.
 The 3x3 convolutions with stride 1 and padding 1 in float32 skip col where the CPU has
 AVX-512 (src/nn_direct.h): the forward and the input gradient read the planes in place,
 16 pixels to a vector, each tap one masked load (the same sums in the same order as im2col
-+ GEMM for the forward), and so does the weight gradient on planes of at least 512 pixels;
-small planes are stacked so that their pixels fill the vectors.
++ GEMM for the forward), and so does the weight gradient; small planes are stacked so that
+their pixels fill the vectors.
 
 The GEMMs are the project's own (cnn_core._gemm, single-thread inside each sample's
 thread). Each thread sums its samples' grad_w into its own partial buffer; the partials
@@ -109,6 +109,7 @@ cdef extern from "nn_direct.h" nogil:
         NN_DIRECT_MAX_PIXELS
         NN_DIRECT_MASKS
         NN_DIRECT_MASK_WORDS
+        NN_DIRECT_GW_CHUNK
     void nn_direct3_pack(const float *w, Py_ssize_t O, Py_ssize_t C, int transpose, float *wp)
     void nn_direct3_masks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t planes, uint16_t *masks)
     void nn_direct3_sample_avx512(const float *x, Py_ssize_t R, Py_ssize_t H, Py_ssize_t W,
@@ -116,11 +117,10 @@ cdef extern from "nn_direct.h" nogil:
                                   float *out)
     void nn_direct3_gw_avx512(const float *g, const float *x, Py_ssize_t n, Py_ssize_t O,
                               Py_ssize_t R, Py_ssize_t H, Py_ssize_t W, const uint16_t *masks,
-                              float *gw)
+                              int accumulate, float *gw)
 
 # 3x3 convolutions with stride 1 and padding 1, float32, straight from the planes by AVX-512
-# (src/nn_direct.h): the forward, the input gradient and, on planes of at least
-# DIRECT_GW_MIN_PIXELS, the weight gradient (im2col's below that)
+# (src/nn_direct.h): the forward and both gradients
 cdef bint _direct_avx512 = _pool_avx512
 
 
@@ -147,8 +147,6 @@ cdef enum:
     CONV_MIN_FMAS_PER_THREAD = 1 << 18
     # columns of a convolution's GEMM to aim for, by grouping samples of small feature maps
     GROUP_COLUMNS = 512
-    # planes from which the direct path computes the weight gradient too (_direct_gw)
-    DIRECT_GW_MIN_PIXELS = 512
 
 
 cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -272,14 +270,6 @@ cdef inline bint _is_direct(ConvShape s) noexcept nogil:
     # checks the dtype)
     return (_direct_avx512 and s.KH == 3 and s.KW == 3 and s.sh == 1 and s.sw == 1
             and s.ph == 1 and s.pw == 1 and s.H * s.W <= NN_DIRECT_MAX_PIXELS)
-
-
-cdef inline bint _direct_gw(ConvShape s) noexcept nogil:
-    # the direct path's weight gradient too (nn_direct3_gw_avx512), on planes of at least
-    # DIRECT_GW_MIN_PIXELS: on smaller ones the lanes it wastes and its horizontal sums cost
-    # more than im2col's copies (batch 128: 16 -> 16 channels on 28x28 3.1 ms against 4.1;
-    # 32 -> 32 on 14x14 3.1 against 2.9; 64 -> 64 on 7x7 4.3 against 3.1)
-    return _is_direct(s) and s.H * s.W >= DIRECT_GW_MIN_PIXELS
 
 
 cdef inline Py_ssize_t _direct_packed(Py_ssize_t q, Py_ssize_t r) noexcept nogil:
@@ -471,19 +461,61 @@ cdef inline bint _gw_by_rows(ConvShape s) noexcept nogil:
     return _transpose_fits(s.O, s.C * s.KH * s.KW)
 
 
+cdef int _direct_gw_samples(const float *g, const float *x, float *gw_partial, ConvShape s,
+                            Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+    # gw_partial (O, C*9) = the weight gradient of samples [n0, n1) straight from the planes
+    # (nn_direct3_gw_avx512). Small planes are stacked as the forward stacks them
+    # (_direct_stack): a chunk of stacks at a time -- the kernel's own chunk -- each channel's
+    # planes of x copied one after the other to scratch 0, grad_out's to scratch 2; the last
+    # stack may hold fewer planes
+    cdef Py_ssize_t P = s.H * s.W, G = _direct_stack(P), CHW = s.C * P, OP = s.O * P
+    cdef Py_ssize_t chunk, n = n0, k, m, planes = 0, i, j, c, src
+    cdef uint16_t masks[NN_DIRECT_MASK_WORDS]
+    cdef float *xs
+    cdef float *gs
+    if G == 1:
+        nn_direct3_masks(s.H, s.W, 1, masks)
+        nn_direct3_gw_avx512(g + n0 * OP, x + n0 * CHW, n1 - n0, s.O, s.C, s.H, s.W, masks, 0,
+                             gw_partial)
+        return 0
+    chunk = max(1, NN_DIRECT_GW_CHUNK // ((s.C + s.O) * G * P))
+    xs = <float *> nn_scratch(0, chunk * G * CHW * sizeof(float))
+    gs = <float *> nn_scratch(2, chunk * G * OP * sizeof(float))
+    if xs == NULL or gs == NULL:
+        return -1
+    while n < n1:
+        # k stacks of m planes: whole ones while there are, then the rest as one
+        k, m = min(chunk, (n1 - n) // G), G
+        if k == 0:
+            k, m = 1, n1 - n
+        if m != planes:
+            nn_direct3_masks(s.H, s.W, m, masks)
+            planes = m
+        for i in range(k):
+            for j in range(m):
+                src = n + i * m + j
+                for c in range(s.C):
+                    memcpy(xs + ((i * s.C + c) * m + j) * P, x + src * CHW + c * P,
+                           P * sizeof(float))
+                for c in range(s.O):
+                    memcpy(gs + ((i * s.O + c) * m + j) * P, g + src * OP + c * P,
+                           P * sizeof(float))
+        nn_direct3_gw_avx512(gs, xs, k, s.O, s.C, m * s.H, s.W, masks, n > n0, gw_partial)
+        n += k * m
+    return 0
+
+
 cdef int _direct_backward_samples(const float *g, const float *x, float *gw_partial, float *gx,
                                   float *sums, ConvShape s, Py_ssize_t n0, Py_ssize_t n1,
                                   const float *wpt) noexcept nogil:
     # conv_backward_samples' work for a float32 3x3 convolution with stride 1 and padding 1
     # (src/nn_direct.h): when gw_partial is not NULL, gw_partial (O, C*9) = the samples'
-    # weight gradient and sums as there; when gx is not NULL, gx[n] = the convolution of
-    # g[n] with wpt
-    cdef Py_ssize_t P = s.H * s.W, CHW = s.C * P, n, o
-    cdef uint16_t masks[NN_DIRECT_MASK_WORDS]
+    # weight gradient (_direct_gw_samples) and sums as there; when gx is not NULL, gx[n] = the
+    # convolution of g[n] with wpt
+    cdef Py_ssize_t P = s.H * s.W, n, o
     if gw_partial != NULL:
-        nn_direct3_masks(s.H, s.W, 1, masks)
-        nn_direct3_gw_avx512(g + n0 * s.O * P, x + n0 * CHW, n1 - n0, s.O, s.C, s.H, s.W,
-                             masks, gw_partial)
+        if _direct_gw_samples(g, x, gw_partial, s, n0, n1) != 0:
+            return -1
         if sums != NULL:
             for n in range(n0, n1):
                 for o in range(s.O):
@@ -513,13 +545,7 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
     cdef const floating *gcol
     if floating is float:
         if direct:
-            if _direct_gw(s):
-                return _direct_backward_samples(g, x, gw_partial, gx, sums, s, n0, n1, wpt)
-            if gx != NULL:
-                # the input gradient directly; the weight gradient by im2col below
-                if _direct_backward_samples(g, x, NULL, gx, NULL, s, n0, n1, wpt) != 0:
-                    return -1
-                gx = NULL
+            return _direct_backward_samples(g, x, gw_partial, gx, sums, s, n0, n1, wpt)
     col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
     if col == NULL:
         return -1
@@ -692,7 +718,7 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
     cdef bint direct = False
     if floating is float:
         direct = _is_direct(s)
-        by_rows = by_rows and not _direct_gw(s)
+        by_rows = by_rows and not direct
         if gx != NULL and direct:
             # the input gradient's weights, packed once here for every part (slot 3)
             wpt = <float *> nn_scratch(3, _direct_packed(s.C, s.O) * sizeof(float))

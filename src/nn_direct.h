@@ -45,7 +45,8 @@
 #include "nn_cpu.h"
 
 enum { NN_DIRECT_MAX_PIXELS = 4096, NN_DIRECT_MASKS = 10,   /* 9 taps + the pixels kept */
-       NN_DIRECT_MASK_WORDS = NN_DIRECT_MAX_PIXELS / 16 * NN_DIRECT_MASKS };
+       NN_DIRECT_MASK_WORDS = NN_DIRECT_MAX_PIXELS / 16 * NN_DIRECT_MASKS,
+       NN_DIRECT_GW_CHUNK = 131072 };   /* floats of x and g per chunk of the weight gradient */
 
 /* wp (blocks of 8 of the Q output channels, R input channels, 9 taps, 8) from w (O, C, 3,
  * 3): Q = O, R = C; or, with transpose, Q = C, R = O and the taps reversed. */
@@ -178,68 +179,77 @@ __attribute__((target("avx512f"))) static void nn_direct3_sample_avx512(
  *
  *     gw[o, r, t] = sum over samples s, pixels p of g[s, o, p] * xpad[s, r, p + tap t]
  *
- * written over gw (O, R, 9) -- a part's partial, the caller adds the parts. A tile is 2
- * output channels by the 9 taps of one input channel: 18 accumulators of 16 lanes, summed
- * over the pixel vectors of a chunk of samples (as many as keep the chunk's planes within
- * ~512 KB, so that they stay in the core's cache while every tile reads them), then each
- * reduced across its lanes (_mm512_reduce_add_ps) and added to gw, chunk after chunk. The
- * order is fixed by n, the shapes and the pixel vectors: the same bits for the same part. */
-#define NN_D_GW_T(t)                                                                        \
+ * written over gw (O, R, 9) -- or added to it with accumulate set -- a part's partial, the
+ * caller adds the parts. A tile is 8
+ * output channels by the 3 taps of one row of the kernel (kh), for one input channel: 24
+ * accumulators of 16 lanes; each pixel vector is 3 masked loads of x (one per tap) and 8 of
+ * g, each g vector multiplied into the 3 taps' accumulators. They sum over the pixel vectors
+ * of a chunk of samples (as many as keep the chunk's planes within ~512 KB, so that they
+ * stay in the core's cache while every tile reads them), then each is reduced across its
+ * lanes (_mm512_reduce_add_ps) and added to gw, chunk after chunk. Each gw entry's order is
+ * fixed by n, the shapes and the pixel vectors -- not by the tile -- the same bits for the
+ * same part. Planes that are stacks of several samples' (nn_direct3_masks with planes > 1)
+ * are summed the same way: a tap that would cross into the next plane is masked. */
+#define NN_D_GW_ACC(i)                                                                      \
+    __m512 a##i##0 = _mm512_setzero_ps(), a##i##1 = a##i##0, a##i##2 = a##i##0;
+#define NN_D_GW_FMA(i)                                                                      \
     do {                                                                                    \
-        __m512 xv = _mm512_maskz_loadu_ps((__mmask16)m[t], xv0 + off[t]);                   \
-        a##t = _mm512_fmadd_ps(g0, xv, a##t);                                               \
-        b##t = _mm512_fmadd_ps(g1, xv, b##t);                                               \
-        c##t = _mm512_fmadd_ps(g2, xv, c##t);                                               \
+        __m512 gv = _mm512_maskz_loadu_ps(keep, gp + goff[i] + 16 * v);                     \
+        a##i##0 = _mm512_fmadd_ps(gv, x0, a##i##0);                                         \
+        a##i##1 = _mm512_fmadd_ps(gv, x1, a##i##1);                                         \
+        a##i##2 = _mm512_fmadd_ps(gv, x2, a##i##2);                                         \
     } while (0)
-#define NN_D_GW_OUT(t)                                                                      \
+#define NN_D_GW_OUT1(i, k)                                                                  \
     do {                                                                                    \
-        float sa = _mm512_reduce_add_ps(a##t), sb = _mm512_reduce_add_ps(b##t);             \
-        float sc = _mm512_reduce_add_ps(c##t);                                              \
-        float *da = gw + (o * R + r) * 9 + t, *db = gw + (o1 * R + r) * 9 + t;              \
-        float *dc = gw + (o2 * R + r) * 9 + t;                                              \
-        *da = s0 == 0 ? sa : *da + sa;                                                      \
-        if (o1 != o)                                                                        \
-            *db = s0 == 0 ? sb : *db + sb;                                                  \
-        if (o2 != o1)                                                                       \
-            *dc = s0 == 0 ? sc : *dc + sc;                                                  \
+        float sum = _mm512_reduce_add_ps(a##i##k);                                          \
+        float *d = gw + ((o + (i)) * R + r) * 9 + kh * 3 + (k);                             \
+        *d = s0 == 0 && !accumulate ? sum : *d + sum;                                       \
+    } while (0)
+#define NN_D_GW_OUT(i)                                                                      \
+    do {                                                                                    \
+        if ((i) < rows) {                                                                   \
+            NN_D_GW_OUT1(i, 0); NN_D_GW_OUT1(i, 1); NN_D_GW_OUT1(i, 2);                     \
+        }                                                                                   \
     } while (0)
 
 __attribute__((target("avx512f"))) static void nn_direct3_gw_avx512(
         const float *g, const float *x, ptrdiff_t n, ptrdiff_t O, ptrdiff_t R, ptrdiff_t H,
-        ptrdiff_t W, const uint16_t *masks, float *gw) {
+        ptrdiff_t W, const uint16_t *masks, int accumulate, float *gw) {
     const ptrdiff_t P = H * W, vectors = (P + 15) / 16;
-    ptrdiff_t chunk = 131072 / ((R + O) * P), off[9];
+    ptrdiff_t chunk = NN_DIRECT_GW_CHUNK / ((R + O) * P), off[9];
     if (chunk < 1)
         chunk = 1;
     for (int t = 0; t < 9; ++t)
         off[t] = (t / 3 - 1) * W + (t % 3 - 1);
     for (ptrdiff_t s0 = 0; s0 < n; s0 += chunk) {
         ptrdiff_t s1 = s0 + chunk < n ? s0 + chunk : n;
-        for (ptrdiff_t o = 0; o < O; o += 3) {
-            ptrdiff_t o1 = o + 1 < O ? o + 1 : o, o2 = o + 2 < O ? o + 2 : o1;
+        for (ptrdiff_t o = 0; o < O; o += 8) {
+            /* past the last channel a tile reads channel o's plane again and stores nothing */
+            int rows = O - o < 8 ? (int)(O - o) : 8;
+            ptrdiff_t goff[8];
+            for (int i = 0; i < 8; ++i)
+                goff[i] = (i < rows ? i : 0) * P;
             for (ptrdiff_t r = 0; r < R; ++r) {
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
-                       a6 = a0, a7 = a0, a8 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0,
-                       b5 = a0, b6 = a0, b7 = a0, b8 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0,
-                       c4 = a0, c5 = a0, c6 = a0, c7 = a0, c8 = a0;
-                for (ptrdiff_t s = s0; s < s1; ++s) {
-                    const float *gp0 = g + (s * O + o) * P, *gp1 = g + (s * O + o1) * P;
-                    const float *gp2 = g + (s * O + o2) * P;
-                    const float *xp = x + (s * R + r) * P;
-                    for (ptrdiff_t v = 0; v < vectors; ++v) {
-                        const uint16_t *m = masks + v * NN_DIRECT_MASKS;
-                        const float *xv0 = xp + 16 * v;
-                        __m512 g0 = _mm512_maskz_loadu_ps((__mmask16)m[9], gp0 + 16 * v);
-                        __m512 g1 = _mm512_maskz_loadu_ps((__mmask16)m[9], gp1 + 16 * v);
-                        __m512 g2 = _mm512_maskz_loadu_ps((__mmask16)m[9], gp2 + 16 * v);
-                        NN_D_GW_T(0); NN_D_GW_T(1); NN_D_GW_T(2);
-                        NN_D_GW_T(3); NN_D_GW_T(4); NN_D_GW_T(5);
-                        NN_D_GW_T(6); NN_D_GW_T(7); NN_D_GW_T(8);
+                for (int kh = 0; kh < 3; ++kh) {
+                    const ptrdiff_t f0 = off[kh * 3], f1 = off[kh * 3 + 1], f2 = off[kh * 3 + 2];
+                    NN_D_GW_ACC(0) NN_D_GW_ACC(1) NN_D_GW_ACC(2) NN_D_GW_ACC(3)
+                    NN_D_GW_ACC(4) NN_D_GW_ACC(5) NN_D_GW_ACC(6) NN_D_GW_ACC(7)
+                    for (ptrdiff_t s = s0; s < s1; ++s) {
+                        const float *gp = g + (s * O + o) * P, *xp = x + (s * R + r) * P;
+                        for (ptrdiff_t v = 0; v < vectors; ++v) {
+                            const uint16_t *m = masks + v * NN_DIRECT_MASKS + kh * 3;
+                            const __mmask16 keep = (__mmask16)masks[v * NN_DIRECT_MASKS + 9];
+                            const float *xv = xp + 16 * v;
+                            __m512 x0 = _mm512_maskz_loadu_ps((__mmask16)m[0], xv + f0);
+                            __m512 x1 = _mm512_maskz_loadu_ps((__mmask16)m[1], xv + f1);
+                            __m512 x2 = _mm512_maskz_loadu_ps((__mmask16)m[2], xv + f2);
+                            NN_D_GW_FMA(0); NN_D_GW_FMA(1); NN_D_GW_FMA(2); NN_D_GW_FMA(3);
+                            NN_D_GW_FMA(4); NN_D_GW_FMA(5); NN_D_GW_FMA(6); NN_D_GW_FMA(7);
+                        }
                     }
+                    NN_D_GW_OUT(0); NN_D_GW_OUT(1); NN_D_GW_OUT(2); NN_D_GW_OUT(3);
+                    NN_D_GW_OUT(4); NN_D_GW_OUT(5); NN_D_GW_OUT(6); NN_D_GW_OUT(7);
                 }
-                NN_D_GW_OUT(0); NN_D_GW_OUT(1); NN_D_GW_OUT(2);
-                NN_D_GW_OUT(3); NN_D_GW_OUT(4); NN_D_GW_OUT(5);
-                NN_D_GW_OUT(6); NN_D_GW_OUT(7); NN_D_GW_OUT(8);
             }
         }
     }
@@ -257,8 +267,9 @@ static void nn_direct3_sample_avx512(const float *x, ptrdiff_t R, ptrdiff_t H, p
 }
 static void nn_direct3_gw_avx512(const float *g, const float *x, ptrdiff_t n, ptrdiff_t O,
                                  ptrdiff_t R, ptrdiff_t H, ptrdiff_t W, const uint16_t *masks,
-                                 float *gw) {
-    (void)g; (void)x; (void)n; (void)O; (void)R; (void)H; (void)W; (void)masks; (void)gw;
+                                 int accumulate, float *gw) {
+    (void)g; (void)x; (void)n; (void)O; (void)R; (void)H; (void)W; (void)masks;
+    (void)accumulate; (void)gw;
 }
 #endif
 

@@ -689,15 +689,17 @@ def test_conv2d_forward_by_pixel_rows_has_the_same_bits_on_any_thread_count(rng,
 # ----------------------------------------------------------------------------------------
 
 # (N, C, H, W), O: one pixel, one row, one column, odd and prime sizes; 7x7 and 14x14
-# planes stacked 16 and 4 to a call (with a partial last stack); planes from which the
-# weight gradient is direct too (>= 512 pixels); channel counts that leave a partial block
-# of 8 output channels; the largest plane the path takes (64x64)
+# planes stacked 16 and 4 to a call (with a partial last stack; for the weight gradient,
+# 64 channels: one stack per chunk, so chunks added up and a partial stack after them);
+# channel counts that leave a partial block of 8 output channels; the largest plane the
+# path takes (64x64)
 DIRECT_CASES = [
     ((1, 1, 1, 1), 1),
     ((2, 3, 1, 17), 5),
     ((3, 2, 13, 1), 9),
     ((5, 7, 7, 7), 11),
     ((19, 16, 7, 7), 16),
+    ((37, 64, 7, 7), 64),
     ((6, 5, 14, 14), 8),
     ((3, 4, 3, 3), 13),
     ((2, 3, 23, 29), 7),
@@ -791,6 +793,7 @@ def test_direct_3x3_keeps_each_value_in_its_own_row_and_plane(rng, value):
         rgx = reference.conv2d_backward(g, x, w, rgw, rgb, padding=1)
     np.testing.assert_array_equal(np.isfinite(out), np.isfinite(expect))
     np.testing.assert_array_equal(np.isfinite(gx), np.isfinite(rgx))
+    np.testing.assert_array_equal(np.isfinite(gw), np.isfinite(rgw))   # stacked planes
     finite = np.isfinite(expect)
     assert_close(out[finite], expect[finite], np.float32, k=18)
     assert _conv._set_direct(None)
