@@ -115,9 +115,16 @@ cdef extern from "nn_direct.h" nogil:
     void nn_direct3_sample_avx512(const float *x, Py_ssize_t R, Py_ssize_t H, Py_ssize_t W,
                                   const float *wp, Py_ssize_t Q, const uint16_t *masks,
                                   float *out)
-    void nn_direct3_gw_avx512(const float *g, const float *x, Py_ssize_t n, Py_ssize_t O,
-                              Py_ssize_t R, Py_ssize_t H, Py_ssize_t W, const uint16_t *masks,
-                              int accumulate, float *gw)
+    void nn_direct3_run_avx512(const float *x, Py_ssize_t XS, Py_ssize_t R, Py_ssize_t P,
+                               const Py_ssize_t *off, const uint16_t *masks, const float *wp,
+                               Py_ssize_t Q, float *out)
+    void nn_direct3_phases_avx512(const float *x, Py_ssize_t SS, Py_ssize_t m, Py_ssize_t R,
+                                  Py_ssize_t H, Py_ssize_t W, float *ph)
+    void nn_direct3_s2_taps(Py_ssize_t OW, Py_ssize_t stride, Py_ssize_t vectors,
+                            const uint16_t *masks1, uint16_t *masks2, Py_ssize_t *off)
+    void nn_direct3_gw_run_avx512(const float *g, const float *x, Py_ssize_t XS, Py_ssize_t n,
+                                  Py_ssize_t O, Py_ssize_t R, Py_ssize_t P, const Py_ssize_t *off,
+                                  const uint16_t *masks, int accumulate, float *gw)
 
 # 3x3 convolutions with stride 1 and padding 1, float32, straight from the planes by AVX-512
 # (src/nn_direct.h): the forward and both gradients
@@ -272,6 +279,13 @@ cdef inline bint _is_direct(ConvShape s) noexcept nogil:
             and s.ph == 1 and s.pw == 1 and s.H * s.W <= NN_DIRECT_MAX_PIXELS)
 
 
+cdef inline bint _is_direct_s2(ConvShape s) noexcept nogil:
+    # a 3x3 convolution with stride 2 and padding 1 whose output plane has at most
+    # NN_DIRECT_MAX_PIXELS: its forward straight from the input's phase planes (float32)
+    return (_direct_avx512 and s.KH == 3 and s.KW == 3 and s.sh == 2 and s.sw == 2
+            and s.ph == 1 and s.pw == 1 and s.OH * s.OW <= NN_DIRECT_MAX_PIXELS)
+
+
 cdef inline Py_ssize_t _direct_packed(Py_ssize_t q, Py_ssize_t r) noexcept nogil:
     # floats in nn_direct3_pack's weights for q output and r input channels
     return (q + 7) // 8 * 8 * r * 9
@@ -348,6 +362,27 @@ cdef Py_ssize_t _direct_stack(Py_ssize_t P) noexcept nogil:
     return best
 
 
+cdef void _stack(const float *src, Py_ssize_t channels, Py_ssize_t P, Py_ssize_t k,
+                 Py_ssize_t m, float *dst) noexcept nogil:
+    # dst (k, channels, m * P) from the k * m samples (channels, P) at src: k stacks, each
+    # channel's m planes one after the other
+    cdef Py_ssize_t i, j, c
+    for i in range(k):
+        for j in range(m):
+            for c in range(channels):
+                memcpy(dst + ((i * channels + c) * m + j) * P,
+                       src + ((i * m + j) * channels + c) * P, P * sizeof(float))
+
+
+cdef void _unstack(const float *src, Py_ssize_t channels, Py_ssize_t P, Py_ssize_t m,
+                   float *dst) noexcept nogil:
+    # the m samples (channels, P) at dst from one stack (channels, m * P) at src
+    cdef Py_ssize_t j, c
+    for j in range(m):
+        for c in range(channels):
+            memcpy(dst + (j * channels + c) * P, src + (c * m + j) * P, P * sizeof(float))
+
+
 cdef int _direct_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssize_t Q,
                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t n0, Py_ssize_t n1,
                          float *dst) noexcept nogil:
@@ -355,7 +390,7 @@ cdef int _direct_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssi
     # weights wp, for samples [n0, n1): _direct_stack's count of them at a time, each
     # channel's planes copied one after the other (scratch 0) and the outputs copied back
     # from the stacked result (scratch 2). Each output's sum is the same, stacked or not
-    cdef Py_ssize_t P = H * W, G = _direct_stack(P), n, g, planes = 0, r, j, k
+    cdef Py_ssize_t P = H * W, G = _direct_stack(P), n, g, planes = 0, k
     cdef uint16_t masks[NN_DIRECT_MASK_WORDS]
     cdef float *stacked_in
     cdef float *stacked_out
@@ -374,15 +409,45 @@ cdef int _direct_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssi
         if g != planes:
             nn_direct3_masks(H, W, g, masks)
             planes = g
-        for r in range(R):
-            for j in range(g):
-                memcpy(stacked_in + (r * g + j) * P, src + ((n + j) * R + r) * P,
-                       P * sizeof(float))
+        _stack(src + n * R * P, R, P, 1, g, stacked_in)
         nn_direct3_sample_avx512(stacked_in, R, g * H, W, wp, Q, masks, stacked_out)
-        for j in range(g):
-            for r in range(Q):
-                memcpy(dst + ((n + j) * Q + r) * P, stacked_out + (r * g + j) * P,
-                       P * sizeof(float))
+        _unstack(stacked_out, Q, P, g, dst + n * Q * P)
+    return 0
+
+
+cdef int _direct_s2_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssize_t Q,
+                            Py_ssize_t H, Py_ssize_t W, Py_ssize_t n0, Py_ssize_t n1,
+                            float *dst) noexcept nogil:
+    # dst[n] (Q, OH, OW) = the direct 3x3 convolution with stride 2 and padding 1 of src[n]
+    # (R, H, W) with the packed weights wp, for samples [n0, n1): from their phase planes
+    # (nn_direct3_phases_avx512, scratch 0), _direct_stack's count of samples at a time, the
+    # outputs of a stack copied back from scratch 2
+    cdef Py_ssize_t OH = (H + 1) // 2, OW = (W + 1) // 2, P = OH * OW, CHW = R * H * W
+    cdef Py_ssize_t G = _direct_stack(P), n, g, planes = 0, k
+    cdef uint16_t masks1[NN_DIRECT_MASK_WORDS]
+    cdef uint16_t masks2[NN_DIRECT_MASK_WORDS]
+    cdef Py_ssize_t off[9]
+    cdef float *phases = <float *> nn_scratch(0, R * 4 * G * P * sizeof(float))
+    cdef float *stacked_out = NULL
+    if phases == NULL:
+        return -1
+    if G > 1:
+        stacked_out = <float *> nn_scratch(2, Q * G * P * sizeof(float))
+        if stacked_out == NULL:
+            return -1
+    for k in range((n1 - n0 + G - 1) // G):
+        n = n0 + k * G
+        g = G if n + G <= n1 else n1 - n
+        if g != planes:
+            nn_direct3_masks(OH, OW, g, masks1)
+            nn_direct3_s2_taps(OW, g * P, (g * P + 15) // 16, masks1, masks2, off)
+            planes = g
+        nn_direct3_phases_avx512(src + n * CHW, CHW, g, R, H, W, phases)
+        if G == 1:
+            nn_direct3_run_avx512(phases, 4 * P, R, P, off, masks2, wp, Q, dst + n * Q * P)
+            continue
+        nn_direct3_run_avx512(phases, 4 * g * P, R, g * P, off, masks2, wp, Q, stacked_out)
+        _unstack(stacked_out, Q, P, g, dst + n * Q * P)
     return 0
 
 
@@ -401,7 +466,10 @@ cdef int conv_forward_samples(const floating *x, const floating *w, const floati
     cdef floating *dst
     if floating is float:
         if wp != NULL:
-            if _direct_samples(x, s.C, wp, s.O, s.H, s.W, n0, n1, out) != 0:
+            if s.sh == 2:
+                if _direct_s2_samples(x, s.C, wp, s.O, s.H, s.W, n0, n1, out) != 0:
+                    return -1
+            elif _direct_samples(x, s.C, wp, s.O, s.H, s.W, n0, n1, out) != 0:
                 return -1
             for n in range(n0, n1):
                 if b != NULL:
@@ -464,43 +532,62 @@ cdef inline bint _gw_by_rows(ConvShape s) noexcept nogil:
 cdef int _direct_gw_samples(const float *g, const float *x, float *gw_partial, ConvShape s,
                             Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     # gw_partial (O, C*9) = the weight gradient of samples [n0, n1) straight from the planes
-    # (nn_direct3_gw_avx512). Small planes are stacked as the forward stacks them
-    # (_direct_stack): a chunk of stacks at a time -- the kernel's own chunk -- each channel's
-    # planes of x copied one after the other to scratch 0, grad_out's to scratch 2; the last
-    # stack may hold fewer planes
-    cdef Py_ssize_t P = s.H * s.W, G = _direct_stack(P), CHW = s.C * P, OP = s.O * P
-    cdef Py_ssize_t chunk, n = n0, k, m, planes = 0, i, j, c, src
-    cdef uint16_t masks[NN_DIRECT_MASK_WORDS]
-    cdef float *xs
-    cdef float *gs
-    if G == 1:
-        nn_direct3_masks(s.H, s.W, 1, masks)
-        nn_direct3_gw_avx512(g + n0 * OP, x + n0 * CHW, n1 - n0, s.O, s.C, s.H, s.W, masks, 0,
-                             gw_partial)
-        return 0
+    # (nn_direct3_gw_run_avx512) -- for stride 2 from x's phase planes (scratch 0, as
+    # _direct_s2_samples writes them). Small planes are stacked as the forward stacks them
+    # (_direct_stack): a chunk of stacks at a time -- the kernel's own chunk -- x's planes to
+    # scratch 0, grad_out's to scratch 2; the last stack may hold fewer planes. Stride 1
+    # without stacking reads x and grad_out where they lie, all samples in one call
+    cdef bint s2 = s.sh == 2
+    cdef Py_ssize_t P = s.OH * s.OW, G = _direct_stack(P), CHW = s.C * s.H * s.W
+    cdef Py_ssize_t OP = s.O * P, chunk, n = n0, k, m, planes = 0, i, t
+    cdef uint16_t masks1[NN_DIRECT_MASK_WORDS]
+    cdef uint16_t masks2[NN_DIRECT_MASK_WORDS]
+    cdef uint16_t *masks = masks1
+    cdef Py_ssize_t off[9]
+    cdef Py_ssize_t x_stack = s.C * 4 * G * P if s2 else G * CHW
+    cdef float *xs = NULL
+    cdef float *gs = NULL
+    cdef const float *xsrc
+    cdef const float *gsrc
     chunk = max(1, NN_DIRECT_GW_CHUNK // ((s.C + s.O) * G * P))
-    xs = <float *> nn_scratch(0, chunk * G * CHW * sizeof(float))
-    gs = <float *> nn_scratch(2, chunk * G * OP * sizeof(float))
-    if xs == NULL or gs == NULL:
-        return -1
+    if not s2 and G == 1:
+        chunk = n1 - n0
+    else:
+        xs = <float *> nn_scratch(0, chunk * x_stack * sizeof(float))
+        if xs == NULL:
+            return -1
+    if G > 1:
+        gs = <float *> nn_scratch(2, chunk * G * OP * sizeof(float))
+        if gs == NULL:
+            return -1
+    if s2:
+        masks = masks2
+    for t in range(9):
+        off[t] = (t // 3 - 1) * s.OW + (t % 3 - 1)
     while n < n1:
         # k stacks of m planes: whole ones while there are, then the rest as one
         k, m = min(chunk, (n1 - n) // G), G
         if k == 0:
             k, m = 1, n1 - n
         if m != planes:
-            nn_direct3_masks(s.H, s.W, m, masks)
+            nn_direct3_masks(s.OH, s.OW, m, masks1)
+            if s2:
+                nn_direct3_s2_taps(s.OW, m * P, (m * P + 15) // 16, masks1, masks2, off)
             planes = m
-        for i in range(k):
-            for j in range(m):
-                src = n + i * m + j
-                for c in range(s.C):
-                    memcpy(xs + ((i * s.C + c) * m + j) * P, x + src * CHW + c * P,
-                           P * sizeof(float))
-                for c in range(s.O):
-                    memcpy(gs + ((i * s.O + c) * m + j) * P, g + src * OP + c * P,
-                           P * sizeof(float))
-        nn_direct3_gw_avx512(gs, xs, k, s.O, s.C, m * s.H, s.W, masks, n > n0, gw_partial)
+        xsrc, gsrc = x + n * CHW, g + n * OP
+        if s2:
+            for i in range(k):
+                nn_direct3_phases_avx512(xsrc + i * m * CHW, CHW, m, s.C, s.H, s.W,
+                                         xs + i * s.C * 4 * m * P)
+            xsrc = xs
+        elif m > 1:
+            _stack(xsrc, s.C, P, k, m, xs)
+            xsrc = xs
+        if m > 1:
+            _stack(gsrc, s.O, P, k, m, gs)
+            gsrc = gs
+        nn_direct3_gw_run_avx512(gsrc, xsrc, (4 if s2 else 1) * m * P, k, s.O, s.C, m * P, off,
+                                 masks, n > n0, gw_partial)
         n += k * m
     return 0
 
@@ -541,11 +628,24 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
     cdef bint pointwise = _is_pointwise(s), by_rows = _gw_by_rows(s)
     cdef floating *col
     cdef floating *gg = NULL
-    cdef const floating *xcol
+    cdef const floating *xcol = NULL
     cdef const floating *gcol
+    cdef bint gw_done = False
     if floating is float:
         if direct:
             return _direct_backward_samples(g, x, gw_partial, gx, sums, s, n0, n1, wpt)
+        if _is_direct_s2(s):
+            # the weight gradient from the phase planes; the input gradient below
+            if _direct_gw_samples(g, x, gw_partial, s, n0, n1) != 0:
+                return -1
+            gw_done = True
+            if gx == NULL:
+                if sums != NULL:
+                    for n in range(n0, n1):
+                        for o in range(s.O):
+                            sums[n * s.O + o] = <floating> lane_sum(
+                                g, g + (n * s.O + o) * P, P, 0, LANE_SUM)
+                return 0
     col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
     if col == NULL:
         return -1
@@ -564,7 +664,7 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
                         g, g + ((n + j) * s.O + o) * P, P, 0, LANE_SUM)
         if pointwise:
             xcol = x + n * CHW                      # G == 1 here
-        else:
+        elif not gw_done:
             for j in range(cnt):
                 im2col(x + (n + j) * CHW, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
                        s.OH, s.OW, col + j * P, width)
@@ -577,7 +677,9 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
                     for p in range(P):
                         gg[o * width + j * P + p] = g[((n + j) * s.O + o) * P + p]
             gcol = gg
-        if by_rows:
+        if gw_done:
+            pass
+        elif by_rows:
             # gw_partial.T (CKK x O) (+)= xcol (CKK x width) @ gcol.T (width x O)
             if _gemm(xcol, width, 1, gcol, 1, width, gw_partial, s.O, ckk, s.O, width,
                      0 if n == n0 else 1) != 0:
@@ -656,7 +758,7 @@ cdef int conv_forward(const floating *x, const floating *w, const floating *b, f
     cdef int failed = 0
     cdef float *wp = NULL
     if floating is float:
-        if _is_direct(s):
+        if _is_direct(s) or _is_direct_s2(s):
             # packed once here, read by every part (this thread's scratch slot 3)
             wp = <float *> nn_scratch(3, _direct_packed(s.O, s.C) * sizeof(float))
             if wp == NULL:
@@ -718,7 +820,7 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
     cdef bint direct = False
     if floating is float:
         direct = _is_direct(s)
-        by_rows = by_rows and not direct
+        by_rows = by_rows and not direct and not _is_direct_s2(s)
         if gx != NULL and direct:
             # the input gradient's weights, packed once here for every part (slot 3)
             wpt = <float *> nn_scratch(3, _direct_packed(s.C, s.O) * sizeof(float))

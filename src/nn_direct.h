@@ -65,6 +65,25 @@ static void nn_direct3_pack(const float *w, ptrdiff_t O, ptrdiff_t C, int transp
                 }
 }
 
+/* The taps of stride 2 over phase planes stacked as nn_direct3_phases_avx512 writes them
+ * (phase planes `stride` floats apart, OW wide): off[t] into them and masks2 from masks1,
+ * nn_direct3_masks(OH, OW, m)'s masks for the stacked phase plane's `vectors` vectors --
+ * tap (kh, kw) takes the mask of the shift it makes */
+static void nn_direct3_s2_taps(ptrdiff_t OW, ptrdiff_t stride, ptrdiff_t vectors,
+                               const uint16_t *masks1, uint16_t *masks2, ptrdiff_t *off) {
+    int shift[9];
+    for (int t = 0; t < 9; ++t) {
+        int kh = t / 3, kw = t % 3, dr = kh == 0 ? -1 : 0, dc = kw == 0 ? -1 : 0;
+        off[t] = ((kh != 1) * 2 + (kw != 1)) * stride + dr * OW + dc;
+        shift[t] = (dr + 1) * 3 + (dc + 1);
+    }
+    for (ptrdiff_t v = 0; v < vectors; ++v) {
+        for (int t = 0; t < 9; ++t)
+            masks2[v * NN_DIRECT_MASKS + t] = masks1[v * NN_DIRECT_MASKS + shift[t]];
+        masks2[v * NN_DIRECT_MASKS + 9] = masks1[v * NN_DIRECT_MASKS + 9];
+    }
+}
+
 #if NN_X86
 #include <immintrin.h>
 
@@ -122,14 +141,14 @@ static void nn_direct3_masks(ptrdiff_t H, ptrdiff_t W, ptrdiff_t planes, uint16_
     } while (0)
 #define NN_DIRECT3_TILE(NV)                                                                  \
     __attribute__((target("avx512f"))) static void nn_direct3_tile##NV(                     \
-            const float *x, ptrdiff_t R, ptrdiff_t P, const ptrdiff_t *off,                   \
+            const float *x, ptrdiff_t XS, ptrdiff_t R, ptrdiff_t P, const ptrdiff_t *off,     \
             const uint16_t *masks, const float *wq, ptrdiff_t rows, float *out) {            \
         enum { nv = NV };                                                                   \
         const __m512 zero = _mm512_setzero_ps();                                            \
         NN_D_ACC(0) NN_D_ACC(1) NN_D_ACC(2) NN_D_ACC(3)                                     \
         NN_D_ACC(4) NN_D_ACC(5) NN_D_ACC(6) NN_D_ACC(7)                                     \
         for (ptrdiff_t r = 0; r < R; ++r) {                                                 \
-            const float *xr = x + r * P, *wr = wq + r * 72;                                 \
+            const float *xr = x + r * XS, *wr = wq + r * 72;                                \
             for (int t = 0; t < 9; ++t) {                                                   \
                 const float *xt = xr + off[t];                                              \
                 __m512 x0 = _mm512_maskz_loadu_ps((__mmask16)masks[t], xt);                 \
@@ -149,15 +168,14 @@ NN_DIRECT3_TILE(1)
 NN_DIRECT3_TILE(2)
 NN_DIRECT3_TILE(3)
 
-/* out (Q, H, W) = the convolution of one sample's x (R, H, W) with the packed weights wp;
- * masks from nn_direct3_masks(H, W) */
-__attribute__((target("avx512f"))) static void nn_direct3_sample_avx512(
-        const float *x, ptrdiff_t R, ptrdiff_t H, ptrdiff_t W, const float *wp, ptrdiff_t Q,
-        const uint16_t *masks, float *out) {
-    const ptrdiff_t P = H * W, blocks = (Q + 7) / 8;
-    ptrdiff_t off[9];
-    for (int t = 0; t < 9; ++t)
-        off[t] = (t / 3 - 1) * W + (t % 3 - 1);
+/* out (Q, P) = for each output channel q and pixel p < P, the sum over input channels r,
+ * then taps t, of w[q, r, t] * x[r * XS + p + off[t]] -- the lanes whose bit in tap t's
+ * mask is clear read as 0 -- with the packed weights wp and masks per pixel vector (10
+ * words each: the 9 taps', then the pixels kept). The tile loop of one sample, or stack */
+__attribute__((target("avx512f"))) static void nn_direct3_run_avx512(
+        const float *x, ptrdiff_t XS, ptrdiff_t R, ptrdiff_t P, const ptrdiff_t *off,
+        const uint16_t *masks, const float *wp, ptrdiff_t Q, float *out) {
+    const ptrdiff_t blocks = (Q + 7) / 8;
     for (ptrdiff_t p0 = 0; p0 < P; p0 += 48) {
         ptrdiff_t nv = (P - p0 + 15) / 16;
         const uint16_t *m = masks + (p0 / 16) * NN_DIRECT_MASKS;
@@ -166,14 +184,80 @@ __attribute__((target("avx512f"))) static void nn_direct3_sample_avx512(
             ptrdiff_t rows = Q - qb * 8 < 8 ? Q - qb * 8 : 8;
             float *o = out + qb * 8 * P + p0;
             if (nv >= 3)
-                nn_direct3_tile3(x + p0, R, P, off, m, wq, rows, o);
+                nn_direct3_tile3(x + p0, XS, R, P, off, m, wq, rows, o);
             else if (nv == 2)
-                nn_direct3_tile2(x + p0, R, P, off, m, wq, rows, o);
+                nn_direct3_tile2(x + p0, XS, R, P, off, m, wq, rows, o);
             else
-                nn_direct3_tile1(x + p0, R, P, off, m, wq, rows, o);
+                nn_direct3_tile1(x + p0, XS, R, P, off, m, wq, rows, o);
         }
     }
 }
+
+/* out (Q, H, W) = the convolution of one sample's x (R, H, W) with the packed weights wp;
+ * masks from nn_direct3_masks(H, W) */
+__attribute__((target("avx512f"))) static void nn_direct3_sample_avx512(
+        const float *x, ptrdiff_t R, ptrdiff_t H, ptrdiff_t W, const float *wp, ptrdiff_t Q,
+        const uint16_t *masks, float *out) {
+    ptrdiff_t off[9];
+    for (int t = 0; t < 9; ++t)
+        off[t] = (t / 3 - 1) * W + (t % 3 - 1);
+    nn_direct3_run_avx512(x, H * W, R, H * W, off, masks, wp, Q, out);
+}
+
+/* Stride 2 (padding 1, 3x3) from phase planes. Output (i, j)'s tap (kh, kw) reads input
+ * (2i + kh - 1, 2j + kw - 1): for kh = 1 an even row, row i of the even rows; for kh = 0
+ * and 2 an odd one, row i - 1 or i of the odd rows -- columns alike. So split each input
+ * plane (H, W) into its four phase planes, ph[a * 2 + b][i, j] = x[2i + a, 2j + b] (0 past
+ * the edge), each of the output's size OH x OW = (H + 1) / 2 x (W + 1) / 2: then every tap
+ * is a shift by -1 or 0 within one of them, masked like stride 1's shifts. The products and
+ * their order are im2col + GEMM's, as for stride 1.
+ *
+ * ph (R, 4, m, OH * OW) = the phase planes of m samples, sample j's x at x + j * SS
+ * (R, H, W): each channel's four phases, each phase the m samples' planes stacked */
+__attribute__((target("avx512f"))) static void nn_direct3_phases_avx512(
+        const float *x, ptrdiff_t SS, ptrdiff_t m, ptrdiff_t R, ptrdiff_t H, ptrdiff_t W,
+        float *ph) {
+    const ptrdiff_t OH = (H + 1) / 2, OW = (W + 1) / 2, P2 = OH * OW;
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4,
+                                          2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (ptrdiff_t r = 0; r < R; ++r)
+        for (ptrdiff_t j = 0; j < m; ++j) {
+            const float *plane = x + j * SS + r * H * W;
+            for (int a = 0; a < 2; ++a) {
+                float *e = ph + ((r * 4 + a * 2) * m + j) * P2, *o = e + m * P2;
+                for (ptrdiff_t i = 0; i < OH; ++i) {
+                    ptrdiff_t row = 2 * i + a;
+                    for (ptrdiff_t c0 = 0; c0 < OW; c0 += 16) {
+                        ptrdiff_t left = OW - c0, in = W - 2 * c0;
+                        __mmask16 keep = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                        __m512 lo = _mm512_setzero_ps(), hi = lo;
+                        if (row < H) {
+                            const float *src = plane + row * W + 2 * c0;
+                            __mmask16 m0 = in >= 16 ? 0xFFFF : (__mmask16)((1u << in) - 1);
+                            __mmask16 m1 = in >= 32 ? 0xFFFF
+                                         : in <= 16 ? 0 : (__mmask16)((1u << (in - 16)) - 1);
+                            lo = _mm512_maskz_loadu_ps(m0, src);
+                            hi = _mm512_maskz_loadu_ps(m1, src + 16);
+                        }
+                        __m512 ev = _mm512_permutex2var_ps(lo, even, hi);
+                        __m512 od = _mm512_permutex2var_ps(lo, odd, hi);
+                        if (keep != 0xFFFF && i * OW + c0 + 16 > P2) {
+                            _mm512_mask_storeu_ps(e + i * OW + c0, keep, ev);
+                            _mm512_mask_storeu_ps(o + i * OW + c0, keep, od);
+                        } else {
+                            /* whole vectors (a masked store costs several on some CPUs):
+                             * the lanes past the row land on later rows of the same plane,
+                             * written after this one */
+                            _mm512_storeu_ps(e + i * OW + c0, ev);
+                            _mm512_storeu_ps(o + i * OW + c0, od);
+                        }
+                    }
+                }
+            }
+        }
+}
+
 /* The weight gradient, straight from the planes too: for samples [0, n) of x (n, R, H, W)
  * and g = grad_out (n, O, H, W),
  *
@@ -212,15 +296,13 @@ __attribute__((target("avx512f"))) static void nn_direct3_sample_avx512(
         }                                                                                   \
     } while (0)
 
-__attribute__((target("avx512f"))) static void nn_direct3_gw_avx512(
-        const float *g, const float *x, ptrdiff_t n, ptrdiff_t O, ptrdiff_t R, ptrdiff_t H,
-        ptrdiff_t W, const uint16_t *masks, int accumulate, float *gw) {
-    const ptrdiff_t P = H * W, vectors = (P + 15) / 16;
-    ptrdiff_t chunk = NN_DIRECT_GW_CHUNK / ((R + O) * P), off[9];
+__attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
+        const float *g, const float *x, ptrdiff_t XS, ptrdiff_t n, ptrdiff_t O, ptrdiff_t R,
+        ptrdiff_t P, const ptrdiff_t *off, const uint16_t *masks, int accumulate, float *gw) {
+    const ptrdiff_t vectors = (P + 15) / 16;
+    ptrdiff_t chunk = NN_DIRECT_GW_CHUNK / ((R + O) * P);
     if (chunk < 1)
         chunk = 1;
-    for (int t = 0; t < 9; ++t)
-        off[t] = (t / 3 - 1) * W + (t % 3 - 1);
     for (ptrdiff_t s0 = 0; s0 < n; s0 += chunk) {
         ptrdiff_t s1 = s0 + chunk < n ? s0 + chunk : n;
         for (ptrdiff_t o = 0; o < O; o += 8) {
@@ -235,7 +317,7 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_avx512(
                     NN_D_GW_ACC(0) NN_D_GW_ACC(1) NN_D_GW_ACC(2) NN_D_GW_ACC(3)
                     NN_D_GW_ACC(4) NN_D_GW_ACC(5) NN_D_GW_ACC(6) NN_D_GW_ACC(7)
                     for (ptrdiff_t s = s0; s < s1; ++s) {
-                        const float *gp = g + (s * O + o) * P, *xp = x + (s * R + r) * P;
+                        const float *gp = g + (s * O + o) * P, *xp = x + (s * R + r) * XS;
                         for (ptrdiff_t v = 0; v < vectors; ++v) {
                             const uint16_t *m = masks + v * NN_DIRECT_MASKS + kh * 3;
                             const __mmask16 keep = (__mmask16)masks[v * NN_DIRECT_MASKS + 9];
@@ -254,6 +336,7 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_avx512(
         }
     }
 }
+
 #else
 /* Off x86 the AVX-512 path never runs (nn_cpu_has_avx512f() is 0 there): these stubs only
  * keep the call sites in cnn_core/_conv.pyx linking, as nn_im2col.h's do. */
@@ -265,10 +348,19 @@ static void nn_direct3_sample_avx512(const float *x, ptrdiff_t R, ptrdiff_t H, p
                                      float *out) {
     (void)x; (void)R; (void)H; (void)W; (void)wp; (void)Q; (void)masks; (void)out;
 }
-static void nn_direct3_gw_avx512(const float *g, const float *x, ptrdiff_t n, ptrdiff_t O,
-                                 ptrdiff_t R, ptrdiff_t H, ptrdiff_t W, const uint16_t *masks,
-                                 int accumulate, float *gw) {
-    (void)g; (void)x; (void)n; (void)O; (void)R; (void)H; (void)W; (void)masks;
+static void nn_direct3_run_avx512(const float *x, ptrdiff_t XS, ptrdiff_t R, ptrdiff_t P,
+                                  const ptrdiff_t *off, const uint16_t *masks, const float *wp,
+                                  ptrdiff_t Q, float *out) {
+    (void)x; (void)XS; (void)R; (void)P; (void)off; (void)masks; (void)wp; (void)Q; (void)out;
+}
+static void nn_direct3_phases_avx512(const float *x, ptrdiff_t SS, ptrdiff_t m, ptrdiff_t R,
+                                     ptrdiff_t H, ptrdiff_t W, float *ph) {
+    (void)x; (void)SS; (void)m; (void)R; (void)H; (void)W; (void)ph;
+}
+static void nn_direct3_gw_run_avx512(const float *g, const float *x, ptrdiff_t XS, ptrdiff_t n,
+                                     ptrdiff_t O, ptrdiff_t R, ptrdiff_t P, const ptrdiff_t *off,
+                                     const uint16_t *masks, int accumulate, float *gw) {
+    (void)g; (void)x; (void)XS; (void)n; (void)O; (void)R; (void)P; (void)off; (void)masks;
     (void)accumulate; (void)gw;
 }
 #endif

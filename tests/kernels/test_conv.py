@@ -800,10 +800,11 @@ def test_direct_3x3_keeps_each_value_in_its_own_row_and_plane(rng, value):
 
 
 def test_direct_3x3_is_off_for_other_shapes_and_float64(rng):
-    # stride 2, padding 0 or 2, a 5x5 kernel, float64 and planes past 64x64 take im2col:
+    # padding 0 or 2, a 5x5 kernel, float64 and planes past 64x64 take im2col:
     # the same bits with the direct path switched off
     _conv = _direct_available()
-    cases = [((2, 3, 9, 9), (4, 3, 3), 2, 1, np.float32),
+    cases = [((2, 3, 9, 9), (4, 3, 3), 2, 0, np.float32),
+             ((2, 3, 9, 9), (4, 3, 3), 2, 1, np.float64),
              ((2, 3, 9, 9), (4, 3, 3), 1, 0, np.float32),
              ((2, 3, 9, 9), (4, 5, 5), 1, 2, np.float32),
              ((2, 3, 9, 9), (4, 3, 3), 1, 1, np.float64),
@@ -823,3 +824,89 @@ def test_direct_3x3_is_off_for_other_shapes_and_float64(rng):
             _conv._set_direct(None)
         for a, c in zip(results[0], results[1]):
             np.testing.assert_array_equal(a, c)
+
+
+# stride 2, padding 1 (a ResNet's downsampling 3x3) from phase planes: input planes of
+# 1 pixel, odd and even sides, prime sizes; outputs of 7x7 and 4x4 stacked 4 and 16 to a
+# call with partial last stacks; 64 channels (chunks of the weight gradient added up); an
+# output of 64x64, the largest the path takes
+DIRECT_S2_CASES = [
+    ((1, 1, 1, 1), 1),
+    ((2, 3, 1, 17), 5),
+    ((3, 2, 2, 2), 3),
+    ((5, 7, 13, 13), 11),
+    ((17, 2, 7, 7), 3),
+    ((6, 16, 28, 28), 32),
+    ((19, 32, 14, 14), 64),
+    ((3, 5, 8, 31), 9),
+    ((37, 64, 15, 15), 64),
+    ((1, 2, 128, 128), 3),
+]
+
+
+@pytest.mark.parametrize("xshape,o", DIRECT_S2_CASES)
+def test_direct_3x3_stride_2_keeps_the_bits_and_matches_the_twin(rng, xshape, o):
+    # the forward from phase planes sums the products of im2col's column in its order: the
+    # same bits; the input gradient is im2col's (col2im) on both paths; the weight gradient
+    # from the phase planes is summed in its own order (float32 tolerance against the twin)
+    _conv = _direct_available()
+    x, w, b = _conv_inputs(rng, np.float32, xshape, (o, 3, 3), True)
+    out = cnn_core.conv2d_forward(x, w, b, stride=2, padding=1)
+    g = randn(rng, out.shape, np.float32)
+    results = []
+    try:
+        for enabled in (False, True):
+            assert _conv._set_direct(enabled) is enabled
+            out = cnn_core.conv2d_forward(x, w, b, stride=2, padding=1)
+            gw, gb = np.zeros_like(w), np.zeros_like(b)
+            gx = cnn_core.conv2d_backward(g, x, w, gw, gb, stride=2, padding=1)
+            gw_only = np.zeros_like(w)
+            cnn_core.conv2d_backward(g, x, w, gw_only, None, stride=2, padding=1,
+                                     compute_grad_x=False)
+            results.append((out, gw, gb, gx, gw_only))
+    finally:
+        _conv._set_direct(None)
+    by_columns, direct = results
+    np.testing.assert_array_equal(direct[0], by_columns[0])
+    np.testing.assert_array_equal(direct[2], by_columns[2])
+    np.testing.assert_array_equal(direct[3], by_columns[3])
+    np.testing.assert_array_equal(direct[4], direct[1])
+    x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, w, b, g))
+    rgw, rgb = np.zeros_like(w64), np.zeros_like(b64)
+    reference.conv2d_backward(g64, x64, w64, rgw, rgb, stride=2, padding=1)
+    assert_close(direct[1], rgw.astype(np.float32), k=xshape[0] * g.shape[2] * g.shape[3])
+
+
+def test_direct_3x3_stride_2_same_bits_on_any_thread_count_and_non_finite_values(rng):
+    # parts of samples per thread, stacks within a part: the forward's bits do not depend
+    # on where a sample falls; a non-finite input at a row's or plane's end reaches exactly
+    # the outputs and weight-gradient entries the twin's do
+    _direct_available()
+    x, w, b = _conv_inputs(rng, np.float32, (23, 4, 13, 13), (8, 3, 3), True)
+    g = randn(rng, (23, 8, 7, 7), np.float32)
+    before = cnn_core.get_num_threads()
+    outs = []
+    try:
+        for count in (1, 2, 3):
+            cnn_core.set_num_threads(count)
+            outs.append(cnn_core.conv2d_forward(x, w, b, stride=2, padding=1))
+    finally:
+        cnn_core.set_num_threads(before)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    for value in (np.inf, np.nan):
+        xv = x.copy()
+        xv[3, 1, 2, 12] = value        # last column of a row
+        xv[4, 0, 12, 3] = value        # last row of a plane
+        xv[5, 1, 0, 0] = value         # first pixel
+        xv[6, 2, 11, 11] = value       # an odd row and column (read by kh = 2, kw = 2)
+        out = cnn_core.conv2d_forward(xv, w, b, stride=2, padding=1)
+        gw = np.zeros_like(w)
+        cnn_core.conv2d_backward(g, xv, w, gw, None, stride=2, padding=1,
+                                 compute_grad_x=False)
+        rgw, rgb = np.zeros_like(w), np.zeros_like(b)
+        with np.errstate(invalid="ignore"):
+            expect = reference.conv2d_forward(xv, w, b, stride=2, padding=1)
+            reference.conv2d_backward(g, xv, w, rgw, rgb, stride=2, padding=1)
+        np.testing.assert_array_equal(np.isfinite(out), np.isfinite(expect))
+        np.testing.assert_array_equal(np.isfinite(gw), np.isfinite(rgw))
