@@ -31,7 +31,7 @@ from libc.math cimport sqrt
 from cnn_core._checks cimport (as_float_array, check_same_dtype, check_same_shape, check_buffer,
                               output, check_scalar, refuse_overlaps)
 from cnn_core._parallel cimport num_threads, span_parts, run_parts
-from cnn_core._lanes cimport lane_sum, LANE_SUM, LANE_SUM_SQ_DEV, LANE_SUM_G_DEV
+from cnn_core._lanes cimport lane_sum, lane_sums, LANE_SUM, LANE_SUM_SQ_DEV, LANE_SUM_G_DEV
 
 cdef extern from "nn_scratch.h" nogil:
     # (this module's slot 0: the per-sample sums and the per-channel figures)
@@ -52,24 +52,25 @@ cdef void _sample_sums(const floating *x, Py_ssize_t n0, Py_ssize_t n1, Py_ssize
                        const double *mean, int kind, double *sums) noexcept nogil:
     # sums[n, c] = the lane sum `kind` of x[n, c] (about mean[c] when mean is not NULL),
     # for the samples [n0, n1)
-    cdef Py_ssize_t n, c
+    cdef Py_ssize_t n
     for n in range(n0, n1):
-        for c in range(C):
-            sums[n * C + c] = lane_sum(x, x + (n * C + c) * S, S,
-                                       mean[c] if mean != NULL else 0, kind)
+        lane_sums(x, x + n * C * S, S, S, mean, kind, C, sums + n * C)
 
 
 cdef void _sample_grad_sums(const floating *g, const floating *x, Py_ssize_t n0, Py_ssize_t n1,
                             Py_ssize_t C, Py_ssize_t S, const floating *mean, double *sum_g,
                             double *sum_gx) noexcept nogil:
     # per sample and channel: sum(g) and sum(g (x - mean_c)), for the samples [n0, n1)
-    cdef Py_ssize_t n, c
-    cdef const floating *gp
-    for n in range(n0, n1):
-        for c in range(C):
-            gp = g + (n * C + c) * S
-            sum_g[n * C + c] = lane_sum(gp, gp, S, 0, LANE_SUM)
-            sum_gx[n * C + c] = lane_sum(gp, x + (n * C + c) * S, S, mean[c], LANE_SUM_G_DEV)
+    cdef Py_ssize_t n, c0, c, count
+    cdef double means[64]
+    for c0 in range(0, C, 64):
+        count = min(64, C - c0)
+        for c in range(count):
+            means[c] = mean[c0 + c]
+        for n in range(n0, n1):
+            lane_sums(g, g + (n * C + c0) * S, S, S, NULL, LANE_SUM, count, sum_g + n * C + c0)
+            lane_sums(g + (n * C + c0) * S, x + (n * C + c0) * S, S, S, means, LANE_SUM_G_DEV,
+                      count, sum_gx + n * C + c0)
 
 
 cdef void _normalise(const floating *x, floating *y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C,
@@ -395,3 +396,23 @@ def batchnorm_backward(grad_out, x, gamma, save_mean, save_invstd, grad_gamma, g
         else:
             _backward_typed[double](*args)
     return grad_x if given else gx
+
+
+def _lane_sums(const float[:, ::1] g, const float[:, ::1] v, const double[::1] means, int kind,
+               bint together):
+    """(tests) the lane sums of kind 0, 1, 2 (sum(v), sum((v - mean)^2), sum(g (v - mean)))
+    of each row of v (float32), in double: the rows side by side as batch norm takes them
+    (lane_sums) or one at a time (lane_sum) -- the same bits either way."""
+    cdef Py_ssize_t count = v.shape[0], n = v.shape[1], j
+    if g.shape[0] != count or g.shape[1] != n or means.shape[0] != count or not 0 <= kind <= 2:
+        raise ValueError("g and v: (count, n) float32; means: (count,); kind: 0, 1 or 2")
+    totals = np.zeros(count, np.float64)
+    cdef double[::1] t = totals
+    if count == 0 or n == 0:
+        return totals
+    if together:
+        lane_sums(&g[0, 0], &v[0, 0], n, n, &means[0], kind, count, &t[0])
+    else:
+        for j in range(count):
+            t[j] = lane_sum(&g[j, 0], &v[j, 0], n, means[j], kind)
+    return totals

@@ -137,4 +137,70 @@ NN_DEFINE_LANES_AVX2(nn_lanes_f64_avx2, double, NN_LOAD4_F64)
 NN_DEFINE_LANE_SUM(f32, float)
 NN_DEFINE_LANE_SUM(f64, double)
 
+/* totals[j] = nn_lane_sum_f32(g + j * stride, v + j * stride, n, means ? means[j] : 0, kind)
+ * for j < count: the same terms, added in the same order, to the same bits. One run's sum
+ * ends in a chain of additions each waiting on the last -- its 32 lane totals, then its
+ * tail -- which is most of the time for short runs (batch norm over a ResNet's 7x7 planes:
+ * 0.36 -> 0.22 ms forward, 0.43 -> 0.25 backward; 28x28 about 10% less), so with AVX-512
+ * eight runs go together: each run's lanes (nn_lanes_f32_avx512) and tail terms first,
+ * then the eight chains of additions interleaved, each in its own order. */
+#if NN_X86
+/* the first of 8 floats at p that k keeps, widened to double (the others 0) */
+#define NN_LOAD8_MASKED(k, p) \
+    _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)(k), p)))
+
+__attribute__((target("avx512f"))) static ptrdiff_t nn_lane_sums_f32_avx512(
+        const float *g0, const float *v0, ptrdiff_t n, ptrdiff_t stride, const double *means,
+        int kind, ptrdiff_t count, double *totals) {
+    const ptrdiff_t n32 = n - n % NN_LANES, tail = n - n32;
+    double lanes[8][NN_LANES], terms[8][NN_LANES];
+    ptrdiff_t j = 0;
+    for (; j + 8 <= count; j += 8) {
+        for (int q = 0; q < 8; ++q) {
+            const float *g = g0 + (j + q) * stride + n32, *v = v0 + (j + q) * stride + n32;
+            const double mean = means != NULL ? means[j + q] : 0;
+            const __m512d m = _mm512_set1_pd(mean);
+            if (n32 > 0)
+                nn_lanes_f32_avx512(g - n32, v - n32, n32, mean, kind, lanes[q]);
+            for (ptrdiff_t i = 0; i < tail; i += 8) {
+                __mmask8 k = tail - i >= 8 ? 0xFF : (__mmask8)((1u << (tail - i)) - 1);
+                __m512d t = NN_LOAD8_MASKED(k, v + i);
+                if (kind == NN_LANE_SUM_SQ_DEV) {
+                    t = _mm512_sub_round_pd(t, m, NN_RN);
+                    t = _mm512_mul_round_pd(t, t, NN_RN);
+                } else if (kind == NN_LANE_SUM_G_DEV) {
+                    t = _mm512_mul_round_pd(NN_LOAD8_MASKED(k, g + i),
+                                            _mm512_sub_round_pd(t, m, NN_RN), NN_RN);
+                }
+                _mm512_storeu_pd(terms[q] + i, t);
+            }
+        }
+        double total[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (n32 > 0)
+            for (int l = 0; l < NN_LANES; ++l)
+                for (int q = 0; q < 8; ++q)
+                    total[q] += lanes[q][l];
+        for (ptrdiff_t i = 0; i < tail; ++i)
+            for (int q = 0; q < 8; ++q)
+                total[q] += terms[q][i];
+        for (int q = 0; q < 8; ++q)
+            totals[j + q] = total[q];
+    }
+    return j;
+}
+#endif
+
+static inline void nn_lane_sums_f32(const float *g, const float *v, ptrdiff_t n,
+                                    ptrdiff_t stride, const double *means, int kind,
+                                    ptrdiff_t count, double *totals) {
+    ptrdiff_t j = 0;
+#if NN_X86
+    if (nn_cpu_isa() >= NN_ISA_AVX512)
+        j = nn_lane_sums_f32_avx512(g, v, n, stride, means, kind, count, totals);
+#endif
+    for (; j < count; ++j)
+        totals[j] = nn_lane_sum_f32(g + j * stride, v + j * stride, n,
+                                    means != NULL ? means[j] : 0, kind);
+}
+
 #endif /* NN_LANES_H */

@@ -233,27 +233,33 @@ def test_batchnorm_same_bits_on_any_thread_count(rng, dtype, shape, training):
 
 
 # the run lengths of the lane sums (src/nn_lanes.h: 32 lanes, then the tail in order): none
-# but the tail, a tail of one, exactly the lanes, both, the CNN's feature maps
+# but the tail, a tail of one, exactly the lanes, both, 7x7 and 14x14 planes, the CNN's
+# feature maps; 3 channels (one run at a time), 11 (eight runs side by side, then three)
+# and 70 (batch norm's gradient sums take 64 channels at a time)
 _LANE_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np, cnn_core
     out = {}
     for dtype in (np.float32, np.float64):
         rng = np.random.default_rng(7)
-        for s in (1, 7, 31, 32, 33, 64, 95, 196, 784):
-            x = (rng.standard_normal((5, 3, s)) * 3 + 1).astype(dtype)
-            g = rng.standard_normal(x.shape).astype(dtype)
-            gamma, beta = np.full(3, 1.5, dtype), np.full(3, -0.5, dtype)
-            rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
-            y, mean, invstd = cnn_core.batchnorm_forward(x.reshape(5, 3, s, 1), gamma, beta,
+        for s, c in ((1, 3), (7, 11), (31, 3), (32, 11), (33, 11), (49, 70), (64, 3),
+                     (95, 11), (196, 11), (511, 9), (784, 11)):
+            # magnitudes 1e-9 .. 1e9: sums that round in double too, so that their order
+            # shows in the bits (values of one scale would add up exactly in any order)
+            scale = 10.0 ** rng.integers(-9, 10, (5, c, s))
+            x = ((rng.standard_normal((5, c, s)) * 3 + 1) * scale).astype(dtype)
+            g = (rng.standard_normal(x.shape) * scale[:, ::-1]).astype(dtype)
+            gamma, beta = np.full(c, 1.5, dtype), np.full(c, -0.5, dtype)
+            rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+            y, mean, invstd = cnn_core.batchnorm_forward(x.reshape(5, c, s, 1), gamma, beta,
                                                          rm, rv, training=True)
-            gg, gb = np.zeros(3, dtype), np.zeros(3, dtype)
+            gg, gb = np.zeros(c, dtype), np.zeros(c, dtype)
             gx = cnn_core.batchnorm_backward(g.reshape(y.shape), x.reshape(y.shape), gamma,
                                              mean, invstd, gg, gb)
-            w = rng.standard_normal((4, 3, 1, 1)).astype(dtype)
+            w = rng.standard_normal((4, c, 1, 1)).astype(dtype)
             cg = rng.standard_normal((5, 4, s, 1)).astype(dtype)
             cgw, cgb = np.zeros_like(w), np.zeros(4, dtype)
-            cnn_core.conv2d_backward(cg, x.reshape(5, 3, s, 1), w, cgw, cgb)
+            cnn_core.conv2d_backward(cg, x.reshape(5, c, s, 1), w, cgw, cgb)
             key = f"{np.dtype(dtype).name}_{s}"
             for name, value in (("y", y), ("mean", mean), ("invstd", invstd), ("rm", rm),
                                 ("rv", rv), ("gx", gx), ("gg", gg), ("gb", gb), ("cgb", cgb)):
@@ -287,3 +293,24 @@ def test_lane_sums_have_the_same_bits_on_every_isa(tmp_path):
         for key, value in values.items():
             np.testing.assert_array_equal(value, base[key], err_msg=f"{isa}: {key}")
     # (that the sums are right, against the twin, is every other test of this file's)
+
+
+@pytest.mark.parametrize("n", [1, 7, 31, 32, 33, 49, 95, 196, 511, 784])
+def test_lane_sums_side_by_side_have_the_same_bits_as_one_run_at_a_time(rng, n):
+    # batch norm sums eight float32 runs at a time (src/nn_lanes.h, nn_lane_sums_f32): each
+    # run's additions in its own order, so the double totals are those of one run at a time
+    # -- checked in double, before any rounding to float32 hides a difference, on values of
+    # magnitudes 1e-9 .. 1e9 whose sums round (in one order they would not)
+    from cnn_core import _norm
+    for count in (1, 7, 8, 9, 17, 70):
+        scale = 10.0 ** rng.integers(-9, 10, (count, n))
+        v = (rng.standard_normal((count, n)) * scale).astype(np.float32)
+        g = (rng.standard_normal((count, n)) * scale[:, ::-1]).astype(np.float32)
+        means = rng.standard_normal(count) * 1e3
+        for kind in (0, 1, 2):
+            together = _norm._lane_sums(g, v, means, kind, True)
+            alone = _norm._lane_sums(g, v, means, kind, False)
+            np.testing.assert_array_equal(together, alone, err_msg=f"kind {kind}, {count} runs")
+            if count == 70 and kind == 0 and n > 32:
+                # (and the order is not one that any order would match)
+                assert not np.array_equal(alone, v.astype(np.float64)[:, ::-1].sum(axis=1))
