@@ -34,6 +34,10 @@
  * samples, copied one after the other) fill 49 vectors whole. The caller stacks them
  * (cnn_core/_conv.pyx); a tap that would cross into the next plane is masked like the
  * padding, so each output's sum is the same, stacked or not.
+ *
+ * The same tiles compute a 3x3 convolution with stride 2 and padding 1 (a ResNet's
+ * downsampling) from the input's phase planes (nn_direct3_phases_avx512 below), and the
+ * weight gradient of both (nn_direct3_gw_run_avx512).
  */
 #ifndef NN_DIRECT_H
 #define NN_DIRECT_H
@@ -264,10 +268,12 @@ __attribute__((target("avx512f"))) static void nn_direct3_phases_avx512(
  *     gw[o, r, t] = sum over samples s, pixels p of g[s, o, p] * xpad[s, r, p + tap t]
  *
  * written over gw (O, R, 9) -- or added to it with accumulate set -- a part's partial, the
- * caller adds the parts. A tile is 8
- * output channels by the 3 taps of one row of the kernel (kh), for one input channel: 24
- * accumulators of 16 lanes; each pixel vector is 3 masked loads of x (one per tap) and 8 of
- * g, each g vector multiplied into the 3 taps' accumulators. They sum over the pixel vectors
+ * caller adds the parts. x's channels are XS floats apart (a sample's R * XS), its taps at
+ * off[t] with masks per pixel vector as the forward's (nn_direct3_run_avx512: stride 2
+ * reads phase planes), P pixels. A tile is 8 output channels by the 3 taps of one row of
+ * the kernel (kh), for one input channel: 24 accumulators of 16 lanes; each pixel vector
+ * is 3 masked loads of x (one per tap) and 8 of g, each g vector multiplied into the 3
+ * taps' accumulators. They sum over the pixel vectors
  * of a chunk of samples (as many as keep the chunk's planes within ~512 KB, so that they
  * stay in the core's cache while every tile reads them), then each is reduced across its
  * lanes (_mm512_reduce_add_ps) and added to gw, chunk after chunk. Each gw entry's order is
