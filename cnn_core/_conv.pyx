@@ -112,9 +112,6 @@ cdef extern from "nn_direct.h" nogil:
         NN_DIRECT_GW_CHUNK
     void nn_direct3_pack(const float *w, Py_ssize_t O, Py_ssize_t C, int transpose, float *wp)
     void nn_direct3_masks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t planes, uint16_t *masks)
-    void nn_direct3_sample_avx512(const float *x, Py_ssize_t R, Py_ssize_t H, Py_ssize_t W,
-                                  const float *wp, Py_ssize_t Q, const uint16_t *masks,
-                                  float *out)
     void nn_direct3_run_avx512(const float *x, Py_ssize_t XS, Py_ssize_t R, Py_ssize_t P,
                                const Py_ssize_t *off, const uint16_t *masks, const float *wp,
                                Py_ssize_t Q, float *out)
@@ -384,70 +381,57 @@ cdef void _unstack(const float *src, Py_ssize_t channels, Py_ssize_t P, Py_ssize
 
 
 cdef int _direct_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssize_t Q,
-                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t n0, Py_ssize_t n1,
-                         float *dst) noexcept nogil:
-    # dst[n] (Q, H, W) = the direct 3x3 convolution of src[n] (R, H, W) with the packed
-    # weights wp, for samples [n0, n1): _direct_stack's count of them at a time, each
-    # channel's planes copied one after the other (scratch 0) and the outputs copied back
-    # from the stacked result (scratch 2). Each output's sum is the same, stacked or not
-    cdef Py_ssize_t P = H * W, G = _direct_stack(P), n, g, planes = 0, k
-    cdef uint16_t masks[NN_DIRECT_MASK_WORDS]
-    cdef float *stacked_in
-    cdef float *stacked_out
-    if G == 1:
-        nn_direct3_masks(H, W, 1, masks)
-        for n in range(n0, n1):
-            nn_direct3_sample_avx512(src + n * R * P, R, H, W, wp, Q, masks, dst + n * Q * P)
-        return 0
-    stacked_in = <float *> nn_scratch(0, R * G * P * sizeof(float))
-    stacked_out = <float *> nn_scratch(2, Q * G * P * sizeof(float))
-    if stacked_in == NULL or stacked_out == NULL:
-        return -1
-    for k in range((n1 - n0 + G - 1) // G):
-        n = n0 + k * G
-        g = G if n + G <= n1 else n1 - n
-        if g != planes:
-            nn_direct3_masks(H, W, g, masks)
-            planes = g
-        _stack(src + n * R * P, R, P, 1, g, stacked_in)
-        nn_direct3_sample_avx512(stacked_in, R, g * H, W, wp, Q, masks, stacked_out)
-        _unstack(stacked_out, Q, P, g, dst + n * Q * P)
-    return 0
-
-
-cdef int _direct_s2_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssize_t Q,
-                            Py_ssize_t H, Py_ssize_t W, Py_ssize_t n0, Py_ssize_t n1,
-                            float *dst) noexcept nogil:
-    # dst[n] (Q, OH, OW) = the direct 3x3 convolution with stride 2 and padding 1 of src[n]
-    # (R, H, W) with the packed weights wp, for samples [n0, n1): from their phase planes
-    # (nn_direct3_phases_avx512, scratch 0), _direct_stack's count of samples at a time, the
-    # outputs of a stack copied back from scratch 2
-    cdef Py_ssize_t OH = (H + 1) // 2, OW = (W + 1) // 2, P = OH * OW, CHW = R * H * W
-    cdef Py_ssize_t G = _direct_stack(P), n, g, planes = 0, k
+                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t stride, Py_ssize_t n0,
+                         Py_ssize_t n1, float *dst) noexcept nogil:
+    # dst[n] (Q, OH, OW) = the direct 3x3 convolution (padding 1, stride 1 or 2) of src[n]
+    # (R, H, W) with the packed weights wp, for samples [n0, n1), _direct_stack's count of
+    # them at a time: stride 1 reads small planes stacked (each channel's planes copied one
+    # after the other, scratch 0) and others where they lie; stride 2 reads phase planes
+    # (nn_direct3_phases_avx512, scratch 0). A stack's outputs are copied back from scratch
+    # 2. Each output's sum is the same, stacked or not
+    cdef bint s2 = stride == 2
+    cdef Py_ssize_t OH = (H + 1) // 2 if s2 else H, OW = (W + 1) // 2 if s2 else W
+    cdef Py_ssize_t P = OH * OW, CHW = R * H * W, G = _direct_stack(P), n, g, planes = 0
+    cdef Py_ssize_t k, t, XS
     cdef uint16_t masks1[NN_DIRECT_MASK_WORDS]
     cdef uint16_t masks2[NN_DIRECT_MASK_WORDS]
+    cdef uint16_t *masks = masks1
     cdef Py_ssize_t off[9]
-    cdef float *phases = <float *> nn_scratch(0, R * 4 * G * P * sizeof(float))
+    cdef float *stacked_in = NULL
     cdef float *stacked_out = NULL
-    if phases == NULL:
-        return -1
+    cdef const float *xin
+    if s2 or G > 1:
+        stacked_in = <float *> nn_scratch(0, R * (4 if s2 else 1) * G * P * sizeof(float))
+        if stacked_in == NULL:
+            return -1
     if G > 1:
         stacked_out = <float *> nn_scratch(2, Q * G * P * sizeof(float))
         if stacked_out == NULL:
             return -1
+    if s2:
+        masks = masks2
+    for t in range(9):
+        off[t] = (t // 3 - 1) * OW + (t % 3 - 1)
     for k in range((n1 - n0 + G - 1) // G):
         n = n0 + k * G
         g = G if n + G <= n1 else n1 - n
         if g != planes:
             nn_direct3_masks(OH, OW, g, masks1)
-            nn_direct3_s2_taps(OW, g * P, (g * P + 15) // 16, masks1, masks2, off)
+            if s2:
+                nn_direct3_s2_taps(OW, g * P, (g * P + 15) // 16, masks1, masks2, off)
             planes = g
-        nn_direct3_phases_avx512(src + n * CHW, CHW, g, R, H, W, phases)
+        xin, XS = src + n * CHW, P
+        if s2:
+            nn_direct3_phases_avx512(xin, CHW, g, R, H, W, stacked_in)
+            xin, XS = stacked_in, 4 * g * P
+        elif g > 1:
+            _stack(xin, R, P, 1, g, stacked_in)
+            xin, XS = stacked_in, g * P
         if G == 1:
-            nn_direct3_run_avx512(phases, 4 * P, R, P, off, masks2, wp, Q, dst + n * Q * P)
-            continue
-        nn_direct3_run_avx512(phases, 4 * g * P, R, g * P, off, masks2, wp, Q, stacked_out)
-        _unstack(stacked_out, Q, P, g, dst + n * Q * P)
+            nn_direct3_run_avx512(xin, XS, R, P, off, masks, wp, Q, dst + n * Q * P)
+        else:
+            nn_direct3_run_avx512(xin, XS, R, g * P, off, masks, wp, Q, stacked_out)
+            _unstack(stacked_out, Q, P, g, dst + n * Q * P)
     return 0
 
 
@@ -466,10 +450,7 @@ cdef int conv_forward_samples(const floating *x, const floating *w, const floati
     cdef floating *dst
     if floating is float:
         if wp != NULL:
-            if s.sh == 2:
-                if _direct_s2_samples(x, s.C, wp, s.O, s.H, s.W, n0, n1, out) != 0:
-                    return -1
-            elif _direct_samples(x, s.C, wp, s.O, s.H, s.W, n0, n1, out) != 0:
+            if _direct_samples(x, s.C, wp, s.O, s.H, s.W, s.sh, n0, n1, out) != 0:
                 return -1
             for n in range(n0, n1):
                 if b != NULL:
@@ -533,7 +514,7 @@ cdef int _direct_gw_samples(const float *g, const float *x, float *gw_partial, C
                             Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     # gw_partial (O, C*9) = the weight gradient of samples [n0, n1) straight from the planes
     # (nn_direct3_gw_run_avx512) -- for stride 2 from x's phase planes (scratch 0, as
-    # _direct_s2_samples writes them). Small planes are stacked as the forward stacks them
+    # _direct_samples writes them). Small planes are stacked as the forward stacks them
     # (_direct_stack): a chunk of stacks at a time -- the kernel's own chunk -- x's planes to
     # scratch 0, grad_out's to scratch 2; the last stack may hold fewer planes. Stride 1
     # without stacking reads x and grad_out where they lie, all samples in one call
@@ -595,11 +576,11 @@ cdef int _direct_gw_samples(const float *g, const float *x, float *gw_partial, C
 cdef int _direct_backward_samples(const float *g, const float *x, float *gw_partial, float *gx,
                                   float *sums, ConvShape s, Py_ssize_t n0, Py_ssize_t n1,
                                   const float *wpt) noexcept nogil:
-    # conv_backward_samples' work for a float32 3x3 convolution with stride 1 and padding 1
-    # (src/nn_direct.h): when gw_partial is not NULL, gw_partial (O, C*9) = the samples'
-    # weight gradient (_direct_gw_samples) and sums as there; when gx is not NULL, gx[n] = the
-    # convolution of g[n] with wpt
-    cdef Py_ssize_t P = s.H * s.W, n, o
+    # conv_backward_samples' work for a float32 3x3 convolution with padding 1 (src/nn_direct.h):
+    # when gw_partial is not NULL, gw_partial (O, C*9) = the samples' weight gradient
+    # (_direct_gw_samples, stride 1 or 2) and sums as there; when gx is not NULL (stride 1
+    # only), gx[n] = the convolution of g[n] with wpt
+    cdef Py_ssize_t P = s.OH * s.OW, n, o
     if gw_partial != NULL:
         if _direct_gw_samples(g, x, gw_partial, s, n0, n1) != 0:
             return -1
@@ -608,7 +589,7 @@ cdef int _direct_backward_samples(const float *g, const float *x, float *gw_part
                 for o in range(s.O):
                     sums[n * s.O + o] = lane_sum(g, g + (n * s.O + o) * P, P, 0, LANE_SUM)
     if gx != NULL:
-        return _direct_samples(g, s.O, wpt, s.C, s.H, s.W, n0, n1, gx)
+        return _direct_samples(g, s.O, wpt, s.C, s.H, s.W, 1, n0, n1, gx)
     return 0
 
 
@@ -635,17 +616,12 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
         if direct:
             return _direct_backward_samples(g, x, gw_partial, gx, sums, s, n0, n1, wpt)
         if _is_direct_s2(s):
-            # the weight gradient from the phase planes; the input gradient below
-            if _direct_gw_samples(g, x, gw_partial, s, n0, n1) != 0:
+            # the weight gradient (and sums) from the phase planes; the input gradient below
+            if _direct_backward_samples(g, x, gw_partial, NULL, sums, s, n0, n1, NULL) != 0:
                 return -1
-            gw_done = True
             if gx == NULL:
-                if sums != NULL:
-                    for n in range(n0, n1):
-                        for o in range(s.O):
-                            sums[n * s.O + o] = <floating> lane_sum(
-                                g, g + (n * s.O + o) * P, P, 0, LANE_SUM)
                 return 0
+            gw_done, sums = True, NULL
     col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
     if col == NULL:
         return -1

@@ -197,17 +197,6 @@ __attribute__((target("avx512f"))) static void nn_direct3_run_avx512(
     }
 }
 
-/* out (Q, H, W) = the convolution of one sample's x (R, H, W) with the packed weights wp;
- * masks from nn_direct3_masks(H, W) */
-__attribute__((target("avx512f"))) static void nn_direct3_sample_avx512(
-        const float *x, ptrdiff_t R, ptrdiff_t H, ptrdiff_t W, const float *wp, ptrdiff_t Q,
-        const uint16_t *masks, float *out) {
-    ptrdiff_t off[9];
-    for (int t = 0; t < 9; ++t)
-        off[t] = (t / 3 - 1) * W + (t % 3 - 1);
-    nn_direct3_run_avx512(x, H * W, R, H * W, off, masks, wp, Q, out);
-}
-
 /* Stride 2 (padding 1, 3x3) from phase planes. Output (i, j)'s tap (kh, kw) reads input
  * (2i + kh - 1, 2j + kw - 1): for kh = 1 an even row, row i of the even rows; for kh = 0
  * and 2 an odd one, row i - 1 or i of the odd rows -- columns alike. So split each input
@@ -348,11 +337,6 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
  * keep the call sites in cnn_core/_conv.pyx linking, as nn_im2col.h's do. */
 static void nn_direct3_masks(ptrdiff_t H, ptrdiff_t W, ptrdiff_t planes, uint16_t *masks) {
     (void)H; (void)W; (void)planes; (void)masks;
-}
-static void nn_direct3_sample_avx512(const float *x, ptrdiff_t R, ptrdiff_t H, ptrdiff_t W,
-                                     const float *wp, ptrdiff_t Q, const uint16_t *masks,
-                                     float *out) {
-    (void)x; (void)R; (void)H; (void)W; (void)wp; (void)Q; (void)masks; (void)out;
 }
 static void nn_direct3_run_avx512(const float *x, ptrdiff_t XS, ptrdiff_t R, ptrdiff_t P,
                                   const ptrdiff_t *off, const uint16_t *masks, const float *wp,
