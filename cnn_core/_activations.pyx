@@ -14,9 +14,13 @@ Softmax works on rows of a 2-D array, threads over rows.
     dropout     y = x * mask * scale           dx = dy * mask * scale
                 (a uint8 mask's values as they are: 0..255; a bool mask's as 0 and 1)
     add         y = a + b                      (NumPy's a + b, on every thread)
+                with activation="relu": y = max(a + b, 0), relu_forward of that sum
+    relu_backward with plus=p: dx = (dy + p) * (x > 0), relu_backward of add(dy, p):
+                a ReLU whose output gradient arrives in two parts (a residual network's
+                block input, where the body's and the shortcut's gradients meet)
 
 In place: `out` may be the input array itself (relu_forward(x, out=x); a backward's out may
-be grad_out or its x / y; add's out a or b): every value is read before it is written, by the thread that
+be grad_out, plus or its x / y; add's out a or b): every value is read before it is written, by the thread that
 writes it. Any other overlap of out with an input (a shifted view of it, the dropout mask)
 is a ValueError: out would overwrite values not yet read.
 """
@@ -31,7 +35,7 @@ from cnn_core._parallel cimport num_threads, span_parts, run_parts, MAX_PARTS, S
 
 cdef enum Op:
     RELU_FWD, RELU_BWD, LEAKY_FWD, LEAKY_BWD, SIGMOID_FWD, SIGMOID_BWD, TANH_FWD, TANH_BWD
-    DROPOUT, DROPOUT_BOOL, ADD
+    DROPOUT, DROPOUT_BOOL, ADD, ADD_RELU, RELU_BWD_ADD
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -49,9 +53,11 @@ cdef inline floating _sigmoid(floating x) noexcept nogil:
         return e / (1.0 + e)
 
 
-cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned char *mask,
-                     floating *y, Py_ssize_t n, floating s) noexcept nogil:
-    # y[i] = f(x[i]) (forward) or g[i] * f'(...) (backward), for i < n; s: the op's scalar
+cdef void unary_span(Op op, const floating *x, const floating *g, const floating *h,
+                     const unsigned char *mask, floating *y, Py_ssize_t n,
+                     floating s) noexcept nogil:
+    # y[i] = f(x[i]) (forward) or g[i] * f'(...) (backward), for i < n; s: the op's scalar;
+    # h: a second gradient added to g (RELU_BWD_ADD)
     # every loop body loads its operands unconditionally and selects between values (never
     # between computations, which the compiler may not speculate), so that it becomes vector
     # compares and masks instead of unpredictable branches
@@ -100,6 +106,14 @@ cdef void unary_span(Op op, const floating *x, const floating *g, const unsigned
     elif op == ADD:                   # g holds a, x holds b: a + b in that order
         for i in range(n):
             y[i] = g[i] + x[i]
+    elif op == ADD_RELU:              # relu(a + b): ADD's sum, then RELU_FWD's select
+        for i in range(n):
+            xi = g[i] + x[i]
+            y[i] = 0 if xi <= 0 else xi
+    elif op == RELU_BWD_ADD:          # ADD's sum of g and h, then RELU_BWD's select
+        for i in range(n):
+            gi = g[i] + h[i]
+            y[i] = gi if x[i] > 0 else 0
 
 
 ctypedef struct _Unary:
@@ -109,6 +123,7 @@ ctypedef struct _Unary:
     bint single
     const void *x
     const void *g
+    const void *h
     const unsigned char *mask
     void *y
     Py_ssize_t n
@@ -126,26 +141,30 @@ cdef void _unary_part(void *ctx, Py_ssize_t t) noexcept nogil:
     cdef const unsigned char *mask = u.mask + start if u.mask != NULL else NULL
     if u.single:
         unary_span(u.op, <const float *> u.x + start,
-                   <const float *> u.g + start if u.g != NULL else NULL, mask,
+                   <const float *> u.g + start if u.g != NULL else NULL,
+                   <const float *> u.h + start if u.h != NULL else NULL, mask,
                    <float *> u.y + start, count, <float> u.s)
     else:
         unary_span(u.op, <const double *> u.x + start,
-                   <const double *> u.g + start if u.g != NULL else NULL, mask,
+                   <const double *> u.g + start if u.g != NULL else NULL,
+                   <const double *> u.h + start if u.h != NULL else NULL, mask,
                    <double *> u.y + start, count, u.s)
 
 
-cdef void unary(Op op, const floating *x, const floating *g, const unsigned char *mask,
-                floating *y, Py_ssize_t n, floating s, int threads) noexcept nogil:
+cdef void unary(Op op, const floating *x, const floating *g, const floating *h,
+                const unsigned char *mask, floating *y, Py_ssize_t n, floating s,
+                int threads) noexcept nogil:
     # unary_span over [0, n), in `parts` contiguous spans, one per thread
     cdef Py_ssize_t parts = span_parts(n, SPAN_MIN, threads)
     if parts <= 1:
-        unary_span(op, x, g, mask, y, n, s)
+        unary_span(op, x, g, h, mask, y, n, s)
         return
     cdef _Unary u
     u.op = op
     u.single = floating is float
     u.x = x
     u.g = g
+    u.h = h
     u.mask = mask
     u.y = y
     u.n = n
@@ -154,14 +173,14 @@ cdef void unary(Op op, const floating *x, const floating *g, const unsigned char
     run_parts(_unary_part, &u, parts)
 
 
-cdef _apply(Op op, x, g, mask, y, double s):
+cdef _apply(Op op, x, g, mask, y, double s, h=None):
     # typed dispatch: views over the flattened arrays
     cdef Py_ssize_t n = x.size
     if n == 0:
         return y
     cdef int threads = num_threads()
-    cdef const float[::1] xf, gf
-    cdef const double[::1] xd, gd
+    cdef const float[::1] xf, gf, hf
+    cdef const double[::1] xd, gd, hd
     cdef float[::1] yf
     cdef double[::1] yd
     cdef const unsigned char[::1] m
@@ -173,15 +192,18 @@ cdef _apply(Op op, x, g, mask, y, double s):
         xf = x.reshape(-1)
         yf = y.reshape(-1)
         gf = g.reshape(-1) if g is not None else None
+        hf = h.reshape(-1) if h is not None else None
         with nogil:
-            unary(op, &xf[0], &gf[0] if gf is not None else NULL, mp, &yf[0], n, <float> s,
-                  threads)
+            unary(op, &xf[0], &gf[0] if gf is not None else NULL,
+                  &hf[0] if hf is not None else NULL, mp, &yf[0], n, <float> s, threads)
     else:
         xd = x.reshape(-1)
         yd = y.reshape(-1)
         gd = g.reshape(-1) if g is not None else None
+        hd = h.reshape(-1) if h is not None else None
         with nogil:
-            unary(op, &xd[0], &gd[0] if gd is not None else NULL, mp, &yd[0], n, s, threads)
+            unary(op, &xd[0], &gd[0] if gd is not None else NULL,
+                  &hd[0] if hd is not None else NULL, mp, &yd[0], n, s, threads)
     return y
 
 
@@ -195,18 +217,24 @@ cdef _forward(Op op, x, out, double s=0):
     return out                  # the caller's object (a subclass was written through a view)
 
 
+cdef tuple _pair(str a_name, a, str b_name, b, out, int ndim=-1):
+    # two inputs of one dtype and shape and the output: (a, b, the array to write), out
+    # checked against both (it may be either of them itself)
+    a = as_float_array(a_name, a, ndim)
+    b = as_float_array(b_name, b, ndim)
+    check_same_dtype(b_name, b, a.dtype)
+    check_same_shape(b_name, b, a.shape)
+    y = output("out", out, a.shape, a.dtype)
+    if out is not None:
+        refuse_overlap("out", y, a_name, a, IN_PLACE)
+        refuse_overlap("out", y, b_name, b, IN_PLACE)
+    return a, b, y
+
+
 cdef _backward(Op op, grad_out, str name, saved, out, double s=0):
-    grad_out = as_float_array("grad_out", grad_out)
-    saved = as_float_array(name, saved)
-    check_same_dtype(name, saved, grad_out.dtype)
-    check_same_shape(name, saved, grad_out.shape)
-    y = output("out", out, grad_out.shape, grad_out.dtype)
-    if out is None:
-        return _apply(op, saved, grad_out, None, y, s)
-    refuse_overlap("out", y, "grad_out", grad_out, IN_PLACE)
-    refuse_overlap("out", y, name, saved, IN_PLACE)
+    grad_out, saved, y = _pair("grad_out", grad_out, name, saved, out)
     _apply(op, saved, grad_out, None, y, s)
-    return out
+    return y if out is None else out
 
 
 def relu_forward(x, out=None):
@@ -215,10 +243,24 @@ def relu_forward(x, out=None):
     return _forward(RELU_FWD, x, out)
 
 
-def relu_backward(grad_out, x, out=None):
-    """ReLU backward: out = grad_out * (x > 0); x is the forward input. out may be grad_out
-    or x itself (in place), and must not overlap them otherwise."""
-    return _backward(RELU_BWD, grad_out, "x", x, out)
+def relu_backward(grad_out, x, out=None, *, plus=None):
+    """ReLU backward: out = grad_out * (x > 0); x is the forward input (or output: the same
+    mask). out may be grad_out or x itself (in place), and must not overlap them otherwise.
+
+    plus: an array of grad_out's shape and dtype, when the output's gradient arrives in two
+    parts: out = (grad_out + plus) * (x > 0), the bits of relu_backward(add(grad_out, plus),
+    x) in one pass (out may be plus itself too)."""
+    if plus is None:
+        return _backward(RELU_BWD, grad_out, "x", x, out)
+    # (checked in the twin's order: grad_out, x, out, plus)
+    grad_out, x, y = _pair("grad_out", grad_out, "x", x, out)
+    plus = as_float_array("plus", plus)
+    check_same_dtype("plus", plus, grad_out.dtype)
+    check_same_shape("plus", plus, grad_out.shape)
+    if out is not None:
+        refuse_overlap("out", y, "plus", plus, IN_PLACE)
+    _apply(RELU_BWD_ADD, x, grad_out, None, y, 0, plus)
+    return y if out is None else out
 
 
 def leaky_relu_forward(x, negative_slope=0.01, out=None):
@@ -417,14 +459,7 @@ def softmax_backward(grad_out, y, out=None):
     """Softmax backward from its output y: out = y * (grad_out - sum(grad_out * y, axis=1)).
 
     grad_out (N, C), y (N, C) -> out (N, C); out may be grad_out or y itself."""
-    grad_out = as_float_array("grad_out", grad_out, 2)
-    y = as_float_array("y", y, 2)
-    check_same_dtype("y", y, grad_out.dtype)
-    check_same_shape("y", y, grad_out.shape)
-    dx = output("out", out, grad_out.shape, grad_out.dtype)
-    if out is not None:
-        refuse_overlap("out", dx, "grad_out", grad_out, IN_PLACE)
-        refuse_overlap("out", dx, "y", y, IN_PLACE)
+    grad_out, y, dx = _pair("grad_out", grad_out, "y", y, out, 2)
     if grad_out.dtype == np.float32:
         _rows[float](True, grad_out, y, dx)
     else:
@@ -432,18 +467,13 @@ def softmax_backward(grad_out, y, out=None):
     return dx if out is None else out
 
 
-def add(a, b, out=None):
+def add(a, b, out=None, *, activation=None):
     """Elementwise sum: out = a + b (NumPy's a + b, bit for bit), a and b of one shape and
     dtype (no broadcasting). out may be a or b itself (in place), and must not overlap them
-    otherwise."""
-    a = as_float_array("a", a)
-    b = as_float_array("b", b)
-    check_same_dtype("b", b, a.dtype)
-    check_same_shape("b", b, a.shape)
-    y = output("out", out, a.shape, a.dtype)
-    if out is None:
-        return _apply(ADD, b, a, None, y, 0)
-    refuse_overlap("out", y, "a", a, IN_PLACE)
-    refuse_overlap("out", y, "b", b, IN_PLACE)
-    _apply(ADD, b, a, None, y, 0)
-    return out
+    otherwise. activation="relu": out = max(a + b, 0), the bits of relu_forward(add(a, b))
+    in one pass (a residual block's output)."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation: None or 'relu', got {activation!r}")
+    a, b, y = _pair("a", a, "b", b, out)
+    _apply(ADD if activation is None else ADD_RELU, b, a, None, y, 0)
+    return y if out is None else out

@@ -24,7 +24,7 @@ def relu_forward(x, out=None):
     return _checks.given(out, result)
 
 
-def relu_backward(grad_out, x, out=None):
+def relu_backward(grad_out, x, out=None, *, plus=None):
     """Gradient of ReLU, ``out = grad_out * (x > 0)``.
 
     The derivative is 1 where the input was positive and 0 elsewhere (0 at x == 0 too).
@@ -33,16 +33,24 @@ def relu_backward(grad_out, x, out=None):
     ----------
     grad_out : ndarray, any shape
     x : ndarray of grad_out's shape
-        The forward input.
+        The forward input (or its output: positive at the same places).
     out : ndarray, optional
-        May be grad_out or x itself (in place); no other view of its memory.
+        May be grad_out, plus or x itself (in place); no other view of its memory.
+    plus : ndarray of grad_out's shape and dtype, optional
+        The output's gradient in two parts (a residual block's input, where the body's and
+        the shortcut's gradients meet): ``out = (grad_out + plus) * (x > 0)``.
 
     Returns
     -------
     out : ndarray, dL/dx
     """
-    # grad_out (...), x (...) -> out (...)
+    # grad_out (...), x (...) [, plus (...)] -> out (...)
     grad_out, x, result = _checks.elementwise("grad_out", grad_out, out, "x", x)
+    if plus is not None:
+        plus = _checks.as_like("plus", plus, grad_out.dtype, grad_out.shape)
+        if out is not None:
+            _checks.refuse_overlap("out", result, ("plus", plus), how=_checks.IN_PLACE)
+        grad_out = grad_out + plus
     result[...] = grad_out * (x > 0)
     return _checks.given(out, result)
 
@@ -274,7 +282,7 @@ def dropout_backward(grad_out, mask, scale, out=None):
     return _checks.given(out, result)
 
 
-def add(a, b, out=None):
+def add(a, b, out=None, *, activation=None):
     """Elementwise sum, ``out = a + b`` -- a residual connection's sum, each way.
 
     Parameters
@@ -283,12 +291,16 @@ def add(a, b, out=None):
     b : ndarray of a's shape and dtype (no broadcasting)
     out : ndarray, optional
         May be a or b itself (in place); no other view of their memory.
+    activation : None or "relu"
+        "relu": ``out = max(a + b, 0)`` (a residual block's output).
 
     Returns
     -------
     out : ndarray of a's shape
     """
     # a (...), b (...) -> out (...)
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation: None or 'relu', got {activation!r}")
     a, b, result = _checks.elementwise("a", a, out, "b", b)
-    result[...] = a + b
+    result[...] = a + b if activation is None else np.maximum(a + b, 0)
     return _checks.given(out, result)

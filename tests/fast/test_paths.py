@@ -242,10 +242,13 @@ def test_the_plan_of_each_model():
 
 def test_the_plan_of_a_resnet_holds_each_blocks_branches():
     model = nn.models.resnet(8, width=4)
+    # each block with the ReLU after it; each block's input gradient through the ReLU below
     assert kinds(model) == ["ConvStep", "BatchNormStep", "ActivationStep", "ResidualStep",
-                            "ActivationStep", "ResidualStep", "ActivationStep", "ResidualStep",
-                            "ActivationStep", "AvgPoolStep", "LinearStep"]
-    blocks = [step for step in plan_of(model).steps if isinstance(step, ResidualStep)]
+                            "ResidualStep", "ResidualStep", "AvgPoolStep", "LinearStep"]
+    steps = plan_of(model).steps
+    blocks = [step for step in steps if isinstance(step, ResidualStep)]
+    assert [b.relu for b in blocks] == [model[4], model[6], model[8]]
+    assert [b.below for b in blocks] == [steps[2]] + blocks[:2]
     body = ["ConvStep", "BatchNormStep", "ActivationStep", "ConvStep", "BatchNormStep"]
     assert [[type(s).__name__ for s in b.body] for b in blocks] == [body] * 3
     assert [[type(s).__name__ for s in b.shortcut] for b in blocks] == [
@@ -260,6 +263,57 @@ def test_the_plan_of_a_resnet_holds_each_blocks_branches():
             return 0.5 * super().forward(x)
 
     assert kinds(nn.Sequential(Scaled(nn.Linear(3, 3)))) == ["ModuleStep"]
+
+
+def _counting(monkeypatch, names):
+    """Count the calls of cnn_core's `names` (the fast path looks them up at each call),
+    by name and by keyword."""
+    import cnn_core
+
+    calls = []
+    for name in names:
+        def counted(*args, _name=name, _kernel=getattr(cnn_core, name), **kwargs):
+            calls.append((_name,) + tuple(sorted(k for k, v in kwargs.items()
+                                                 if v is not None)))
+            return _kernel(*args, **kwargs)
+        monkeypatch.setattr(cnn_core, name, counted)
+    return calls
+
+
+def test_a_resnet_sums_through_its_relus_in_one_pass(rng, monkeypatch):
+    # ResNet-8: three blocks, each followed by a ReLU, the first after the stem's ReLU
+    nn.seed(2)
+    model = nn.models.resnet(8, width=4)
+    x = randn(rng, (5, 1, 12, 12), np.float32)
+    model(x)                                    # (planned before the kernels are counted)
+    calls = _counting(monkeypatch, ["add", "relu_forward", "relu_backward"])
+    model(x)
+    # the stem's ReLU, then per block its body's ReLU and the sum with the ReLU after it
+    assert calls == [("relu_forward",)] + [("relu_forward",), ("add", "activation")] * 3
+    del calls[:]
+    model.backward(randn(rng, (5, 10), np.float32))
+    # the top block's ReLU alone, then per block its body's ReLU and the input's sum and mask
+    assert calls == [("relu_backward",)] + [("relu_backward",), ("relu_backward", "plus")] * 3
+
+
+def test_a_relu_run_on_its_own_between_forward_and_backward_gets_the_textbook_bits(rng):
+    # the fused steps use a ReLU's mask only while the ReLU holds what they left there: a
+    # ReLU called on its own since backs its own values (what the textbook computes)
+    x = randn(rng, (4, 2, 9, 9), np.float32)
+    other = randn(rng, (4, 4, 9, 9), np.float32)
+    g = randn(rng, (4, 10), np.float32)
+    results = []
+    for fast in (True, False):
+        nn.seed(4)
+        model = nn.models.resnet(8, in_channels=2, width=4)
+        with contextlib.nullcontext() if fast else textbook():
+            model(x)
+            model.zero_grad()
+            model[2](other)                 # the stem's ReLU (below the first block)
+            model[4](other)                 # the first block's ReLU
+            results.append([np.array(model.backward(g), copy=True)] +
+                           [p.grad.copy() for p in model.parameters()])
+    assert all(same(a, b) for a, b in zip(*results))
 
 
 @pytest.mark.parametrize("change", ["body", "shortcut", "inside"])

@@ -323,3 +323,82 @@ def test_add_is_numpys_sum_bit_for_bit_in_place_and_on_any_thread_count(rng, dty
         np.testing.assert_array_equal(reference.add(a, b), expected)
     with pytest.raises(ValueError, match="b"):
         cnn_core.add(a, np.zeros(shape + (1,), dtype))
+
+
+SPECIALS = [np.inf, -np.inf, np.nan, 1.0, -0.0, 0.0, 2.0, -3.0]
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (97,), (2, 3, 4, 5), (128, 16, 28, 28)])
+def test_add_with_relu_is_relu_of_the_sum_bit_for_bit(rng, dtype, shape):
+    # a residual block's output in one pass: relu_forward(add(a, b)) to the bit, with
+    # infinities, NaN, signed zeros and sums that cancel to exactly 0; in place either way;
+    # on 1-3 threads; the twin gives the same values
+    a = randn(rng, shape, dtype)
+    b = randn(rng, shape, dtype)
+    if a.size >= 8:
+        a.reshape(-1)[:8] = SPECIALS
+        b.reshape(-1)[:8] = [-np.inf, 2.0, 3.0, -1.0, -0.0, -0.0, -2.0, 3.0]
+    with np.errstate(invalid="ignore"):
+        expected = cnn_core.relu_forward(cnn_core.add(a, b))
+        twin = reference.add(a, b, activation="relu")
+    assert (expected > 0).any() or a.size < 97
+    before = cnn_core.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            cnn_core.set_num_threads(count)
+            np.testing.assert_array_equal(cnn_core.add(a, b, activation="relu"), expected)
+            for target in ("a", "b"):
+                a2, b2 = a.copy(), b.copy()
+                out = a2 if target == "a" else b2
+                assert cnn_core.add(a2, b2, out=out, activation="relu") is out
+                assert out.tobytes() == expected.tobytes()
+    finally:
+        cnn_core.set_num_threads(before)
+    np.testing.assert_array_equal(twin, expected)
+    for mod in (cnn_core, reference):
+        with pytest.raises(ValueError, match="activation"):
+            mod.add(a, b, activation="tanh")
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (97,), (2, 3, 4, 5), (128, 16, 28, 28)])
+def test_relu_backward_with_plus_is_the_mask_of_the_sum_bit_for_bit(rng, dtype, shape):
+    # a ReLU whose output gradient arrives in two parts (a residual block's input): the
+    # bits of relu_backward(add(g, p), x) in one pass; out may be g, p or x itself
+    x, g, _ = _make_inputs(rng, shape, dtype)
+    p = randn(rng, shape, dtype)
+    if x.size >= 8:
+        g.reshape(-1)[:8] = SPECIALS
+        p.reshape(-1)[:8] = [-np.inf, 2.0, 3.0, -1.0, -0.0, 5.0, -2.0, 3.0]
+        x.reshape(-1)[:8] = [1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 0.0, np.nan]
+    with np.errstate(invalid="ignore"):
+        expected = cnn_core.relu_backward(cnn_core.add(g, p), x)
+        twin = reference.relu_backward(g, x, plus=p)
+    before = cnn_core.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            cnn_core.set_num_threads(count)
+            assert cnn_core.relu_backward(g, x, plus=p).tobytes() == expected.tobytes()
+            for target in ("g", "p", "x"):
+                arrays = {"g": g.copy(), "p": p.copy(), "x": x.copy()}
+                out = arrays[target]
+                assert cnn_core.relu_backward(arrays["g"], arrays["x"], out,
+                                              plus=arrays["p"]) is out
+                assert out.tobytes() == expected.tobytes()
+    finally:
+        cnn_core.set_num_threads(before)
+    # (the twin multiplies by the mask: -0.0 where the kernel writes 0.0, NaN * 0 = NaN)
+    with np.errstate(invalid="ignore"):
+        assert_close(twin, expected)
+
+
+def test_relu_backward_with_plus_names_the_bad_argument(rng):
+    g = randn(rng, (4, 5), np.float32)
+    x = randn(rng, (4, 5), np.float32)
+    for mod in (cnn_core, reference):
+        with pytest.raises(ValueError, match="plus has shape"):
+            mod.relu_backward(g, x, plus=g[:3])
+        with pytest.raises(TypeError, match="plus"):
+            mod.relu_backward(g, x, plus=g.astype(np.float64))
+        with pytest.raises(ValueError, match="out.*plus"):
+            shared = randn(rng, (25,), np.float32)     # out shifted by 5 over plus
+            mod.relu_backward(g, x, shared[5:].reshape(4, 5), plus=shared[:20].reshape(4, 5))

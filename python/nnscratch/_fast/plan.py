@@ -13,7 +13,9 @@ modules, in order, into steps (``steps.py``):
 * `Conv2d`, `MaxPool2d`, `AvgPool2d`, `GlobalAvgPool2d`, batch norm, the activations,
   `Dropout` and `Flatten` are one step each; an `Identity` is no step;
 * a `Residual` is one step holding the steps of its two branches, made by the same rules
-  (its body and shortcut walked into as containers), the sum into a kept array;
+  (its body and shortcut walked into as containers), the sum into a kept array -- with the
+  `ReLU` after it, when there is one, in the same pass; and when the step before it ends
+  with a ReLU, the gradient sum at its input goes through that ReLU's mask in one pass;
 * any other module -- a user's layer or block, or a subclass that changes a layer's
   computation -- is a step that calls its own ``forward`` / ``backward`` / ``infer`` (a
   `Sequential` inside such a block makes its own plan when the block calls it).
@@ -97,13 +99,17 @@ class Run:
     busy
         The gradients that enclosing steps (a `Residual`'s) will read again later in the
         backward pass: no step writes its gradient over them.
+    masked
+        None, or the gradient a step just returned already taken through the ReLU that
+        ends the step below it (`ResidualStep.below`): that step passes it on as it is.
     """
 
-    __slots__ = ("pool", "pooled", "zeroed", "finite", "busy")
+    __slots__ = ("pool", "pooled", "zeroed", "finite", "busy", "masked")
 
     def __init__(self, pool, pooled, zeroed=None, finite=None):
         self.pool, self.pooled, self.zeroed, self.finite = pool, pooled, zeroed, finite
         self.busy: list[Any] = []   # gradients an enclosing step has yet to read again
+        self.masked: Any = None
 
     def accumulate(self, weight, bias=None):
         """False when `weight` and `bias` (unless None) are both in `zeroed`: the kernel
@@ -204,6 +210,7 @@ class Plan:
         if self.repeated:
             raise ValueError(self.repeated)
         g, steps = grad_out, self.steps
+        run.masked = None
         for i in range(len(steps) - 1, -1, -1):
             g = steps[i].backward(g, compute_grad_input or i > 0, run)
         return g if compute_grad_input else None
@@ -246,6 +253,8 @@ def step_modules(step):
         return (step.linear,) if step.relu is None else (step.linear, step.relu)
     if isinstance(step, PoolStep):
         return (step.pool,) if step.relu is None else (step.relu, step.pool)
+    if isinstance(step, ResidualStep):
+        return (step.module,) if step.relu is None else (step.module, step.relu)
     for attribute in ("conv", "norm", "layer", "module"):
         if hasattr(step, attribute):
             return (getattr(step, attribute),)
@@ -269,9 +278,10 @@ def _steps(modules):
         module = modules[i]
         following = modules[i + 1] if i + 1 < len(modules) else None
         if isinstance(module, _Branches):
+            relu = following if _is_relu(following) else None
             steps.append(ResidualStep(module.module, _steps(module.body),
-                                      _steps(module.shortcut)))
-            i += 1
+                                      _steps(module.shortcut), relu))
+            i += 2 if relu is not None else 1
             continue
         if _keeps_methods(module, Linear):
             relu = following if _is_relu(following) else None
@@ -296,7 +306,8 @@ def _steps(modules):
             # a ReLU right after a batch norm or a residual sum: over their output, which
             # nothing else reads
             steps.append(ActivationStep(module, in_place=_is_relu(module) and bool(steps) and
-                                        type(steps[-1]) in (BatchNormStep, ResidualStep)))
+                                        type(steps[-1]) in (BatchNormStep, ResidualStep),
+                                        relu=_is_relu(module)))
         elif _keeps_methods(module, Dropout):
             steps.append(DropoutStep(module))
         elif _keeps_methods(module, Flatten):
@@ -304,7 +315,15 @@ def _steps(modules):
         else:
             steps.append(ModuleStep(module))
         i += 1
-    return _chained(steps)
+    steps = _chained(steps)
+    for lower, step in zip(steps, steps[1:]):
+        # a residual block right after a ReLU: the sum of its input's gradient and that
+        # ReLU's backward in one pass
+        if type(step) is ResidualStep and (type(lower) is ActivationStep and lower.relu or
+                                           type(lower) is ResidualStep and
+                                           lower.relu is not None):
+            step.below = lower
+    return steps
 
 
 def _chained(steps):

@@ -24,8 +24,12 @@ where z > 0); a chain of Linear layers is one ``linear_chain_forward`` /
 ``linear_chain_backward`` call whose products are those of one ``linear_forward`` /
 ``linear_backward`` per layer (tested in the kernels' tests); a ReLU directly followed by
 a max pool runs after the pool (max and ReLU commute exactly, and so do their gradients:
-both route to the same position or to none); and a gradient written where it was zeroed
-holds ``acc`` where the textbook one holds ``0 + acc``.
+both route to the same position or to none); the ReLU after a residual sum is
+``add(..., activation="relu")``, relu(a + b) in one pass, and the gradient sum at a
+residual block's input goes through the ReLU below it in one pass too
+(``relu_backward(g_body, kept, plus=g_shortcut)``: (g_body + g_shortcut) where kept > 0,
+the textbook's sum then mask); and a gradient written where it was zeroed holds ``acc``
+where the textbook one holds ``0 + acc``.
 
 Layer state is written with ``layer.__dict__[name] = value``: the same attribute a
 layer's ``self.name = value`` sets, without the registry check of ``Module.__setattr__``
@@ -411,10 +415,19 @@ class ActivationStep:
     over its input, as PyTorch's ``ReLU(inplace=True)``: the ReLU keeps relu(x) where it
     would keep x, and relu(x) > 0 exactly where x > 0, so its backward has the same bits."""
 
-    __slots__ = ("layer", "kept", "in_place")
+    __slots__ = ("layer", "kept", "in_place", "relu")
 
-    def __init__(self, layer, in_place=False):
+    def __init__(self, layer, in_place=False, relu=False):
         self.layer, self.kept, self.in_place = layer, None, in_place
+        self.relu = relu            # a plain ReLU (a ResidualStep above may take its mask)
+
+    def relu_mask(self):
+        """What the ReLU keeps -- positive where it let the gradient through -- while the
+        layer holds what this step left; else None."""
+        kept = self.kept
+        if self.relu and kept is not None and self.layer.__dict__.get("_kept") is kept:
+            return kept
+        return None
 
     def forward(self, x, run):
         layer = self.layer
@@ -430,6 +443,9 @@ class ActivationStep:
         if kept is None or layer.__dict__.get("_kept") is not kept:
             return _own_backward((layer,), g, need, run)
         g = layer._grad_of(g, kept.shape, kept.dtype)
+        if g is run.masked:         # the step above already took it through this ReLU
+            run.masked = None
+            return g
         return layer._df(kernels(), g, kept, _passing(run, kept.shape, kept.dtype, (g, kept)))
 
     def infer(self, x):
@@ -512,13 +528,26 @@ def _add(a, b, run, key=None):
 class ResidualStep:
     """A `Residual`: the steps of its shortcut, then of its body (the order of
     ``Residual.forward``), in this plan's run, and ``y + s`` into a kept array (the kernel
-    ``add``, on every thread: the bits of the layer's own NumPy ``y + s``). Backward runs
-    each branch's steps back and adds what they return, as ``Residual.backward``."""
+    ``add``, on every thread: the bits of the layer's own NumPy ``y + s``) -- with the
+    `ReLU` that follows it, when there is one, in the same pass (``activation="relu"``).
+    Backward runs each branch's steps back and adds what they return, as
+    ``Residual.backward``; when the step just below ends with a ReLU (`below`), that sum
+    goes through the ReLU's mask in the same pass (``relu_backward(..., plus=)``) and the
+    step below is told so (``run.masked``)."""
 
-    __slots__ = ("module", "body", "shortcut")
+    __slots__ = ("module", "body", "shortcut", "relu", "y", "below")
 
-    def __init__(self, module, body, shortcut):
-        self.module, self.body, self.shortcut = module, body, shortcut
+    def __init__(self, module, body, shortcut, relu=None):
+        self.module, self.body, self.shortcut, self.relu = module, body, shortcut, relu
+        self.y: Any = None          # the ReLU's output, when there is a ReLU
+        self.below: Any = None      # the step before it, when that one ends with a ReLU
+
+    def relu_mask(self):
+        """The ReLU's output while the ReLU holds what this step left; else None."""
+        y, relu = self.y, self.relu
+        if relu is not None and y is not None and relu.__dict__.get("_kept") is y:
+            return y
+        return None
 
     def forward(self, x, run):
         s = x
@@ -527,11 +556,33 @@ class ResidualStep:
         y = x
         for step in self.body:
             y = step.forward(y, run)
+        relu = self.relu
         if y.shape != s.shape:
             return self.module._sum(y, s)           # (its error naming the branches)
-        return _add(y, s, run, (self, y.shape))
+        if relu is None:
+            return _add(y, s, run, (self, y.shape))
+        if y.dtype != s.dtype:
+            out = relu.forward(self.module._sum(y, s))
+        else:                                       # relu(y + s) in one pass, kept in place
+            out = kernels().add(y, s, _kept(run, (self, y.shape, y.dtype), y.shape, y.dtype,
+                                            (y, s)), activation="relu")
+            relu.__dict__["_kept"] = out            # (what an in-place ReLU keeps)
+        self.y = out
+        return out
 
     def backward(self, g, need, run):
+        relu = self.relu
+        if relu is not None:
+            y = self.relu_mask()
+            if y is None:               # the ReLU ran its own forward since: its backward
+                run.masked = None
+                g = relu.backward(g)
+            else:
+                g = relu._grad_of(g, y.shape, y.dtype)
+                if g is run.masked:     # the step above took it through this ReLU
+                    run.masked = None
+                else:
+                    g = kernels().relu_backward(g, y, _passing(run, y.shape, y.dtype, (g, y)))
         busy = run.busy                 # g is read again by the shortcut, g_body by the sum
         busy.append(g)
         try:
@@ -547,10 +598,21 @@ class ResidualStep:
                 busy.pop()
         finally:
             busy.pop()
-        return _add(g_body, g_short, run) if need else None
+        if not need:
+            return None
+        mask = None if self.below is None else self.below.relu_mask()
+        if mask is None or not (g_body.dtype == g_short.dtype == mask.dtype and
+                                g_body.shape == g_short.shape == mask.shape):
+            return _add(g_body, g_short, run)
+        g = kernels().relu_backward(g_body, mask, _passing(run, mask.shape, mask.dtype,
+                                                           (g_body, g_short, mask)),
+                                    plus=g_short)
+        run.masked = g
+        return g
 
     def infer(self, x):
-        return self.module.infer(x)
+        y = self.module.infer(x)
+        return y if self.relu is None else self.relu.infer(y)
 
 
 class ModuleStep:
