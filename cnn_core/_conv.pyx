@@ -266,6 +266,15 @@ cdef void col2im(const floating *col, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, 
 
 cdef struct ConvShape:
     Py_ssize_t N, C, H, W, O, KH, KW, sh, sw, ph, pw, OH, OW
+    bint relu_x         # backward: grad_x masked where x <= 0 (conv2d_backward's relu_x)
+
+
+cdef inline void _relu_mask(floating *gx, const floating *x, Py_ssize_t n) noexcept nogil:
+    # gx[i] where x[i] > 0, else 0: relu_backward's select (cnn_core/_activations.pyx), on
+    # values just written and still in cache
+    cdef Py_ssize_t i
+    for i in range(n):
+        gx[i] = gx[i] if x[i] > 0 else 0
 
 
 cdef inline bint _is_direct(ConvShape s) noexcept nogil:
@@ -382,13 +391,14 @@ cdef void _unstack(const float *src, Py_ssize_t channels, Py_ssize_t P, Py_ssize
 
 cdef int _direct_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssize_t Q,
                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t stride, Py_ssize_t n0,
-                         Py_ssize_t n1, float *dst) noexcept nogil:
+                         Py_ssize_t n1, float *dst, const float *mask=NULL) noexcept nogil:
     # dst[n] (Q, OH, OW) = the direct 3x3 convolution (padding 1, stride 1 or 2) of src[n]
     # (R, H, W) with the packed weights wp, for samples [n0, n1), _direct_stack's count of
     # them at a time: stride 1 reads small planes stacked (each channel's planes copied one
     # after the other, scratch 0) and others where they lie; stride 2 reads phase planes
     # (nn_direct3_phases_avx512, scratch 0). A stack's outputs are copied back from scratch
-    # 2. Each output's sum is the same, stacked or not
+    # 2. Each output's sum is the same, stacked or not. With a mask (dst's shape), each
+    # stack's outputs are then kept where the mask is > 0, else 0 (_relu_mask)
     cdef bint s2 = stride == 2
     cdef Py_ssize_t OH = (H + 1) // 2 if s2 else H, OW = (W + 1) // 2 if s2 else W
     cdef Py_ssize_t P = OH * OW, CHW = R * H * W, G = _direct_stack(P), n, g, planes = 0
@@ -432,6 +442,8 @@ cdef int _direct_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssi
         else:
             nn_direct3_run_avx512(xin, XS, R, g * P, off, masks, wp, Q, stacked_out)
             _unstack(stacked_out, Q, P, g, dst + n * Q * P)
+        if mask != NULL:
+            _relu_mask(dst + n * Q * P, mask + n * Q * P, g * Q * P)
     return 0
 
 
@@ -579,7 +591,7 @@ cdef int _direct_backward_samples(const float *g, const float *x, float *gw_part
     # conv_backward_samples' work for a float32 3x3 convolution with padding 1 (src/nn_direct.h):
     # when gw_partial is not NULL, gw_partial (O, C*9) = the samples' weight gradient
     # (_direct_gw_samples, stride 1 or 2) and sums as there; when gx is not NULL (stride 1
-    # only), gx[n] = the convolution of g[n] with wpt
+    # only), gx[n] = the convolution of g[n] with wpt (masked by x > 0 when s.relu_x)
     cdef Py_ssize_t P = s.OH * s.OW, n, o
     if gw_partial != NULL:
         if _direct_gw_samples(g, x, gw_partial, s, n0, n1) != 0:
@@ -589,7 +601,8 @@ cdef int _direct_backward_samples(const float *g, const float *x, float *gw_part
                 for o in range(s.O):
                     sums[n * s.O + o] = lane_sum(g, g + (n * s.O + o) * P, P, 0, LANE_SUM)
     if gx != NULL:
-        return _direct_samples(g, s.O, wpt, s.C, s.H, s.W, 1, n0, n1, gx)
+        return _direct_samples(g, s.O, wpt, s.C, s.H, s.W, 1, n0, n1, gx,
+                               x if s.relu_x else NULL)
     return 0
 
 
@@ -669,6 +682,8 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
                 # gx[n] (C x P) = w.T (CKK=C x O) @ g[n] (O x P)
                 if _gemm(w, 1, ckk, gcol, P, 1, gx + n * CHW, P, ckk, P, s.O, 0) != 0:
                     return -1
+                if s.relu_x:
+                    _relu_mask(gx + n * CHW, x + n * CHW, CHW)
             else:
                 # dcol (CKK x width) = w.T (CKK x O) @ gcol (O x width), into col (used up)
                 if _gemm(w, 1, ckk, gcol, width, 1, col, width, ckk, width, s.O, 0) != 0:
@@ -677,6 +692,8 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
                     memset(gx + (n + j) * CHW, 0, CHW * sizeof(floating))
                     col2im(col + j * P, s.C, s.H, s.W, s.KH, s.KW, s.sh, s.sw, s.ph, s.pw,
                            s.OH, s.OW, gx + (n + j) * CHW, width)
+                    if s.relu_x:
+                        _relu_mask(gx + (n + j) * CHW, x + (n + j) * CHW, CHW)
     return 0
 
 
@@ -871,6 +888,7 @@ cdef ConvShape _conv_shape(x, w, stride, padding):
         raise ValueError(f"w: kernel size must be >= 1, got {(s.KH, s.KW)}")
     s.sh, s.sw = _pair("stride", stride, 1)
     s.ph, s.pw = _pair("padding", padding, 0)
+    s.relu_x = False
     s.OH = (s.H + 2 * s.ph - s.KH) // s.sh + 1 if s.H + 2 * s.ph >= s.KH else 0
     s.OW = (s.W + 2 * s.pw - s.KW) // s.sw + 1 if s.W + 2 * s.pw >= s.KW else 0
     if s.OH < 1 or s.OW < 1:
@@ -961,13 +979,16 @@ cdef _backward_typed(const floating[:, :, :, ::1] g, const floating[:, :, :, ::1
 
 
 def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, padding=0,
-                    compute_grad_x=True):
+                    compute_grad_x=True, relu_x=False):
     """Backward of conv2d_forward, accumulating the parameter gradients (as PyTorch's .grad).
 
     grad_out (N, O, OH, OW), x (N, C, H, W), w (O, C, KH, KW):
         grad_w (O, C, KH, KW) += dL/dw        grad_b (O,) += grad_out.sum((0, 2, 3))
         grad_x (N, C, H, W)    = dL/dx        (returned; None when compute_grad_x is False)
     grad_b may be None (no bias).
+
+    relu_x=True: x is a ReLU's output, and grad_x is taken on through it -- dL/dx where
+    x > 0, else 0: the bits of relu_backward(dL/dx, x), each sample's as it is written.
     """
     x = as_float_array("x", x)
     w = as_float_array("w", w)
@@ -976,6 +997,7 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
     check_same_dtype("grad_out", grad_out, x.dtype)
     cdef ConvShape s = _conv_shape(x, w, stride, padding)
     check_same_shape("grad_out", grad_out, (s.N, s.O, s.OH, s.OW))
+    s.relu_x = bool(relu_x)
     grad_w = check_buffer("grad_w", grad_w, w.shape, x.dtype)
     if grad_b is not None:
         grad_b = check_buffer("grad_b", grad_b, (s.O,), x.dtype)

@@ -51,7 +51,7 @@ def conv2d_forward(x, w, b, out=None, *, stride=1, padding=0):
 
 
 def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, padding=0,
-                    compute_grad_x=True):
+                    compute_grad_x=True, relu_x=False):
     """Backward pass of ``conv2d_forward``: accumulate the parameter gradients, return dL/dx.
 
     With ``g = dL/dout`` (N, O, OH, OW): the filter ``w[o]`` receives ``g[n, o, i, j]``
@@ -75,6 +75,9 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
     grad_x : ndarray (N, C, H, W), optional
     stride, padding : as in ``conv2d_forward``
     compute_grad_x : bool
+    relu_x : bool
+        x is a ReLU's output: grad_x is taken on through that ReLU, ``grad_x * (x > 0)``
+        (``relu_backward(grad_x, x)``).
 
     No buffer (grad_w, grad_b, grad_x) shares memory with another or with what is read.
 
@@ -101,6 +104,8 @@ def conv2d_backward(grad_out, x, w, grad_w, grad_b, grad_x=None, *, stride=1, pa
         grad_xpad[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += np.einsum(
             "nohw,oc->nchw", grad_out, w[:, :, p, q], optimize=True)
     grad_x[...] = grad_xpad[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+    if relu_x:
+        grad_x *= x > 0
     return _checks.given(given, grad_x)
 
 

@@ -266,15 +266,16 @@ def test_the_plan_of_a_resnet_holds_each_blocks_branches():
 
 
 def _counting(monkeypatch, names):
-    """Count the calls of cnn_core's `names` (the fast path looks them up at each call),
-    by name and by keyword."""
+    """Record the calls of cnn_core's `names` (the fast path looks them up at each call):
+    the name and the fusing keywords given (activation=, plus=, relu_x=True)."""
     import cnn_core
 
     calls = []
     for name in names:
         def counted(*args, _name=name, _kernel=getattr(cnn_core, name), **kwargs):
-            calls.append((_name,) + tuple(sorted(k for k, v in kwargs.items()
-                                                 if v is not None)))
+            calls.append((_name,) + tuple(sorted(
+                k for k, v in kwargs.items()
+                if k in ("activation", "plus", "relu_x") and v is not None and v is not False)))
             return _kernel(*args, **kwargs)
         monkeypatch.setattr(cnn_core, name, counted)
     return calls
@@ -286,14 +287,19 @@ def test_a_resnet_sums_through_its_relus_in_one_pass(rng, monkeypatch):
     model = nn.models.resnet(8, width=4)
     x = randn(rng, (5, 1, 12, 12), np.float32)
     model(x)                                    # (planned before the kernels are counted)
-    calls = _counting(monkeypatch, ["add", "relu_forward", "relu_backward"])
+    calls = _counting(monkeypatch, ["add", "relu_forward", "relu_backward", "conv2d_backward"])
     model(x)
     # the stem's ReLU, then per block its body's ReLU and the sum with the ReLU after it
     assert calls == [("relu_forward",)] + [("relu_forward",), ("add", "activation")] * 3
     del calls[:]
     model.backward(randn(rng, (5, 10), np.float32))
-    # the top block's ReLU alone, then per block its body's ReLU and the input's sum and mask
-    assert calls == [("relu_backward",)] + [("relu_backward",), ("relu_backward", "plus")] * 3
+    # the top block's ReLU alone; then per block: its body's second convolution through the
+    # body's ReLU, the first, the shortcut's (the 2nd and 3rd blocks), and the input's sum
+    # through the ReLU below; the stem's convolution last
+    conv, through = ("conv2d_backward",), ("conv2d_backward", "relu_x")
+    sums = ("relu_backward", "plus")
+    assert calls == ([("relu_backward",)] + [through, conv, conv, sums] * 2 +
+                     [through, conv, sums] + [conv])
 
 
 def test_a_relu_run_on_its_own_between_forward_and_backward_gets_the_textbook_bits(rng):

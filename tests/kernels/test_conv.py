@@ -910,3 +910,44 @@ def test_direct_3x3_stride_2_same_bits_on_any_thread_count_and_non_finite_values
             reference.conv2d_backward(g, xv, w, rgw, rgb, stride=2, padding=1)
         np.testing.assert_array_equal(np.isfinite(out), np.isfinite(expect))
         np.testing.assert_array_equal(np.isfinite(gw), np.isfinite(rgw))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("xshape,wdims,stride,padding", CONV_CASES + [
+    (xshape, (o, 3, 3), 1, 1) for xshape, o in DIRECT_CASES[3:]])
+def test_conv2d_backward_through_a_relu_has_the_bits_of_the_two_calls(
+        rng, dtype, threads, xshape, wdims, stride, padding):
+    # relu_x=True: x is a ReLU's output and grad_x goes on through that ReLU, each sample's
+    # as it is written -- the bits of relu_backward(conv2d_backward(...), x), on every path
+    # (direct 3x3 with small planes stacked, GEMM + col2im, 1x1) and thread count; the
+    # parameter gradients are untouched by it
+    from cnn_core import _conv
+    x, w, b = _conv_inputs(rng, dtype, xshape, wdims, True)
+    x = np.where(rng.random(x.shape) < 0.4, 0, x).astype(dtype)     # a ReLU's zeros...
+    x.reshape(-1)[1::7] = -1                                        # ...and any x <= 0
+    oh = (xshape[2] + 2 * _pair(padding)[0] - wdims[1]) // _pair(stride)[0] + 1
+    ow = (xshape[3] + 2 * _pair(padding)[1] - wdims[2]) // _pair(stride)[1] + 1
+    g = randn(rng, (xshape[0], wdims[0], oh, ow), dtype)
+    before = cnn_core.get_num_threads()
+    try:
+        cnn_core.set_num_threads(threads)
+        for direct in (None, False):
+            _conv._set_direct(direct)
+            gw1, gb1, gw2, gb2 = (np.zeros_like(a) for a in (w, b, w, b))
+            plain = cnn_core.conv2d_backward(g, x, w, gw1, gb1, stride=stride, padding=padding)
+            expected = cnn_core.relu_backward(plain, x)
+            out = np.full(x.shape, np.nan, dtype)
+            got = cnn_core.conv2d_backward(g, x, w, gw2, gb2, out, stride=stride,
+                                           padding=padding, relu_x=True)
+            assert got is out and got.tobytes() == expected.tobytes()
+            assert gw2.tobytes() == gw1.tobytes() and gb2.tobytes() == gb1.tobytes()
+            assert cnn_core.conv2d_backward(g, x, w, gw2, None, stride=stride, padding=padding,
+                                            compute_grad_x=False, relu_x=True) is None
+    finally:
+        _conv._set_direct(None)
+        cnn_core.set_num_threads(before)
+    rgw, rgb = np.zeros_like(w), np.zeros_like(b)
+    twin = reference.conv2d_backward(g, x, w, rgw, rgb, stride=stride, padding=padding,
+                                     relu_x=True)
+    assert_close(got, twin, k=wdims[0] * wdims[1] * wdims[2])
+    assert ((twin == 0) | (x > 0)).all()

@@ -15,7 +15,8 @@ modules, in order, into steps (``steps.py``):
 * a `Residual` is one step holding the steps of its two branches, made by the same rules
   (its body and shortcut walked into as containers), the sum into a kept array -- with the
   `ReLU` after it, when there is one, in the same pass; and when the step before it ends
-  with a ReLU, the gradient sum at its input goes through that ReLU's mask in one pass;
+  with a ReLU, the gradient sum at its input goes through that ReLU's mask in one pass
+  (and a convolution after a ReLU in place writes its input gradient through the mask);
 * any other module -- a user's layer or block, or a subclass that changes a layer's
   computation -- is a step that calls its own ``forward`` / ``backward`` / ``infer`` (a
   `Sequential` inside such a block makes its own plan when the block calls it).
@@ -318,10 +319,14 @@ def _steps(modules):
     steps = _chained(steps)
     for lower, step in zip(steps, steps[1:]):
         # a residual block right after a ReLU: the sum of its input's gradient and that
-        # ReLU's backward in one pass
+        # ReLU's backward in one pass; a convolution right after a ReLU in place: its input
+        # gradient through the ReLU's mask as it is written
         if type(step) is ResidualStep and (type(lower) is ActivationStep and lower.relu or
                                            type(lower) is ResidualStep and
                                            lower.relu is not None):
+            step.below = lower
+        elif type(step) is ConvStep and type(lower) is ActivationStep and lower.relu and \
+                lower.in_place:
             step.below = lower
     return steps
 

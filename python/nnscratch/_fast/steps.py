@@ -24,7 +24,9 @@ where z > 0); a chain of Linear layers is one ``linear_chain_forward`` /
 ``linear_chain_backward`` call whose products are those of one ``linear_forward`` /
 ``linear_backward`` per layer (tested in the kernels' tests); a ReLU directly followed by
 a max pool runs after the pool (max and ReLU commute exactly, and so do their gradients:
-both route to the same position or to none); the ReLU after a residual sum is
+both route to the same position or to none); a convolution after a ReLU in place takes
+its input gradient through the ReLU's mask as it writes it (``relu_x=True``: the select of
+``relu_backward``, sample by sample); the ReLU after a residual sum is
 ``add(..., activation="relu")``, relu(a + b) in one pass, and the gradient sum at a
 residual block's input goes through the ReLU below it in one pass too
 (``relu_backward(g_body, kept, plus=g_shortcut)``: (g_body + g_shortcut) where kept > 0,
@@ -237,12 +239,15 @@ class ChainStep:
 
 
 class ConvStep:
-    """A `Conv2d`."""
+    """A `Conv2d`. When the step below is a ReLU that wrote its output in place (`below`:
+    the convolution's input is what the ReLU keeps), the input gradient goes through that
+    ReLU's mask as the kernel writes it (``relu_x=True``) and the ReLU is told
+    (``run.masked``)."""
 
-    __slots__ = ("conv", "x")
+    __slots__ = ("conv", "x", "below")
 
     def __init__(self, conv):
-        self.conv, self.x = conv, None
+        self.conv, self.x, self.below = conv, None, None
 
     def forward(self, x, run):
         conv = self.conv
@@ -260,10 +265,14 @@ class ConvStep:
         g = conv._grad_of(g, conv._out_shape(x.shape, conv.out_channels), conv.dtype)
         grad_x = _passing(run, x.shape, conv.dtype, (g, x)) if need else None
         run.materialize(conv.weight, conv.bias)     # (the kernel adds into the gradients)
-        return kernels().conv2d_backward(g, x, conv.weight.data, conv.weight.grad,
-                                         None if conv.bias is None else conv.bias.grad, grad_x,
-                                         stride=conv._stride, padding=conv._padding,
-                                         compute_grad_x=need)
+        relu_x = need and self.below is not None and self.below.relu_mask() is x
+        grad_x = kernels().conv2d_backward(g, x, conv.weight.data, conv.weight.grad,
+                                           None if conv.bias is None else conv.bias.grad,
+                                           grad_x, stride=conv._stride, padding=conv._padding,
+                                           compute_grad_x=need, relu_x=relu_x)
+        if relu_x:
+            run.masked = grad_x
+        return grad_x
 
     def infer(self, x):
         return self.conv.infer(x)
