@@ -75,6 +75,13 @@ def MODELS(dtype):
         "avgpool": (lambda: nn.Sequential(
             nn.Conv2d(2, 3, 3, **F), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(3, 4, 1, **F),
             nn.AvgPool2d(2, stride=1), nn.Flatten(), nn.Linear(36, 5, **F)), (2, 11, 11)),
+        # a block after a Linear+ReLU step, a ReLU after a block's own ReLU (not in place:
+        # the block's ReLU keeps that array), a block after that ReLU
+        "residual-relus": (lambda: nn.Sequential(
+            nn.Linear(20, 12, **F), nn.ReLU(),
+            nn.Residual(nn.Sequential(nn.Linear(12, 12, **F), nn.ReLU(), nn.Linear(12, 12, **F))),
+            nn.ReLU(), nn.ReLU(), nn.Residual(nn.Linear(12, 12, **F)), nn.ReLU(),
+            nn.Linear(12, 5, **F)), (20,)),
         "residual-blocks": (lambda: nn.Sequential(
             nn.Linear(20, 12, **F),
             nn.Residual(nn.Sequential(nn.ReLU(), nn.Linear(12, 12, **F), nn.Tanh())),
@@ -109,7 +116,8 @@ def _step_arrays(model, x, g, compute_grad_input, zero):
 
 @pytest.mark.parametrize("name", ["mlp", "mlp-dropout", "no-bias-and-activations",
                                   "nested-and-identity", "user-block", "batchnorm1d", "cnn",
-                                  "lenet-like", "resnet", "residual-blocks", "avgpool"])
+                                  "lenet-like", "resnet", "residual-blocks", "residual-relus",
+                                  "avgpool"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_forward_and_backward_are_the_textbook_bits(rng, dtype, name, mode):
     build, sample = MODELS(dtype)[name]
@@ -143,7 +151,7 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", ["mlp", "mlp-dropout", "no-bias-and-activations",
                                   "user-block", "batchnorm1d", "cnn", "lenet-like", "resnet",
-                                  "residual-blocks", "avgpool"])
+                                  "residual-blocks", "residual-relus", "avgpool"])
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_fit_trains_to_the_textbook_bits(rng, name, optimizer):
     build, sample = MODELS(np.float32)[name]
@@ -302,9 +310,12 @@ def test_a_resnet_sums_through_its_relus_in_one_pass(rng, monkeypatch):
                      [through, conv, sums] + [conv])
 
 
-def test_a_relu_run_on_its_own_between_forward_and_backward_gets_the_textbook_bits(rng):
+@pytest.mark.parametrize("relu", ["stem", "block", "body"])
+def test_a_relu_run_on_its_own_between_forward_and_backward_gets_the_textbook_bits(rng, relu):
     # the fused steps use a ReLU's mask only while the ReLU holds what they left there: a
-    # ReLU called on its own since backs its own values (what the textbook computes)
+    # ReLU called on its own since backs its own values (what the textbook computes) --
+    # the stem's (below the first block's sum), the first block's own, the first block's
+    # body's (below its second convolution)
     x = randn(rng, (4, 2, 9, 9), np.float32)
     other = randn(rng, (4, 4, 9, 9), np.float32)
     g = randn(rng, (4, 10), np.float32)
@@ -315,10 +326,10 @@ def test_a_relu_run_on_its_own_between_forward_and_backward_gets_the_textbook_bi
         with contextlib.nullcontext() if fast else textbook():
             model(x)
             model.zero_grad()
-            model[2](other)                 # the stem's ReLU (below the first block)
-            model[4](other)                 # the first block's ReLU
+            {"stem": model[2], "block": model[4], "body": model[3].body[2]}[relu](other)
             results.append([np.array(model.backward(g), copy=True)] +
                            [p.grad.copy() for p in model.parameters()])
+    assert results[0][0].tobytes() == results[1][0].tobytes()     # (zeros' signs too)
     assert all(same(a, b) for a, b in zip(*results))
 
 

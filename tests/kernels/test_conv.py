@@ -914,7 +914,8 @@ def test_direct_3x3_stride_2_same_bits_on_any_thread_count_and_non_finite_values
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("xshape,wdims,stride,padding", CONV_CASES + [
-    (xshape, (o, 3, 3), 1, 1) for xshape, o in DIRECT_CASES[3:]])
+    (xshape, (o, 3, 3), 1, 1) for xshape, o in DIRECT_CASES[3:]] + [
+    ((3, 4, 9, 9), (5, 3, 3), 2, 1), ((5, 16, 28, 28), (32, 3, 3), 2, 1)])   # stride 2
 def test_conv2d_backward_through_a_relu_has_the_bits_of_the_two_calls(
         rng, dtype, threads, xshape, wdims, stride, padding):
     # relu_x=True: x is a ReLU's output and grad_x goes on through that ReLU, each sample's

@@ -14,8 +14,9 @@ modules, in order, into steps (``steps.py``):
   `Dropout` and `Flatten` are one step each; an `Identity` is no step;
 * a `Residual` is one step holding the steps of its two branches, made by the same rules
   (its body and shortcut walked into as containers), the sum into a kept array -- with the
-  `ReLU` after it, when there is one, in the same pass; and when the step before it ends
-  with a ReLU, the gradient sum at its input goes through that ReLU's mask in one pass
+  `ReLU` after it, when there is one, in the same pass; and when the step before it is a
+  ReLU (or a residual step with its ReLU), the gradient sum at its input goes through that
+  ReLU's mask in one pass
   (and a convolution after a ReLU in place writes its input gradient through the mask);
 * any other module -- a user's layer or block, or a subclass that changes a layer's
   computation -- is a step that calls its own ``forward`` / ``backward`` / ``infer`` (a
@@ -101,8 +102,10 @@ class Run:
         The gradients that enclosing steps (a `Residual`'s) will read again later in the
         backward pass: no step writes its gradient over them.
     masked
-        None, or the gradient a step just returned already taken through the ReLU that
-        ends the step below it (`ResidualStep.below`): that step passes it on as it is.
+        None, or the gradient a step just returned already taken through the ReLU of the
+        step below it (a `ResidualStep`'s or a `ConvStep`'s `below`: a ReLU's
+        `ActivationStep`, or a `ResidualStep` with its ReLU): that step passes it on as it
+        is.
     """
 
     __slots__ = ("pool", "pooled", "zeroed", "finite", "busy", "masked")
@@ -304,11 +307,13 @@ def _steps(modules):
         elif _keeps_methods(module, _BatchNorm):
             steps.append(BatchNormStep(module))
         elif _keeps_methods(module, _Activation):
-            # a ReLU right after a batch norm or a residual sum: over their output, which
-            # nothing else reads
-            steps.append(ActivationStep(module, in_place=_is_relu(module) and bool(steps) and
-                                        type(steps[-1]) in (BatchNormStep, ResidualStep),
-                                        relu=_is_relu(module)))
+            # a ReLU right after a batch norm, or after a residual sum that has no ReLU of
+            # its own: over their output, which nothing else reads (a residual step's own
+            # ReLU keeps its output as its mask)
+            steps.append(ActivationStep(module, in_place=_is_relu(module) and bool(steps) and (
+                type(steps[-1]) is BatchNormStep or
+                type(steps[-1]) is ResidualStep and steps[-1].relu is None),
+                relu=_is_relu(module)))
         elif _keeps_methods(module, Dropout):
             steps.append(DropoutStep(module))
         elif _keeps_methods(module, Flatten):

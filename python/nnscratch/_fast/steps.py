@@ -420,9 +420,10 @@ class BatchNormStep:
 class ActivationStep:
     """An elementwise activation (``ReLU``, ``Sigmoid``, ...): the layer's own kernel pair
     (``_f`` / ``_df``), into pooled buffers -- or, for a ReLU whose input only it reads (the
-    output a batch norm or a residual sum wrote for it: the plan says so with `in_place`),
-    over its input, as PyTorch's ``ReLU(inplace=True)``: the ReLU keeps relu(x) where it
-    would keep x, and relu(x) > 0 exactly where x > 0, so its backward has the same bits."""
+    output a batch norm or a residual sum without a ReLU of its own wrote for it: the plan
+    says so with `in_place`), over its input, as PyTorch's ``ReLU(inplace=True)``: the ReLU
+    keeps relu(x) where it would keep x, and relu(x) > 0 exactly where x > 0, so its
+    backward has the same bits."""
 
     __slots__ = ("layer", "kept", "in_place", "relu")
 
@@ -540,16 +541,16 @@ class ResidualStep:
     ``add``, on every thread: the bits of the layer's own NumPy ``y + s``) -- with the
     `ReLU` that follows it, when there is one, in the same pass (``activation="relu"``).
     Backward runs each branch's steps back and adds what they return, as
-    ``Residual.backward``; when the step just below ends with a ReLU (`below`), that sum
-    goes through the ReLU's mask in the same pass (``relu_backward(..., plus=)``) and the
-    step below is told so (``run.masked``)."""
+    ``Residual.backward``; when the step just below is a ReLU's (or a residual step with its
+    ReLU: `below`), that sum goes through the ReLU's mask in the same pass
+    (``relu_backward(..., plus=)``) and the step below is told so (``run.masked``)."""
 
     __slots__ = ("module", "body", "shortcut", "relu", "y", "below")
 
     def __init__(self, module, body, shortcut, relu=None):
         self.module, self.body, self.shortcut, self.relu = module, body, shortcut, relu
         self.y: Any = None          # the ReLU's output, when there is a ReLU
-        self.below: Any = None      # the step before it, when that one ends with a ReLU
+        self.below: Any = None      # the step before it, when that one is a ReLU's
 
     def relu_mask(self):
         """The ReLU's output while the ReLU holds what this step left; else None."""
