@@ -16,8 +16,8 @@ modules, in order, into steps (``steps.py``):
   (its body and shortcut walked into as containers), the sum into a kept array -- with the
   `ReLU` after it, when there is one, in the same pass; and when the step before it is a
   ReLU (or a residual step with its ReLU), the gradient sum at its input goes through that
-  ReLU's mask in one pass
-  (and a convolution after a ReLU in place writes its input gradient through the mask);
+  ReLU's mask in one pass (as a convolution after a ReLU in place writes its input
+  gradient through the mask);
 * any other module -- a user's layer or block, or a subclass that changes a layer's
   computation -- is a step that calls its own ``forward`` / ``backward`` / ``infer`` (a
   `Sequential` inside such a block makes its own plan when the block calls it).
@@ -114,6 +114,14 @@ class Run:
         self.pool, self.pooled, self.zeroed, self.finite = pool, pooled, zeroed, finite
         self.busy: list[Any] = []   # gradients an enclosing step has yet to read again
         self.masked: Any = None
+
+    def take_masked(self, g):
+        """True when `g` is `masked` -- the step above already took it through this step's
+        ReLU, so the ReLU's backward is done -- which is then forgotten."""
+        if g is not self.masked:
+            return False
+        self.masked = None
+        return True
 
     def accumulate(self, weight, bias=None):
         """False when `weight` and `bias` (unless None) are both in `zeroed`: the kernel

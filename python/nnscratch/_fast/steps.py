@@ -453,8 +453,7 @@ class ActivationStep:
         if kept is None or layer.__dict__.get("_kept") is not kept:
             return _own_backward((layer,), g, need, run)
         g = layer._grad_of(g, kept.shape, kept.dtype)
-        if g is run.masked:         # the step above already took it through this ReLU
-            run.masked = None
+        if run.take_masked(g):      # the step above already took it through this ReLU
             return g
         return layer._df(kernels(), g, kept, _passing(run, kept.shape, kept.dtype, (g, kept)))
 
@@ -585,13 +584,10 @@ class ResidualStep:
         if relu is not None:
             y = self.relu_mask()
             if y is None:               # the ReLU ran its own forward since: its backward
-                run.masked = None
                 g = relu.backward(g)
             else:
                 g = relu._grad_of(g, y.shape, y.dtype)
-                if g is run.masked:     # the step above took it through this ReLU
-                    run.masked = None
-                else:
+                if not run.take_masked(g):  # (else the step above took it through the ReLU)
                     g = kernels().relu_backward(g, y, _passing(run, y.shape, y.dtype, (g, y)))
         busy = run.busy                 # g is read again by the shortcut, g_body by the sum
         busy.append(g)
