@@ -32,7 +32,10 @@ cdef extern from "nn_team.h" nogil:
     void nn_team_set_threads(int n)
     Py_ssize_t nn_team_lates()
     void nn_team_slow(Py_ssize_t ns)
-    void nn_team_tune(Py_ssize_t late_ns, Py_ssize_t solo_min_ns, Py_ssize_t solo_max_ns)
+    void nn_team_tune(Py_ssize_t late_ns, Py_ssize_t solo_min_ns, Py_ssize_t solo_max_ns,
+                      Py_ssize_t spin_ns, Py_ssize_t move_ns)
+    Py_ssize_t nn_team_moves()
+    Py_ssize_t nn_team_steers()
     int NN_TEAM_MAX
 
 MAX_THREADS = 4096
@@ -155,12 +158,20 @@ def _team_slow(seconds):
     nn_team_slow(int(seconds * 1e9))
 
 
-def _team_tune(late=1e-3, solo_min=2e-3, solo_max=0.2):
+def _team_tune(late=1e-3, solo_min=2e-3, solo_max=0.2, spin=50e-6, move=1e-3):
     """Benchmarks: a job is late when its caller waited `late` seconds (and longer than its
     own share took) for a worker's part; the caller then runs alone for `solo_min` seconds,
-    doubling while jobs keep being late, up to `solo_max` (0: never alone). Call it while
-    no kernel runs."""
-    nn_team_tune(int(late * 1e9), int(solo_min * 1e9), int(solo_max * 1e9))
+    doubling while jobs keep being late, up to `solo_max` (0: never alone). An idle worker
+    spins `spin` seconds before it sleeps; a worker on its caller's CPU moves off it at most
+    every `move` seconds (0: never). Call it while no kernel runs."""
+    nn_team_tune(int(late * 1e9), int(solo_min * 1e9), int(solo_max * 1e9), int(spin * 1e9),
+                 int(move * 1e9))
+
+
+def _team_moves():
+    """Tests and benchmarks: (how many times a worker moved off its caller's CPU, how many
+    times a caller woke a sleeping worker away from its own CPU)."""
+    return nn_team_moves(), nn_team_steers()
 
 
 def _team_hold(hold):

@@ -59,6 +59,9 @@
 /* how long an idle worker waits for the next job awake; a gap ten times as long as a
  * training step's between two kernels sends it to sleep */
 #define NN_TEAM_SPIN_NS 50000L
+/* a worker that finds itself on the CPU of the caller that posted its job moves off it (at
+ * most once per NN_TEAM_MOVE_NS): see nn_team_move_off */
+#define NN_TEAM_MOVE_NS 1000000L
 /* how long a caller spins for the parts others are running before it sleeps */
 #define NN_TEAM_WAIT_NS 50000L
 /* spins between two sched_yield calls (about 2-4 us of PAUSE) */
@@ -96,13 +99,21 @@ static struct {
     atomic_int hold;                           /* tests: workers claim nothing */
     atomic_ptrdiff_t solo_until;                    /* no worker is offered a job before then */
     atomic_ptrdiff_t lates;                         /* late jobs (tests, benchmarks) */
+    atomic_int caller_cpu;                          /* the CPU the last job was posted on */
+    atomic_ptrdiff_t moves;                         /* workers that moved off it (tests) */
     atomic_ptrdiff_t slow_ns;                       /* tests: a worker naps this long per part */
     ptrdiff_t posted_ns, solo_ns;                   /* (owner only) */
     ptrdiff_t late_ns, solo_min_ns, solo_max_ns;    /* NN_TEAM_LATE_NS ... (benchmarks may tune) */
+    atomic_ptrdiff_t spin_ns, move_ns;              /* NN_TEAM_SPIN_NS, NN_TEAM_MOVE_NS (0: never) */
     /* tests: parts run by the workers, and parts of the workers' blocks run by the caller,
      * of jobs run (index 0) and of jobs offered (index 1) */
     atomic_ptrdiff_t by_workers[2], taken_back[2];
     nn_team_block block[NN_TEAM_MAX];
+    /* per worker (index: participant): asleep in cond_wait (under the mutex); its affinity
+     * narrowed by a caller to wake it away from the caller's CPU (nn_team_steer); its thread */
+    atomic_int asleep[NN_TEAM_MAX], steered[NN_TEAM_MAX];
+    pthread_t thread[NN_TEAM_MAX];
+    atomic_ptrdiff_t steers;                   /* sleeping workers steered (tests) */
     uint64_t number;                           /* the last job number (owner only) */
     int workers;                               /* started (owner only) */
     int failed;                                /* a worker could not be started */
@@ -112,7 +123,8 @@ static struct {
     pthread_cond_t finished;                   /* the caller waits here for the last part */
 } nn_team = {.mutex = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER,
              .finished = PTHREAD_COND_INITIALIZER, .late_ns = NN_TEAM_LATE_NS,
-             .solo_min_ns = NN_TEAM_SOLO_MIN_NS, .solo_max_ns = NN_TEAM_SOLO_MAX_NS};
+             .solo_min_ns = NN_TEAM_SOLO_MIN_NS, .solo_max_ns = NN_TEAM_SOLO_MAX_NS,
+             .spin_ns = NN_TEAM_SPIN_NS, .move_ns = NN_TEAM_MOVE_NS, .caller_cpu = -1};
 
 static ptrdiff_t nn_team_now_ns(void) {
     struct timespec t;
@@ -187,14 +199,111 @@ static void nn_team_work(int me, uint64_t job, nn_team_fn fn, void *ctx, ptrdiff
     }
 }
 
+/* The CPU this thread runs on, or -1 where that is not known */
+static int nn_team_cpu(void) {
+#if defined(__linux__) && defined(CPU_ISSET)
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
+
+/* A worker woken by a caller is often queued on the caller's own CPU (the scheduler puts a
+ * wakee near its waker), even with another CPU idle: it then waits there for the caller to
+ * give the core away -- the caller runs the worker's parts itself, at one thread's speed --
+ * until the load balancer moves it, tens of milliseconds later (measured: after a 0.3 s
+ * pause, eight to twelve GEMMs in a row at one thread's speed, the worker queued behind
+ * the caller). So a worker that sees a job posted from the CPU it is on moves off it: its
+ * affinity without that CPU (the kernel moves it at once), then its affinity as it was (a
+ * running thread stays where it is). Not more often than every `move_ns`, only where this
+ * process may run on another CPU, and never on a CPU it was not allowed: the parts and the
+ * bits are the same wherever it runs. */
+static void nn_team_move_off(int cpu, ptrdiff_t *last_ns) {
+#if defined(__linux__) && defined(CPU_ISSET)
+    ptrdiff_t every = atomic_load_explicit(&nn_team.move_ns, memory_order_relaxed), now;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || every <= 0 || nn_team_cpu() != cpu)
+        return;
+    now = nn_team_now_ns();
+    if (now - *last_ns < every)
+        return;
+    *last_ns = now;
+    cpu_set_t mine, away;
+    if (sched_getaffinity(0, sizeof mine, &mine) != 0 || !CPU_ISSET(cpu, &mine) ||
+        CPU_COUNT(&mine) < 2)
+        return;
+    away = mine;
+    CPU_CLR(cpu, &away);
+    if (sched_setaffinity(0, sizeof away, &away) == 0) {
+        sched_setaffinity(0, sizeof mine, &mine);
+        atomic_fetch_add_explicit(&nn_team.moves, 1, memory_order_relaxed);
+    }
+#else
+    (void)cpu;
+    (void)last_ns;
+#endif
+}
+
+/* Where a sleeping worker wakes. Woken by a caller, a worker is put near it -- often on the
+ * caller's own CPU though another is idle (Linux's wake-affine placement), where it waits for
+ * the caller to give the core away: the caller runs its parts meanwhile, at one thread's
+ * speed, call after call, until the load balancer moves one of them (measured: after a 0.3
+ * s pause, a GEMM's next seven calls at 150-170 GFLOP/s where pinned threads ran 300; the
+ * worker ran a quarter of its parts). So before it wakes them, a caller narrows each sleeping
+ * worker's affinity to the CPUs it may run on but the caller's, and the worker, awake, sets
+ * its affinity back as it was (nn_team_unsteer). Only where that leaves a CPU, and only for a
+ * worker asleep (a sleeping thread's affinity is a word in the kernel: nothing moves). */
+#if defined(__linux__) && defined(CPU_ISSET)
+static cpu_set_t nn_team_home[NN_TEAM_MAX];     /* a steered worker's own affinity */
+#endif
+
+static void nn_team_steer(int cpu, int workers) {
+#if defined(__linux__) && defined(CPU_ISSET)
+    if (cpu < 0 || cpu >= CPU_SETSIZE || atomic_load_explicit(&nn_team.move_ns,
+                                                              memory_order_relaxed) <= 0)
+        return;
+    for (int q = 1; q <= workers && q < NN_TEAM_MAX; ++q) {
+        if (!atomic_load(&nn_team.asleep[q]) || atomic_load(&nn_team.steered[q]))
+            continue;
+        cpu_set_t *home = &nn_team_home[q], away;
+        if (pthread_getaffinity_np(nn_team.thread[q], sizeof *home, home) != 0 ||
+            !CPU_ISSET(cpu, home) || CPU_COUNT(home) < 2)
+            continue;
+        away = *home;
+        CPU_CLR(cpu, &away);
+        if (pthread_setaffinity_np(nn_team.thread[q], sizeof away, &away) == 0) {
+            atomic_store(&nn_team.steered[q], 1);
+            atomic_fetch_add_explicit(&nn_team.steers, 1, memory_order_relaxed);
+        }
+    }
+#else
+    (void)cpu;
+    (void)workers;
+#endif
+}
+
+/* (worker me, awake) its affinity back as it was before a caller steered it */
+static void nn_team_unsteer(int me) {
+#if defined(__linux__) && defined(CPU_ISSET)
+    if (atomic_load(&nn_team.steered[me])) {
+        sched_setaffinity(0, sizeof nn_team_home[me], &nn_team_home[me]);
+        atomic_store(&nn_team.steered[me], 0);
+    }
+#else
+    (void)me;
+#endif
+}
+
 static void *nn_team_main(void *arg) {
     int me = (int)(intptr_t)arg;
     uint64_t seen = atomic_load(&nn_team.job);
-    ptrdiff_t since = nn_team_now_ns();
+    ptrdiff_t since = nn_team_now_ns(), moved = since - NN_TEAM_MOVE_NS;
     for (unsigned spins = 1;; ++spins) {
         uint64_t job = atomic_load_explicit(&nn_team.job, memory_order_acquire);
         if (job != seen) {
             seen = job;
+            nn_team_unsteer(me);        /* (steered just as it woke by itself: now) */
+            nn_team_move_off(atomic_load_explicit(&nn_team.caller_cpu, memory_order_relaxed),
+                             &moved);
             nn_team_fn fn = atomic_load_explicit(&nn_team.fn, memory_order_relaxed);
             void *ctx = atomic_load_explicit(&nn_team.ctx, memory_order_relaxed);
             ptrdiff_t parts = atomic_load_explicit(&nn_team.parts, memory_order_relaxed);
@@ -211,17 +320,21 @@ static void *nn_team_main(void *arg) {
             continue;
         if (spins % NN_TEAM_YIELD_EVERY == 0)
             sched_yield();              /* (a thread waiting for this core gets it) */
-        if (nn_team_now_ns() - since < NN_TEAM_SPIN_NS)
+        if (nn_team_now_ns() - since < atomic_load_explicit(&nn_team.spin_ns,
+                                                           memory_order_relaxed))
             continue;
         /* asleep until the next job: the caller stores `job`, then reads `sleepers`; we
          * count ourselves in `sleepers`, then read `job` (both sequentially consistent):
          * one of us sees the other's store, so no job is missed */
         pthread_mutex_lock(&nn_team.mutex);
         atomic_fetch_add(&nn_team.sleepers, 1);
+        atomic_store(&nn_team.asleep[me], 1);
         while (atomic_load(&nn_team.job) == seen)
             pthread_cond_wait(&nn_team.work, &nn_team.mutex);
+        atomic_store(&nn_team.asleep[me], 0);
         atomic_fetch_sub(&nn_team.sleepers, 1);
         pthread_mutex_unlock(&nn_team.mutex);
+        nn_team_unsteer(me);
         since = nn_team_now_ns();
     }
     return NULL;
@@ -237,6 +350,10 @@ static void nn_team_after_fork(void) {
     nn_team.workers = 0;
     nn_team.failed = 0;
     atomic_store(&nn_team.sleepers, 0);
+    for (int q = 0; q < NN_TEAM_MAX; ++q) {
+        atomic_store(&nn_team.asleep[q], 0);
+        atomic_store(&nn_team.steered[q], 0);
+    }
     atomic_store(&nn_team.caller_sleeping, 0);
     atomic_store(&nn_team.busy, 0);
 }
@@ -263,6 +380,8 @@ static int nn_team_start(int n) {
         pthread_sigmask(SIG_SETMASK, &all, &old);
         int made = pthread_create(&thread, &attr, nn_team_main,
                                   (void *)(intptr_t)(nn_team.workers + 1));
+        if (made == 0)
+            nn_team.thread[nn_team.workers + 1] = thread;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         pthread_attr_destroy(&attr);
         if (made != 0) {
@@ -298,6 +417,8 @@ static void nn_team_disown(void) { atomic_store_explicit(&nn_team.busy, 0, memor
  * go, participant 0 first. The job's number, for nn_team_finish. */
 static uint64_t nn_team_post(nn_team_fn fn, void *ctx, ptrdiff_t parts, int size, int offer) {
     nn_team.posted_ns = nn_team_now_ns();
+    int cpu = nn_team_cpu();
+    atomic_store_explicit(&nn_team.caller_cpu, cpu, memory_order_relaxed);
     uint64_t job = ++nn_team.number & 0xffffffffu;
     if (job == 0)
         job = ++nn_team.number & 0xffffffffu;   /* (0 never names a job) */
@@ -325,6 +446,7 @@ static uint64_t nn_team_post(nn_team_fn fn, void *ctx, ptrdiff_t parts, int size
     }
     atomic_store(&nn_team.job, job);              /* (seq_cst: see nn_team_main) */
     if (atomic_load(&nn_team.sleepers)) {
+        nn_team_steer(cpu, size - 1);
         pthread_mutex_lock(&nn_team.mutex);
         pthread_cond_broadcast(&nn_team.work);
         pthread_mutex_unlock(&nn_team.mutex);
@@ -409,10 +531,15 @@ static ptrdiff_t nn_team_lates(void) { return atomic_load(&nn_team.lates); }
 static void nn_team_slow(ptrdiff_t ns) { atomic_store(&nn_team.slow_ns, ns); }
 /* benchmarks: how late is late, and the shortest and longest time alone after it (only
  * while no kernel runs) */
-static void nn_team_tune(ptrdiff_t late_ns, ptrdiff_t solo_min_ns, ptrdiff_t solo_max_ns) {
+static void nn_team_tune(ptrdiff_t late_ns, ptrdiff_t solo_min_ns, ptrdiff_t solo_max_ns,
+                         ptrdiff_t spin_ns, ptrdiff_t move_ns) {
     nn_team.late_ns = late_ns;
     nn_team.solo_min_ns = solo_min_ns;
     nn_team.solo_max_ns = solo_max_ns;
+    atomic_store(&nn_team.spin_ns, spin_ns);
+    atomic_store(&nn_team.move_ns, move_ns);
 }
+static ptrdiff_t nn_team_moves(void) { return atomic_load(&nn_team.moves); }
+static ptrdiff_t nn_team_steers(void) { return atomic_load(&nn_team.steers); }
 
 #endif /* NN_TEAM_H */

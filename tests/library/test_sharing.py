@@ -448,3 +448,108 @@ def test_callers_in_several_threads_share_the_team(rng, threads):
     run_in_threads(work, 4)
     assert _team_workers() >= threads - 1
     assert _team_counts()[0] > 0
+
+
+# --- where a woken worker runs --------------------------------------------------------------
+
+WAKE = '''
+    import json, os, sys, time, numpy as np, cnn_core as C
+    from cnn_core._parallel import _team_moves, _team_tune
+    def mask(tid):
+        return os.sched_getaffinity(tid)
+    def last_cpu(tid):
+        stat = open(f"/proc/{os.getpid()}/task/{tid}/stat").read()
+        return int(stat.rsplit(")", 1)[1].split()[36])
+    def wait_until(cond, seconds=5.0):
+        end = time.monotonic() + seconds
+        while not cond() and time.monotonic() < end:
+            time.sleep(0.001)
+        return cond()
+    C.set_num_threads(2)
+    a = np.arange(256 * 256, dtype=np.float32).reshape(256, 256) % 7
+    expected = C.gemm(a, a)
+    # the worker: the thread started last (NumPy's own threads are held to one)
+    worker = max(int(t) for t in os.listdir(f"/proc/{os.getpid()}/task"))
+'''
+
+
+def wake_code(extra, affinity=False):
+    """WAKE (with the process's affinity first set to the CPUs in argv[1], when `affinity`),
+    then `extra`."""
+    head = textwrap.dedent(WAKE)
+    if affinity:
+        head = head.replace("C.set_num_threads(2)\n", "os.sched_setaffinity(0, {int(c) for c "
+                            "in sys.argv[1].split(',')})\nC.set_num_threads(2)\n")
+    return head + textwrap.dedent(extra)
+
+
+def _cpus_here():
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU affinity is Linux's")
+def test_a_sleeping_worker_wakes_off_its_callers_cpu():
+    # the caller on CPU c0, its worker asleep there too (pinned to c0 for a product, then
+    # free again): the next job wakes it on the other CPU -- its affinity narrowed for the
+    # wake-up only -- and it sets its affinity back as the user left it; with steering
+    # tuned off, the affinity is never touched
+    cpus = _cpus_here()
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to run on (the CI machine has them)")
+    proc = run_python(wake_code('''
+        c0, c1 = [int(c) for c in sys.argv[1:3]]
+        both = {c0, c1}
+        os.sched_setaffinity(0, {c0})                 # the caller's thread only
+        os.sched_setaffinity(worker, {c0})
+        assert np.array_equal(C.gemm(a, a), expected)
+        os.sched_setaffinity(worker, both)            # free again, still on c0
+        out = []
+        for steer in (True, False):
+            _team_tune(move=1e-3 if steer else 0)
+            time.sleep(0.05)                          # the worker asleep (after 50 us)
+            before = _team_moves()[1]
+            assert np.array_equal(C.gemm(a, a), expected)
+            out.append(_team_moves()[1] - before)
+            if steer:
+                # woken where it was allowed to run then: c1 -- and then allowed c0 again
+                out.append(wait_until(lambda: last_cpu(worker) == c1))
+                out.append(wait_until(lambda: mask(worker) == both))
+            os.sched_setaffinity(worker, {c0})        # back on the caller's CPU
+            assert np.array_equal(C.gemm(a, a), expected)
+            os.sched_setaffinity(worker, both)
+        out.append(mask(worker) == both)
+        print(json.dumps(out))
+    '''), str(cpus[0]), str(cpus[1]), env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    steered, woke_on_c1, restored, not_steered, still_both = json.loads(proc.stdout)
+    assert steered == 1 and woke_on_c1 and restored, proc.stdout
+    assert not_steered == 0 and still_both, proc.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU affinity is Linux's")
+def test_no_steering_where_the_process_has_one_cpu_and_masks_are_kept():
+    # a process allowed one CPU (taskset -c 0): two threads all the same, the worker never
+    # steered nor moved, every thread's affinity what it was; a process allowed several: after
+    # many sleeps and wake-ups, every thread's affinity is still the process's
+    cpus = _cpus_here()
+    if not cpus:
+        pytest.skip("no CPU affinity here")
+    code = wake_code('''
+        allowed = mask(0)
+        for _ in range(40):
+            time.sleep(0.002)                         # asleep between the products
+            assert np.array_equal(C.gemm(a, a), expected)
+        tasks = os.listdir(f"/proc/{os.getpid()}/task")
+        same = wait_until(lambda: all(mask(int(t)) == allowed for t in tasks))
+        print(json.dumps([list(_team_moves()), same, len(tasks)]))
+    ''', affinity=True)
+    one = run_python(code, str(cpus[0]), env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert one.returncode == 0, one.stderr
+    (moves, steers), same, tasks = json.loads(one.stdout)
+    assert (moves, steers) == (0, 0) and same and tasks == 2, one.stdout
+    if len(cpus) >= 2:
+        many = run_python(code, ",".join(map(str, cpus)),
+                          env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+        assert many.returncode == 0, many.stderr
+        (moves, steers), same, tasks = json.loads(many.stdout)
+        assert same and tasks == 2 and steers > 0, many.stdout
