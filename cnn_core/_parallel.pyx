@@ -33,7 +33,7 @@ cdef extern from "nn_team.h" nogil:
     Py_ssize_t nn_team_lates()
     void nn_team_slow(Py_ssize_t ns)
     void nn_team_tune(Py_ssize_t late_ns, Py_ssize_t solo_min_ns, Py_ssize_t solo_max_ns,
-                      Py_ssize_t spin_ns, Py_ssize_t move_ns)
+                      Py_ssize_t spin_ns, Py_ssize_t move_ns, Py_ssize_t steer_ns, Py_ssize_t calm)
     Py_ssize_t nn_team_moves()
     Py_ssize_t nn_team_steers()
     int NN_TEAM_MAX
@@ -158,14 +158,14 @@ def _team_slow(seconds):
     nn_team_slow(int(seconds * 1e9))
 
 
-def _team_tune(late=1e-3, solo_min=2e-3, solo_max=0.2, spin=50e-6, move=1e-3):
+def _team_tune(late=1e-3, solo_min=2e-3, solo_max=0.2, spin=50e-6, move=1e-3, steer=0.0, calm=1.0):
     """Benchmarks: a job is late when its caller waited `late` seconds (and longer than its
     own share took) for a worker's part; the caller then runs alone for `solo_min` seconds,
     doubling while jobs keep being late, up to `solo_max` (0: never alone). An idle worker
     spins `spin` seconds before it sleeps; a worker on its caller's CPU moves off it at most
     every `move` seconds (0: never). Call it while no kernel runs."""
     nn_team_tune(int(late * 1e9), int(solo_min * 1e9), int(solo_max * 1e9), int(spin * 1e9),
-                 int(move * 1e9))
+                 int(move * 1e9), int(steer * 1e9), int(calm * 1e9))
 
 
 def _team_moves():

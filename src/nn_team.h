@@ -62,6 +62,12 @@
 /* a worker that finds itself on the CPU of the caller that posted its job moves off it (at
  * most once per NN_TEAM_MOVE_NS): see nn_team_move_off */
 #define NN_TEAM_MOVE_NS 1000000L
+/* a caller wakes a worker asleep at least NN_TEAM_STEER_NS away from its own CPU
+ * (nn_team_steer) */
+#define NN_TEAM_STEER_NS 0L
+/* ... and neither happens within NN_TEAM_CALM_NS of a late job: on a busy machine, where
+ * workers run late, the kernel's own placement did better (see nn_team_steer) */
+#define NN_TEAM_CALM_NS 1000000000L
 /* how long a caller spins for the parts others are running before it sleeps */
 #define NN_TEAM_WAIT_NS 50000L
 /* spins between two sched_yield calls (about 2-4 us of PAUSE) */
@@ -99,12 +105,15 @@ static struct {
     atomic_int hold;                           /* tests: workers claim nothing */
     atomic_ptrdiff_t solo_until;                    /* no worker is offered a job before then */
     atomic_ptrdiff_t lates;                         /* late jobs (tests, benchmarks) */
+    atomic_ptrdiff_t late_at;                       /* when the last late job ended */
     atomic_int caller_cpu;                          /* the CPU the last job was posted on */
     atomic_ptrdiff_t moves;                         /* workers that moved off it (tests) */
     atomic_ptrdiff_t slow_ns;                       /* tests: a worker naps this long per part */
     ptrdiff_t posted_ns, solo_ns;                   /* (owner only) */
     ptrdiff_t late_ns, solo_min_ns, solo_max_ns;    /* NN_TEAM_LATE_NS ... (benchmarks may tune) */
-    atomic_ptrdiff_t spin_ns, move_ns;              /* NN_TEAM_SPIN_NS, NN_TEAM_MOVE_NS (0: never) */
+    /* NN_TEAM_SPIN_NS, NN_TEAM_MOVE_NS (0: never), NN_TEAM_STEER_NS (< 0: never),
+     * NN_TEAM_CALM_NS (benchmarks may tune) */
+    atomic_ptrdiff_t spin_ns, move_ns, steer_ns, calm_ns;
     /* tests: parts run by the workers, and parts of the workers' blocks run by the caller,
      * of jobs run (index 0) and of jobs offered (index 1) */
     atomic_ptrdiff_t by_workers[2], taken_back[2];
@@ -112,6 +121,7 @@ static struct {
     /* per worker (index: participant): asleep in cond_wait (under the mutex); its affinity
      * narrowed by a caller to wake it away from the caller's CPU (nn_team_steer); its thread */
     atomic_int asleep[NN_TEAM_MAX], steered[NN_TEAM_MAX];
+    atomic_ptrdiff_t slept_at[NN_TEAM_MAX];    /* when it went to sleep */
     pthread_t thread[NN_TEAM_MAX];
     atomic_ptrdiff_t steers;                   /* sleeping workers steered (tests) */
     uint64_t number;                           /* the last job number (owner only) */
@@ -124,7 +134,8 @@ static struct {
 } nn_team = {.mutex = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER,
              .finished = PTHREAD_COND_INITIALIZER, .late_ns = NN_TEAM_LATE_NS,
              .solo_min_ns = NN_TEAM_SOLO_MIN_NS, .solo_max_ns = NN_TEAM_SOLO_MAX_NS,
-             .spin_ns = NN_TEAM_SPIN_NS, .move_ns = NN_TEAM_MOVE_NS, .caller_cpu = -1};
+             .spin_ns = NN_TEAM_SPIN_NS, .move_ns = NN_TEAM_MOVE_NS,
+             .steer_ns = NN_TEAM_STEER_NS, .calm_ns = NN_TEAM_CALM_NS, .caller_cpu = -1};
 
 static ptrdiff_t nn_team_now_ns(void) {
     struct timespec t;
@@ -224,7 +235,8 @@ static void nn_team_move_off(int cpu, ptrdiff_t *last_ns) {
     if (cpu < 0 || cpu >= CPU_SETSIZE || every <= 0 || nn_team_cpu() != cpu)
         return;
     now = nn_team_now_ns();
-    if (now - *last_ns < every)
+    if (now - *last_ns < every || now - atomic_load_explicit(&nn_team.late_at, memory_order_relaxed) <
+        atomic_load_explicit(&nn_team.calm_ns, memory_order_relaxed))
         return;
     *last_ns = now;
     cpu_set_t mine, away;
@@ -251,18 +263,26 @@ static void nn_team_move_off(int cpu, ptrdiff_t *last_ns) {
  * worker ran a quarter of its parts). So before it wakes them, a caller narrows each sleeping
  * worker's affinity to the CPUs it may run on but the caller's, and the worker, awake, sets
  * its affinity back as it was (nn_team_unsteer). Only where that leaves a CPU, and only for a
- * worker asleep (a sleeping thread's affinity is a word in the kernel: nothing moves). */
+ * worker asleep (a sleeping thread's affinity is a word in the kernel: nothing moves). And
+ * not within `calm_ns` of a late job: beside a NumPy matmul on both CPUs, steering every
+ * wake-up made an MLP epoch 0.16-0.21 s where the kernel's own placement gave 0.09-0.10 s
+ * (and late jobs), so a busy machine -- workers running late -- is left to the kernel. */
 #if defined(__linux__) && defined(CPU_ISSET)
 static cpu_set_t nn_team_home[NN_TEAM_MAX];     /* a steered worker's own affinity */
 #endif
 
 static void nn_team_steer(int cpu, int workers) {
 #if defined(__linux__) && defined(CPU_ISSET)
-    if (cpu < 0 || cpu >= CPU_SETSIZE || atomic_load_explicit(&nn_team.move_ns,
-                                                              memory_order_relaxed) <= 0)
+    ptrdiff_t after = atomic_load_explicit(&nn_team.steer_ns, memory_order_relaxed), now;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || after < 0)
+        return;
+    now = nn_team_now_ns();
+    if (now - atomic_load_explicit(&nn_team.late_at, memory_order_relaxed) <
+        atomic_load_explicit(&nn_team.calm_ns, memory_order_relaxed))
         return;
     for (int q = 1; q <= workers && q < NN_TEAM_MAX; ++q) {
-        if (!atomic_load(&nn_team.asleep[q]) || atomic_load(&nn_team.steered[q]))
+        if (!atomic_load(&nn_team.asleep[q]) || atomic_load(&nn_team.steered[q]) ||
+            now - atomic_load(&nn_team.slept_at[q]) < after)
             continue;
         cpu_set_t *home = &nn_team_home[q], away;
         if (pthread_getaffinity_np(nn_team.thread[q], sizeof *home, home) != 0 ||
@@ -328,6 +348,7 @@ static void *nn_team_main(void *arg) {
          * one of us sees the other's store, so no job is missed */
         pthread_mutex_lock(&nn_team.mutex);
         atomic_fetch_add(&nn_team.sleepers, 1);
+        atomic_store(&nn_team.slept_at[me], nn_team_now_ns());
         atomic_store(&nn_team.asleep[me], 1);
         while (atomic_load(&nn_team.job) == seen)
             pthread_cond_wait(&nn_team.work, &nn_team.mutex);
@@ -496,6 +517,7 @@ static void nn_team_finish(uint64_t job, nn_team_fn fn, void *ctx, ptrdiff_t par
             atomic_store_explicit(&nn_team.solo_until, now + nn_team.solo_ns,
                                   memory_order_relaxed);
             atomic_fetch_add_explicit(&nn_team.lates, 1, memory_order_relaxed);
+            atomic_store_explicit(&nn_team.late_at, now, memory_order_relaxed);
         }
     }
     nn_team_disown();
@@ -532,7 +554,10 @@ static void nn_team_slow(ptrdiff_t ns) { atomic_store(&nn_team.slow_ns, ns); }
 /* benchmarks: how late is late, and the shortest and longest time alone after it (only
  * while no kernel runs) */
 static void nn_team_tune(ptrdiff_t late_ns, ptrdiff_t solo_min_ns, ptrdiff_t solo_max_ns,
-                         ptrdiff_t spin_ns, ptrdiff_t move_ns) {
+                         ptrdiff_t spin_ns, ptrdiff_t move_ns, ptrdiff_t steer_ns,
+                         ptrdiff_t calm_ns) {
+    atomic_store(&nn_team.steer_ns, steer_ns);
+    atomic_store(&nn_team.calm_ns, calm_ns);
     nn_team.late_ns = late_ns;
     nn_team.solo_min_ns = solo_min_ns;
     nn_team.solo_max_ns = solo_max_ns;
