@@ -114,7 +114,7 @@ cdef extern from "nn_direct.h" nogil:
     void nn_direct3_masks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t planes, uint16_t *masks)
     void nn_direct3_run_avx512(const float *x, Py_ssize_t XS, Py_ssize_t R, Py_ssize_t P,
                                const Py_ssize_t *off, const uint16_t *masks, const float *wp,
-                               Py_ssize_t Q, float *out)
+                               Py_ssize_t Q, float *out, int ahead)
     void nn_direct3_phases_avx512(const float *x, Py_ssize_t SS, Py_ssize_t m, Py_ssize_t R,
                                   Py_ssize_t H, Py_ssize_t W, float *ph)
     void nn_direct3_s2_taps(Py_ssize_t OW, Py_ssize_t stride, Py_ssize_t vectors,
@@ -438,9 +438,9 @@ cdef int _direct_samples(const float *src, Py_ssize_t R, const float *wp, Py_ssi
             _stack(xin, R, P, 1, g, stacked_in)
             xin, XS = stacked_in, g * P
         if G == 1:
-            nn_direct3_run_avx512(xin, XS, R, P, off, masks, wp, Q, dst + n * Q * P)
+            nn_direct3_run_avx512(xin, XS, R, P, off, masks, wp, Q, dst + n * Q * P, not s2)
         else:
-            nn_direct3_run_avx512(xin, XS, R, g * P, off, masks, wp, Q, stacked_out)
+            nn_direct3_run_avx512(xin, XS, R, g * P, off, masks, wp, Q, stacked_out, 0)
             _unstack(stacked_out, Q, P, g, dst + n * Q * P)
         if mask != NULL:
             _relu_mask(dst + n * Q * P, mask + n * Q * P, g * Q * P)
