@@ -163,7 +163,9 @@ def _team_tune(late=1e-3, solo_min=2e-3, solo_max=0.2, spin=50e-6, move=1e-3, st
     own share took) for a worker's part; the caller then runs alone for `solo_min` seconds,
     doubling while jobs keep being late, up to `solo_max` (0: never alone). An idle worker
     spins `spin` seconds before it sleeps; a worker on its caller's CPU moves off it at most
-    every `move` seconds (0: never). Call it while no kernel runs."""
+    every `move` seconds (0: never); a caller wakes a worker asleep for at least `steer`
+    seconds away from its own CPU (< 0: never); neither within `calm` seconds of a late
+    job. Call it while no kernel runs."""
     nn_team_tune(int(late * 1e9), int(solo_min * 1e9), int(solo_max * 1e9), int(spin * 1e9),
                  int(move * 1e9), int(steer * 1e9), int(calm * 1e9))
 

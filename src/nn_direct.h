@@ -192,10 +192,10 @@ __attribute__((target("avx512f"))) static void nn_direct3_run_avx512(
         const uint16_t *m = masks + (p0 / 16) * NN_DIRECT_MASKS;
         if (ahead && p0 + 96 < P)
             for (ptrdiff_t r = 0; r < R; ++r) {
-                const char *ahead = (const char *)(x + r * XS + p0 + 96 + off[8]);
-                _mm_prefetch(ahead, _MM_HINT_T0);
-                _mm_prefetch(ahead + 64, _MM_HINT_T0);
-                _mm_prefetch(ahead + 128, _MM_HINT_T0);
+                const char *next = (const char *)(x + r * XS + p0 + 96 + off[8]);
+                _mm_prefetch(next, _MM_HINT_T0);
+                _mm_prefetch(next + 64, _MM_HINT_T0);
+                _mm_prefetch(next + 128, _MM_HINT_T0);
             }
         for (ptrdiff_t qb = 0; qb < blocks; ++qb) {
             const float *wq = wp + qb * R * 72;

@@ -54,6 +54,13 @@
 #define NN_TEAM_PAUSE() atomic_signal_fence(memory_order_seq_cst)
 #endif
 
+/* threads' CPU affinity (sched_getcpu, pthread_setaffinity_np): glibc and musl on Linux */
+#if defined(__linux__) && defined(CPU_ISSET) && !defined(__ANDROID__)
+#define NN_TEAM_AFFINITY 1
+#else
+#define NN_TEAM_AFFINITY 0
+#endif
+
 #define NN_TEAM_MAX 64            /* participants: the caller and up to 63 workers */
 #define NN_TEAM_MAX_PARTS 65535   /* parts of one job (16 bits of a block word) */
 /* how long an idle worker waits for the next job awake; a gap ten times as long as a
@@ -212,7 +219,7 @@ static void nn_team_work(int me, uint64_t job, nn_team_fn fn, void *ctx, ptrdiff
 
 /* The CPU this thread runs on, or -1 where that is not known */
 static int nn_team_cpu(void) {
-#if defined(__linux__) && defined(CPU_ISSET)
+#if NN_TEAM_AFFINITY
     return sched_getcpu();
 #else
     return -1;
@@ -230,13 +237,13 @@ static int nn_team_cpu(void) {
  * process may run on another CPU, and never on a CPU it was not allowed: the parts and the
  * bits are the same wherever it runs. */
 static void nn_team_move_off(int cpu, ptrdiff_t *last_ns) {
-#if defined(__linux__) && defined(CPU_ISSET)
+#if NN_TEAM_AFFINITY
     ptrdiff_t every = atomic_load_explicit(&nn_team.move_ns, memory_order_relaxed), now;
-    if (cpu < 0 || cpu >= CPU_SETSIZE || every <= 0 || nn_team_cpu() != cpu)
+    if (cpu < 0 || cpu >= CPU_SETSIZE || every <= 0)
         return;
     now = nn_team_now_ns();
     if (now - *last_ns < every || now - atomic_load_explicit(&nn_team.late_at, memory_order_relaxed) <
-        atomic_load_explicit(&nn_team.calm_ns, memory_order_relaxed))
+        atomic_load_explicit(&nn_team.calm_ns, memory_order_relaxed) || nn_team_cpu() != cpu)
         return;
     *last_ns = now;
     cpu_set_t mine, away;
@@ -267,12 +274,13 @@ static void nn_team_move_off(int cpu, ptrdiff_t *last_ns) {
  * not within `calm_ns` of a late job: beside a NumPy matmul on both CPUs, steering every
  * wake-up made an MLP epoch 0.16-0.21 s where the kernel's own placement gave 0.09-0.10 s
  * (and late jobs), so a busy machine -- workers running late -- is left to the kernel. */
-#if defined(__linux__) && defined(CPU_ISSET)
-static cpu_set_t nn_team_home[NN_TEAM_MAX];     /* a steered worker's own affinity */
+#if NN_TEAM_AFFINITY
+/* a steered worker's own affinity, and the narrowed one it was given */
+static cpu_set_t nn_team_home[NN_TEAM_MAX], nn_team_away[NN_TEAM_MAX];
 #endif
 
 static void nn_team_steer(int cpu, int workers) {
-#if defined(__linux__) && defined(CPU_ISSET)
+#if NN_TEAM_AFFINITY
     ptrdiff_t after = atomic_load_explicit(&nn_team.steer_ns, memory_order_relaxed), now;
     if (cpu < 0 || cpu >= CPU_SETSIZE || after < 0)
         return;
@@ -284,13 +292,13 @@ static void nn_team_steer(int cpu, int workers) {
         if (!atomic_load(&nn_team.asleep[q]) || atomic_load(&nn_team.steered[q]) ||
             now - atomic_load(&nn_team.slept_at[q]) < after)
             continue;
-        cpu_set_t *home = &nn_team_home[q], away;
+        cpu_set_t *home = &nn_team_home[q], *away = &nn_team_away[q];
         if (pthread_getaffinity_np(nn_team.thread[q], sizeof *home, home) != 0 ||
             !CPU_ISSET(cpu, home) || CPU_COUNT(home) < 2)
             continue;
-        away = *home;
-        CPU_CLR(cpu, &away);
-        if (pthread_setaffinity_np(nn_team.thread[q], sizeof away, &away) == 0) {
+        *away = *home;
+        CPU_CLR(cpu, away);
+        if (pthread_setaffinity_np(nn_team.thread[q], sizeof *away, away) == 0) {
             atomic_store(&nn_team.steered[q], 1);
             atomic_fetch_add_explicit(&nn_team.steers, 1, memory_order_relaxed);
         }
@@ -301,11 +309,14 @@ static void nn_team_steer(int cpu, int workers) {
 #endif
 }
 
-/* (worker me, awake) its affinity back as it was before a caller steered it */
+/* (worker me, awake) its affinity back as it was before a caller steered it -- unless
+ * someone (the user, taskset -a, a cpuset) has set another since: that one stays */
 static void nn_team_unsteer(int me) {
-#if defined(__linux__) && defined(CPU_ISSET)
+#if NN_TEAM_AFFINITY
     if (atomic_load(&nn_team.steered[me])) {
-        sched_setaffinity(0, sizeof nn_team_home[me], &nn_team_home[me]);
+        cpu_set_t now;
+        if (sched_getaffinity(0, sizeof now, &now) == 0 && CPU_EQUAL(&now, &nn_team_away[me]))
+            sched_setaffinity(0, sizeof nn_team_home[me], &nn_team_home[me]);
         atomic_store(&nn_team.steered[me], 0);
     }
 #else
@@ -321,17 +332,17 @@ static void *nn_team_main(void *arg) {
         uint64_t job = atomic_load_explicit(&nn_team.job, memory_order_acquire);
         if (job != seen) {
             seen = job;
-            nn_team_unsteer(me);        /* (steered just as it woke by itself: now) */
-            nn_team_move_off(atomic_load_explicit(&nn_team.caller_cpu, memory_order_relaxed),
-                             &moved);
             nn_team_fn fn = atomic_load_explicit(&nn_team.fn, memory_order_relaxed);
             void *ctx = atomic_load_explicit(&nn_team.ctx, memory_order_relaxed);
             ptrdiff_t parts = atomic_load_explicit(&nn_team.parts, memory_order_relaxed);
             int size = atomic_load_explicit(&nn_team.size, memory_order_relaxed);
             int offer = atomic_load_explicit(&nn_team.offer, memory_order_relaxed);
-            if (me < size && !atomic_load_explicit(&nn_team.hold, memory_order_relaxed))
+            if (me < size && !atomic_load_explicit(&nn_team.hold, memory_order_relaxed)) {
+                nn_team_move_off(atomic_load_explicit(&nn_team.caller_cpu, memory_order_relaxed),
+                                 &moved);
                 nn_team_work(me, job, fn, ctx, parts, size, &nn_team.by_workers[offer != 0],
                              NULL);
+            }
             since = nn_team_now_ns();
             continue;
         }
@@ -438,7 +449,9 @@ static void nn_team_disown(void) { atomic_store_explicit(&nn_team.busy, 0, memor
  * go, participant 0 first. The job's number, for nn_team_finish. */
 static uint64_t nn_team_post(nn_team_fn fn, void *ctx, ptrdiff_t parts, int size, int offer) {
     nn_team.posted_ns = nn_team_now_ns();
-    int cpu = nn_team_cpu();
+    int cpu = atomic_load_explicit(&nn_team.move_ns, memory_order_relaxed) > 0 ||
+              atomic_load_explicit(&nn_team.steer_ns, memory_order_relaxed) >= 0
+                  ? nn_team_cpu() : -1;
     atomic_store_explicit(&nn_team.caller_cpu, cpu, memory_order_relaxed);
     uint64_t job = ++nn_team.number & 0xffffffffu;
     if (job == 0)
@@ -467,8 +480,10 @@ static uint64_t nn_team_post(nn_team_fn fn, void *ctx, ptrdiff_t parts, int size
     }
     atomic_store(&nn_team.job, job);              /* (seq_cst: see nn_team_main) */
     if (atomic_load(&nn_team.sleepers)) {
-        nn_team_steer(cpu, size - 1);
         pthread_mutex_lock(&nn_team.mutex);
+        /* (under the mutex: a worker marked asleep is inside cond_wait, so it sees that it
+         * was steered when it wakes) */
+        nn_team_steer(cpu, size - 1);
         pthread_cond_broadcast(&nn_team.work);
         pthread_mutex_unlock(&nn_team.mutex);
     }

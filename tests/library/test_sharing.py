@@ -536,24 +536,25 @@ def test_no_steering_where_the_process_has_one_cpu_and_masks_are_kept():
     if not cpus:
         pytest.skip("no CPU affinity here")
     code = wake_code('''
+        _team_tune(calm=0)                            # (steered even after a late job)
         allowed = mask(0)
         for _ in range(40):
             time.sleep(0.002)                         # asleep between the products
             assert np.array_equal(C.gemm(a, a), expected)
         tasks = os.listdir(f"/proc/{os.getpid()}/task")
         same = wait_until(lambda: all(mask(int(t)) == allowed for t in tasks))
-        print(json.dumps([list(_team_moves()), same, len(tasks)]))
+        print(json.dumps([list(_team_moves()), same]))
     ''', affinity=True)
     one = run_python(code, str(cpus[0]), env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
     assert one.returncode == 0, one.stderr
-    (moves, steers), same, tasks = json.loads(one.stdout)
-    assert (moves, steers) == (0, 0) and same and tasks == 2, one.stdout
+    (moves, steers), same = json.loads(one.stdout)
+    assert (moves, steers) == (0, 0) and same, one.stdout
     if len(cpus) >= 2:
         many = run_python(code, ",".join(map(str, cpus)),
                           env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
         assert many.returncode == 0, many.stderr
-        (moves, steers), same, tasks = json.loads(many.stdout)
-        assert same and tasks == 2 and steers > 0, many.stdout
+        (moves, steers), same = json.loads(many.stdout)
+        assert same and steers > 0, many.stdout
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU affinity is Linux's")
