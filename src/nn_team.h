@@ -125,10 +125,11 @@ static struct {
      * of jobs run (index 0) and of jobs offered (index 1) */
     atomic_ptrdiff_t by_workers[2], taken_back[2];
     nn_team_block block[NN_TEAM_MAX];
-    /* per worker (index: participant): asleep in cond_wait (under the mutex); its affinity
-     * narrowed by a caller to wake it away from the caller's CPU (nn_team_steer); its thread */
-    atomic_int asleep[NN_TEAM_MAX], steered[NN_TEAM_MAX];
-    atomic_ptrdiff_t slept_at[NN_TEAM_MAX];    /* when it went to sleep */
+    /* per worker (index: participant): when it went to sleep in cond_wait, 0 while awake
+     * (both written under the mutex); its affinity narrowed by a caller to wake it away
+     * from the caller's CPU (nn_team_steer); its thread */
+    atomic_ptrdiff_t slept_at[NN_TEAM_MAX];
+    atomic_int steered[NN_TEAM_MAX];
     pthread_t thread[NN_TEAM_MAX];
     atomic_ptrdiff_t steers;                   /* sleeping workers steered (tests) */
     uint64_t number;                           /* the last job number (owner only) */
@@ -226,6 +227,24 @@ static int nn_team_cpu(void) {
 #endif
 }
 
+#if NN_TEAM_AFFINITY
+/* away = home without `cpu`; 0 when that leaves no CPU or `cpu` is not in home (then
+ * there is nowhere else to go, or nothing to leave) */
+static int nn_team_narrow(const cpu_set_t *home, int cpu, cpu_set_t *away) {
+    if (!CPU_ISSET(cpu, home) || CPU_COUNT(home) < 2)
+        return 0;
+    *away = *home;
+    CPU_CLR(cpu, away);
+    return 1;
+}
+
+/* whether threads may be moved at time `now`: not within calm_ns of a late job */
+static int nn_team_calm(ptrdiff_t now) {
+    return now - atomic_load_explicit(&nn_team.late_at, memory_order_relaxed) >=
+           atomic_load_explicit(&nn_team.calm_ns, memory_order_relaxed);
+}
+#endif
+
 /* A worker woken by a caller is often queued on the caller's own CPU (the scheduler puts a
  * wakee near its waker), even with another CPU idle: it then waits there for the caller to
  * give the core away -- the caller runs the worker's parts itself, at one thread's speed --
@@ -242,16 +261,12 @@ static void nn_team_move_off(int cpu, ptrdiff_t *last_ns) {
     if (cpu < 0 || cpu >= CPU_SETSIZE || every <= 0)
         return;
     now = nn_team_now_ns();
-    if (now - *last_ns < every || now - atomic_load_explicit(&nn_team.late_at, memory_order_relaxed) <
-        atomic_load_explicit(&nn_team.calm_ns, memory_order_relaxed) || nn_team_cpu() != cpu)
+    if (now - *last_ns < every || !nn_team_calm(now) || nn_team_cpu() != cpu)
         return;
     *last_ns = now;
     cpu_set_t mine, away;
-    if (sched_getaffinity(0, sizeof mine, &mine) != 0 || !CPU_ISSET(cpu, &mine) ||
-        CPU_COUNT(&mine) < 2)
+    if (sched_getaffinity(0, sizeof mine, &mine) != 0 || !nn_team_narrow(&mine, cpu, &away))
         return;
-    away = mine;
-    CPU_CLR(cpu, &away);
     if (sched_setaffinity(0, sizeof away, &away) == 0) {
         sched_setaffinity(0, sizeof mine, &mine);
         atomic_fetch_add_explicit(&nn_team.moves, 1, memory_order_relaxed);
@@ -285,19 +300,16 @@ static void nn_team_steer(int cpu, int workers) {
     if (cpu < 0 || cpu >= CPU_SETSIZE || after < 0)
         return;
     now = nn_team_now_ns();
-    if (now - atomic_load_explicit(&nn_team.late_at, memory_order_relaxed) <
-        atomic_load_explicit(&nn_team.calm_ns, memory_order_relaxed))
+    if (!nn_team_calm(now))
         return;
     for (int q = 1; q <= workers && q < NN_TEAM_MAX; ++q) {
-        if (!atomic_load(&nn_team.asleep[q]) || atomic_load(&nn_team.steered[q]) ||
-            now - atomic_load(&nn_team.slept_at[q]) < after)
+        ptrdiff_t slept = atomic_load(&nn_team.slept_at[q]);
+        if (slept == 0 || atomic_load(&nn_team.steered[q]) || now - slept < after)
             continue;
         cpu_set_t *home = &nn_team_home[q], *away = &nn_team_away[q];
         if (pthread_getaffinity_np(nn_team.thread[q], sizeof *home, home) != 0 ||
-            !CPU_ISSET(cpu, home) || CPU_COUNT(home) < 2)
+            !nn_team_narrow(home, cpu, away))
             continue;
-        *away = *home;
-        CPU_CLR(cpu, away);
         if (pthread_setaffinity_np(nn_team.thread[q], sizeof *away, away) == 0) {
             atomic_store(&nn_team.steered[q], 1);
             atomic_fetch_add_explicit(&nn_team.steers, 1, memory_order_relaxed);
@@ -360,10 +372,9 @@ static void *nn_team_main(void *arg) {
         pthread_mutex_lock(&nn_team.mutex);
         atomic_fetch_add(&nn_team.sleepers, 1);
         atomic_store(&nn_team.slept_at[me], nn_team_now_ns());
-        atomic_store(&nn_team.asleep[me], 1);
         while (atomic_load(&nn_team.job) == seen)
             pthread_cond_wait(&nn_team.work, &nn_team.mutex);
-        atomic_store(&nn_team.asleep[me], 0);
+        atomic_store(&nn_team.slept_at[me], 0);
         atomic_fetch_sub(&nn_team.sleepers, 1);
         pthread_mutex_unlock(&nn_team.mutex);
         nn_team_unsteer(me);
@@ -383,7 +394,7 @@ static void nn_team_after_fork(void) {
     nn_team.failed = 0;
     atomic_store(&nn_team.sleepers, 0);
     for (int q = 0; q < NN_TEAM_MAX; ++q) {
-        atomic_store(&nn_team.asleep[q], 0);
+        atomic_store(&nn_team.slept_at[q], 0);
         atomic_store(&nn_team.steered[q], 0);
     }
     atomic_store(&nn_team.caller_sleeping, 0);
@@ -481,7 +492,7 @@ static uint64_t nn_team_post(nn_team_fn fn, void *ctx, ptrdiff_t parts, int size
     atomic_store(&nn_team.job, job);              /* (seq_cst: see nn_team_main) */
     if (atomic_load(&nn_team.sleepers)) {
         pthread_mutex_lock(&nn_team.mutex);
-        /* (under the mutex: a worker marked asleep is inside cond_wait, so it sees that it
+        /* (under the mutex: a worker with a slept_at is inside cond_wait, so it sees that it
          * was steered when it wakes) */
         nn_team_steer(cpu, size - 1);
         pthread_cond_broadcast(&nn_team.work);
@@ -571,13 +582,13 @@ static void nn_team_slow(ptrdiff_t ns) { atomic_store(&nn_team.slow_ns, ns); }
 static void nn_team_tune(ptrdiff_t late_ns, ptrdiff_t solo_min_ns, ptrdiff_t solo_max_ns,
                          ptrdiff_t spin_ns, ptrdiff_t move_ns, ptrdiff_t steer_ns,
                          ptrdiff_t calm_ns) {
-    atomic_store(&nn_team.steer_ns, steer_ns);
-    atomic_store(&nn_team.calm_ns, calm_ns);
     nn_team.late_ns = late_ns;
     nn_team.solo_min_ns = solo_min_ns;
     nn_team.solo_max_ns = solo_max_ns;
     atomic_store(&nn_team.spin_ns, spin_ns);
     atomic_store(&nn_team.move_ns, move_ns);
+    atomic_store(&nn_team.steer_ns, steer_ns);
+    atomic_store(&nn_team.calm_ns, calm_ns);
 }
 static ptrdiff_t nn_team_moves(void) { return atomic_load(&nn_team.moves); }
 static ptrdiff_t nn_team_steers(void) { return atomic_load(&nn_team.steers); }
