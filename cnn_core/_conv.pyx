@@ -121,7 +121,8 @@ cdef extern from "nn_direct.h" nogil:
                             const uint16_t *masks1, uint16_t *masks2, Py_ssize_t *off)
     void nn_direct3_gw_run_avx512(const float *g, const float *x, Py_ssize_t XS, Py_ssize_t n,
                                   Py_ssize_t O, Py_ssize_t R, Py_ssize_t P, const Py_ssize_t *off,
-                                  const uint16_t *masks, int accumulate, float *gw)
+                                  const uint16_t *masks, int accumulate, float *gw,
+                                  float *acc)
 
 # 3x3 convolutions with stride 1 and padding 1, float32, straight from the planes by AVX-512
 # (src/nn_direct.h): the forward and both gradients
@@ -542,6 +543,10 @@ cdef int _direct_gw_samples(const float *g, const float *x, float *gw_partial, C
     cdef float *gs = NULL
     cdef const float *xsrc
     cdef const float *gsrc
+    # the kernel's accumulators: 3 kernel rows of 24 vectors of 16 for every input channel
+    cdef float *acc = <float *> nn_scratch(4, s.C * 3 * 384 * sizeof(float))
+    if acc == NULL:
+        return -1
     chunk = max(1, NN_DIRECT_GW_CHUNK // ((s.C + s.O) * G * P))
     if not s2 and G == 1:
         chunk = n1 - n0
@@ -580,7 +585,7 @@ cdef int _direct_gw_samples(const float *g, const float *x, float *gw_partial, C
             _stack(gsrc, s.O, P, k, m, gs)
             gsrc = gs
         nn_direct3_gw_run_avx512(gsrc, xsrc, (4 if s2 else 1) * m * P, k, s.O, s.C, m * P, off,
-                                 masks, n > n0, gw_partial)
+                                 masks, n > n0, gw_partial, acc)
         n += k * m
     return 0
 

@@ -276,15 +276,45 @@ __attribute__((target("avx512f"))) static void nn_direct3_phases_avx512(
  * reads phase planes), P pixels. A tile is 8 output channels by the 3 taps of one row of
  * the kernel (kh), for one input channel: 24 accumulators of 16 lanes; each pixel vector
  * is 3 masked loads of x (one per tap) and 8 of g, each g vector multiplied into the 3
- * taps' accumulators. They sum over the pixel vectors
- * of a chunk of samples (as many as keep the chunk's planes within ~512 KB, so that they
- * stay in the core's cache while every tile reads them), then each is reduced across its
- * lanes (_mm512_reduce_add_ps) and added to gw, chunk after chunk. Each gw entry's order is
- * fixed by n, the shapes and the pixel vectors -- not by the tile -- the same bits for the
- * same part. Planes that are stacks of several samples' (nn_direct3_masks with planes > 1)
- * are summed the same way: a tap that would cross into the next plane is masked. */
-#define NN_D_GW_ACC(i)                                                                      \
-    __m512 a##i##0 = _mm512_setzero_ps(), a##i##1 = a##i##0, a##i##2 = a##i##0;
+ * taps' accumulators. They sum over the pixel vectors of a chunk of samples (as many as
+ * keep the chunk's planes within ~512 KB), then each is reduced across its lanes
+ * (_mm512_reduce_add_ps) and added to gw, chunk after chunk.
+ *
+ * Within a chunk the samples go outermost: for one sample, the tiles of every input
+ * channel and kernel row in turn, each tile's 24 accumulators kept in acc (R * 3 tiles of
+ * 24 vectors, the caller's scratch, 64-byte aligned) from one sample to the next (none for
+ * a chunk of one sample: zeroed in registers at the first, reduced at the last) -- so the
+ * 8 planes of g a sample's tiles share (25 KB for 28x28) stay in the core's L1 cache while
+ * its 3R tiles read them, instead of coming again from L2 for every tile. Batch 128, 2
+ * threads, in-process A/B: 16 channels on 28x28 240 -> 306 GFLOP/s, 32 on 14x14 314 -> 378,
+ * 16 -> 32 with stride 2 262 -> 298; 64 on 7x7 (a chunk of one stack) 378 either way.
+ * Each lane still sums sample after sample, pixel vector after pixel vector: each gw
+ * entry's order is fixed by n, the shapes and the pixel vectors -- not by the tile -- the
+ * same bits for the same part (and as before this order of the loops). Planes that are stacks of several samples' (nn_direct3_masks with planes > 1) are
+ * summed the same way: a tap that would cross into the next plane is masked. */
+#define NN_D_GW_LOAD(i)                                                                     \
+    __m512 a##i##0 = _mm512_setzero_ps(), a##i##1 = a##i##0, a##i##2 = a##i##0;              \
+    if (s > s0) {                                                                           \
+        a##i##0 = _mm512_load_ps(t + (i) * 48);                                             \
+        a##i##1 = _mm512_load_ps(t + (i) * 48 + 16);                                        \
+        a##i##2 = _mm512_load_ps(t + (i) * 48 + 32);                                        \
+    }
+#define NN_D_GW_OUT1(i, k)                                                                  \
+    do {                                                                                    \
+        float sum = _mm512_reduce_add_ps(a##i##k);                                          \
+        float *d = gw + ((o + (i)) * R + r) * 9 + kh * 3 + (k);                             \
+        *d = s0 == 0 && !accumulate ? sum : *d + sum;                                       \
+    } while (0)
+#define NN_D_GW_STORE(i)                                                                    \
+    do {                                                                                    \
+        if (s + 1 < s1) {                                                                   \
+            _mm512_store_ps(t + (i) * 48, a##i##0);                                         \
+            _mm512_store_ps(t + (i) * 48 + 16, a##i##1);                                    \
+            _mm512_store_ps(t + (i) * 48 + 32, a##i##2);                                    \
+        } else if ((i) < rows) {                                                            \
+            NN_D_GW_OUT1(i, 0); NN_D_GW_OUT1(i, 1); NN_D_GW_OUT1(i, 2);                     \
+        }                                                                                   \
+    } while (0)
 #define NN_D_GW_FMA(i)                                                                      \
     do {                                                                                    \
         __m512 gv = _mm512_maskz_loadu_ps(keep, gp + goff[i] + 16 * v);                     \
@@ -292,22 +322,11 @@ __attribute__((target("avx512f"))) static void nn_direct3_phases_avx512(
         a##i##1 = _mm512_fmadd_ps(gv, x1, a##i##1);                                         \
         a##i##2 = _mm512_fmadd_ps(gv, x2, a##i##2);                                         \
     } while (0)
-#define NN_D_GW_OUT1(i, k)                                                                  \
-    do {                                                                                    \
-        float sum = _mm512_reduce_add_ps(a##i##k);                                          \
-        float *d = gw + ((o + (i)) * R + r) * 9 + kh * 3 + (k);                             \
-        *d = s0 == 0 && !accumulate ? sum : *d + sum;                                       \
-    } while (0)
-#define NN_D_GW_OUT(i)                                                                      \
-    do {                                                                                    \
-        if ((i) < rows) {                                                                   \
-            NN_D_GW_OUT1(i, 0); NN_D_GW_OUT1(i, 1); NN_D_GW_OUT1(i, 2);                     \
-        }                                                                                   \
-    } while (0)
 
 __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
         const float *g, const float *x, ptrdiff_t XS, ptrdiff_t n, ptrdiff_t O, ptrdiff_t R,
-        ptrdiff_t P, const ptrdiff_t *off, const uint16_t *masks, int accumulate, float *gw) {
+        ptrdiff_t P, const ptrdiff_t *off, const uint16_t *masks, int accumulate, float *gw,
+        float *acc) {
     const ptrdiff_t vectors = (P + 15) / 16;
     ptrdiff_t chunk = NN_DIRECT_GW_CHUNK / ((R + O) * P);
     if (chunk < 1)
@@ -320,13 +339,16 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
             ptrdiff_t goff[8];
             for (int i = 0; i < 8; ++i)
                 goff[i] = (i < rows ? i : 0) * P;
-            for (ptrdiff_t r = 0; r < R; ++r) {
-                for (int kh = 0; kh < 3; ++kh) {
-                    const ptrdiff_t f0 = off[kh * 3], f1 = off[kh * 3 + 1], f2 = off[kh * 3 + 2];
-                    NN_D_GW_ACC(0) NN_D_GW_ACC(1) NN_D_GW_ACC(2) NN_D_GW_ACC(3)
-                    NN_D_GW_ACC(4) NN_D_GW_ACC(5) NN_D_GW_ACC(6) NN_D_GW_ACC(7)
-                    for (ptrdiff_t s = s0; s < s1; ++s) {
-                        const float *gp = g + (s * O + o) * P, *xp = x + (s * R + r) * XS;
+            for (ptrdiff_t s = s0; s < s1; ++s) {
+                const float *gp = g + (s * O + o) * P;
+                for (ptrdiff_t r = 0; r < R; ++r) {
+                    const float *xp = x + (s * R + r) * XS;
+                    for (int kh = 0; kh < 3; ++kh) {
+                        const ptrdiff_t f0 = off[kh * 3], f1 = off[kh * 3 + 1],
+                                        f2 = off[kh * 3 + 2];
+                        float *t = acc + (r * 3 + kh) * 384;
+                        NN_D_GW_LOAD(0) NN_D_GW_LOAD(1) NN_D_GW_LOAD(2) NN_D_GW_LOAD(3)
+                        NN_D_GW_LOAD(4) NN_D_GW_LOAD(5) NN_D_GW_LOAD(6) NN_D_GW_LOAD(7)
                         for (ptrdiff_t v = 0; v < vectors; ++v) {
                             const uint16_t *m = masks + v * NN_DIRECT_MASKS + kh * 3;
                             const __mmask16 keep = (__mmask16)masks[v * NN_DIRECT_MASKS + 9];
@@ -337,9 +359,9 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
                             NN_D_GW_FMA(0); NN_D_GW_FMA(1); NN_D_GW_FMA(2); NN_D_GW_FMA(3);
                             NN_D_GW_FMA(4); NN_D_GW_FMA(5); NN_D_GW_FMA(6); NN_D_GW_FMA(7);
                         }
+                        NN_D_GW_STORE(0); NN_D_GW_STORE(1); NN_D_GW_STORE(2); NN_D_GW_STORE(3);
+                        NN_D_GW_STORE(4); NN_D_GW_STORE(5); NN_D_GW_STORE(6); NN_D_GW_STORE(7);
                     }
-                    NN_D_GW_OUT(0); NN_D_GW_OUT(1); NN_D_GW_OUT(2); NN_D_GW_OUT(3);
-                    NN_D_GW_OUT(4); NN_D_GW_OUT(5); NN_D_GW_OUT(6); NN_D_GW_OUT(7);
                 }
             }
         }
@@ -364,9 +386,10 @@ static void nn_direct3_phases_avx512(const float *x, ptrdiff_t SS, ptrdiff_t m, 
 }
 static void nn_direct3_gw_run_avx512(const float *g, const float *x, ptrdiff_t XS, ptrdiff_t n,
                                      ptrdiff_t O, ptrdiff_t R, ptrdiff_t P, const ptrdiff_t *off,
-                                     const uint16_t *masks, int accumulate, float *gw) {
+                                     const uint16_t *masks, int accumulate, float *gw,
+                                     float *acc) {
     (void)g; (void)x; (void)XS; (void)n; (void)O; (void)R; (void)P; (void)off; (void)masks;
-    (void)accumulate; (void)gw;
+    (void)accumulate; (void)gw; (void)acc;
 }
 #endif
 

@@ -13,7 +13,7 @@
  * _conv: 0 = im2col columns (or the direct path's stacked input planes), 1 = weight-gradient
  * partials (and each sample's bias sums), 2 = grouped GEMM output or grad_out (or the direct
  * path's stacked outputs), 3 = the direct path's packed weights (the calling thread's, read
- * by every part); _norm: 0 = each sample's sums per channel and the
+ * by every part), 4 = the direct weight gradient's accumulators; _norm: 0 = each sample's sums per channel and the
  * per-channel figures).
  */
 #ifndef NN_SCRATCH_H
@@ -22,7 +22,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#define NN_SCRATCH_SLOTS 4
+#define NN_SCRATCH_SLOTS 5
 #define NN_ALIGN 64
 
 typedef struct {
