@@ -122,7 +122,7 @@ cdef extern from "nn_direct.h" nogil:
     void nn_direct3_gw_run_avx512(const float *g, const float *x, Py_ssize_t XS, Py_ssize_t n,
                                   Py_ssize_t O, Py_ssize_t R, Py_ssize_t P, const Py_ssize_t *off,
                                   const uint16_t *masks, int accumulate, float *gw,
-                                  float *acc)
+                                  float *acc, int ahead)
 
 # 3x3 convolutions with stride 1 and padding 1, float32, straight from the planes by AVX-512
 # (src/nn_direct.h): the forward and both gradients
@@ -585,7 +585,7 @@ cdef int _direct_gw_samples(const float *g, const float *x, float *gw_partial, C
             _stack(gsrc, s.O, P, k, m, gs)
             gsrc = gs
         nn_direct3_gw_run_avx512(gsrc, xsrc, (4 if s2 else 1) * m * P, k, s.O, s.C, m * P, off,
-                                 masks, n > n0, gw_partial, acc)
+                                 masks, n > n0, gw_partial, acc, not s2 and G == 1)
         n += k * m
     return 0
 

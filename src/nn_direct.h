@@ -326,7 +326,7 @@ __attribute__((target("avx512f"))) static void nn_direct3_phases_avx512(
 __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
         const float *g, const float *x, ptrdiff_t XS, ptrdiff_t n, ptrdiff_t O, ptrdiff_t R,
         ptrdiff_t P, const ptrdiff_t *off, const uint16_t *masks, int accumulate, float *gw,
-        float *acc) {
+        float *acc, int ahead) {
     const ptrdiff_t vectors = (P + 15) / 16;
     ptrdiff_t chunk = NN_DIRECT_GW_CHUNK / ((R + O) * P);
     if (chunk < 1)
@@ -341,8 +341,27 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
                 goff[i] = (i < rows ? i : 0) * P;
             for (ptrdiff_t s = s0; s < s1; ++s) {
                 const float *gp = g + (s * O + o) * P;
+                /* what the tiles read next: the next sample's x and g, the next tile row's
+                 * g, or the next chunk's first sample */
+                const char *nx = NULL, *ng = NULL;
+                ptrdiff_t xlines = 0, glines = 0;
+                if (ahead) {
+                    ptrdiff_t ns = s + 1 < s1 ? s + 1 : o + 8 < O ? s0 : s1, no = o;
+                    if (s + 1 >= s1)
+                        no = o + 8 < O ? o + 8 : 0;
+                    if (ns < n) {
+                        if (ns != s)
+                            nx = (const char *)(x + ns * R * XS), xlines = R * XS / 16;
+                        ng = (const char *)(g + (ns * O + no) * P);
+                        glines = (O - no < 8 ? O - no : 8) * P / 16;
+                    }
+                }
                 for (ptrdiff_t r = 0; r < R; ++r) {
                     const float *xp = x + (s * R + r) * XS;
+                    for (ptrdiff_t l = r * xlines / R; l < (r + 1) * xlines / R; ++l)
+                        _mm_prefetch(nx + l * 64, _MM_HINT_T1);
+                    for (ptrdiff_t l = r * glines / R; l < (r + 1) * glines / R; ++l)
+                        _mm_prefetch(ng + l * 64, _MM_HINT_T1);
                     for (int kh = 0; kh < 3; ++kh) {
                         const ptrdiff_t f0 = off[kh * 3], f1 = off[kh * 3 + 1],
                                         f2 = off[kh * 3 + 2];
@@ -387,9 +406,9 @@ static void nn_direct3_phases_avx512(const float *x, ptrdiff_t SS, ptrdiff_t m, 
 static void nn_direct3_gw_run_avx512(const float *g, const float *x, ptrdiff_t XS, ptrdiff_t n,
                                      ptrdiff_t O, ptrdiff_t R, ptrdiff_t P, const ptrdiff_t *off,
                                      const uint16_t *masks, int accumulate, float *gw,
-                                     float *acc) {
+                                     float *acc, int ahead) {
     (void)g; (void)x; (void)XS; (void)n; (void)O; (void)R; (void)P; (void)off; (void)masks;
-    (void)accumulate; (void)gw; (void)acc;
+    (void)accumulate; (void)gw; (void)acc; (void)ahead;
 }
 #endif
 
