@@ -110,6 +110,7 @@ cdef extern from "nn_direct.h" nogil:
         NN_DIRECT_MASKS
         NN_DIRECT_MASK_WORDS
         NN_DIRECT_GW_CHUNK
+        NN_DIRECT_GX_MAX_K
     void nn_direct3_pack(const float *w, Py_ssize_t O, Py_ssize_t C, int transpose, float *wp)
     void nn_direct3_masks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t planes, uint16_t *masks)
     void nn_direct3_run_avx512(const float *x, Py_ssize_t XS, Py_ssize_t R, Py_ssize_t P,
@@ -123,6 +124,11 @@ cdef extern from "nn_direct.h" nogil:
                                   Py_ssize_t O, Py_ssize_t R, Py_ssize_t P, const Py_ssize_t *off,
                                   const uint16_t *masks, int accumulate, float *gw,
                                   float *acc, int ahead)
+    void nn_direct3_s2_gx_avx512(const float *g, Py_ssize_t O, Py_ssize_t OH, Py_ssize_t OW,
+                                 const uint16_t *masks, const float *wpt, Py_ssize_t C,
+                                 float *ph)
+    void nn_direct3_unphase_avx512(const float *ph, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                   const float *x, float *gx)
 
 # 3x3 convolutions with stride 1 and padding 1, float32, straight from the planes by AVX-512
 # (src/nn_direct.h): the forward and both gradients
@@ -611,6 +617,29 @@ cdef int _direct_backward_samples(const float *g, const float *x, float *gw_part
     return 0
 
 
+cdef inline bint _is_direct_s2_gx(ConvShape s) noexcept nogil:
+    # the input gradient of a stride-2 3x3 straight from grad_out's planes too
+    # (nn_direct3_s2_gx_avx512: the bits of im2col's path, where k = O is one GEMM block)
+    return _is_direct_s2(s) and s.O <= NN_DIRECT_GX_MAX_K
+
+
+cdef int _direct_s2_gx_samples(const float *g, const float *x, float *gx, ConvShape s,
+                               Py_ssize_t n0, Py_ssize_t n1, const float *wpt) noexcept nogil:
+    # gx[n] for samples [n0, n1) of a stride-2 3x3 convolution: its phase planes from g[n]
+    # (scratch 0), then put in place -- masked by x > 0 when s.relu_x
+    cdef Py_ssize_t P = s.OH * s.OW, CHW = s.C * s.H * s.W, n
+    cdef uint16_t masks[NN_DIRECT_MASK_WORDS]
+    cdef float *ph = <float *> nn_scratch(0, s.C * 4 * P * sizeof(float))
+    if ph == NULL:
+        return -1
+    nn_direct3_masks(s.OH, s.OW, 1, masks)
+    for n in range(n0, n1):
+        nn_direct3_s2_gx_avx512(g + n * s.O * P, s.O, s.OH, s.OW, masks, wpt, s.C, ph)
+        nn_direct3_unphase_avx512(ph, s.C, s.H, s.W, x + n * CHW if s.relu_x else NULL,
+                                  gx + n * CHW)
+    return 0
+
+
 cdef int conv_backward_samples(const floating *g, const floating *x, const floating *w,
                                floating *gw_partial, floating *gx, floating *sums, ConvShape s,
                                Py_ssize_t n0, Py_ssize_t n1, bint direct,
@@ -620,8 +649,10 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
     # (gw_partial as its transpose (CKK, O) += col @ gg.T when _gw_by_rows)
     # and, unless sums is NULL, sums (N, O)[n, o] = the sum of g[n, o] (for the bias: summed
     # here, by the thread that reads these samples anyway, not all of g by one thread after).
-    # With wpt (float32, _is_direct: the weights packed transposed by nn_direct3_pack, or NULL
-    # when gx is), both gradients straight from the planes instead (_direct_backward_samples)
+    # With direct (float32, _is_direct), both gradients straight from the planes instead
+    # (_direct_backward_samples; wpt: the weights packed transposed by nn_direct3_pack, or
+    # NULL when gx is); for _is_direct_s2 the weight gradient so, and with wpt
+    # (_is_direct_s2_gx) the input gradient too (_direct_s2_gx_samples)
     cdef Py_ssize_t ckk = s.C * s.KH * s.KW, P = s.OH * s.OW, CHW = s.C * s.H * s.W
     cdef Py_ssize_t G = _group(s, n1 - n0), group, n, cnt, j, o, p, width
     cdef bint pointwise = _is_pointwise(s), by_rows = _gw_by_rows(s)
@@ -639,6 +670,8 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
                 return -1
             if gx == NULL:
                 return 0
+            if wpt != NULL:
+                return _direct_s2_gx_samples(g, x, gx, s, n0, n1, wpt)
             gw_done, sums = True, NULL
     col = <floating *> nn_scratch(0, ckk * G * P * sizeof(floating))
     if col == NULL:
@@ -819,7 +852,7 @@ cdef int conv_backward(const floating *g, const floating *x, const floating *w, 
     if floating is float:
         direct = _is_direct(s)
         by_rows = by_rows and not direct and not _is_direct_s2(s)
-        if gx != NULL and direct:
+        if gx != NULL and (direct or _is_direct_s2_gx(s)):
             # the input gradient's weights, packed once here for every part (slot 3)
             wpt = <float *> nn_scratch(3, _direct_packed(s.C, s.O) * sizeof(float))
             if wpt == NULL:

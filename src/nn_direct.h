@@ -50,7 +50,8 @@
 
 enum { NN_DIRECT_MAX_PIXELS = 4096, NN_DIRECT_MASKS = 10,   /* 9 taps + the pixels kept */
        NN_DIRECT_MASK_WORDS = NN_DIRECT_MAX_PIXELS / 16 * NN_DIRECT_MASKS,
-       NN_DIRECT_GW_CHUNK = 131072 };   /* floats of x and g per chunk of the weight gradient */
+       NN_DIRECT_GW_CHUNK = 131072,     /* floats of x and g per chunk of the weight gradient */
+       NN_DIRECT_GX_MAX_K = 1024 };     /* _gemm.pyx's KC_FLOAT: k summed as one block */
 
 /* wp (blocks of 8 of the Q output channels, R input channels, 9 taps, 8) from w (O, C, 3,
  * 3): Q = O, R = C; or, with transpose, Q = C, R = O and the taps reversed. */
@@ -387,6 +388,152 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
     }
 }
 
+/* The input gradient of a 3x3 convolution with stride 2 and padding 1, summed as im2col +
+ * GEMM + col2im sum it (cnn_core/_conv.pyx), so with the same bits: for each input channel
+ * c, tap t and output pixel p, d[c, t, p] = sum over o of w[o, c, t] * g[o, p], one
+ * multiply-add at a time from 0 (the GEMM's one block of k = O: O <= NN_DIRECT_GX_MAX_K);
+ * then each input pixel, from 0, plus the d of every tap that reaches it, in the order of
+ * the taps. Which taps reach input pixel (y, x) = (2Y + a, 2X + b) depends on its phase
+ * (a, b) only: rows from kh = 1 (i = Y) when y is even, else from kh = 0 (i = Y + 1) then
+ * kh = 2 (i = Y); columns alike. So each phase plane (OH x OW, as nn_direct3_phases_avx512's)
+ * is 1, 2 or 4 taps, each a shift by 0 or +1 row and column within g's planes -- masked like
+ * stride 1's shifts, and a lane whose tap falls off g's plane adds nothing (a masked add,
+ * so that even a non-finite weight leaves it alone, as col2im does).
+ *
+ * ph (C, 4, OH * OW) = the phase planes of one sample's input gradient from g (O, OH * OW),
+ * masks of nn_direct3_masks(OH, OW, 1) and wpt = nn_direct3_pack(w, O, C, 1) (taps
+ * reversed there); nn_direct3_unphase_avx512 puts them in place. A tile is 8 input
+ * channels by 3 pixel vectors, one tap at a time: 24 accumulators over the O channels of g,
+ * then added into the tile's outputs (read back for the phase's later taps). */
+#define NN_D_GX_ADD1(i, v, k)                                                               \
+    do {                                                                                    \
+        float *d_ = out + (i) * 4 * P + 16 * (v);                                           \
+        __m512 r_ = first ? zero : _mm512_maskz_loadu_ps(keep##v, d_);                      \
+        _mm512_mask_storeu_ps(d_, keep##v, _mm512_mask_add_ps(r_, tap##v, r_, k));          \
+    } while (0)
+#define NN_D_GX_ADD(i)                                                                      \
+    do {                                                                                    \
+        if ((i) < rows) {                                                                   \
+            NN_D_GX_ADD1(i, 0, a##i##0);                                                    \
+            if (nv > 1) NN_D_GX_ADD1(i, 1, a##i##1);                                        \
+            if (nv > 2) NN_D_GX_ADD1(i, 2, a##i##2);                                        \
+        }                                                                                   \
+    } while (0)
+#define NN_D_GX_FMA(i)                                                                      \
+    do {                                                                                    \
+        __m512 wv = _mm512_set1_ps(wo[i]);                                                  \
+        a##i##0 += wv * x0;                                                                 \
+        if (nv > 1) a##i##1 += wv * x1;                                                     \
+        if (nv > 2) a##i##2 += wv * x2;                                                     \
+    } while (0)
+/* (acc + w * g written as the forward's tiles write it: the GEMM's contraction) */
+#define NN_DIRECT3_GX_TILE(NV)                                                               \
+    __attribute__((target("avx512f"))) static void nn_direct3_gx_tile##NV(                  \
+            const float *g, ptrdiff_t O, ptrdiff_t P, const uint16_t *masks, int t,          \
+            const float *wt, ptrdiff_t rows, float *out, int first) {                       \
+        enum { nv = NV };                                                                   \
+        const __m512 zero = _mm512_setzero_ps();                                            \
+        const __mmask16 tap0 = (__mmask16)masks[t], keep0 = (__mmask16)masks[9];             \
+        const __mmask16 tap1 = NV > 1 ? (__mmask16)masks[NN_DIRECT_MASKS + t] : 0;          \
+        const __mmask16 keep1 = NV > 1 ? (__mmask16)masks[NN_DIRECT_MASKS + 9] : 0;         \
+        const __mmask16 tap2 = NV > 2 ? (__mmask16)masks[2 * NN_DIRECT_MASKS + t] : 0;      \
+        const __mmask16 keep2 = NV > 2 ? (__mmask16)masks[2 * NN_DIRECT_MASKS + 9] : 0;     \
+        (void)keep1; (void)keep2; (void)tap1; (void)tap2;                                   \
+        NN_D_ACC(0) NN_D_ACC(1) NN_D_ACC(2) NN_D_ACC(3)                                     \
+        NN_D_ACC(4) NN_D_ACC(5) NN_D_ACC(6) NN_D_ACC(7)                                     \
+        for (ptrdiff_t o = 0; o < O; ++o) {                                                 \
+            const float *gs = g + o * P, *wo = wt + o * 72;                                 \
+            __m512 x0 = _mm512_maskz_loadu_ps(tap0, gs);                                    \
+            __m512 x1 = NV > 1 ? _mm512_maskz_loadu_ps(tap1, gs + 16) : zero;               \
+            __m512 x2 = NV > 2 ? _mm512_maskz_loadu_ps(tap2, gs + 32) : zero;               \
+            NN_D_GX_FMA(0); NN_D_GX_FMA(1); NN_D_GX_FMA(2); NN_D_GX_FMA(3);                 \
+            NN_D_GX_FMA(4); NN_D_GX_FMA(5); NN_D_GX_FMA(6); NN_D_GX_FMA(7);                 \
+        }                                                                                   \
+        NN_D_GX_ADD(0); NN_D_GX_ADD(1); NN_D_GX_ADD(2); NN_D_GX_ADD(3);                     \
+        NN_D_GX_ADD(4); NN_D_GX_ADD(5); NN_D_GX_ADD(6); NN_D_GX_ADD(7);                     \
+    }
+
+NN_DIRECT3_GX_TILE(1)
+NN_DIRECT3_GX_TILE(2)
+NN_DIRECT3_GX_TILE(3)
+
+__attribute__((target("avx512f"))) static void nn_direct3_s2_gx_avx512(
+        const float *g, ptrdiff_t O, ptrdiff_t OH, ptrdiff_t OW, const uint16_t *masks,
+        const float *wpt, ptrdiff_t C, float *ph) {
+    const ptrdiff_t P = OH * OW;
+    for (ptrdiff_t cb = 0; cb < (C + 7) / 8; ++cb) {
+        ptrdiff_t rows = C - cb * 8 < 8 ? C - cb * 8 : 8;
+        for (int phase = 0; phase < 4; ++phase) {
+            int a = phase >> 1, b = phase & 1, first = 1;
+            float *out = ph + (cb * 8 * 4 + phase) * P;
+            for (int kh = 0; kh < 3; ++kh) {
+                if ((kh == 1) != (a == 0))
+                    continue;
+                for (int kw = 0; kw < 3; ++kw) {
+                    if ((kw == 1) != (b == 0))
+                        continue;
+                    /* the shift (kh == 0: the next row of g; kw == 0: the next column) and
+                     * the stride-1 tap whose mask it is */
+                    ptrdiff_t di = kh == 0, dj = kw == 0, shift = di * OW + dj;
+                    int t = (int)((di + 1) * 3 + dj + 1);
+                    const float *wt = wpt + (cb * O * 9 + (8 - (kh * 3 + kw))) * 8;
+                    for (ptrdiff_t p0 = 0; p0 < P; p0 += 48) {
+                        ptrdiff_t nv = (P - p0 + 15) / 16;
+                        const uint16_t *m = masks + (p0 / 16) * NN_DIRECT_MASKS;
+                        if (nv >= 3)
+                            nn_direct3_gx_tile3(g + p0 + shift, O, P, m, t, wt, rows, out + p0,
+                                                first);
+                        else if (nv == 2)
+                            nn_direct3_gx_tile2(g + p0 + shift, O, P, m, t, wt, rows, out + p0,
+                                                first);
+                        else
+                            nn_direct3_gx_tile1(g + p0 + shift, O, P, m, t, wt, rows, out + p0,
+                                                first);
+                    }
+                    first = 0;
+                }
+            }
+        }
+    }
+}
+
+/* gx (C, H, W) from its phase planes ph (C, 4, OH * OW): row y from phase (y % 2, 0) and
+ * (y % 2, 1), interleaved -- the inverse of nn_direct3_phases_avx512 -- and, with x, kept
+ * where x > 0, else 0 (relu_backward's select) */
+__attribute__((target("avx512f"))) static void nn_direct3_unphase_avx512(
+        const float *ph, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *x, float *gx) {
+    const ptrdiff_t OH = (H + 1) / 2, OW = (W + 1) / 2, P = OH * OW;
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    const __m512 zero = _mm512_setzero_ps();
+    for (ptrdiff_t c = 0; c < C; ++c)
+        for (ptrdiff_t y = 0; y < H; ++y) {
+            const float *e = ph + (c * 4 + (y & 1) * 2) * P + (y >> 1) * OW, *o = e + P;
+            float *dst = gx + (c * H + y) * W;
+            const float *xr = x != NULL ? x + (c * H + y) * W : NULL;
+            for (ptrdiff_t x0 = 0; x0 < W; x0 += 32) {
+                ptrdiff_t left = OW - x0 / 2, n = W - x0;
+                __mmask16 in = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+                __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+                __m512 ev = _mm512_maskz_loadu_ps(in, e + x0 / 2);
+                __m512 ov = _mm512_maskz_loadu_ps(in, o + x0 / 2);
+                __m512 v0 = _mm512_permutex2var_ps(ev, lo, ov);
+                __m512 v1 = _mm512_permutex2var_ps(ev, hi, ov);
+                if (xr != NULL) {
+                    __mmask16 k0 = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m0, xr + x0), zero,
+                                                      _CMP_GT_OQ);
+                    __mmask16 k1 = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m1, xr + x0 + 16),
+                                                      zero, _CMP_GT_OQ);
+                    v0 = _mm512_maskz_mov_ps(k0, v0);
+                    v1 = _mm512_maskz_mov_ps(k1, v1);
+                }
+                _mm512_mask_storeu_ps(dst + x0, m0, v0);
+                _mm512_mask_storeu_ps(dst + x0 + 16, m1, v1);
+            }
+        }
+}
+
 #else
 /* Off x86 the AVX-512 path never runs (nn_cpu_has_avx512f() is 0 there): these stubs only
  * keep the call sites in cnn_core/_conv.pyx linking, as nn_im2col.h's do. */
@@ -409,6 +556,15 @@ static void nn_direct3_gw_run_avx512(const float *g, const float *x, ptrdiff_t X
                                      float *acc, int ahead) {
     (void)g; (void)x; (void)XS; (void)n; (void)O; (void)R; (void)P; (void)off; (void)masks;
     (void)accumulate; (void)gw; (void)acc; (void)ahead;
+}
+static void nn_direct3_s2_gx_avx512(const float *g, ptrdiff_t O, ptrdiff_t OH, ptrdiff_t OW,
+                                    const uint16_t *masks, const float *wpt, ptrdiff_t C,
+                                    float *ph) {
+    (void)g; (void)O; (void)OH; (void)OW; (void)masks; (void)wpt; (void)C; (void)ph;
+}
+static void nn_direct3_unphase_avx512(const float *ph, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                                      const float *x, float *gx) {
+    (void)ph; (void)C; (void)H; (void)W; (void)x; (void)gx;
 }
 #endif
 

@@ -847,8 +847,9 @@ DIRECT_S2_CASES = [
 @pytest.mark.parametrize("xshape,o", DIRECT_S2_CASES)
 def test_direct_3x3_stride_2_keeps_the_bits_and_matches_the_twin(rng, xshape, o):
     # the forward from phase planes sums the products of im2col's column in its order: the
-    # same bits; the input gradient is im2col's (col2im) on both paths; the weight gradient
-    # from the phase planes is summed in its own order (float32 tolerance against the twin)
+    # same bits; so does the input gradient from grad_out's phase-plane taps (each tap's sum
+    # over the output channels, then the taps in col2im's order); the weight gradient from
+    # the phase planes is summed in its own order (float32 tolerance against the twin)
     _conv = _direct_available()
     x, w, b = _conv_inputs(rng, np.float32, xshape, (o, 3, 3), True)
     out = cnn_core.conv2d_forward(x, w, b, stride=2, padding=1)
@@ -875,6 +876,42 @@ def test_direct_3x3_stride_2_keeps_the_bits_and_matches_the_twin(rng, xshape, o)
     rgw, rgb = np.zeros_like(w64), np.zeros_like(b64)
     reference.conv2d_backward(g64, x64, w64, rgw, rgb, stride=2, padding=1)
     assert_close(direct[1], rgw.astype(np.float32), k=xshape[0] * g.shape[2] * g.shape[3])
+
+
+@pytest.mark.parametrize("xshape,o", [((4, 9, 13, 11), 17), ((3, 8, 2, 3), 8),
+                                      ((2, 3, 5, 5), 1025)])
+def test_direct_3x3_stride_2_input_gradient_keeps_the_bits_with_non_finite_values(
+        rng, xshape, o):
+    # a non-finite grad_out or weight reaches exactly the input-gradient values it reaches
+    # on im2col's path, with the same bits elsewhere: a lane whose tap falls off grad_out's
+    # plane adds nothing (even where the weight is infinite), as col2im adds nothing there;
+    # -0.0 and +0.0 as there too. More than 1024 output channels (more than one block of the
+    # GEMM's k) take im2col's path
+    _conv = _direct_available()
+    x, w, b = _conv_inputs(rng, np.float32, xshape, (o, 3, 3), True)
+    oh, ow = (xshape[2] + 1) // 2, (xshape[3] + 1) // 2
+    for value in (np.inf, -np.inf, np.nan):
+        g = randn(rng, (xshape[0], o, oh, ow), np.float32)
+        wv = w.copy()
+        g[0, 0, -1, -1] = value                 # the last pixel of a plane
+        g[-1, -1, 0, ow - 1] = value            # the end of the first row
+        wv[0, 0, 0, 0] = value                  # a tap that falls off at the plane's edge
+        wv[-1, -1, 2, 2] = value
+        g[1 % xshape[0], 0] = -0.0              # a whole plane of -0.0
+        results = []
+        try:
+            for enabled in (False, True):
+                assert _conv._set_direct(enabled) is enabled
+                for relu in (False, True):
+                    gw = np.zeros_like(wv)
+                    with np.errstate(invalid="ignore"):
+                        results.append(cnn_core.conv2d_backward(g, x, wv, gw, None, stride=2,
+                                                                padding=1, relu_x=relu))
+        finally:
+            _conv._set_direct(None)
+        for by_columns, direct in zip(results[:2], results[2:]):
+            assert direct.tobytes() == by_columns.tobytes()
+        assert not np.isfinite(results[0]).all()
 
 
 def test_direct_3x3_stride_2_same_bits_on_any_thread_count_and_non_finite_values(rng):
