@@ -135,6 +135,17 @@ cdef extern from "nn_direct.h" nogil:
 cdef bint _direct_avx512 = _pool_avx512
 
 
+# conv2d_backward calls whose stride-2 input gradient came straight from grad_out's planes
+# (_is_direct_s2_gx), counted with the GIL held: tests check that the path ran
+cdef Py_ssize_t _s2_gx_calls = 0
+
+
+def _direct_s2_gx_calls():
+    """Tests only: how many conv2d_backward calls so far took a stride-2 3x3 convolution's
+    input gradient straight from grad_out's planes (src/nn_direct.h)."""
+    return _s2_gx_calls
+
+
 def _set_direct(enabled):
     """Tests and benchmarks only: run float32 3x3 convolutions with stride 1 and padding 1
     directly (None: where the CPU has AVX-512) or by im2col + GEMM (False). Returns whether
@@ -665,7 +676,8 @@ cdef int conv_backward_samples(const floating *g, const floating *x, const float
         if direct:
             return _direct_backward_samples(g, x, gw_partial, gx, sums, s, n0, n1, wpt)
         if _is_direct_s2(s):
-            # the weight gradient (and sums) from the phase planes; the input gradient below
+            # the weight gradient (and sums) from the phase planes; the input gradient from
+            # grad_out's planes too when wpt is given (_is_direct_s2_gx), else below
             if _direct_backward_samples(g, x, gw_partial, NULL, sums, s, n0, n1, NULL) != 0:
                 return -1
             if gx == NULL:
@@ -996,12 +1008,15 @@ cdef _backward_typed(const floating[:, :, :, ::1] g, const floating[:, :, :, ::1
     cdef Py_ssize_t parts = _conv_parts(s, threads)
     cdef Py_ssize_t ckk = s.C * s.KH * s.KW
     cdef floating *partials
+    global _s2_gx_calls
     if s.N == 0 or s.O == 0 or s.C == 0 or s.H == 0 or s.W == 0:
         if gx is not None:
             gx[...] = 0
         if gb is not None and s.N > 0 and s.O > 0:
             np.add(gb, np.asarray(g).sum(axis=(0, 2, 3)), out=np.asarray(gb))
         return
+    if floating is float and gx is not None and _is_direct_s2_gx(s):
+        _s2_gx_calls += 1
     with nogil:
         partials = <floating *> nn_scratch(1, (parts * s.O * ckk + (s.N * s.O if gb is not None
                                                                    else 0)) * sizeof(floating))

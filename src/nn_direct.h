@@ -281,18 +281,20 @@ __attribute__((target("avx512f"))) static void nn_direct3_phases_avx512(
  * keep the chunk's planes within ~512 KB), then each is reduced across its lanes
  * (_mm512_reduce_add_ps) and added to gw, chunk after chunk.
  *
- * Within a chunk the samples go outermost: for one sample, the tiles of every input
- * channel and kernel row in turn, each tile's 24 accumulators kept in acc (R * 3 tiles of
- * 24 vectors, the caller's scratch, 64-byte aligned) from one sample to the next (none for
- * a chunk of one sample: zeroed in registers at the first, reduced at the last) -- so the
- * 8 planes of g a sample's tiles share (25 KB for 28x28) stay in the core's L1 cache while
- * its 3R tiles read them, instead of coming again from L2 for every tile. Batch 128, 2
- * threads, in-process A/B: 16 channels on 28x28 240 -> 306 GFLOP/s, 32 on 14x14 314 -> 378,
- * 16 -> 32 with stride 2 262 -> 298; 64 on 7x7 (a chunk of one stack) 378 either way.
- * Each lane still sums sample after sample, pixel vector after pixel vector: each gw
+ * Within a chunk, for each block of 8 output channels, the samples go outermost: for one
+ * sample, the tiles of every input channel and kernel row in turn, each tile's 24
+ * accumulators kept in acc (R * 3 tiles of 24 vectors, the caller's scratch, 64-byte
+ * aligned) from one sample to the next (none for a chunk of one sample: zeroed in registers
+ * at the first, reduced at the last) -- so the 8 planes of g a sample's tiles share (25 KB
+ * for 28x28) stay in the core's L1 cache while its 3R tiles read them, instead of coming
+ * again from L2 for every tile. Batch 128, 2 threads, in-process A/B: 16 channels on 28x28
+ * 240 -> 306 GFLOP/s, 32 on 14x14 314 -> 378, 16 -> 32 with stride 2 262 -> 298; 64 on 7x7
+ * (a chunk of one stack) 378 either way. Each lane still sums sample after sample, pixel
+ * vector after pixel vector, as it did when the samples were the innermost loop: each gw
  * entry's order is fixed by n, the shapes and the pixel vectors -- not by the tile -- the
- * same bits for the same part (and as before this order of the loops). Planes that are stacks of several samples' (nn_direct3_masks with planes > 1) are
- * summed the same way: a tap that would cross into the next plane is masked. */
+ * same bits for the same part. Planes that are stacks of several samples'
+ * (nn_direct3_masks with planes > 1) are summed the same way: a tap that would cross into
+ * the next plane is masked. */
 #define NN_D_GW_LOAD(i)                                                                     \
     __m512 a##i##0 = _mm512_setzero_ps(), a##i##1 = a##i##0, a##i##2 = a##i##0;              \
     if (s > s0) {                                                                           \
@@ -515,7 +517,8 @@ __attribute__((target("avx512f"))) static void nn_direct3_unphase_avx512(
                 ptrdiff_t left = OW - x0 / 2, n = W - x0;
                 __mmask16 in = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
                 __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
-                __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+                __mmask16 m1 = n >= 32 ? 0xFFFF
+                             : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
                 __m512 ev = _mm512_maskz_loadu_ps(in, e + x0 / 2);
                 __m512 ov = _mm512_maskz_loadu_ps(in, o + x0 / 2);
                 __m512 v0 = _mm512_permutex2var_ps(ev, lo, ov);

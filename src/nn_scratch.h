@@ -10,7 +10,8 @@
  * 2 = the two partial products of _k_halves; _linear: 2 = those of a chain's halves of k,
  * 3 = those of a chain's first layer while its half is offered to the duo: only the duo's
  * owner uses it, so a kernel called from Python code run in the meantime cannot take it);
- * _conv: 0 = im2col columns (or the direct path's stacked input planes), 1 = weight-gradient
+ * _conv: 0 = im2col columns (or the direct path's stacked input planes, or the phase planes
+ * of a stride-2 input gradient), 1 = weight-gradient
  * partials (and each sample's bias sums), 2 = grouped GEMM output or grad_out (or the direct
  * path's stacked outputs), 3 = the direct path's packed weights (the calling thread's, read
  * by every part), 4 = the direct weight gradient's accumulators; _norm: 0 = each sample's sums per channel and the

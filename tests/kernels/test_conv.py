@@ -854,7 +854,7 @@ def test_direct_3x3_stride_2_keeps_the_bits_and_matches_the_twin(rng, xshape, o)
     x, w, b = _conv_inputs(rng, np.float32, xshape, (o, 3, 3), True)
     out = cnn_core.conv2d_forward(x, w, b, stride=2, padding=1)
     g = randn(rng, out.shape, np.float32)
-    results = []
+    results, calls = [], [_conv._direct_s2_gx_calls()]
     try:
         for enabled in (False, True):
             assert _conv._set_direct(enabled) is enabled
@@ -865,9 +865,11 @@ def test_direct_3x3_stride_2_keeps_the_bits_and_matches_the_twin(rng, xshape, o)
             cnn_core.conv2d_backward(g, x, w, gw_only, None, stride=2, padding=1,
                                      compute_grad_x=False)
             results.append((out, gw, gb, gx, gw_only))
+            calls.append(_conv._direct_s2_gx_calls())
     finally:
         _conv._set_direct(None)
     by_columns, direct = results
+    assert np.diff(calls).tolist() == [0, 1]        # the input gradient took the direct path
     np.testing.assert_array_equal(direct[0], by_columns[0])
     np.testing.assert_array_equal(direct[2], by_columns[2])
     np.testing.assert_array_equal(direct[3], by_columns[3])
@@ -879,14 +881,15 @@ def test_direct_3x3_stride_2_keeps_the_bits_and_matches_the_twin(rng, xshape, o)
 
 
 @pytest.mark.parametrize("xshape,o", [((4, 9, 13, 11), 17), ((3, 8, 2, 3), 8),
-                                      ((2, 3, 5, 5), 1025)])
+                                      ((3, 8, 4, 6), 5), ((2, 3, 5, 5), 1025)])
 def test_direct_3x3_stride_2_input_gradient_keeps_the_bits_with_non_finite_values(
         rng, xshape, o):
     # a non-finite grad_out or weight reaches exactly the input-gradient values it reaches
     # on im2col's path, with the same bits elsewhere: a lane whose tap falls off grad_out's
     # plane adds nothing (even where the weight is infinite), as col2im adds nothing there;
-    # -0.0 and +0.0 as there too. More than 1024 output channels (more than one block of the
-    # GEMM's k) take im2col's path
+    # -0.0 and +0.0 as there too (an even height and width: the lanes whose tap falls off the
+    # plane's last row or column are pixels of the image, not dropped phase pixels). More
+    # than 1024 output channels (more than one block of the GEMM's k) take im2col's path
     _conv = _direct_available()
     x, w, b = _conv_inputs(rng, np.float32, xshape, (o, 3, 3), True)
     oh, ow = (xshape[2] + 1) // 2, (xshape[3] + 1) // 2
@@ -898,17 +901,21 @@ def test_direct_3x3_stride_2_input_gradient_keeps_the_bits_with_non_finite_value
         wv[0, 0, 0, 0] = value                  # a tap that falls off at the plane's edge
         wv[-1, -1, 2, 2] = value
         g[1 % xshape[0], 0] = -0.0              # a whole plane of -0.0
-        results = []
+        results, calls = [], []
         try:
             for enabled in (False, True):
                 assert _conv._set_direct(enabled) is enabled
                 for relu in (False, True):
                     gw = np.zeros_like(wv)
+                    before = _conv._direct_s2_gx_calls()
                     with np.errstate(invalid="ignore"):
                         results.append(cnn_core.conv2d_backward(g, x, wv, gw, None, stride=2,
                                                                 padding=1, relu_x=relu))
+                    calls.append(_conv._direct_s2_gx_calls() - before)
         finally:
             _conv._set_direct(None)
+        # im2col's path twice, then the direct one twice (not with 1025 channels)
+        assert calls == [0, 0] + [int(o <= 1024)] * 2
         for by_columns, direct in zip(results[:2], results[2:]):
             assert direct.tobytes() == by_columns.tobytes()
         assert not np.isfinite(results[0]).all()
