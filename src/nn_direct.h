@@ -116,6 +116,11 @@ static void nn_direct3_masks(ptrdiff_t H, ptrdiff_t W, ptrdiff_t planes, uint16_
     }
 }
 
+/* the first n of a vector's 16 lanes (none for n <= 0, all for n >= 16) */
+static inline __mmask16 nn_direct3_lanes(ptrdiff_t n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
 /* one tile: 8 output channels (the first `rows` stored) by NV pixel vectors from x, the
  * input at the tile's first pixel; out at the tile's first output. The 24 accumulators are
  * named variables, a<o><v>: GCC keeps an array of them in registers but also stores it to
@@ -124,10 +129,12 @@ static void nn_direct3_masks(ptrdiff_t H, ptrdiff_t W, ptrdiff_t planes, uint16_
     __m512 a##o##0 = _mm512_setzero_ps(), a##o##1 = a##o##0, a##o##2 = a##o##0;
 /* acc + w * x written as the GEMM's micro-kernels write it (src/nn_gemm_ukernel.h), not as
  * an FMA intrinsic: the compiler fuses both into one multiply-add or neither (an -O0 build
- * fuses none), so the forward keeps im2col + GEMM's bits in every build */
-#define NN_D_FMA(o)                                                                         \
+ * fuses none), so the forward keeps im2col + GEMM's bits in every build (w8: the 8 output
+ * channels' weights of this input channel and tap; the stride-2 input gradient's tiles
+ * below use it too) */
+#define NN_D_FMA(o, w8)                                                                     \
     do {                                                                                    \
-        __m512 wv = _mm512_set1_ps(wr[t * 8 + o]);                                          \
+        __m512 wv = _mm512_set1_ps((w8)[o]);                                                \
         a##o##0 += wv * x0;                                                                 \
         if (nv > 1) a##o##1 += wv * x1;                                                     \
         if (nv > 2) a##o##2 += wv * x2;                                                     \
@@ -161,8 +168,9 @@ static void nn_direct3_masks(ptrdiff_t H, ptrdiff_t W, ptrdiff_t planes, uint16_
                     (__mmask16)masks[NN_DIRECT_MASKS + t], xt + 16) : zero;                 \
                 __m512 x2 = NV > 2 ? _mm512_maskz_loadu_ps(                                 \
                     (__mmask16)masks[2 * NN_DIRECT_MASKS + t], xt + 32) : zero;             \
-                NN_D_FMA(0); NN_D_FMA(1); NN_D_FMA(2); NN_D_FMA(3);                         \
-                NN_D_FMA(4); NN_D_FMA(5); NN_D_FMA(6); NN_D_FMA(7);                         \
+                const float *w8 = wr + t * 8;                                               \
+                NN_D_FMA(0, w8); NN_D_FMA(1, w8); NN_D_FMA(2, w8); NN_D_FMA(3, w8);         \
+                NN_D_FMA(4, w8); NN_D_FMA(5, w8); NN_D_FMA(6, w8); NN_D_FMA(7, w8);         \
             }                                                                               \
         }                                                                                   \
         NN_D_STORE(0); NN_D_STORE(1); NN_D_STORE(2); NN_D_STORE(3);                         \
@@ -238,15 +246,12 @@ __attribute__((target("avx512f"))) static void nn_direct3_phases_avx512(
                     ptrdiff_t row = 2 * i + a;
                     for (ptrdiff_t c0 = 0; c0 < OW; c0 += 16) {
                         ptrdiff_t left = OW - c0, in = W - 2 * c0;
-                        __mmask16 keep = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                        __mmask16 keep = nn_direct3_lanes(left);
                         __m512 lo = _mm512_setzero_ps(), hi = lo;
                         if (row < H) {
                             const float *src = plane + row * W + 2 * c0;
-                            __mmask16 m0 = in >= 16 ? 0xFFFF : (__mmask16)((1u << in) - 1);
-                            __mmask16 m1 = in >= 32 ? 0xFFFF
-                                         : in <= 16 ? 0 : (__mmask16)((1u << (in - 16)) - 1);
-                            lo = _mm512_maskz_loadu_ps(m0, src);
-                            hi = _mm512_maskz_loadu_ps(m1, src + 16);
+                            lo = _mm512_maskz_loadu_ps(nn_direct3_lanes(in), src);
+                            hi = _mm512_maskz_loadu_ps(nn_direct3_lanes(in - 16), src + 16);
                         }
                         __m512 ev = _mm512_permutex2var_ps(lo, even, hi);
                         __m512 od = _mm512_permutex2var_ps(lo, odd, hi);
@@ -421,14 +426,7 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
             if (nv > 2) NN_D_GX_ADD1(i, 2, a##i##2);                                        \
         }                                                                                   \
     } while (0)
-#define NN_D_GX_FMA(i)                                                                      \
-    do {                                                                                    \
-        __m512 wv = _mm512_set1_ps(wo[i]);                                                  \
-        a##i##0 += wv * x0;                                                                 \
-        if (nv > 1) a##i##1 += wv * x1;                                                     \
-        if (nv > 2) a##i##2 += wv * x2;                                                     \
-    } while (0)
-/* (acc + w * g written as the forward's tiles write it: the GEMM's contraction) */
+/* (acc + w * g by the forward's NN_D_FMA: the GEMM's contraction) */
 #define NN_DIRECT3_GX_TILE(NV)                                                               \
     __attribute__((target("avx512f"))) static void nn_direct3_gx_tile##NV(                  \
             const float *g, ptrdiff_t O, ptrdiff_t P, const uint16_t *masks, int t,          \
@@ -448,8 +446,8 @@ __attribute__((target("avx512f"))) static void nn_direct3_gw_run_avx512(
             __m512 x0 = _mm512_maskz_loadu_ps(tap0, gs);                                    \
             __m512 x1 = NV > 1 ? _mm512_maskz_loadu_ps(tap1, gs + 16) : zero;               \
             __m512 x2 = NV > 2 ? _mm512_maskz_loadu_ps(tap2, gs + 32) : zero;               \
-            NN_D_GX_FMA(0); NN_D_GX_FMA(1); NN_D_GX_FMA(2); NN_D_GX_FMA(3);                 \
-            NN_D_GX_FMA(4); NN_D_GX_FMA(5); NN_D_GX_FMA(6); NN_D_GX_FMA(7);                 \
+            NN_D_FMA(0, wo); NN_D_FMA(1, wo); NN_D_FMA(2, wo); NN_D_FMA(3, wo);             \
+            NN_D_FMA(4, wo); NN_D_FMA(5, wo); NN_D_FMA(6, wo); NN_D_FMA(7, wo);             \
         }                                                                                   \
         NN_D_GX_ADD(0); NN_D_GX_ADD(1); NN_D_GX_ADD(2); NN_D_GX_ADD(3);                     \
         NN_D_GX_ADD(4); NN_D_GX_ADD(5); NN_D_GX_ADD(6); NN_D_GX_ADD(7);                     \
@@ -515,10 +513,8 @@ __attribute__((target("avx512f"))) static void nn_direct3_unphase_avx512(
             const float *xr = x != NULL ? x + (c * H + y) * W : NULL;
             for (ptrdiff_t x0 = 0; x0 < W; x0 += 32) {
                 ptrdiff_t left = OW - x0 / 2, n = W - x0;
-                __mmask16 in = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-                __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
-                __mmask16 m1 = n >= 32 ? 0xFFFF
-                             : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+                __mmask16 in = nn_direct3_lanes(left), m0 = nn_direct3_lanes(n),
+                          m1 = nn_direct3_lanes(n - 16);
                 __m512 ev = _mm512_maskz_loadu_ps(in, e + x0 / 2);
                 __m512 ov = _mm512_maskz_loadu_ps(in, o + x0 / 2);
                 __m512 v0 = _mm512_permutex2var_ps(ev, lo, ov);
